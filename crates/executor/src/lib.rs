@@ -1,0 +1,5 @@
+//! # stepq-executor
+//!
+//! The orchestration loop.
+
+pub mod protocol;

@@ -1,0 +1,178 @@
+//! The wire protocol between orchestrators and workers: task names, and how step arguments and
+//! step reports ride inside TaskIQ messages and results.
+//!
+//! An `execute_plan` message carries `kwargs = {"execute_step_args_packed": "<base64>"}` where
+//! the base64 text is [`stepq_plan::pack`] of an [`ExecuteStepArgs`]; its labels carry `run_id`,
+//! `job_name` and `step_key` for routing and observability. The result's `return_value` is a JSON
+//! array of base64 strings, each a packed [`StepReport`] (one per step key of the task).
+
+use base64::Engine;
+use stepq_broker::TaskMessage;
+use stepq_plan::{
+    pack, unpack, ExecuteRunArgs, ExecuteStepArgs, PackError, Packable, ResumeRunArgs, StepReport,
+};
+
+/// Task name of a step execution.
+pub const EXECUTE_PLAN: &str = "stepq.execute_plan";
+/// Task name of a whole-run orchestration on a worker.
+pub const EXECUTE_JOB: &str = "stepq.execute_job";
+/// Task name of a run resumption on a worker.
+pub const RESUME_JOB: &str = "stepq.resume_job";
+
+/// kwargs key of packed step args.
+pub const STEP_ARGS_KWARG: &str = "execute_step_args_packed";
+/// kwargs key of packed run args.
+pub const RUN_ARGS_KWARG: &str = "execute_job_args_packed";
+/// kwargs key of packed resume args.
+pub const RESUME_ARGS_KWARG: &str = "resume_job_args_packed";
+
+/// Why a protocol payload could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum ProtocolError {
+    /// The message lacks the expected kwarg.
+    #[error("task `{task_name}` has no `{kwarg}` keyword argument")]
+    MissingKwarg {
+        /// Task name.
+        task_name: String,
+        /// Missing key.
+        kwarg: &'static str,
+    },
+    /// A payload is not valid base64 text.
+    #[error("`{what}` is not base64 text: {reason}")]
+    Base64 {
+        /// Which payload.
+        what: &'static str,
+        /// Decoder message.
+        reason: String,
+    },
+    /// A payload does not unpack.
+    #[error(transparent)]
+    Pack(#[from] PackError),
+    /// A result's return value has the wrong shape.
+    #[error("result return value is not a list of packed step reports: {reason}")]
+    BadReturnValue {
+        /// What is wrong.
+        reason: String,
+    },
+}
+
+fn b64() -> &'static base64::engine::GeneralPurpose {
+    &base64::engine::general_purpose::STANDARD
+}
+
+/// Packs `value` as base64 text.
+pub fn pack_b64<T: Packable>(value: &T) -> Result<String, PackError> {
+    Ok(b64().encode(pack(value)?))
+}
+
+/// Unpacks base64 text.
+pub fn unpack_b64<T: Packable>(what: &'static str, text: &str) -> Result<T, ProtocolError> {
+    let bytes = b64().decode(text).map_err(|e| ProtocolError::Base64 {
+        what,
+        reason: e.to_string(),
+    })?;
+    Ok(unpack(&bytes)?)
+}
+
+fn message_with<T: Packable>(
+    task_name: &str,
+    kwarg: &str,
+    value: &T,
+) -> Result<TaskMessage, PackError> {
+    let mut msg = TaskMessage::new(task_name);
+    msg.kwargs.insert(
+        kwarg.to_string(),
+        serde_json::Value::String(pack_b64(value)?),
+    );
+    Ok(msg)
+}
+
+fn read_kwarg<T: Packable>(msg: &TaskMessage, kwarg: &'static str) -> Result<T, ProtocolError> {
+    let text = msg
+        .kwargs
+        .get(kwarg)
+        .and_then(|v| v.as_str())
+        .ok_or_else(|| ProtocolError::MissingKwarg {
+            task_name: msg.task_name.clone(),
+            kwarg,
+        })?;
+    unpack_b64(kwarg, text)
+}
+
+/// Builds an `execute_plan` message for `args`, labelled with run, job and (first) step key.
+pub fn step_message(args: &ExecuteStepArgs) -> Result<TaskMessage, PackError> {
+    let mut msg = message_with(EXECUTE_PLAN, STEP_ARGS_KWARG, args)?
+        .with_label("run_id", args.run_id.clone())
+        .with_label("job_name", args.job_name.clone());
+    if let Some(step) = args.step_keys.first() {
+        msg = msg.with_label("step_key", step.clone());
+    }
+    Ok(msg)
+}
+
+/// Reads the step args of an `execute_plan` message.
+pub fn read_step_args(msg: &TaskMessage) -> Result<ExecuteStepArgs, ProtocolError> {
+    read_kwarg(msg, STEP_ARGS_KWARG)
+}
+
+/// Builds an `execute_job` message.
+pub fn run_message(args: &ExecuteRunArgs) -> Result<TaskMessage, PackError> {
+    Ok(message_with(EXECUTE_JOB, RUN_ARGS_KWARG, args)?
+        .with_label("run_id", args.run_id.clone())
+        .with_label("job_name", args.job_name.clone()))
+}
+
+/// Reads the args of an `execute_job` message.
+pub fn read_run_args(msg: &TaskMessage) -> Result<ExecuteRunArgs, ProtocolError> {
+    read_kwarg(msg, RUN_ARGS_KWARG)
+}
+
+/// Builds a `resume_job` message.
+pub fn resume_message(args: &ResumeRunArgs) -> Result<TaskMessage, PackError> {
+    Ok(message_with(RESUME_JOB, RESUME_ARGS_KWARG, args)?
+        .with_label("run_id", args.run_id.clone())
+        .with_label("job_name", args.job_name.clone()))
+}
+
+/// Reads the args of a `resume_job` message.
+pub fn read_resume_args(msg: &TaskMessage) -> Result<ResumeRunArgs, ProtocolError> {
+    read_kwarg(msg, RESUME_ARGS_KWARG)
+}
+
+/// Encodes step reports as a result return value.
+pub fn reports_value(reports: &[StepReport]) -> Result<serde_json::Value, PackError> {
+    reports
+        .iter()
+        .map(|r| pack_b64(r).map(serde_json::Value::String))
+        .collect::<Result<Vec<_>, _>>()
+        .map(serde_json::Value::Array)
+}
+
+/// Decodes step reports from a result return value.
+pub fn read_reports(value: &serde_json::Value) -> Result<Vec<StepReport>, ProtocolError> {
+    let items = value
+        .as_array()
+        .ok_or_else(|| ProtocolError::BadReturnValue {
+            reason: format!("expected an array, got {}", json_kind(value)),
+        })?;
+    items
+        .iter()
+        .map(|item| {
+            let text = item.as_str().ok_or_else(|| ProtocolError::BadReturnValue {
+                reason: format!("expected a string item, got {}", json_kind(item)),
+            })?;
+            unpack_b64("step report", text)
+        })
+        .collect()
+}
+
+fn json_kind(v: &serde_json::Value) -> &'static str {
+    match v {
+        serde_json::Value::Null => "null",
+        serde_json::Value::Bool(_) => "a boolean",
+        serde_json::Value::Number(_) => "a number",
+        serde_json::Value::String(_) => "a string",
+        serde_json::Value::Array(_) => "an array",
+        serde_json::Value::Object(_) => "an object",
+    }
+}

@@ -1,0 +1,1 @@
+//! stepq-worker
