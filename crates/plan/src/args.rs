@@ -73,6 +73,10 @@ pub enum StepStatus {
         /// The error.
         error: ErrorInfo,
         /// The op asked to be retried (after this many milliseconds, if it said).
+        ///
+        /// Encoded as `nil` or `{after_ms: nil | n}` so that `Some(None)` ("retry, no delay
+        /// given") stays distinct from `None` ("no retry asked") in MessagePack and JSON.
+        #[serde(default, with = "retry_request")]
         retry_requested: Option<Option<u64>>,
     },
     /// The step was canceled before or while running.
@@ -92,4 +96,60 @@ pub struct StepReport {
     pub status: StepStatus,
     /// Events produced while running it, in order.
     pub events: Vec<Event>,
+}
+
+/// Serde adapter for [`StepStatus::Failure::retry_requested`]: plain `Option<Option<_>>`
+/// collapses `Some(None)` into `None` in self-describing formats.
+mod retry_request {
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+    #[derive(Serialize, Deserialize)]
+    struct RetryRequest {
+        after_ms: Option<u64>,
+    }
+
+    pub(super) fn serialize<S: Serializer>(
+        value: &Option<Option<u64>>,
+        serializer: S,
+    ) -> Result<S::Ok, S::Error> {
+        value
+            .map(|after_ms| RetryRequest { after_ms })
+            .serialize(serializer)
+    }
+
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(
+        deserializer: D,
+    ) -> Result<Option<Option<u64>>, D::Error> {
+        Ok(Option::<RetryRequest>::deserialize(deserializer)?.map(|r| r.after_ms))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn failure(retry_requested: Option<Option<u64>>) -> StepStatus {
+        StepStatus::Failure {
+            error: ErrorInfo::new("op_error", "boom"),
+            retry_requested,
+        }
+    }
+
+    #[test]
+    fn retry_request_keeps_its_three_states_in_json() {
+        for retry in [None, Some(None), Some(Some(0)), Some(Some(1500))] {
+            let json = serde_json::to_string(&failure(retry)).unwrap();
+            let back: StepStatus = serde_json::from_str(&json).unwrap();
+            assert_eq!(back, failure(retry), "{json}");
+        }
+    }
+
+    #[test]
+    fn retry_request_missing_in_json_means_none() {
+        let back: StepStatus = serde_json::from_str(
+            r#"{"Failure":{"error":{"kind":"op_error","message":"boom","causes":[]}}}"#,
+        )
+        .unwrap();
+        assert_eq!(back, failure(None));
+    }
 }

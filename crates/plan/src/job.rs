@@ -357,20 +357,20 @@ impl JobBuilder {
                 }
             }
         }
-        if !errors.is_empty() {
-            return Err(JobErrors { job: name, errors });
-        }
+        // Cycles are looked for even when other problems were found (unknown upstream steps
+        // are left out of the graph), so one build reports everything.
         match topological_sort(&steps, &index) {
-            Ok(topo) => Ok(Job {
+            Ok(topo) if errors.is_empty() => Ok(Job {
                 name,
                 steps,
                 topo,
                 index,
             }),
-            Err(cycles) => Err(JobErrors {
-                job: name,
-                errors: cycles,
-            }),
+            Ok(_) => Err(JobErrors { job: name, errors }),
+            Err(cycles) => {
+                errors.extend(cycles);
+                Err(JobErrors { job: name, errors })
+            }
         }
     }
 }
@@ -411,6 +411,16 @@ fn retry_policy_problem(policy: &RetryPolicy) -> Option<String> {
     None
 }
 
+/// Upstream step indices of `step`, ignoring inputs wired to unknown steps.
+fn upstream_indices<'a>(
+    step: &'a StepDef,
+    index: &'a std::collections::HashMap<String, usize>,
+) -> impl Iterator<Item = usize> + 'a {
+    step.inputs
+        .iter()
+        .filter_map(|inp| index.get(&inp.from_step).copied())
+}
+
 /// Kahn's algorithm; on failure, reports every distinct cycle among the leftover steps.
 fn topological_sort(
     steps: &[StepDef],
@@ -420,11 +430,7 @@ fn topological_sort(
     let mut indegree = vec![0usize; n];
     let mut downstream: Vec<Vec<usize>> = vec![Vec::new(); n];
     for (i, step) in steps.iter().enumerate() {
-        let mut ups: Vec<usize> = step
-            .inputs
-            .iter()
-            .map(|inp| index[&inp.from_step])
-            .collect();
+        let mut ups: Vec<usize> = upstream_indices(step, index).collect();
         ups.sort_unstable();
         ups.dedup();
         indegree[i] = ups.len();
@@ -476,10 +482,7 @@ fn topological_sort(
             pos_in_path.insert(cur, path.len());
             path.push(cur);
             // Every leftover step has at least one leftover upstream step.
-            cur = steps[cur]
-                .inputs
-                .iter()
-                .map(|inp| index[&inp.from_step])
+            cur = upstream_indices(&steps[cur], index)
                 .find(|&u| leftover[u])
                 .expect("leftover step has a leftover upstream");
         }

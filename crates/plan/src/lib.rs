@@ -16,6 +16,8 @@
 //! assert_eq!(progress.take_ready(), vec!["simple".to_string()]);
 //! ```
 
+#![warn(missing_docs)]
+
 pub mod args;
 pub mod events;
 pub mod job;

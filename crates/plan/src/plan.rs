@@ -89,6 +89,9 @@ pub struct ExecutionPlan {
     in_plan: Vec<bool>,
     /// Distinct in-plan downstream steps of each step.
     downstream: Vec<Vec<usize>>,
+    /// Parallel to `downstream`: for `downstream[u][k] = d`, the indices of `d`'s inputs wired
+    /// to `u`, so a completion checks only the edges it closes (O(edges) for a whole run).
+    downstream_inputs: Vec<Vec<Vec<usize>>>,
     /// Number of distinct in-plan upstream steps of each step.
     upstream_count: Vec<usize>,
     /// Steps skipped from the start (they consume an output a known step did not emit).
@@ -124,18 +127,20 @@ impl ExecutionPlan {
             }
         }
         let mut downstream = vec![Vec::new(); n];
+        let mut downstream_inputs: Vec<Vec<Vec<usize>>> = vec![Vec::new(); n];
         let mut upstream_count = vec![0usize; n];
         let mut initially_skipped = Vec::new();
         for (i, step) in job.steps.iter().enumerate() {
             if !in_plan[i] {
                 continue;
             }
-            let mut ups = Vec::new();
+            // (upstream index, input index), for in-plan upstream steps.
+            let mut ups: Vec<(usize, usize)> = Vec::new();
             let mut skip = None;
-            for input in &step.inputs {
+            for (input_index, input) in step.inputs.iter().enumerate() {
                 let u = job.index[&input.from_step];
                 if in_plan[u] {
-                    ups.push(u);
+                    ups.push((u, input_index));
                 } else if let Some(outs) = known.completed.get(&input.from_step) {
                     if !outs.contains(&input.from_output) && skip.is_none() {
                         skip = Some(SkipReason::OutputNotEmitted {
@@ -152,10 +157,17 @@ impl ExecutionPlan {
                 }
             }
             ups.sort_unstable();
-            ups.dedup();
-            upstream_count[i] = ups.len();
-            for u in ups {
-                downstream[u].push(i);
+            for (u, input_index) in ups {
+                if downstream[u].last() == Some(&i) {
+                    downstream_inputs[u]
+                        .last_mut()
+                        .expect("parallel to downstream")
+                        .push(input_index);
+                } else {
+                    upstream_count[i] += 1;
+                    downstream[u].push(i);
+                    downstream_inputs[u].push(vec![input_index]);
+                }
             }
             if let Some(reason) = skip {
                 initially_skipped.push((i, reason));
@@ -165,6 +177,7 @@ impl ExecutionPlan {
             job,
             in_plan,
             downstream,
+            downstream_inputs,
             upstream_count,
             initially_skipped,
             known: known.clone(),
@@ -308,15 +321,16 @@ impl PlanProgress {
                 self.states[i] = StepState::Succeeded;
                 self.known.record_success(key, emitted);
                 let emitted = self.known.completed[key].clone();
-                let downstream = self.plan.downstream[i].clone();
-                for d in downstream {
+                for k in 0..self.plan.downstream[i].len() {
+                    let d = self.plan.downstream[i][k];
                     if self.states[d].is_final() {
                         continue;
                     }
-                    let missing = self.plan.job.steps[d]
-                        .inputs
+                    let inputs = &self.plan.job.steps[d].inputs;
+                    let missing = self.plan.downstream_inputs[i][k]
                         .iter()
-                        .find(|inp| inp.from_step == key && !emitted.contains(&inp.from_output))
+                        .map(|&ix| &inputs[ix])
+                        .find(|inp| !emitted.contains(&inp.from_output))
                         .map(|inp| inp.from_output.clone());
                     if let Some(output) = missing {
                         self.skip(
