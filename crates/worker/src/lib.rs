@@ -1,1 +1,76 @@
-//! stepq-worker
+//! # stepq-worker
+//!
+//! The code side of stepq: the [`Op`] API (ops as async closures with typed inputs and outputs,
+//! an [`OpContext`] with a logger and a cancellation signal, [`OpError`] with causes and retry
+//! requests), the [`CodeLocation`] that names a worker's ops and jobs, [`execute_step`] which
+//! runs one step against an output store, and the [`Worker`] runtime that serves
+//! `execute_plan` tasks from a queue.
+//!
+//! Values travel between steps as MessagePack ([`encode_value`] / [`decode_value`]).
+//!
+//! ```
+//! # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
+//! use std::sync::Arc;
+//! use stepq_plan::{ExecuteStepArgs, Job, KnownState, RetryMode, StepDef, StepStatus};
+//! use stepq_results::{InMemoryOutputStore, OutputKey, OutputStore};
+//! use stepq_worker::{decode_value, execute_step, op_map, op_output, CodeLocation};
+//! use tokio_util::sync::CancellationToken;
+//!
+//! // Two ops and a job wiring them: add_one(simple()).
+//! let location = CodeLocation::builder()
+//!     .op("simple", op_output("result", |ctx, _inputs| async move {
+//!         ctx.info("returning one");
+//!         Ok(1_i64)
+//!     }))
+//!     .op("add_one", op_map("num", "result", |_ctx, n: i64| async move { Ok(n + 1) }))
+//!     .job(
+//!         Job::builder("serial")
+//!             .step(StepDef::new("simple", "simple").output("result"))
+//!             .step(StepDef::new("add_one", "add_one").input("num", "simple", "result").output("result"))
+//!             .build()
+//!             .unwrap(),
+//!     )
+//!     .build()
+//!     .unwrap();
+//!
+//! // Run both steps in order, as workers would when the orchestrator sends them.
+//! let store = InMemoryOutputStore::new();
+//! let cancel = CancellationToken::new();
+//! for step in ["simple", "add_one"] {
+//!     let args = ExecuteStepArgs {
+//!         run_id: "run-1".into(),
+//!         job_name: "serial".into(),
+//!         step_keys: vec![step.into()],
+//!         known_state: KnownState::default(),
+//!         retry_mode: RetryMode::Enabled,
+//!         attempt: 1,
+//!         run_config: serde_json::Value::Null,
+//!     };
+//!     let report = execute_step(&location, &store, &args, step, "doc-worker", &cancel).await;
+//!     assert_eq!(report.status, StepStatus::Success { emitted: vec!["result".into()] });
+//! }
+//! let stored = store.get(&OutputKey::new("run-1", "add_one", "result")).await.unwrap();
+//! assert_eq!(decode_value::<i64>(&stored).unwrap(), 2);
+//! # });
+//! ```
+//!
+//! To serve steps from a queue, wrap the location in a [`Worker`]:
+//! `Worker::new(Arc::new(location), queue, outputs, WorkerConfig::default())?.run(stop).await`.
+
+#![warn(missing_docs)]
+
+pub mod context;
+pub mod error;
+pub mod execute;
+pub mod io;
+pub mod location;
+pub mod op;
+pub mod worker;
+
+pub use context::OpContext;
+pub use error::{OpError, OpResultExt, OP_ERROR_KIND};
+pub use execute::execute_step;
+pub use io::{decode_value, encode_value, StepInputs, StepOutputs};
+pub use location::{CodeLocation, CodeLocationBuilder, LocationError, LocationErrors};
+pub use op::{op_fn, op_map, op_output, Op};
+pub use worker::{Worker, WorkerConfig, WorkerError, WorkerStats};

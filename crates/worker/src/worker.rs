@@ -1,0 +1,351 @@
+//! The worker runtime: an `execute_plan` handler on a [`Receiver`].
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use stepq_broker::{
+    BrokerError, CancelHandle, ErrorClass, Receiver, ReceiverConfig, ReceiverStats, TaskContext,
+    TaskHandler, TaskOutcome, TaskQueue,
+};
+use stepq_executor::protocol;
+use stepq_plan::StepStatus;
+use stepq_results::{OutputStore, TaskError};
+use tokio_util::sync::CancellationToken;
+
+use crate::execute::execute_step;
+use crate::location::CodeLocation;
+
+/// Error kind of a task whose step arguments do not decode (or name no step).
+pub const INVALID_STEP_ARGS: &str = "InvalidStepArgs";
+/// Error kind of a task whose step reports could not be encoded.
+pub const REPORT_ENCODE_ERROR: &str = "ReportEncodeError";
+
+/// Worker settings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WorkerConfig {
+    /// Name written into step events and results (default `hostname-pid`).
+    pub name: String,
+    /// Tasks run at once (default: number of cores).
+    pub concurrency: usize,
+    /// On stop, how long in-flight tasks may run before they are cancelled and returned to the
+    /// queue (default 30 s).
+    pub grace_period: Duration,
+    /// While a task runs, its message stays invisible for this much more ... (default 30 s)
+    pub heartbeat_extension: Duration,
+    /// ... renewed this often (default 10 s; must be shorter than the extension). `None`
+    /// disables heartbeats: long steps are then redelivered after the broker's visibility
+    /// timeout.
+    pub heartbeat_interval: Option<Duration>,
+}
+
+impl Default for WorkerConfig {
+    /// The receiver's defaults: name `hostname-pid`, concurrency = cores, 30 s grace, a
+    /// heartbeat every 10 s extending visibility by 30 s.
+    fn default() -> Self {
+        let r = ReceiverConfig::default();
+        WorkerConfig {
+            name: r.worker_name,
+            concurrency: r.concurrency,
+            grace_period: r.grace_period,
+            heartbeat_extension: r.heartbeat_extension,
+            heartbeat_interval: r.heartbeat_interval,
+        }
+    }
+}
+
+impl WorkerConfig {
+    /// Default settings under the given name.
+    pub fn named(name: impl Into<String>) -> Self {
+        WorkerConfig {
+            name: name.into(),
+            ..WorkerConfig::default()
+        }
+    }
+
+    /// Sets the concurrency.
+    pub fn with_concurrency(mut self, concurrency: usize) -> Self {
+        self.concurrency = concurrency;
+        self
+    }
+
+    /// Sets the grace period.
+    pub fn with_grace_period(mut self, grace_period: Duration) -> Self {
+        self.grace_period = grace_period;
+        self
+    }
+
+    /// Checks the settings; the error names the bad field.
+    pub fn validate(&self) -> Result<(), WorkerError> {
+        if self.name.trim().is_empty() {
+            return Err(WorkerError::Config {
+                field: "name",
+                reason: "must not be empty".into(),
+            });
+        }
+        self.receiver_config().validate().map_err(|e| match e {
+            BrokerError::Config { field, reason } => WorkerError::Config { field, reason },
+            other => WorkerError::Broker(other),
+        })
+    }
+
+    /// The receiver settings these translate to.
+    pub fn receiver_config(&self) -> ReceiverConfig {
+        ReceiverConfig {
+            concurrency: self.concurrency,
+            grace_period: self.grace_period,
+            heartbeat_extension: self.heartbeat_extension,
+            heartbeat_interval: self.heartbeat_interval,
+            worker_name: self.name.clone(),
+        }
+    }
+}
+
+/// Why a worker could not start or stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum WorkerError {
+    /// A setting is invalid.
+    #[error("invalid worker config `{field}`: {reason}")]
+    Config {
+        /// Field name.
+        field: &'static str,
+        /// What is wrong.
+        reason: String,
+    },
+    /// The broker, result backend or receiver failed.
+    #[error(transparent)]
+    Broker(#[from] BrokerError),
+}
+
+impl WorkerError {
+    /// Whether retrying (restarting the worker) may help.
+    pub fn class(&self) -> ErrorClass {
+        match self {
+            WorkerError::Config { .. } => ErrorClass::Permanent,
+            WorkerError::Broker(e) => e.class(),
+        }
+    }
+}
+
+/// What a worker did, returned when it stops.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct WorkerStats {
+    /// Task counts from the receiver (all task names).
+    pub tasks: ReceiverStats,
+    /// Steps that succeeded.
+    pub steps_succeeded: u64,
+    /// Steps that failed.
+    pub steps_failed: u64,
+    /// Steps that were canceled.
+    pub steps_canceled: u64,
+}
+
+#[derive(Default)]
+struct StepCounters {
+    succeeded: AtomicU64,
+    failed: AtomicU64,
+    canceled: AtomicU64,
+}
+
+/// What the `execute_plan` handler needs.
+struct StepRunner {
+    location: Arc<CodeLocation>,
+    outputs: Arc<dyn OutputStore>,
+    worker_name: String,
+    counters: StepCounters,
+}
+
+impl StepRunner {
+    async fn execute_plan(&self, task: TaskContext) -> TaskOutcome {
+        let message = &task.message;
+        let args = protocol::read_step_args(message).map_err(|e| TaskError {
+            kind: INVALID_STEP_ARGS.to_string(),
+            message: format!(
+                "task `{}` ({}) has unreadable step arguments: {e}",
+                message.task_name, message.task_id
+            ),
+        })?;
+        if args.step_keys.is_empty() {
+            return Err(TaskError {
+                kind: INVALID_STEP_ARGS.to_string(),
+                message: format!(
+                    "task `{}` ({}) names no step of job `{}` in run `{}`",
+                    message.task_name, message.task_id, args.job_name, args.run_id
+                ),
+            });
+        }
+        if task.receive_count > 1 {
+            tracing::info!(
+                task_id = %message.task_id,
+                receive_count = task.receive_count,
+                "running a redelivered step task"
+            );
+        }
+        let mut reports = Vec::with_capacity(args.step_keys.len());
+        for step_key in &args.step_keys {
+            let report = execute_step(
+                &self.location,
+                self.outputs.as_ref(),
+                &args,
+                step_key,
+                &self.worker_name,
+                &task.cancel,
+            )
+            .await;
+            let counter = match report.status {
+                StepStatus::Success { .. } => &self.counters.succeeded,
+                StepStatus::Failure { .. } => &self.counters.failed,
+                StepStatus::Canceled => &self.counters.canceled,
+            };
+            counter.fetch_add(1, Ordering::Relaxed);
+            reports.push(report);
+        }
+        protocol::reports_value(&reports).map_err(|e| TaskError {
+            kind: REPORT_ENCODE_ERROR.to_string(),
+            message: format!(
+                "step reports of task {} do not encode: {e}",
+                message.task_id
+            ),
+        })
+    }
+}
+
+/// A worker: runs `execute_plan` tasks for the steps of its code location, loading inputs from
+/// and storing outputs in an output store, with a concurrency limit, heartbeats and graceful
+/// shutdown (all through a [`Receiver`]).
+///
+/// Failed steps are reported, not thrown: the task's result is a successful list of step
+/// reports whose status says how each step ended. Only a task whose arguments cannot be read
+/// gets a failed result (kind [`INVALID_STEP_ARGS`]); either way the message is acked and the
+/// worker goes on.
+pub struct Worker {
+    receiver: Receiver,
+    runner: Arc<StepRunner>,
+    config: WorkerConfig,
+}
+
+impl Worker {
+    /// A worker on `queue` running steps from `location`, with outputs in `outputs`.
+    pub fn new(
+        location: Arc<CodeLocation>,
+        queue: TaskQueue,
+        outputs: Arc<dyn OutputStore>,
+        config: WorkerConfig,
+    ) -> Result<Self, WorkerError> {
+        config.validate()?;
+        let runner = Arc::new(StepRunner {
+            location,
+            outputs,
+            worker_name: config.name.clone(),
+            counters: StepCounters::default(),
+        });
+        let mut receiver = Receiver::new(queue).with_config(config.receiver_config());
+        let handler_runner = runner.clone();
+        let handler: TaskHandler = Arc::new(move |task: TaskContext| {
+            let runner = handler_runner.clone();
+            Box::pin(async move { runner.execute_plan(task).await })
+        });
+        receiver.register(protocol::EXECUTE_PLAN, handler);
+        Ok(Worker {
+            receiver,
+            runner,
+            config,
+        })
+    }
+
+    /// Registers another task handler (e.g. `execute_job`) on the worker's receiver.
+    pub fn register_task(&mut self, name: &str, handler: TaskHandler) {
+        self.receiver.register(name, handler);
+    }
+
+    /// The underlying receiver, e.g. to register typed tasks with [`Receiver::register_fn`].
+    pub fn receiver_mut(&mut self) -> &mut Receiver {
+        &mut self.receiver
+    }
+
+    /// A handle that cancels running tasks by task id (a cancelled step reports `Canceled`).
+    pub fn cancel_handle(&self) -> CancelHandle {
+        self.receiver.cancel_handle()
+    }
+
+    /// The code location.
+    pub fn location(&self) -> &Arc<CodeLocation> {
+        &self.runner.location
+    }
+
+    /// The settings.
+    pub fn config(&self) -> &WorkerConfig {
+        &self.config
+    }
+
+    /// Runs tasks until `stop` fires, then stops taking new ones, lets in-flight ones finish
+    /// within the grace period (cancelling and returning the rest to the queue) and returns
+    /// what it did.
+    pub async fn run(self, stop: CancellationToken) -> Result<WorkerStats, WorkerError> {
+        let Worker {
+            receiver,
+            runner,
+            config,
+        } = self;
+        tracing::info!(
+            worker = %config.name,
+            concurrency = config.concurrency,
+            jobs = ?runner.location.job_names().collect::<Vec<_>>(),
+            "worker started"
+        );
+        let tasks = receiver.run(stop).await?;
+        let stats = WorkerStats {
+            tasks,
+            steps_succeeded: runner.counters.succeeded.load(Ordering::Relaxed),
+            steps_failed: runner.counters.failed.load(Ordering::Relaxed),
+            steps_canceled: runner.counters.canceled.load(Ordering::Relaxed),
+        };
+        tracing::info!(worker = %config.name, ?stats, "worker stopped");
+        Ok(stats)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn default_config_is_valid() {
+        let config = WorkerConfig::default();
+        config.validate().unwrap();
+        assert!(config.concurrency >= 1);
+        assert!(config.name.ends_with(&format!("-{}", std::process::id())));
+        let rc = WorkerConfig::named("w")
+            .with_concurrency(3)
+            .with_grace_period(Duration::from_secs(2))
+            .receiver_config();
+        assert_eq!(rc.concurrency, 3);
+        assert_eq!(rc.grace_period, Duration::from_secs(2));
+        assert_eq!(rc.worker_name, "w");
+    }
+
+    fn field_of(config: WorkerConfig) -> &'static str {
+        match config.validate().unwrap_err() {
+            WorkerError::Config { field, .. } => field,
+            other => panic!("unexpected {other}"),
+        }
+    }
+
+    #[test]
+    fn invalid_configs_name_the_field() {
+        assert_eq!(field_of(WorkerConfig::named(" ")), "name");
+        assert_eq!(
+            field_of(WorkerConfig::named("w").with_concurrency(0)),
+            "concurrency"
+        );
+        let mut c = WorkerConfig::named("w");
+        c.heartbeat_interval = Some(Duration::ZERO);
+        assert_eq!(field_of(c.clone()), "heartbeat_interval");
+        c.heartbeat_interval = Some(c.heartbeat_extension);
+        let e = c.validate().unwrap_err();
+        assert!(e.to_string().contains("heartbeat_extension"), "{e}");
+        assert_eq!(e.class(), ErrorClass::Permanent);
+        c.heartbeat_interval = None;
+        c.validate().unwrap();
+    }
+}
