@@ -23,6 +23,11 @@
 //! worker.await.unwrap().unwrap();
 //! # });
 //! ```
+//!
+//! Features: `sqs` (default) adds the SQS broker; `conformance` adds the `conformance` module, the suite
+//! every [`Broker`] implementation runs against itself.
+
+#![warn(missing_docs)]
 
 pub mod broker;
 pub mod delivery;
@@ -39,8 +44,12 @@ pub mod memory;
 pub mod queue;
 pub mod receiver;
 
+#[cfg(feature = "conformance")]
+pub mod conformance;
+
 pub use memory::InMemoryBroker;
 pub use queue::{Task, TaskHandle, TaskQueue, TaskWaitError};
 pub use receiver::{
     CancelHandle, Receiver, ReceiverConfig, ReceiverStats, TaskContext, TaskHandler, TaskOutcome,
+    WORKER_NAME_LABEL,
 };

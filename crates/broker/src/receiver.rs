@@ -1,21 +1,58 @@
 //! `Receiver`: runs registered tasks from a broker (the generic worker loop).
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
+use std::panic::AssertUnwindSafe;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use futures::future::BoxFuture;
+use futures::{FutureExt, StreamExt};
 use serde::{de::DeserializeOwned, Serialize};
-use stepq_results::{TaskError, TaskResult};
+use stepq_results::{ResultError, TaskError, TaskResult};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::task::JoinSet;
+use tokio::time::{Instant, MissedTickBehavior};
 use tokio_util::sync::CancellationToken;
 
+use crate::delivery::Delivery;
 use crate::error::BrokerError;
 use crate::message::TaskMessage;
 use crate::queue::TaskQueue;
 
+/// Label added to every stored result: the [`ReceiverConfig::worker_name`] of the worker that
+/// produced it (unless the message already carries a label of that name).
+pub const WORKER_NAME_LABEL: &str = "worker_name";
+
+/// Error kinds the receiver itself writes into failed results.
+pub mod kinds {
+    /// The message body is not a task message (stored when a task id could be salvaged).
+    pub const MALFORMED_MESSAGE: &str = "MalformedMessage";
+    /// No handler is registered under the message's task name.
+    pub const UNKNOWN_TASK: &str = "UnknownTask";
+    /// The handler panicked.
+    pub const PANIC: &str = "Panic";
+    /// A `pre_execute` middleware failed, so the handler did not run.
+    pub const MIDDLEWARE_ERROR: &str = "MiddlewareError";
+    /// The arguments do not decode as the typed handler's argument ([`Receiver::register_fn`](super::Receiver::register_fn)).
+    pub const INVALID_ARGUMENTS: &str = "InvalidArguments";
+    /// The typed handler's return value does not encode as JSON.
+    pub const INVALID_RETURN_VALUE: &str = "InvalidReturnValue";
+}
+
+/// Attempts to save a result when the backend reports a temporary error.
+const SAVE_ATTEMPTS: u32 = 3;
+/// Delay before the second save attempt; doubles after each.
+const SAVE_RETRY_DELAY: Duration = Duration::from_millis(100);
+/// Bounds of the backoff after the broker's stream yields an error.
+const STREAM_BACKOFF_MIN: Duration = Duration::from_millis(50);
+const STREAM_BACKOFF_MAX: Duration = Duration::from_secs(5);
+/// Bytes of a malformed body quoted in the log.
+const BODY_EXCERPT: usize = 512;
+
 /// What a running task knows about itself.
-#[derive(Clone)]
+#[derive(Debug, Clone)]
 pub struct TaskContext {
     /// The message (after pre_execute middleware).
     pub message: Arc<TaskMessage>,
@@ -48,14 +85,35 @@ pub struct ReceiverConfig {
 }
 
 /// Cancels running tasks by id; cloneable and usable from other tasks.
-#[derive(Clone, Default)]
+#[derive(Debug, Clone, Default)]
 pub struct CancelHandle {
-    running: Arc<std::sync::Mutex<HashMap<String, CancellationToken>>>,
+    running: Arc<std::sync::Mutex<HashMap<String, Vec<RunningTask>>>>,
+}
+
+/// One running execution of a task id (a redelivered duplicate may run alongside).
+#[derive(Debug)]
+struct RunningTask {
+    registration: u64,
+    cancel: CancellationToken,
 }
 
 /// Runs registered tasks: decode, pre_execute, run, post_execute / on_error, save result,
 /// post_save, then ack. Malformed messages and unknown task names get a failed result (when a
 /// task id can be salvaged), are logged, and are acked; the receiver keeps going.
+///
+/// - A message is acked only once its result is saved. A result that cannot be saved (after
+///   retrying temporary backend errors) is logged and the message nacked, so the task runs
+///   again; [`ReceiverStats::unsaved`] counts these.
+/// - Errors of observing hooks (`post_execute`, `on_error`, `post_save`) are logged and counted
+///   in [`ReceiverStats::hook_errors`] but do not change the outcome: after a `post_save` error
+///   the message is still acked, since its result is saved and running the task again would
+///   not undo the hook's failure. A `pre_execute` error fails the task (kind
+///   [`kinds::MIDDLEWARE_ERROR`]) without running it.
+/// - A panicking handler fails its task (kind [`kinds::PANIC`]); the receiver keeps going.
+/// - While a handler runs, a heartbeat extends its message's visibility every
+///   [`ReceiverConfig::heartbeat_interval`] by [`ReceiverConfig::heartbeat_extension`].
+/// - At most [`ReceiverConfig::concurrency`] handlers run at once; a delivery is taken from the
+///   broker only when one of them is free.
 pub struct Receiver {
     queue: TaskQueue,
     handlers: HashMap<String, TaskHandler>,
@@ -72,23 +130,168 @@ pub struct ReceiverStats {
     pub failed: u64,
     /// Deliveries returned to the queue on shutdown.
     pub released: u64,
+    /// Results that could not be saved; their deliveries were nacked so the task runs again.
+    pub unsaved: u64,
+    /// Errors of observing middleware hooks (`post_execute`, `on_error`, `post_save`,
+    /// `shutdown`); each was logged. They do not change a task's outcome.
+    pub hook_errors: u64,
+    /// Acks that failed after the result was saved (the message will be delivered again).
+    pub ack_errors: u64,
+}
+
+impl Default for ReceiverConfig {
+    /// Concurrency = available cores, 30 s grace, heartbeat every 10 s extending visibility by
+    /// 30 s, worker name `hostname-pid`.
+    fn default() -> Self {
+        ReceiverConfig {
+            concurrency: std::thread::available_parallelism().map_or(1, |n| n.get()),
+            grace_period: Duration::from_secs(30),
+            heartbeat_extension: Duration::from_secs(30),
+            heartbeat_interval: Some(Duration::from_secs(10)),
+            worker_name: default_worker_name(),
+        }
+    }
+}
+
+impl ReceiverConfig {
+    /// Checks the settings; an invalid one is [`BrokerError::Config`] naming the field.
+    pub fn validate(&self) -> Result<(), BrokerError> {
+        if self.concurrency == 0 {
+            return Err(BrokerError::Config {
+                field: "concurrency",
+                reason: "must be at least 1".into(),
+            });
+        }
+        if let Some(every) = self.heartbeat_interval {
+            if every.is_zero() {
+                return Err(BrokerError::Config {
+                    field: "heartbeat_interval",
+                    reason: "must be positive (use None to disable heartbeats)".into(),
+                });
+            }
+            if self.heartbeat_extension <= every {
+                return Err(BrokerError::Config {
+                    field: "heartbeat_extension",
+                    reason: format!(
+                        "{:?} must exceed heartbeat_interval ({every:?}), or the message becomes \
+                         visible again between heartbeats",
+                        self.heartbeat_extension
+                    ),
+                });
+            }
+        }
+        Ok(())
+    }
+}
+
+/// `hostname-pid`, the host name taken from `$HOSTNAME` or `/etc/hostname`.
+fn default_worker_name() -> String {
+    let host = std::env::var("HOSTNAME")
+        .ok()
+        .or_else(|| std::fs::read_to_string("/etc/hostname").ok())
+        .map(|h| h.trim().to_string())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "localhost".to_string());
+    format!("{host}-{}", std::process::id())
+}
+
+static NEXT_REGISTRATION: AtomicU64 = AtomicU64::new(0);
+
+impl CancelHandle {
+    /// Cancels the token of the running task `task_id`; `false` if no such task runs here.
+    /// Cancellation is cooperative: the handler sees [`TaskContext::cancel`] fire and decides
+    /// what to return.
+    pub fn cancel(&self, task_id: &str) -> bool {
+        let running = self.lock();
+        match running.get(task_id) {
+            Some(list) if !list.is_empty() => {
+                list.iter().for_each(|r| r.cancel.cancel());
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Ids of the tasks running now, sorted.
+    pub fn running(&self) -> Vec<String> {
+        let mut ids: Vec<String> = self.lock().keys().cloned().collect();
+        ids.sort();
+        ids
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Vec<RunningTask>>> {
+        self.running.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Registers a running task until the returned guard drops.
+    fn register(&self, task_id: &str, cancel: CancellationToken) -> Registration {
+        let registration = NEXT_REGISTRATION.fetch_add(1, Ordering::Relaxed);
+        self.lock()
+            .entry(task_id.to_string())
+            .or_default()
+            .push(RunningTask {
+                registration,
+                cancel,
+            });
+        Registration {
+            handle: self.clone(),
+            task_id: task_id.to_string(),
+            registration,
+        }
+    }
+}
+
+/// Removes a task from its [`CancelHandle`] when dropped.
+struct Registration {
+    handle: CancelHandle,
+    task_id: String,
+    registration: u64,
+}
+
+impl Drop for Registration {
+    fn drop(&mut self) {
+        let mut running = self.handle.lock();
+        if let Some(list) = running.get_mut(&self.task_id) {
+            list.retain(|r| r.registration != self.registration);
+            if list.is_empty() {
+                running.remove(&self.task_id);
+            }
+        }
+    }
 }
 
 impl Receiver {
     /// A receiver on `queue` with default config.
     pub fn new(queue: TaskQueue) -> Self {
-        todo!()
+        Receiver {
+            queue,
+            handlers: HashMap::new(),
+            config: ReceiverConfig::default(),
+            cancel: CancelHandle::default(),
+        }
     }
     /// Replaces the config.
     pub fn with_config(mut self, config: ReceiverConfig) -> Self {
-        todo!()
+        self.config = config;
+        self
     }
-    /// Registers a raw handler.
+    /// The config.
+    pub fn config(&self) -> &ReceiverConfig {
+        &self.config
+    }
+    /// Registers a raw handler (replacing one of the same name, with a warning).
     pub fn register(&mut self, name: &str, handler: TaskHandler) {
-        todo!()
+        if self.handlers.insert(name.to_string(), handler).is_some() {
+            tracing::warn!(task = name, "a handler registered earlier was replaced");
+        }
     }
     /// Registers a typed async fn: its argument is decoded from kwargs (object) or the single
     /// positional argument; its `Ok` is encoded as the return value, its `Err` as the error.
+    ///
+    /// More than one positional argument (as a Python producer may send) decodes as a JSON
+    /// array, e.g. into a tuple. Arguments that do not decode fail the task with kind
+    /// [`kinds::INVALID_ARGUMENTS`]; an `Err(e)` is stored with the error's type name as kind
+    /// and `e.to_string()` as message.
     pub fn register_fn<A, O, E, F, Fut>(&mut self, name: &str, f: F)
     where
         A: DeserializeOwned + Send + 'static,
@@ -97,7 +300,31 @@ impl Receiver {
         F: Fn(A) -> Fut + Send + Sync + 'static,
         Fut: Future<Output = Result<O, E>> + Send + 'static,
     {
-        todo!()
+        let f = Arc::new(f);
+        let handler: TaskHandler = Arc::new(move |ctx: TaskContext| {
+            let f = Arc::clone(&f);
+            Box::pin(async move {
+                let arg: A = decode_argument(&ctx.message)?;
+                let out = f(arg).await.map_err(|e| TaskError {
+                    kind: std::any::type_name::<E>().to_string(),
+                    message: e.to_string(),
+                })?;
+                serde_json::to_value(out).map_err(|e| TaskError {
+                    kind: kinds::INVALID_RETURN_VALUE.to_string(),
+                    message: format!(
+                        "return value of task `{}` does not encode as JSON: {e}",
+                        ctx.message.task_name
+                    ),
+                })
+            })
+        });
+        self.register(name, handler);
+    }
+    /// Names of the registered tasks, sorted.
+    pub fn task_names(&self) -> Vec<String> {
+        let mut names: Vec<String> = self.handlers.keys().cloned().collect();
+        names.sort();
+        names
     }
     /// A handle that cancels running tasks by id.
     pub fn cancel_handle(&self) -> CancelHandle {
@@ -105,7 +332,494 @@ impl Receiver {
     }
     /// Listens and runs tasks until `stop` fires, then lets in-flight tasks finish within the
     /// grace period (cancelling and nacking the rest) and returns.
+    ///
+    /// Runs the middleware `startup` hooks first and `shutdown` hooks last; the broker and the
+    /// result backend are started and shut down by the owner of the [`TaskQueue`]
+    /// ([`TaskQueue::startup`]), since producers may share them. An invalid config is
+    /// [`BrokerError::Config`]; a broker stream that ends before `stop` fires is
+    /// [`BrokerError::Closed`] (after in-flight tasks were drained).
     pub async fn run(self, stop: CancellationToken) -> Result<ReceiverStats, BrokerError> {
-        todo!()
+        self.config.validate()?;
+        let Receiver {
+            queue,
+            handlers,
+            config,
+            cancel,
+        } = self;
+        let mut known: Vec<String> = handlers.keys().cloned().collect();
+        known.sort();
+        let shared = Arc::new(Shared {
+            queue,
+            handlers,
+            known,
+            config,
+            cancel,
+            grace_expired: CancellationToken::new(),
+            stats: Counters::default(),
+        });
+        shared.queue.middleware().startup().await?;
+        let mut stream = match shared.queue.broker().listen(stop.clone()).await {
+            Ok(stream) => stream,
+            Err(e) => {
+                shared.shutdown_middleware().await;
+                return Err(e);
+            }
+        };
+        tracing::info!(
+            worker = %shared.config.worker_name,
+            broker = shared.queue.broker().kind(),
+            concurrency = shared.config.concurrency,
+            tasks = ?shared.known,
+            "receiver started"
+        );
+
+        let semaphore = Arc::new(Semaphore::new(shared.config.concurrency));
+        let mut tasks = JoinSet::new();
+        let mut backoff = STREAM_BACKOFF_MIN;
+        let mut stream_ended = false;
+        loop {
+            while let Some(done) = tasks.try_join_next() {
+                log_join(done);
+            }
+            // A permit first, so no delivery is taken that cannot run at once.
+            let permit = tokio::select! {
+                biased;
+                _ = stop.cancelled() => break,
+                permit = Arc::clone(&semaphore).acquire_owned() => {
+                    permit.expect("the semaphore is never closed")
+                }
+            };
+            let next = tokio::select! {
+                biased;
+                _ = stop.cancelled() => break,
+                next = stream.next() => next,
+            };
+            match next {
+                Some(Ok(delivery)) => {
+                    backoff = STREAM_BACKOFF_MIN;
+                    tasks.spawn(process(Arc::clone(&shared), delivery, permit));
+                }
+                Some(Err(e)) => {
+                    drop(permit);
+                    tracing::error!(
+                        broker = shared.queue.broker().kind(),
+                        error = %e,
+                        temporary = e.is_temporary(),
+                        retry_in = ?backoff,
+                        "receiving from the broker failed"
+                    );
+                    tokio::select! {
+                        biased;
+                        _ = stop.cancelled() => break,
+                        _ = tokio::time::sleep(backoff) => {}
+                    }
+                    backoff = (backoff * 2).min(STREAM_BACKOFF_MAX);
+                }
+                None => {
+                    stream_ended = !stop.is_cancelled();
+                    break;
+                }
+            }
+        }
+        drop(stream);
+
+        let grace = shared.config.grace_period;
+        if !tasks.is_empty() {
+            tracing::info!(
+                running = tasks.len(),
+                grace = ?grace,
+                "receiver stopping: waiting for running tasks"
+            );
+        }
+        let drain = async {
+            while let Some(done) = tasks.join_next().await {
+                log_join(done);
+            }
+        };
+        if tokio::time::timeout(grace, drain).await.is_err() {
+            tracing::warn!(
+                running = tasks.len(),
+                grace = ?grace,
+                "grace period over: cancelling the running tasks and returning their messages"
+            );
+            shared.grace_expired.cancel();
+            while let Some(done) = tasks.join_next().await {
+                log_join(done);
+            }
+        }
+        shared.shutdown_middleware().await;
+        let stats = shared.stats.snapshot();
+        tracing::info!(worker = %shared.config.worker_name, ?stats, "receiver stopped");
+        if stream_ended {
+            tracing::error!(
+                broker = shared.queue.broker().kind(),
+                "the broker's delivery stream ended before the receiver was stopped"
+            );
+            return Err(BrokerError::Closed);
+        }
+        Ok(stats)
+    }
+}
+
+/// Decodes a typed handler's argument: kwargs when there are no positional arguments, the
+/// single positional argument, or several positional arguments as an array.
+fn decode_argument<A: DeserializeOwned>(message: &TaskMessage) -> Result<A, TaskError> {
+    let invalid = |text: String| TaskError {
+        kind: kinds::INVALID_ARGUMENTS.to_string(),
+        message: text,
+    };
+    let value = match (message.args.len(), message.kwargs.is_empty()) {
+        (0, _) => serde_json::Value::Object(message.kwargs.clone()),
+        (1, true) => message.args[0].clone(),
+        (_, true) => serde_json::Value::Array(message.args.clone()),
+        (n, false) => {
+            return Err(invalid(format!(
+                "task `{}` takes one argument, but got {n} positional and {} keyword arguments",
+                message.task_name,
+                message.kwargs.len()
+            )))
+        }
+    };
+    serde_json::from_value(value).map_err(|e| {
+        invalid(format!(
+            "arguments of task `{}` do not decode: {e}",
+            message.task_name
+        ))
+    })
+}
+
+fn log_join(done: Result<(), tokio::task::JoinError>) {
+    if let Err(e) = done {
+        // Handler panics are caught inside; this is a bug in the receiver itself. The delivery
+        // was neither acked nor nacked, so it comes back after its visibility timeout.
+        tracing::error!(error = %e, "a receiver task failed");
+    }
+}
+
+/// Text of a panic payload.
+fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+    if let Some(s) = payload.downcast_ref::<&str>() {
+        (*s).to_string()
+    } else if let Some(s) = payload.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "non-string panic payload".to_string()
+    }
+}
+
+/// Lossy text of the start of a body, for logs.
+fn excerpt(body: &[u8]) -> String {
+    let cut = body.len().min(BODY_EXCERPT);
+    let mut text = String::from_utf8_lossy(&body[..cut]).into_owned();
+    if cut < body.len() {
+        text.push_str(&format!("... ({} bytes)", body.len()));
+    }
+    text
+}
+
+#[derive(Default)]
+struct Counters {
+    succeeded: AtomicU64,
+    failed: AtomicU64,
+    released: AtomicU64,
+    unsaved: AtomicU64,
+    hook_errors: AtomicU64,
+    ack_errors: AtomicU64,
+}
+
+impl Counters {
+    fn bump(counter: &AtomicU64) {
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn snapshot(&self) -> ReceiverStats {
+        ReceiverStats {
+            succeeded: self.succeeded.load(Ordering::Relaxed),
+            failed: self.failed.load(Ordering::Relaxed),
+            released: self.released.load(Ordering::Relaxed),
+            unsaved: self.unsaved.load(Ordering::Relaxed),
+            hook_errors: self.hook_errors.load(Ordering::Relaxed),
+            ack_errors: self.ack_errors.load(Ordering::Relaxed),
+        }
+    }
+}
+
+/// What every delivery's task shares.
+struct Shared {
+    queue: TaskQueue,
+    handlers: HashMap<String, TaskHandler>,
+    /// Sorted task names, for error messages.
+    known: Vec<String>,
+    config: ReceiverConfig,
+    cancel: CancelHandle,
+    /// Fires when the grace period after stop is over.
+    grace_expired: CancellationToken,
+    stats: Counters,
+}
+
+/// Handles one delivery from decoding to ack.
+async fn process(shared: Arc<Shared>, delivery: Delivery, permit: OwnedSemaphorePermit) {
+    let _permit = permit;
+    let message = match delivery.message() {
+        Ok(message) => message,
+        Err(e) => return shared.reject_malformed(delivery, e).await,
+    };
+    let Some(handler) = shared.handlers.get(&message.task_name).cloned() else {
+        return shared.reject_unknown(delivery, message).await;
+    };
+    let (message, result) = match shared.queue.middleware().pre_execute(message.clone()).await {
+        Ok(prepared) => match shared.execute(&delivery, &prepared, handler).await {
+            Some(result) => (prepared, result),
+            None => return shared.release(delivery, &prepared).await,
+        },
+        Err(e) => {
+            tracing::error!(
+                task = %message.task_name,
+                task_id = %message.task_id,
+                error = %e,
+                "pre_execute middleware failed; the task does not run"
+            );
+            let result = TaskResult::err(kinds::MIDDLEWARE_ERROR, e.to_string(), 0.0);
+            (message, result)
+        }
+    };
+    shared.finish(delivery, message, result).await;
+}
+
+impl Shared {
+    /// Runs the handler with heartbeats; `None` if the grace period ran out first.
+    async fn execute(
+        &self,
+        delivery: &Delivery,
+        message: &TaskMessage,
+        handler: TaskHandler,
+    ) -> Option<TaskResult> {
+        let token = CancellationToken::new();
+        let _registration = self.cancel.register(&message.task_id, token.clone());
+        let ctx = TaskContext {
+            message: Arc::new(message.clone()),
+            receive_count: delivery.receive_count(),
+            cancel: token.clone(),
+        };
+        tracing::debug!(
+            task = %message.task_name,
+            task_id = %message.task_id,
+            receive_count = delivery.receive_count(),
+            "task started"
+        );
+        let started = Instant::now();
+        let run = AssertUnwindSafe(async move { handler(ctx).await }).catch_unwind();
+        let heartbeat = self.heartbeat(delivery, &message.task_id);
+        tokio::pin!(run, heartbeat);
+        let outcome = tokio::select! {
+            biased;
+            outcome = &mut run => outcome,
+            _ = self.grace_expired.cancelled() => {
+                token.cancel();
+                return None;
+            }
+            () = &mut heartbeat => unreachable!("the heartbeat never ends"),
+        };
+        let seconds = started.elapsed().as_secs_f64();
+        Some(match outcome {
+            Ok(Ok(value)) => TaskResult::ok(value, seconds),
+            Ok(Err(e)) => TaskResult::err(e.kind, e.message, seconds),
+            Err(payload) => {
+                let text = format!(
+                    "task `{}` panicked: {}",
+                    message.task_name,
+                    panic_message(payload.as_ref())
+                );
+                tracing::error!(task_id = %message.task_id, "{text}");
+                TaskResult::err(kinds::PANIC, text, seconds)
+            }
+        })
+    }
+
+    /// Extends the delivery's visibility every heartbeat interval; never returns.
+    async fn heartbeat(&self, delivery: &Delivery, task_id: &str) {
+        let Some(every) = self.config.heartbeat_interval else {
+            return std::future::pending().await;
+        };
+        let mut ticks = tokio::time::interval_at(Instant::now() + every, every);
+        ticks.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        loop {
+            ticks.tick().await;
+            if let Err(e) = delivery
+                .extend_visibility(self.config.heartbeat_extension)
+                .await
+            {
+                tracing::warn!(
+                    task_id,
+                    error = %e,
+                    "heartbeat could not extend the message's visibility; it may be delivered \
+                     again while this task runs"
+                );
+            }
+        }
+    }
+
+    /// Hooks, save, post_save, ack.
+    async fn finish(&self, delivery: Delivery, message: TaskMessage, mut result: TaskResult) {
+        result.labels = self.result_labels(&message.labels);
+        let middleware = self.queue.middleware();
+        let hook = if result.is_err {
+            middleware.on_error(&message, &result).await
+        } else {
+            middleware.post_execute(&message, &result).await
+        };
+        if hook.is_err() {
+            Counters::bump(&self.stats.hook_errors);
+        }
+        let Some(delivery) = self.save_or_nack(delivery, &message.task_id, &result).await else {
+            return;
+        };
+        Counters::bump(if result.is_err {
+            &self.stats.failed
+        } else {
+            &self.stats.succeeded
+        });
+        // The result is saved: a post_save error is logged (by the chain) and counted, and the
+        // message is still acked, since running the task again would not undo the hook's failure.
+        if middleware.post_save(&message, &result).await.is_err() {
+            Counters::bump(&self.stats.hook_errors);
+        }
+        self.ack(delivery, &message.task_id).await;
+    }
+
+    /// Saves a result of a message rejected before running, then acks.
+    async fn finish_rejected(&self, delivery: Delivery, task_id: &str, result: TaskResult) {
+        if let Some(delivery) = self.save_or_nack(delivery, task_id, &result).await {
+            Counters::bump(&self.stats.failed);
+            self.ack(delivery, task_id).await;
+        }
+    }
+
+    fn result_labels(
+        &self,
+        labels: &BTreeMap<String, serde_json::Value>,
+    ) -> BTreeMap<String, serde_json::Value> {
+        let mut labels = labels.clone();
+        labels
+            .entry(WORKER_NAME_LABEL.to_string())
+            .or_insert_with(|| serde_json::Value::String(self.config.worker_name.clone()));
+        labels
+    }
+
+    /// Saves the result and gives the delivery back; if saving fails, nacks the delivery (so
+    /// the task runs again) and returns `None`.
+    async fn save_or_nack(
+        &self,
+        delivery: Delivery,
+        task_id: &str,
+        result: &TaskResult,
+    ) -> Option<Delivery> {
+        let Err(e) = self.save(task_id, result).await else {
+            return Some(delivery);
+        };
+        Counters::bump(&self.stats.unsaved);
+        tracing::error!(
+            task_id,
+            error = %e,
+            "could not save the task's result; returning its message to the queue"
+        );
+        if let Err(nack) = delivery.nack().await {
+            tracing::error!(
+                task_id,
+                error = %nack,
+                "could not return the message; it comes back after its visibility timeout"
+            );
+        }
+        None
+    }
+
+    /// `set_result`, retrying temporary errors with backoff.
+    async fn save(&self, task_id: &str, result: &TaskResult) -> Result<(), ResultError> {
+        let mut delay = SAVE_RETRY_DELAY;
+        let mut attempt = 1;
+        loop {
+            match self.queue.results().set_result(task_id, result).await {
+                Ok(()) => return Ok(()),
+                Err(e) if e.is_temporary() && attempt < SAVE_ATTEMPTS => {
+                    tracing::warn!(task_id, attempt, error = %e, retry_in = ?delay, "saving a result failed");
+                    tokio::time::sleep(delay).await;
+                    delay *= 2;
+                    attempt += 1;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    async fn ack(&self, delivery: Delivery, task_id: &str) {
+        if let Err(e) = delivery.ack().await {
+            Counters::bump(&self.stats.ack_errors);
+            tracing::error!(
+                task_id,
+                error = %e,
+                "could not ack a message whose result is saved; it will be delivered again"
+            );
+        }
+    }
+
+    /// Returns a message whose task did not finish within the grace period.
+    async fn release(&self, delivery: Delivery, message: &TaskMessage) {
+        Counters::bump(&self.stats.released);
+        tracing::warn!(
+            task = %message.task_name,
+            task_id = %message.task_id,
+            "task cancelled at shutdown; returning its message to the queue"
+        );
+        if let Err(e) = delivery.nack().await {
+            tracing::error!(
+                task_id = %message.task_id,
+                error = %e,
+                "could not return the message; it comes back after its visibility timeout"
+            );
+        }
+    }
+
+    async fn reject_malformed(&self, delivery: Delivery, error: BrokerError) {
+        let body = excerpt(delivery.body());
+        match TaskMessage::salvage_task_id(delivery.body()) {
+            Some(task_id) => {
+                tracing::error!(%task_id, %error, %body, "rejecting a malformed message");
+                let mut result = TaskResult::err(kinds::MALFORMED_MESSAGE, error.to_string(), 0.0);
+                result.labels = self.result_labels(&BTreeMap::new());
+                self.finish_rejected(delivery, &task_id, result).await;
+            }
+            None => {
+                tracing::error!(
+                    %error,
+                    %body,
+                    "dropping a malformed message: it has no task id to store a failed result under"
+                );
+                Counters::bump(&self.stats.failed);
+                self.ack(delivery, "<none>").await;
+            }
+        }
+    }
+
+    async fn reject_unknown(&self, delivery: Delivery, message: TaskMessage) {
+        let known = if self.known.is_empty() {
+            "none".to_string()
+        } else {
+            self.known.join(", ")
+        };
+        let text = format!(
+            "no task named `{}` is registered on worker `{}`; known tasks: {known}",
+            message.task_name, self.config.worker_name
+        );
+        tracing::error!(task_id = %message.task_id, "{text}");
+        let mut result = TaskResult::err(kinds::UNKNOWN_TASK, text, 0.0);
+        result.labels = self.result_labels(&message.labels);
+        self.finish_rejected(delivery, &message.task_id, result)
+            .await;
+    }
+
+    async fn shutdown_middleware(&self) {
+        if self.queue.middleware().shutdown().await.is_err() {
+            Counters::bump(&self.stats.hook_errors);
+        }
     }
 }
