@@ -19,7 +19,11 @@
 //! # }
 //! ```
 
+#![warn(missing_docs)]
+
 pub mod backend;
+#[cfg(feature = "conformance")]
+pub mod conformance;
 pub mod error;
 pub mod local;
 pub mod memory;
@@ -28,7 +32,7 @@ pub mod result;
 
 pub use backend::ResultBackend;
 pub use error::{ErrorClass, ResultError};
-// pub use local::{LocalDirOutputStore, LocalDirResultBackend};
+pub use local::{LocalDirOutputStore, LocalDirResultBackend};
 pub use memory::{InMemoryOutputStore, InMemoryResultBackend};
 pub use output::{OutputKey, OutputStore};
 pub use result::{TaskError, TaskResult};

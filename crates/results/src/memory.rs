@@ -10,6 +10,7 @@ use tokio::sync::oneshot;
 
 use crate::backend::ResultBackend;
 use crate::error::ResultError;
+use crate::local::check_segment;
 use crate::output::{OutputKey, OutputStore};
 use crate::result::TaskResult;
 
@@ -76,6 +77,12 @@ impl Waiters {
         }
     }
 
+    /// Number of task ids with a stored result or registered waiters.
+    #[cfg(test)]
+    pub(crate) fn len(&self) -> usize {
+        self.slots.lock().expect("waiters lock").len()
+    }
+
     /// Drops waiters whose receiver is gone, and the slot if none remain.
     pub(crate) fn forget_closed(&self, task_id: &str) {
         let mut slots = self.slots.lock().expect("waiters lock");
@@ -112,6 +119,7 @@ pub(crate) async fn await_waiter(
 }
 
 /// Results held in process memory; waiters are woken by notification, never by polling.
+/// Task ids are checked like the other backends' (no `/`, not empty, ...).
 #[derive(Default)]
 pub struct InMemoryResultBackend {
     waiters: Waiters,
@@ -134,15 +142,18 @@ fn strip_log(mut r: TaskResult, with_logs: bool) -> TaskResult {
 #[async_trait]
 impl ResultBackend for InMemoryResultBackend {
     async fn set_result(&self, task_id: &str, result: &TaskResult) -> Result<(), ResultError> {
+        check_segment(task_id)?;
         self.waiters.publish(task_id, result, true);
         Ok(())
     }
 
     async fn is_result_ready(&self, task_id: &str) -> Result<bool, ResultError> {
+        check_segment(task_id)?;
         Ok(self.waiters.get(task_id).is_some())
     }
 
     async fn get_result(&self, task_id: &str, with_logs: bool) -> Result<TaskResult, ResultError> {
+        check_segment(task_id)?;
         self.waiters
             .get(task_id)
             .map(|r| strip_log(r, with_logs))
@@ -156,6 +167,7 @@ impl ResultBackend for InMemoryResultBackend {
         task_id: &str,
         timeout: Option<Duration>,
     ) -> Result<TaskResult, ResultError> {
+        check_segment(task_id)?;
         let rx = self.waiters.register(task_id);
         await_waiter(&self.waiters, task_id, rx, timeout)
             .await
@@ -163,12 +175,13 @@ impl ResultBackend for InMemoryResultBackend {
     }
 
     async fn delete_result(&self, task_id: &str) -> Result<(), ResultError> {
+        check_segment(task_id)?;
         self.waiters.remove(task_id);
         Ok(())
     }
 }
 
-/// Step outputs held in process memory.
+/// Step outputs held in process memory. Keys are checked like the other stores'.
 #[derive(Default)]
 pub struct InMemoryOutputStore {
     outputs: Mutex<HashMap<OutputKey, Bytes>>,
@@ -184,6 +197,7 @@ impl InMemoryOutputStore {
 #[async_trait]
 impl OutputStore for InMemoryOutputStore {
     async fn put(&self, key: &OutputKey, value: Bytes) -> Result<(), ResultError> {
+        key.relative_path()?;
         self.outputs
             .lock()
             .expect("outputs lock")
@@ -192,6 +206,7 @@ impl OutputStore for InMemoryOutputStore {
     }
 
     async fn get(&self, key: &OutputKey) -> Result<Bytes, ResultError> {
+        key.relative_path()?;
         self.outputs
             .lock()
             .expect("outputs lock")
@@ -203,14 +218,77 @@ impl OutputStore for InMemoryOutputStore {
     }
 
     async fn exists(&self, key: &OutputKey) -> Result<bool, ResultError> {
+        key.relative_path()?;
         Ok(self.outputs.lock().expect("outputs lock").contains_key(key))
     }
 
     async fn delete_run(&self, run_id: &str) -> Result<(), ResultError> {
+        check_segment(run_id)?;
         self.outputs
             .lock()
             .expect("outputs lock")
             .retain(|k, _| k.run_id != run_id);
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Arc;
+
+    #[tokio::test]
+    async fn waiters_leave_no_state_behind_after_a_timeout() {
+        let backend = InMemoryResultBackend::new();
+        for i in 0..10 {
+            let err = backend
+                .wait_result(&format!("t{i}"), Some(Duration::from_millis(1)))
+                .await
+                .unwrap_err();
+            assert!(matches!(err, ResultError::Timeout { .. }), "{err:?}");
+        }
+        assert_eq!(backend.waiters.len(), 0);
+    }
+
+    #[tokio::test]
+    async fn a_timed_out_waiter_does_not_drop_the_others() {
+        let backend = Arc::new(InMemoryResultBackend::new());
+        let patient = {
+            let b = backend.clone();
+            tokio::spawn(async move { b.wait_result("t", None).await })
+        };
+        while backend.waiters.len() == 0 {
+            tokio::task::yield_now().await;
+        }
+        let err = backend
+            .wait_result("t", Some(Duration::from_millis(1)))
+            .await
+            .unwrap_err();
+        assert!(matches!(err, ResultError::Timeout { .. }));
+        backend
+            .set_result("t", &TaskResult::ok(serde_json::json!(7), 0.0))
+            .await
+            .unwrap();
+        let r = patient.await.unwrap().unwrap();
+        assert_eq!(r.return_value, serde_json::json!(7));
+    }
+
+    #[tokio::test]
+    async fn deleted_results_are_gone_but_waiters_stay() {
+        let backend = Arc::new(InMemoryResultBackend::new());
+        let r = TaskResult::ok(serde_json::json!(1), 0.0);
+        backend.set_result("t", &r).await.unwrap();
+        backend.delete_result("t").await.unwrap();
+        assert!(!backend.is_result_ready("t").await.unwrap());
+        let waiter = {
+            let b = backend.clone();
+            tokio::spawn(async move { b.wait_result("u", None).await })
+        };
+        while backend.waiters.len() == 0 {
+            tokio::task::yield_now().await;
+        }
+        backend.delete_result("u").await.unwrap();
+        backend.set_result("u", &r).await.unwrap();
+        assert_eq!(waiter.await.unwrap().unwrap(), r);
     }
 }

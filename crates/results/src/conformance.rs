@@ -1,0 +1,642 @@
+//! Conformance suites every [`ResultBackend`] and [`OutputStore`] implementation runs against
+//! itself (feature `conformance`).
+//!
+//! A factory hands out a fresh, isolated backend per check; each check panics with a message
+//! naming what broke. Run everything with [`run_result_backend_suite`] /
+//! [`run_output_store_suite`], or single checks by name.
+//!
+//! ```
+//! # tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap().block_on(async {
+//! use std::sync::Arc;
+//! use stepq_results::conformance::{run_result_backend_suite, run_output_store_suite};
+//! use stepq_results::{InMemoryOutputStore, InMemoryResultBackend, OutputStore, ResultBackend};
+//!
+//! run_result_backend_suite(&|| async {
+//!     Arc::new(InMemoryResultBackend::new()) as Arc<dyn ResultBackend>
+//! })
+//! .await;
+//! run_output_store_suite(&|| async { Arc::new(InMemoryOutputStore::new()) as Arc<dyn OutputStore> })
+//!     .await;
+//! # });
+//! ```
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+
+use crate::backend::ResultBackend;
+use crate::error::ResultError;
+use crate::output::{OutputKey, OutputStore};
+use crate::result::{TaskError, TaskResult};
+
+/// How long any single check may take before it is declared hung.
+const HANG_LIMIT: Duration = Duration::from_secs(30);
+
+/// Makes result backends for the suite; every call returns a fresh, isolated namespace
+/// (a new directory, bucket prefix, ...).
+#[async_trait]
+pub trait ResultBackendFactory: Send + Sync {
+    /// A new, empty backend.
+    async fn make(&self) -> Arc<dyn ResultBackend>;
+}
+
+/// Makes output stores for the suite; every call returns a fresh, isolated namespace.
+#[async_trait]
+pub trait OutputStoreFactory: Send + Sync {
+    /// A new, empty store.
+    async fn make(&self) -> Arc<dyn OutputStore>;
+}
+
+#[async_trait]
+impl<F, Fut> ResultBackendFactory for F
+where
+    F: Fn() -> Fut + Send + Sync,
+    Fut: Future<Output = Arc<dyn ResultBackend>> + Send,
+{
+    async fn make(&self) -> Arc<dyn ResultBackend> {
+        self().await
+    }
+}
+
+#[async_trait]
+impl<F, Fut> OutputStoreFactory for F
+where
+    F: Fn() -> Fut + Send + Sync,
+    Fut: Future<Output = Arc<dyn OutputStore>> + Send,
+{
+    async fn make(&self) -> Arc<dyn OutputStore> {
+        self().await
+    }
+}
+
+/// Runs `fut`, panicking with `what` if it takes longer than [`HANG_LIMIT`].
+async fn no_hang<T>(what: &str, fut: impl Future<Output = T>) -> T {
+    match tokio::time::timeout(HANG_LIMIT, fut).await {
+        Ok(v) => v,
+        Err(_) => panic!("{what}: did not finish within {HANG_LIMIT:?} (hung)"),
+    }
+}
+
+/// A fresh backend, started.
+async fn started(factory: &dyn ResultBackendFactory) -> Arc<dyn ResultBackend> {
+    let backend = factory.make().await;
+    backend
+        .startup()
+        .await
+        .unwrap_or_else(|e| panic!("startup failed: {e}"));
+    backend
+}
+
+/// A unique task id, so checks never collide even on a shared namespace.
+fn task_id(name: &str) -> String {
+    format!("{name}-{}", uuid::Uuid::new_v4().simple())
+}
+
+/// A result with every field set: labels, error, log and a nested return value.
+pub fn sample_result(n: u64) -> TaskResult {
+    let mut labels = BTreeMap::new();
+    labels.insert("run_id".to_string(), serde_json::json!("run-1"));
+    labels.insert("attempt".to_string(), serde_json::json!(n));
+    labels.insert(
+        "flags".to_string(),
+        serde_json::json!({"a": [1, 2.5, null]}),
+    );
+    TaskResult {
+        is_err: n % 2 == 1,
+        return_value: serde_json::json!({"n": n, "text": "ünïcode ✓", "list": [true, false]}),
+        execution_time: 1.5 + n as f64,
+        labels,
+        error: Some(TaskError {
+            kind: "OpError".to_string(),
+            message: format!("failure number {n}"),
+        }),
+        log: Some(format!("line one of {n}\nline two\n")),
+    }
+}
+
+fn without_log(mut r: TaskResult) -> TaskResult {
+    r.log = None;
+    r
+}
+
+async fn get(backend: &dyn ResultBackend, id: &str, with_logs: bool) -> TaskResult {
+    backend
+        .get_result(id, with_logs)
+        .await
+        .unwrap_or_else(|e| panic!("get_result({id}) failed: {e}"))
+}
+
+async fn set(backend: &dyn ResultBackend, id: &str, result: &TaskResult) {
+    backend
+        .set_result(id, result)
+        .await
+        .unwrap_or_else(|e| panic!("set_result({id}) failed: {e}"))
+}
+
+async fn ready(backend: &dyn ResultBackend, id: &str) -> bool {
+    backend
+        .is_result_ready(id)
+        .await
+        .unwrap_or_else(|e| panic!("is_result_ready({id}) failed: {e}"))
+}
+
+/// `set_result` then `get_result(.., true)` returns every field unchanged, for a failed and a
+/// successful result.
+pub async fn check_round_trip(factory: &dyn ResultBackendFactory) {
+    let backend = started(factory).await;
+    for n in [0, 1] {
+        let id = task_id("round-trip");
+        let result = sample_result(n);
+        set(&*backend, &id, &result).await;
+        assert_eq!(
+            get(&*backend, &id, true).await,
+            result,
+            "round trip changed the result"
+        );
+    }
+    let minimal = TaskResult::ok(serde_json::Value::Null, 0.0);
+    let id = task_id("minimal");
+    set(&*backend, &id, &minimal).await;
+    assert_eq!(get(&*backend, &id, true).await, minimal, "minimal result");
+}
+
+/// `get_result(.., false)` drops the log and nothing else.
+pub async fn check_get_without_logs(factory: &dyn ResultBackendFactory) {
+    let backend = started(factory).await;
+    let id = task_id("no-logs");
+    let result = sample_result(2);
+    set(&*backend, &id, &result).await;
+    assert_eq!(
+        get(&*backend, &id, false).await,
+        without_log(result.clone()),
+        "with_logs = false must drop the log only"
+    );
+    assert_eq!(
+        get(&*backend, &id, true).await.log,
+        result.log,
+        "reading without logs must not delete the stored log"
+    );
+}
+
+/// `is_result_ready` is false before `set_result` and true after.
+pub async fn check_ready_transitions(factory: &dyn ResultBackendFactory) {
+    let backend = started(factory).await;
+    let id = task_id("ready");
+    assert!(
+        !ready(&*backend, &id).await,
+        "ready before any result was set"
+    );
+    set(&*backend, &id, &sample_result(0)).await;
+    assert!(ready(&*backend, &id).await, "not ready after set_result");
+}
+
+/// `get_result` of an id never set is [`ResultError::NotFound`] naming the id.
+pub async fn check_missing_is_not_found(factory: &dyn ResultBackendFactory) {
+    let backend = started(factory).await;
+    let id = task_id("missing");
+    match backend.get_result(&id, true).await {
+        Err(ResultError::NotFound { task_id }) => {
+            assert_eq!(task_id, id, "NotFound names another task")
+        }
+        other => panic!("get_result of a missing id: expected NotFound, got {other:?}"),
+    }
+}
+
+/// A second `set_result` (a redelivered step) overwrites the first.
+pub async fn check_overwrite(factory: &dyn ResultBackendFactory) {
+    let backend = started(factory).await;
+    let id = task_id("overwrite");
+    set(&*backend, &id, &sample_result(3)).await;
+    set(&*backend, &id, &sample_result(4)).await;
+    assert_eq!(
+        get(&*backend, &id, true).await,
+        sample_result(4),
+        "the second set_result did not overwrite the first"
+    );
+    let waited = no_hang(
+        "wait_result after overwrite",
+        backend.wait_result(&id, Some(Duration::from_secs(10))),
+    )
+    .await
+    .expect("wait_result after overwrite");
+    assert_eq!(waited, without_log(sample_result(4)));
+}
+
+/// `wait_result` returns a result stored before the wait began, without its log.
+pub async fn check_wait_for_earlier_result(factory: &dyn ResultBackendFactory) {
+    let backend = started(factory).await;
+    let id = task_id("wait-earlier");
+    set(&*backend, &id, &sample_result(5)).await;
+    let waited = no_hang(
+        "wait_result for a stored result",
+        backend.wait_result(&id, Some(Duration::from_secs(10))),
+    )
+    .await
+    .expect("wait_result for a stored result");
+    assert_eq!(
+        waited,
+        without_log(sample_result(5)),
+        "wait_result must return the result without its log"
+    );
+    let unbounded = no_hang("wait_result(None)", backend.wait_result(&id, None))
+        .await
+        .expect("wait_result(None) for a stored result");
+    assert_eq!(unbounded, without_log(sample_result(5)));
+}
+
+/// `wait_result` returns a result stored (by another task) after the wait began.
+pub async fn check_wait_for_later_result(factory: &dyn ResultBackendFactory) {
+    let backend = started(factory).await;
+    for timeout in [Some(Duration::from_secs(20)), None] {
+        let id = task_id("wait-later");
+        let waiter = {
+            let backend = backend.clone();
+            let id = id.clone();
+            tokio::spawn(async move { backend.wait_result(&id, timeout).await })
+        };
+        // Give the waiter time to start waiting; the check below proves it had not finished.
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        assert!(
+            !waiter.is_finished(),
+            "wait_result returned before any result was set"
+        );
+        let setter = {
+            let backend = backend.clone();
+            let id = id.clone();
+            tokio::spawn(async move { set(&*backend, &id, &sample_result(6)).await })
+        };
+        let waited = no_hang("wait_result for a later result", waiter)
+            .await
+            .expect("waiter task panicked")
+            .expect("wait_result for a later result");
+        setter.await.expect("setter task panicked");
+        assert_eq!(waited, without_log(sample_result(6)));
+    }
+}
+
+/// `wait_result` with a short timeout on an id never set fails with
+/// [`ResultError::Timeout`] (a temporary error), promptly.
+pub async fn check_wait_timeout(factory: &dyn ResultBackendFactory) {
+    let backend = started(factory).await;
+    let id = task_id("wait-timeout");
+    let outcome = no_hang(
+        "wait_result with a 100 ms timeout",
+        backend.wait_result(&id, Some(Duration::from_millis(100))),
+    )
+    .await;
+    match outcome {
+        Err(e @ ResultError::Timeout { .. }) => {
+            assert!(e.is_temporary(), "Timeout must be a temporary error");
+            let ResultError::Timeout { task_id, waited } = e else {
+                unreachable!()
+            };
+            assert_eq!(task_id, id, "Timeout names another task");
+            assert!(
+                waited >= Duration::from_millis(100),
+                "Timeout reports waiting {waited:?}, less than the 100 ms asked"
+            );
+        }
+        other => panic!("wait_result on a missing id: expected Timeout, got {other:?}"),
+    }
+    // The backend still works after a timed-out wait.
+    set(&*backend, &id, &sample_result(7)).await;
+    let waited = no_hang(
+        "wait_result after a timeout",
+        backend.wait_result(&id, Some(Duration::from_secs(10))),
+    )
+    .await
+    .expect("wait_result after an earlier timeout");
+    assert_eq!(waited, without_log(sample_result(7)));
+}
+
+/// 50 concurrent waiters on distinct ids are each answered with their own result.
+pub async fn check_many_waiters(factory: &dyn ResultBackendFactory) {
+    const WAITERS: u64 = 50;
+    let backend = started(factory).await;
+    let ids: Vec<String> = (0..WAITERS)
+        .map(|i| task_id(&format!("many-{i}")))
+        .collect();
+    let waiters: Vec<_> = ids
+        .iter()
+        .map(|id| {
+            let backend = backend.clone();
+            let id = id.clone();
+            tokio::spawn(async move {
+                backend
+                    .wait_result(&id, Some(Duration::from_secs(20)))
+                    .await
+            })
+        })
+        .collect();
+    let setter = {
+        let backend = backend.clone();
+        let ids = ids.clone();
+        tokio::spawn(async move {
+            // In reverse, so the answer order differs from the wait order.
+            for (i, id) in ids.iter().enumerate().rev() {
+                set(&*backend, id, &sample_result(i as u64)).await;
+            }
+        })
+    };
+    for (i, waiter) in waiters.into_iter().enumerate() {
+        let waited = no_hang("one of 50 concurrent waiters", waiter)
+            .await
+            .expect("waiter task panicked")
+            .unwrap_or_else(|e| panic!("waiter {i} failed: {e}"));
+        assert_eq!(
+            waited,
+            without_log(sample_result(i as u64)),
+            "waiter {i} got another task's result"
+        );
+    }
+    setter.await.expect("setter task panicked");
+}
+
+/// `delete_result` removes a result; deleting a missing one is not an error.
+pub async fn check_delete(factory: &dyn ResultBackendFactory) {
+    let backend = started(factory).await;
+    let id = task_id("delete");
+    let other = task_id("keep");
+    set(&*backend, &id, &sample_result(8)).await;
+    set(&*backend, &other, &sample_result(9)).await;
+    backend
+        .delete_result(&id)
+        .await
+        .expect("delete_result of a stored result");
+    assert!(!ready(&*backend, &id).await, "ready after delete_result");
+    assert!(
+        matches!(
+            backend.get_result(&id, true).await,
+            Err(ResultError::NotFound { .. })
+        ),
+        "get_result after delete_result must be NotFound"
+    );
+    assert!(
+        ready(&*backend, &other).await,
+        "delete_result removed another task's result"
+    );
+    backend
+        .delete_result(&id)
+        .await
+        .expect("delete_result of a missing result must succeed");
+    backend
+        .delete_result(&task_id("never-set"))
+        .await
+        .expect("delete_result of a never-set result must succeed");
+    // A deleted id can be set again.
+    set(&*backend, &id, &sample_result(10)).await;
+    assert_eq!(get(&*backend, &id, true).await, sample_result(10));
+}
+
+/// Task ids unusable as a key (containing `/`, empty, `..`) are [`ResultError::InvalidKey`].
+pub async fn check_invalid_task_id(factory: &dyn ResultBackendFactory) {
+    let backend = started(factory).await;
+    for bad in ["a/b", "", ".."] {
+        let invalid = |what: &str, r: Result<(), ResultError>| match r {
+            Err(ResultError::InvalidKey { key, .. }) => {
+                assert_eq!(key, bad, "{what}: InvalidKey names another key")
+            }
+            other => panic!("{what}({bad:?}): expected InvalidKey, got {other:?}"),
+        };
+        invalid(
+            "set_result",
+            backend.set_result(bad, &sample_result(0)).await,
+        );
+        invalid("get_result", backend.get_result(bad, true).await.map(drop));
+        invalid(
+            "is_result_ready",
+            backend.is_result_ready(bad).await.map(drop),
+        );
+        invalid(
+            "wait_result",
+            no_hang(
+                "wait_result on an invalid id",
+                backend.wait_result(bad, Some(Duration::from_secs(5))),
+            )
+            .await
+            .map(drop),
+        );
+    }
+}
+
+/// Runs every result backend check.
+pub async fn run_result_backend_suite(factory: &dyn ResultBackendFactory) {
+    check_round_trip(factory).await;
+    check_get_without_logs(factory).await;
+    check_ready_transitions(factory).await;
+    check_missing_is_not_found(factory).await;
+    check_overwrite(factory).await;
+    check_wait_for_earlier_result(factory).await;
+    check_wait_for_later_result(factory).await;
+    check_wait_timeout(factory).await;
+    check_many_waiters(factory).await;
+    check_delete(factory).await;
+    check_invalid_task_id(factory).await;
+}
+
+// ---- output stores ------------------------------------------------------------------------
+
+/// A fresh store.
+async fn store(factory: &dyn OutputStoreFactory) -> Arc<dyn OutputStore> {
+    factory.make().await
+}
+
+/// A unique run id.
+fn run_id(name: &str) -> String {
+    task_id(name)
+}
+
+async fn put(store: &dyn OutputStore, key: &OutputKey, value: Bytes) {
+    store
+        .put(key, value)
+        .await
+        .unwrap_or_else(|e| panic!("put({key}) failed: {e}"))
+}
+
+async fn get_output(store: &dyn OutputStore, key: &OutputKey) -> Bytes {
+    store
+        .get(key)
+        .await
+        .unwrap_or_else(|e| panic!("get({key}) failed: {e}"))
+}
+
+async fn exists(store: &dyn OutputStore, key: &OutputKey) -> bool {
+    store
+        .exists(key)
+        .await
+        .unwrap_or_else(|e| panic!("exists({key}) failed: {e}"))
+}
+
+/// `put`, `exists` and `get` agree; keys differing in one part are distinct; an empty value
+/// round-trips.
+pub async fn check_put_get_exists(factory: &dyn OutputStoreFactory) {
+    let s = store(factory).await;
+    let run = run_id("put-get");
+    let key = OutputKey::new(&run, "step", "out");
+    assert!(!exists(&*s, &key).await, "exists before put");
+    put(&*s, &key, Bytes::from_static(b"hello")).await;
+    assert!(exists(&*s, &key).await, "not found after put");
+    assert_eq!(get_output(&*s, &key).await, Bytes::from_static(b"hello"));
+
+    let neighbours = [
+        OutputKey::new(&run, "step", "out2"),
+        OutputKey::new(&run, "step2", "out"),
+        OutputKey::new(run_id("other-run"), "step", "out"),
+    ];
+    for (i, k) in neighbours.iter().enumerate() {
+        assert!(!exists(&*s, k).await, "{k} exists, but only {key} was put");
+        put(&*s, k, Bytes::from(vec![i as u8; 3])).await;
+    }
+    assert_eq!(
+        get_output(&*s, &key).await,
+        Bytes::from_static(b"hello"),
+        "putting other keys changed {key}"
+    );
+    for (i, k) in neighbours.iter().enumerate() {
+        assert_eq!(get_output(&*s, k).await, Bytes::from(vec![i as u8; 3]));
+    }
+
+    let empty = OutputKey::new(&run, "step", "empty");
+    put(&*s, &empty, Bytes::new()).await;
+    assert!(exists(&*s, &empty).await, "an empty output must exist");
+    assert!(get_output(&*s, &empty).await.is_empty());
+}
+
+/// A second `put` overwrites the first.
+pub async fn check_output_overwrite(factory: &dyn OutputStoreFactory) {
+    let s = store(factory).await;
+    let key = OutputKey::new(run_id("overwrite"), "step", "out");
+    put(&*s, &key, Bytes::from_static(b"first, and longer")).await;
+    put(&*s, &key, Bytes::from_static(b"second")).await;
+    assert_eq!(
+        get_output(&*s, &key).await,
+        Bytes::from_static(b"second"),
+        "the second put did not overwrite the first"
+    );
+}
+
+/// `get` of a key never put is [`ResultError::OutputNotFound`] naming `run/step/output`.
+pub async fn check_missing_output(factory: &dyn OutputStoreFactory) {
+    let s = store(factory).await;
+    let key = OutputKey::new(run_id("missing"), "step", "out");
+    match s.get(&key).await {
+        Err(ResultError::OutputNotFound { key: named }) => {
+            assert_eq!(named, key.to_string(), "OutputNotFound names another key")
+        }
+        other => panic!("get of a missing output: expected OutputNotFound, got {other:?}"),
+    }
+}
+
+/// A 1 MiB value round-trips byte for byte.
+pub async fn check_large_output(factory: &dyn OutputStoreFactory) {
+    let s = store(factory).await;
+    let key = OutputKey::new(run_id("large"), "step", "out");
+    let value: Bytes = (0..1024 * 1024u32)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 24) as u8)
+        .collect::<Vec<u8>>()
+        .into();
+    no_hang("put of 1 MiB", put(&*s, &key, value.clone())).await;
+    let back = no_hang("get of 1 MiB", get_output(&*s, &key)).await;
+    assert_eq!(back.len(), value.len(), "1 MiB output came back resized");
+    assert!(back == value, "1 MiB output came back changed");
+}
+
+/// `delete_run` removes every output of that run and only that run; deleting an unknown run
+/// is not an error.
+pub async fn check_delete_run(factory: &dyn OutputStoreFactory) {
+    let s = store(factory).await;
+    let doomed = run_id("doomed");
+    let kept = run_id("kept");
+    let doomed_keys = [
+        OutputKey::new(&doomed, "a", "out"),
+        OutputKey::new(&doomed, "a", "other"),
+        OutputKey::new(&doomed, "b", "out"),
+    ];
+    let kept_keys = [
+        OutputKey::new(&kept, "a", "out"),
+        OutputKey::new(&kept, "b", "out"),
+    ];
+    for k in doomed_keys.iter().chain(&kept_keys) {
+        put(&*s, k, Bytes::from(k.to_string())).await;
+    }
+    s.delete_run(&doomed).await.expect("delete_run");
+    for k in &doomed_keys {
+        assert!(!exists(&*s, k).await, "{k} still exists after delete_run");
+        assert!(
+            matches!(s.get(k).await, Err(ResultError::OutputNotFound { .. })),
+            "get({k}) after delete_run must be OutputNotFound"
+        );
+    }
+    for k in &kept_keys {
+        match s.get(k).await {
+            Ok(value) => assert_eq!(
+                value,
+                Bytes::from(k.to_string()),
+                "delete_run of another run changed {k}"
+            ),
+            Err(e) => panic!("delete_run of another run removed {k}: {e}"),
+        }
+    }
+    s.delete_run(&doomed)
+        .await
+        .expect("delete_run of a deleted run must succeed");
+    s.delete_run(&run_id("never-written"))
+        .await
+        .expect("delete_run of an unknown run must succeed");
+    // The run can be written again.
+    put(&*s, &doomed_keys[0], Bytes::from_static(b"again")).await;
+    assert_eq!(
+        get_output(&*s, &doomed_keys[0]).await,
+        Bytes::from_static(b"again")
+    );
+}
+
+/// Keys with a part unusable as a path segment (containing `/`, empty, `..`) are
+/// [`ResultError::InvalidKey`] for every operation, and store nothing.
+pub async fn check_invalid_output_key(factory: &dyn OutputStoreFactory) {
+    let s = store(factory).await;
+    let run = run_id("invalid");
+    let bad_keys = [
+        OutputKey::new(&run, "step/evil", "out"),
+        OutputKey::new(&run, "step", "a/b"),
+        OutputKey::new(format!("{run}/x"), "step", "out"),
+        OutputKey::new(&run, "", "out"),
+        OutputKey::new(&run, "..", "out"),
+    ];
+    for key in &bad_keys {
+        let invalid = |what: &str, r: Result<(), ResultError>| {
+            assert!(
+                matches!(r, Err(ResultError::InvalidKey { .. })),
+                "{what}({key:?}): expected InvalidKey, got {r:?}"
+            )
+        };
+        invalid("put", s.put(key, Bytes::from_static(b"x")).await);
+        invalid("get", s.get(key).await.map(drop));
+        invalid("exists", s.exists(key).await.map(drop));
+    }
+    for bad_run in ["a/b", "", ".."] {
+        assert!(
+            matches!(
+                s.delete_run(bad_run).await,
+                Err(ResultError::InvalidKey { .. })
+            ),
+            "delete_run({bad_run:?}) must be InvalidKey"
+        );
+    }
+    // Nothing was stored under a neighbouring valid key either.
+    assert!(!exists(&*s, &OutputKey::new(&run, "step", "out")).await);
+}
+
+/// Runs every output store check.
+pub async fn run_output_store_suite(factory: &dyn OutputStoreFactory) {
+    check_put_get_exists(factory).await;
+    check_output_overwrite(factory).await;
+    check_missing_output(factory).await;
+    check_large_output(factory).await;
+    check_delete_run(factory).await;
+    check_invalid_output_key(factory).await;
+}
