@@ -2,9 +2,23 @@
 //! step reports ride inside TaskIQ messages and results.
 //!
 //! An `execute_plan` message carries `kwargs = {"execute_step_args_packed": "<base64>"}` where
-//! the base64 text is [`stepq_plan::pack`] of an [`ExecuteStepArgs`]; its labels carry `run_id`,
+//! the base64 text is [`stepq_plan::pack()`] of an [`ExecuteStepArgs`]; its labels carry `run_id`,
 //! `job_name` and `step_key` for routing and observability. The result's `return_value` is a JSON
 //! array of base64 strings, each a packed [`StepReport`] (one per step key of the task).
+//!
+//! What the executor sends and expects (see [`crate::Executor`]):
+//! - One step per task: `step_keys` has exactly one key, `attempt` is its attempt number
+//!   (1-based, counting attempts of earlier runs of the same run id).
+//! - `known_state` is the slice the step needs: the emitted outputs of its upstream steps and
+//!   its own attempt count, not the whole run's state (keeps each message O(inputs)).
+//! - A report's `events` are the worker's: `StepStart` (its timestamp ends the queue wait),
+//!   `StepInputLoaded`, `StepOutputHandled`, `EngineEvent`, and `StepSuccess` (whose duration
+//!   is taken as the op's run time). The outcome goes in the report's `status`. The executor
+//!   emits the orchestration events itself (`StepQueued`, `StepSuccess`, `StepFailure` with
+//!   `will_retry`, `StepRetry`, `StepSkipped`, `StepCanceled`, run events) and drops any of
+//!   those a report carries.
+//! - A worker-side failure to run the task at all (unknown job or step, undecodable args) is a
+//!   failed task result (`is_err`); the executor records it as a failure of the step.
 
 use base64::Engine;
 use stepq_broker::TaskMessage;

@@ -1,0 +1,29 @@
+//! The cancel hook: how the executor asks workers to stop in-flight step tasks.
+
+use async_trait::async_trait;
+
+use crate::error::CancelHookError;
+
+/// Cancels a task that is queued or running on some worker. The executor calls it for every
+/// in-flight task on interrupt and fail-fast, and for an attempt that timed out.
+///
+/// The cancellation extension (`stepq-cancel`) provides the real one; until it is wired in,
+/// [`NoopCancelHook`] does nothing and in-flight steps get the config's `cancel_grace` to end
+/// on their own.
+#[async_trait]
+pub trait CancelHook: Send + Sync + 'static {
+    /// Asks for `task_id` to be cancelled. Returns once the request is on its way; the task's
+    /// CANCELED result (if it was running) arrives through the result backend.
+    async fn cancel_task(&self, task_id: &str) -> Result<(), CancelHookError>;
+}
+
+/// A cancel hook that does nothing.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct NoopCancelHook;
+
+#[async_trait]
+impl CancelHook for NoopCancelHook {
+    async fn cancel_task(&self, _task_id: &str) -> Result<(), CancelHookError> {
+        Ok(())
+    }
+}

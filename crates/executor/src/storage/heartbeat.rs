@@ -1,0 +1,189 @@
+//! Worker heartbeats: what each worker last said about itself, and whether it is still alive.
+
+use std::fmt;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use serde::{Deserialize, Serialize};
+
+use super::error::StorageError;
+
+/// A worker is lost once its last heartbeat is older than this many heartbeat intervals.
+pub const LOST_AFTER_INTERVALS: u32 = 3;
+
+/// What a worker writes about itself every heartbeat interval.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WorkerHeartbeat {
+    /// Worker id (unique per worker process).
+    pub worker_id: String,
+    /// Host name.
+    pub host: String,
+    /// Process id.
+    pub pid: u32,
+    /// Microseconds since the Unix epoch when the worker started.
+    pub started_at: u64,
+    /// Microseconds since the Unix epoch of this heartbeat.
+    pub last_seen: u64,
+    /// Tasks running now.
+    pub tasks_running: u64,
+    /// Tasks finished since start.
+    pub tasks_done: u64,
+}
+
+impl WorkerHeartbeat {
+    /// A first heartbeat, stamped now, with no tasks.
+    pub fn new(worker_id: impl Into<String>, host: impl Into<String>, pid: u32) -> Self {
+        let now = stepq_plan::events::now_us();
+        WorkerHeartbeat {
+            worker_id: worker_id.into(),
+            host: host.into(),
+            pid,
+            started_at: now,
+            last_seen: now,
+            tasks_running: 0,
+            tasks_done: 0,
+        }
+    }
+
+    /// Whether the worker is live at `now_us` given the heartbeat `interval`: lost once
+    /// `last_seen` is more than [`LOST_AFTER_INTERVALS`] intervals old. A `last_seen` in the
+    /// future (clock skew) counts as live.
+    pub fn health(&self, now_us: u64, interval: Duration) -> WorkerHealth {
+        let limit = interval
+            .saturating_mul(LOST_AFTER_INTERVALS)
+            .as_micros()
+            .min(u128::from(u64::MAX)) as u64;
+        if now_us.saturating_sub(self.last_seen) > limit {
+            WorkerHealth::Lost
+        } else {
+            WorkerHealth::Live
+        }
+    }
+}
+
+/// Whether a worker still heart-beats.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum WorkerHealth {
+    /// Heart-beat within the last [`LOST_AFTER_INTERVALS`] intervals.
+    Live,
+    /// Stopped heart-beating (killed, hung, or cut off).
+    Lost,
+}
+
+impl fmt::Display for WorkerHealth {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            WorkerHealth::Live => "live",
+            WorkerHealth::Lost => "lost",
+        })
+    }
+}
+
+/// A worker's last heartbeat and its health.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WorkerState {
+    /// The last heartbeat.
+    pub heartbeat: WorkerHeartbeat,
+    /// Live or lost.
+    pub health: WorkerHealth,
+}
+
+/// Classifies heartbeats at `now_us`; the result is sorted by worker id.
+pub fn classify_workers(
+    heartbeats: Vec<WorkerHeartbeat>,
+    now_us: u64,
+    interval: Duration,
+) -> Vec<WorkerState> {
+    let mut states: Vec<_> = heartbeats
+        .into_iter()
+        .map(|heartbeat| WorkerState {
+            health: heartbeat.health(now_us, interval),
+            heartbeat,
+        })
+        .collect();
+    states.sort_by(|a, b| a.heartbeat.worker_id.cmp(&b.heartbeat.worker_id));
+    states
+}
+
+/// Stores the last heartbeat of each worker.
+#[async_trait]
+pub trait HeartbeatStore: Send + Sync + 'static {
+    /// Stores `heartbeat`, replacing the worker's previous one.
+    async fn put_heartbeat(&self, heartbeat: &WorkerHeartbeat) -> Result<(), StorageError>;
+
+    /// The last heartbeat of every worker, in no particular order.
+    async fn list_heartbeats(&self) -> Result<Vec<WorkerHeartbeat>, StorageError>;
+
+    /// Forgets a worker (it stopped cleanly); unknown workers are ignored.
+    async fn remove_heartbeat(&self, worker_id: &str) -> Result<(), StorageError>;
+
+    /// Every worker, live or lost at `now_us` given the heartbeat `interval`, by worker id.
+    async fn list_workers(
+        &self,
+        now_us: u64,
+        interval: Duration,
+    ) -> Result<Vec<WorkerState>, StorageError> {
+        Ok(classify_workers(
+            self.list_heartbeats().await?,
+            now_us,
+            interval,
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn beat(id: &str, last_seen: u64) -> WorkerHeartbeat {
+        WorkerHeartbeat {
+            last_seen,
+            ..WorkerHeartbeat::new(id, "host", 1)
+        }
+    }
+
+    #[test]
+    fn lost_means_older_than_three_intervals() {
+        let interval = Duration::from_secs(1);
+        let now = 100_000_000;
+        assert_eq!(beat("w", now).health(now, interval), WorkerHealth::Live);
+        assert_eq!(
+            beat("w", now - 3_000_000).health(now, interval),
+            WorkerHealth::Live,
+            "exactly three intervals is still live"
+        );
+        assert_eq!(
+            beat("w", now - 3_000_001).health(now, interval),
+            WorkerHealth::Lost
+        );
+        assert_eq!(
+            beat("w", now + 5_000_000).health(now, interval),
+            WorkerHealth::Live,
+            "clock skew"
+        );
+        assert_eq!(
+            beat("w", 0).health(now, Duration::MAX),
+            WorkerHealth::Live,
+            "huge intervals do not overflow"
+        );
+    }
+
+    #[test]
+    fn classify_sorts_by_worker_id() {
+        let now = 10_000_000;
+        let states = classify_workers(
+            vec![beat("b", 0), beat("a", now)],
+            now,
+            Duration::from_secs(1),
+        );
+        let got: Vec<_> = states
+            .iter()
+            .map(|s| (s.heartbeat.worker_id.as_str(), s.health))
+            .collect();
+        assert_eq!(
+            got,
+            vec![("a", WorkerHealth::Live), ("b", WorkerHealth::Lost)]
+        );
+        assert_eq!(WorkerHealth::Lost.to_string(), "lost");
+    }
+}
