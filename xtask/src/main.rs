@@ -1,1 +1,244 @@
-fn main() {}
+//! Project automation (`cargo xtask ...`).
+//!
+//! - `test`: the offline tests of the workspace, then `localstack-test` (what CI runs).
+//! - `localstack-test [--keep] [-- CARGO_TEST_ARGS]`: starts LocalStack (Docker when an engine
+//!   answers, else natively from a venv under `target/`), creates the smoke queues and bucket,
+//!   runs the LocalStack-gated (`#[ignore = "localstack"]`) tests against it, and stops it —
+//!   also on failure and on Ctrl-C. Arguments after `--` go to `cargo test` (e.g.
+//!   `-- -p stepq-broker -p stepq-results`, or `-- -p stepq-broker -- sqs_` to filter tests).
+//! - `localstack-up`: starts LocalStack, creates the resources, prints the environment to
+//!   export, and leaves it running; `localstack-down` stops it.
+
+mod localstack;
+mod requests;
+mod resources;
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::{Context, Result};
+use clap::{Parser, Subcommand};
+
+use localstack::LocalStack;
+use resources::TestResources;
+
+/// Test threads of the LocalStack suite: modest, the machine has 2 cores.
+const LOCALSTACK_TEST_THREADS: &str = "4";
+
+#[derive(Parser)]
+#[command(
+    name = "cargo xtask",
+    bin_name = "cargo xtask",
+    about = "stepq project automation"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Offline tests of the whole workspace, then the LocalStack suite.
+    Test {
+        /// Arguments for the LocalStack suite's `cargo test` (after `--`).
+        #[arg(last = true)]
+        args: Vec<String>,
+    },
+    /// Start LocalStack, run the LocalStack-gated tests against it, stop it.
+    LocalstackTest {
+        /// Leave LocalStack running afterwards (stop it with `cargo xtask localstack-down`).
+        #[arg(long)]
+        keep: bool,
+        /// Arguments for `cargo test` (after `--`); default `--workspace`.
+        #[arg(last = true)]
+        args: Vec<String>,
+    },
+    /// Start LocalStack with the smoke resources and leave it running; prints the env to export.
+    LocalstackUp,
+    /// Stop a LocalStack left running by `localstack-up` or `localstack-test --keep`.
+    LocalstackDown,
+}
+
+/// The workspace root (the parent of this crate's directory).
+fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask sits in the workspace")
+        .to_path_buf()
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("xtask: cannot start a runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli.command)) {
+        Ok(code) => ExitCode::from(code),
+        Err(e) => {
+            eprintln!("xtask: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(command: Command) -> Result<u8> {
+    let root = workspace_root();
+    localstack::watch_signals();
+    match command {
+        Command::Test { args } => {
+            println!("== offline tests: cargo test --workspace");
+            let code = cargo_test(&root, &["--workspace".to_string()], &[], None).await?;
+            if code != 0 {
+                return Ok(code);
+            }
+            println!("== LocalStack tests");
+            localstack_test(&root, false, &args).await
+        }
+        Command::LocalstackTest { keep, args } => localstack_test(&root, keep, &args).await,
+        Command::LocalstackUp => {
+            let mut ls = LocalStack::start_or_reuse(&root).await?;
+            let res = TestResources::create(&ls.endpoint).await?;
+            ls.keep()?;
+            println!("LocalStack is running at {}. To use it:\n", ls.endpoint);
+            for (k, v) in res.env() {
+                println!("export {k}={v}");
+            }
+            println!("\nStop it with: cargo xtask localstack-down");
+            Ok(0)
+        }
+        Command::LocalstackDown => {
+            if LocalStack::stop_recorded(&root)? {
+                println!("LocalStack stopped");
+            } else {
+                println!("no LocalStack recorded as running");
+            }
+            Ok(0)
+        }
+    }
+}
+
+/// Splits `args` into cargo's arguments and the test binaries' arguments (after a `--`).
+fn split_test_args(args: &[String]) -> (Vec<String>, Vec<String>) {
+    match args.iter().position(|a| a == "--") {
+        Some(i) => (args[..i].to_vec(), args[i + 1..].to_vec()),
+        None => (args.to_vec(), Vec::new()),
+    }
+}
+
+/// Whether cargo arguments already select packages.
+fn selects_packages(cargo_args: &[String]) -> bool {
+    cargo_args.iter().any(|a| {
+        a == "-p"
+            || a.starts_with("-p")
+            || a.starts_with("--package")
+            || a == "--workspace"
+            || a == "--all"
+            || a.starts_with("--manifest-path")
+    })
+}
+
+async fn localstack_test(root: &Path, keep: bool, args: &[String]) -> Result<u8> {
+    let (mut cargo_args, user_test_args) = split_test_args(args);
+    if !selects_packages(&cargo_args) {
+        cargo_args.insert(0, "--workspace".into());
+    }
+    let mut test_args = vec![
+        "--ignored".to_string(),
+        format!("--test-threads={LOCALSTACK_TEST_THREADS}"),
+    ];
+    test_args.extend(user_test_args);
+
+    // From here on LocalStack is stopped on every way out: normal return, error (`?`), panic
+    // (Drop) and Ctrl-C / SIGTERM (the signal watcher).
+    let mut ls = LocalStack::start_or_reuse(root).await?;
+    let outcome = async {
+        let res = TestResources::create(&ls.endpoint)
+            .await
+            .context("creating the smoke queues and bucket")?;
+        println!(
+            "cargo test {} -- {}",
+            cargo_args.join(" "),
+            test_args.join(" ")
+        );
+        cargo_test(root, &cargo_args, &test_args, Some(&res)).await
+    }
+    .await;
+    if keep {
+        ls.keep()?;
+        println!(
+            "LocalStack left running at {}; stop it with `cargo xtask localstack-down`",
+            ls.endpoint
+        );
+    } else {
+        ls.stop();
+    }
+    if let Some(summary) = requests::summarize(&root.join("target/localstack.log")) {
+        println!("{summary}");
+    }
+    let code = outcome?;
+    if code != 0 {
+        eprintln!("xtask: LocalStack tests failed (exit code {code})");
+    }
+    Ok(code)
+}
+
+/// Runs `cargo test` in its own process group (so an interrupt can stop all of it), with the
+/// LocalStack environment when `resources` are given. Returns its exit code.
+async fn cargo_test(
+    root: &Path,
+    cargo_args: &[String],
+    test_args: &[String],
+    resources: Option<&TestResources>,
+) -> Result<u8> {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let mut command = tokio::process::Command::new(cargo);
+    command.current_dir(root).arg("test").args(cargo_args);
+    if !test_args.is_empty() {
+        command.arg("--").args(test_args);
+    }
+    if let Some(res) = resources {
+        command.envs(res.env());
+    }
+    command.process_group(0).kill_on_drop(true);
+    let mut child = command.spawn().context("starting cargo test")?;
+    let _registered = child.id().map(localstack::ChildGroup::register);
+    let status = child.wait().await.context("waiting for cargo test")?;
+    Ok(status.code().map_or(1, |c| c.clamp(0, 255) as u8))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn strings(a: &[&str]) -> Vec<String> {
+        a.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn extra_args_split_at_the_first_double_dash() {
+        assert_eq!(
+            split_test_args(&strings(&["-p", "x", "--", "sqs_", "--nocapture"])),
+            (strings(&["-p", "x"]), strings(&["sqs_", "--nocapture"]))
+        );
+        assert_eq!(
+            split_test_args(&strings(&["-p", "x"])),
+            (strings(&["-p", "x"]), vec![])
+        );
+    }
+
+    #[test]
+    fn package_selection_is_detected() {
+        assert!(selects_packages(&strings(&["-p", "stepq-broker"])));
+        assert!(selects_packages(&strings(&["--package=stepq-broker"])));
+        assert!(selects_packages(&strings(&["--workspace"])));
+        assert!(!selects_packages(&strings(&["--release"])));
+    }
+}

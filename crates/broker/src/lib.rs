@@ -46,6 +46,8 @@ pub mod receiver;
 
 #[cfg(feature = "conformance")]
 pub mod conformance;
+#[cfg(feature = "sqs")]
+pub mod sqs;
 
 pub use memory::InMemoryBroker;
 pub use queue::{Task, TaskHandle, TaskQueue, TaskWaitError};
@@ -53,3 +55,5 @@ pub use receiver::{
     CancelHandle, Receiver, ReceiverConfig, ReceiverStats, TaskContext, TaskHandler, TaskOutcome,
     WORKER_NAME_LABEL,
 };
+#[cfg(feature = "sqs")]
+pub use sqs::{SqsBroker, SqsConfig};

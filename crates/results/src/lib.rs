@@ -29,6 +29,8 @@ pub mod local;
 pub mod memory;
 pub mod output;
 pub mod result;
+#[cfg(feature = "s3")]
+pub mod s3;
 
 pub use backend::ResultBackend;
 pub use error::{ErrorClass, ResultError};
@@ -36,3 +38,5 @@ pub use local::{LocalDirOutputStore, LocalDirResultBackend};
 pub use memory::{InMemoryOutputStore, InMemoryResultBackend};
 pub use output::{OutputKey, OutputStore};
 pub use result::{TaskError, TaskResult};
+#[cfg(feature = "s3")]
+pub use s3::{S3OutputStore, S3ResultBackend};
