@@ -39,6 +39,42 @@ pub mod kinds {
     pub const INVALID_ARGUMENTS: &str = "InvalidArguments";
     /// The typed handler's return value does not encode as JSON.
     pub const INVALID_RETURN_VALUE: &str = "InvalidReturnValue";
+    /// The task was cancelled and dropped (the default [`TaskGate::aborted_result`](super::TaskGate::aborted_result)).
+    pub const CANCELED: &str = "Canceled";
+}
+
+/// A check the receiver makes before each task starts, and how it ends a cancelled task that
+/// does not stop on its own. Installed with [`Receiver::set_gate`]; the cancellation extension
+/// (`stepq-cancel`) provides one that refuses tasks cancelled before they started.
+#[async_trait::async_trait]
+pub trait TaskGate: Send + Sync + 'static {
+    /// Called after `pre_execute`, once the task is registered with the [`CancelHandle`] (so
+    /// a cancel from then on reaches its token), before its handler runs. `Some(result)`
+    /// skips the task: the handler never runs, `result` is saved as a handler's would be
+    /// (through the `on_error` / `post_execute` and `post_save` hooks) and the message is
+    /// acked. `None` runs it.
+    async fn before_start(&self, message: &TaskMessage) -> Option<TaskResult>;
+
+    /// How long a handler may go on after its task was cancelled through the
+    /// [`CancelHandle`] before the receiver drops it and saves
+    /// [`aborted_result`](TaskGate::aborted_result). `None` (the default) lets a cancelled
+    /// handler run to its own end.
+    fn cancel_grace(&self) -> Option<Duration> {
+        None
+    }
+
+    /// The result saved (and the message acked) for a task dropped after its cancel grace;
+    /// the receiver fills in its execution time. Default: failed, kind [`kinds::CANCELED`].
+    fn aborted_result(&self, message: &TaskMessage) -> TaskResult {
+        TaskResult::err(
+            kinds::CANCELED,
+            format!(
+                "task `{}` ({}) was cancelled and did not stop within its grace period",
+                message.task_name, message.task_id
+            ),
+            0.0,
+        )
+    }
 }
 
 /// Attempts to save a result when the backend reports a temporary error.
@@ -114,11 +150,14 @@ struct RunningTask {
 ///   [`ReceiverConfig::heartbeat_interval`] by [`ReceiverConfig::heartbeat_extension`].
 /// - At most [`ReceiverConfig::concurrency`] handlers run at once; a delivery is taken from the
 ///   broker only when one of them is free.
+/// - An installed [`TaskGate`] may refuse a task before it starts (its result is saved and the
+///   message acked) and bound how long a cancelled handler may run on.
 pub struct Receiver {
     queue: TaskQueue,
     handlers: HashMap<String, TaskHandler>,
     config: ReceiverConfig,
     cancel: CancelHandle,
+    gate: Option<Arc<dyn TaskGate>>,
 }
 
 /// Counts of what a receiver did, returned when it stops.
@@ -268,6 +307,7 @@ impl Receiver {
             handlers: HashMap::new(),
             config: ReceiverConfig::default(),
             cancel: CancelHandle::default(),
+            gate: None,
         }
     }
     /// Replaces the config.
@@ -330,6 +370,15 @@ impl Receiver {
     pub fn cancel_handle(&self) -> CancelHandle {
         self.cancel.clone()
     }
+    /// Installs a [`TaskGate`] consulted before every task starts (replacing any earlier one).
+    pub fn set_gate(&mut self, gate: Arc<dyn TaskGate>) {
+        self.gate = Some(gate);
+    }
+    /// Installs a [`TaskGate`]; see [`set_gate`](Receiver::set_gate).
+    pub fn with_gate(mut self, gate: Arc<dyn TaskGate>) -> Self {
+        self.set_gate(gate);
+        self
+    }
     /// Listens and runs tasks until `stop` fires, then lets in-flight tasks finish within the
     /// grace period (cancelling and nacking the rest) and returns.
     ///
@@ -345,6 +394,7 @@ impl Receiver {
             handlers,
             config,
             cancel,
+            gate,
         } = self;
         let mut known: Vec<String> = handlers.keys().cloned().collect();
         known.sort();
@@ -354,6 +404,7 @@ impl Receiver {
             known,
             config,
             cancel,
+            gate,
             grace_expired: CancellationToken::new(),
             stats: Counters::default(),
         });
@@ -552,6 +603,7 @@ struct Shared {
     known: Vec<String>,
     config: ReceiverConfig,
     cancel: CancelHandle,
+    gate: Option<Arc<dyn TaskGate>>,
     /// Fires when the grace period after stop is over.
     grace_expired: CancellationToken,
     stats: Counters,
@@ -587,7 +639,9 @@ async fn process(shared: Arc<Shared>, delivery: Delivery, permit: OwnedSemaphore
 }
 
 impl Shared {
-    /// Runs the handler with heartbeats; `None` if the grace period ran out first.
+    /// Runs the handler with heartbeats; `None` if the grace period ran out first. With a
+    /// gate: a task it refuses is not run (its result is the gate's), and a cancelled
+    /// handler still running after the gate's cancel grace is dropped.
     async fn execute(
         &self,
         delivery: &Delivery,
@@ -596,6 +650,13 @@ impl Shared {
     ) -> Option<TaskResult> {
         let token = CancellationToken::new();
         let _registration = self.cancel.register(&message.task_id, token.clone());
+        // Checked after registering, so a cancel is either seen here or reaches the token.
+        if let Some(gate) = &self.gate {
+            if let Some(result) = gate.before_start(message).await {
+                return Some(result);
+            }
+        }
+        let cancel_grace = self.gate.as_ref().and_then(|g| g.cancel_grace());
         let ctx = TaskContext {
             message: Arc::new(message.clone()),
             receive_count: delivery.receive_count(),
@@ -610,13 +671,34 @@ impl Shared {
         let started = Instant::now();
         let run = AssertUnwindSafe(async move { handler(ctx).await }).catch_unwind();
         let heartbeat = self.heartbeat(delivery, &message.task_id);
-        tokio::pin!(run, heartbeat);
+        let overdue = async {
+            match cancel_grace {
+                Some(grace) => {
+                    token.cancelled().await;
+                    tokio::time::sleep(grace).await;
+                }
+                None => std::future::pending().await,
+            }
+        };
+        tokio::pin!(run, heartbeat, overdue);
         let outcome = tokio::select! {
             biased;
             outcome = &mut run => outcome,
             _ = self.grace_expired.cancelled() => {
                 token.cancel();
                 return None;
+            }
+            () = &mut overdue => {
+                let gate = self.gate.as_ref().expect("a cancel grace comes from a gate");
+                tracing::warn!(
+                    task = %message.task_name,
+                    task_id = %message.task_id,
+                    grace = ?cancel_grace,
+                    "a cancelled task did not stop within its grace period; dropping it"
+                );
+                let mut result = gate.aborted_result(message);
+                result.execution_time = started.elapsed().as_secs_f64();
+                return Some(result);
             }
             () = &mut heartbeat => unreachable!("the heartbeat never ends"),
         };
