@@ -52,8 +52,8 @@ pub mod sqs;
 pub use memory::InMemoryBroker;
 pub use queue::{Task, TaskHandle, TaskQueue, TaskWaitError};
 pub use receiver::{
-    CancelHandle, Receiver, ReceiverConfig, ReceiverStats, TaskContext, TaskHandler, TaskOutcome,
-    WORKER_NAME_LABEL,
+    CancelHandle, Receiver, ReceiverConfig, ReceiverStats, TaskContext, TaskGate, TaskHandler,
+    TaskOutcome, WORKER_NAME_LABEL,
 };
 #[cfg(feature = "sqs")]
 pub use sqs::{SqsBroker, SqsConfig};

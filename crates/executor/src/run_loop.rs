@@ -128,6 +128,8 @@ struct Runner {
     grace_deadline: Option<Instant>,
     /// A step failed for good while the run was not stopping.
     failed: bool,
+    /// A step was canceled (by an interrupt, or by someone cancelling its task).
+    any_canceled: bool,
 }
 
 impl RunLoop {
@@ -175,6 +177,7 @@ impl RunLoop {
             stop: None,
             grace_deadline: None,
             failed: false,
+            any_canceled: false,
         };
         runner.drive(interrupt).await
     }
@@ -449,6 +452,15 @@ impl Runner {
         let task_time = Duration::try_from_secs_f64(result.execution_time).ok();
         if result.is_err {
             self.steps[step].summary.duration = task_time;
+            let canceled = result
+                .error
+                .as_ref()
+                .is_some_and(|e| e.kind == stepq_broker::receiver::kinds::CANCELED);
+            if canceled {
+                // A worker's cancellation gate answered the task without running it.
+                self.cancel_step(step).await;
+                return;
+            }
             let error = match result.error {
                 Some(e) => ErrorInfo::new(
                     e.kind,
@@ -650,6 +662,7 @@ impl Runner {
     async fn cancel_step(&mut self, step: usize) {
         let key = self.job.steps()[step].key.clone();
         self.steps[step].phase = Phase::Done;
+        self.any_canceled = true;
         self.emit(Event::step(&self.run_id, &key, EventKind::StepCanceled))
             .await;
         self.progress.complete(&key, StepOutcome::Canceled);
@@ -803,7 +816,7 @@ impl Runner {
         }
         let status = if self.failed || self.stop == Some(Stop::FailFast) {
             RunStatus::Failure
-        } else if self.stop == Some(Stop::Interrupted) {
+        } else if self.stop == Some(Stop::Interrupted) || self.any_canceled {
             RunStatus::Canceled
         } else {
             RunStatus::Success

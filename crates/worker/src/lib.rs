@@ -59,6 +59,7 @@
 
 #![warn(missing_docs)]
 
+pub mod canceled;
 pub mod context;
 pub mod error;
 pub mod execute;
@@ -67,6 +68,7 @@ pub mod location;
 pub mod op;
 pub mod worker;
 
+pub use canceled::step_canceled_result;
 pub use context::OpContext;
 pub use error::{OpError, OpResultExt, OP_ERROR_KIND};
 pub use execute::execute_step;

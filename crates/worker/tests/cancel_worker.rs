@@ -22,42 +22,15 @@ use stepq_cancel::{
 use stepq_executor::protocol;
 use stepq_plan::{Event, EventKind, Job, StepDef, StepReport, StepStatus};
 use stepq_results::{InMemoryOutputStore, InMemoryResultBackend, ResultBackend, TaskResult};
-use stepq_worker::{op_output, CodeLocation, OpError, Worker, WorkerConfig, WorkerStats};
+use stepq_worker::{
+    op_output, step_canceled_result, CodeLocation, OpError, Worker, WorkerConfig, WorkerStats,
+};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 const WAIT: Duration = Duration::from_secs(30);
 const FIVE_SECONDS: Duration = Duration::from_secs(5);
-
-/// The result of a cancelled `execute_plan` task: one CANCELED report per step, so the
-/// orchestrator records canceled steps (a failed task would count as a failed attempt).
-/// Other tasks get the generic cancelled result.
-fn step_canceled_result(worker: String) -> impl Fn(&TaskMessage, CanceledWhen) -> TaskResult {
-    move |message, when| {
-        if message.task_name != protocol::EXECUTE_PLAN {
-            return generic_canceled_result(message, when);
-        }
-        let Ok(args) = protocol::read_step_args(message) else {
-            return generic_canceled_result(message, when);
-        };
-        let reports: Vec<StepReport> = args
-            .step_keys
-            .iter()
-            .map(|key| StepReport {
-                step_key: key.clone(),
-                attempt: args.attempt,
-                worker: worker.clone(),
-                status: StepStatus::Canceled,
-                events: vec![Event::step(&args.run_id, key, EventKind::StepCanceled)],
-            })
-            .collect();
-        match protocol::reports_value(&reports) {
-            Ok(value) => TaskResult::ok(value, 0.0),
-            Err(_) => generic_canceled_result(message, when),
-        }
-    }
-}
 
 /// What the ops report: (worker, run id) when a step starts.
 struct Probes {

@@ -125,6 +125,27 @@ async fn a_failed_task_result_is_a_step_failure_with_the_workers_error() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_task_cancelled_before_it_started_is_a_canceled_step_not_a_failure() {
+    let h = Harness::builder(failure_job())
+        .behaviour("fails", Behaviour::CanceledBeforeStart)
+        .start();
+    let ex = h.executor(ExecutorConfig::default());
+    let run = h.run(&ex, h.request("gate-canceled-1")).await;
+
+    assert_eq!(run.result.status, RunStatus::Canceled);
+    let fails = &run.result.steps["fails"];
+    assert_eq!(fails.state, StepRunState::Canceled);
+    assert_eq!(fails.attempts, 1, "a canceled step is not retried");
+    assert_eq!(
+        run.result.steps["should_never_execute"].state,
+        StepRunState::Skipped
+    );
+    assert_eq!(run.result.steps["a"].state, StepRunState::Succeeded);
+    assert!(run.result.errors.is_empty(), "{:?}", run.result.errors);
+    h.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn success_without_a_required_output_is_a_failure() {
     let h = Harness::builder(failure_job())
         .behaviour("fails", Behaviour::Emit(vec![]))

@@ -51,6 +51,8 @@ pub enum Behaviour {
     WrongStep,
     /// Fail the task itself (as a worker does for an unknown job).
     TaskError,
+    /// Answer as a worker's cancellation gate does for a task cancelled before it started.
+    CanceledBeforeStart,
 }
 
 /// Steps running in the worker right now, and the most at once.
@@ -226,6 +228,12 @@ impl WorkerState {
                 return Err(TaskError {
                     kind: "UnknownJob".into(),
                     message: "no such job here".into(),
+                })
+            }
+            Behaviour::CanceledBeforeStart => {
+                return Err(TaskError {
+                    kind: stepq_broker::receiver::kinds::CANCELED.into(),
+                    message: "cancelled before it started".into(),
                 })
             }
         };
