@@ -1,0 +1,781 @@
+//! The app factory: from a [`StepqConfig`] to a task queue, an output store and a run store,
+//! and what runs on them — in-process workers, and runs recorded in the run store.
+//!
+//! - Embedded default (`task_always_eager = true` or no `sqs.queue_url`): an in-memory broker,
+//!   and the local-directory result backend, output store and run store under `state_dir`
+//!   (`.stepq/results`, `.stepq/outputs`, `.stepq/runs`). Workers run in the same process.
+//! - Distributed: the SQS broker, and the S3 result backend, output store and run store in
+//!   `s3.bucket` under `s3.base_path`. Workers are `stepq worker start` processes anywhere.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use stepq_broker::receiver::{kinds as receiver_kinds, TaskGate};
+use stepq_broker::sqs::{QueueDepth, SqsBroker};
+use stepq_broker::{BrokerError, CancelHandle, InMemoryBroker, TaskMessage, TaskQueue};
+use stepq_executor::storage::{
+    HeartbeatStore, LocalDirHeartbeatStore, LocalDirRunStore, RunRecord, RunStatus as StoredStatus,
+    RunStore, S3HeartbeatStore, S3RunStore, StatusChange, StorageError,
+};
+use stepq_executor::{
+    CancelHook, CancelHookError, EventStream, Executor, ExecutorConfig, ExecutorError, RunHandle,
+    RunRequest, RunResult, RunStatus, TagLimit,
+};
+use stepq_plan::{Event, ExecutionPlan, Job, KnownState};
+use stepq_results::{
+    LocalDirOutputStore, LocalDirResultBackend, OutputStore, ResultBackend, S3OutputStore,
+    S3ResultBackend, TaskResult,
+};
+use stepq_worker::{CodeLocation, Worker, WorkerConfig, WorkerError, WorkerStats};
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::{ConfigError, Mode, StepqConfig};
+
+/// Most events written to the run store as one batch.
+const MAX_EVENTS_PER_BATCH: usize = 1000;
+
+/// Why an app could not do what it was asked.
+#[derive(Debug, thiserror::Error)]
+pub enum AppError {
+    /// The configuration is unusable.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// The code location has no such job.
+    #[error("unknown job `{job}`; known jobs: {known}")]
+    UnknownJob {
+        /// The name asked for.
+        job: String,
+        /// Names of the jobs there are.
+        known: String,
+    },
+    /// The run could not be started (bad run id, unknown step in the selection ...).
+    #[error(transparent)]
+    Executor(#[from] ExecutorError),
+    /// A worker could not be built or failed.
+    #[error(transparent)]
+    Worker(#[from] WorkerError),
+    /// The broker or result backend failed.
+    #[error(transparent)]
+    Broker(#[from] BrokerError),
+    /// The run store failed.
+    #[error("run store: {0}")]
+    Storage(#[from] StorageError),
+    /// The operation needs the distributed (SQS) setup.
+    #[error("{what} needs a distributed config: set `sqs.queue_url` (or STEPQ_SQS_QUEUE_URL) and `s3.bucket`")]
+    NotDistributed {
+        /// What was asked.
+        what: &'static str,
+    },
+}
+
+/// Everything a process of stepq needs, built from a [`StepqConfig`] by [`make_app`].
+#[derive(Clone)]
+pub struct App {
+    config: StepqConfig,
+    queue: TaskQueue,
+    outputs: Arc<dyn OutputStore>,
+    runs: Arc<dyn RunStore>,
+    heartbeats: Arc<dyn HeartbeatStore>,
+    sqs: Option<SqsBroker>,
+}
+
+impl std::fmt::Debug for App {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("App")
+            .field("mode", &self.mode())
+            .field("broker", &self.queue.broker().kind())
+            .finish_non_exhaustive()
+    }
+}
+
+fn build_error(component: &'static str, e: impl std::fmt::Display) -> ConfigError {
+    ConfigError::Build {
+        component,
+        message: e.to_string(),
+    }
+}
+
+/// Builds the broker, result backend, output store and run store the config selects (see the
+/// [module docs](self)). Validates the config first. Makes no network request: a missing
+/// queue or bucket shows at [`App::startup`].
+pub async fn make_app(config: &StepqConfig) -> Result<App, ConfigError> {
+    config.validate()?;
+    match config.mode() {
+        Mode::Embedded => {
+            let dir = &config.state_dir;
+            let results: Arc<dyn ResultBackend> = Arc::new(LocalDirResultBackend::new(dir));
+            let queue = TaskQueue::new(Arc::new(InMemoryBroker::new()), results);
+            Ok(App {
+                config: config.clone(),
+                queue,
+                outputs: Arc::new(LocalDirOutputStore::new(dir)),
+                runs: Arc::new(LocalDirRunStore::new(dir)),
+                heartbeats: Arc::new(LocalDirHeartbeatStore::new(dir)),
+                sqs: None,
+            })
+        }
+        Mode::Distributed => {
+            let sqs_config = config
+                .sqs_config()
+                .ok_or_else(|| build_error("the SQS broker", "no queue URL"))?;
+            let sdk = SqsBroker::load_sdk_config(&sqs_config).await;
+            let broker = SqsBroker::from_sdk_config(sqs_config, &sdk)
+                .map_err(|e| build_error("the SQS broker", e))?;
+            let s3_sdk = s3_sdk_config(config, &sdk);
+            let bucket = config
+                .s3
+                .bucket
+                .clone()
+                .ok_or_else(|| build_error("the S3 backends", "no bucket"))?;
+            let base = config.s3.base_path.as_str();
+            let results: Arc<dyn ResultBackend> =
+                Arc::new(S3ResultBackend::new(&s3_sdk, bucket.clone(), base));
+            let queue = TaskQueue::new(Arc::new(broker.clone()), results);
+            Ok(App {
+                config: config.clone(),
+                queue,
+                outputs: Arc::new(S3OutputStore::new(&s3_sdk, bucket.clone(), base)),
+                runs: Arc::new(S3RunStore::new(&s3_sdk, bucket.clone(), base)),
+                heartbeats: Arc::new(S3HeartbeatStore::new(&s3_sdk, bucket, base)),
+                sqs: Some(broker),
+            })
+        }
+    }
+}
+
+/// AWS settings for S3: the broker's, with `s3.endpoint_url` / `s3.region_name` (or the SQS
+/// region) overriding them.
+fn s3_sdk_config(config: &StepqConfig, sdk: &aws_config::SdkConfig) -> aws_config::SdkConfig {
+    let mut builder = sdk.to_builder();
+    if let Some(endpoint) = config
+        .s3
+        .endpoint_url
+        .as_ref()
+        .or(config.sqs.endpoint_url.as_ref())
+    {
+        builder.set_endpoint_url(Some(endpoint.clone()));
+    }
+    if let Some(region) = config
+        .s3
+        .region_name
+        .as_ref()
+        .or(config.sqs.region_name.as_ref())
+    {
+        builder.set_region(Some(aws_config::Region::new(region.clone())));
+    }
+    builder.build()
+}
+
+/// How to start a run.
+#[derive(Debug, Clone, Default)]
+pub struct RunOptions {
+    /// Run id; a fresh UUID when unset.
+    pub run_id: Option<String>,
+    /// Steps to run; every step when unset.
+    pub step_selection: Option<Vec<String>>,
+    /// Free-form run config handed to every op.
+    pub run_config: serde_json::Value,
+    /// Tags stored on the run record.
+    pub tags: BTreeMap<String, String>,
+}
+
+impl App {
+    /// The configuration.
+    pub fn config(&self) -> &StepqConfig {
+        &self.config
+    }
+
+    /// Embedded or distributed.
+    pub fn mode(&self) -> Mode {
+        self.config.mode()
+    }
+
+    /// The task queue (broker + result backend).
+    pub fn queue(&self) -> &TaskQueue {
+        &self.queue
+    }
+
+    /// The output store.
+    pub fn outputs(&self) -> &Arc<dyn OutputStore> {
+        &self.outputs
+    }
+
+    /// The run store.
+    pub fn runs(&self) -> &Arc<dyn RunStore> {
+        &self.runs
+    }
+
+    /// The worker heartbeat store.
+    pub fn heartbeats(&self) -> &Arc<dyn HeartbeatStore> {
+        &self.heartbeats
+    }
+
+    /// Starts the broker and result backend (checks the queue and bucket exist).
+    pub async fn startup(&self) -> Result<(), AppError> {
+        self.queue.startup().await?;
+        Ok(())
+    }
+
+    /// Shuts the broker and result backend down.
+    pub async fn shutdown(&self) -> Result<(), AppError> {
+        self.queue.shutdown().await?;
+        Ok(())
+    }
+
+    /// The executor settings of `[executor]`.
+    pub fn executor_config(&self) -> ExecutorConfig {
+        let ex = &self.config.executor;
+        ExecutorConfig {
+            max_in_flight: ex.max_in_flight,
+            tag_limits: ex
+                .tag_concurrency_limits
+                .iter()
+                .map(|t| TagLimit::new(t.key.clone(), t.value.clone(), t.limit))
+                .collect(),
+            retry_mode: ex.retry_mode.into(),
+            step_timeout: self.config.step_timeout(),
+            fail_fast: ex.fail_fast,
+            cancel_grace: std::time::Duration::from_secs_f64(ex.cancel_grace_seconds),
+            ..ExecutorConfig::default()
+        }
+    }
+
+    /// An executor on this app's queue and output store; `cancel` cancels in-flight tasks on
+    /// interrupt (ignored when `enable_cancellation = false`).
+    pub fn executor(&self, cancel: Option<Arc<dyn CancelHook>>) -> Result<Executor, AppError> {
+        let executor = Executor::new(
+            self.queue.clone(),
+            self.outputs.clone(),
+            self.executor_config(),
+        )?;
+        Ok(match cancel {
+            Some(hook) if self.config.enable_cancellation => executor.with_cancel_hook(hook),
+            _ => executor,
+        })
+    }
+
+    /// Worker settings of `[worker]` under `name`. On SQS, a running step's message is kept
+    /// invisible for one visibility timeout past each heartbeat, and heartbeats come three
+    /// times per visibility timeout: a slow step is never delivered twice, and the step of a
+    /// killed worker is delivered again within one visibility timeout.
+    pub fn worker_config(&self, name: impl Into<String>) -> WorkerConfig {
+        let mut config = WorkerConfig::named(name)
+            .with_concurrency(self.config.worker_concurrency())
+            .with_grace_period(self.config.grace_period());
+        if let Some(sqs) = self.config.sqs_config().filter(|_| self.sqs.is_some()) {
+            let visibility =
+                std::time::Duration::from_secs(u64::from(sqs.config_source.visibility_timeout));
+            config.heartbeat_extension = visibility;
+            config.heartbeat_interval = Some(visibility / 3);
+        }
+        config
+    }
+
+    /// A worker serving `location` on this app's queue and output store.
+    pub fn worker(
+        &self,
+        location: Arc<CodeLocation>,
+        config: WorkerConfig,
+    ) -> Result<Worker, AppError> {
+        Ok(Worker::new(
+            location,
+            self.queue.clone(),
+            self.outputs.clone(),
+            config,
+        )?)
+    }
+
+    /// Starts `count` workers in this process, each running one step at a time, named
+    /// `local-0`, `local-1` ... Their [`LocalWorkers::cancel_hook`] cancels a step that runs
+    /// on one of them and refuses (as CANCELED) one that starts after its cancel. They have no
+    /// shutdown grace period: they are stopped once the runs they serve ended, when whatever
+    /// they still run belongs to a canceled run.
+    pub fn start_local_workers(
+        &self,
+        location: Arc<CodeLocation>,
+        count: usize,
+    ) -> Result<LocalWorkers, AppError> {
+        let stop = CancellationToken::new();
+        let cancel = Arc::new(LocalCancelHook::default());
+        let mut handles = Vec::with_capacity(count);
+        for i in 0..count {
+            let config = self
+                .worker_config(format!("local-{i}"))
+                .with_concurrency(1)
+                .with_grace_period(std::time::Duration::ZERO);
+            let mut worker = self.worker(location.clone(), config)?;
+            worker.receiver_mut().set_gate(cancel.clone());
+            cancel.add(worker.cancel_handle());
+            handles.push(tokio::spawn(worker.run(stop.clone())));
+        }
+        Ok(LocalWorkers {
+            stop,
+            handles,
+            cancel,
+        })
+    }
+
+    /// The approximate depth of the SQS task queue; [`AppError::NotDistributed`] on the
+    /// embedded default.
+    pub async fn queue_depth(&self) -> Result<QueueDepth, AppError> {
+        let sqs = self.sqs.as_ref().ok_or(AppError::NotDistributed {
+            what: "reading the queue depth",
+        })?;
+        Ok(sqs.queue_depth().await?)
+    }
+
+    /// Starts a run of `job` from `location` with `executor`, recording it (record, status
+    /// and every event) in the run store as it goes.
+    pub async fn launch(
+        &self,
+        executor: &Executor,
+        location: &CodeLocation,
+        job: &str,
+        options: RunOptions,
+    ) -> Result<LaunchedRun, AppError> {
+        let job = find_job(location, job)?;
+        let run_id = options
+            .run_id
+            .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
+        let mut request = RunRequest::new(run_id.clone(), job.clone())
+            .with_run_config(options.run_config.clone());
+        if let Some(steps) = &options.step_selection {
+            request = request.with_steps(steps.clone());
+        }
+        // Plan first: a bad selection is an error, not a run record.
+        ExecutionPlan::new(
+            job.clone(),
+            options.step_selection.as_deref(),
+            &KnownState::default(),
+        )
+        .map_err(ExecutorError::from)?;
+        // Then claim the run id, so a second run under the same id never touches the
+        // first one's outputs.
+        let mut record = RunRecord::new(run_id.clone(), job.name(), options.run_config);
+        record.tags = options.tags;
+        record.step_selection = options.step_selection;
+        self.runs.create_run(&record).await?;
+        let mut handle = match executor.start(request) {
+            Ok(handle) => handle,
+            Err(e) => {
+                let _ = self
+                    .runs
+                    .update_status(&run_id, StoredStatus::Failure)
+                    .await;
+                return Err(e.into());
+            }
+        };
+        let started = async {
+            self.runs
+                .change_status(
+                    &run_id,
+                    &StatusChange::to(StoredStatus::Starting).by(orchestrator_name()),
+                )
+                .await?;
+            self.runs
+                .update_status(&run_id, StoredStatus::Started)
+                .await
+        }
+        .await;
+        if let Err(e) = started {
+            handle.interrupt();
+            let _ = handle.wait().await;
+            let _ = self
+                .runs
+                .update_status(&run_id, StoredStatus::Canceled)
+                .await;
+            return Err(e.into());
+        }
+        let stream = handle.events().expect("a new run's event stream is there");
+        let (forward_tx, forward_rx) = mpsc::channel(MAX_EVENTS_PER_BATCH);
+        let recorder = tokio::spawn(record_events(
+            self.runs.clone(),
+            run_id.clone(),
+            stream,
+            forward_tx,
+        ));
+        Ok(LaunchedRun {
+            run_id,
+            job,
+            handle,
+            events: Some(forward_rx),
+            recorder,
+            runs: self.runs.clone(),
+        })
+    }
+
+    /// Runs `job` to the end on the embedded default's shape: `workers` in-process workers
+    /// (none when 0; then workers elsewhere must serve the queue), recorded in the run store.
+    pub async fn run_with_local_workers(
+        &self,
+        location: Arc<CodeLocation>,
+        job: &str,
+        options: RunOptions,
+        workers: usize,
+    ) -> Result<FinishedRun, AppError> {
+        let local = if workers > 0 {
+            Some(self.start_local_workers(location.clone(), workers)?)
+        } else {
+            None
+        };
+        let executor = self.executor(local.as_ref().map(|l| l.cancel_hook()))?;
+        let launched = self.launch(&executor, &location, job, options).await;
+        let finished = match launched {
+            Ok(run) => Ok(run.wait().await),
+            Err(e) => Err(e),
+        };
+        if let Some(local) = local {
+            local.shutdown().await?;
+        }
+        finished
+    }
+}
+
+/// Looks a job up, or says which jobs there are.
+pub fn find_job(location: &CodeLocation, name: &str) -> Result<Arc<Job>, AppError> {
+    location.job(name).ok_or_else(|| AppError::UnknownJob {
+        job: name.to_string(),
+        known: location.job_names().collect::<Vec<_>>().join(", "),
+    })
+}
+
+/// `stepq@<host>:<pid>`: who orchestrates runs started by this process.
+pub fn orchestrator_name() -> String {
+    let host = hostname::get()
+        .map(|h| h.to_string_lossy().into_owned())
+        .unwrap_or_else(|_| "unknown-host".into());
+    format!("stepq@{host}:{}", std::process::id())
+}
+
+/// Reads the executor's events, appends them to the run store in batches (whatever has
+/// arrived, up to [`MAX_EVENTS_PER_BATCH`]), and forwards them to `forward` while someone
+/// reads it. Returns the first storage error, after draining the stream so the run is never
+/// held back.
+async fn record_events(
+    runs: Arc<dyn RunStore>,
+    run_id: String,
+    mut stream: EventStream,
+    forward: mpsc::Sender<Event>,
+) -> Result<(), StorageError> {
+    let mut first_error = None;
+    let mut forwarding = true;
+    let mut batch = Vec::new();
+    while let Some(event) = stream.recv().await {
+        batch.push(event);
+        while batch.len() < MAX_EVENTS_PER_BATCH {
+            match futures::FutureExt::now_or_never(stream.recv()) {
+                Some(Some(event)) => batch.push(event),
+                _ => break,
+            }
+        }
+        if first_error.is_none() {
+            if let Err(e) = runs.append_events(&run_id, &batch).await {
+                tracing::error!(%run_id, error = %e, "cannot record run events");
+                first_error = Some(e);
+            }
+        }
+        for event in batch.drain(..) {
+            if forwarding && forward.send(event).await.is_err() {
+                forwarding = false;
+            }
+        }
+    }
+    first_error.map_or(Ok(()), Err)
+}
+
+/// A run started by [`App::launch`]: its events (also written to the run store), an
+/// interrupt, and its end.
+pub struct LaunchedRun {
+    run_id: String,
+    job: Arc<Job>,
+    handle: RunHandle,
+    events: Option<mpsc::Receiver<Event>>,
+    recorder: JoinHandle<Result<(), StorageError>>,
+    runs: Arc<dyn RunStore>,
+}
+
+impl std::fmt::Debug for LaunchedRun {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LaunchedRun")
+            .field("run_id", &self.run_id)
+            .field("job", &self.job.name())
+            .finish_non_exhaustive()
+    }
+}
+
+/// A run that ended: its result, and whether it was fully recorded.
+#[derive(Debug)]
+pub struct FinishedRun {
+    /// The job.
+    pub job: Arc<Job>,
+    /// The run's result.
+    pub result: RunResult,
+    /// `Err` if the run store missed some of the run (its events or its final status).
+    pub recorded: Result<(), StorageError>,
+}
+
+impl LaunchedRun {
+    /// The run id.
+    pub fn run_id(&self) -> &str {
+        &self.run_id
+    }
+
+    /// The job.
+    pub fn job(&self) -> &Arc<Job> {
+        &self.job
+    }
+
+    /// Takes the event stream (`None` if taken). Read it to the end or drop it.
+    pub fn events(&mut self) -> Option<mpsc::Receiver<Event>> {
+        self.events.take()
+    }
+
+    /// A token that interrupts the run when cancelled.
+    pub fn interrupt_token(&self) -> CancellationToken {
+        self.handle.interrupt_token()
+    }
+
+    /// Interrupts the run (see [`RunHandle::interrupt`]).
+    pub fn interrupt(&self) {
+        self.handle.interrupt();
+    }
+
+    /// Waits for the run to end, for its events to be recorded, and records its final status.
+    pub async fn wait(mut self) -> FinishedRun {
+        drop(self.events.take());
+        let result = self.handle.wait().await;
+        let mut recorded = match self.recorder.await {
+            Ok(r) => r,
+            Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+            Err(e) => Err(StorageError::Io {
+                path: format!("events of run {}", self.run_id),
+                source: std::io::Error::other(format!("the event recorder stopped: {e}")),
+            }),
+        };
+        let status = match result.status {
+            RunStatus::Success => StoredStatus::Success,
+            RunStatus::Failure => StoredStatus::Failure,
+            RunStatus::Canceled => StoredStatus::Canceled,
+        };
+        if let Err(e) = self.runs.update_status(&self.run_id, status).await {
+            tracing::error!(run_id = %self.run_id, error = %e, "cannot record the run's status");
+            if recorded.is_ok() {
+                recorded = Err(e);
+            }
+        }
+        FinishedRun {
+            job: self.job,
+            result,
+            recorded,
+        }
+    }
+}
+
+/// Workers running in this process (the embedded default's workers).
+pub struct LocalWorkers {
+    stop: CancellationToken,
+    handles: Vec<JoinHandle<Result<WorkerStats, WorkerError>>>,
+    cancel: Arc<LocalCancelHook>,
+}
+
+impl std::fmt::Debug for LocalWorkers {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LocalWorkers")
+            .field("workers", &self.handles.len())
+            .finish()
+    }
+}
+
+impl LocalWorkers {
+    /// A cancel hook that cancels tasks running on these workers.
+    pub fn cancel_hook(&self) -> Arc<dyn CancelHook> {
+        self.cancel.clone()
+    }
+
+    /// How many workers there are.
+    pub fn len(&self) -> usize {
+        self.handles.len()
+    }
+
+    /// Whether there are none.
+    pub fn is_empty(&self) -> bool {
+        self.handles.is_empty()
+    }
+
+    /// Stops the workers (in-flight steps get the grace period) and returns what each did.
+    pub async fn shutdown(self) -> Result<Vec<WorkerStats>, WorkerError> {
+        self.stop.cancel();
+        let mut stats = Vec::with_capacity(self.handles.len());
+        let mut first_error = None;
+        for handle in self.handles {
+            match handle.await {
+                Ok(Ok(s)) => stats.push(s),
+                Ok(Err(e)) => {
+                    first_error.get_or_insert(e);
+                }
+                Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+                Err(_) => {}
+            }
+        }
+        first_error.map_or(Ok(stats), Err)
+    }
+}
+
+/// Cancels tasks on in-process workers by task id: a running one through its worker's
+/// cancel handle, one not started yet by refusing it when it starts (the gate of every local
+/// worker). A cancel is remembered before the handles are tried, and a task is registered
+/// with its handle before the gate is asked, so no cancel falls between the two.
+#[derive(Default)]
+struct LocalCancelHook {
+    handles: std::sync::Mutex<Vec<CancelHandle>>,
+    canceled: std::sync::Mutex<std::collections::HashSet<String>>,
+}
+
+impl LocalCancelHook {
+    fn add(&self, handle: CancelHandle) {
+        self.handles
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(handle);
+    }
+
+    fn is_canceled(&self, task_id: &str) -> bool {
+        self.canceled
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains(task_id)
+    }
+}
+
+#[async_trait]
+impl CancelHook for LocalCancelHook {
+    async fn cancel_task(&self, task_id: &str) -> Result<(), CancelHookError> {
+        self.canceled
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(task_id.to_string());
+        let handles = self.handles.lock().unwrap_or_else(|e| e.into_inner());
+        for handle in handles.iter() {
+            if handle.cancel(task_id) {
+                break;
+            }
+        }
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl TaskGate for LocalCancelHook {
+    async fn before_start(&self, message: &TaskMessage) -> Option<TaskResult> {
+        self.is_canceled(&message.task_id).then(|| {
+            TaskResult::err(
+                receiver_kinds::CANCELED,
+                format!(
+                    "task `{}` ({}) was canceled before it started",
+                    message.task_name, message.task_id
+                ),
+                0.0,
+            )
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{RetryModeSetting, TagLimitSetting};
+    use std::time::Duration;
+
+    fn distributed() -> StepqConfig {
+        let mut config = StepqConfig::default();
+        config.sqs.queue_url = Some("http://127.0.0.1:9/000000000000/q".into());
+        config.sqs.region_name = Some("us-east-1".into());
+        config.sqs.config_source.visibility_timeout = 12;
+        config.s3.bucket = Some("bucket-1".into());
+        config
+    }
+
+    #[tokio::test]
+    async fn embedded_default_is_memory_and_local_dirs() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = StepqConfig {
+            state_dir: dir.path().into(),
+            ..StepqConfig::default()
+        };
+        let app = make_app(&config).await.unwrap();
+        assert_eq!(app.mode(), Mode::Embedded);
+        assert_eq!(app.queue().broker().kind(), "memory");
+        assert!(matches!(
+            app.queue_depth().await,
+            Err(AppError::NotDistributed { .. })
+        ));
+        let worker = app.worker_config("w");
+        assert_eq!(
+            worker.heartbeat_interval,
+            WorkerConfig::default().heartbeat_interval
+        );
+    }
+
+    #[tokio::test]
+    async fn distributed_config_builds_sqs_without_a_request() {
+        let app = make_app(&distributed()).await.unwrap();
+        assert_eq!(app.mode(), Mode::Distributed);
+        assert_eq!(app.queue().broker().kind(), "sqs");
+        let worker = app.worker_config("w");
+        assert_eq!(worker.heartbeat_extension, Duration::from_secs(12));
+        assert_eq!(worker.heartbeat_interval, Some(Duration::from_secs(4)));
+        worker.validate().unwrap();
+    }
+
+    #[tokio::test]
+    async fn task_always_eager_wins_over_a_queue_url() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = distributed();
+        config.task_always_eager = true;
+        config.state_dir = dir.path().into();
+        let app = make_app(&config).await.unwrap();
+        assert_eq!(app.queue().broker().kind(), "memory");
+    }
+
+    #[tokio::test]
+    async fn invalid_config_is_refused() {
+        let mut config = distributed();
+        config.sqs.config_source.max_number_of_messages = 11;
+        let err = make_app(&config).await.unwrap_err();
+        assert!(
+            matches!(&err, ConfigError::Invalid { key, .. } if key == "sqs.config_source.max_number_of_messages"),
+            "{err}"
+        );
+    }
+
+    #[tokio::test]
+    async fn executor_settings_come_from_the_config() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = StepqConfig {
+            state_dir: dir.path().into(),
+            ..StepqConfig::default()
+        };
+        config.executor.max_in_flight = 7;
+        config.executor.retry_mode = RetryModeSetting::Disabled;
+        config.executor.step_timeout_seconds = Some(2.5);
+        config.executor.fail_fast = true;
+        config.executor.cancel_grace_seconds = 0.5;
+        config.executor.tag_concurrency_limits = vec![TagLimitSetting {
+            key: "db".into(),
+            value: "warehouse".into(),
+            limit: 2,
+        }];
+        let app = make_app(&config).await.unwrap();
+        let ex = app.executor_config();
+        assert_eq!(ex.max_in_flight, 7);
+        assert_eq!(ex.retry_mode, stepq_plan::RetryMode::Disabled);
+        assert_eq!(ex.step_timeout, Some(Duration::from_millis(2500)));
+        assert!(ex.fail_fast);
+        assert_eq!(ex.cancel_grace, Duration::from_millis(500));
+        assert_eq!(ex.tag_limits, vec![TagLimit::new("db", "warehouse", 2)]);
+        app.executor(None).unwrap();
+    }
+}

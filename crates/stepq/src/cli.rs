@@ -1,0 +1,854 @@
+//! The `stepq` command line: run jobs, list them, show runs, and run workers.
+//!
+//! Any binary built on a [`CodeLocation`] gets the whole CLI with [`main`]:
+//!
+//! ```no_run
+//! fn main() -> std::process::ExitCode {
+//!     stepq::cli::main(stepq::examples::location())
+//! }
+//! ```
+//!
+//! Commands (global options `--config FILE`, `--jobs-file FILE.toml` (repeatable),
+//! `--log-format text|json`):
+//!
+//! - `stepq run JOB [--steps a,b] [--workers N] [--run-config JSON] [--run-id ID]`: runs a job
+//!   with live progress and a summary table. On the embedded default it starts N in-process
+//!   workers (default: the number of cores); with a distributed config it orchestrates over
+//!   SQS while `stepq worker start` processes do the steps (`--workers N` adds in-process
+//!   ones). Exits 0 on success, 1 on failure, 130 when interrupted (Ctrl-C interrupts the
+//!   run; a second Ctrl-C exits at once).
+//! - `stepq jobs`: the jobs of the code location and the jobs files.
+//! - `stepq status RUN_ID`: a run from the run store, step by step.
+//! - `stepq runs [--limit N]`: the latest runs.
+//! - `stepq worker start [--concurrency N] [--name NAME]`: a worker service (distributed
+//!   config); stops gracefully on SIGTERM or Ctrl-C and exits 0.
+//! - `stepq worker list`: queue depth of the task queue, and the workers' heartbeats.
+//!
+//! Exit code 2 means the command could not start (bad arguments, config, jobs file, unknown
+//! job or run).
+
+use std::collections::BTreeMap;
+use std::io::IsTerminal;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use stepq_executor::storage::{EventCursor, RunRecord, WorkerHealth, WorkerHeartbeat};
+use stepq_executor::RunStatus;
+use stepq_plan::{ExecutionPlan, KnownState};
+use stepq_worker::CodeLocation;
+use tokio_util::sync::CancellationToken;
+
+use crate::app::{find_job, make_app, App, AppError, RunOptions};
+use crate::config::{default_parallelism, Mode, StepqConfig};
+use crate::progress::Progress;
+use crate::report::{
+    final_steps, human_duration, output_lines, render_table, rows_from_events, rows_from_result,
+};
+use crate::toml_jobs::{ShellJobs, TomlJobsError};
+
+/// Exit code of a run that failed (and of runtime errors).
+pub const EXIT_FAILURE: u8 = 1;
+/// Exit code when a command could not start: bad arguments, config, jobs file, unknown name.
+pub const EXIT_USAGE: u8 = 2;
+/// Exit code of an interrupted run (128 + SIGINT).
+pub const EXIT_INTERRUPTED: u8 = 130;
+
+/// Runs with more steps than this get a condensed summary.
+pub const SUMMARY_MAX_ROWS: usize = 40;
+
+/// How often `stepq worker start` writes its heartbeat.
+pub const HEARTBEAT_INTERVAL: Duration = Duration::from_secs(10);
+
+/// The `stepq` command line.
+#[derive(Debug, Parser)]
+#[command(
+    name = "stepq",
+    version,
+    about = "Run DAG-shaped jobs as tasks on a queue, on a laptop or across many machines"
+)]
+pub struct Cli {
+    /// Config file (TOML). Without one: the embedded default (in-memory queue, state under
+    /// .stepq/). STEPQ_SQS_QUEUE_URL, STEPQ_S3_BUCKET_NAME ... override it.
+    #[arg(long, global = true, env = "STEPQ_CONFIG", value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// A TOML file of jobs whose steps are shell commands (repeatable).
+    #[arg(long = "jobs-file", global = true, value_name = "FILE.toml")]
+    pub jobs_files: Vec<PathBuf>,
+    /// Log format (logs go to stderr; RUST_LOG sets the level).
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+    /// The command.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line (for log collectors).
+    Json,
+}
+
+/// A `stepq` command.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run a job and wait for it, with live progress and a summary.
+    Run(RunArgs),
+    /// List the jobs of the code location and the jobs files.
+    Jobs,
+    /// Show a run, step by step, from the run store.
+    Status {
+        /// The run id.
+        run_id: String,
+    },
+    /// List the latest runs.
+    Runs {
+        /// How many.
+        #[arg(long, default_value_t = 20)]
+        limit: usize,
+    },
+    /// Run or inspect workers.
+    #[command(subcommand)]
+    Worker(WorkerCommand),
+}
+
+/// Arguments of `stepq run`.
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// Job name.
+    pub job: String,
+    /// Run only these steps (comma-separated keys).
+    #[arg(long, value_delimiter = ',', value_name = "STEP,...")]
+    pub steps: Option<Vec<String>>,
+    /// In-process workers (default: number of cores on the embedded default, 0 with a
+    /// distributed config).
+    #[arg(long, value_name = "N")]
+    pub workers: Option<usize>,
+    /// Run config handed to every op: JSON text, or @FILE to read it from a file.
+    #[arg(long, value_name = "JSON")]
+    pub run_config: Option<String>,
+    /// Run id (default: a fresh UUID).
+    #[arg(long, value_name = "ID")]
+    pub run_id: Option<String>,
+}
+
+/// `stepq worker ...`.
+#[derive(Debug, Subcommand)]
+pub enum WorkerCommand {
+    /// Run a worker until SIGTERM or Ctrl-C.
+    Start(WorkerStartArgs),
+    /// Show the task queue's depth and the workers' heartbeats.
+    List,
+}
+
+/// Arguments of `stepq worker start`.
+#[derive(Debug, Args)]
+pub struct WorkerStartArgs {
+    /// Steps run at once (default: `worker.concurrency`, else the number of cores).
+    #[arg(long, value_name = "N")]
+    pub concurrency: Option<usize>,
+    /// Worker name in logs, step events and results (default: `worker-HOST-PID`).
+    #[arg(long)]
+    pub name: Option<String>,
+}
+
+/// Why a command failed, and which exit code that gives.
+#[derive(Debug)]
+struct Failure {
+    message: String,
+    code: u8,
+}
+
+impl Failure {
+    fn usage(message: impl std::fmt::Display) -> Self {
+        Failure {
+            message: message.to_string(),
+            code: EXIT_USAGE,
+        }
+    }
+
+    fn runtime(message: impl std::fmt::Display) -> Self {
+        Failure {
+            message: message.to_string(),
+            code: EXIT_FAILURE,
+        }
+    }
+}
+
+impl From<AppError> for Failure {
+    fn from(e: AppError) -> Self {
+        match e {
+            AppError::Config(_)
+            | AppError::UnknownJob { .. }
+            | AppError::Executor(_)
+            | AppError::NotDistributed { .. } => Failure::usage(e),
+            AppError::Storage(stepq_executor::storage::StorageError::RunNotFound { .. }) => {
+                Failure::usage(e)
+            }
+            other => Failure::runtime(other),
+        }
+    }
+}
+
+impl From<TomlJobsError> for Failure {
+    fn from(e: TomlJobsError) -> Self {
+        Failure::usage(e)
+    }
+}
+
+/// Parses the process arguments and runs the command on a new multi-threaded runtime.
+pub fn main(location: CodeLocation) -> ExitCode {
+    main_from(location, std::env::args_os())
+}
+
+/// Like [`main`], with the given arguments (the first is the program name).
+pub fn main_from<I, T>(location: CodeLocation, args: I) -> ExitCode
+where
+    I: IntoIterator<Item = T>,
+    T: Into<std::ffi::OsString> + Clone,
+{
+    let cli = Cli::parse_from(args);
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::from(EXIT_FAILURE);
+        }
+    };
+    runtime.block_on(run(cli, location))
+}
+
+/// Runs a parsed command line.
+pub async fn run(cli: Cli, location: CodeLocation) -> ExitCode {
+    // A run shows step failures itself; a worker service logs what it does.
+    let default_filter = match &cli.command {
+        Command::Worker(WorkerCommand::Start(_)) => "info",
+        _ => "error",
+    };
+    init_tracing(cli.log_format, default_filter);
+    match dispatch(cli, location).await {
+        Ok(code) => ExitCode::from(code),
+        Err(failure) => {
+            eprintln!("error: {}", failure.message);
+            ExitCode::from(failure.code)
+        }
+    }
+}
+
+/// Sets up tracing to stderr: the filter of RUST_LOG, else `default_filter`.
+fn init_tracing(format: LogFormat, default_filter: &str) {
+    use tracing_subscriber::EnvFilter;
+    let filter =
+        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_filter));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_writer(std::io::stderr);
+    let _ = match format {
+        LogFormat::Text => builder.try_init(),
+        LogFormat::Json => builder.json().try_init(),
+    };
+}
+
+async fn dispatch(cli: Cli, base: CodeLocation) -> Result<u8, Failure> {
+    let config =
+        StepqConfig::load_with_process_env(cli.config.as_deref()).map_err(Failure::usage)?;
+    let files = cli
+        .jobs_files
+        .iter()
+        .map(|p| ShellJobs::load(p))
+        .collect::<Result<Vec<_>, _>>()?;
+    let mut location = base.clone();
+    for file in &files {
+        location = file.extend(&location)?;
+    }
+    let location = Arc::new(location);
+    match cli.command {
+        Command::Jobs => {
+            print_jobs(&base, &files);
+            Ok(0)
+        }
+        Command::Run(args) => {
+            let app = make_app(&config).await.map_err(Failure::usage)?;
+            run_job(&app, location, args).await
+        }
+        Command::Status { run_id } => {
+            let app = make_app(&config).await.map_err(Failure::usage)?;
+            show_status(&app, &run_id).await
+        }
+        Command::Runs { limit } => {
+            let app = make_app(&config).await.map_err(Failure::usage)?;
+            list_runs(&app, limit).await
+        }
+        Command::Worker(WorkerCommand::Start(args)) => {
+            let app = make_app(&config).await.map_err(Failure::usage)?;
+            start_worker(&app, location, args).await
+        }
+        Command::Worker(WorkerCommand::List) => {
+            let app = make_app(&config).await.map_err(Failure::usage)?;
+            list_workers(&app).await
+        }
+    }
+}
+
+fn print_jobs(base: &CodeLocation, files: &[ShellJobs]) {
+    let mut rows: Vec<[String; 4]> = base
+        .jobs()
+        .map(|job| {
+            [
+                job.name().to_string(),
+                job.steps().len().to_string(),
+                "code location".to_string(),
+                String::new(),
+            ]
+        })
+        .collect();
+    for file in files {
+        for job in file.jobs() {
+            rows.push([
+                job.job.name().to_string(),
+                job.job.steps().len().to_string(),
+                file.path().display().to_string(),
+                job.description.clone().unwrap_or_default(),
+            ]);
+        }
+    }
+    print!(
+        "{}",
+        simple_table(["JOB", "STEPS", "SOURCE", "DESCRIPTION"], &rows)
+    );
+}
+
+/// An aligned table; the last column is not padded.
+fn simple_table<const N: usize>(header: [&str; N], rows: &[[String; N]]) -> String {
+    let mut widths = header.map(|h| h.chars().count());
+    for row in rows {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.chars().count());
+        }
+    }
+    let line = |cells: Vec<&str>| {
+        let mut text = String::new();
+        for (i, (cell, w)) in cells.iter().zip(widths).enumerate() {
+            text.push_str(cell);
+            if i + 1 < N {
+                text.push_str(&" ".repeat(w - cell.chars().count() + 2));
+            }
+        }
+        format!("{}\n", text.trim_end())
+    };
+    let mut out = line(header.to_vec());
+    for row in rows {
+        out.push_str(&line(row.iter().map(String::as_str).collect()));
+    }
+    out
+}
+
+/// The `--run-config` value: JSON text, or `@FILE` for a file of JSON.
+fn parse_run_config(text: Option<&str>) -> Result<serde_json::Value, Failure> {
+    let Some(text) = text else {
+        return Ok(serde_json::Value::Null);
+    };
+    if let Some(path) = text.strip_prefix('@') {
+        let body = std::fs::read_to_string(path)
+            .map_err(|e| Failure::usage(format!("--run-config: cannot read `{path}`: {e}")))?;
+        return serde_json::from_str(&body)
+            .map_err(|e| Failure::usage(format!("--run-config: `{path}` is not valid JSON: {e}")));
+    }
+    serde_json::from_str(text)
+        .map_err(|e| Failure::usage(format!("--run-config is not valid JSON: {e}")))
+}
+
+/// Listens for Ctrl-C (from the moment it returns): the first interrupts the run, the second
+/// exits at once with 130.
+fn spawn_interrupt_handler(interrupt: CancellationToken) -> tokio::task::JoinHandle<()> {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        if let Ok(mut sigint) = signal(SignalKind::interrupt()) {
+            return tokio::spawn(async move {
+                if sigint.recv().await.is_none() {
+                    return;
+                }
+                eprintln!("\ninterrupting the run (press Ctrl-C again to exit at once)");
+                interrupt.cancel();
+                if sigint.recv().await.is_some() {
+                    eprintln!("exiting without waiting for the run");
+                    std::process::exit(i32::from(EXIT_INTERRUPTED));
+                }
+            });
+        }
+    }
+    tokio::spawn(async move {
+        if tokio::signal::ctrl_c().await.is_err() {
+            return;
+        }
+        eprintln!("\ninterrupting the run (press Ctrl-C again to exit at once)");
+        interrupt.cancel();
+        if tokio::signal::ctrl_c().await.is_ok() {
+            eprintln!("exiting without waiting for the run");
+            std::process::exit(i32::from(EXIT_INTERRUPTED));
+        }
+    })
+}
+
+async fn run_job(app: &App, location: Arc<CodeLocation>, args: RunArgs) -> Result<u8, Failure> {
+    let job = find_job(&location, &args.job)?;
+    let run_config = parse_run_config(args.run_config.as_deref())?;
+    let plan_len = ExecutionPlan::new(job.clone(), args.steps.as_deref(), &KnownState::default())
+        .map_err(Failure::usage)?
+        .len();
+    let workers = args.workers.unwrap_or(match app.mode() {
+        Mode::Embedded => default_parallelism(),
+        Mode::Distributed => 0,
+    });
+    if app.mode() == Mode::Embedded && workers == 0 {
+        return Err(Failure::usage(
+            "--workers 0 on the embedded default: nothing would run the steps (the in-memory queue is not shared between processes)",
+        ));
+    }
+    app.startup().await?;
+    let local = if workers > 0 {
+        Some(app.start_local_workers(location.clone(), workers)?)
+    } else {
+        None
+    };
+    let executor = app.executor(local.as_ref().map(|l| l.cancel_hook()))?;
+    let options = RunOptions {
+        run_id: args.run_id,
+        step_selection: args.steps,
+        run_config,
+        tags: BTreeMap::new(),
+    };
+    let mut run = match app.launch(&executor, &location, job.name(), options).await {
+        Ok(run) => run,
+        Err(e) => {
+            if let Some(local) = local {
+                let _ = local.shutdown().await;
+            }
+            return Err(e.into());
+        }
+    };
+    let where_ = match app.mode() {
+        Mode::Embedded => format!(
+            "{workers} in-process workers, state in {}",
+            app.config().state_dir.display()
+        ),
+        Mode::Distributed => format!("SQS, {workers} in-process workers"),
+    };
+    let ctrl_c = spawn_interrupt_handler(run.interrupt_token());
+    println!(
+        "run {} of job `{}`: {plan_len} step{} ({where_})",
+        run.run_id(),
+        job.name(),
+        if plan_len == 1 { "" } else { "s" }
+    );
+    let mut progress = Progress::new(plan_len, std::io::stdout().is_terminal());
+    if let Some(mut events) = run.events() {
+        while let Some(event) = events.recv().await {
+            progress.on_event(&event);
+        }
+    }
+    progress.finish();
+    let finished = run.wait().await;
+    ctrl_c.abort();
+    if let Some(local) = local {
+        if let Err(e) = local.shutdown().await {
+            eprintln!("warning: an in-process worker stopped with an error: {e}");
+        }
+    }
+    let _ = app.shutdown().await;
+    let result = &finished.result;
+    let elapsed = finished_elapsed(app, &result.run_id).await;
+    println!();
+    let rows = rows_from_result(&finished.job, result);
+    if rows.len() <= SUMMARY_MAX_ROWS {
+        print!("{}", render_table(&rows));
+    } else {
+        let (ok, other): (Vec<_>, Vec<_>) = rows.into_iter().partition(|r| r.status == "SUCCEEDED");
+        if !other.is_empty() {
+            print!(
+                "{}",
+                render_table(&other[..other.len().min(SUMMARY_MAX_ROWS)])
+            );
+        }
+        println!(
+            "{} steps succeeded{} (every step: stepq status {})",
+            ok.len(),
+            if other.len() > SUMMARY_MAX_ROWS {
+                format!(", {} more did not", other.len() - SUMMARY_MAX_ROWS)
+            } else {
+                String::new()
+            },
+            result.run_id
+        );
+    }
+    let finals = final_steps(&finished.job, result);
+    let outputs = output_lines(&finished.job, result, app.outputs().as_ref(), &finals, 10).await;
+    if !outputs.is_empty() {
+        println!();
+        println!("outputs:");
+        for line in outputs {
+            println!("  {line}");
+        }
+    }
+    println!();
+    println!(
+        "run {} {}{}",
+        result.run_id,
+        result.status,
+        elapsed
+            .map(|d| format!(" in {}", human_duration(d)))
+            .unwrap_or_default()
+    );
+    if let Err(e) = &finished.recorded {
+        eprintln!("warning: the run store missed part of this run: {e}");
+    }
+    Ok(match result.status {
+        RunStatus::Success => 0,
+        RunStatus::Failure => EXIT_FAILURE,
+        RunStatus::Canceled => EXIT_INTERRUPTED,
+    })
+}
+
+/// Wall time of a recorded run (start to end), if both are known.
+async fn finished_elapsed(app: &App, run_id: &str) -> Option<Duration> {
+    let record = app.runs().get_run(run_id).await.ok()?;
+    record_duration(&record)
+}
+
+fn record_duration(record: &RunRecord) -> Option<Duration> {
+    let start = record.started_at?;
+    let end = record.ended_at?;
+    Some(Duration::from_micros(end.saturating_sub(start)))
+}
+
+/// `YYYY-MM-DD HH:MM:SS UTC` of microseconds since the Unix epoch.
+pub fn format_timestamp(us: u64) -> String {
+    let secs = us / 1_000_000;
+    let days = (secs / 86_400) as i64;
+    let rem = secs % 86_400;
+    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1_460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02} {:02}:{:02}:{:02} UTC",
+        rem / 3600,
+        (rem % 3600) / 60,
+        rem % 60
+    )
+}
+
+async fn show_status(app: &App, run_id: &str) -> Result<u8, Failure> {
+    let record = app.runs().get_run(run_id).await.map_err(AppError::from)?;
+    let mut events = Vec::new();
+    let mut cursor = EventCursor::START;
+    loop {
+        let page = app
+            .runs()
+            .read_events(run_id, cursor)
+            .await
+            .map_err(AppError::from)?;
+        if page.events.is_empty() {
+            break;
+        }
+        events.extend(page.events);
+        cursor = page.next;
+    }
+    println!("run:          {}", record.run_id);
+    println!("job:          {}", record.job_name);
+    println!("status:       {}", record.status);
+    println!("created:      {}", format_timestamp(record.created_at));
+    if let Some(d) = record_duration(&record) {
+        println!("duration:     {}", human_duration(d));
+    }
+    if let Some(o) = &record.orchestrator {
+        println!("orchestrator: {o}");
+    }
+    if let Some(steps) = &record.step_selection {
+        println!("steps:        {}", steps.join(", "));
+    }
+    println!();
+    print!("{}", render_table(&rows_from_events(&events)));
+    Ok(0)
+}
+
+async fn list_runs(app: &App, limit: usize) -> Result<u8, Failure> {
+    let runs = app.runs().list_runs(limit).await.map_err(AppError::from)?;
+    let rows: Vec<[String; 5]> = runs
+        .iter()
+        .map(|r| {
+            [
+                r.run_id.clone(),
+                r.job_name.clone(),
+                r.status.to_string(),
+                format_timestamp(r.created_at),
+                record_duration(r)
+                    .map(human_duration)
+                    .unwrap_or_else(|| "-".into()),
+            ]
+        })
+        .collect();
+    print!(
+        "{}",
+        simple_table(["RUN ID", "JOB", "STATUS", "CREATED", "DURATION"], &rows)
+    );
+    Ok(0)
+}
+
+fn host_name() -> String {
+    hostname::get()
+        .map(|h| h.to_string_lossy().into_owned())
+        .unwrap_or_else(|_| "unknown-host".into())
+}
+
+/// Resolves when SIGTERM or Ctrl-C arrives.
+async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = term.recv() => {}
+                    _ = tokio::signal::ctrl_c() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+async fn start_worker(
+    app: &App,
+    location: Arc<CodeLocation>,
+    args: WorkerStartArgs,
+) -> Result<u8, Failure> {
+    if app.mode() == Mode::Embedded {
+        return Err(AppError::NotDistributed {
+            what: "`stepq worker start`",
+        }
+        .into());
+    }
+    let name = args
+        .name
+        .unwrap_or_else(|| format!("worker-{}-{}", host_name(), std::process::id()));
+    let mut config = app.worker_config(name.clone());
+    if let Some(n) = args.concurrency {
+        config = config.with_concurrency(n);
+    }
+    app.startup().await?;
+    let worker = app.worker(location, config).map_err(Failure::usage)?;
+    let running = worker.cancel_handle();
+    let stop = CancellationToken::new();
+    let heartbeats = app.heartbeats().clone();
+    let beat_stop = stop.clone();
+    let beat_name = name.clone();
+    let beats = tokio::spawn(async move {
+        let mut beat = WorkerHeartbeat::new(beat_name, host_name(), std::process::id());
+        loop {
+            beat.last_seen = stepq_plan::events::now_us();
+            beat.tasks_running = running.running().len() as u64;
+            if let Err(e) = heartbeats.put_heartbeat(&beat).await {
+                tracing::warn!(error = %e, "cannot write the worker heartbeat");
+            }
+            tokio::select! {
+                _ = beat_stop.cancelled() => break,
+                _ = tokio::time::sleep(HEARTBEAT_INTERVAL) => {}
+            }
+        }
+        if let Err(e) = heartbeats.remove_heartbeat(&beat.worker_id).await {
+            tracing::warn!(error = %e, "cannot remove the worker heartbeat");
+        }
+    });
+    let signal_stop = stop.clone();
+    tokio::spawn(async move {
+        shutdown_signal().await;
+        tracing::info!("stopping: finishing in-flight steps within the grace period");
+        signal_stop.cancel();
+    });
+    let outcome = worker.run(stop.clone()).await;
+    stop.cancel();
+    let _ = beats.await;
+    let _ = app.shutdown().await;
+    match outcome {
+        Ok(_) => Ok(0),
+        Err(e) => Err(Failure::runtime(e)),
+    }
+}
+
+async fn list_workers(app: &App) -> Result<u8, Failure> {
+    let depth = app.queue_depth().await?;
+    let url = app.config().sqs.queue_url.clone().unwrap_or_default();
+    print!(
+        "{}",
+        simple_table(
+            ["QUEUE", "URL", "VISIBLE", "NOT VISIBLE", "DELAYED"],
+            &[[
+                "task".to_string(),
+                url,
+                depth.visible.to_string(),
+                depth.not_visible.to_string(),
+                depth.delayed.to_string(),
+            ]],
+        )
+    );
+    let workers = app
+        .heartbeats()
+        .list_workers(stepq_plan::events::now_us(), HEARTBEAT_INTERVAL)
+        .await
+        .map_err(AppError::from)?;
+    println!();
+    let rows: Vec<[String; 5]> = workers
+        .iter()
+        .map(|w| {
+            let h = &w.heartbeat;
+            [
+                h.worker_id.clone(),
+                h.host.clone(),
+                match w.health {
+                    WorkerHealth::Live => "live".to_string(),
+                    WorkerHealth::Lost => "lost".to_string(),
+                },
+                h.tasks_running.to_string(),
+                format_timestamp(h.last_seen),
+            ]
+        })
+        .collect();
+    print!(
+        "{}",
+        simple_table(["WORKER", "HOST", "HEALTH", "RUNNING", "LAST SEEN"], &rows)
+    );
+    Ok(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn the_command_line_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn run_arguments_parse() {
+        let cli = Cli::parse_from([
+            "stepq",
+            "run",
+            "diamond",
+            "--steps",
+            "emit_values,add_one",
+            "--workers",
+            "3",
+            "--run-config",
+            "{\"sleep_ms\": 5}",
+            "--config",
+            "stepq.toml",
+        ]);
+        assert_eq!(cli.config, Some(PathBuf::from("stepq.toml")));
+        let Command::Run(args) = cli.command else {
+            panic!("not a run")
+        };
+        assert_eq!(args.job, "diamond");
+        assert_eq!(args.steps.unwrap(), ["emit_values", "add_one"]);
+        assert_eq!(args.workers, Some(3));
+        assert_eq!(
+            parse_run_config(args.run_config.as_deref()).unwrap()["sleep_ms"],
+            5
+        );
+    }
+
+    #[test]
+    fn bad_run_config_is_a_usage_error() {
+        let e = parse_run_config(Some("{nope")).unwrap_err();
+        assert_eq!(e.code, EXIT_USAGE);
+        assert!(e.message.contains("--run-config"), "{}", e.message);
+        let e = parse_run_config(Some("@/nonexistent/config.json")).unwrap_err();
+        assert_eq!(e.code, EXIT_USAGE);
+        assert!(
+            e.message.contains("/nonexistent/config.json"),
+            "{}",
+            e.message
+        );
+    }
+
+    #[test]
+    fn run_config_is_read_from_a_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("rc.json");
+        std::fs::write(&path, r#"{"sleep_ms": 7}"#).unwrap();
+        let value = parse_run_config(Some(&format!("@{}", path.display()))).unwrap();
+        assert_eq!(value["sleep_ms"], 7);
+        std::fs::write(&path, "not json").unwrap();
+        let e = parse_run_config(Some(&format!("@{}", path.display()))).unwrap_err();
+        assert!(e.message.contains("not valid JSON"), "{}", e.message);
+    }
+
+    #[test]
+    fn worker_arguments_parse() {
+        let cli = Cli::parse_from([
+            "stepq",
+            "worker",
+            "start",
+            "--jobs-file",
+            "a.toml",
+            "--jobs-file",
+            "b.toml",
+            "--log-format",
+            "json",
+            "--concurrency",
+            "4",
+        ]);
+        assert_eq!(cli.jobs_files.len(), 2);
+        assert_eq!(cli.log_format, LogFormat::Json);
+        assert!(matches!(
+            cli.command,
+            Command::Worker(WorkerCommand::Start(WorkerStartArgs {
+                concurrency: Some(4),
+                ..
+            }))
+        ));
+    }
+
+    #[test]
+    fn timestamps_are_utc_dates() {
+        assert_eq!(format_timestamp(0), "1970-01-01 00:00:00 UTC");
+        assert_eq!(
+            format_timestamp(1_700_000_000_123_456),
+            "2023-11-14 22:13:20 UTC"
+        );
+        assert_eq!(
+            format_timestamp(951_782_400_000_000),
+            "2000-02-29 00:00:00 UTC"
+        );
+    }
+
+    #[test]
+    fn tables_align() {
+        let t = simple_table(["A", "BB"], &[["xyz".into(), "1".into()]]);
+        assert_eq!(t, "A    BB\nxyz  1\n");
+    }
+}

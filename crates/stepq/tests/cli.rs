@@ -1,0 +1,288 @@
+//! The `stepq` binary, run as a user would: each test in its own working directory, so its
+//! `.stepq/` state is its own.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+
+const ENV_OVERRIDES: [&str; 6] = [
+    "STEPQ_CONFIG",
+    "STEPQ_SQS_QUEUE_URL",
+    "STEPQ_SQS_ENDPOINT_URL",
+    "STEPQ_S3_BUCKET_NAME",
+    "STEPQ_S3_ENDPOINT_URL",
+    "RUST_LOG",
+];
+
+fn stepq(dir: &Path) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_stepq"));
+    cmd.current_dir(dir);
+    for var in ENV_OVERRIDES {
+        cmd.env_remove(var);
+    }
+    cmd
+}
+
+fn run(dir: &Path, args: &[&str]) -> Output {
+    stepq(dir).args(args).output().expect("stepq starts")
+}
+
+fn stdout(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+fn jobs_file() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/jobs.toml")
+}
+
+#[test]
+fn run_diamond_succeeds_with_a_summary() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = run(dir.path(), &["run", "diamond", "--workers", "2"]);
+    let text = stdout(&out);
+    assert_eq!(out.status.code(), Some(0), "{text}\n{}", stderr(&out));
+    assert!(text.contains("STEP"), "{text}");
+    assert!(text.contains("QUEUE WAIT"), "{text}");
+    for step in ["emit_values", "add_one", "renamed", "subtract"] {
+        assert!(
+            text.lines()
+                .any(|l| l.starts_with(step) && l.contains("SUCCEEDED")),
+            "{step}: {text}"
+        );
+    }
+    assert!(text.contains("subtract.result = -1"), "{text}");
+    assert!(text.contains("SUCCESS"), "{text}");
+    assert!(dir.path().join(".stepq/runs").is_dir());
+}
+
+#[test]
+fn a_failing_job_exits_1() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = run(dir.path(), &["run", "failure", "--workers", "2"]);
+    let text = stdout(&out);
+    assert_eq!(out.status.code(), Some(1), "{text}\n{}", stderr(&out));
+    assert!(
+        text.lines()
+            .any(|l| l.starts_with("fails ") && l.contains("FAILED")),
+        "{text}"
+    );
+    assert!(
+        text.lines()
+            .any(|l| l.starts_with("should_never_execute") && l.contains("SKIPPED")),
+        "{text}"
+    );
+    assert!(text.contains("this op always fails"), "{text}");
+    assert!(text.contains("FAILURE"), "{text}");
+}
+
+#[test]
+fn status_in_a_second_process_shows_the_finished_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = run(
+        dir.path(),
+        &[
+            "run",
+            "retry",
+            "--run-id",
+            "cli-status-run",
+            "--workers",
+            "1",
+        ],
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let out = run(dir.path(), &["status", "cli-status-run"]);
+    let text = stdout(&out);
+    assert_eq!(out.status.code(), Some(0), "{text}\n{}", stderr(&out));
+    assert!(text.contains("run:          cli-status-run"), "{text}");
+    assert!(text.contains("job:          retry"), "{text}");
+    assert!(text.contains("status:       SUCCESS"), "{text}");
+    let row = text
+        .lines()
+        .find(|l| l.starts_with("flaky"))
+        .unwrap_or_else(|| panic!("no flaky row: {text}"));
+    let cols: Vec<&str> = row.split_whitespace().collect();
+    assert_eq!(cols[1], "SUCCEEDED", "{row}");
+    assert_eq!(cols[2], "3", "attempts: {row}");
+    assert_eq!(cols[5], "local-0", "worker: {row}");
+
+    let out = run(dir.path(), &["runs"]);
+    let text = stdout(&out);
+    assert!(
+        text.lines().any(|l| l.starts_with("cli-status-run")
+            && l.contains("retry")
+            && l.contains("SUCCESS")),
+        "{text}"
+    );
+}
+
+#[test]
+fn status_of_an_unknown_run_exits_2() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = run(dir.path(), &["status", "no-such-run"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        stderr(&out).contains("no run `no-such-run`"),
+        "{}",
+        stderr(&out)
+    );
+}
+
+#[test]
+fn jobs_lists_the_location_and_the_jobs_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = jobs_file();
+    let out = run(dir.path(), &["--jobs-file", file.to_str().unwrap(), "jobs"]);
+    let text = stdout(&out);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    for job in ["diamond", "single", "nested", "fanout_1000", "chain_100"] {
+        assert!(
+            text.lines().any(|l| l.starts_with(&format!("{job} "))),
+            "{job}: {text}"
+        );
+    }
+    let word_count = text
+        .lines()
+        .find(|l| l.starts_with("word_count"))
+        .unwrap_or_else(|| panic!("{text}"));
+    assert!(word_count.contains("jobs.toml"), "{word_count}");
+    assert!(word_count.contains("distinct words"), "{word_count}");
+}
+
+#[test]
+fn a_shell_job_from_the_jobs_file_runs() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = jobs_file();
+    let out = run(
+        dir.path(),
+        &["--jobs-file", file.to_str().unwrap(), "run", "word_count"],
+    );
+    let text = stdout(&out);
+    assert_eq!(out.status.code(), Some(0), "{text}\n{}", stderr(&out));
+    assert!(text.contains("count.stdout = "), "{text}");
+    let out = run(
+        dir.path(),
+        &["--jobs-file", file.to_str().unwrap(), "run", "broken"],
+    );
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stdout(&out).contains("something went wrong"),
+        "{}",
+        stdout(&out)
+    );
+}
+
+#[test]
+fn bad_input_exits_2_with_a_clear_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = run(dir.path(), &["run", "no_such_job"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        stderr(&out).contains("unknown job `no_such_job`"),
+        "{}",
+        stderr(&out)
+    );
+
+    let out = run(dir.path(), &["run", "diamond", "--steps", "nope"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stderr(&out).contains("nope"), "{}", stderr(&out));
+
+    let out = run(dir.path(), &["run", "diamond", "--run-config", "{oops"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stderr(&out).contains("--run-config"), "{}", stderr(&out));
+
+    std::fs::write(
+        dir.path().join("stepq.toml"),
+        "[executor]\nmax_in_flght = 3\n",
+    )
+    .unwrap();
+    let out = run(dir.path(), &["--config", "stepq.toml", "run", "diamond"]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = stderr(&out);
+    assert!(
+        err.contains("stepq.toml") && err.contains("max_in_flght"),
+        "{err}"
+    );
+
+    std::fs::write(
+        dir.path().join("jobs.toml"),
+        "[jobs.x]\n[[jobs.x.steps]]\nkey = \"a\"\n",
+    )
+    .unwrap();
+    let out = run(dir.path(), &["--jobs-file", "jobs.toml", "jobs"]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = stderr(&out);
+    assert!(err.contains("jobs.toml") && err.contains("argv"), "{err}");
+
+    let out = run(dir.path(), &["worker", "start"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        stderr(&out).contains("distributed config"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(!dir.path().join(".stepq/runs").exists(), "nothing ran");
+}
+
+#[test]
+fn the_worker_binary_takes_the_worker_start_options() {
+    let dir = tempfile::tempdir().unwrap();
+    let worker = || {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_stepq-worker"));
+        for var in ENV_OVERRIDES {
+            cmd.env_remove(var);
+        }
+        cmd.current_dir(dir.path());
+        cmd
+    };
+    let out = worker().arg("--help").output().unwrap();
+    assert_eq!(out.status.code(), Some(0));
+    assert!(stdout(&out).contains("--concurrency"), "{}", stdout(&out));
+    let out = worker().args(["--concurrency", "2"]).output().unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "embedded config: no worker service"
+    );
+    assert!(
+        stderr(&out).contains("distributed config"),
+        "{}",
+        stderr(&out)
+    );
+}
+
+#[cfg(unix)]
+#[test]
+fn ctrl_c_interrupts_the_run_and_exits_130() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = stepq(dir.path())
+        .args([
+            "run",
+            "slow",
+            "--workers",
+            "4",
+            "--run-config",
+            "{\"sleep_ms\": 600000}",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let first = lines.next().unwrap().unwrap();
+    assert!(first.starts_with("run "), "{first}");
+    // The run is under way (its record exists); interrupt it as Ctrl-C would.
+    let status = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let rest: Vec<String> = lines.map(|l| l.unwrap()).collect();
+    let code = child.wait().unwrap().code();
+    let text = rest.join("\n");
+    assert_eq!(code, Some(130), "{text}");
+    assert!(text.contains("CANCELED"), "{text}");
+}

@@ -1,0 +1,369 @@
+//! The distributed setup for real, on LocalStack: `stepq run JOB --config stepq.toml`
+//! orchestrates over SQS while separate `stepq worker start` processes do the steps, with
+//! results, outputs and run records in S3.
+//!
+//! Ignored by plain `cargo test`; `cargo xtask localstack-test` runs them with
+//! STEPQ_TEST_AWS_ENDPOINT, STEPQ_TEST_S3_BUCKET and AWS credentials set. Each test uses its own
+//! freshly created queue and its own S3 prefix, so tests never steal each other's messages.
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+use aws_sdk_sqs::types::QueueAttributeName;
+
+struct LocalStack {
+    endpoint: String,
+    bucket: String,
+    region: String,
+}
+
+fn localstack() -> LocalStack {
+    let var = |name: &str| {
+        std::env::var(name).unwrap_or_else(|_| {
+            panic!("{name} is not set: run the LocalStack tests with `cargo xtask localstack-test`")
+        })
+    };
+    LocalStack {
+        endpoint: var("STEPQ_TEST_AWS_ENDPOINT"),
+        bucket: var("STEPQ_TEST_S3_BUCKET"),
+        region: std::env::var("AWS_DEFAULT_REGION").unwrap_or_else(|_| "us-east-1".into()),
+    }
+}
+
+async fn sqs_client(ls: &LocalStack) -> aws_sdk_sqs::Client {
+    let sdk = aws_config::defaults(aws_config::BehaviorVersion::latest())
+        .endpoint_url(&ls.endpoint)
+        .region(aws_config::Region::new(ls.region.clone()))
+        .load()
+        .await;
+    aws_sdk_sqs::Client::new(&sdk)
+}
+
+/// A queue of its own for one test, deleted when the test ends.
+struct TestQueue {
+    url: String,
+    client: aws_sdk_sqs::Client,
+}
+
+impl TestQueue {
+    async fn create(ls: &LocalStack, fifo: bool) -> Self {
+        let client = sqs_client(ls).await;
+        let id = uuid::Uuid::new_v4().simple().to_string();
+        let mut request = client.create_queue();
+        if fifo {
+            request = request
+                .queue_name(format!("stepq-cli-{}.fifo", &id[..12]))
+                .attributes(QueueAttributeName::FifoQueue, "true");
+        } else {
+            request = request.queue_name(format!("stepq-cli-{}", &id[..12]));
+        }
+        let out = request.send().await.expect("create the test queue");
+        TestQueue {
+            url: out.queue_url().expect("a queue URL").to_string(),
+            client,
+        }
+    }
+
+    async fn send_raw(&self, body: &str) {
+        self.client
+            .send_message()
+            .queue_url(&self.url)
+            .message_body(body)
+            .send()
+            .await
+            .expect("send a raw message");
+    }
+
+    async fn delete(self) {
+        let _ = self.client.delete_queue().queue_url(&self.url).send().await;
+    }
+}
+
+/// A working directory with a `stepq.toml` pointing at the test's queue and S3 prefix.
+fn config_dir(ls: &LocalStack, queue: &TestQueue) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    let prefix = format!("cli-tests/{}", uuid::Uuid::new_v4().simple());
+    std::fs::write(
+        dir.path().join("stepq.toml"),
+        format!(
+            r#"
+[sqs]
+queue_url = "{queue}"
+endpoint_url = "{endpoint}"
+region_name = "{region}"
+config_source = {{ wait_time_seconds = 2, visibility_timeout = 6 }}
+
+[s3]
+bucket = "{bucket}"
+base_path = "{prefix}"
+endpoint_url = "{endpoint}"
+"#,
+            queue = queue.url,
+            endpoint = ls.endpoint,
+            region = ls.region,
+            bucket = ls.bucket,
+        ),
+    )
+    .unwrap();
+    dir
+}
+
+fn stepq(dir: &Path) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_stepq"));
+    cmd.current_dir(dir).arg("--config").arg("stepq.toml");
+    for var in [
+        "STEPQ_CONFIG",
+        "STEPQ_SQS_QUEUE_URL",
+        "STEPQ_SQS_ENDPOINT_URL",
+        "STEPQ_S3_BUCKET_NAME",
+        "STEPQ_S3_ENDPOINT_URL",
+    ] {
+        cmd.env_remove(var);
+    }
+    cmd
+}
+
+/// A `stepq worker start` process; its log lines arrive on `lines`. Killed on drop.
+struct WorkerProcess {
+    child: Child,
+    lines: mpsc::Receiver<String>,
+}
+
+impl WorkerProcess {
+    fn start(dir: &Path, name: &str) -> Self {
+        let mut child = stepq(dir)
+            .args(["worker", "start", "--name", name, "--log-format", "json"])
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start a worker");
+        let stderr = child.stderr.take().unwrap();
+        let (tx, lines) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        WorkerProcess { child, lines }
+    }
+
+    /// Waits (up to `limit`) for a log line containing `text`; returns it.
+    fn wait_for(&self, text: &str, limit: Duration) -> String {
+        let deadline = std::time::Instant::now() + limit;
+        loop {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(line) if line.contains(text) => return line,
+                Ok(_) => {}
+                Err(_) => panic!("no log line with `{text}` within {limit:?}"),
+            }
+        }
+    }
+
+    /// Stops the worker with SIGTERM and returns its exit code.
+    fn stop(mut self) -> Option<i32> {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        self.child.wait().unwrap().code()
+    }
+
+    fn kill(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for WorkerProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn run(dir: &Path, args: &[&str]) -> Output {
+    stepq(dir).args(args).output().expect("stepq runs")
+}
+
+fn text(out: &Output) -> String {
+    format!(
+        "{}\n--- stderr ---\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+fn row<'a>(stdout: &'a str, step: &str) -> Vec<&'a str> {
+    stdout
+        .lines()
+        .find(|l| l.starts_with(&format!("{step} ")))
+        .unwrap_or_else(|| panic!("no row for {step}: {stdout}"))
+        .split_whitespace()
+        .collect()
+}
+
+/// Runs `diamond` with two worker processes and checks its outputs, the run record in S3 as
+/// another process sees it, and that both workers stop cleanly.
+async fn diamond_on(fifo: bool) {
+    let ls = localstack();
+    let queue = TestQueue::create(&ls, fifo).await;
+    let dir = config_dir(&ls, &queue);
+    let w1 = WorkerProcess::start(dir.path(), "w1");
+    let w2 = WorkerProcess::start(dir.path(), "w2");
+    let out = run(dir.path(), &["run", "diamond", "--run-id", "diamond-run"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(stdout.contains("subtract.result = -1"), "{stdout}");
+    for step in ["emit_values", "add_one", "renamed", "subtract"] {
+        let cols = row(&stdout, step);
+        assert_eq!(cols[1], "SUCCEEDED", "{step}: {stdout}");
+        assert!(
+            cols[5] == "w1" || cols[5] == "w2",
+            "{step} ran on {}",
+            cols[5]
+        );
+    }
+    let status = run(dir.path(), &["status", "diamond-run"]);
+    assert_eq!(status.status.code(), Some(0), "{}", text(&status));
+    assert!(String::from_utf8_lossy(&status.stdout).contains("status:       SUCCESS"));
+    assert_eq!(w1.stop(), Some(0));
+    assert_eq!(w2.stop(), Some(0));
+    queue.delete().await;
+}
+
+#[tokio::test]
+#[ignore = "localstack"]
+async fn localstack_diamond_with_two_worker_processes() {
+    diamond_on(false).await;
+}
+
+#[tokio::test]
+#[ignore = "localstack"]
+async fn localstack_diamond_on_a_fifo_queue() {
+    diamond_on(true).await;
+}
+
+#[tokio::test]
+#[ignore = "localstack"]
+async fn localstack_fifty_step_fan_out() {
+    let ls = localstack();
+    let queue = TestQueue::create(&ls, false).await;
+    let dir = config_dir(&ls, &queue);
+    let _w1 = WorkerProcess::start(dir.path(), "w1");
+    let _w2 = WorkerProcess::start(dir.path(), "w2");
+    let out = run(dir.path(), &["run", "fanout_join_50"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("52 steps succeeded"), "{stdout}");
+    queue.delete().await;
+}
+
+#[tokio::test]
+#[ignore = "localstack"]
+async fn localstack_failure_job_exits_1() {
+    let ls = localstack();
+    let queue = TestQueue::create(&ls, false).await;
+    let dir = config_dir(&ls, &queue);
+    let _w1 = WorkerProcess::start(dir.path(), "w1");
+    let _w2 = WorkerProcess::start(dir.path(), "w2");
+    let out = run(dir.path(), &["run", "failure"]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert_eq!(row(&stdout, "fails")[1], "FAILED", "{stdout}");
+    assert_eq!(
+        row(&stdout, "should_never_execute")[1],
+        "SKIPPED",
+        "{stdout}"
+    );
+    queue.delete().await;
+}
+
+#[tokio::test]
+#[ignore = "localstack"]
+async fn localstack_large_payloads_go_through_s3() {
+    let ls = localstack();
+    let queue = TestQueue::create(&ls, false).await;
+    let dir = config_dir(&ls, &queue);
+    // A 300 KiB run config rides in every step message: over the 256 KiB SQS threshold, so
+    // each message body is offloaded to the bucket and resolved by the worker.
+    let big = serde_json::json!({ "blob": "x".repeat(300 * 1024) });
+    let file = dir.path().join("big.json");
+    std::fs::write(&file, big.to_string()).unwrap();
+    let _w1 = WorkerProcess::start(dir.path(), "w1");
+    let _w2 = WorkerProcess::start(dir.path(), "w2");
+    let arg = format!("@{}", file.display());
+    let out = run(dir.path(), &["run", "diamond", "--run-config", &arg]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("subtract.result = -1"));
+    queue.delete().await;
+}
+
+#[tokio::test]
+#[ignore = "localstack"]
+async fn localstack_a_killed_workers_step_is_finished_by_another() {
+    let ls = localstack();
+    let queue = TestQueue::create(&ls, false).await;
+    let dir = config_dir(&ls, &queue);
+    let doomed = WorkerProcess::start(dir.path(), "doomed");
+    // Four 3-second steps; the run waits for them as long as it takes.
+    let orchestrator = stepq(dir.path())
+        .args([
+            "run",
+            "slow",
+            "--run-id",
+            "killed-run",
+            "--run-config",
+            "{\"sleep_ms\": 3000}",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    doomed.wait_for("step started", Duration::from_secs(60));
+    doomed.kill();
+    // The survivor gets the killed worker's step once its visibility timeout (6 s) lapses.
+    let survivor = WorkerProcess::start(dir.path(), "survivor");
+    let out = orchestrator.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    for i in 0..4 {
+        let cols = row(&stdout, &format!("slow_{i}"));
+        assert_eq!(cols[1], "SUCCEEDED", "{stdout}");
+        assert_eq!(cols[2], "1", "one attempt, one result: {stdout}");
+        assert_eq!(cols[5], "survivor", "{stdout}");
+    }
+    assert_eq!(survivor.stop(), Some(0));
+    queue.delete().await;
+}
+
+#[tokio::test]
+#[ignore = "localstack"]
+async fn localstack_a_malformed_message_does_not_stop_the_worker() {
+    let ls = localstack();
+    let queue = TestQueue::create(&ls, false).await;
+    let dir = config_dir(&ls, &queue);
+    let worker = WorkerProcess::start(dir.path(), "w1");
+    queue.send_raw("this is not a task message").await;
+    let line = worker.wait_for("malformed", Duration::from_secs(60));
+    assert!(line.contains("this is not a task message"), "{line}");
+    let out = run(dir.path(), &["run", "diamond"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let out = run(dir.path(), &["worker", "list"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let listing = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(listing.contains(&queue.url), "{listing}");
+    assert!(
+        listing
+            .lines()
+            .any(|l| l.starts_with("w1 ") && l.contains("live")),
+        "{listing}"
+    );
+    assert_eq!(worker.stop(), Some(0));
+    queue.delete().await;
+}
