@@ -14,14 +14,13 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::args;
-use stepq_broker::{InMemoryBroker, TaskMessage, TaskQueue};
+use stepq_broker::{InMemoryBroker, TaskQueue};
 use stepq_cancel::{
-    generic_canceled_result, CancelListener, CancelListenerConfig, CanceledWhen, CancellableBroker,
-    InMemoryCancelStore, ListenerHandle,
+    CancelListener, CancelListenerConfig, CancellableBroker, InMemoryCancelStore, ListenerHandle,
 };
 use stepq_executor::protocol;
-use stepq_plan::{Event, EventKind, Job, StepDef, StepReport, StepStatus};
-use stepq_results::{InMemoryOutputStore, InMemoryResultBackend, ResultBackend, TaskResult};
+use stepq_plan::{EventKind, Job, StepDef, StepReport, StepStatus};
+use stepq_results::{InMemoryOutputStore, InMemoryResultBackend, ResultBackend};
 use stepq_worker::{
     op_output, step_canceled_result, CodeLocation, OpError, Worker, WorkerConfig, WorkerStats,
 };
