@@ -6,28 +6,48 @@
 //!   (`.stepq/results`, `.stepq/outputs`, `.stepq/runs`). Workers run in the same process.
 //! - Distributed: the SQS broker, and the S3 result backend, output store and run store in
 //!   `s3.bucket` under `s3.base_path`. Workers are `stepq worker start` processes anywhere.
+//!
+//! With `enable_cancellation = true` (the default) the broker is a
+//! [`CancellableBroker`](stepq_cancel::CancellableBroker): cancel markers in `.stepq/cancels/`
+//! (embedded) or under `cancels/` in the bucket (distributed), wake-ups over an in-process
+//! broadcast or per-worker SQS inboxes (see `docs/cancellation.md`). The app's
+//! [`Canceller`] is the executor's cancel hook, and every worker started through
+//! [`App::run_worker`] runs a [`CancelListener`] whose gate refuses cancelled steps.
+//!
+//! A run launched by [`App::launch`] watches its run record: once `stepq cancel` (or anyone)
+//! moves it to CANCELING, the orchestrator interrupts its executor, which cancels the in-flight
+//! steps, and the run ends CANCELED. Run stores shared between processes (a local directory,
+//! S3) cannot notify another process, so the watch re-reads the record with a backoff from
+//! 25 ms doubling to [`CANCEL_WATCH_MAX_DELAY`] (500 ms): one cheap read (a file, one S3 GET)
+//! every half second per running run.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use async_trait::async_trait;
-use stepq_broker::receiver::{kinds as receiver_kinds, TaskGate};
-use stepq_broker::sqs::{QueueDepth, SqsBroker};
-use stepq_broker::{BrokerError, CancelHandle, InMemoryBroker, TaskMessage, TaskQueue};
+use std::time::Duration;
+
+use stepq_broker::sqs::{reply, QueueDepth, SqsBroker};
+use stepq_broker::{BrokerError, InMemoryBroker, TaskQueue};
+use stepq_cancel::{
+    CancelError, CancelListener, CancelListenerConfig, CancellableBroker, Canceller,
+    LocalDirCancelStore, S3CancelStore, DEFAULT_CANCEL_GRACE,
+};
 use stepq_executor::storage::{
     HeartbeatStore, LocalDirHeartbeatStore, LocalDirRunStore, RunRecord, RunStatus as StoredStatus,
     RunStore, S3HeartbeatStore, S3RunStore, StatusChange, StorageError,
 };
 use stepq_executor::{
-    CancelHook, CancelHookError, EventStream, Executor, ExecutorConfig, ExecutorError, RunHandle,
-    RunRequest, RunResult, RunStatus, TagLimit,
+    CancelHook, EventStream, Executor, ExecutorConfig, ExecutorError, RunHandle, RunRequest,
+    RunResult, RunStatus, TagLimit,
 };
 use stepq_plan::{Event, ExecutionPlan, Job, KnownState};
 use stepq_results::{
     LocalDirOutputStore, LocalDirResultBackend, OutputStore, ResultBackend, S3OutputStore,
-    S3ResultBackend, TaskResult,
+    S3ResultBackend,
 };
-use stepq_worker::{CodeLocation, Worker, WorkerConfig, WorkerError, WorkerStats};
+use stepq_worker::{
+    step_canceled_result, CodeLocation, Worker, WorkerConfig, WorkerError, WorkerStats,
+};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -36,6 +56,16 @@ use crate::config::{ConfigError, Mode, StepqConfig};
 
 /// Most events written to the run store as one batch.
 const MAX_EVENTS_PER_BATCH: usize = 1000;
+
+/// Longest pause between two reads of a running run's record while its orchestrator watches
+/// for a cancel request (see the [module docs](self)).
+pub const CANCEL_WATCH_MAX_DELAY: Duration = Duration::from_millis(500);
+
+/// First pause of that watch.
+const CANCEL_WATCH_FIRST_DELAY: Duration = Duration::from_millis(25);
+
+/// How many times [`App::request_cancel`] re-reads a run whose status changed under it.
+const CANCEL_REQUEST_ATTEMPTS: usize = 5;
 
 /// Why an app could not do what it was asked.
 #[derive(Debug, thiserror::Error)]
@@ -63,6 +93,17 @@ pub enum AppError {
     /// The run store failed.
     #[error("run store: {0}")]
     Storage(#[from] StorageError),
+    /// The cancellation extension failed (listener, marker store, wake-up channel).
+    #[error("cancellation: {0}")]
+    Cancel(#[from] CancelError),
+    /// A cancel was asked for a run that has already ended.
+    #[error("run `{run_id}` already ended {status}: there is nothing to cancel")]
+    RunEnded {
+        /// The run.
+        run_id: String,
+        /// How it ended.
+        status: StoredStatus,
+    },
     /// The operation needs the distributed (SQS) setup.
     #[error("{what} needs a distributed config: set `sqs.queue_url` (or STEPQ_SQS_QUEUE_URL) and `s3.bucket`")]
     NotDistributed {
@@ -80,6 +121,7 @@ pub struct App {
     runs: Arc<dyn RunStore>,
     heartbeats: Arc<dyn HeartbeatStore>,
     sqs: Option<SqsBroker>,
+    canceller: Option<Canceller>,
 }
 
 impl std::fmt::Debug for App {
@@ -107,7 +149,19 @@ pub async fn make_app(config: &StepqConfig) -> Result<App, ConfigError> {
         Mode::Embedded => {
             let dir = &config.state_dir;
             let results: Arc<dyn ResultBackend> = Arc::new(LocalDirResultBackend::new(dir));
-            let queue = TaskQueue::new(Arc::new(InMemoryBroker::new()), results);
+            let (queue, canceller) = if config.enable_cancellation {
+                let broker = CancellableBroker::in_memory(
+                    InMemoryBroker::new(),
+                    Arc::new(LocalDirCancelStore::new(dir)),
+                );
+                let canceller = broker.canceller().clone();
+                (TaskQueue::new(Arc::new(broker), results), Some(canceller))
+            } else {
+                (
+                    TaskQueue::new(Arc::new(InMemoryBroker::new()), results),
+                    None,
+                )
+            };
             Ok(App {
                 config: config.clone(),
                 queue,
@@ -115,6 +169,7 @@ pub async fn make_app(config: &StepqConfig) -> Result<App, ConfigError> {
                 runs: Arc::new(LocalDirRunStore::new(dir)),
                 heartbeats: Arc::new(LocalDirHeartbeatStore::new(dir)),
                 sqs: None,
+                canceller,
             })
         }
         Mode::Distributed => {
@@ -131,9 +186,24 @@ pub async fn make_app(config: &StepqConfig) -> Result<App, ConfigError> {
                 .clone()
                 .ok_or_else(|| build_error("the S3 backends", "no bucket"))?;
             let base = config.s3.base_path.as_str();
-            let results: Arc<dyn ResultBackend> =
-                Arc::new(S3ResultBackend::new(&s3_sdk, bucket.clone(), base));
-            let queue = TaskQueue::new(Arc::new(broker.clone()), results);
+            // Results are stored in S3 and announced on the sending process's reply queue
+            // (created on its first send, deleted by `shutdown`): workers notify, the
+            // orchestrator waits without polling S3. See `stepq_broker::sqs::reply`.
+            let reply = reply::attach(&broker, S3ResultBackend::new(&s3_sdk, bucket.clone(), base));
+            let results: Arc<dyn ResultBackend> = reply.results;
+            let (queue, canceller) = if config.enable_cancellation {
+                let store = Arc::new(S3CancelStore::new(&s3_sdk, bucket.clone(), base));
+                let cancellable = CancellableBroker::sqs(broker.clone(), store, None)
+                    .map_err(|e| build_error("the SQS cancel channel", e))?;
+                let canceller = cancellable.canceller().clone();
+                (
+                    TaskQueue::new(Arc::new(cancellable), results),
+                    Some(canceller),
+                )
+            } else {
+                (TaskQueue::new(Arc::new(broker.clone()), results), None)
+            };
+            let queue = queue.with_middleware(reply.middleware);
             Ok(App {
                 config: config.clone(),
                 queue,
@@ -141,6 +211,7 @@ pub async fn make_app(config: &StepqConfig) -> Result<App, ConfigError> {
                 runs: Arc::new(S3RunStore::new(&s3_sdk, bucket.clone(), base)),
                 heartbeats: Arc::new(S3HeartbeatStore::new(&s3_sdk, bucket, base)),
                 sqs: Some(broker),
+                canceller,
             })
         }
     }
@@ -243,18 +314,69 @@ impl App {
         }
     }
 
-    /// An executor on this app's queue and output store; `cancel` cancels in-flight tasks on
-    /// interrupt (ignored when `enable_cancellation = false`).
+    /// The canceller of the app's [`CancellableBroker`]; `None` when
+    /// `enable_cancellation = false`.
+    pub fn canceller(&self) -> Option<&Canceller> {
+        self.canceller.as_ref()
+    }
+
+    /// The app's canceller as the executor's cancel hook (`None` when cancellation is off).
+    pub fn cancel_hook(&self) -> Option<Arc<dyn CancelHook>> {
+        self.canceller
+            .clone()
+            .map(|c| Arc::new(c) as Arc<dyn CancelHook>)
+    }
+
+    /// An executor on this app's queue and output store. It cancels in-flight tasks on
+    /// interrupt through `cancel`, or when that is `None` through the app's
+    /// [`cancel_hook`](App::cancel_hook); with `enable_cancellation = false` it has no hook.
     pub fn executor(&self, cancel: Option<Arc<dyn CancelHook>>) -> Result<Executor, AppError> {
         let executor = Executor::new(
             self.queue.clone(),
             self.outputs.clone(),
             self.executor_config(),
         )?;
-        Ok(match cancel {
+        Ok(match cancel.or_else(|| self.cancel_hook()) {
             Some(hook) if self.config.enable_cancellation => executor.with_cancel_hook(hook),
             _ => executor,
         })
+    }
+
+    /// How long a worker's cancelled step may ignore its token before it is dropped: the
+    /// listener's default, or half the executor's `cancel_grace` if that is shorter (so the
+    /// worker's CANCELED result arrives before the executor stops waiting).
+    fn worker_cancel_grace(&self) -> Duration {
+        DEFAULT_CANCEL_GRACE.min(self.executor_config().cancel_grace / 2)
+    }
+
+    /// Runs `worker` (named `name`) until `stop`. With cancellation on, a [`CancelListener`]
+    /// is started first and its gate installed on the worker's receiver: a step cancelled
+    /// before it starts never runs, a running one is cancelled through its token, and both
+    /// report CANCELED steps ([`step_canceled_result`]). The listener ends with the worker.
+    pub async fn run_worker(
+        &self,
+        mut worker: Worker,
+        name: &str,
+        stop: CancellationToken,
+    ) -> Result<WorkerStats, AppError> {
+        let Some(canceller) = self.canceller.clone() else {
+            return Ok(worker.run(stop).await?);
+        };
+        let listener = CancelListener::new(
+            canceller,
+            worker.cancel_handle(),
+            CancelListenerConfig::named(name).with_cancel_grace(self.worker_cancel_grace()),
+        )?
+        .with_canceled_result(step_canceled_result(name.to_string()));
+        worker.receiver_mut().set_gate(listener.gate());
+        // The listener's own token: a worker stopping on an error ends its listener, and
+        // only its listener (in-process workers share `stop`).
+        let listen_stop = stop.child_token();
+        let listening = listener.start(listen_stop.clone()).await?;
+        let outcome = worker.run(stop).await;
+        listen_stop.cancel();
+        listening.join().await;
+        Ok(outcome?)
     }
 
     /// Worker settings of `[worker]` under `name`. On SQS, a running step's message is kept
@@ -289,33 +411,70 @@ impl App {
     }
 
     /// Starts `count` workers in this process, each running one step at a time, named
-    /// `local-0`, `local-1` ... Their [`LocalWorkers::cancel_hook`] cancels a step that runs
-    /// on one of them and refuses (as CANCELED) one that starts after its cancel. They have no
-    /// shutdown grace period: they are stopped once the runs they serve ended, when whatever
-    /// they still run belongs to a canceled run.
+    /// `local-0`, `local-1` ..., each through [`App::run_worker`] (so with a cancel listener
+    /// when cancellation is on). They have no shutdown grace period: they are stopped once the
+    /// runs they serve ended, when whatever they still run belongs to a canceled run.
     pub fn start_local_workers(
         &self,
         location: Arc<CodeLocation>,
         count: usize,
     ) -> Result<LocalWorkers, AppError> {
         let stop = CancellationToken::new();
-        let cancel = Arc::new(LocalCancelHook::default());
         let mut handles = Vec::with_capacity(count);
         for i in 0..count {
+            let name = format!("local-{i}");
             let config = self
-                .worker_config(format!("local-{i}"))
+                .worker_config(name.clone())
                 .with_concurrency(1)
-                .with_grace_period(std::time::Duration::ZERO);
-            let mut worker = self.worker(location.clone(), config)?;
-            worker.receiver_mut().set_gate(cancel.clone());
-            cancel.add(worker.cancel_handle());
-            handles.push(tokio::spawn(worker.run(stop.clone())));
+                .with_grace_period(Duration::ZERO);
+            let worker = self.worker(location.clone(), config)?;
+            let app = self.clone();
+            let stop = stop.clone();
+            handles.push(tokio::spawn(async move {
+                app.run_worker(worker, &name, stop).await
+            }));
         }
         Ok(LocalWorkers {
             stop,
             handles,
-            cancel,
+            cancel: self.cancel_hook(),
         })
+    }
+
+    /// Asks for run `run_id` to be cancelled: a QUEUED run (no orchestrator yet) goes straight
+    /// to CANCELED; a STARTING or STARTED one goes to CANCELING, and its orchestrator, which
+    /// watches its record, interrupts it, cancels its in-flight steps and ends it CANCELED.
+    /// A run already CANCELING is left as it is. Returns the record after the change.
+    ///
+    /// Errors: [`StorageError::RunNotFound`] for an unknown run, [`AppError::RunEnded`] for a
+    /// run that already ended.
+    pub async fn request_cancel(&self, run_id: &str) -> Result<RunRecord, AppError> {
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let record = self.runs.get_run(run_id).await?;
+            let change = match record.status {
+                StoredStatus::Canceling => return Ok(record),
+                status if status.is_terminal() => {
+                    return Err(AppError::RunEnded {
+                        run_id: run_id.to_string(),
+                        status,
+                    })
+                }
+                StoredStatus::Queued => {
+                    StatusChange::to(StoredStatus::Canceled).expecting(StoredStatus::Queued)
+                }
+                status => StatusChange::to(StoredStatus::Canceling).expecting(status),
+            };
+            match self.runs.change_status(run_id, &change).await {
+                Ok(record) => return Ok(record),
+                // Its status changed between the read and the write: read it again.
+                Err(
+                    StorageError::UnexpectedStatus { .. } | StorageError::InvalidTransition { .. },
+                ) if attempt < CANCEL_REQUEST_ATTEMPTS => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
     }
 
     /// The approximate depth of the SQS task queue; [`AppError::NotDistributed`] on the
@@ -389,6 +548,11 @@ impl App {
                 .await;
             return Err(e.into());
         }
+        let watcher = tokio::spawn(watch_for_cancel(
+            self.runs.clone(),
+            run_id.clone(),
+            handle.interrupt_token(),
+        ));
         let stream = handle.events().expect("a new run's event stream is there");
         let (forward_tx, forward_rx) = mpsc::channel(MAX_EVENTS_PER_BATCH);
         let recorder = tokio::spawn(record_events(
@@ -403,6 +567,7 @@ impl App {
             handle,
             events: Some(forward_rx),
             recorder,
+            watcher,
             runs: self.runs.clone(),
         })
     }
@@ -450,6 +615,30 @@ pub fn orchestrator_name() -> String {
     format!("stepq@{host}:{}", std::process::id())
 }
 
+/// Watches run `run_id`'s record until the run ends, and cancels `interrupt` once the record
+/// is CANCELING (see the [module docs](self) for why this reads the record rather than waiting
+/// for a notification). A failed read is logged and retried at the next turn.
+async fn watch_for_cancel(runs: Arc<dyn RunStore>, run_id: String, interrupt: CancellationToken) {
+    let mut delay = CANCEL_WATCH_FIRST_DELAY;
+    loop {
+        tokio::select! {
+            _ = interrupt.cancelled() => return,
+            _ = tokio::time::sleep(delay) => {}
+        }
+        match runs.get_run(&run_id).await {
+            Ok(record) if record.status == StoredStatus::Canceling => {
+                tracing::info!(%run_id, "the run is being canceled: interrupting it");
+                interrupt.cancel();
+                return;
+            }
+            Ok(record) if record.status.is_terminal() => return,
+            Ok(_) => {}
+            Err(e) => tracing::warn!(%run_id, error = %e, "cannot read the run's status"),
+        }
+        delay = (delay * 2).min(CANCEL_WATCH_MAX_DELAY);
+    }
+}
+
 /// Reads the executor's events, appends them to the run store in batches (whatever has
 /// arrived, up to [`MAX_EVENTS_PER_BATCH`]), and forwards them to `forward` while someone
 /// reads it. Returns the first storage error, after draining the stream so the run is never
@@ -494,6 +683,7 @@ pub struct LaunchedRun {
     handle: RunHandle,
     events: Option<mpsc::Receiver<Event>>,
     recorder: JoinHandle<Result<(), StorageError>>,
+    watcher: JoinHandle<()>,
     runs: Arc<dyn RunStore>,
 }
 
@@ -543,10 +733,13 @@ impl LaunchedRun {
         self.handle.interrupt();
     }
 
-    /// Waits for the run to end, for its events to be recorded, and records its final status.
+    /// Waits for the run to end, for its events to be recorded, and records its final status
+    /// (CANCELED for a run asked to cancel, even one that ended otherwise meanwhile: a
+    /// CANCELING run can only become CANCELED).
     pub async fn wait(mut self) -> FinishedRun {
         drop(self.events.take());
         let result = self.handle.wait().await;
+        self.watcher.abort();
         let mut recorded = match self.recorder.await {
             Ok(r) => r,
             Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
@@ -560,7 +753,18 @@ impl LaunchedRun {
             RunStatus::Failure => StoredStatus::Failure,
             RunStatus::Canceled => StoredStatus::Canceled,
         };
-        if let Err(e) = self.runs.update_status(&self.run_id, status).await {
+        let mut update = self.runs.update_status(&self.run_id, status).await;
+        if let Err(StorageError::InvalidTransition {
+            from: StoredStatus::Canceling,
+            ..
+        }) = update
+        {
+            update = self
+                .runs
+                .update_status(&self.run_id, StoredStatus::Canceled)
+                .await;
+        }
+        if let Err(e) = update {
             tracing::error!(run_id = %self.run_id, error = %e, "cannot record the run's status");
             if recorded.is_ok() {
                 recorded = Err(e);
@@ -577,8 +781,8 @@ impl LaunchedRun {
 /// Workers running in this process (the embedded default's workers).
 pub struct LocalWorkers {
     stop: CancellationToken,
-    handles: Vec<JoinHandle<Result<WorkerStats, WorkerError>>>,
-    cancel: Arc<LocalCancelHook>,
+    handles: Vec<JoinHandle<Result<WorkerStats, AppError>>>,
+    cancel: Option<Arc<dyn CancelHook>>,
 }
 
 impl std::fmt::Debug for LocalWorkers {
@@ -590,9 +794,12 @@ impl std::fmt::Debug for LocalWorkers {
 }
 
 impl LocalWorkers {
-    /// A cancel hook that cancels tasks running on these workers.
+    /// The app's cancel hook (its canceller), which reaches these workers' cancel listeners;
+    /// a hook that does nothing when cancellation is off.
     pub fn cancel_hook(&self) -> Arc<dyn CancelHook> {
-        self.cancel.clone()
+        self.cancel
+            .clone()
+            .unwrap_or_else(|| Arc::new(stepq_executor::NoopCancelHook))
     }
 
     /// How many workers there are.
@@ -606,7 +813,7 @@ impl LocalWorkers {
     }
 
     /// Stops the workers (in-flight steps get the grace period) and returns what each did.
-    pub async fn shutdown(self) -> Result<Vec<WorkerStats>, WorkerError> {
+    pub async fn shutdown(self) -> Result<Vec<WorkerStats>, AppError> {
         self.stop.cancel();
         let mut stats = Vec::with_capacity(self.handles.len());
         let mut first_error = None;
@@ -621,65 +828,6 @@ impl LocalWorkers {
             }
         }
         first_error.map_or(Ok(stats), Err)
-    }
-}
-
-/// Cancels tasks on in-process workers by task id: a running one through its worker's
-/// cancel handle, one not started yet by refusing it when it starts (the gate of every local
-/// worker). A cancel is remembered before the handles are tried, and a task is registered
-/// with its handle before the gate is asked, so no cancel falls between the two.
-#[derive(Default)]
-struct LocalCancelHook {
-    handles: std::sync::Mutex<Vec<CancelHandle>>,
-    canceled: std::sync::Mutex<std::collections::HashSet<String>>,
-}
-
-impl LocalCancelHook {
-    fn add(&self, handle: CancelHandle) {
-        self.handles
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .push(handle);
-    }
-
-    fn is_canceled(&self, task_id: &str) -> bool {
-        self.canceled
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .contains(task_id)
-    }
-}
-
-#[async_trait]
-impl CancelHook for LocalCancelHook {
-    async fn cancel_task(&self, task_id: &str) -> Result<(), CancelHookError> {
-        self.canceled
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(task_id.to_string());
-        let handles = self.handles.lock().unwrap_or_else(|e| e.into_inner());
-        for handle in handles.iter() {
-            if handle.cancel(task_id) {
-                break;
-            }
-        }
-        Ok(())
-    }
-}
-
-#[async_trait]
-impl TaskGate for LocalCancelHook {
-    async fn before_start(&self, message: &TaskMessage) -> Option<TaskResult> {
-        self.is_canceled(&message.task_id).then(|| {
-            TaskResult::err(
-                receiver_kinds::CANCELED,
-                format!(
-                    "task `{}` ({}) was canceled before it started",
-                    message.task_name, message.task_id
-                ),
-                0.0,
-            )
-        })
     }
 }
 
@@ -728,6 +876,42 @@ mod tests {
         assert_eq!(worker.heartbeat_extension, Duration::from_secs(12));
         assert_eq!(worker.heartbeat_interval, Some(Duration::from_secs(4)));
         worker.validate().unwrap();
+    }
+
+    #[tokio::test]
+    async fn cancellation_follows_the_config_in_both_modes() {
+        let app = make_app(&distributed()).await.unwrap();
+        assert!(app.canceller().is_some());
+        assert_eq!(app.queue().broker().kind(), "sqs");
+        let mut config = distributed();
+        config.enable_cancellation = false;
+        let app = make_app(&config).await.unwrap();
+        assert!(app.canceller().is_none());
+        assert!(app.cancel_hook().is_none());
+
+        let dir = tempfile::tempdir().unwrap();
+        let config = StepqConfig {
+            state_dir: dir.path().into(),
+            enable_cancellation: false,
+            ..StepqConfig::default()
+        };
+        let app = make_app(&config).await.unwrap();
+        assert!(app.canceller().is_none());
+        assert_eq!(app.queue().broker().kind(), "memory");
+    }
+
+    #[tokio::test]
+    async fn worker_cancel_grace_stays_below_the_executors() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = StepqConfig {
+            state_dir: dir.path().into(),
+            ..StepqConfig::default()
+        };
+        let app = make_app(&config).await.unwrap();
+        assert_eq!(app.worker_cancel_grace(), DEFAULT_CANCEL_GRACE);
+        config.executor.cancel_grace_seconds = 2.0;
+        let app = make_app(&config).await.unwrap();
+        assert_eq!(app.worker_cancel_grace(), Duration::from_secs(1));
     }
 
     #[tokio::test]

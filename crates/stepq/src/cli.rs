@@ -20,6 +20,13 @@
 //! - `stepq jobs`: the jobs of the code location and the jobs files.
 //! - `stepq status RUN_ID`: a run from the run store, step by step.
 //! - `stepq runs [--limit N]`: the latest runs.
+//! - `stepq cancel RUN_ID [--wait SECONDS]`: asks for a run to be canceled, from any terminal
+//!   or machine sharing its run store (the same `.stepq/` directory, or the same bucket). The
+//!   run goes CANCELING; its orchestrator (the `stepq run` process, which watches the run's
+//!   record) interrupts it and cancels its in-flight steps, and the run ends CANCELED (that
+//!   `stepq run` exits 130). Waits up to `--wait` seconds (default 30; 0: do not wait) for
+//!   the run to end. Exits 0 once the request is recorded (and the run ended, when waiting),
+//!   2 for an unknown run, 1 for a run that already ended or did not end in time.
 //! - `stepq worker start [--concurrency N] [--name NAME]`: a worker service (distributed
 //!   config); stops gracefully on SIGTERM or Ctrl-C and exits 0.
 //! - `stepq worker list`: queue depth of the task queue, and the workers' heartbeats.
@@ -112,9 +119,21 @@ pub enum Command {
         #[arg(long, default_value_t = 20)]
         limit: usize,
     },
+    /// Cancel a run: it goes CANCELING, its orchestrator cancels its steps, it ends CANCELED.
+    Cancel(CancelArgs),
     /// Run or inspect workers.
     #[command(subcommand)]
     Worker(WorkerCommand),
+}
+
+/// Arguments of `stepq cancel`.
+#[derive(Debug, Args)]
+pub struct CancelArgs {
+    /// The run id.
+    pub run_id: String,
+    /// Seconds to wait for the run to end CANCELED (0: return once the request is recorded).
+    #[arg(long, value_name = "SECONDS", default_value_t = 30.0)]
+    pub wait: f64,
 }
 
 /// Arguments of `stepq run`.
@@ -287,6 +306,10 @@ async fn dispatch(cli: Cli, base: CodeLocation) -> Result<u8, Failure> {
         Command::Runs { limit } => {
             let app = make_app(&config).await.map_err(Failure::usage)?;
             list_runs(&app, limit).await
+        }
+        Command::Cancel(args) => {
+            let app = make_app(&config).await.map_err(Failure::usage)?;
+            cancel_run(&app, args).await
         }
         Command::Worker(WorkerCommand::Start(args)) => {
             let app = make_app(&config).await.map_err(Failure::usage)?;
@@ -611,6 +634,61 @@ async fn list_runs(app: &App, limit: usize) -> Result<u8, Failure> {
     Ok(0)
 }
 
+/// Longest pause between two reads of the run record while `stepq cancel` waits for the run
+/// to end (another process's writes cannot be awaited).
+const CANCEL_WAIT_MAX_DELAY: Duration = Duration::from_millis(500);
+
+async fn cancel_run(app: &App, args: CancelArgs) -> Result<u8, Failure> {
+    if !(args.wait.is_finite() && args.wait >= 0.0) {
+        return Err(Failure::usage(format!(
+            "--wait must be a number of seconds >= 0, got {}",
+            args.wait
+        )));
+    }
+    let run_id = args.run_id.as_str();
+    // An unknown run exits 2, one that already ended 1 (see `From<AppError> for Failure`).
+    let record = app.request_cancel(run_id).await?;
+    if record.status.is_terminal() {
+        println!("run {run_id} {}", record.status);
+        return Ok(0);
+    }
+    println!(
+        "run {run_id} {}: its orchestrator{} cancels its steps",
+        record.status,
+        record
+            .orchestrator
+            .as_deref()
+            .map(|o| format!(" ({o})"))
+            .unwrap_or_default()
+    );
+    if args.wait == 0.0 {
+        return Ok(0);
+    }
+    let deadline = tokio::time::Instant::now() + Duration::from_secs_f64(args.wait);
+    let mut delay = Duration::from_millis(25);
+    loop {
+        let now = tokio::time::Instant::now();
+        if now >= deadline {
+            return Err(Failure::runtime(format!(
+                "run {run_id} is still CANCELING after {}s: is its orchestrator{} still running? (`stepq status {run_id}`)",
+                args.wait,
+                record
+                    .orchestrator
+                    .as_deref()
+                    .map(|o| format!(" {o}"))
+                    .unwrap_or_default()
+            )));
+        }
+        tokio::time::sleep(delay.min(deadline - now)).await;
+        delay = (delay * 2).min(CANCEL_WAIT_MAX_DELAY);
+        let current = app.runs().get_run(run_id).await.map_err(AppError::from)?;
+        if current.status.is_terminal() {
+            println!("run {run_id} {}", current.status);
+            return Ok(0);
+        }
+    }
+}
+
 fn host_name() -> String {
     hostname::get()
         .map(|h| h.to_string_lossy().into_owned())
@@ -688,10 +766,13 @@ async fn start_worker(
         tracing::info!("stopping: finishing in-flight steps within the grace period");
         signal_stop.cancel();
     });
-    let outcome = worker.run(stop.clone()).await;
+    let outcome = app.run_worker(worker, &name, stop.clone()).await;
     stop.cancel();
     let _ = beats.await;
-    let _ = app.shutdown().await;
+    // Also ends the cancel subscription (deleting the worker's SQS inbox).
+    if let Err(e) = app.shutdown().await {
+        tracing::warn!(error = %e, "cannot shut the broker down cleanly");
+    }
     match outcome {
         Ok(_) => Ok(0),
         Err(e) => Err(Failure::runtime(e)),
@@ -831,6 +912,18 @@ mod tests {
                 ..
             }))
         ));
+    }
+
+    #[test]
+    fn cancel_arguments_parse() {
+        let cli = Cli::parse_from(["stepq", "cancel", "run-1", "--wait", "0"]);
+        let Command::Cancel(args) = cli.command else {
+            panic!("not a cancel")
+        };
+        assert_eq!(args.run_id, "run-1");
+        assert_eq!(args.wait, 0.0);
+        let cli = Cli::parse_from(["stepq", "cancel", "run-2"]);
+        assert!(matches!(cli.command, Command::Cancel(CancelArgs { wait, .. }) if wait == 30.0));
     }
 
     #[test]

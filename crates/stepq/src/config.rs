@@ -103,7 +103,10 @@ impl ConfigError {
 pub struct StepqConfig {
     /// Force the embedded default (in-memory broker, local backends) even with a queue URL.
     pub task_always_eager: bool,
-    /// Whether interrupting a run cancels its in-flight steps on the workers.
+    /// Whether interrupting (or `stepq cancel`ing) a run cancels its in-flight steps on the
+    /// workers: the broker is wrapped in the cancellation extension's `CancellableBroker`
+    /// (markers under `<state_dir>/cancels/` or `<s3.base_path>/cancels/` in the bucket) and
+    /// every worker runs a cancel listener. Default true.
     pub enable_cancellation: bool,
     /// Directory of local state (runs, outputs, results) for the embedded default.
     pub state_dir: PathBuf,

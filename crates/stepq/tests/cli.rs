@@ -286,3 +286,99 @@ fn ctrl_c_interrupts_the_run_and_exits_130() {
     assert_eq!(code, Some(130), "{text}");
     assert!(text.contains("CANCELED"), "{text}");
 }
+
+/// Waits (polling: another process's exit cannot be awaited from a test without a runtime)
+/// up to `limit` for `child` to exit.
+fn wait_with_limit(child: &mut std::process::Child, limit: std::time::Duration) -> Option<i32> {
+    let deadline = std::time::Instant::now() + limit;
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status.code();
+        }
+        if std::time::Instant::now() >= deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("stepq did not exit within {limit:?}");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn cancel_from_a_second_process_ends_the_run_canceled() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = stepq(dir.path())
+        .args([
+            "run",
+            "slow",
+            "--workers",
+            "2",
+            "--run-id",
+            "to-cancel",
+            "--run-config",
+            "{\"sleep_ms\": 600000}",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let first = lines.next().unwrap().unwrap();
+    assert!(first.starts_with("run to-cancel"), "{first}");
+    // The first line is printed once the run is STARTED in the run store.
+    let runs = run(dir.path(), &["runs"]);
+    assert!(
+        stdout(&runs)
+            .lines()
+            .any(|l| l.starts_with("to-cancel") && l.contains("STARTED")),
+        "{}",
+        stdout(&runs)
+    );
+
+    let asked = std::time::Instant::now();
+    let cancel = run(dir.path(), &["cancel", "to-cancel"]);
+    let text = stdout(&cancel);
+    assert_eq!(cancel.status.code(), Some(0), "{text}\n{}", stderr(&cancel));
+    assert!(text.contains("run to-cancel CANCELING"), "{text}");
+    assert!(text.contains("run to-cancel CANCELED"), "{text}");
+    let code = wait_with_limit(&mut child, std::time::Duration::from_secs(5));
+    assert!(asked.elapsed() < std::time::Duration::from_secs(5));
+    let rest: Vec<String> = lines.map(|l| l.unwrap()).collect();
+    let rest = rest.join("\n");
+    assert_eq!(code, Some(130), "{rest}");
+    assert!(rest.contains("run to-cancel CANCELED"), "{rest}");
+
+    let status = run(dir.path(), &["status", "to-cancel"]);
+    let text = stdout(&status);
+    assert_eq!(status.status.code(), Some(0), "{}", stderr(&status));
+    assert!(text.contains("status:       CANCELED"), "{text}");
+    // Running or still queued, every step was canceled (none failed).
+    for i in 0..4 {
+        assert!(
+            text.lines()
+                .any(|l| l.starts_with(&format!("slow_{i}")) && l.contains("CANCELED")),
+            "slow_{i}: {text}"
+        );
+    }
+}
+
+#[test]
+fn cancel_of_an_unknown_or_finished_run_is_an_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = run(dir.path(), &["cancel", "no-such-run"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stderr(&out).contains("no-such-run"), "{}", stderr(&out));
+
+    let out = run(
+        dir.path(),
+        &["run", "diamond", "--workers", "1", "--run-id", "done"],
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let out = run(dir.path(), &["cancel", "done"]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = stderr(&out);
+    assert!(err.contains("run `done` already ended SUCCESS"), "{err}");
+
+    let out = run(dir.path(), &["cancel", "done", "--wait", "-1"]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+}

@@ -367,3 +367,83 @@ async fn localstack_a_malformed_message_does_not_stop_the_worker() {
     assert_eq!(worker.stop(), Some(0));
     queue.delete().await;
 }
+
+#[tokio::test]
+#[ignore = "localstack"]
+async fn localstack_stepq_cancel_ends_a_distributed_run_canceled() {
+    let ls = localstack();
+    let queue = TestQueue::create(&ls, false).await;
+    let dir = config_dir(&ls, &queue);
+    let w1 = WorkerProcess::start(dir.path(), "w1");
+    let w2 = WorkerProcess::start(dir.path(), "w2");
+    let mut orchestrator = stepq(dir.path())
+        .args([
+            "run",
+            "slow",
+            "--run-id",
+            "cancel-run",
+            "--run-config",
+            "{\"sleep_ms\": 600000}",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    w1.wait_for("step started", Duration::from_secs(60));
+
+    // From another process: the run goes CANCELING, its orchestrator cancels the steps on
+    // the workers, and the run ends CANCELED.
+    let asked = std::time::Instant::now();
+    let out = run(dir.path(), &["cancel", "cancel-run"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("run cancel-run CANCELED"),
+        "{}",
+        text(&out)
+    );
+    let deadline = asked + Duration::from_secs(5);
+    let code = loop {
+        if let Some(status) = orchestrator.try_wait().unwrap() {
+            break status.code();
+        }
+        if std::time::Instant::now() >= deadline {
+            let _ = orchestrator.kill();
+            panic!("the orchestrator did not end within 5 s of the cancel");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let out = orchestrator.wait_with_output().unwrap();
+    assert_eq!(code, Some(130), "{}", text(&out));
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    for i in 0..4 {
+        assert_eq!(
+            row(&stdout, &format!("slow_{i}"))[1],
+            "CANCELED",
+            "{stdout}"
+        );
+    }
+    let status = run(dir.path(), &["status", "cancel-run"]);
+    assert!(String::from_utf8_lossy(&status.stdout).contains("status:       CANCELED"));
+
+    // A finished run cannot be canceled again.
+    let again = run(dir.path(), &["cancel", "cancel-run"]);
+    assert_eq!(again.status.code(), Some(1), "{}", text(&again));
+
+    // Stopped workers delete their cancel inboxes.
+    assert_eq!(w1.stop(), Some(0));
+    assert_eq!(w2.stop(), Some(0));
+    let name = queue.url.rsplit('/').next().unwrap().to_string();
+    let inboxes = queue
+        .client
+        .list_queues()
+        .queue_name_prefix(format!("{name}-cancels-"))
+        .send()
+        .await
+        .unwrap();
+    assert!(
+        inboxes.queue_urls().is_empty(),
+        "{:?}",
+        inboxes.queue_urls()
+    );
+    queue.delete().await;
+}

@@ -7,6 +7,8 @@
 //!   the size threshold go to S3 in taskiq-aio-sqs's pointer layout.
 //! - AWS failures are [`BrokerError::Service`](crate::BrokerError::Service) with the AWS error
 //!   code and an [`ErrorClass`](crate::ErrorClass); the SDK retries transient ones with backoff.
+//! - [`reply`]: result notification through a per-orchestrator reply queue, so the
+//!   orchestrator learns of finished tasks without polling S3.
 //!
 //! Credentials and region come from aws-config's chain (environment, profile, instance role).
 
@@ -15,6 +17,7 @@ mod config;
 mod error;
 mod listen;
 mod payload;
+pub mod reply;
 mod send;
 
 pub use broker::{QueueDepth, SqsBroker, ATTEMPT_TIMEOUT, AWS_MAX_ATTEMPTS, CONNECT_TIMEOUT};
@@ -24,4 +27,8 @@ pub use config::{
     MAX_SQS_MESSAGE_SIZE, MAX_VISIBILITY_TIMEOUT,
 };
 pub use payload::{S3Pointer, EXTENDED_MESSAGE_ATTRIBUTE, PAYLOAD_KEY_PREFIX};
+pub use reply::{
+    NotifyingResultBackend, ReplyQueue, ReplyToMiddleware, ReplyWiring, REPLY_ONLY_LABEL,
+    REPLY_TO_LABEL,
+};
 pub use send::{GROUP_LABEL, MAX_BATCH_BYTES, MAX_BATCH_ENTRIES};
