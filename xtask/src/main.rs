@@ -8,7 +8,15 @@
 //!   `-- -p stepq-broker -p stepq-results`, or `-- -p stepq-broker -- sqs_` to filter tests).
 //! - `localstack-up`: starts LocalStack, creates the resources, prints the environment to
 //!   export, and leaves it running; `localstack-down` stops it.
+//! - `bench --localstack [--reps N] [--worker-concurrency N] [--broker-tasks N]
+//!   [--in-process-workers] [--keep]`: builds the measuring side (this crate with feature
+//!   `bench`) and the `stepq` binary in release, starts LocalStack, and measures a 10-step
+//!   chain and a 1→50→1 fan-out with two workers, and the broker alone; prints a Markdown
+//!   report (figures for docs/benchmarks.md) and writes it under `target/stepq-bench/`.
 
+mod bench;
+#[cfg(feature = "bench")]
+mod bench_run;
 mod localstack;
 mod requests;
 mod resources;
@@ -57,6 +65,12 @@ enum Command {
     LocalstackUp,
     /// Stop a LocalStack left running by `localstack-up` or `localstack-test --keep`.
     LocalstackDown,
+    /// Measure stepq on LocalStack (SQS + S3): chain and fan-out end to end, broker alone.
+    Bench(bench::BenchArgs),
+    /// The measuring side of `bench` (run by it, against a running LocalStack).
+    #[cfg(feature = "bench")]
+    #[command(hide = true)]
+    BenchRun(bench_run::BenchRunArgs),
 }
 
 /// The workspace root (the parent of this crate's directory).
@@ -122,6 +136,9 @@ async fn run(command: Command) -> Result<u8> {
             }
             Ok(0)
         }
+        Command::Bench(args) => bench::bench(&root, &args).await,
+        #[cfg(feature = "bench")]
+        Command::BenchRun(args) => bench_run::bench_run(&root, &args).await,
     }
 }
 

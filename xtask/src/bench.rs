@@ -1,0 +1,213 @@
+//! `cargo xtask bench --localstack`: the driving side. Builds the measuring side (this crate
+//! with feature `bench`, in release, so the figures are those of optimized code) and the
+//! `stepq` binary the workers run, starts LocalStack, runs `xtask bench-run` against it (see
+//! `bench_run.rs`), and stops LocalStack on every way out.
+//!
+//! Request counts come from LocalStack's request log (`target/localstack.log`, one line per
+//! request), so LocalStack must run natively (the default when no Docker engine answers): a
+//! Docker Compose LocalStack writes its log only when stopped. Nothing else should use the
+//! LocalStack during a measurement.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+
+use crate::localstack::{self, LocalStack};
+
+/// Options of `cargo xtask bench`, passed on to `bench-run`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct BenchArgs {
+    /// Measure on LocalStack (SQS + S3). The embedded default has its own benchmark:
+    /// `cargo bench -p stepq-worker --bench embedded`.
+    #[arg(long)]
+    pub localstack: bool,
+    /// Measured runs of each job (after one warm-up run of each).
+    #[arg(long, default_value_t = 5)]
+    pub reps: usize,
+    /// Steps each of the two workers runs at once.
+    #[arg(long, default_value_t = 8)]
+    pub worker_concurrency: usize,
+    /// No-op tasks of each broker-alone measurement.
+    #[arg(long, default_value_t = 2000)]
+    pub broker_tasks: usize,
+    /// Run the two workers inside the measuring process (each with its own AWS clients)
+    /// instead of as two `stepq worker start` processes.
+    #[arg(long)]
+    pub in_process_workers: bool,
+    /// Leave LocalStack running afterwards (stop it with `cargo xtask localstack-down`).
+    #[arg(long)]
+    pub keep: bool,
+}
+
+impl BenchArgs {
+    /// The arguments that reproduce these options.
+    pub fn to_args(&self) -> Vec<String> {
+        let mut args = vec![
+            format!("--reps={}", self.reps),
+            format!("--worker-concurrency={}", self.worker_concurrency),
+            format!("--broker-tasks={}", self.broker_tasks),
+        ];
+        if self.localstack {
+            args.push("--localstack".into());
+        }
+        if self.in_process_workers {
+            args.push("--in-process-workers".into());
+        }
+        args
+    }
+
+    /// Checks the options.
+    pub fn validate(&self) -> Result<()> {
+        if !self.localstack {
+            bail!(
+                "only `--localstack` is measured here; the embedded default has its own \
+                 benchmark: `cargo bench -p stepq-worker --bench embedded`"
+            );
+        }
+        if self.reps == 0 || self.worker_concurrency == 0 || self.broker_tasks == 0 {
+            bail!("--reps, --worker-concurrency and --broker-tasks must be at least 1");
+        }
+        Ok(())
+    }
+}
+
+/// Where cargo puts build output.
+fn target_dir(root: &Path) -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root.join("target"))
+}
+
+/// Runs `cargo <args>` in the workspace; fails unless it succeeds.
+async fn cargo(root: &Path, args: &[&str]) -> Result<()> {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    println!("== cargo {}", args.join(" "));
+    let status = tokio::process::Command::new(cargo)
+        .current_dir(root)
+        .args(args)
+        .status()
+        .await
+        .context("running cargo")?;
+    if !status.success() {
+        bail!("`cargo {}` failed ({status})", args.join(" "));
+    }
+    Ok(())
+}
+
+/// `cargo xtask bench`.
+pub async fn bench(root: &Path, args: &BenchArgs) -> Result<u8> {
+    args.validate()?;
+    cargo(
+        root,
+        &["build", "--release", "-p", "xtask", "--features", "bench"],
+    )
+    .await?;
+    let measurer = target_dir(root).join("release/xtask");
+    let stepq_bin = if args.in_process_workers {
+        None
+    } else {
+        cargo(
+            root,
+            &["build", "--release", "-p", "stepq", "--bin", "stepq"],
+        )
+        .await?;
+        Some(target_dir(root).join("release/stepq"))
+    };
+
+    // From here on LocalStack is stopped on every way out (see `localstack`).
+    let mut ls = LocalStack::start_or_reuse(root).await?;
+    let outcome = run_measurer(root, &measurer, &ls.endpoint, stepq_bin.as_deref(), args).await;
+    if args.keep {
+        ls.keep()?;
+        println!(
+            "LocalStack left running at {}; stop it with `cargo xtask localstack-down`",
+            ls.endpoint
+        );
+    } else {
+        ls.stop();
+    }
+    outcome
+}
+
+/// Runs `xtask bench-run` (the release build) in its own process group.
+async fn run_measurer(
+    root: &Path,
+    measurer: &Path,
+    endpoint: &str,
+    stepq_bin: Option<&Path>,
+    args: &BenchArgs,
+) -> Result<u8> {
+    let mut command = tokio::process::Command::new(measurer);
+    command
+        .current_dir(root)
+        .arg("bench-run")
+        .args(args.to_args())
+        .arg(format!("--endpoint={endpoint}"))
+        .envs(aws_env());
+    if let Some(bin) = stepq_bin {
+        command.arg(format!("--stepq-bin={}", bin.display()));
+    }
+    command.process_group(0).kill_on_drop(true);
+    let mut child = command
+        .spawn()
+        .with_context(|| format!("starting {}", measurer.display()))?;
+    let _registered = child.id().map(localstack::ChildGroup::register);
+    let status = child.wait().await.context("waiting for the measurement")?;
+    Ok(status.code().map_or(1, |c| c.clamp(0, 255) as u8))
+}
+
+/// Static LocalStack credentials and region, for the measuring process and its workers.
+pub fn aws_env() -> Vec<(&'static str, String)> {
+    vec![
+        ("AWS_ACCESS_KEY_ID", "test".into()),
+        ("AWS_SECRET_ACCESS_KEY", "test".into()),
+        ("AWS_DEFAULT_REGION", crate::resources::REGION.into()),
+        ("AWS_REGION", crate::resources::REGION.into()),
+        ("AWS_EC2_METADATA_DISABLED", "true".into()),
+    ]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args() -> BenchArgs {
+        BenchArgs {
+            localstack: true,
+            reps: 3,
+            worker_concurrency: 4,
+            broker_tasks: 100,
+            in_process_workers: true,
+            keep: true,
+        }
+    }
+
+    #[test]
+    fn options_are_passed_on_except_keep() {
+        assert_eq!(
+            args().to_args(),
+            [
+                "--reps=3",
+                "--worker-concurrency=4",
+                "--broker-tasks=100",
+                "--localstack",
+                "--in-process-workers"
+            ]
+        );
+    }
+
+    #[test]
+    fn bad_options_are_refused() {
+        args().validate().unwrap();
+        let mut a = args();
+        a.localstack = false;
+        assert!(a
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("--bench embedded"));
+        let mut a = args();
+        a.reps = 0;
+        assert!(a.validate().is_err());
+    }
+}

@@ -1,0 +1,654 @@
+//! `xtask bench-run` (feature `bench`, run by `cargo xtask bench --localstack`): the measuring
+//! side, against a running LocalStack.
+//!
+//! 1. Broker alone: one [`Receiver`] (one worker) drains no-op tasks sent through an
+//!    [`SqsBroker`] in batches, results kept in memory: tasks per second, AWS requests per task.
+//! 2. Steps end to end: two workers (two `stepq worker start --config` processes, or two
+//!    in-process workers with their own AWS clients) and an in-process orchestrator built by
+//!    `stepq::make_app` from the same config (so with whatever result notification the app
+//!    wires), running `chain_10` (10 no-op steps in a line) and `fanout_join_50` (1 -> 50 ->
+//!    1, 52 steps): wall time per run and per step, AWS requests per step by operation.
+//!
+//! Requests are counted from LocalStack's request log: the lines between the start of a
+//! scenario and its end (plus a short settle, so the last acks are in).
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, ensure, Context, Result};
+use stepq::broker::sqs::{SqsBroker, SqsConfig};
+use stepq::broker::{Receiver, ReceiverConfig, TaskMessage, TaskQueue};
+use stepq::executor::Executor;
+use stepq::results::{InMemoryResultBackend, ResultBackend, S3OutputStore, S3ResultBackend};
+use stepq::{make_app, App, Job, RunRequest, RunStatus, StepqConfig};
+use tokio_util::sync::CancellationToken;
+
+use crate::bench::{aws_env, BenchArgs};
+use crate::localstack;
+use crate::requests::count_requests;
+use crate::resources::{sdk_config, REGION};
+
+/// The bucket of every benchmark (each run under its own prefix).
+const BUCKET: &str = "stepq-bench";
+/// Longest a single run may take before the benchmark gives up.
+const RUN_TIMEOUT: Duration = Duration::from_secs(180);
+/// Wait after a scenario before its request window closes, so the last acks are logged.
+const SETTLE: Duration = Duration::from_millis(500);
+/// Workers of the step scenarios.
+const WORKERS: usize = 2;
+/// Concurrency values of the broker-alone measurement: the receiver's default on this
+/// machine (the cores) and a full receive batch.
+const BROKER_CONCURRENCY: [usize; 2] = [0, 10];
+
+/// The arguments of `bench-run`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct BenchRunArgs {
+    /// The benchmark options.
+    #[command(flatten)]
+    pub bench: BenchArgs,
+    /// LocalStack's endpoint.
+    #[arg(long)]
+    pub endpoint: String,
+    /// The `stepq` binary the workers run; without it, in-process workers.
+    #[arg(long)]
+    pub stepq_bin: Option<PathBuf>,
+}
+
+/// AWS requests by `service.Operation`.
+type Requests = BTreeMap<String, u64>;
+
+/// One step scenario's figures.
+struct StepFigures {
+    orchestrator: &'static str,
+    job: String,
+    steps: usize,
+    walls: Vec<Duration>,
+    requests: Requests,
+}
+
+/// One broker-alone measurement.
+struct BrokerFigures {
+    concurrency: usize,
+    tasks: usize,
+    wall: Duration,
+    requests: Requests,
+}
+
+fn total(requests: &Requests) -> u64 {
+    requests.values().sum()
+}
+
+fn median(walls: &[Duration]) -> Duration {
+    let mut sorted = walls.to_vec();
+    sorted.sort();
+    sorted[sorted.len() / 2]
+}
+
+fn ms(d: Duration) -> String {
+    format!("{:.1} ms", d.as_secs_f64() * 1000.0)
+}
+
+fn secs(d: Duration) -> String {
+    format!("{:.3} s", d.as_secs_f64())
+}
+
+/// The request log's current length: where a window starts.
+fn log_offset(log: &Path) -> Result<u64> {
+    Ok(std::fs::metadata(log)
+        .with_context(|| format!("reading {}", log.display()))?
+        .len())
+}
+
+/// Requests logged since `offset`.
+fn requests_since(log: &Path, offset: u64) -> Result<Requests> {
+    let bytes = std::fs::read(log).with_context(|| format!("reading {}", log.display()))?;
+    ensure!(
+        bytes.len() as u64 >= offset,
+        "{} shrank during the measurement (another LocalStack started?)",
+        log.display()
+    );
+    Ok(count_requests(&String::from_utf8_lossy(
+        &bytes[offset as usize..],
+    )))
+}
+
+async fn create_queue(sqs: &aws_sdk_sqs::Client, name: &str) -> Result<String> {
+    sqs.create_queue()
+        .queue_name(name)
+        .send()
+        .await
+        .with_context(|| format!("CreateQueue {name}"))?
+        .queue_url
+        .context("CreateQueue returned no URL")
+}
+
+async fn delete_queue(sqs: &aws_sdk_sqs::Client, url: &str) {
+    if let Err(e) = sqs.delete_queue().queue_url(url).send().await {
+        eprintln!("warning: could not delete {url}: {e}");
+    }
+}
+
+async fn ensure_bucket(s3: &aws_sdk_s3::Client) -> Result<()> {
+    if let Err(e) = s3.create_bucket().bucket(BUCKET).send().await {
+        let owned = e
+            .as_service_error()
+            .is_some_and(|s| s.is_bucket_already_owned_by_you());
+        if !owned {
+            return Err(e).context("CreateBucket");
+        }
+    }
+    Ok(())
+}
+
+fn short_id() -> String {
+    uuid::Uuid::new_v4().simple().to_string()[..8].to_string()
+}
+
+/// `bench-run`.
+pub async fn bench_run(root: &Path, args: &BenchRunArgs) -> Result<u8> {
+    args.bench.validate()?;
+    let log = localstack::log_path(root);
+    log_offset(&log).context(
+        "request counts need LocalStack's live request log: run LocalStack natively \
+         (a Docker Compose LocalStack writes its log only when it stops)",
+    )?;
+    let sdk = sdk_config(&args.endpoint).await;
+    let sqs = aws_sdk_sqs::Client::new(&sdk);
+    let s3 = aws_sdk_s3::Client::from_conf(
+        aws_sdk_s3::config::Builder::from(&sdk)
+            .force_path_style(true)
+            .build(),
+    );
+    ensure_bucket(&s3).await?;
+    let id = short_id();
+    let work = root.join(format!("target/stepq-bench/localstack-{id}"));
+    std::fs::create_dir_all(&work).with_context(|| format!("creating {}", work.display()))?;
+
+    println!(
+        "== broker alone: {} no-op tasks, one worker",
+        args.bench.broker_tasks
+    );
+    let mut broker = Vec::new();
+    for concurrency in BROKER_CONCURRENCY {
+        let concurrency = if concurrency == 0 {
+            std::thread::available_parallelism().map_or(1, |n| n.get())
+        } else {
+            concurrency
+        };
+        let figures = broker_alone(
+            &sdk,
+            &sqs,
+            &args.endpoint,
+            &log,
+            args.bench.broker_tasks,
+            concurrency,
+        )
+        .await?;
+        println!(
+            "   concurrency {concurrency}: {:.0} tasks/s, {:.2} requests/task",
+            figures.tasks as f64 / figures.wall.as_secs_f64(),
+            total(&figures.requests) as f64 / figures.tasks as f64
+        );
+        broker.push(figures);
+    }
+
+    let task_queue = create_queue(&sqs, &format!("stepq-bench-{id}")).await?;
+    let config_path = work.join("stepq.toml");
+    let config_text = format!(
+        "[sqs]\nqueue_url = \"{task_queue}\"\nendpoint_url = \"{endpoint}\"\n\
+         region_name = \"{REGION}\"\n\n[s3]\nbucket = \"{BUCKET}\"\nbase_path = \"bench-{id}\"\n\
+         endpoint_url = \"{endpoint}\"\n\n[worker]\nconcurrency = {concurrency}\n",
+        endpoint = args.endpoint,
+        concurrency = args.bench.worker_concurrency,
+    );
+    std::fs::write(&config_path, &config_text)
+        .with_context(|| format!("writing {}", config_path.display()))?;
+    let config = StepqConfig::from_toml_str(&config_text, &config_path)?;
+
+    let mut workers =
+        Workers::start(args.stepq_bin.as_deref(), &config_path, &config, &work).await?;
+    let outcome = async {
+        let app = make_app(&config).await?;
+        app.startup().await?;
+        let orchestrators = [
+            (ORCHESTRATOR_APP, app.executor(None)?),
+            (
+                ORCHESTRATOR_POLLING,
+                polling_executor(&config, &args.endpoint, &app).await?,
+            ),
+        ];
+        let jobs = [
+            Arc::new(stepq::examples::chain_job(10)),
+            Arc::new(stepq::examples::fanout_join_job(50)),
+        ];
+        let mut figures = Vec::new();
+        for (orchestrator, executor) in &orchestrators {
+            println!("== orchestrator: {orchestrator}; warm-up: one run of each job");
+            for job in &jobs {
+                let wall = run_job(executor, job)
+                    .await
+                    .with_context(|| workers.log_tails())?;
+                println!("   {}: {}", job.name(), secs(wall));
+            }
+            for job in &jobs {
+                println!(
+                    "== {} ({} steps), {} runs",
+                    job.name(),
+                    job.steps().len(),
+                    args.bench.reps
+                );
+                let f = measure(executor, orchestrator, &log, job, args.bench.reps)
+                    .await
+                    .with_context(|| workers.log_tails())?;
+                let m = median(&f.walls);
+                println!(
+                    "   median {} ({} per step), {:.2} AWS requests per step",
+                    secs(m),
+                    ms(m / f.steps as u32),
+                    total(&f.requests) as f64 / (f.steps * f.walls.len()) as f64
+                );
+                figures.push(f);
+            }
+        }
+        shutdown_app(&app).await;
+        anyhow::Ok(figures)
+    }
+    .await;
+    workers.stop().await;
+    delete_queue(&sqs, &task_queue).await;
+    let steps = outcome?;
+
+    let report = render(args, &steps, &broker, workers.describe());
+    let path = work.join("report.md");
+    std::fs::write(&path, &report).with_context(|| format!("writing {}", path.display()))?;
+    println!("\n{report}\n(also written to {})", path.display());
+    Ok(0)
+}
+
+async fn shutdown_app(app: &App) {
+    if let Err(e) = app.shutdown().await {
+        eprintln!("warning: the orchestrator's app did not shut down cleanly: {e}");
+    }
+}
+
+/// Runs `job` once to success; returns its wall time.
+async fn run_job(executor: &Executor, job: &Arc<Job>) -> Result<Duration> {
+    let run_id = format!("bench-{}", uuid::Uuid::new_v4().simple());
+    let started = Instant::now();
+    let handle = executor.start(RunRequest::new(run_id.clone(), job.clone()))?;
+    let result = tokio::time::timeout(RUN_TIMEOUT, handle.wait())
+        .await
+        .with_context(|| format!("run {run_id} of {} took over {RUN_TIMEOUT:?}", job.name()))?;
+    let wall = started.elapsed();
+    if result.status != RunStatus::Success {
+        bail!(
+            "run {run_id} of {} ended {:?}: {:?}",
+            job.name(),
+            result.status,
+            result.errors
+        );
+    }
+    Ok(wall)
+}
+
+/// The orchestrator as `stepq run` builds it.
+const ORCHESTRATOR_APP: &str = "stepq::make_app";
+/// The orchestrator without result notification, for comparison.
+const ORCHESTRATOR_POLLING: &str = "S3 polling";
+
+/// An executor like the app's, but on the bare SQS broker and S3 result backend: no reply
+/// queue, so it learns of results by polling S3 (`S3ResultBackend::wait_result`: GetObject
+/// after 5 ms, doubling to 500 ms). The workers then send no notification either (the
+/// messages carry no reply address).
+async fn polling_executor(config: &StepqConfig, endpoint: &str, app: &App) -> Result<Executor> {
+    let sqs_config = config.sqs_config().context("a distributed config")?;
+    let sdk = SqsBroker::load_sdk_config(&sqs_config).await;
+    let broker = SqsBroker::from_sdk_config(sqs_config, &sdk)?;
+    let s3_sdk = sdk.to_builder().endpoint_url(endpoint).build();
+    let base = &config.s3.base_path;
+    let queue = TaskQueue::new(
+        Arc::new(broker),
+        Arc::new(S3ResultBackend::new(&s3_sdk, BUCKET, base)),
+    );
+    let outputs = Arc::new(S3OutputStore::new(&s3_sdk, BUCKET, base));
+    Ok(Executor::new(queue, outputs, app.executor_config())?)
+}
+
+/// `reps` runs of `job`, and the requests made meanwhile.
+async fn measure(
+    executor: &Executor,
+    orchestrator: &'static str,
+    log: &Path,
+    job: &Arc<Job>,
+    reps: usize,
+) -> Result<StepFigures> {
+    let offset = log_offset(log)?;
+    let mut walls = Vec::with_capacity(reps);
+    for _ in 0..reps {
+        walls.push(run_job(executor, job).await?);
+    }
+    tokio::time::sleep(SETTLE).await;
+    Ok(StepFigures {
+        orchestrator,
+        job: job.name().to_string(),
+        steps: job.steps().len(),
+        walls,
+        requests: requests_since(log, offset)?,
+    })
+}
+
+/// One worker (a receiver with `concurrency`) drains `tasks` no-op tasks while they are sent
+/// in batches of a hundred (ten SendMessageBatch calls each); results stay in memory.
+async fn broker_alone(
+    sdk: &aws_config::SdkConfig,
+    sqs: &aws_sdk_sqs::Client,
+    endpoint: &str,
+    log: &Path,
+    tasks: usize,
+    concurrency: usize,
+) -> Result<BrokerFigures> {
+    let url = create_queue(sqs, &format!("stepq-bench-broker-{}", short_id())).await?;
+    let mut config = SqsConfig::new(&url);
+    config.endpoint_url = Some(endpoint.to_string());
+    config.region_name = Some(REGION.to_string());
+    let results = Arc::new(InMemoryResultBackend::new());
+    // Producer and worker each with their own clients, as two processes would have.
+    let producer = TaskQueue::new(
+        Arc::new(SqsBroker::from_sdk_config(config.clone(), sdk)?),
+        results.clone(),
+    );
+    let consumer = TaskQueue::new(
+        Arc::new(SqsBroker::from_sdk_config(config, sdk)?),
+        results.clone(),
+    );
+    consumer.startup().await?;
+    let mut receiver = Receiver::new(consumer).with_config(ReceiverConfig {
+        concurrency,
+        worker_name: "bench-worker".into(),
+        ..ReceiverConfig::default()
+    });
+    receiver.register_fn("noop", |_: serde_json::Value| async {
+        Ok::<_, std::convert::Infallible>(())
+    });
+    let messages: Vec<TaskMessage> = (0..tasks).map(|_| TaskMessage::new("noop")).collect();
+    let ids: Vec<String> = messages.iter().map(|m| m.task_id.clone()).collect();
+
+    let offset = log_offset(log)?;
+    let stop = CancellationToken::new();
+    let started = Instant::now();
+    let worker = tokio::spawn(receiver.run(stop.clone()));
+    let send = async {
+        for chunk in messages.chunks(100) {
+            producer.kick_batch(chunk.to_vec()).await?;
+        }
+        anyhow::Ok(())
+    };
+    let wait = futures::future::join_all(
+        ids.iter()
+            .map(|id| results.wait_result(id, Some(RUN_TIMEOUT))),
+    );
+    let (sent, done) = tokio::join!(send, wait);
+    let wall = started.elapsed();
+    stop.cancel();
+    let stats = worker.await.context("the worker task failed")??;
+    sent?;
+    for r in done {
+        r.context("a no-op task's result")?;
+    }
+    ensure!(
+        stats.succeeded as usize >= tasks,
+        "the worker ran {} of {tasks} tasks",
+        stats.succeeded
+    );
+    tokio::time::sleep(SETTLE).await;
+    let requests = requests_since(log, offset)?;
+    delete_queue(sqs, &url).await;
+    Ok(BrokerFigures {
+        concurrency,
+        tasks,
+        wall,
+        requests,
+    })
+}
+
+/// The two workers of the step scenarios.
+enum Workers {
+    /// `stepq worker start` processes, with their log files.
+    Processes(Vec<(tokio::process::Child, PathBuf)>),
+    /// In-process workers, each on its own app (own AWS clients).
+    InProcess {
+        stop: CancellationToken,
+        tasks: Vec<tokio::task::JoinHandle<Result<()>>>,
+        apps: Vec<App>,
+    },
+}
+
+impl Workers {
+    async fn start(
+        stepq_bin: Option<&Path>,
+        config_path: &Path,
+        config: &StepqConfig,
+        work: &Path,
+    ) -> Result<Self> {
+        match stepq_bin {
+            Some(bin) => {
+                let mut children = Vec::new();
+                for i in 0..WORKERS {
+                    let log_path = work.join(format!("worker-{i}.log"));
+                    let log = std::fs::File::create(&log_path)?;
+                    let child = tokio::process::Command::new(bin)
+                        .arg("--config")
+                        .arg(config_path)
+                        .args(["worker", "start", "--name", &format!("bench-w{i}")])
+                        .envs(aws_env())
+                        .env("RUST_LOG", "warn")
+                        .stdin(std::process::Stdio::null())
+                        .stdout(log.try_clone()?)
+                        .stderr(log)
+                        // In the measuring process's group: an interrupt stops them too.
+                        .kill_on_drop(true)
+                        .spawn()
+                        .with_context(|| format!("starting {}", bin.display()))?;
+                    children.push((child, log_path));
+                }
+                Ok(Workers::Processes(children))
+            }
+            None => {
+                let stop = CancellationToken::new();
+                let location = Arc::new(stepq::examples::location());
+                let mut tasks = Vec::new();
+                let mut apps = Vec::new();
+                for i in 0..WORKERS {
+                    let app = make_app(config).await?;
+                    app.startup().await?;
+                    let worker =
+                        app.worker(location.clone(), app.worker_config(format!("bench-w{i}")))?;
+                    let stop = stop.clone();
+                    tasks.push(tokio::spawn(async move {
+                        worker.run(stop).await?;
+                        Ok(())
+                    }));
+                    apps.push(app);
+                }
+                Ok(Workers::InProcess { stop, tasks, apps })
+            }
+        }
+    }
+
+    fn describe(&self) -> &'static str {
+        match self {
+            Workers::Processes(_) => "two `stepq worker start --config` processes (release build)",
+            Workers::InProcess { .. } => {
+                "two in-process `stepq::Worker`s, each with its own AWS clients"
+            }
+        }
+    }
+
+    /// The end of each worker process's log, for error reports.
+    fn log_tails(&self) -> String {
+        let Workers::Processes(children) = self else {
+            return "in-process workers".into();
+        };
+        let mut text = String::from("worker logs:");
+        for (_, path) in children {
+            let log = std::fs::read_to_string(path).unwrap_or_default();
+            let lines: Vec<&str> = log.lines().collect();
+            text.push_str(&format!(
+                "\n--- {}\n{}",
+                path.display(),
+                lines[lines.len().saturating_sub(20)..].join("\n")
+            ));
+        }
+        text
+    }
+
+    /// Stops the workers (SIGTERM, then SIGKILL after 40 s).
+    async fn stop(&mut self) {
+        match self {
+            Workers::Processes(children) => {
+                for (child, _) in children.iter() {
+                    if let Some(pid) = child.id() {
+                        let _ = std::process::Command::new("kill")
+                            .args(["-TERM", &pid.to_string()])
+                            .status();
+                    }
+                }
+                for (child, path) in children.iter_mut() {
+                    match tokio::time::timeout(Duration::from_secs(40), child.wait()).await {
+                        Ok(Ok(status)) if status.success() => {}
+                        Ok(Ok(status)) => {
+                            eprintln!("warning: a worker exited {status}; see {}", path.display())
+                        }
+                        _ => {
+                            eprintln!("warning: a worker did not stop; killing it");
+                            let _ = child.kill().await;
+                        }
+                    }
+                }
+            }
+            Workers::InProcess { stop, tasks, apps } => {
+                stop.cancel();
+                for task in tasks.drain(..) {
+                    match task.await {
+                        Ok(Ok(())) => {}
+                        Ok(Err(e)) => eprintln!("warning: a worker failed: {e:#}"),
+                        Err(e) => eprintln!("warning: a worker task failed: {e}"),
+                    }
+                }
+                for app in apps.iter() {
+                    shutdown_app(app).await;
+                }
+            }
+        }
+    }
+}
+
+/// CPU model, cores and memory of this machine.
+fn machine() -> String {
+    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let model = cpuinfo
+        .lines()
+        .find_map(|l| l.strip_prefix("model name"))
+        .and_then(|l| l.split_once(':'))
+        .map_or("unknown CPU".to_string(), |(_, m)| m.trim().to_string());
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
+    let mem_gib = meminfo
+        .lines()
+        .find_map(|l| l.strip_prefix("MemTotal:"))
+        .and_then(|l| l.split_whitespace().next())
+        .and_then(|kb| kb.parse::<f64>().ok())
+        .map_or("?".to_string(), |kb| format!("{:.0}", kb / 1024.0 / 1024.0));
+    format!("{model}, {cores} cores available, {mem_gib} GiB RAM")
+}
+
+/// The report, as a Markdown section.
+fn render(
+    args: &BenchRunArgs,
+    steps: &[StepFigures],
+    broker: &[BrokerFigures],
+    workers: &str,
+) -> String {
+    let mut out = String::new();
+    let push = |out: &mut String, line: String| {
+        out.push_str(&line);
+        out.push('\n');
+    };
+    push(&mut out, format!("Machine: {}; LocalStack {} (native). Workers: {workers}, concurrency {} each; orchestrator in the measuring process (release build), built by `stepq::make_app` from the same config. Each job: one warm-up run, then {} measured runs.", machine(), localstack::LOCALSTACK_VERSION, args.bench.worker_concurrency, args.bench.reps));
+    push(&mut out, String::new());
+    push(&mut out, "| orchestrator | job | steps | wall per run (median) | min – max | wall per step (median) | AWS requests per step |".into());
+    push(&mut out, "|---|---|---:|---:|---:|---:|---:|".into());
+    for f in steps {
+        let m = median(&f.walls);
+        let min = f.walls.iter().min().copied().unwrap_or_default();
+        let max = f.walls.iter().max().copied().unwrap_or_default();
+        push(
+            &mut out,
+            format!(
+                "| {} | `{}` | {} | {} | {} – {} | {} | {:.2} |",
+                f.orchestrator,
+                f.job,
+                f.steps,
+                secs(m),
+                secs(min),
+                secs(max),
+                ms(m / f.steps as u32),
+                total(&f.requests) as f64 / (f.steps * f.walls.len()) as f64
+            ),
+        );
+    }
+    push(&mut out, String::new());
+    push(&mut out, "AWS requests per step, by operation (all processes: orchestrator, workers, and the workers' heartbeats):".into());
+    push(&mut out, String::new());
+    let mut header = "| operation |".to_string();
+    let mut rule = "|---|".to_string();
+    for f in steps {
+        header.push_str(&format!(" `{}`, {} |", f.job, f.orchestrator));
+        rule.push_str("---:|");
+    }
+    push(&mut out, header);
+    push(&mut out, rule);
+    let mut operations: Vec<&String> = steps.iter().flat_map(|f| f.requests.keys()).collect();
+    operations.sort();
+    operations.dedup();
+    for op in operations {
+        let mut line = format!("| {op} |");
+        for f in steps {
+            let n = f.requests.get(op).copied().unwrap_or(0);
+            line.push_str(&format!(
+                " {:.2} |",
+                n as f64 / (f.steps * f.walls.len()) as f64
+            ));
+        }
+        push(&mut out, line);
+    }
+    push(&mut out, String::new());
+    push(&mut out, format!("Broker alone (`SqsBroker` + one `Receiver`, results in memory): {} no-op tasks sent in `kick_batch` calls of 100 while the worker drains them.", args.bench.broker_tasks));
+    push(&mut out, String::new());
+    push(
+        &mut out,
+        "| worker concurrency | wall | tasks/s | AWS requests per task | by operation |".into(),
+    );
+    push(&mut out, "|---:|---:|---:|---:|---|".into());
+    for b in broker {
+        let per_op: Vec<String> = b
+            .requests
+            .iter()
+            .map(|(op, n)| format!("{op} {:.2}", *n as f64 / b.tasks as f64))
+            .collect();
+        push(
+            &mut out,
+            format!(
+                "| {} | {} | {:.0} | {:.2} | {} |",
+                b.concurrency,
+                secs(b.wall),
+                b.tasks as f64 / b.wall.as_secs_f64(),
+                total(&b.requests) as f64 / b.tasks as f64,
+                per_op.join(", ")
+            ),
+        );
+    }
+    out
+}
