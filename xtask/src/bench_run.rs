@@ -4,10 +4,12 @@
 //! 1. Broker alone: one [`Receiver`] (one worker) drains no-op tasks sent through an
 //!    [`SqsBroker`] in batches, results kept in memory: tasks per second, AWS requests per task.
 //! 2. Steps end to end: two workers (two `stepq worker start --config` processes, or two
-//!    in-process workers with their own AWS clients) and an in-process orchestrator built by
-//!    `stepq::make_app` from the same config (so with whatever result notification the app
-//!    wires), running `chain_10` (10 no-op steps in a line) and `fanout_join_50` (1 -> 50 ->
-//!    1, 52 steps): wall time per run and per step, AWS requests per step by operation.
+//!    in-process workers with their own AWS clients) and in-process orchestrators running
+//!    `chain_10` (10 no-op steps in a line) and `fanout_join_50` (1 -> 50 -> 1, 52 steps):
+//!    wall time per run and per step, AWS requests per step by operation. Three
+//!    orchestrators: the task queue `stepq::make_app` builds from the workers' config (what
+//!    `stepq run` uses: reply queue, results stored in S3 first), the same with reply-only
+//!    results, and the bare S3 result backend (polling) for comparison.
 //!
 //! Requests are counted from LocalStack's request log: the lines between the start of a
 //! scenario and its end (plus a short settle, so the last acks are in).
@@ -18,7 +20,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context, Result};
-use stepq::broker::sqs::{SqsBroker, SqsConfig};
+use stepq::broker::sqs::{reply, SqsBroker, SqsConfig};
 use stepq::broker::{Receiver, ReceiverConfig, TaskMessage, TaskQueue};
 use stepq::executor::Executor;
 use stepq::results::{InMemoryResultBackend, ResultBackend, S3OutputStore, S3ResultBackend};
@@ -215,8 +217,12 @@ pub async fn bench_run(root: &Path, args: &BenchRunArgs) -> Result<u8> {
         let orchestrators = [
             (ORCHESTRATOR_APP, app.executor(None)?),
             (
+                ORCHESTRATOR_REPLY_ONLY,
+                custom_executor(&config, &args.endpoint, &app, Notification::ReplyOnly).await?,
+            ),
+            (
                 ORCHESTRATOR_POLLING,
-                polling_executor(&config, &args.endpoint, &app).await?,
+                custom_executor(&config, &args.endpoint, &app, Notification::None).await?,
             ),
         ];
         let jobs = [
@@ -250,6 +256,11 @@ pub async fn bench_run(root: &Path, args: &BenchRunArgs) -> Result<u8> {
                     total(&f.requests) as f64 / (f.steps * f.walls.len()) as f64
                 );
                 figures.push(f);
+            }
+        }
+        for (_, executor) in &orchestrators[1..] {
+            if let Err(e) = executor.queue().shutdown().await {
+                eprintln!("warning: an orchestrator's queue did not shut down cleanly: {e}");
             }
         }
         shutdown_app(&app).await;
@@ -293,25 +304,47 @@ async fn run_job(executor: &Executor, job: &Arc<Job>) -> Result<Duration> {
     Ok(wall)
 }
 
-/// The orchestrator as `stepq run` builds it.
-const ORCHESTRATOR_APP: &str = "stepq::make_app";
+/// The orchestrator as `stepq run` builds it (reply queue, results stored durably first).
+const ORCHESTRATOR_APP: &str = "make_app (reply queue)";
+/// The reply queue with reply-only results.
+const ORCHESTRATOR_REPLY_ONLY: &str = "reply queue, reply-only results";
 /// The orchestrator without result notification, for comparison.
-const ORCHESTRATOR_POLLING: &str = "S3 polling";
+const ORCHESTRATOR_POLLING: &str = "S3 polling, no reply queue";
 
-/// An executor like the app's, but on the bare SQS broker and S3 result backend: no reply
-/// queue, so it learns of results by polling S3 (`S3ResultBackend::wait_result`: GetObject
-/// after 5 ms, doubling to 500 ms). The workers then send no notification either (the
-/// messages carry no reply address).
-async fn polling_executor(config: &StepqConfig, endpoint: &str, app: &App) -> Result<Executor> {
+/// How a custom orchestrator learns of results.
+enum Notification {
+    /// Reply queue, and workers send results that fit in the notification only.
+    ReplyOnly,
+    /// No reply queue: polling S3.
+    None,
+}
+
+/// An executor like the app's, on the bare SQS broker and S3 backends, learning of results
+/// through a reply queue with reply-only results, or by polling S3 (`S3ResultBackend`'s
+/// `wait_result`: GetObject after 5 ms, doubling to 500 ms; the workers then send no
+/// notification, the messages carrying no reply address).
+async fn custom_executor(
+    config: &StepqConfig,
+    endpoint: &str,
+    app: &App,
+    notification: Notification,
+) -> Result<Executor> {
     let sqs_config = config.sqs_config().context("a distributed config")?;
     let sdk = SqsBroker::load_sdk_config(&sqs_config).await;
     let broker = SqsBroker::from_sdk_config(sqs_config, &sdk)?;
     let s3_sdk = sdk.to_builder().endpoint_url(endpoint).build();
     let base = &config.s3.base_path;
-    let queue = TaskQueue::new(
-        Arc::new(broker),
-        Arc::new(S3ResultBackend::new(&s3_sdk, BUCKET, base)),
-    );
+    let durable = S3ResultBackend::new(&s3_sdk, BUCKET, base);
+    let queue = match notification {
+        Notification::ReplyOnly => {
+            let wiring = reply::attach(&broker, durable);
+            TaskQueue::new(Arc::new(broker), wiring.results).with_middleware(Arc::new(
+                reply::ReplyToMiddleware::new(wiring.replies).with_reply_only(true),
+            ))
+        }
+        Notification::None => TaskQueue::new(Arc::new(broker), Arc::new(durable)),
+    };
+    queue.startup().await?;
     let outputs = Arc::new(S3OutputStore::new(&s3_sdk, BUCKET, base));
     Ok(Executor::new(queue, outputs, app.executor_config())?)
 }
@@ -576,7 +609,7 @@ fn render(
         out.push_str(&line);
         out.push('\n');
     };
-    push(&mut out, format!("Machine: {}; LocalStack {} (native). Workers: {workers}, concurrency {} each; orchestrator in the measuring process (release build), built by `stepq::make_app` from the same config. Each job: one warm-up run, then {} measured runs.", machine(), localstack::LOCALSTACK_VERSION, args.bench.worker_concurrency, args.bench.reps));
+    push(&mut out, format!("Machine: {}; LocalStack {} (native). Workers: {workers}, concurrency {} each. Orchestrators in the measuring process (release build), an `Executor` started directly (no run store): `{ORCHESTRATOR_APP}` is the task queue `stepq::make_app` builds from the workers' config; `{ORCHESTRATOR_REPLY_ONLY}` adds `ReplyToMiddleware::with_reply_only`; `{ORCHESTRATOR_POLLING}` is the bare `S3ResultBackend`. Each job: one warm-up run, then {} measured runs.", machine(), localstack::LOCALSTACK_VERSION, args.bench.worker_concurrency, args.bench.reps));
     push(&mut out, String::new());
     push(&mut out, "| orchestrator | job | steps | wall per run (median) | min – max | wall per step (median) | AWS requests per step |".into());
     push(&mut out, "|---|---|---:|---:|---:|---:|---:|".into());
@@ -651,4 +684,83 @@ fn render(
         );
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn median_takes_the_middle_run() {
+        let d = Duration::from_millis;
+        assert_eq!(median(&[d(30), d(10), d(20)]), d(20));
+        assert_eq!(median(&[d(40), d(10), d(30), d(20)]), d(30));
+        assert_eq!(median(&[d(5)]), d(5));
+    }
+
+    #[test]
+    fn requests_are_counted_from_the_offset_and_a_shrunk_log_is_refused() {
+        let path = std::env::temp_dir().join(format!("stepq-bench-log-{}", short_id()));
+        let line = |op: &str| {
+            format!("2026-01-01T00:00:00.000  INFO --- [et.reactor-0] localstack.request.aws     : AWS {op} => 200\n")
+        };
+        std::fs::write(&path, line("sqs.SendMessage")).unwrap();
+        let offset = log_offset(&path).unwrap();
+        let mut more = std::fs::read_to_string(&path).unwrap();
+        more.push_str(&line("sqs.ReceiveMessage"));
+        more.push_str(&line("s3.PutObject"));
+        more.push_str(&line("sqs.ReceiveMessage"));
+        std::fs::write(&path, &more).unwrap();
+        let counts = requests_since(&path, offset).unwrap();
+        assert_eq!(counts.get("sqs.ReceiveMessage"), Some(&2));
+        assert_eq!(counts.get("s3.PutObject"), Some(&1));
+        assert_eq!(counts.get("sqs.SendMessage"), None, "before the window");
+        assert_eq!(total(&counts), 3);
+        std::fs::write(&path, "").unwrap();
+        let err = requests_since(&path, offset).unwrap_err();
+        assert!(err.to_string().contains("shrank"), "{err}");
+        std::fs::remove_file(&path).unwrap();
+        assert!(log_offset(&path).is_err(), "a missing log is an error");
+    }
+
+    #[test]
+    fn the_report_has_a_row_per_scenario_and_per_operation() {
+        let args = BenchRunArgs {
+            bench: BenchArgs {
+                localstack: true,
+                reps: 2,
+                worker_concurrency: 8,
+                broker_tasks: 100,
+                in_process_workers: false,
+                keep: false,
+            },
+            endpoint: "http://127.0.0.1:4566".into(),
+            stepq_bin: None,
+        };
+        let steps = [StepFigures {
+            orchestrator: ORCHESTRATOR_APP,
+            job: "chain_10".into(),
+            steps: 10,
+            walls: vec![Duration::from_millis(200), Duration::from_millis(180)],
+            requests: Requests::from([("sqs.SendMessage".into(), 40), ("s3.PutObject".into(), 20)]),
+        }];
+        let broker = [BrokerFigures {
+            concurrency: 10,
+            tasks: 100,
+            wall: Duration::from_millis(100),
+            requests: Requests::from([("sqs.DeleteMessageBatch".into(), 10)]),
+        }];
+        let report = render(&args, &steps, &broker, "two test workers");
+        assert!(
+            report.contains("| make_app (reply queue) | `chain_10` | 10 | 0.200 s | 0.180 s – 0.200 s | 20.0 ms | 3.00 |"),
+            "{report}"
+        );
+        assert!(report.contains("| sqs.SendMessage | 2.00 |"), "{report}");
+        assert!(report.contains("| s3.PutObject | 1.00 |"), "{report}");
+        assert!(
+            report.contains("| 10 | 0.100 s | 1000 | 0.10 | sqs.DeleteMessageBatch 0.10 |"),
+            "{report}"
+        );
+        assert!(report.contains("two test workers"));
+    }
 }
