@@ -1,6 +1,6 @@
 //! `Receiver`: runs registered tasks from a broker (the generic worker loop).
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -149,7 +149,8 @@ struct RunningTask {
 /// - While a handler runs, a heartbeat extends its message's visibility every
 ///   [`ReceiverConfig::heartbeat_interval`] by [`ReceiverConfig::heartbeat_extension`].
 /// - At most [`ReceiverConfig::concurrency`] handlers run at once; a delivery is taken from the
-///   broker only when one of them is free.
+///   broker only when one of them is free. Tasks registered with
+///   [`Receiver::register_without_slot`] give their slot back as soon as they are recognised.
 /// - An installed [`TaskGate`] may refuse a task before it starts (its result is saved and the
 ///   message acked) and bound how long a cancelled handler may run on.
 pub struct Receiver {
@@ -158,6 +159,8 @@ pub struct Receiver {
     config: ReceiverConfig,
     cancel: CancelHandle,
     gate: Option<Arc<dyn TaskGate>>,
+    /// Task names that do not hold a concurrency slot while they run.
+    slotless: HashSet<String>,
 }
 
 /// Counts of what a receiver did, returned when it stops.
@@ -179,14 +182,16 @@ pub struct ReceiverStats {
 }
 
 impl Default for ReceiverConfig {
-    /// Concurrency = available cores, 30 s grace, heartbeat every 10 s extending visibility by
-    /// 30 s, worker name `hostname-pid`.
+    /// Concurrency = available cores, 30 s grace, heartbeats fitted to SQS's default 10 s
+    /// visibility timeout (every 10/3 s, each extending visibility by 10 s: a message is
+    /// extended well before its first timeout lapses, and a killed worker's message is
+    /// delivered again within 10 s), worker name `hostname-pid`.
     fn default() -> Self {
         ReceiverConfig {
             concurrency: std::thread::available_parallelism().map_or(1, |n| n.get()),
             grace_period: Duration::from_secs(30),
-            heartbeat_extension: Duration::from_secs(30),
-            heartbeat_interval: Some(Duration::from_secs(10)),
+            heartbeat_extension: Duration::from_secs(10),
+            heartbeat_interval: Some(Duration::from_secs(10) / 3),
             worker_name: default_worker_name(),
         }
     }
@@ -224,7 +229,8 @@ impl ReceiverConfig {
 }
 
 /// `hostname-pid`, the host name taken from `$HOSTNAME` or `/etc/hostname`.
-fn default_worker_name() -> String {
+/// `host-pid`: this process's default worker name (also the owner tag of its SQS queues).
+pub(crate) fn default_worker_name() -> String {
     let host = std::env::var("HOSTNAME")
         .ok()
         .or_else(|| std::fs::read_to_string("/etc/hostname").ok())
@@ -308,6 +314,7 @@ impl Receiver {
             config: ReceiverConfig::default(),
             cancel: CancelHandle::default(),
             gate: None,
+            slotless: HashSet::new(),
         }
     }
     /// Replaces the config.
@@ -321,9 +328,20 @@ impl Receiver {
     }
     /// Registers a raw handler (replacing one of the same name, with a warning).
     pub fn register(&mut self, name: &str, handler: TaskHandler) {
+        self.slotless.remove(name);
         if self.handlers.insert(name.to_string(), handler).is_some() {
             tracing::warn!(task = name, "a handler registered earlier was replaced");
         }
+    }
+    /// Registers a raw handler whose tasks do not count against
+    /// [`ReceiverConfig::concurrency`]: a delivery of it gives its slot back once its task name
+    /// is read, and the handler runs beside the limited ones (with heartbeats, gate and grace
+    /// period as usual). For long-lived coordinating tasks that wait for other tasks this
+    /// receiver may have to run (a run's orchestration waits for its steps): holding a slot,
+    /// they would deadlock a receiver of concurrency 1. Their number is not limited.
+    pub fn register_without_slot(&mut self, name: &str, handler: TaskHandler) {
+        self.register(name, handler);
+        self.slotless.insert(name.to_string());
     }
     /// Registers a typed async fn: its argument is decoded from kwargs (object) or the single
     /// positional argument; its `Ok` is encoded as the return value, its `Err` as the error.
@@ -395,6 +413,7 @@ impl Receiver {
             config,
             cancel,
             gate,
+            slotless,
         } = self;
         let mut known: Vec<String> = handlers.keys().cloned().collect();
         known.sort();
@@ -405,6 +424,7 @@ impl Receiver {
             config,
             cancel,
             gate,
+            slotless,
             grace_expired: CancellationToken::new(),
             stats: Counters::default(),
         });
@@ -604,6 +624,8 @@ struct Shared {
     config: ReceiverConfig,
     cancel: CancelHandle,
     gate: Option<Arc<dyn TaskGate>>,
+    /// Task names that give their concurrency slot back (see [`Receiver::register_without_slot`]).
+    slotless: HashSet<String>,
     /// Fires when the grace period after stop is over.
     grace_expired: CancellationToken,
     stats: Counters,
@@ -611,7 +633,7 @@ struct Shared {
 
 /// Handles one delivery from decoding to ack.
 async fn process(shared: Arc<Shared>, delivery: Delivery, permit: OwnedSemaphorePermit) {
-    let _permit = permit;
+    let mut permit = Some(permit);
     let message = match delivery.message() {
         Ok(message) => message,
         Err(e) => return shared.reject_malformed(delivery, e).await,
@@ -619,6 +641,10 @@ async fn process(shared: Arc<Shared>, delivery: Delivery, permit: OwnedSemaphore
     let Some(handler) = shared.handlers.get(&message.task_name).cloned() else {
         return shared.reject_unknown(delivery, message).await;
     };
+    if shared.slotless.contains(&message.task_name) {
+        // Gives the slot back: the receiver takes the next delivery at once.
+        drop(permit.take());
+    }
     let (message, result) = match shared.queue.middleware().pre_execute(message.clone()).await {
         Ok(prepared) => match shared.execute(&delivery, &prepared, handler).await {
             Some(result) => (prepared, result),

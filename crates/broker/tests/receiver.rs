@@ -608,6 +608,70 @@ async fn never_runs_more_tasks_than_the_concurrency_limit() {
     assert_empty(&broker);
 }
 
+/// Registers `coordinate` (without a slot when `slotless`): it kicks a `double` task on the
+/// same queue and waits for its result, as a run's orchestration waits for its steps.
+fn coordinating(receiver: &mut Receiver, queue: &TaskQueue, slotless: bool) {
+    let queue = queue.clone();
+    let handler: stepq_broker::TaskHandler = Arc::new(move |_ctx: TaskContext| {
+        let queue = queue.clone();
+        Box::pin(async move {
+            let inner = queue
+                .task::<i64, i64>("double")
+                .kiq(&21)
+                .await
+                .map_err(|e| TaskError {
+                    kind: "Kick".into(),
+                    message: e.to_string(),
+                })?;
+            let doubled = inner
+                .wait_result(Some(Duration::from_secs(2)))
+                .await
+                .map_err(|e| TaskError {
+                    kind: "Wait".into(),
+                    message: e.to_string(),
+                })?;
+            Ok(serde_json::json!(doubled))
+        })
+    });
+    if slotless {
+        receiver.register_without_slot("coordinate", handler);
+    } else {
+        receiver.register("coordinate", handler);
+    }
+}
+
+#[tokio::test]
+async fn a_slotless_task_lets_a_receiver_of_concurrency_one_run_what_it_waits_for() {
+    let (queue, broker, _) = memory_queue(Duration::from_secs(30));
+    let mut receiver = Receiver::new(queue.clone()).with_config(config(1));
+    arithmetic(&mut receiver);
+    coordinating(&mut receiver, &queue, true);
+    let worker = Worker::start(receiver);
+    let handle = queue.task::<(), i64>("coordinate").kiq(&()).await.unwrap();
+    assert_eq!(handle.wait_result(WAIT).await.unwrap(), 42);
+    let stats = worker.stop().await;
+    assert_eq!(stats.succeeded, 2);
+    assert_empty(&broker);
+}
+
+#[tokio::test]
+async fn a_task_holding_the_only_slot_cannot_run_what_it_waits_for() {
+    // The same as above with a slot held: the inner task never starts, the wait times out.
+    // This is what `register_without_slot` is for.
+    let (queue, _broker, _) = memory_queue(Duration::from_secs(30));
+    let mut receiver = Receiver::new(queue.clone()).with_config(config(1));
+    arithmetic(&mut receiver);
+    coordinating(&mut receiver, &queue, false);
+    let worker = Worker::start(receiver);
+    let handle = queue.task::<(), i64>("coordinate").kiq(&()).await.unwrap();
+    match handle.wait_result(WAIT).await {
+        Err(TaskWaitError::TaskFailed { kind, .. }) => assert_eq!(kind, "Wait"),
+        other => panic!("expected the coordinator to give up waiting, got {other:?}"),
+    }
+    let stats = worker.stop().await;
+    assert_eq!(stats.failed, 1);
+}
+
 /// Runs one task of 1.5 s on a broker with a 500 ms visibility timeout; returns how often it
 /// started.
 async fn long_task_runs(heartbeat_interval: Option<Duration>) -> Vec<u32> {
@@ -692,8 +756,11 @@ fn default_config() {
     let c = ReceiverConfig::default();
     assert!(c.concurrency >= 1);
     assert_eq!(c.grace_period, Duration::from_secs(30));
-    assert_eq!(c.heartbeat_interval, Some(Duration::from_secs(10)));
-    assert_eq!(c.heartbeat_extension, Duration::from_secs(30));
+    // Fitted to SQS's default 10 s visibility timeout: the first extension comes well before
+    // it lapses, and a killed worker's message is visible again within 10 s.
+    assert_eq!(c.heartbeat_extension, Duration::from_secs(10));
+    let every = c.heartbeat_interval.expect("heartbeats are on by default");
+    assert!(every * 2 < c.heartbeat_extension, "{every:?}");
     assert!(
         c.worker_name.ends_with(&format!("-{}", std::process::id())),
         "{}",

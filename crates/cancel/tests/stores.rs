@@ -137,4 +137,21 @@ async fn s3_store() {
     let missing = stepq_cancel::S3CancelStore::new(&sdk, "stepq-no-such-bucket-for-cancels", "");
     let err = missing.startup().await.unwrap_err();
     assert!(err.to_string().contains("HeadBucket"), "{err}");
+    assert!(!err.is_temporary(), "{err}");
+    match &err {
+        stepq_cancel::CancelError::Store(stepq_results::ResultError::Service {
+            code,
+            message,
+            ..
+        }) => {
+            assert_eq!(code, "NoSuchBucket");
+            assert!(
+                message.contains("stepq-no-such-bucket-for-cancels"),
+                "{message}"
+            );
+        }
+        other => panic!("{other:?}"),
+    }
+    // Reading a marker from a missing bucket is an error, not "no marker".
+    assert!(missing.get("t").await.is_err());
 }

@@ -9,6 +9,19 @@ pub enum ErrorClass {
     Permanent,
 }
 
+impl ErrorClass {
+    /// The class of a local I/O failure: interrupted, would-block and timed-out operations are
+    /// temporary; everything else (not found, permission denied, disk full ...) is permanent.
+    pub fn of_io(error: &std::io::Error) -> Self {
+        match error.kind() {
+            std::io::ErrorKind::Interrupted
+            | std::io::ErrorKind::WouldBlock
+            | std::io::ErrorKind::TimedOut => ErrorClass::Temporary,
+            _ => ErrorClass::Permanent,
+        }
+    }
+}
+
 /// An error from a result backend or output store.
 #[derive(Debug, thiserror::Error)]
 pub enum ResultError {
@@ -79,12 +92,7 @@ impl ResultError {
     pub fn class(&self) -> ErrorClass {
         match self {
             ResultError::Timeout { .. } => ErrorClass::Temporary,
-            ResultError::Io { source, .. } => match source.kind() {
-                std::io::ErrorKind::Interrupted
-                | std::io::ErrorKind::WouldBlock
-                | std::io::ErrorKind::TimedOut => ErrorClass::Temporary,
-                _ => ErrorClass::Permanent,
-            },
+            ResultError::Io { source, .. } => ErrorClass::of_io(source),
             ResultError::Service { class, .. } => *class,
             _ => ErrorClass::Permanent,
         }
@@ -93,5 +101,30 @@ impl ResultError {
     /// Shorthand for `class() == Temporary`.
     pub fn is_temporary(&self) -> bool {
         self.class() == ErrorClass::Temporary
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::{Error, ErrorKind};
+
+    #[test]
+    fn io_failures_that_may_pass_are_temporary() {
+        for kind in [
+            ErrorKind::Interrupted,
+            ErrorKind::WouldBlock,
+            ErrorKind::TimedOut,
+        ] {
+            assert_eq!(ErrorClass::of_io(&Error::from(kind)), ErrorClass::Temporary);
+        }
+        for kind in [ErrorKind::NotFound, ErrorKind::PermissionDenied] {
+            assert_eq!(ErrorClass::of_io(&Error::from(kind)), ErrorClass::Permanent);
+        }
+        let io = ResultError::Io {
+            path: "p".into(),
+            source: Error::from(ErrorKind::TimedOut),
+        };
+        assert!(io.is_temporary());
     }
 }

@@ -1,5 +1,6 @@
-//! S3 result backend and output store, plus the AWS error classification shared with the SQS
-//! broker.
+//! S3 result backend and output store, plus what the other crates' AWS code shares: the AWS
+//! error classification ([`aws_error_info`]), the S3 client ([`s3_client`]) and the small S3
+//! calls every S3-backed store makes ([`get_object`], [`head_bucket`], [`join_key`]).
 //!
 //! Layout under a bucket and a base path (`base` may be empty):
 //!
@@ -57,6 +58,8 @@ const TEMPORARY_CODES: &[&str] = &[
     "ServiceUnavailable",
     "KmsThrottled",
     "KMS.ThrottlingException",
+    "RequestTimeTooSkewed",
+    "ConditionalRequestConflict",
 ];
 
 /// What kind of failure an AWS SDK call ended in, before any response code is known.
@@ -154,17 +157,75 @@ where
     }
 }
 
-fn s3_error<E>(operation: &str, err: &SdkError<E>) -> ResultError
+impl AwsErrorInfo {
+    /// A response body that arrived but could not be read to the end: `ResponseError`,
+    /// temporary (the request can simply be made again).
+    pub fn body_read(operation: &str, key: &str, err: impl std::fmt::Display) -> Self {
+        AwsErrorInfo {
+            code: "ResponseError".into(),
+            message: format!("{operation} `{key}`: reading the body failed: {err}"),
+            class: ErrorClass::Temporary,
+        }
+    }
+
+    /// As a [`ResultError::Service`] of `service` (e.g. `s3`).
+    pub fn into_result_error(self, service: &'static str) -> ResultError {
+        ResultError::Service {
+            service,
+            code: self.code,
+            message: self.message,
+            class: self.class,
+        }
+    }
+}
+
+/// An error of an S3 operation as a [`ResultError::Service`] with its AWS error code and
+/// whether retrying can help (see [`aws_error_info`]).
+pub fn s3_error<E>(operation: &str, err: &SdkError<E>) -> ResultError
 where
     E: ProvideErrorMetadata + std::error::Error + 'static,
 {
-    let info = aws_error_info(operation, err);
-    ResultError::Service {
-        service: "s3",
-        code: info.code,
-        message: info.message,
-        class: info.class,
-    }
+    aws_error_info(operation, err).into_result_error("s3")
+}
+
+/// A whole object read by [`get_object`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct S3Object {
+    /// The object's content.
+    pub bytes: Bytes,
+    /// Its ETag, for a conditional write after the read (`If-Match`).
+    pub e_tag: Option<String>,
+}
+
+/// Reads a whole object; `Ok(None)` when the bucket has no such key. Failures, including a
+/// body that breaks off (see [`AwsErrorInfo::body_read`]), come as an [`AwsErrorInfo`] for the
+/// caller to wrap in its own error type.
+pub async fn get_object(
+    client: &aws_sdk_s3::Client,
+    bucket: &str,
+    key: &str,
+) -> Result<Option<S3Object>, AwsErrorInfo> {
+    let out = match client.get_object().bucket(bucket).key(key).send().await {
+        Ok(out) => out,
+        Err(e) if is_no_such_key(&e) => return Ok(None),
+        Err(e) => return Err(aws_error_info("GetObject", &e)),
+    };
+    let e_tag = out.e_tag().map(str::to_string);
+    let data = out
+        .body
+        .collect()
+        .await
+        .map_err(|e| AwsErrorInfo::body_read("GetObject", key, e))?;
+    Ok(Some(S3Object {
+        bytes: data.into_bytes(),
+        e_tag,
+    }))
+}
+
+/// Whether a GetObject failed because the key does not exist (`NoSuchKey`, or a bare 404).
+fn is_no_such_key(err: &SdkError<aws_sdk_s3::operation::get_object::GetObjectError>) -> bool {
+    err.as_service_error().is_some_and(|s| s.is_no_such_key())
+        || (err.code().is_none() && err.raw_response().map(|r| r.status().as_u16()) == Some(404))
 }
 
 /// Builds an S3 client from `sdk`, with path-style addressing when an endpoint override is set
@@ -181,50 +242,59 @@ fn normalize_base(base_path: &str) -> String {
     base_path.trim_matches('/').to_string()
 }
 
-/// Joins a normalized base path and a relative key.
-fn join_key(base: &str, rest: &str) -> String {
-    if base.is_empty() {
-        rest.to_string()
-    } else {
-        format!("{base}/{rest}")
+/// The object key of `rest` under a base path (leading and trailing `/` of `base_path` are
+/// ignored; an empty one means the bucket root).
+///
+/// ```
+/// use stepq_results::s3::join_key;
+/// assert_eq!(join_key("/stepq/dev/", "runs/r1"), "stepq/dev/runs/r1");
+/// assert_eq!(join_key("", "runs/r1"), "runs/r1");
+/// ```
+pub fn join_key(base_path: &str, rest: &str) -> String {
+    match base_path.trim_matches('/') {
+        "" => rest.to_string(),
+        base => format!("{base}/{rest}"),
+    }
+}
+
+/// Checks that a bucket exists and answers (one HeadBucket). A missing bucket is a permanent
+/// `NoSuchBucket` whose message calls it `what` (e.g. `bucket`, `extended payload bucket`).
+pub async fn head_bucket(
+    client: &aws_sdk_s3::Client,
+    bucket: &str,
+    what: &str,
+) -> Result<(), AwsErrorInfo> {
+    match client.head_bucket().bucket(bucket).send().await {
+        Ok(_) => Ok(()),
+        Err(e) => {
+            let mut info = aws_error_info("HeadBucket", &e);
+            if e.raw_response().map(|r| r.status().as_u16()) == Some(404) {
+                info.code = "NoSuchBucket".to_string();
+                info.message = format!("HeadBucket: {what} `{bucket}` does not exist");
+                info.class = ErrorClass::Permanent;
+            }
+            Err(info)
+        }
     }
 }
 
 /// Checks that a bucket answers; a missing one is a permanent `NoSuchBucket` error.
 async fn check_bucket(client: &aws_sdk_s3::Client, bucket: &str) -> Result<(), ResultError> {
-    match client.head_bucket().bucket(bucket).send().await {
-        Ok(_) => Ok(()),
-        Err(e) => {
-            let mut err = s3_error("HeadBucket", &e);
-            if let ResultError::Service { code, message, .. } = &mut err {
-                if e.raw_response().map(|r| r.status().as_u16()) == Some(404) {
-                    *code = "NoSuchBucket".to_string();
-                    *message = format!("HeadBucket: bucket `{bucket}` does not exist");
-                }
-            }
-            Err(err)
-        }
-    }
+    head_bucket(client, bucket, "bucket")
+        .await
+        .map_err(|info| info.into_result_error("s3"))
 }
 
-/// Reads a whole object; `Ok(None)` when it does not exist.
+/// Reads a whole object's bytes; `Ok(None)` when it does not exist.
 async fn get_object_bytes(
     client: &aws_sdk_s3::Client,
     bucket: &str,
     key: &str,
 ) -> Result<Option<Bytes>, ResultError> {
-    let out = match client.get_object().bucket(bucket).key(key).send().await {
-        Ok(out) => out,
-        Err(e) if e.as_service_error().is_some_and(|s| s.is_no_such_key()) => return Ok(None),
-        Err(e) => return Err(s3_error("GetObject", &e)),
-    };
-    let data = out.body.collect().await.map_err(|e| ResultError::Service {
-        service: "s3",
-        code: "ResponseError".into(),
-        message: format!("GetObject `{key}`: reading the body failed: {e}"),
-        class: ErrorClass::Temporary,
-    })?;
-    Ok(Some(data.into_bytes()))
+    match get_object(client, bucket, key).await {
+        Ok(object) => Ok(object.map(|o| o.bytes)),
+        Err(info) => Err(info.into_result_error("s3")),
+    }
 }
 
 /// Whether an object exists (HEAD).

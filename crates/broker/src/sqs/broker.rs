@@ -8,11 +8,12 @@ use aws_config::retry::RetryConfig;
 use aws_config::timeout::TimeoutConfig;
 use aws_config::{BehaviorVersion, Region, SdkConfig};
 use aws_sdk_sqs::types::QueueAttributeName;
+use stepq_results::s3::head_bucket;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use super::config::SqsConfig;
-use super::error::{s3_error, sqs_error};
+use super::error::{info_error, sqs_error};
 use super::send::{prepare, send_batch, send_one, SendSettings};
 use crate::broker::{Broker, DeliveryStream};
 use crate::error::BrokerError;
@@ -257,18 +258,9 @@ impl Broker for SqsBroker {
             .await
             .map_err(|e| sqs_error("GetQueueAttributes", &e))?;
         if let Some(bucket) = &self.inner.settings.bucket {
-            if let Err(e) = self.inner.s3.head_bucket().bucket(bucket).send().await {
-                let mut err = s3_error("HeadBucket", &e);
-                if let BrokerError::Service { code, message, .. } = &mut err {
-                    if e.raw_response().map(|r| r.status().as_u16()) == Some(404) {
-                        *code = "NoSuchBucket".into();
-                        *message = format!(
-                            "HeadBucket: extended payload bucket `{bucket}` does not exist"
-                        );
-                    }
-                }
-                return Err(err);
-            }
+            head_bucket(&self.inner.s3, bucket, "extended payload bucket")
+                .await
+                .map_err(|info| info_error("s3", info))?;
         }
         Ok(())
     }

@@ -6,10 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use aws_sdk_sqs::types::{
-    ChangeMessageVisibilityBatchRequestEntry, DeleteMessageBatchRequestEntry,
-    MessageSystemAttributeName,
-};
+use aws_sdk_sqs::types::{ChangeMessageVisibilityBatchRequestEntry, MessageSystemAttributeName};
 use bytes::Bytes;
 use futures::StreamExt;
 use tokio::sync::{mpsc, oneshot};
@@ -18,7 +15,8 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::broker::Inner;
-use super::error::{build_error, clone_error, entry_error, sqs_error};
+use super::error::{all_failed, entry_outcomes, numbered_entries, sqs_error};
+use super::owned_queue;
 use super::payload::{S3Pointer, EXTENDED_MESSAGE_ATTRIBUTE};
 use crate::broker::DeliveryStream;
 use crate::delivery::{Delivery, DeliveryHandle};
@@ -84,17 +82,13 @@ async fn receive(inner: Arc<Inner>) -> Result<Vec<Received>, BrokerError> {
 /// are logged: the messages then come back after their visibility timeout instead.
 async fn release(inner: &Inner, receipts: Vec<String>) {
     for chunk in receipts.chunks(MAX_BATCH_ENTRIES) {
-        let entries = chunk
-            .iter()
-            .enumerate()
-            .map(|(i, r)| {
-                ChangeMessageVisibilityBatchRequestEntry::builder()
-                    .id(i.to_string())
-                    .receipt_handle(r)
-                    .visibility_timeout(0)
-                    .build()
-            })
-            .collect::<Result<Vec<_>, _>>();
+        let entries = numbered_entries("ChangeMessageVisibilityBatch", chunk, |id, r| {
+            ChangeMessageVisibilityBatchRequestEntry::builder()
+                .id(id)
+                .receipt_handle(r)
+                .visibility_timeout(0)
+                .build()
+        });
         let entries = match entries {
             Ok(e) => e,
             Err(e) => {
@@ -164,57 +158,19 @@ async fn run_ack_batcher(inner: Arc<Inner>, mut requests: mpsc::UnboundedReceive
             let _ = request.reply.send(result);
             continue;
         }
-        let entries = batch
-            .iter()
-            .enumerate()
-            .map(|(i, r)| {
-                DeleteMessageBatchRequestEntry::builder()
-                    .id(i.to_string())
-                    .receipt_handle(&r.receipt)
-                    .build()
-            })
-            .collect::<Result<Vec<_>, _>>();
-        let entries = match entries {
-            Ok(e) => e,
-            Err(e) => {
-                let err = build_error("DeleteMessageBatch", e);
-                for r in batch.drain(..) {
-                    let _ = r.reply.send(Err(clone_error(&err)));
-                }
-                continue;
-            }
+        let receipts: Vec<String> = batch.iter().map(|r| r.receipt.clone()).collect();
+        let results = match owned_queue::delete_messages(
+            &inner.sqs,
+            &inner.config.queue_url,
+            &receipts,
+        )
+        .await
+        {
+            Ok(out) => entry_outcomes("DeleteMessageBatch", batch.len(), out.failed()),
+            Err(err) => all_failed(&err, batch.len()),
         };
-        let outcome = inner
-            .sqs
-            .delete_message_batch()
-            .queue_url(&inner.config.queue_url)
-            .set_entries(Some(entries))
-            .send()
-            .await;
-        match outcome {
-            Ok(out) => {
-                let mut results: Vec<Result<(), BrokerError>> =
-                    batch.iter().map(|_| Ok(())).collect();
-                for f in out.failed() {
-                    if let Some(slot) = f
-                        .id()
-                        .parse::<usize>()
-                        .ok()
-                        .and_then(|i| results.get_mut(i))
-                    {
-                        *slot = Err(entry_error("DeleteMessageBatch", f));
-                    }
-                }
-                for (r, result) in batch.drain(..).zip(results) {
-                    let _ = r.reply.send(result);
-                }
-            }
-            Err(e) => {
-                let err = sqs_error("DeleteMessageBatch", &e);
-                for r in batch.drain(..) {
-                    let _ = r.reply.send(Err(clone_error(&err)));
-                }
-            }
+        for (r, result) in batch.drain(..).zip(results) {
+            let _ = r.reply.send(result);
         }
     }
 }

@@ -16,6 +16,7 @@ mod broker;
 mod config;
 mod error;
 mod listen;
+pub mod owned_queue;
 mod payload;
 pub mod reply;
 mod send;
@@ -26,6 +27,7 @@ pub use config::{
     DEFAULT_PAYLOAD_SIZE_THRESHOLD, DEFAULT_VISIBILITY_TIMEOUT, DEFAULT_WAIT_TIME_SECONDS,
     MAX_SQS_MESSAGE_SIZE, MAX_VISIBILITY_TIMEOUT,
 };
+pub use error::sqs_error;
 pub use payload::{S3Pointer, EXTENDED_MESSAGE_ATTRIBUTE, PAYLOAD_KEY_PREFIX};
 pub use reply::{
     NotifyingResultBackend, ReplyQueue, ReplyToMiddleware, ReplyWiring, REPLY_ONLY_LABEL,

@@ -6,7 +6,7 @@ use std::ops::Range;
 use aws_sdk_sqs::types::{MessageAttributeValue, SendMessageBatchRequestEntry};
 
 use super::broker::Inner;
-use super::error::{build_error, clone_error, entry_class, sqs_error};
+use super::error::{build_error, clone_error, entry_class, info_error, service_info, sqs_error};
 use super::payload::{S3Pointer, EXTENDED_MESSAGE_ATTRIBUTE};
 use crate::error::{BrokerError, ErrorClass};
 use crate::message::TaskMessage;
@@ -349,20 +349,15 @@ pub(crate) async fn send_batch(
 
 /// Adds "n of m were sent" to an error that stopped a batch send.
 fn partial_failure(err: BrokerError, sent: usize, total: usize) -> BrokerError {
-    match err {
-        BrokerError::Service {
-            service,
-            code,
-            message,
-            class,
-        } => BrokerError::Service {
-            service,
-            code,
-            message: format!("{message}; {sent} of {total} messages were sent before it"),
-            class,
-        },
-        other => other,
+    if !matches!(err, BrokerError::Service { .. }) {
+        return err;
     }
+    let (service, mut info) = service_info(&err);
+    info.message = format!(
+        "{}; {sent} of {total} messages were sent before it",
+        info.message
+    );
+    info_error(service, info)
 }
 
 #[cfg(test)]

@@ -14,17 +14,16 @@
 //! [`SqsFanoutOptions::stale_inbox_after`]. A live inbox deleted by mistake is noticed at its
 //! next receive, recreated, and its worker re-reads the markers.
 
-use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use aws_sdk_sqs::error::{ProvideErrorMetadata, SdkError};
-use aws_sdk_sqs::types::{DeleteMessageBatchRequestEntry, QueueAttributeName};
+use aws_sdk_sqs::types::QueueAttributeName;
 use bytes::Bytes;
 use futures::StreamExt;
+use stepq_broker::sqs::owned_queue::{self, is_missing_queue, queue_name, sanitize};
+use stepq_broker::sqs::sqs_error;
 use stepq_broker::BrokerError;
-use stepq_results::s3::aws_error_info;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
@@ -32,16 +31,10 @@ use tokio_util::sync::CancellationToken;
 
 use super::{CancelChannel, ChannelEvent, ChannelStream};
 use crate::error::CancelError;
-use crate::marker::now_ms;
 
-/// Longest SQS queue name.
-pub const MAX_QUEUE_NAME: usize = 80;
-/// Tag naming what a queue is (`cancel-inbox`).
-pub const ROLE_TAG: &str = "stepq:role";
+pub use stepq_broker::sqs::owned_queue::{ALIVE_AT_TAG, MAX_QUEUE_NAME, ROLE_TAG};
 /// Tag with the subscriber (worker) name of an inbox.
 pub const SUBSCRIBER_TAG: &str = "stepq:subscriber";
-/// Tag with the Unix time (seconds) an inbox's worker last said it is alive.
-pub const ALIVE_AT_TAG: &str = "stepq:alive-at";
 /// Value of [`ROLE_TAG`] on inboxes.
 pub const INBOX_ROLE: &str = "cancel-inbox";
 
@@ -188,47 +181,6 @@ impl std::fmt::Debug for SqsFanoutChannel {
     }
 }
 
-fn sqs_error<E>(operation: &str, err: &SdkError<E>) -> BrokerError
-where
-    E: ProvideErrorMetadata + std::error::Error + 'static,
-{
-    let info = aws_error_info(operation, err);
-    BrokerError::Service {
-        service: "sqs",
-        code: info.code,
-        message: info.message,
-        class: info.class,
-    }
-}
-
-/// Whether an error says the queue does not exist (any protocol's code for it).
-fn is_missing_queue(e: &BrokerError) -> bool {
-    matches!(e, BrokerError::Service { code, .. }
-        if code.contains("NonExistentQueue") || code == "QueueDoesNotExist")
-}
-
-/// The last path segment of a queue URL.
-fn queue_name(url: &str) -> &str {
-    url.trim_end_matches('/').rsplit('/').next().unwrap_or("")
-}
-
-/// `name` reduced to letters, digits, `-` and `_`.
-fn sanitize(name: &str) -> String {
-    name.chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
-                c
-            } else {
-                '-'
-            }
-        })
-        .collect()
-}
-
-fn unix_secs() -> u64 {
-    now_ms() / 1000
-}
-
 impl SqsFanoutChannel {
     /// A channel fanning out under `cancel_queue_url` (its name is the inbox prefix; the
     /// queue itself need not exist). Makes no request.
@@ -303,18 +255,7 @@ impl SqsFanoutChannel {
 
 impl Inner {
     async fn targets(&self) -> Result<Vec<String>, CancelError> {
-        let mut urls = Vec::new();
-        let mut pages = self
-            .client
-            .list_queues()
-            .queue_name_prefix(&self.base)
-            .max_results(1000)
-            .into_paginator()
-            .send();
-        while let Some(page) = pages.next().await {
-            let page = page.map_err(|e| sqs_error("ListQueues", &e))?;
-            urls.extend(page.queue_urls().iter().cloned());
-        }
+        let mut urls = owned_queue::list_with_prefix(&self.client, &self.base).await?;
         let inbox_start = format!("{}-", self.base);
         let fifo_name = format!("{}.fifo", self.base);
         urls.retain(|url| {
@@ -340,45 +281,24 @@ impl Inner {
 
     async fn create_inbox(&self, name: &str, subscriber: &str) -> Result<String, BrokerError> {
         let o = &self.options;
-        let out = self
-            .client
-            .create_queue()
-            .queue_name(name)
-            .attributes(
-                QueueAttributeName::MessageRetentionPeriod,
-                o.inbox_retention.as_secs().to_string(),
-            )
-            .attributes(
-                QueueAttributeName::ReceiveMessageWaitTimeSeconds,
-                o.wait_time_seconds.to_string(),
-            )
-            .attributes(QueueAttributeName::VisibilityTimeout, "30")
-            .tags(ROLE_TAG, INBOX_ROLE)
-            .tags(SUBSCRIBER_TAG, sanitize(subscriber))
-            .tags(ALIVE_AT_TAG, unix_secs().to_string())
-            .send()
-            .await
-            .map_err(|e| sqs_error("CreateQueue", &e))?;
-        out.queue_url.ok_or_else(|| BrokerError::Service {
-            service: "sqs",
-            code: "MissingQueueUrl".into(),
-            message: format!("CreateQueue `{name}` returned no queue URL"),
-            class: stepq_results::ErrorClass::Temporary,
-        })
-    }
-
-    async fn delete_queue(&self, url: &str) -> Result<(), BrokerError> {
-        match self.client.delete_queue().queue_url(url).send().await {
-            Ok(_) => Ok(()),
-            Err(e) => {
-                let err = sqs_error("DeleteQueue", &e);
-                if is_missing_queue(&err) {
-                    Ok(())
-                } else {
-                    Err(err)
-                }
-            }
-        }
+        owned_queue::create(
+            &self.client,
+            name,
+            INBOX_ROLE,
+            [
+                (
+                    QueueAttributeName::MessageRetentionPeriod,
+                    o.inbox_retention.as_secs().to_string(),
+                ),
+                (
+                    QueueAttributeName::ReceiveMessageWaitTimeSeconds,
+                    o.wait_time_seconds.to_string(),
+                ),
+                (QueueAttributeName::VisibilityTimeout, "30".to_string()),
+            ],
+            [(SUBSCRIBER_TAG, sanitize(subscriber))],
+        )
+        .await
     }
 
     /// Deletes inboxes (other than `own`) whose alive tag is older than the stale limit.
@@ -390,36 +310,8 @@ impl Inner {
                 return;
             }
         };
-        let limit = self.options.stale_inbox_after.as_secs();
-        let now = unix_secs();
-        for url in urls.iter().filter(|u| u.as_str() != own) {
-            let tags = match self.client.list_queue_tags().queue_url(url).send().await {
-                Ok(out) => out.tags.unwrap_or_default(),
-                Err(e) => {
-                    tracing::debug!(%url, error = %sqs_error("ListQueueTags", &e), "skipping an inbox");
-                    continue;
-                }
-            };
-            if tags.get(ROLE_TAG).map(String::as_str) != Some(INBOX_ROLE) {
-                continue; // the shared cancel queue, or a queue stepq did not create
-            }
-            let alive_at: u64 = match tags.get(ALIVE_AT_TAG).and_then(|t| t.parse().ok()) {
-                Some(t) => t,
-                None => continue,
-            };
-            if now.saturating_sub(alive_at) > limit {
-                match self.delete_queue(url).await {
-                    Ok(()) => tracing::info!(
-                        %url,
-                        silent_for_s = now.saturating_sub(alive_at),
-                        "deleted the cancel inbox of a worker that stopped without cleaning up"
-                    ),
-                    Err(e) => {
-                        tracing::warn!(%url, error = %e, "could not delete a stale cancel inbox")
-                    }
-                }
-            }
-        }
+        let stale_after = self.options.stale_inbox_after;
+        owned_queue::prune_stale(&self.client, urls, INBOX_ROLE, stale_after, Some(own)).await;
     }
 }
 
@@ -596,7 +488,7 @@ impl Inbox {
             }
         }
         pruner.abort();
-        match self.inner.delete_queue(&self.url).await {
+        match owned_queue::delete(&self.inner.client, &self.url).await {
             Ok(()) => tracing::info!(inbox = %self.url, "deleted the cancel inbox"),
             Err(e) => tracing::warn!(
                 inbox = %self.url,
@@ -618,22 +510,8 @@ impl Inbox {
     }
 
     async fn receive(&self) -> Result<Vec<(String, String)>, BrokerError> {
-        let out = self
-            .inner
-            .client
-            .receive_message()
-            .queue_url(&self.url)
-            .max_number_of_messages(10)
-            .wait_time_seconds(self.inner.options.wait_time_seconds as i32)
-            .send()
-            .await
-            .map_err(|e| sqs_error("ReceiveMessage", &e))?;
-        Ok(out
-            .messages
-            .unwrap_or_default()
-            .into_iter()
-            .filter_map(|m| Some((m.receipt_handle?, m.body.unwrap_or_default())))
-            .collect())
+        let wait = self.inner.options.wait_time_seconds;
+        owned_queue::receive(&self.inner.client, &self.url, wait).await
     }
 
     /// Hands the notices on, then deletes them; false if the stream's reader is gone.
@@ -653,42 +531,15 @@ impl Inbox {
             }
             receipts.push(receipt);
         }
-        let entries = receipts
-            .iter()
-            .enumerate()
-            .map(|(i, r)| {
-                DeleteMessageBatchRequestEntry::builder()
-                    .id(i.to_string())
-                    .receipt_handle(r)
-                    .build()
-            })
-            .collect::<Result<Vec<_>, _>>();
-        let entries = match entries {
-            Ok(entries) => entries,
-            Err(e) => {
-                tracing::warn!(error = %e, "could not build a delete request for cancel notices");
-                return true;
-            }
-        };
         // A notice not deleted comes back after 30 s: a harmless duplicate (cancels are
         // idempotent), so failures are only logged.
-        match self
-            .inner
-            .client
-            .delete_message_batch()
-            .queue_url(&self.url)
-            .set_entries(Some(entries))
-            .send()
-            .await
-        {
+        match owned_queue::delete_messages(&self.inner.client, &self.url, &receipts).await {
             Ok(out) => {
                 for f in out.failed() {
                     tracing::warn!(code = f.code(), "could not delete a cancel notice");
                 }
             }
-            Err(e) => {
-                tracing::warn!(error = %sqs_error("DeleteMessageBatch", &e), "could not delete cancel notices")
-            }
+            Err(e) => tracing::warn!(error = %e, "could not delete cancel notices"),
         }
         true
     }
@@ -721,17 +572,8 @@ impl Inbox {
 
     /// Re-tags the inbox as alive.
     async fn heartbeat(&self) {
-        let tags = HashMap::from([(ALIVE_AT_TAG.to_string(), unix_secs().to_string())]);
-        if let Err(e) = self
-            .inner
-            .client
-            .tag_queue()
-            .queue_url(&self.url)
-            .set_tags(Some(tags))
-            .send()
-            .await
-        {
-            tracing::warn!(inbox = %self.url, error = %sqs_error("TagQueue", &e), "could not re-tag the cancel inbox as alive");
+        if let Err(e) = owned_queue::tag_alive(&self.inner.client, &self.url).await {
+            tracing::warn!(inbox = %self.url, error = %e, "could not re-tag the cancel inbox as alive");
         }
     }
 }
@@ -840,20 +682,5 @@ mod tests {
                 ..
             })
         ));
-    }
-
-    #[test]
-    fn missing_queue_codes_are_recognised() {
-        let e = |code: &str| BrokerError::Service {
-            service: "sqs",
-            code: code.into(),
-            message: String::new(),
-            class: stepq_results::ErrorClass::Permanent,
-        };
-        assert!(is_missing_queue(&e(
-            "AWS.SimpleQueueService.NonExistentQueue"
-        )));
-        assert!(is_missing_queue(&e("QueueDoesNotExist")));
-        assert!(!is_missing_queue(&e("AccessDenied")));
     }
 }

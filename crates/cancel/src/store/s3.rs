@@ -3,8 +3,7 @@
 use async_trait::async_trait;
 use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_s3::primitives::ByteStream;
-use stepq_results::s3::{aws_error_info, s3_client};
-use stepq_results::{ErrorClass, ResultError};
+use stepq_results::s3::{get_object, head_bucket, join_key, s3_client};
 
 use super::{CancelStore, CANCELS_DIR};
 use crate::error::CancelError;
@@ -23,17 +22,12 @@ pub struct S3CancelStore {
     prefix: String,
 }
 
+/// An S3 operation's error as [`CancelError::Store`].
 fn s3_error<E>(operation: &str, err: &SdkError<E>) -> CancelError
 where
     E: ProvideErrorMetadata + std::error::Error + 'static,
 {
-    let info = aws_error_info(operation, err);
-    CancelError::Store(ResultError::Service {
-        service: "s3",
-        code: info.code,
-        message: info.message,
-        class: info.class,
-    })
+    CancelError::Store(stepq_results::s3::s3_error(operation, err))
 }
 
 impl S3CancelStore {
@@ -49,16 +43,10 @@ impl S3CancelStore {
         bucket: impl Into<String>,
         base_path: &str,
     ) -> Self {
-        let base = base_path.trim_matches('/');
-        let prefix = if base.is_empty() {
-            format!("{CANCELS_DIR}/")
-        } else {
-            format!("{base}/{CANCELS_DIR}/")
-        };
         S3CancelStore {
             client,
             bucket: bucket.into(),
-            prefix,
+            prefix: join_key(base_path, &format!("{CANCELS_DIR}/")),
         }
     }
 
@@ -74,27 +62,13 @@ impl S3CancelStore {
     }
 
     async fn read(&self, key: &str) -> Result<Option<CancelMarker>, CancelError> {
-        let out = match self
-            .client
-            .get_object()
-            .bucket(&self.bucket)
-            .key(key)
-            .send()
+        let Some(object) = get_object(&self.client, &self.bucket, key)
             .await
-        {
-            Ok(out) => out,
-            Err(e) if e.as_service_error().is_some_and(|s| s.is_no_such_key()) => return Ok(None),
-            Err(e) => return Err(s3_error("GetObject", &e)),
+            .map_err(|info| CancelError::Store(info.into_result_error("s3")))?
+        else {
+            return Ok(None);
         };
-        let bytes = out.body.collect().await.map_err(|e| {
-            CancelError::Store(ResultError::Service {
-                service: "s3",
-                code: "ResponseError".into(),
-                message: format!("GetObject `{key}`: reading the body failed: {e}"),
-                class: ErrorClass::Temporary,
-            })
-        })?;
-        CancelMarker::from_json(&bytes.into_bytes())
+        CancelMarker::from_json(&object.bytes)
             .map(Some)
             .map_err(|e| CancelError::Malformed {
                 reason: format!("object `s3://{}/{key}`: {e}", self.bucket),
@@ -106,10 +80,9 @@ impl S3CancelStore {
 impl CancelStore for S3CancelStore {
     /// Checks that the bucket answers.
     async fn startup(&self) -> Result<(), CancelError> {
-        match self.client.head_bucket().bucket(&self.bucket).send().await {
-            Ok(_) => Ok(()),
-            Err(e) => Err(s3_error("HeadBucket", &e)),
-        }
+        head_bucket(&self.client, &self.bucket, "cancel marker bucket")
+            .await
+            .map_err(|info| CancelError::Store(info.into_result_error("s3")))
     }
 
     async fn put(&self, marker: &CancelMarker) -> Result<(), CancelError> {

@@ -24,7 +24,6 @@ use std::fs;
 use std::io::{ErrorKind, Write};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 use async_trait::async_trait;
 use stepq_plan::Event;
@@ -34,8 +33,8 @@ use super::heartbeat::{HeartbeatStore, WorkerHeartbeat};
 use super::memory::ChangeCounter;
 use super::record::{RunRecord, StatusChange};
 use super::store::{
-    check_batch, check_for_events, newest_first, parse_seq, rescan_due, seq_name, EventCursor,
-    EventPage, RunStore, MAX_BATCHES_PER_READ, MAX_CAS_ATTEMPTS, MAX_POLL_DELAY,
+    check_batch, newest_first, parse_seq, rescan_due, seq_name, EventCursor, EventPage, RunStore,
+    MAX_BATCHES_PER_READ, MAX_CAS_ATTEMPTS,
 };
 
 /// Most sequence numbers an event writer tries before giving up with
@@ -343,18 +342,11 @@ impl RunStore for LocalDirRunStore {
         from: EventCursor,
     ) -> Result<EventPage, StorageError> {
         check_id(run_id)?;
-        let mut changes = self.inner.changes.subscribe();
-        let mut delay = Duration::from_millis(5);
-        loop {
-            if let Some(page) = check_for_events(self, run_id, from).await? {
-                return Ok(page);
-            }
-            // Woken at once by writers in this process; other processes are polled for.
-            tokio::select! {
-                _ = changes.changed() => {}
-                _ = tokio::time::sleep(delay) => delay = (delay * 2).min(MAX_POLL_DELAY),
-            }
-        }
+        // Woken at once by writers in this process; other processes are polled for.
+        self.inner
+            .changes
+            .wait_events(self, run_id, from, true)
+            .await
     }
 }
 

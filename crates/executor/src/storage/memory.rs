@@ -2,6 +2,7 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use async_trait::async_trait;
 use stepq_plan::Event;
@@ -11,7 +12,8 @@ use super::error::{check_id, StorageError};
 use super::heartbeat::{HeartbeatStore, WorkerHeartbeat};
 use super::record::{RunRecord, StatusChange};
 use super::store::{
-    check_batch, newest_first, EventCursor, EventPage, RunStore, MAX_BATCHES_PER_READ,
+    check_batch, check_for_events, newest_first, EventCursor, EventPage, RunStore,
+    MAX_BATCHES_PER_READ, MAX_POLL_DELAY,
 };
 
 struct MemRun {
@@ -44,6 +46,35 @@ impl ChangeCounter {
     /// Wakes every receiver.
     pub(crate) fn bump(&self) {
         self.0.send_modify(|n| *n = n.wrapping_add(1));
+    }
+
+    /// [`RunStore::wait_events`] of a `store` whose writers in this process bump this counter:
+    /// checks the log, then waits for the next change. With `poll_others` (other processes
+    /// write the store too, unseen by this counter) it also checks again after a capped
+    /// backoff, 5 ms doubling to [`MAX_POLL_DELAY`].
+    pub(crate) async fn wait_events<S: RunStore + ?Sized>(
+        &self,
+        store: &S,
+        run_id: &str,
+        from: EventCursor,
+        poll_others: bool,
+    ) -> Result<EventPage, StorageError> {
+        let mut changes = self.subscribe();
+        let mut delay = Duration::from_millis(5);
+        loop {
+            if let Some(page) = check_for_events(store, run_id, from).await? {
+                return Ok(page);
+            }
+            if poll_others {
+                tokio::select! {
+                    _ = changes.changed() => {}
+                    _ = tokio::time::sleep(delay) => delay = (delay * 2).min(MAX_POLL_DELAY),
+                }
+            } else {
+                // The sender lives in `self`, so `changed` cannot fail while it is borrowed.
+                let _ = changes.changed().await;
+            }
+        }
     }
 }
 
@@ -170,15 +201,10 @@ impl RunStore for InMemoryRunStore {
         from: EventCursor,
     ) -> Result<EventPage, StorageError> {
         check_id(run_id)?;
-        let mut changes = self.inner.changes.subscribe();
-        loop {
-            let page = self.read_now(run_id, from)?;
-            if !page.events.is_empty() || self.get_run(run_id).await?.status.is_terminal() {
-                return Ok(page);
-            }
-            // The sender lives in `self`, so `changed` cannot fail while we hold `self`.
-            let _ = changes.changed().await;
-        }
+        self.inner
+            .changes
+            .wait_events(self, run_id, from, false)
+            .await
     }
 }
 

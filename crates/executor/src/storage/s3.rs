@@ -31,11 +31,12 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use aws_sdk_s3::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
+use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_s3::primitives::ByteStream;
 use aws_sdk_s3::Client;
 use futures::{StreamExt, TryStreamExt};
 use stepq_plan::Event;
+use stepq_results::s3::{aws_error_info, get_object, join_key, AwsErrorInfo, S3Object};
 use stepq_results::ErrorClass;
 
 use super::error::{check_id, StorageError};
@@ -52,26 +53,7 @@ const MAX_SEQ_CONFLICTS: u32 = 10_000;
 /// Objects fetched at once when reading a log or listing runs.
 const FETCH_CONCURRENCY: usize = 8;
 
-/// Error codes (and the 5xx / 429 statuses) after which retrying may help.
-const TEMPORARY_CODES: &[&str] = &[
-    "SlowDown",
-    "Throttling",
-    "ThrottlingException",
-    "RequestTimeout",
-    "RequestTimeTooSkewed",
-    "InternalError",
-    "ServiceUnavailable",
-    "ConditionalRequestConflict",
-];
-
-/// Builds an S3 client from `sdk`, with path-style addressing when an endpoint override is set
-/// (LocalStack and other emulators need it).
-pub fn s3_client(sdk: &aws_config::SdkConfig) -> Client {
-    let config = aws_sdk_s3::config::Builder::from(sdk)
-        .force_path_style(sdk.endpoint_url().is_some())
-        .build();
-    Client::from_conf(config)
-}
+pub use stepq_results::s3::s3_client;
 
 /// Bucket, normalized base path and client shared by the S3 stores.
 #[derive(Clone)]
@@ -92,43 +74,14 @@ impl Location {
     }
 
     fn key(&self, rest: &str) -> String {
-        if self.base.is_empty() {
-            rest.to_string()
-        } else {
-            format!("{}/{rest}", self.base)
-        }
+        join_key(&self.base, rest)
     }
 
     /// Reads an object's bytes and ETag; `None` if there is no such object.
-    async fn get(&self, key: &str) -> Result<Option<(Vec<u8>, Option<String>)>, StorageError> {
-        let output = match self
-            .client
-            .get_object()
-            .bucket(&*self.bucket)
-            .key(key)
-            .send()
+    async fn get(&self, key: &str) -> Result<Option<S3Object>, StorageError> {
+        get_object(&self.client, &self.bucket, key)
             .await
-        {
-            Ok(output) => output,
-            Err(e) if status_of(&e) == Some(404) || e.code() == Some("NoSuchKey") => {
-                return Ok(None)
-            }
-            Err(e) => return Err(s3_error("GetObject", &e)),
-        };
-        let etag = output.e_tag().map(str::to_string);
-        let bytes = output
-            .body
-            .collect()
-            .await
-            .map_err(|e| StorageError::Service {
-                service: "s3",
-                code: "ResponseError".into(),
-                message: format!("GetObject {key}: body read failed: {e}"),
-                class: ErrorClass::Temporary,
-            })?
-            .into_bytes()
-            .to_vec();
-        Ok(Some((bytes, etag)))
+            .map_err(service_error)
     }
 
     /// Writes an object under `condition`.
@@ -294,7 +247,7 @@ impl S3RunStore {
 
     async fn get_with_etag(&self, run_id: &str) -> Result<(RunRecord, String), StorageError> {
         let key = self.record_key(run_id);
-        let Some((bytes, etag)) = self.location.get(&key).await? else {
+        let Some(S3Object { bytes, e_tag: etag }) = self.location.get(&key).await? else {
             return Err(StorageError::RunNotFound {
                 run_id: run_id.to_string(),
             });
@@ -549,7 +502,7 @@ impl RunStore for S3RunStore {
         let next = EventCursor(from.0 + keys.len() as u64);
         let batches: Vec<Vec<Event>> = futures::stream::iter(keys)
             .map(|key| async move {
-                let Some((bytes, _)) = self.location.get(&key).await? else {
+                let Some(S3Object { bytes, .. }) = self.location.get(&key).await? else {
                     return Err(StorageError::Corrupt {
                         location: key,
                         message: "listed event batch disappeared".into(),
@@ -645,7 +598,7 @@ impl HeartbeatStore for S3HeartbeatStore {
             .filter(|key| std::future::ready(key.ends_with(".json")))
             .map(|key| async move {
                 match self.location.get(&key).await? {
-                    Some((bytes, _)) => decode_json(&key, &bytes).map(Some),
+                    Some(S3Object { bytes, .. }) => decode_json(&key, &bytes).map(Some),
                     // Removed since the listing: the worker stopped.
                     None => Ok(None),
                 }
@@ -691,45 +644,23 @@ fn status_of<E>(err: &SdkError<E>) -> Option<u16> {
     err.raw_response().map(|r| r.status().as_u16())
 }
 
-/// Maps an SDK error to [`StorageError::Service`] with its AWS error code and whether
-/// retrying can help (throttling, 5xx / 429, timeouts and network failures can).
+/// An AWS failure as [`StorageError::Service`] (code and class from
+/// [`stepq_results::s3::aws_error_info`]).
+fn service_error(info: AwsErrorInfo) -> StorageError {
+    StorageError::Service {
+        service: "s3",
+        code: info.code,
+        message: info.message,
+        class: info.class,
+    }
+}
+
+/// An S3 operation's error as [`StorageError::Service`].
 fn s3_error<E>(operation: &str, err: &SdkError<E>) -> StorageError
 where
     E: ProvideErrorMetadata + std::error::Error + 'static,
 {
-    let status = status_of(err);
-    let (fallback, temporary) = match err {
-        SdkError::ServiceError(_) => (None, false),
-        SdkError::TimeoutError(_) => (Some("Timeout"), true),
-        SdkError::DispatchFailure(d) if d.is_user() => (Some("DispatchFailure"), false),
-        SdkError::DispatchFailure(_) => (Some("DispatchFailure"), true),
-        SdkError::ConstructionFailure(_) => (Some("ConstructionFailure"), false),
-        SdkError::ResponseError(_) => (Some("ResponseError"), true),
-        _ => (Some("Unknown"), true),
-    };
-    let code = match (err.code(), fallback, status) {
-        (Some(code), _, _) => code.to_string(),
-        (None, Some(fallback), _) => fallback.to_string(),
-        (None, None, Some(status)) => format!("HTTP{status}"),
-        (None, None, None) => "Unknown".to_string(),
-    };
-    let temporary = temporary
-        || TEMPORARY_CODES.contains(&code.as_str())
-        || status.is_some_and(|s| s >= 500 || s == 429);
-    let detail = match err.message() {
-        Some(message) if !message.is_empty() => message.to_string(),
-        _ => DisplayErrorContext(err).to_string(),
-    };
-    StorageError::Service {
-        service: "s3",
-        code,
-        message: format!("{operation}: {detail}"),
-        class: if temporary {
-            ErrorClass::Temporary
-        } else {
-            ErrorClass::Permanent
-        },
-    }
+    service_error(aws_error_info(operation, err))
 }
 
 #[cfg(test)]

@@ -7,13 +7,14 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use stepq_results::{ErrorClass, ResultBackend, ResultError, TaskResult};
+use stepq_results::{ResultBackend, ResultError, TaskResult};
 
 use super::dispatch::{Claim, Dispatch, Reply};
 use super::notify::Notifier;
 use super::queue::ReplyQueue;
 use super::{wire, INLINE_RESULT_LIMIT, REPLY_ONLY_LABEL, REPLY_TO_LABEL};
 use crate::error::BrokerError;
+use crate::sqs::error::service_info;
 use crate::sqs::send::MAX_BATCH_BYTES;
 
 /// The slow poll of the durable backend that races a notification, in case it is lost (a
@@ -356,29 +357,8 @@ impl<B: ResultBackend> NotifyingResultBackend<B> {
 }
 
 fn broker_to_result_error(e: BrokerError) -> ResultError {
-    match e {
-        BrokerError::Service {
-            service,
-            code,
-            message,
-            class,
-        } => ResultError::Service {
-            service,
-            code,
-            message,
-            class,
-        },
-        other => ResultError::Service {
-            service: "sqs",
-            code: "ReplyQueue".into(),
-            message: other.to_string(),
-            class: if other.is_temporary() {
-                ErrorClass::Temporary
-            } else {
-                ErrorClass::Permanent
-            },
-        },
-    }
+    let (service, info) = service_info(&e);
+    info.into_result_error(service)
 }
 
 #[async_trait]

@@ -28,7 +28,8 @@
 //! the orchestrator keeps the result in memory until it deletes it; a worker that cannot send
 //! the notification stores the result durably instead. What is given up: a result whose
 //! notification was accepted by a reply queue deleted at that very moment (by hand, while the
-//! run goes on) is gone, where the durable copy would still be found. Off by default.
+//! run goes on) is gone, where the durable copy would still be found. Off by default here;
+//! the `stepq` app factory turns it on unless its config sets `s3.store_results = true`.
 //!
 //! Received notifications are not deleted one by one: the 12 h visibility keeps them from
 //! coming back during a run, and the poller deletes them ten at a time (one DeleteMessageBatch

@@ -10,7 +10,7 @@ use aws_sdk_sqs::types::SendMessageBatchRequestEntry;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::error::BrokerError;
-use crate::sqs::error::{build_error, clone_error, entry_error, sqs_error};
+use crate::sqs::error::{all_failed, entry_outcomes, numbered_entries, sqs_error};
 use crate::sqs::send::{plan_batches, MAX_BATCH_BYTES, MAX_BATCH_ENTRIES};
 
 /// A notification waiting for the batcher.
@@ -144,22 +144,15 @@ async fn send_batch(
     url: &str,
     chunk: &[Request],
 ) -> Vec<Result<(), BrokerError>> {
-    let entries = chunk
-        .iter()
-        .enumerate()
-        .map(|(i, r)| {
-            SendMessageBatchRequestEntry::builder()
-                .id(i.to_string())
-                .message_body(&r.body)
-                .build()
-        })
-        .collect::<Result<Vec<_>, _>>();
+    let entries = numbered_entries("SendMessageBatch", chunk, |id, r| {
+        SendMessageBatchRequestEntry::builder()
+            .id(id)
+            .message_body(&r.body)
+            .build()
+    });
     let entries = match entries {
         Ok(entries) => entries,
-        Err(e) => {
-            let err = build_error("SendMessageBatch", e);
-            return chunk.iter().map(|_| Err(clone_error(&err))).collect();
-        }
+        Err(err) => return all_failed(&err, chunk.len()),
     };
     counters.calls.fetch_add(1, Ordering::Relaxed);
     match sqs
@@ -169,23 +162,7 @@ async fn send_batch(
         .send()
         .await
     {
-        Ok(out) => {
-            let mut results: Vec<Result<(), BrokerError>> = chunk.iter().map(|_| Ok(())).collect();
-            for f in out.failed() {
-                if let Some(slot) = f
-                    .id()
-                    .parse::<usize>()
-                    .ok()
-                    .and_then(|i| results.get_mut(i))
-                {
-                    *slot = Err(entry_error("SendMessageBatch", f));
-                }
-            }
-            results
-        }
-        Err(e) => {
-            let err = sqs_error("SendMessageBatch", &e);
-            chunk.iter().map(|_| Err(clone_error(&err))).collect()
-        }
+        Ok(out) => entry_outcomes("SendMessageBatch", chunk.len(), out.failed()),
+        Err(e) => all_failed(&sqs_error("SendMessageBatch", &e), chunk.len()),
     }
 }

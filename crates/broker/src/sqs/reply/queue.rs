@@ -1,13 +1,12 @@
 //! `ReplyQueue`: the orchestrator's own SQS queue that workers notify, its poller, and the
 //! `ReplyToMiddleware` that gives every sent message its address.
 
-use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use async_trait::async_trait;
-use aws_sdk_sqs::types::{DeleteMessageBatchRequestEntry, QueueAttributeName};
+use aws_sdk_sqs::types::QueueAttributeName;
 use tokio::sync::Mutex as AsyncMutex;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
@@ -15,14 +14,15 @@ use tokio_util::sync::CancellationToken;
 
 use super::dispatch::{Delivered, Dispatch, Reply};
 use super::{wire, REPLY_ONLY_LABEL, REPLY_TO_LABEL};
-use crate::error::{BrokerError, ErrorClass};
+use crate::error::BrokerError;
 use crate::message::TaskMessage;
 use crate::middleware::{Middleware, MiddlewareError};
-use crate::sqs::error::{build_error, clone_error, sqs_error};
+use crate::sqs::error::clone_error;
+use crate::sqs::owned_queue::is_missing_queue;
+use crate::sqs::owned_queue::{self, queue_name, sanitize, MAX_QUEUE_NAME};
+pub use crate::sqs::owned_queue::{ALIVE_AT_TAG, ROLE_TAG};
 use crate::sqs::SqsBroker;
 
-/// Longest SQS queue name.
-const MAX_QUEUE_NAME: usize = 80;
 /// What follows the task queue name in a reply queue's name, before the random part.
 pub const REPLY_QUEUE_INFIX: &str = "-reply-";
 /// Hex digits of the random part of a reply queue's name.
@@ -30,14 +30,10 @@ const RANDOM_HEX: usize = 16;
 /// Visibility timeout of a reply queue: the SQS maximum, so a received notification is never
 /// delivered again during a run and needs no DeleteMessage of its own.
 pub const REPLY_VISIBILITY_TIMEOUT: Duration = Duration::from_secs(12 * 3600);
-/// Tag naming what a queue is.
-pub const ROLE_TAG: &str = "stepq:role";
 /// Value of [`ROLE_TAG`] on reply queues.
 pub const REPLY_ROLE: &str = "reply-queue";
 /// Tag with the process (`host-pid`) that owns a reply queue.
 pub const OWNER_TAG: &str = "stepq:owner";
-/// Tag with the Unix time (seconds) the owner last said it is alive.
-pub const ALIVE_AT_TAG: &str = "stepq:alive-at";
 /// Notifications deleted per DeleteMessageBatch call.
 const DELETE_BATCH: usize = 10;
 /// First wait after a failed receive; doubles up to [`MAX_BACKOFF`].
@@ -185,19 +181,6 @@ impl std::fmt::Debug for ReplyQueue {
     }
 }
 
-/// `name` reduced to letters, digits, `-` and `_`.
-fn sanitize(name: &str) -> String {
-    name.chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
-                c
-            } else {
-                '-'
-            }
-        })
-        .collect()
-}
-
 /// The part of reply queue names before the random suffix, for a task queue name (or URL):
 /// `<name without .fifo, sanitized, cut to fit>-reply-`.
 ///
@@ -211,11 +194,7 @@ pub fn reply_queue_prefix(task_queue: &str) -> String {
 }
 
 fn base_name(task_queue: &str) -> String {
-    let name = task_queue
-        .trim_end_matches('/')
-        .rsplit('/')
-        .next()
-        .unwrap_or("");
+    let name = queue_name(task_queue);
     let stem = name.strip_suffix(".fifo").unwrap_or(name);
     let mut base = sanitize(stem);
     base.truncate(MAX_QUEUE_NAME - REPLY_QUEUE_INFIX.len() - RANDOM_HEX);
@@ -235,27 +214,9 @@ pub fn reply_queue_name(task_queue: &str) -> String {
     )
 }
 
-fn unix_secs() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
-}
-
 /// `host-pid` of this process.
 fn owner() -> String {
-    let host = std::env::var("HOSTNAME")
-        .ok()
-        .or_else(|| std::fs::read_to_string("/etc/hostname").ok())
-        .map(|h| h.trim().to_string())
-        .filter(|h| !h.is_empty())
-        .unwrap_or_else(|| "localhost".to_string());
-    sanitize(&format!("{host}-{}", std::process::id()))
-}
-
-/// Whether an error says the queue does not exist (any protocol's code for it).
-pub(crate) fn is_missing_queue(e: &BrokerError) -> bool {
-    matches!(e, BrokerError::Service { code, .. }
-        if code.contains("NonExistentQueue") || code == "QueueDoesNotExist")
+    sanitize(&crate::receiver::default_worker_name())
 }
 
 impl ReplyQueue {
@@ -413,7 +374,7 @@ impl ReplyQueue {
                 if let Err(e) = poller.await {
                     tracing::warn!(error = %e, "the reply queue poller failed");
                 }
-                delete_queue(&self.inner.shared.sqs, &url).await?;
+                owned_queue::delete(&self.inner.shared.sqs, &url).await?;
                 tracing::info!(reply_queue = %url, "deleted the reply queue");
                 Ok(())
             }
@@ -435,7 +396,7 @@ impl Drop for Inner {
             Ok(runtime) => {
                 let sqs = self.shared.sqs.clone();
                 runtime.spawn(async move {
-                    if let Err(e) = delete_queue(&sqs, &url).await {
+                    if let Err(e) = owned_queue::delete(&sqs, &url).await {
                         tracing::warn!(reply_queue = %url, error = %e, "could not delete a dropped reply queue");
                     }
                 });
@@ -449,44 +410,23 @@ impl Drop for Inner {
 }
 
 async fn create_queue(shared: &Shared, name: &str) -> Result<String, BrokerError> {
-    let out = shared
-        .sqs
-        .create_queue()
-        .queue_name(name)
-        .attributes(
-            QueueAttributeName::VisibilityTimeout,
-            REPLY_VISIBILITY_TIMEOUT.as_secs().to_string(),
-        )
-        .attributes(
-            QueueAttributeName::ReceiveMessageWaitTimeSeconds,
-            shared.options.wait_time_seconds.to_string(),
-        )
-        .tags(ROLE_TAG, REPLY_ROLE)
-        .tags(OWNER_TAG, owner())
-        .tags(ALIVE_AT_TAG, unix_secs().to_string())
-        .send()
-        .await
-        .map_err(|e| sqs_error("CreateQueue", &e))?;
-    out.queue_url.ok_or_else(|| BrokerError::Service {
-        service: "sqs",
-        code: "MissingQueueUrl".into(),
-        message: format!("CreateQueue `{name}` returned no queue URL"),
-        class: ErrorClass::Temporary,
-    })
-}
-
-async fn delete_queue(sqs: &aws_sdk_sqs::Client, url: &str) -> Result<(), BrokerError> {
-    match sqs.delete_queue().queue_url(url).send().await {
-        Ok(_) => Ok(()),
-        Err(e) => {
-            let err = sqs_error("DeleteQueue", &e);
-            if is_missing_queue(&err) {
-                Ok(())
-            } else {
-                Err(err)
-            }
-        }
-    }
+    owned_queue::create(
+        &shared.sqs,
+        name,
+        REPLY_ROLE,
+        [
+            (
+                QueueAttributeName::VisibilityTimeout,
+                REPLY_VISIBILITY_TIMEOUT.as_secs().to_string(),
+            ),
+            (
+                QueueAttributeName::ReceiveMessageWaitTimeSeconds,
+                shared.options.wait_time_seconds.to_string(),
+            ),
+        ],
+        [(OWNER_TAG, owner())],
+    )
+    .await
 }
 
 /// Receives notifications until stopped, hands them to the dispatch, deletes them in full
@@ -547,21 +487,7 @@ async fn poll(shared: Arc<Shared>, url: String, stop: CancellationToken) {
 
 async fn receive(shared: &Shared, url: &str) -> Result<Vec<(String, String)>, BrokerError> {
     bump(&shared.counters.receive_calls, 1);
-    let out = shared
-        .sqs
-        .receive_message()
-        .queue_url(url)
-        .max_number_of_messages(10)
-        .wait_time_seconds(shared.options.wait_time_seconds as i32)
-        .send()
-        .await
-        .map_err(|e| sqs_error("ReceiveMessage", &e))?;
-    Ok(out
-        .messages
-        .unwrap_or_default()
-        .into_iter()
-        .filter_map(|m| Some((m.receipt_handle?, m.body.unwrap_or_default())))
-        .collect())
+    owned_queue::receive(&shared.sqs, url, shared.options.wait_time_seconds).await
 }
 
 /// Hands one message to the dispatch.
@@ -590,49 +516,16 @@ fn deliver(shared: &Shared, body: &str) {
 }
 
 async fn delete_batch(shared: Arc<Shared>, url: String, receipts: Vec<String>) {
-    let entries = receipts
-        .iter()
-        .enumerate()
-        .map(|(i, r)| {
-            DeleteMessageBatchRequestEntry::builder()
-                .id(i.to_string())
-                .receipt_handle(r)
-                .build()
-        })
-        .collect::<Result<Vec<_>, _>>();
-    let entries = match entries {
-        Ok(e) => e,
-        Err(e) => {
-            tracing::warn!(error = %build_error("DeleteMessageBatch", e), "could not delete notifications");
-            return;
-        }
-    };
-    match shared
-        .sqs
-        .delete_message_batch()
-        .queue_url(&url)
-        .set_entries(Some(entries))
-        .send()
-        .await
-    {
+    match owned_queue::delete_messages(&shared.sqs, &url, &receipts).await {
         Ok(out) => bump(&shared.counters.deleted, out.successful().len() as u64),
         // They stay hidden for 12 h and go with the queue: only logged.
-        Err(e) => {
-            tracing::debug!(error = %sqs_error("DeleteMessageBatch", &e), "could not delete notifications")
-        }
+        Err(e) => tracing::debug!(error = %e, "could not delete notifications"),
     }
 }
 
 async fn tag_alive(sqs: aws_sdk_sqs::Client, url: String) {
-    let tags = HashMap::from([(ALIVE_AT_TAG.to_string(), unix_secs().to_string())]);
-    if let Err(e) = sqs
-        .tag_queue()
-        .queue_url(&url)
-        .set_tags(Some(tags))
-        .send()
-        .await
-    {
-        tracing::warn!(reply_queue = %url, error = %sqs_error("TagQueue", &e), "could not re-tag the reply queue as alive");
+    if let Err(e) = owned_queue::tag_alive(&sqs, &url).await {
+        tracing::warn!(reply_queue = %url, error = %e, "could not re-tag the reply queue as alive");
     }
 }
 
@@ -641,24 +534,7 @@ pub async fn list_reply_queues(
     sqs: &aws_sdk_sqs::Client,
     prefix: &str,
 ) -> Result<Vec<String>, BrokerError> {
-    let mut urls = Vec::new();
-    let mut pages = sqs
-        .list_queues()
-        .queue_name_prefix(prefix)
-        .max_results(1000)
-        .into_paginator()
-        .send();
-    while let Some(page) = pages.next().await {
-        let page = page.map_err(|e| sqs_error("ListQueues", &e))?;
-        urls.extend(page.queue_urls().iter().cloned());
-    }
-    urls.retain(|u| {
-        u.trim_end_matches('/')
-            .rsplit('/')
-            .next()
-            .is_some_and(|n| n.starts_with(prefix))
-    });
-    Ok(urls)
+    owned_queue::list_with_prefix(sqs, prefix).await
 }
 
 /// Deletes the reply queues under `prefix` (other than `keep`) tagged as reply queues whose
@@ -679,37 +555,8 @@ async fn prune(
     stale_after: Duration,
     keep: Option<&str>,
 ) -> Result<usize, BrokerError> {
-    let now = unix_secs();
-    let mut deleted = 0;
-    for url in list_reply_queues(sqs, prefix).await? {
-        if Some(url.as_str()) == keep {
-            continue;
-        }
-        let tags = match sqs.list_queue_tags().queue_url(&url).send().await {
-            Ok(out) => out.tags.unwrap_or_default(),
-            Err(e) => {
-                tracing::debug!(%url, error = %sqs_error("ListQueueTags", &e), "skipping a queue");
-                continue;
-            }
-        };
-        if tags.get(ROLE_TAG).map(String::as_str) != Some(REPLY_ROLE) {
-            continue;
-        }
-        let Some(alive_at) = tags.get(ALIVE_AT_TAG).and_then(|t| t.parse::<u64>().ok()) else {
-            continue;
-        };
-        let silent = now.saturating_sub(alive_at);
-        if silent > stale_after.as_secs() {
-            match delete_queue(sqs, &url).await {
-                Ok(()) => {
-                    deleted += 1;
-                    tracing::info!(%url, silent_for_s = silent, owner = tags.get(OWNER_TAG).map(String::as_str), "deleted a stale reply queue");
-                }
-                Err(e) => tracing::warn!(%url, error = %e, "could not delete a stale reply queue"),
-            }
-        }
-    }
-    Ok(deleted)
+    let urls = list_reply_queues(sqs, prefix).await?;
+    Ok(owned_queue::prune_stale(sqs, urls, REPLY_ROLE, stale_after, keep).await)
 }
 
 /// Gives every sent message the reply queue's address (label [`REPLY_TO_LABEL`], replacing
@@ -865,20 +712,5 @@ pub(crate) mod tests {
         // A reply-only request without a reply address would be meaningless: it is dropped.
         let labelled = m.clone().with_label(REPLY_ONLY_LABEL, "true");
         assert_eq!(middleware.pre_send(labelled).await.unwrap(), m);
-    }
-
-    #[test]
-    fn missing_queue_codes_are_recognised() {
-        let e = |code: &str| BrokerError::Service {
-            service: "sqs",
-            code: code.into(),
-            message: String::new(),
-            class: ErrorClass::Permanent,
-        };
-        assert!(is_missing_queue(&e(
-            "AWS.SimpleQueueService.NonExistentQueue"
-        )));
-        assert!(is_missing_queue(&e("QueueDoesNotExist")));
-        assert!(!is_missing_queue(&e("AccessDenied")));
     }
 }
