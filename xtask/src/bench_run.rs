@@ -6,10 +6,14 @@
 //! 2. Steps end to end: two workers (two `stepq worker start --config` processes, or two
 //!    in-process workers with their own AWS clients) and in-process orchestrators running
 //!    `chain_10` (10 no-op steps in a line) and `fanout_join_50` (1 -> 50 -> 1, 52 steps):
-//!    wall time per run and per step, AWS requests per step by operation. Three
-//!    orchestrators: the task queue `stepq::make_app` builds from the workers' config (what
-//!    `stepq run` uses: reply queue, results stored in S3 first), the same with reply-only
-//!    results, and the bare S3 result backend (polling) for comparison.
+//!    wall time per run and per step, AWS requests per step by operation. Orchestrators, each
+//!    adding one saving to the one before: results stored in S3 and announced on a reply
+//!    queue, one step per task, inputs read from S3 (the setup before issue #4's request
+//!    work); reply-only results; small inputs inline in the messages; and the executor
+//!    `stepq::make_app` builds from the workers' config (all of those plus fused chains),
+//!    which is what `stepq run` uses. Then `stepq run` itself, as processes (with the run
+//!    store's records and event log, and each run's reply queue set-up), when the workers are
+//!    processes too.
 //!
 //! Requests are counted from LocalStack's request log: the lines between the start of a
 //! scenario and its end (plus a short settle, so the last acks are in).
@@ -22,7 +26,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, ensure, Context, Result};
 use stepq::broker::sqs::{reply, SqsBroker, SqsConfig};
 use stepq::broker::{Receiver, ReceiverConfig, TaskMessage, TaskQueue};
-use stepq::executor::Executor;
+use stepq::executor::{Executor, ExecutorConfig};
 use stepq::results::{InMemoryResultBackend, ResultBackend, S3OutputStore, S3ResultBackend};
 use stepq::{make_app, App, Job, RunRequest, RunStatus, StepqConfig};
 use tokio_util::sync::CancellationToken;
@@ -214,16 +218,35 @@ pub async fn bench_run(root: &Path, args: &BenchRunArgs) -> Result<u8> {
     let outcome = async {
         let app = make_app(&config).await?;
         app.startup().await?;
+        let unfused = ExecutorConfig {
+            fuse_chains: false,
+            ..app.executor_config()
+        };
+        let no_inline = ExecutorConfig {
+            inline_inputs_per_message: 0,
+            ..unfused.clone()
+        };
         let orchestrators = [
-            (ORCHESTRATOR_APP, app.executor(None)?),
+            (
+                ORCHESTRATOR_BEFORE,
+                custom_executor(
+                    &config,
+                    &args.endpoint,
+                    Notification::Durable,
+                    no_inline.clone(),
+                )
+                .await?,
+            ),
             (
                 ORCHESTRATOR_REPLY_ONLY,
-                custom_executor(&config, &args.endpoint, &app, Notification::ReplyOnly).await?,
+                custom_executor(&config, &args.endpoint, Notification::ReplyOnly, no_inline)
+                    .await?,
             ),
             (
-                ORCHESTRATOR_POLLING,
-                custom_executor(&config, &args.endpoint, &app, Notification::None).await?,
+                ORCHESTRATOR_INLINE,
+                custom_executor(&config, &args.endpoint, Notification::ReplyOnly, unfused).await?,
             ),
+            (ORCHESTRATOR_APP, app.executor(None)?),
         ];
         let jobs = [
             Arc::new(stepq::examples::chain_job(10)),
@@ -258,12 +281,33 @@ pub async fn bench_run(root: &Path, args: &BenchRunArgs) -> Result<u8> {
                 figures.push(f);
             }
         }
-        for (_, executor) in &orchestrators[1..] {
+        for (_, executor) in &orchestrators[..orchestrators.len() - 1] {
             if let Err(e) = executor.queue().shutdown().await {
                 eprintln!("warning: an orchestrator's queue did not shut down cleanly: {e}");
             }
         }
         shutdown_app(&app).await;
+        if let Some(bin) = args.stepq_bin.as_deref() {
+            for job in &jobs {
+                println!(
+                    "== {ORCHESTRATOR_CLI}: {} ({} steps), one warm-up and {} runs",
+                    job.name(),
+                    job.steps().len(),
+                    args.bench.reps
+                );
+                let f = measure_cli(bin, &config_path, &work, &log, job, args.bench.reps)
+                    .await
+                    .with_context(|| workers.log_tails())?;
+                let m = median(&f.walls);
+                println!(
+                    "   median {} ({} per step), {:.2} AWS requests per step",
+                    secs(m),
+                    ms(m / f.steps as u32),
+                    total(&f.requests) as f64 / (f.steps * f.walls.len()) as f64
+                );
+                figures.push(f);
+            }
+        }
         anyhow::Ok(figures)
     }
     .await;
@@ -304,30 +348,33 @@ async fn run_job(executor: &Executor, job: &Arc<Job>) -> Result<Duration> {
     Ok(wall)
 }
 
-/// The orchestrator as `stepq run` builds it (reply queue, results stored durably first).
-const ORCHESTRATOR_APP: &str = "make_app (reply queue)";
-/// The reply queue with reply-only results.
-const ORCHESTRATOR_REPLY_ONLY: &str = "reply queue, reply-only results";
-/// The orchestrator without result notification, for comparison.
-const ORCHESTRATOR_POLLING: &str = "S3 polling, no reply queue";
+/// Results stored in S3, then announced on the reply queue; one step per task; inputs read
+/// from S3: `stepq run`'s setup before the request savings of issue #4.
+const ORCHESTRATOR_BEFORE: &str = "before: S3 results, one step per task, inputs from S3";
+/// Reply-only results (`s3.store_results = false`), one step per task, inputs from S3.
+const ORCHESTRATOR_REPLY_ONLY: &str = "reply-only results";
+/// Reply-only results and small inputs inline in the messages, one step per task.
+const ORCHESTRATOR_INLINE: &str = "reply-only + inline inputs";
+/// The executor `stepq::make_app` builds: reply-only, inline inputs, fused chains.
+const ORCHESTRATOR_APP: &str = "make_app default (+ fused chains)";
+/// `stepq run` as its own process, recording the run in the run store.
+const ORCHESTRATOR_CLI: &str = "`stepq run` process (run store, set-up)";
 
 /// How a custom orchestrator learns of results.
 enum Notification {
+    /// Reply queue; results stored in S3 first.
+    Durable,
     /// Reply queue, and workers send results that fit in the notification only.
     ReplyOnly,
-    /// No reply queue: polling S3.
-    None,
 }
 
-/// An executor like the app's, on the bare SQS broker and S3 backends, learning of results
-/// through a reply queue with reply-only results, or by polling S3 (`S3ResultBackend`'s
-/// `wait_result`: GetObject after 5 ms, doubling to 500 ms; the workers then send no
-/// notification, the messages carrying no reply address).
+/// An executor with `executor_config` on the bare SQS broker and S3 backends, learning of
+/// results through a reply queue, with results stored in S3 first or reply-only.
 async fn custom_executor(
     config: &StepqConfig,
     endpoint: &str,
-    app: &App,
     notification: Notification,
+    executor_config: ExecutorConfig,
 ) -> Result<Executor> {
     let sqs_config = config.sqs_config().context("a distributed config")?;
     let sdk = SqsBroker::load_sdk_config(&sqs_config).await;
@@ -335,18 +382,66 @@ async fn custom_executor(
     let s3_sdk = sdk.to_builder().endpoint_url(endpoint).build();
     let base = &config.s3.base_path;
     let durable = S3ResultBackend::new(&s3_sdk, BUCKET, base);
-    let queue = match notification {
-        Notification::ReplyOnly => {
-            let wiring = reply::attach(&broker, durable);
-            TaskQueue::new(Arc::new(broker), wiring.results).with_middleware(Arc::new(
-                reply::ReplyToMiddleware::new(wiring.replies).with_reply_only(true),
-            ))
-        }
-        Notification::None => TaskQueue::new(Arc::new(broker), Arc::new(durable)),
-    };
+    let reply_only = matches!(notification, Notification::ReplyOnly);
+    let wiring = reply::attach(&broker, durable);
+    let queue = TaskQueue::new(Arc::new(broker), wiring.results).with_middleware(Arc::new(
+        reply::ReplyToMiddleware::new(wiring.replies).with_reply_only(reply_only),
+    ));
     queue.startup().await?;
     let outputs = Arc::new(S3OutputStore::new(&s3_sdk, BUCKET, base));
-    Ok(Executor::new(queue, outputs, app.executor_config())?)
+    Ok(Executor::new(queue, outputs, executor_config)?)
+}
+
+/// One warm-up and `reps` runs of `stepq run JOB --workers 0` as processes (each recording
+/// its run in the run store, with its own reply queue), and the requests made meanwhile.
+async fn measure_cli(
+    bin: &Path,
+    config_path: &Path,
+    work: &Path,
+    log: &Path,
+    job: &Arc<Job>,
+    reps: usize,
+) -> Result<StepFigures> {
+    let run_once = || async {
+        let log_path = work.join(format!("stepq-run-{}.log", job.name()));
+        let out = std::fs::File::create(&log_path)?;
+        let started = Instant::now();
+        let mut child = tokio::process::Command::new(bin)
+            .arg("--config")
+            .arg(config_path)
+            .args(["run", job.name(), "--workers", "0"])
+            .envs(aws_env())
+            .env("RUST_LOG", "warn")
+            .stdin(std::process::Stdio::null())
+            .stdout(out.try_clone()?)
+            .stderr(out)
+            .kill_on_drop(true)
+            .spawn()
+            .with_context(|| format!("starting {}", bin.display()))?;
+        let status = tokio::time::timeout(RUN_TIMEOUT, child.wait())
+            .await
+            .with_context(|| format!("`stepq run {}` took over {RUN_TIMEOUT:?}", job.name()))??;
+        let wall = started.elapsed();
+        if !status.success() {
+            let text = std::fs::read_to_string(&log_path).unwrap_or_default();
+            bail!("`stepq run {}` exited {status}:\n{text}", job.name());
+        }
+        anyhow::Ok(wall)
+    };
+    run_once().await?;
+    let offset = log_offset(log)?;
+    let mut walls = Vec::with_capacity(reps);
+    for _ in 0..reps {
+        walls.push(run_once().await?);
+    }
+    tokio::time::sleep(SETTLE).await;
+    Ok(StepFigures {
+        orchestrator: ORCHESTRATOR_CLI,
+        job: job.name().to_string(),
+        steps: job.steps().len(),
+        walls,
+        requests: requests_since(log, offset)?,
+    })
 }
 
 /// `reps` runs of `job`, and the requests made meanwhile.
@@ -609,7 +704,7 @@ fn render(
         out.push_str(&line);
         out.push('\n');
     };
-    push(&mut out, format!("Machine: {}; LocalStack {} (native). Workers: {workers}, concurrency {} each. Orchestrators in the measuring process (release build), an `Executor` started directly (no run store): `{ORCHESTRATOR_APP}` is the task queue `stepq::make_app` builds from the workers' config; `{ORCHESTRATOR_REPLY_ONLY}` adds `ReplyToMiddleware::with_reply_only`; `{ORCHESTRATOR_POLLING}` is the bare `S3ResultBackend`. Each job: one warm-up run, then {} measured runs.", machine(), localstack::LOCALSTACK_VERSION, args.bench.worker_concurrency, args.bench.reps));
+    push(&mut out, format!("Machine: {}; LocalStack {} (native). Workers: {workers}, concurrency {} each. Orchestrators in the measuring process (release build), an `Executor` started directly (no run store): `{ORCHESTRATOR_BEFORE}` stores results in S3 before announcing them on the reply queue, sends one step per task and hands no input inline; `{ORCHESTRATOR_REPLY_ONLY}` adds `ReplyToMiddleware::with_reply_only`; `{ORCHESTRATOR_INLINE}` adds inline inputs; `{ORCHESTRATOR_APP}` is the executor `stepq::make_app` builds from the workers' config (adds fused chains). `{ORCHESTRATOR_CLI}` (with worker processes only) is `stepq run JOB --workers 0` run as a process per run: the same executor, plus the run store's records and event log, the cancel watch, the reply queue's creation and deletion, and the process start. Each job: one warm-up run, then {} measured runs.", machine(), localstack::LOCALSTACK_VERSION, args.bench.worker_concurrency, args.bench.reps));
     push(&mut out, String::new());
     push(&mut out, "| orchestrator | job | steps | wall per run (median) | min – max | wall per step (median) | AWS requests per step |".into());
     push(&mut out, "|---|---|---:|---:|---:|---:|---:|".into());
@@ -752,7 +847,7 @@ mod tests {
         }];
         let report = render(&args, &steps, &broker, "two test workers");
         assert!(
-            report.contains("| make_app (reply queue) | `chain_10` | 10 | 0.200 s | 0.180 s – 0.200 s | 20.0 ms | 3.00 |"),
+            report.contains("| make_app default (+ fused chains) | `chain_10` | 10 | 0.200 s | 0.180 s – 0.200 s | 20.0 ms | 3.00 |"),
             "{report}"
         );
         assert!(report.contains("| sqs.SendMessage | 2.00 |"), "{report}");

@@ -91,6 +91,23 @@ pub struct ExecutorConfig {
     /// Capacity of a run's event stream (at least 1). A slow consumer holds the loop back
     /// (memory stays flat); a dropped one is detected and no longer fed. Default 1,024.
     pub event_buffer: usize,
+    /// Small outputs that come back inline in a step's report are handed to its downstream
+    /// steps inside their messages (`ExecuteStepArgs::inline_inputs`), up to this many bytes
+    /// of values per message; the rest are read from the output store, which holds every
+    /// output either way. A value is kept in memory only until the last step that reads it
+    /// has been sent. 0 turns it off. Default 64 KiB.
+    pub inline_inputs_per_message: usize,
+    /// Send a linear run of steps as one task: a ready step with exactly one downstream step
+    /// in the plan, which reads only from it, has the same tags and the same retry policy, is
+    /// sent together with it (and so on, up to `max_fused_steps`). The worker runs them in
+    /// order, handing outputs on in memory (and storing them). Events, attempts, retries and
+    /// cancellation stay per step; a fused task counts once against `max_in_flight` and the
+    /// tag limits, and its `step_timeout` is the per-step timeout times its steps. Default
+    /// `true`.
+    pub fuse_chains: bool,
+    /// Most steps one fused task carries (at least 1; 1 is the same as `fuse_chains = false`).
+    /// Default 16.
+    pub max_fused_steps: usize,
 }
 
 impl Default for ExecutorConfig {
@@ -110,6 +127,9 @@ impl Default for ExecutorConfig {
             result_wait: BackendRetry::default(),
             submit_retry: BackendRetry::default(),
             event_buffer: 1024,
+            inline_inputs_per_message: 64 * 1024,
+            fuse_chains: true,
+            max_fused_steps: 16,
         }
     }
 }
@@ -178,6 +198,9 @@ impl ExecutorConfig {
         check_backoff("submit_retry.backoff", &self.submit_retry.backoff)?;
         if self.event_buffer == 0 {
             return Err(config_error("event_buffer", "must be at least 1"));
+        }
+        if self.max_fused_steps == 0 {
+            return Err(config_error("max_fused_steps", "must be at least 1"));
         }
         Ok(())
     }
@@ -284,5 +307,14 @@ mod tests {
             ..Default::default()
         };
         assert_eq!(field_of(config), "event_buffer");
+    }
+
+    #[test]
+    fn zero_max_fused_steps_is_rejected() {
+        let config = ExecutorConfig {
+            max_fused_steps: 0,
+            ..Default::default()
+        };
+        assert_eq!(field_of(config), "max_fused_steps");
     }
 }

@@ -7,10 +7,21 @@
 //! array of base64 strings, each a packed [`StepReport`] (one per step key of the task).
 //!
 //! What the executor sends and expects (see [`crate::Executor`]):
-//! - One step per task: `step_keys` has exactly one key, `attempt` is its attempt number
-//!   (1-based, counting attempts of earlier runs of the same run id).
-//! - `known_state` is the slice the step needs: the emitted outputs of its upstream steps and
-//!   its own attempt count, not the whole run's state (keeps each message O(inputs)).
+//! - Usually one step per task; with `ExecutorConfig::fuse_chains` a linear run of steps
+//!   (each reading only from the one before) goes as one task, `step_keys` in order. `attempt`
+//!   is the first step's attempt number (1-based, counting attempts of earlier runs of the
+//!   same run id); every step's own number is in `known_state.attempts`
+//!   ([`ExecuteStepArgs::attempt_of`]).
+//! - `known_state` is the slice the first step needs: the emitted outputs of its upstream
+//!   steps and the attempt counts, not the whole run's state (keeps each message O(inputs)).
+//! - `inline_inputs` may carry some of the first step's inputs (bytes as stored); the worker
+//!   reads the others from the output store. A later step of a fused task gets its inputs
+//!   from the step before it, in the worker's memory.
+//! - The worker runs the steps in order and stops after the first one that does not succeed,
+//!   or before one whose input an earlier step did not emit: the result has one report per
+//!   step it started, in order; a step without a report was not run. Every output is stored
+//!   before a step reports success; small ones are also copied into the report
+//!   (`inline_outputs`) for the executor to hand to downstream steps.
 //! - A report's `events` are the worker's: `StepStart` (its timestamp ends the queue wait),
 //!   `StepInputLoaded`, `StepOutputHandled`, `EngineEvent`, and `StepSuccess` (whose duration
 //!   is taken as the op's run time). The outcome goes in the report's `status`. The executor

@@ -5,7 +5,15 @@
 //! per pending submission and per retry delay in a single `FuturesUnordered`, and reacts to
 //! whichever completes first: there is no tick and no blocking sleep. Interrupts and the cancel
 //! grace deadline are branches of the same `select!`.
+//!
+//! Two things save requests per step (see `ExecutorConfig::inline_inputs_per_message` and
+//! `fuse_chains`): small outputs that come back inline in a report are put into the messages
+//! of the steps that read them, and a linear run of steps (each the only downstream step of
+//! the previous one, reading only from it) goes out as one task whose head step is admitted,
+//! awaited and released like a single step, while its other steps ("members", phase
+//! `Fused`) get their own events, attempts and outcomes from the task's reports.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -15,8 +23,8 @@ use futures::{FutureExt, StreamExt};
 use stepq_broker::{BrokerError, TaskMessage, TaskQueue};
 use stepq_plan::events::now_us;
 use stepq_plan::{
-    ErrorInfo, Event, EventKind, ExecuteStepArgs, Job, KnownState, PlanProgress, StepOutcome,
-    StepReport, StepState, StepStatus,
+    ErrorInfo, Event, EventKind, ExecuteStepArgs, InlineValue, Job, KnownState, PlanProgress,
+    StepOutcome, StepReport, StepState, StepStatus,
 };
 use stepq_results::{ResultBackend, ResultError, TaskResult};
 use tokio::sync::mpsc;
@@ -42,6 +50,9 @@ enum Phase {
     Submitting,
     /// Sent; its result is awaited.
     InFlight,
+    /// Sent as a later step of another step's (fused) task; its report comes with that
+    /// task's result.
+    Fused,
     /// Failed, waiting for its retry delay.
     RetryDelay,
     /// Final.
@@ -60,6 +71,11 @@ struct StepTrack {
     task_id: Option<String>,
     /// When the current attempt was queued (µs since the epoch).
     queued_us: u64,
+    /// The later steps sent in this step's task (fused), in order.
+    chain: Vec<usize>,
+    /// Its upstream steps no longer need to keep inline values for it (it was sent, or ended
+    /// without being sent).
+    inputs_consumed: bool,
     summary: StepSummary,
 }
 
@@ -130,6 +146,14 @@ struct Runner {
     failed: bool,
     /// A step was canceled (by an interrupt, or by someone cancelling its task).
     any_canceled: bool,
+    /// Distinct in-plan downstream steps of each step.
+    downstream: Vec<Vec<usize>>,
+    /// Distinct in-plan upstream steps of each step.
+    upstream: Vec<Vec<usize>>,
+    /// Per step: downstream steps not yet sent (nor ended) that may want its inline values.
+    consumers_left: Vec<usize>,
+    /// Inline copies of small outputs of succeeded steps, kept while a consumer is unsent.
+    inline: HashMap<usize, Vec<InlineValue>>,
 }
 
 impl RunLoop {
@@ -156,9 +180,13 @@ impl RunLoop {
                 attempt: 0,
                 task_id: None,
                 queued_us: 0,
+                chain: Vec::new(),
+                inputs_consumed: false,
                 summary: StepSummary::new(StepRunState::NotRun),
             })
             .collect();
+        let (downstream, upstream) = plan_edges(&job, &progress);
+        let consumers_left = downstream.iter().map(Vec::len).collect();
         let runner = Runner {
             run_id,
             job,
@@ -178,6 +206,10 @@ impl RunLoop {
             grace_deadline: None,
             failed: false,
             any_canceled: false,
+            downstream,
+            upstream,
+            consumers_left,
+            inline: HashMap::new(),
         };
         runner.drive(interrupt).await
     }
@@ -231,6 +263,10 @@ impl Runner {
     fn admit_ready(&mut self) {
         for key in self.progress.take_ready() {
             let step = self.index(&key);
+            if self.steps[step].phase == Phase::Fused {
+                // Already sent in its upstream step's task; its report is being read.
+                continue;
+            }
             self.steps[step].phase = Phase::Admitting;
             self.admission.push(step);
         }
@@ -251,14 +287,30 @@ impl Runner {
             track.phase = Phase::Submitting;
             track.attempt = attempt;
             track.attempts += 1;
+            let mut known_state = self.known_state_for(step);
+            let inline_inputs = self.inline_inputs_for(step);
+            self.mark_consumed(step);
+            let chain = self.fusable_chain(step);
+            let mut step_keys = vec![key];
+            for &member in &chain {
+                let member_key = self.job.steps()[member].key.clone();
+                // Recorded when its report shows it started; until then, the number it gets.
+                let planned = self.progress.known_state().attempts_of(&member_key) + 1;
+                known_state.attempts.insert(member_key.clone(), planned);
+                self.steps[member].phase = Phase::Fused;
+                self.steps[member].attempt = planned;
+                step_keys.push(member_key);
+            }
+            self.steps[step].chain = chain;
             let args = ExecuteStepArgs {
                 run_id: self.run_id.clone(),
                 job_name: self.job.name().to_string(),
-                known_state: self.known_state_for(step),
-                step_keys: vec![key],
+                known_state,
+                step_keys,
                 retry_mode: self.config.retry_mode,
                 attempt,
                 run_config: self.run_config.clone(),
+                inline_inputs,
             };
             // Packing plan values into an envelope cannot fail for these types; should it
             // ever, the batch future reports it as a submission failure of this step.
@@ -325,6 +377,107 @@ impl Runner {
         out
     }
 
+    /// The steps to send in `head`'s task after it: each the only in-plan downstream step of
+    /// the one before, reading only from it, not sent yet, with the same tags and retry
+    /// policy; at most `max_fused_steps` steps in all. Empty when fusing is off.
+    fn fusable_chain(&self, head: usize) -> Vec<usize> {
+        let mut chain = Vec::new();
+        if !self.config.fuse_chains {
+            return chain;
+        }
+        let steps = self.job.steps();
+        let mut last = head;
+        while chain.len() + 1 < self.config.max_fused_steps {
+            let [next] = self.downstream[last][..] else {
+                break;
+            };
+            let (from, to) = (&steps[last], &steps[next]);
+            let fusable = self.steps[next].phase == Phase::Idle
+                && matches!(self.progress.state_of(&to.key), Some(StepState::Waiting(_)))
+                && !to.inputs.is_empty()
+                && to.inputs.iter().all(|i| i.from_step == from.key)
+                && to.tags == from.tags
+                && to.retry == from.retry;
+            if !fusable {
+                break;
+            }
+            chain.push(next);
+            last = next;
+        }
+        chain
+    }
+
+    /// Inline values of `step`'s inputs, within `inline_inputs_per_message` bytes.
+    fn inline_inputs_for(&self, step: usize) -> Vec<InlineValue> {
+        let mut budget = self.config.inline_inputs_per_message;
+        let mut out: Vec<InlineValue> = Vec::new();
+        if budget == 0 || self.inline.is_empty() {
+            return out;
+        }
+        for input in &self.job.steps()[step].inputs {
+            let Some(values) = self
+                .job
+                .step_index(&input.from_step)
+                .and_then(|u| self.inline.get(&u))
+            else {
+                continue;
+            };
+            let Some(value) = values.iter().find(|v| v.output_name == input.from_output) else {
+                continue;
+            };
+            let taken = out
+                .iter()
+                .any(|v| v.step_key == value.step_key && v.output_name == value.output_name);
+            if !taken && value.value.len() <= budget {
+                budget -= value.value.len();
+                out.push(value.clone());
+            }
+        }
+        out
+    }
+
+    /// `step` no longer needs inline values from its upstream steps: drops those no other
+    /// unsent step needs.
+    fn mark_consumed(&mut self, step: usize) {
+        if std::mem::replace(&mut self.steps[step].inputs_consumed, true) {
+            return;
+        }
+        for k in 0..self.upstream[step].len() {
+            let u = self.upstream[step][k];
+            self.consumers_left[u] = self.consumers_left[u].saturating_sub(1);
+            if self.consumers_left[u] == 0 {
+                self.inline.remove(&u);
+            }
+        }
+    }
+
+    /// Keeps the inline copies of a succeeded step's outputs while some step may want them.
+    fn remember_inline(&mut self, step: usize, values: Vec<InlineValue>) {
+        if values.is_empty()
+            || self.consumers_left[step] == 0
+            || self.config.inline_inputs_per_message == 0
+        {
+            return;
+        }
+        let key = &self.job.steps()[step].key;
+        let values: Vec<InlineValue> = values.into_iter().filter(|v| &v.step_key == key).collect();
+        if !values.is_empty() {
+            self.inline.insert(step, values);
+        }
+    }
+
+    /// The members of `head`'s task go back to not sent (the default when a task ends); the
+    /// ones a report shows started are then taken up again by `on_members`.
+    fn release_chain(&mut self, head: usize) -> Vec<usize> {
+        let chain = std::mem::take(&mut self.steps[head].chain);
+        for &m in &chain {
+            if self.steps[m].phase == Phase::Fused {
+                self.steps[m].phase = Phase::Idle;
+            }
+        }
+        chain
+    }
+
     // ---- wakes -----------------------------------------------------------------------------
 
     async fn on_wake(&mut self, wake: Wake) {
@@ -367,22 +520,32 @@ impl Runner {
                     track.phase = Phase::InFlight;
                     track.task_id = Some(task_id.clone());
                     track.queued_us = queued_us;
-                    let key = self.job.steps()[step].key.clone();
-                    self.emit(Event {
-                        timestamp_us: queued_us,
-                        run_id: self.run_id.clone(),
-                        step_key: Some(key),
-                        kind: EventKind::StepQueued {
-                            attempt,
-                            task_id: task_id.clone(),
-                        },
-                    })
-                    .await;
+                    let mut queued = vec![(step, attempt)];
+                    for &m in &self.steps[step].chain {
+                        if self.steps[m].phase == Phase::Fused {
+                            queued.push((m, self.steps[m].attempt));
+                        }
+                    }
+                    let task_steps = 1 + self.steps[step].chain.len() as u32;
+                    for (s, attempt) in queued {
+                        self.steps[s].queued_us = queued_us;
+                        let key = self.job.steps()[s].key.clone();
+                        self.emit(Event {
+                            timestamp_us: queued_us,
+                            run_id: self.run_id.clone(),
+                            step_key: Some(key),
+                            kind: EventKind::StepQueued {
+                                attempt,
+                                task_id: task_id.clone(),
+                            },
+                        })
+                        .await;
+                    }
                     self.waits.push(wait_for_result(
                         self.results.clone(),
                         step,
                         task_id.clone(),
-                        self.config.step_timeout,
+                        self.config.step_timeout.map(|t| t * task_steps),
                         self.config.result_wait.clone(),
                     ));
                     if self.stop.is_some() {
@@ -396,6 +559,7 @@ impl Runner {
                     if self.steps[step].phase != Phase::Submitting {
                         continue;
                     }
+                    self.release_chain(step);
                     self.admission.release(step);
                     self.attempt_failed(step, error.clone(), None).await;
                 }
@@ -416,6 +580,7 @@ impl Runner {
         }
         track.task_id = None;
         self.admission.release(step);
+        let chain = self.release_chain(step);
         let key = self.job.steps()[step].key.clone();
         if let Some(e) = delete_error {
             tracing::warn!(run_id = %self.run_id, step = %key, %task_id, error = %e, "could not delete a consumed task result");
@@ -432,11 +597,20 @@ impl Runner {
         let result = match outcome {
             Ok(result) => result,
             Err(ResultError::Timeout { .. }) => {
-                let timeout = self.config.step_timeout.unwrap_or_default();
+                let steps = 1 + chain.len() as u32;
+                let timeout = self.config.step_timeout.unwrap_or_default() * steps;
+                let task = if steps > 1 {
+                    format!(
+                        "task {task_id}, fused with the {} step(s) after it",
+                        steps - 1
+                    )
+                } else {
+                    format!("task {task_id}")
+                };
                 let error = ErrorInfo::new(
                     "timeout",
                     format!(
-                        "no result for attempt {attempt} of step `{key}` (task {task_id}) within {timeout:?}"
+                        "no result for attempt {attempt} of step `{key}` ({task}) within {timeout:?}"
                     ),
                 );
                 self.request_cancel(task_id);
@@ -474,30 +648,103 @@ impl Runner {
             self.attempt_failed(step, error, None).await;
             return;
         }
-        let report = match protocol::read_reports(&result.return_value) {
-            Err(e) => Err(ErrorInfo::from_error("bad_report", &e)),
-            Ok(reports) => reports
-                .into_iter()
-                .find(|r| r.step_key == key)
-                .ok_or_else(|| {
-                    ErrorInfo::new(
-                        "bad_report",
-                        format!("the result of task {task_id} has no report for step `{key}`"),
-                    )
-                }),
-        };
-        match report {
-            Ok(report) => self.on_report(step, report, task_time).await,
-            Err(error) => {
+        let mut reports = match protocol::read_reports(&result.return_value) {
+            Err(e) => {
                 self.steps[step].summary.duration = task_time;
+                let error = ErrorInfo::from_error("bad_report", &e);
                 self.attempt_failed(step, error, None).await;
+                return;
             }
+            Ok(reports) => reports,
+        };
+        let Some(at) = reports.iter().position(|r| r.step_key == key) else {
+            self.steps[step].summary.duration = task_time;
+            let error = ErrorInfo::new(
+                "bad_report",
+                format!("the result of task {task_id} has no report for step `{key}`"),
+            );
+            self.attempt_failed(step, error, None).await;
+            return;
+        };
+        let report = reports.swap_remove(at);
+        // A fused task's own time is not one step's: each step has its op time.
+        let task_time = task_time.filter(|_| chain.is_empty());
+        self.on_report(step, report, task_time).await;
+        if !chain.is_empty() {
+            self.on_members(step, &task_id, chain, reports).await;
+        }
+    }
+
+    /// Takes up the reports of the later steps of `head`'s fused task, in order, while the
+    /// step before succeeded. A step without a report did not start (the worker stopped
+    /// earlier): it stays not sent, and the plan schedules (or skips) it as usual.
+    async fn on_members(
+        &mut self,
+        head: usize,
+        task_id: &str,
+        chain: Vec<usize>,
+        mut reports: Vec<StepReport>,
+    ) {
+        let queued_us = self.steps[head].queued_us;
+        let mut prev = head;
+        for m in chain {
+            let prev_key = &self.job.steps()[prev].key;
+            if self.progress.state_of(prev_key) != Some(&StepState::Succeeded) {
+                break;
+            }
+            let key = self.job.steps()[m].key.clone();
+            let Some(at) = reports.iter().position(|r| r.step_key == key) else {
+                break;
+            };
+            if self.steps[m].phase != Phase::Idle {
+                // Ended meanwhile: an interrupt cancels the steps of a fused task that have
+                // not reported yet, as it cancels every step not started.
+                let report = reports.swap_remove(at);
+                if matches!(report.status, StepStatus::Success { .. }) {
+                    self.emit(Event::step(
+                        &self.run_id,
+                        &key,
+                        EventKind::EngineEvent {
+                            message: format!(
+                                "step `{key}` of fused task {task_id} succeeded on worker {} after the run was interrupted; it stays recorded as canceled (its outputs are stored)",
+                                report.worker
+                            ),
+                        },
+                    ))
+                    .await;
+                }
+                break;
+            }
+            let report = reports.swap_remove(at);
+            // Its upstream succeeded, so the plan made it ready: hand it out as in flight
+            // without admitting it again (it ran in its head's slot).
+            self.steps[m].phase = Phase::Fused;
+            self.admit_ready();
+            if self.progress.state_of(&key) != Some(&StepState::InFlight) {
+                self.steps[m].phase = Phase::Idle;
+                break;
+            }
+            let attempt = self.progress.record_attempt(&key);
+            let track = &mut self.steps[m];
+            track.phase = Phase::InFlight;
+            track.attempt = attempt;
+            track.attempts += 1;
+            track.queued_us = queued_us;
+            self.mark_consumed(m);
+            self.on_report(m, report, None).await;
+            prev = m;
         }
     }
 
     /// Forwards a report's events and feeds its outcome into the plan.
-    async fn on_report(&mut self, step: usize, report: StepReport, task_time: Option<Duration>) {
+    async fn on_report(
+        &mut self,
+        step: usize,
+        mut report: StepReport,
+        task_time: Option<Duration>,
+    ) {
         let key = self.job.steps()[step].key.clone();
+        let inline_outputs = std::mem::take(&mut report.inline_outputs);
         let mut op_time = None;
         for event in report.events {
             match &event.kind {
@@ -549,6 +796,7 @@ impl Runner {
                     EventKind::StepSuccess { duration },
                 ))
                 .await;
+                self.remember_inline(step, inline_outputs);
                 self.progress
                     .complete(&key, StepOutcome::Success { emitted });
                 self.flush_skipped().await;
@@ -662,6 +910,7 @@ impl Runner {
     async fn cancel_step(&mut self, step: usize) {
         let key = self.job.steps()[step].key.clone();
         self.steps[step].phase = Phase::Done;
+        self.mark_consumed(step);
         self.any_canceled = true;
         self.emit(Event::step(&self.run_id, &key, EventKind::StepCanceled))
             .await;
@@ -672,6 +921,7 @@ impl Runner {
     async fn flush_skipped(&mut self) {
         for (key, reason) in self.progress.take_skipped() {
             let step = self.index(&key);
+            self.mark_consumed(step);
             let track = &mut self.steps[step];
             track.phase = Phase::Done;
             track.summary.skip_reason = Some(reason.clone());
@@ -709,6 +959,7 @@ impl Runner {
         for key in self.progress.cancel_pending() {
             let step = self.index(&key);
             self.steps[step].phase = Phase::Done;
+            self.mark_consumed(step);
             self.emit(Event::step(&self.run_id, &key, EventKind::StepCanceled))
                 .await;
         }
@@ -870,6 +1121,33 @@ impl Runner {
             }
         }
     }
+}
+
+/// Distinct in-plan downstream and upstream steps of each step of the job.
+fn plan_edges(job: &Job, progress: &PlanProgress) -> (Vec<Vec<usize>>, Vec<Vec<usize>>) {
+    let n = job.steps().len();
+    let in_plan: Vec<bool> = job
+        .steps()
+        .iter()
+        .map(|s| !matches!(progress.state_of(&s.key), Some(StepState::NotInPlan) | None))
+        .collect();
+    let mut downstream = vec![Vec::new(); n];
+    let mut upstream = vec![Vec::new(); n];
+    for (d, step) in job.steps().iter().enumerate() {
+        if !in_plan[d] {
+            continue;
+        }
+        for input in &step.inputs {
+            let Some(u) = job.step_index(&input.from_step) else {
+                continue;
+            };
+            if in_plan[u] && !upstream[d].contains(&u) {
+                upstream[d].push(u);
+                downstream[u].push(d);
+            }
+        }
+    }
+    (downstream, upstream)
 }
 
 async fn sleep_until(deadline: Option<Instant>) {

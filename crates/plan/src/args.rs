@@ -34,6 +34,55 @@ pub struct ExecuteStepArgs {
     pub attempt: u32,
     /// Free-form run config, handed to ops.
     pub run_config: serde_json::Value,
+    /// Upstream outputs carried in the message, so the worker need not read them from the
+    /// output store (which still holds every one of them). Inputs not listed here are read
+    /// from the store. Empty (and not written) when there are none, so messages of older
+    /// orchestrators read as before.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub inline_inputs: Vec<InlineValue>,
+}
+
+impl ExecuteStepArgs {
+    /// Attempt number of `step_key` in this task: [`attempt`](Self::attempt) for the first
+    /// step; for a later step of a multi-step (fused) task, its count in `known_state.attempts`
+    /// (the orchestrator writes each step's attempt there), falling back to `attempt`.
+    pub fn attempt_of(&self, step_key: &str) -> u32 {
+        if self.step_keys.first().map(String::as_str) == Some(step_key) {
+            return self.attempt;
+        }
+        self.known_state
+            .attempts
+            .get(step_key)
+            .copied()
+            .unwrap_or(self.attempt)
+    }
+}
+
+/// One stored step output's encoded bytes, carried in a message besides the output store.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InlineValue {
+    /// Step that emitted the output.
+    pub step_key: String,
+    /// Output name.
+    pub output_name: String,
+    /// The encoded value, exactly as stored in the output store (MessagePack binary).
+    #[serde(with = "raw_bytes")]
+    pub value: Vec<u8>,
+}
+
+impl InlineValue {
+    /// An inline copy of output `output_name` of `step_key`.
+    pub fn new(
+        step_key: impl Into<String>,
+        output_name: impl Into<String>,
+        value: impl Into<Vec<u8>>,
+    ) -> Self {
+        InlineValue {
+            step_key: step_key.into(),
+            output_name: output_name.into(),
+            value: value.into(),
+        }
+    }
 }
 
 /// Arguments of an `execute_job` task: orchestrate a whole run on a worker.
@@ -96,6 +145,56 @@ pub struct StepReport {
     pub status: StepStatus,
     /// Events produced while running it, in order.
     pub events: Vec<Event>,
+    /// Copies of small outputs of a successful step (each also in the output store), so the
+    /// orchestrator can hand them to downstream steps in their messages. Empty (and not
+    /// written) when there are none, so reports of older workers read as before.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub inline_outputs: Vec<InlineValue>,
+}
+
+/// Serde adapter writing a `Vec<u8>` as one MessagePack `bin` value (not an array of
+/// integers); reads `bin`, strings' bytes, or a sequence of integers.
+mod raw_bytes {
+    use serde::de::{Error, SeqAccess, Visitor};
+    use serde::{Deserializer, Serializer};
+
+    pub(super) fn serialize<S: Serializer>(value: &[u8], serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_bytes(value)
+    }
+
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(
+        deserializer: D,
+    ) -> Result<Vec<u8>, D::Error> {
+        struct BytesVisitor;
+        impl<'de> Visitor<'de> for BytesVisitor {
+            type Value = Vec<u8>;
+
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("bytes")
+            }
+
+            fn visit_bytes<E: Error>(self, v: &[u8]) -> Result<Vec<u8>, E> {
+                Ok(v.to_vec())
+            }
+
+            fn visit_byte_buf<E: Error>(self, v: Vec<u8>) -> Result<Vec<u8>, E> {
+                Ok(v)
+            }
+
+            fn visit_str<E: Error>(self, v: &str) -> Result<Vec<u8>, E> {
+                Ok(v.as_bytes().to_vec())
+            }
+
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Vec<u8>, A::Error> {
+                let mut out = Vec::with_capacity(seq.size_hint().unwrap_or(0).min(4096));
+                while let Some(b) = seq.next_element::<u8>()? {
+                    out.push(b);
+                }
+                Ok(out)
+            }
+        }
+        deserializer.deserialize_byte_buf(BytesVisitor)
+    }
 }
 
 /// Serde adapter for [`StepStatus::Failure::retry_requested`]: plain `Option<Option<_>>`
@@ -142,6 +241,25 @@ mod tests {
             let back: StepStatus = serde_json::from_str(&json).unwrap();
             assert_eq!(back, failure(retry), "{json}");
         }
+    }
+
+    #[test]
+    fn attempt_of_reads_later_steps_from_the_known_state() {
+        let mut args = ExecuteStepArgs {
+            run_id: "r".into(),
+            job_name: "j".into(),
+            step_keys: vec!["a".into(), "b".into(), "c".into()],
+            known_state: KnownState::default(),
+            retry_mode: RetryMode::Enabled,
+            attempt: 3,
+            run_config: serde_json::Value::Null,
+            inline_inputs: Vec::new(),
+        };
+        args.known_state.attempts.insert("a".into(), 3);
+        args.known_state.attempts.insert("b".into(), 1);
+        assert_eq!(args.attempt_of("a"), 3);
+        assert_eq!(args.attempt_of("b"), 1);
+        assert_eq!(args.attempt_of("c"), 3, "no count: the task's attempt");
     }
 
     #[test]

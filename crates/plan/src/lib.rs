@@ -25,7 +25,9 @@ pub mod pack;
 pub mod plan;
 pub mod state;
 
-pub use args::{ExecuteRunArgs, ExecuteStepArgs, ResumeRunArgs, RetryMode, StepReport, StepStatus};
+pub use args::{
+    ExecuteRunArgs, ExecuteStepArgs, InlineValue, ResumeRunArgs, RetryMode, StepReport, StepStatus,
+};
 pub use events::{ErrorInfo, Event, EventKind, SkipReason};
 pub use job::{
     Backoff, InputDef, Job, JobBuilder, JobError, JobErrors, OutputDef, RetryPolicy, StepDef,

@@ -4,8 +4,8 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use stepq_plan::{
-    pack, unpack, ErrorInfo, Event, EventKind, ExecuteRunArgs, ExecuteStepArgs, KnownState,
-    PackError, Packable, ResumeRunArgs, RetryMode, SkipReason, StepReport, StepStatus,
+    pack, unpack, ErrorInfo, Event, EventKind, ExecuteRunArgs, ExecuteStepArgs, InlineValue,
+    KnownState, PackError, Packable, ResumeRunArgs, RetryMode, SkipReason, StepReport, StepStatus,
     PACK_VERSION,
 };
 
@@ -145,6 +145,18 @@ fn execute_step_args() -> ExecuteStepArgs {
             "ops": {"transform": {"config": {"factor": 2, "neg": -7, "ratio": 0.5}}},
             "tags": ["a", "b"]
         }),
+        inline_inputs: Vec::new(),
+    }
+}
+
+/// Step args carrying upstream outputs inline (one empty, one with every byte value).
+fn execute_step_args_inline() -> ExecuteStepArgs {
+    ExecuteStepArgs {
+        inline_inputs: vec![
+            InlineValue::new("extract", "rows", (0..=255u8).collect::<Vec<u8>>()),
+            InlineValue::new("extract", "schema", Vec::new()),
+        ],
+        ..execute_step_args()
     }
 }
 
@@ -176,6 +188,7 @@ fn step_reports() -> Vec<StepReport> {
                 emitted: vec!["rows".into(), "schema".into()],
             },
             events: events[5..10].to_vec(),
+            inline_outputs: Vec::new(),
         },
         StepReport {
             step_key: "divide".into(),
@@ -186,6 +199,7 @@ fn step_reports() -> Vec<StepReport> {
                 retry_requested: Some(Some(250)),
             },
             events: vec![events[10].clone()],
+            inline_outputs: Vec::new(),
         },
         StepReport {
             step_key: "divide".into(),
@@ -196,6 +210,7 @@ fn step_reports() -> Vec<StepReport> {
                 retry_requested: Some(None),
             },
             events: Vec::new(),
+            inline_outputs: Vec::new(),
         },
         StepReport {
             step_key: "divide".into(),
@@ -206,6 +221,7 @@ fn step_reports() -> Vec<StepReport> {
                 retry_requested: None,
             },
             events: Vec::new(),
+            inline_outputs: Vec::new(),
         },
         StepReport {
             step_key: "slow".into(),
@@ -213,6 +229,20 @@ fn step_reports() -> Vec<StepReport> {
             worker: "worker-c".into(),
             status: StepStatus::Canceled,
             events: vec![events[14].clone()],
+            inline_outputs: Vec::new(),
+        },
+        StepReport {
+            step_key: "extract".into(),
+            attempt: 2,
+            worker: "worker-a".into(),
+            status: StepStatus::Success {
+                emitted: vec!["rows".into(), "schema".into()],
+            },
+            events: events[5..10].to_vec(),
+            inline_outputs: vec![
+                InlineValue::new("extract", "rows", vec![0x93, 0x01, 0x02, 0x03]),
+                InlineValue::new("extract", "schema", vec![0xa2, b'o', b'k']),
+            ],
         },
     ]
 }
@@ -238,6 +268,45 @@ fn execute_step_args_round_trip() {
             ..execute_step_args()
         });
     }
+}
+
+#[test]
+fn inline_values_round_trip_in_msgpack_and_json() {
+    let args = execute_step_args_inline();
+    round_trip(&args);
+    let json = serde_json::to_string(&args).unwrap();
+    let back: ExecuteStepArgs = serde_json::from_str(&json).unwrap();
+    assert_eq!(back, args);
+    let report = step_reports().pop().unwrap();
+    assert!(!report.inline_outputs.is_empty());
+    round_trip(&report);
+}
+
+/// Values without inline data pack exactly as before the inline fields existed, and bytes
+/// written before them (the committed golden files) read with no inline data.
+#[test]
+fn values_without_inline_data_keep_their_old_bytes() {
+    let old = std::fs::read(golden_dir().join("execute_step_args.bin")).unwrap();
+    let back: ExecuteStepArgs = unpack(&old).unwrap();
+    assert!(back.inline_inputs.is_empty());
+    assert_eq!(pack(&back).unwrap(), old);
+    assert!(!old.windows(6).any(|w| w == b"inline"));
+    let inline = pack(&execute_step_args_inline()).unwrap();
+    assert!(inline.windows(13).any(|w| w == b"inline_inputs"));
+    let old = std::fs::read(golden_dir().join("step_report_0.bin")).unwrap();
+    let back: StepReport = unpack(&old).unwrap();
+    assert!(back.inline_outputs.is_empty());
+    assert_eq!(pack(&back).unwrap(), old);
+}
+
+#[test]
+fn inline_value_bytes_are_one_bin_value() {
+    // 4 bytes of value: a `bin 8` header (0xc4, len) then the bytes, not an array of integers.
+    let bytes = rmp_serde::to_vec_named(&InlineValue::new("s", "o", vec![1, 2, 3, 250])).unwrap();
+    assert!(
+        bytes.windows(6).any(|w| w == [0xc4, 4, 1, 2, 3, 250]),
+        "{bytes:?}"
+    );
 }
 
 #[test]
@@ -444,6 +513,7 @@ fn damaged_envelopes_never_panic() {
         }
     }
     exercise::<ExecuteStepArgs>(&pack(&execute_step_args()).unwrap());
+    exercise::<ExecuteStepArgs>(&pack(&execute_step_args_inline()).unwrap());
     exercise::<ExecuteRunArgs>(&pack(&execute_run_args()).unwrap());
     exercise::<ResumeRunArgs>(&pack(&resume_run_args()).unwrap());
     for report in step_reports() {
@@ -497,6 +567,11 @@ fn check_golden<T: Packable + PartialEq + std::fmt::Debug>(file: &str, value: &T
 #[test]
 fn golden_execute_step_args() {
     check_golden("execute_step_args.bin", &execute_step_args());
+}
+
+#[test]
+fn golden_execute_step_args_inline() {
+    check_golden("execute_step_args_inline.bin", &execute_step_args_inline());
 }
 
 #[test]

@@ -25,10 +25,11 @@ pub fn step_canceled_result(
             .iter()
             .map(|key| StepReport {
                 step_key: key.clone(),
-                attempt: args.attempt,
+                attempt: args.attempt_of(key),
                 worker: worker.clone(),
                 status: StepStatus::Canceled,
                 events: vec![Event::step(&args.run_id, key, EventKind::StepCanceled)],
+                inline_outputs: Vec::new(),
             })
             .collect();
         match protocol::reports_value(&reports) {
@@ -52,6 +53,7 @@ mod tests {
             retry_mode: RetryMode::Enabled,
             attempt: 2,
             run_config: serde_json::Value::Null,
+            inline_inputs: Vec::new(),
         }
     }
 

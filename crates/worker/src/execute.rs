@@ -1,13 +1,15 @@
 //! Executing one step: look it up, load its inputs, run its op, check and store its outputs, and
 //! report how it ended with the events it produced.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use futures::future::join_all;
 use stepq_plan::{
-    ErrorInfo, Event, EventKind, ExecuteStepArgs, RetryMode, StepDef, StepReport, StepStatus,
+    ErrorInfo, Event, EventKind, ExecuteStepArgs, InlineValue, RetryMode, StepDef, StepReport,
+    StepStatus,
 };
 use stepq_results::{OutputKey, OutputStore, ResultError};
 use tokio_util::sync::CancellationToken;
@@ -55,6 +57,10 @@ pub const PANIC: &str = "panic";
 /// `StepCanceled`. The `will_retry` flag of `StepFailure` is the worker's view (retry mode
 /// `Enabled` and either the step's policy allows another attempt or, with no policy, the op asked
 /// for a retry); the orchestrator decides and announces retries with `StepRetry`.
+///
+/// Inputs carried in `args.inline_inputs` are taken from there; the others are read from
+/// `outputs`. This function copies no output into the report's `inline_outputs` (a
+/// [`Worker`](crate::Worker) does, per [`WorkerConfig::inline_output_limit`](crate::WorkerConfig::inline_output_limit)).
 pub async fn execute_step(
     location: &CodeLocation,
     outputs: &dyn OutputStore,
@@ -63,22 +69,124 @@ pub async fn execute_step(
     worker_name: &str,
     cancel: &CancellationToken,
 ) -> StepReport {
+    let inline = InlineInputs::from_args(args);
+    run_step(
+        location,
+        outputs,
+        args,
+        step_key,
+        worker_name,
+        cancel,
+        &inline,
+        InlineOptions::none(),
+    )
+    .await
+    .report
+}
+
+/// Step output values already in memory, by `(step key, output name)`: the task's inline
+/// inputs and, in a multi-step task, the outputs of its earlier steps.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct InlineInputs {
+    values: HashMap<(String, String), Bytes>,
+}
+
+impl InlineInputs {
+    /// The values the orchestrator put in the task's message.
+    pub(crate) fn from_args(args: &ExecuteStepArgs) -> Self {
+        InlineInputs {
+            values: args
+                .inline_inputs
+                .iter()
+                .map(|v| {
+                    (
+                        (v.step_key.clone(), v.output_name.clone()),
+                        Bytes::copy_from_slice(&v.value),
+                    )
+                })
+                .collect(),
+        }
+    }
+
+    pub(crate) fn get(&self, step_key: &str, output_name: &str) -> Option<&Bytes> {
+        // Two owned strings per lookup; inputs are few.
+        self.values
+            .get(&(step_key.to_string(), output_name.to_string()))
+    }
+
+    pub(crate) fn insert(&mut self, step_key: &str, output_name: &str, value: Bytes) {
+        self.values
+            .insert((step_key.to_string(), output_name.to_string()), value);
+    }
+}
+
+/// Which of a successful step's outputs are copied into its report
+/// ([`StepReport::inline_outputs`]), for the orchestrator to hand to downstream steps.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct InlineOptions {
+    /// Largest output copied, in bytes (0: none).
+    pub(crate) max_output_bytes: usize,
+    /// Largest total of copied outputs per report, in bytes.
+    pub(crate) max_report_bytes: usize,
+}
+
+impl InlineOptions {
+    /// Copies nothing.
+    pub(crate) const fn none() -> Self {
+        InlineOptions {
+            max_output_bytes: 0,
+            max_report_bytes: 0,
+        }
+    }
+
+    /// Copies outputs up to `max_output_bytes` each, at most eight such outputs' worth per
+    /// report.
+    pub(crate) const fn up_to(max_output_bytes: usize) -> Self {
+        InlineOptions {
+            max_output_bytes,
+            max_report_bytes: max_output_bytes.saturating_mul(8),
+        }
+    }
+}
+
+/// What one step's run produced: its report and the outputs it stored (on success).
+pub(crate) struct ExecutedStep {
+    pub(crate) report: StepReport,
+    pub(crate) outputs: Vec<(String, Bytes)>,
+}
+
+/// [`execute_step`] with inputs taken from `inline` first, outputs copied into the report per
+/// `options`, and the stored outputs handed back (for the next step of a multi-step task).
+#[allow(clippy::too_many_arguments)]
+pub(crate) async fn run_step(
+    location: &CodeLocation,
+    outputs: &dyn OutputStore,
+    args: &ExecuteStepArgs,
+    step_key: &str,
+    worker_name: &str,
+    cancel: &CancellationToken,
+    inline: &InlineInputs,
+    options: InlineOptions,
+) -> ExecutedStep {
+    let attempt_number = args.attempt_of(step_key);
     let span = tracing::info_span!(
         "step",
         run_id = %args.run_id,
         job = %args.job_name,
         step_key,
-        attempt = args.attempt,
+        attempt = attempt_number,
     );
     let sink = Arc::new(EventSink::default());
     let attempt = StepAttempt {
         args,
         step_key,
+        attempt: attempt_number,
         worker_name,
         sink,
+        inline,
     };
     attempt
-        .run(location, outputs, cancel)
+        .run(location, outputs, cancel, options)
         .instrument(span)
         .await
 }
@@ -87,8 +195,11 @@ pub async fn execute_step(
 struct StepAttempt<'a> {
     args: &'a ExecuteStepArgs,
     step_key: &'a str,
+    /// This step's attempt number.
+    attempt: u32,
     worker_name: &'a str,
     sink: Arc<EventSink>,
+    inline: &'a InlineInputs,
 }
 
 /// Why an attempt stopped before the end.
@@ -139,18 +250,24 @@ impl StepAttempt<'_> {
         location: &CodeLocation,
         outputs: &dyn OutputStore,
         cancel: &CancellationToken,
-    ) -> StepReport {
+        options: InlineOptions,
+    ) -> ExecutedStep {
         self.event(EventKind::StepStart {
-            attempt: self.args.attempt,
+            attempt: self.attempt,
             worker: self.worker_name.to_string(),
         });
         tracing::info!(worker = self.worker_name, "step started");
         let mut step_def = None;
         let outcome = self.attempt(location, outputs, cancel, &mut step_def).await;
+        let mut stored = Vec::new();
+        let mut inline_outputs = Vec::new();
         let status = match outcome {
-            Ok((emitted, duration)) => {
+            Ok((values, duration)) => {
                 self.event(EventKind::StepSuccess { duration });
                 tracing::info!(?duration, "step succeeded");
+                let emitted = values.iter().map(|(name, _)| name.clone()).collect();
+                inline_outputs = self.inline_copies(&values, options);
+                stored = values;
                 StepStatus::Success { emitted }
             }
             Err(Stop::Canceled) => {
@@ -174,13 +291,39 @@ impl StepAttempt<'_> {
                 }
             }
         };
-        StepReport {
-            step_key: self.step_key.to_string(),
-            attempt: self.args.attempt,
-            worker: self.worker_name.to_string(),
-            status,
-            events: self.sink.take(),
+        ExecutedStep {
+            report: StepReport {
+                step_key: self.step_key.to_string(),
+                attempt: self.attempt,
+                worker: self.worker_name.to_string(),
+                status,
+                events: self.sink.take(),
+                inline_outputs,
+            },
+            outputs: stored,
         }
+    }
+
+    /// Copies of the stored outputs small enough to ride in the report, in emission order,
+    /// within the report's budget.
+    fn inline_copies(
+        &self,
+        values: &[(String, Bytes)],
+        options: InlineOptions,
+    ) -> Vec<InlineValue> {
+        let mut budget = options.max_report_bytes;
+        let mut out = Vec::new();
+        for (name, bytes) in values {
+            if bytes.len() <= options.max_output_bytes && bytes.len() <= budget {
+                budget -= bytes.len();
+                out.push(InlineValue::new(
+                    self.step_key,
+                    name.clone(),
+                    bytes.to_vec(),
+                ));
+            }
+        }
+        out
     }
 
     fn will_retry(&self, step: Option<&StepDef>, retry_requested: bool) -> bool {
@@ -188,12 +331,12 @@ impl StepAttempt<'_> {
             return false;
         }
         match step.and_then(|s| s.retry.as_ref()) {
-            Some(policy) => self.args.attempt < policy.max_attempts,
+            Some(policy) => self.attempt < policy.max_attempts,
             None => retry_requested,
         }
     }
 
-    /// Everything between `StepStart` and the closing event; returns the emitted outputs and
+    /// Everything between `StepStart` and the closing event; returns the stored outputs and
     /// the op's wall time.
     async fn attempt(
         &self,
@@ -201,7 +344,7 @@ impl StepAttempt<'_> {
         outputs: &dyn OutputStore,
         cancel: &CancellationToken,
         step_def: &mut Option<StepDef>,
-    ) -> Result<(Vec<String>, Duration), Stop> {
+    ) -> Result<(Vec<(String, Bytes)>, Duration), Stop> {
         let args = self.args;
         let job = location.job(&args.job_name).ok_or_else(|| {
             Stop::failed(
@@ -246,7 +389,7 @@ impl StepAttempt<'_> {
         };
 
         let ctx = OpContext::new(&args.run_id, &args.job_name, self.step_key)
-            .with_attempt(args.attempt)
+            .with_attempt(self.attempt)
             .with_worker(self.worker_name)
             .with_tags(step.tags.clone())
             .with_run_config(args.run_config.clone())
@@ -266,12 +409,17 @@ impl StepAttempt<'_> {
         step: &StepDef,
         outputs: &dyn OutputStore,
     ) -> Result<StepInputs, Stop> {
-        let keys: Vec<OutputKey> = step
-            .inputs
-            .iter()
-            .map(|i| OutputKey::new(&self.args.run_id, &i.from_step, &i.from_output))
-            .collect();
-        let loaded = join_all(keys.iter().map(|k| outputs.get(k))).await;
+        // Inline values first; the rest from the store, concurrently.
+        let loaded = join_all(step.inputs.iter().map(|i| async move {
+            match self.inline.get(&i.from_step, &i.from_output) {
+                Some(bytes) => Ok(bytes.clone()),
+                None => {
+                    let key = OutputKey::new(&self.args.run_id, &i.from_step, &i.from_output);
+                    outputs.get(&key).await
+                }
+            }
+        }))
+        .await;
         let mut inputs = StepInputs::new();
         for (input, result) in step.inputs.iter().zip(loaded) {
             match result {
@@ -336,6 +484,8 @@ impl StepAttempt<'_> {
         };
         match joined {
             Ok(Ok(outputs)) => Ok(outputs),
+            // The op gave up because its token fired (it raced the cancel branch above).
+            Ok(Err(_)) if cancel.is_cancelled() => Err(Stop::Canceled),
             Ok(Err(error)) => Err(Stop::from_op(error)),
             Err(join_error) if join_error.is_panic() => {
                 let payload = join_error.into_panic();
@@ -404,7 +554,7 @@ impl StepAttempt<'_> {
         &self,
         store: &dyn OutputStore,
         emitted: StepOutputs,
-    ) -> Result<Vec<String>, Stop> {
+    ) -> Result<Vec<(String, Bytes)>, Stop> {
         let items: Vec<(OutputKey, Bytes)> = emitted
             .into_iter()
             .map(|(name, bytes)| {
@@ -424,7 +574,7 @@ impl StepAttempt<'_> {
                         output: key.output_name.clone(),
                         bytes: bytes.len() as u64,
                     });
-                    names.push(key.output_name);
+                    names.push((key.output_name, bytes));
                 }
                 Err(e) if first_error.is_none() => first_error = Some((key, e)),
                 Err(_) => {}

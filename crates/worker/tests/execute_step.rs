@@ -404,6 +404,35 @@ async fn cancelled_before_start_never_runs_the_op() {
         .unwrap());
 }
 
+/// An op that stops with an error because its token fired is cancelled, not failed: the error
+/// and the cancellation arrive together, and the cancellation decides the status.
+#[tokio::test]
+async fn an_op_erring_after_its_token_fired_reports_canceled() {
+    let cancel = CancellationToken::new();
+    let parent = cancel.clone();
+    let location = CodeLocation::builder()
+        .op(
+            "stop_on_request",
+            op_fn(move |ctx, _in| {
+                // The cancel arrives while the op runs; the op notices it and gives up with an
+                // error before the step's own cancel branch gets a look in.
+                parent.cancel();
+                async move {
+                    ctx.cancelled().await;
+                    Err::<StepOutputs, _>(stepq_worker::OpError::msg("stopped on request"))
+                }
+            }),
+        )
+        .job(single_step_job("j", "stop_on_request"))
+        .build()
+        .unwrap();
+    let a = args("run-1", "j", &["only"]);
+    let store = InMemoryOutputStore::new();
+    let report = execute_step(&location, &store, &a, "only", "w1", &cancel).await;
+    assert_eq!(report.status, StepStatus::Canceled, "{report:?}");
+    assert_eq!(event_names(&report), ["start", "canceled"]);
+}
+
 /// An output store whose every operation fails with the given class: the storage error paths.
 struct BrokenStore {
     class: ErrorClass,

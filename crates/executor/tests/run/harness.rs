@@ -16,7 +16,7 @@ use stepq_executor::{
     RunResult,
 };
 use stepq_plan::events::now_us;
-use stepq_plan::{ErrorInfo, Event, EventKind, Job, StepReport, StepStatus};
+use stepq_plan::{ErrorInfo, Event, EventKind, InlineValue, Job, StepReport, StepStatus};
 use stepq_results::{
     ErrorClass, InMemoryOutputStore, InMemoryResultBackend, OutputKey, OutputStore, ResultBackend,
     TaskError,
@@ -53,6 +53,9 @@ pub enum Behaviour {
     TaskError,
     /// Answer as a worker's cancellation gate does for a task cancelled before it started.
     CanceledBeforeStart,
+    /// As a later step of a multi-step task: the worker stops before it (no report, not
+    /// run). As the first step: succeed.
+    NotRunInTask,
 }
 
 /// Steps running in the worker right now, and the most at once.
@@ -79,6 +82,10 @@ pub struct WorkerState {
     pub load: watch::Sender<Load>,
     /// `(step, attempt)` of every execution, in start order.
     pub executed: Mutex<Vec<(String, u32)>>,
+    /// The step keys of every task received, in order.
+    pub tasks: Mutex<Vec<Vec<String>>>,
+    /// The first step key and the inline inputs of every task received, in order.
+    pub inline_received: Mutex<Vec<(String, Vec<InlineValue>)>>,
 }
 
 impl WorkerState {
@@ -101,20 +108,59 @@ impl WorkerState {
             .collect()
     }
 
+    /// Runs a task's steps in order, as a worker does: stops after the first step that does
+    /// not succeed (the rest get no report: not run).
     async fn handle(self: Arc<Self>, ctx: TaskContext) -> TaskOutcome {
         let args = protocol::read_step_args(&ctx.message).map_err(|e| TaskError {
             kind: "BadArgs".into(),
             message: e.to_string(),
         })?;
-        let key = args.step_keys[0].clone();
+        self.tasks.lock().unwrap().push(args.step_keys.clone());
+        self.inline_received
+            .lock()
+            .unwrap()
+            .push((args.step_keys[0].clone(), args.inline_inputs.clone()));
+        let mut reports = Vec::new();
+        for (i, key) in args.step_keys.iter().enumerate() {
+            if i > 0 && matches!(self.behaviours.get(key), Some(Behaviour::NotRunInTask)) {
+                break;
+            }
+            let outcome = self.handle_step(&ctx, &args, key).await;
+            let value = match outcome {
+                Ok(value) => value,
+                Err(e) if i == 0 => return Err(e),
+                Err(_) => break,
+            };
+            let Ok(mut step_reports) = protocol::read_reports(&value) else {
+                if i == 0 {
+                    return Ok(value);
+                }
+                break;
+            };
+            let succeeded = step_reports
+                .iter()
+                .all(|r| matches!(r.status, StepStatus::Success { .. }) && &r.step_key == key);
+            reports.append(&mut step_reports);
+            if !succeeded {
+                break;
+            }
+        }
+        Ok(protocol::reports_value(&reports).unwrap())
+    }
+
+    async fn handle_step(
+        &self,
+        ctx: &TaskContext,
+        args: &stepq_plan::ExecuteStepArgs,
+        key: &str,
+    ) -> TaskOutcome {
+        let key = key.to_string();
+        let attempt = args.attempt_of(&key);
         let tagged = self
             .job
             .step(&key)
             .is_some_and(|s| s.tags.get(TAG.0).map(String::as_str) == Some(TAG.1));
-        self.executed
-            .lock()
-            .unwrap()
-            .push((key.clone(), args.attempt));
+        self.executed.lock().unwrap().push((key.clone(), attempt));
         self.load.send_modify(|l| {
             l.running += 1;
             l.started += 1;
@@ -131,7 +177,7 @@ impl WorkerState {
             let _ = rx.wait_for(|l| hold(&key, l)).await;
         }
         let outcome = self
-            .answer(&ctx, &args.run_id, &key, args.attempt, started_us)
+            .answer(ctx, &args.run_id, &key, attempt, started_us)
             .await;
         self.load.send_modify(|l| {
             l.running -= 1;
@@ -173,7 +219,7 @@ impl WorkerState {
             retry_requested: None,
         };
         let status = match behaviour {
-            Behaviour::Succeed => {
+            Behaviour::Succeed | Behaviour::NotRunInTask => {
                 self.emit_outputs(run_id, key, attempt, None, &mut events)
                     .await
             }
@@ -221,6 +267,7 @@ impl WorkerState {
                     worker: "test-worker".into(),
                     status: StepStatus::Success { emitted: vec![] },
                     events: vec![],
+                    inline_outputs: vec![],
                 };
                 return Ok(protocol::reports_value(&[report]).unwrap());
             }
@@ -237,12 +284,20 @@ impl WorkerState {
                 })
             }
         };
+        let inline_outputs = match &status {
+            StepStatus::Success { emitted } => emitted
+                .iter()
+                .map(|name| InlineValue::new(key, name.clone(), output_value(attempt)))
+                .collect(),
+            _ => Vec::new(),
+        };
         let report = StepReport {
             step_key: key.to_string(),
             attempt,
             worker: "test-worker".into(),
             status,
             events,
+            inline_outputs,
         };
         Ok(protocol::reports_value(&[report]).unwrap())
     }
@@ -265,7 +320,7 @@ impl WorkerState {
                 .unwrap_or_default(),
         };
         for name in &names {
-            let bytes = rmp_serde::to_vec_named(&(attempt as i64)).unwrap();
+            let bytes = output_value(attempt);
             events.push(Event::step(
                 run_id,
                 key,
@@ -288,6 +343,11 @@ impl WorkerState {
         ));
         StepStatus::Success { emitted: names }
     }
+}
+
+/// What the fake worker stores (and reports inline) as each output: the attempt number.
+pub fn output_value(attempt: u32) -> Vec<u8> {
+    rmp_serde::to_vec_named(&(attempt as i64)).unwrap()
 }
 
 /// A cancel hook that records task ids and cancels them on the harness's receiver.
@@ -359,6 +419,8 @@ impl HarnessBuilder {
             shutdown: shutdown.clone(),
             load: watch::Sender::new(Load::default()),
             executed: Mutex::new(Vec::new()),
+            tasks: Mutex::new(Vec::new()),
+            inline_received: Mutex::new(Vec::new()),
         });
         let mut receiver = Receiver::new(queue.clone()).with_config(ReceiverConfig {
             concurrency: 64,

@@ -6,5 +6,6 @@ mod harness;
 mod api;
 mod cancel;
 mod failures;
+mod fused;
 mod retries;
 mod scheduling;

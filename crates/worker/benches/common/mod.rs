@@ -382,6 +382,7 @@ fn instant_receiver(queue: TaskQueue, name: String) -> Receiver {
                                 emitted: vec!["result".into()],
                             },
                             events,
+                            inline_outputs: Vec::new(),
                         }
                     })
                     .collect();

@@ -163,6 +163,7 @@ pub fn args(run_id: &str, job: &str, steps: &[&str]) -> ExecuteStepArgs {
         retry_mode: RetryMode::Enabled,
         attempt: 1,
         run_config: serde_json::Value::Null,
+        inline_inputs: Vec::new(),
     }
 }
 
