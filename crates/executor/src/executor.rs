@@ -62,6 +62,21 @@ impl RunRequest {
     }
 }
 
+/// Checks that `run_id` can name a run's stored outputs (it becomes a path segment / object
+/// key segment); [`ExecutorError::InvalidRunId`] says why not.
+pub fn check_run_id(run_id: &str) -> Result<(), ExecutorError> {
+    match OutputKey::new(run_id, "step", "output").relative_path() {
+        Ok(_) => Ok(()),
+        Err(e) => Err(ExecutorError::InvalidRunId {
+            run_id: run_id.to_string(),
+            reason: match e {
+                ResultError::InvalidKey { reason, .. } => reason.to_string(),
+                other => other.to_string(),
+            },
+        }),
+    }
+}
+
 /// Starts runs: each run is a tokio task that submits its steps to the queue as
 /// `execute_plan` tasks and follows them to the end. Cheap to clone; runs share the queue's
 /// clients and connections (none are created per run or per step).
@@ -147,13 +162,7 @@ impl Executor {
             known_state,
             run_config,
         } = request;
-        if let Err(e) = OutputKey::new(run_id.clone(), "step", "output").relative_path() {
-            let reason = match e {
-                ResultError::InvalidKey { reason, .. } => reason.to_string(),
-                other => other.to_string(),
-            };
-            return Err(ExecutorError::InvalidRunId { run_id, reason });
-        }
+        check_run_id(&run_id)?;
         let plan = ExecutionPlan::new(job.clone(), step_selection.as_deref(), &known_state)?;
         let (tx, rx) = mpsc::channel(self.config.event_buffer);
         let interrupt = interrupt.child_token();

@@ -13,6 +13,10 @@
 //!   noticed through the broker's redelivery.
 //! - Interrupt ([`RunHandle::interrupt`]) and fail-fast cancel in-flight tasks through a
 //!   [`CancelHook`].
+//! - Recorded runs ([`launcher`]): a [`RunLauncher`] claims a run in the run [`storage`],
+//!   records its events and status, and watches for cancel requests; runs can be submitted as
+//!   `execute_job` / `resume_job` tasks for a worker to orchestrate, and resumed from their
+//!   event log ([`known_state_from_events`]).
 //!
 //! ```
 //! # tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap().block_on(async {
@@ -37,8 +41,9 @@
 //!             let value = rmp_serde::to_vec_named(&1_i64).unwrap();
 //!             store.put(&OutputKey::new(&args.run_id, key, "result"), value.into()).await.unwrap();
 //!             let emitted = vec!["result".to_string()];
-//!             reports.push(StepReport { step_key: key.clone(), attempt: args.attempt,
-//!                 worker: "doc".into(), status: StepStatus::Success { emitted }, events: vec![] });
+//!             reports.push(StepReport { step_key: key.clone(), attempt: args.attempt_of(key),
+//!                 worker: "doc".into(), status: StepStatus::Success { emitted }, events: vec![],
+//!                 inline_outputs: vec![] });
 //!         }
 //!         Ok(protocol::reports_value(&reports).unwrap())
 //!     })
@@ -70,6 +75,7 @@ pub mod config;
 pub mod error;
 pub mod executor;
 pub mod handle;
+pub mod launcher;
 pub mod outcome;
 pub mod protocol;
 mod retry;
@@ -79,6 +85,10 @@ pub mod storage;
 pub use cancel_hook::{CancelHook, NoopCancelHook};
 pub use config::{BackendRetry, ExecutorConfig, TagLimit};
 pub use error::{CancelHookError, ExecutorError, OutputError};
-pub use executor::{Executor, RunRequest};
+pub use executor::{check_run_id, Executor, RunRequest};
 pub use handle::{EventStream, RunHandle};
+pub use launcher::{
+    known_state_from_events, LaunchError, RecordedOutcome, RecordedRun, RunLauncher,
+    RunTaskOutcome, SubmittedRun,
+};
 pub use outcome::{RunResult, RunStatus, StepRunState, StepSummary};

@@ -16,10 +16,14 @@
 //!
 //! A run launched by [`App::launch`] watches its run record: once `stepq cancel` (or anyone)
 //! moves it to CANCELING, the orchestrator interrupts its executor, which cancels the in-flight
-//! steps, and the run ends CANCELED. Run stores shared between processes (a local directory,
-//! S3) cannot notify another process, so the watch re-reads the record with a backoff from
-//! 25 ms doubling to [`CANCEL_WATCH_MAX_DELAY`] (500 ms): one cheap read (a file, one S3 GET)
-//! every half second per running run.
+//! steps, and the run ends CANCELED (see [`stepq_executor::launcher`], which records runs, for
+//! how often the record is read: [`CANCEL_WATCH_MAX_DELAY`]).
+//!
+//! Runs can also be submitted as tasks ([`App::submit_run`], `stepq launch`; [`App::submit_resume`],
+//! `stepq resume`): every worker built by [`App::worker`] also orchestrates `execute_job` and
+//! `resume_job` tasks, without taking one of its step slots (see
+//! [`Receiver::register_without_slot`](stepq_broker::Receiver::register_without_slot)), so a
+//! worker of concurrency 1 runs both a run and its steps.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -27,20 +31,22 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use stepq_broker::sqs::{reply, QueueDepth, SqsBroker};
-use stepq_broker::{BrokerError, InMemoryBroker, TaskQueue};
+use stepq_broker::{BrokerError, InMemoryBroker, TaskContext, TaskHandler, TaskQueue};
 use stepq_cancel::{
     CancelError, CancelListener, CancelListenerConfig, CancellableBroker, Canceller,
     LocalDirCancelStore, S3CancelStore, DEFAULT_CANCEL_GRACE,
 };
+pub use stepq_executor::launcher::CANCEL_WATCH_MAX_DELAY;
+use stepq_executor::launcher::{create_run, RecordedRun, RunLauncher, SubmittedRun};
 use stepq_executor::storage::{
     HeartbeatStore, LocalDirHeartbeatStore, LocalDirRunStore, RunRecord, RunStatus as StoredStatus,
     RunStore, S3HeartbeatStore, S3RunStore, StatusChange, StorageError,
 };
 use stepq_executor::{
-    CancelHook, EventStream, Executor, ExecutorConfig, ExecutorError, RunHandle, RunRequest,
-    RunResult, RunStatus, TagLimit,
+    protocol, CancelHook, Executor, ExecutorConfig, ExecutorError, LaunchError, RunRequest,
+    RunResult, TagLimit,
 };
-use stepq_plan::{Event, ExecutionPlan, Job, KnownState};
+use stepq_plan::{Event, Job};
 use stepq_results::{
     LocalDirOutputStore, LocalDirResultBackend, OutputStore, ResultBackend, S3OutputStore,
     S3ResultBackend,
@@ -53,16 +59,6 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{ConfigError, Mode, StepqConfig};
-
-/// Most events written to the run store as one batch.
-const MAX_EVENTS_PER_BATCH: usize = 1000;
-
-/// Longest pause between two reads of a running run's record while its orchestrator watches
-/// for a cancel request (see the [module docs](self)).
-pub const CANCEL_WATCH_MAX_DELAY: Duration = Duration::from_millis(500);
-
-/// First pause of that watch.
-const CANCEL_WATCH_FIRST_DELAY: Duration = Duration::from_millis(25);
 
 /// How many times [`App::request_cancel`] re-reads a run whose status changed under it.
 const CANCEL_REQUEST_ATTEMPTS: usize = 5;
@@ -104,12 +100,26 @@ pub enum AppError {
         /// How it ended.
         status: StoredStatus,
     },
+    /// A run could not be submitted, claimed or resumed (see [`LaunchError`]).
+    #[error(transparent)]
+    Launch(LaunchError),
     /// The operation needs the distributed (SQS) setup.
     #[error("{what} needs a distributed config: set `sqs.queue_url` (or STEPQ_SQS_QUEUE_URL) and `s3.bucket`")]
     NotDistributed {
         /// What was asked.
         what: &'static str,
     },
+}
+
+impl From<LaunchError> for AppError {
+    fn from(e: LaunchError) -> Self {
+        match e {
+            LaunchError::Executor(e) => AppError::Executor(e),
+            LaunchError::Storage(e) => AppError::Storage(e),
+            LaunchError::Broker(e) => AppError::Broker(e),
+            other => AppError::Launch(other),
+        }
+    }
 }
 
 /// Everything a process of stepq needs, built from a [`StepqConfig`] by [`make_app`].
@@ -203,7 +213,13 @@ pub async fn make_app(config: &StepqConfig) -> Result<App, ConfigError> {
             } else {
                 (TaskQueue::new(Arc::new(broker.clone()), results), None)
             };
-            let queue = queue.with_middleware(reply.middleware);
+            // Reply-only results unless `s3.store_results`: a result that fits in the
+            // notification is not also written to (and deleted from) S3.
+            let middleware = Arc::new(
+                reply::ReplyToMiddleware::new(reply.replies.clone())
+                    .with_reply_only(!config.s3.store_results),
+            );
+            let queue = queue.with_middleware(middleware);
             Ok(App {
                 config: config.clone(),
                 queue,
@@ -310,6 +326,7 @@ impl App {
             step_timeout: self.config.step_timeout(),
             fail_fast: ex.fail_fast,
             cancel_grace: std::time::Duration::from_secs_f64(ex.cancel_grace_seconds),
+            fuse_chains: ex.fuse_chains,
             ..ExecutorConfig::default()
         }
     }
@@ -388,26 +405,39 @@ impl App {
             .with_concurrency(self.config.worker_concurrency())
             .with_grace_period(self.config.grace_period());
         if let Some(sqs) = self.config.sqs_config().filter(|_| self.sqs.is_some()) {
-            let visibility =
-                std::time::Duration::from_secs(u64::from(sqs.config_source.visibility_timeout));
-            config.heartbeat_extension = visibility;
-            config.heartbeat_interval = Some(visibility / 3);
+            config = config.with_visibility_timeout(std::time::Duration::from_secs(u64::from(
+                sqs.config_source.visibility_timeout,
+            )));
         }
         config
     }
 
-    /// A worker serving `location` on this app's queue and output store.
+    /// A worker serving `location` on this app's queue and output store. Besides steps
+    /// (`execute_plan`), it orchestrates runs submitted as tasks ([`App::submit_run`],
+    /// [`App::submit_resume`]) as orchestrator `config.name`, outside its step slots: an
+    /// orchestration waits for steps, so holding a slot could deadlock a worker of
+    /// concurrency 1.
     pub fn worker(
         &self,
         location: Arc<CodeLocation>,
         config: WorkerConfig,
     ) -> Result<Worker, AppError> {
-        Ok(Worker::new(
-            location,
+        let name = config.name.clone();
+        let mut worker = Worker::new(
+            location.clone(),
             self.queue.clone(),
             self.outputs.clone(),
             config,
-        )?)
+        )?;
+        let launcher = self.launcher()?;
+        for (task, resume) in [(protocol::EXECUTE_JOB, false), (protocol::RESUME_JOB, true)] {
+            let handler =
+                orchestration_handler(resume, launcher.clone(), location.clone(), name.clone());
+            // Tracked, so the worker's health heartbeat lists the runs it orchestrates.
+            let handler = worker.activity().track(handler);
+            worker.receiver_mut().register_without_slot(task, handler);
+        }
+        Ok(worker)
     }
 
     /// Starts `count` workers in this process, each running one step at a time, named
@@ -487,7 +517,7 @@ impl App {
     }
 
     /// Starts a run of `job` from `location` with `executor`, recording it (record, status
-    /// and every event) in the run store as it goes.
+    /// and every event) in the run store as it goes, orchestrated by this process.
     pub async fn launch(
         &self,
         executor: &Executor,
@@ -496,80 +526,50 @@ impl App {
         options: RunOptions,
     ) -> Result<LaunchedRun, AppError> {
         let job = find_job(location, job)?;
-        let run_id = options
-            .run_id
-            .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
-        let mut request = RunRequest::new(run_id.clone(), job.clone())
-            .with_run_config(options.run_config.clone());
-        if let Some(steps) = &options.step_selection {
-            request = request.with_steps(steps.clone());
-        }
-        // Plan first: a bad selection is an error, not a run record.
-        ExecutionPlan::new(
-            job.clone(),
-            options.step_selection.as_deref(),
-            &KnownState::default(),
-        )
-        .map_err(ExecutorError::from)?;
-        // Then claim the run id, so a second run under the same id never touches the
-        // first one's outputs.
-        let mut record = RunRecord::new(run_id.clone(), job.name(), options.run_config);
-        record.tags = options.tags;
-        record.step_selection = options.step_selection;
-        self.runs.create_run(&record).await?;
-        let mut handle = match executor.start(request) {
-            Ok(handle) => handle,
-            Err(e) => {
-                let _ = self
-                    .runs
-                    .update_status(&run_id, StoredStatus::Failure)
-                    .await;
-                return Err(e.into());
-            }
-        };
-        let started = async {
-            self.runs
-                .change_status(
-                    &run_id,
-                    &StatusChange::to(StoredStatus::Starting).by(orchestrator_name()),
-                )
-                .await?;
-            self.runs
-                .update_status(&run_id, StoredStatus::Started)
-                .await
-        }
-        .await;
-        if let Err(e) = started {
-            handle.interrupt();
-            let _ = handle.wait().await;
-            let _ = self
-                .runs
-                .update_status(&run_id, StoredStatus::Canceled)
-                .await;
-            return Err(e.into());
-        }
-        let watcher = tokio::spawn(watch_for_cancel(
-            self.runs.clone(),
-            run_id.clone(),
-            handle.interrupt_token(),
-        ));
-        let stream = handle.events().expect("a new run's event stream is there");
-        let (forward_tx, forward_rx) = mpsc::channel(MAX_EVENTS_PER_BATCH);
-        let recorder = tokio::spawn(record_events(
-            self.runs.clone(),
-            run_id.clone(),
-            stream,
-            forward_tx,
-        ));
-        Ok(LaunchedRun {
-            run_id,
-            job,
-            handle,
-            events: Some(forward_rx),
-            recorder,
-            watcher,
-            runs: self.runs.clone(),
-        })
+        let record = new_run_record(&job, options);
+        // Plans first: a bad selection or run id is an error, not a run record.
+        create_run(self.runs.as_ref(), &job, &record).await?;
+        let mut request = RunRequest::new(record.run_id.clone(), job.clone())
+            .with_run_config(record.run_config.clone());
+        request.step_selection = record.step_selection.clone();
+        let claim = StatusChange::to(StoredStatus::Starting)
+            .by(orchestrator_name())
+            .expecting(StoredStatus::Queued);
+        let run = RunLauncher::new(executor.clone(), self.runs.clone())
+            .start(request, &claim)
+            .await?;
+        Ok(LaunchedRun { job, run })
+    }
+
+    /// The run launcher of this app: its [`executor`](App::executor) and run store.
+    pub fn launcher(&self) -> Result<RunLauncher, AppError> {
+        Ok(RunLauncher::new(self.executor(None)?, self.runs.clone()))
+    }
+
+    /// Submits a run of `job` as an `execute_job` task and returns at once: the run record
+    /// (QUEUED, with its tags, run config and step selection) is stored, then the task is
+    /// enqueued; a worker built by [`App::worker`] claims and orchestrates the run. An unknown
+    /// job, a bad step selection or run id fails before anything is written.
+    ///
+    /// On the embedded default the in-memory queue only reaches workers of this process.
+    pub async fn submit_run(
+        &self,
+        location: &CodeLocation,
+        job: &str,
+        options: RunOptions,
+    ) -> Result<SubmittedRun, AppError> {
+        let job = find_job(location, job)?;
+        let record = new_run_record(&job, options);
+        Ok(self.launcher()?.submit_run(&job, record).await?)
+    }
+
+    /// Submits a `resume_job` task for run `run_id`: a worker re-runs the steps that did not
+    /// succeed, reusing the stored outputs of those that did. FAILURE and CANCELED runs
+    /// resume; a STARTING or STARTED run (its orchestrator died) only with `force`. Errors:
+    /// [`StorageError::RunNotFound`], and [`LaunchError::NotResumable`] (as
+    /// [`AppError::Launch`]) for a run in another status (a SUCCESS run has nothing to resume).
+    pub async fn submit_resume(&self, run_id: &str, force: bool) -> Result<SubmittedRun, AppError> {
+        Ok(self.launcher()?.submit_resume(run_id, force).await?)
     }
 
     /// Runs `job` to the end on the embedded default's shape: `workers` in-process workers
@@ -615,82 +615,50 @@ pub fn orchestrator_name() -> String {
     format!("stepq@{host}:{}", std::process::id())
 }
 
-/// Watches run `run_id`'s record until the run ends, and cancels `interrupt` once the record
-/// is CANCELING (see the [module docs](self) for why this reads the record rather than waiting
-/// for a notification). A failed read is logged and retried at the next turn.
-async fn watch_for_cancel(runs: Arc<dyn RunStore>, run_id: String, interrupt: CancellationToken) {
-    let mut delay = CANCEL_WATCH_FIRST_DELAY;
-    loop {
-        tokio::select! {
-            _ = interrupt.cancelled() => return,
-            _ = tokio::time::sleep(delay) => {}
-        }
-        match runs.get_run(&run_id).await {
-            Ok(record) if record.status == StoredStatus::Canceling => {
-                tracing::info!(%run_id, "the run is being canceled: interrupting it");
-                interrupt.cancel();
-                return;
-            }
-            Ok(record) if record.status.is_terminal() => return,
-            Ok(_) => {}
-            Err(e) => tracing::warn!(%run_id, error = %e, "cannot read the run's status"),
-        }
-        delay = (delay * 2).min(CANCEL_WATCH_MAX_DELAY);
-    }
+/// The QUEUED record of a new run of `job` with `options` (a fresh UUID unless a run id is
+/// given).
+fn new_run_record(job: &Job, options: RunOptions) -> RunRecord {
+    let run_id = options
+        .run_id
+        .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
+    let mut record = RunRecord::new(run_id, job.name(), options.run_config);
+    record.tags = options.tags;
+    record.step_selection = options.step_selection;
+    record
 }
 
-/// Reads the executor's events, appends them to the run store in batches (whatever has
-/// arrived, up to [`MAX_EVENTS_PER_BATCH`]), and forwards them to `forward` while someone
-/// reads it. Returns the first storage error, after draining the stream so the run is never
-/// held back.
-async fn record_events(
-    runs: Arc<dyn RunStore>,
-    run_id: String,
-    mut stream: EventStream,
-    forward: mpsc::Sender<Event>,
-) -> Result<(), StorageError> {
-    let mut first_error = None;
-    let mut forwarding = true;
-    let mut batch = Vec::new();
-    while let Some(event) = stream.recv().await {
-        batch.push(event);
-        while batch.len() < MAX_EVENTS_PER_BATCH {
-            match futures::FutureExt::now_or_never(stream.recv()) {
-                Some(Some(event)) => batch.push(event),
-                _ => break,
+/// The handler of `execute_job` (or, with `resume`, `resume_job`) tasks on a worker named
+/// `name`: it orchestrates the run with `launcher`, looking its job up in `location`.
+fn orchestration_handler(
+    resume: bool,
+    launcher: RunLauncher,
+    location: Arc<CodeLocation>,
+    name: String,
+) -> TaskHandler {
+    Arc::new(move |task: TaskContext| {
+        let (launcher, location, name) = (launcher.clone(), location.clone(), name.clone());
+        Box::pin(async move {
+            let find = move |job: &str| location.job(job);
+            if resume {
+                launcher.resume_run_task(&name, &task.message, &find).await
+            } else {
+                launcher.execute_run_task(&name, &task.message, &find).await
             }
-        }
-        if first_error.is_none() {
-            if let Err(e) = runs.append_events(&run_id, &batch).await {
-                tracing::error!(%run_id, error = %e, "cannot record run events");
-                first_error = Some(e);
-            }
-        }
-        for event in batch.drain(..) {
-            if forwarding && forward.send(event).await.is_err() {
-                forwarding = false;
-            }
-        }
-    }
-    first_error.map_or(Ok(()), Err)
+        })
+    })
 }
 
 /// A run started by [`App::launch`]: its events (also written to the run store), an
 /// interrupt, and its end.
 pub struct LaunchedRun {
-    run_id: String,
     job: Arc<Job>,
-    handle: RunHandle,
-    events: Option<mpsc::Receiver<Event>>,
-    recorder: JoinHandle<Result<(), StorageError>>,
-    watcher: JoinHandle<()>,
-    runs: Arc<dyn RunStore>,
+    run: RecordedRun,
 }
 
 impl std::fmt::Debug for LaunchedRun {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("LaunchedRun")
-            .field("run_id", &self.run_id)
+            .field("run_id", &self.run.run_id())
             .field("job", &self.job.name())
             .finish_non_exhaustive()
     }
@@ -710,7 +678,7 @@ pub struct FinishedRun {
 impl LaunchedRun {
     /// The run id.
     pub fn run_id(&self) -> &str {
-        &self.run_id
+        self.run.run_id()
     }
 
     /// The job.
@@ -720,60 +688,27 @@ impl LaunchedRun {
 
     /// Takes the event stream (`None` if taken). Read it to the end or drop it.
     pub fn events(&mut self) -> Option<mpsc::Receiver<Event>> {
-        self.events.take()
+        self.run.events()
     }
 
     /// A token that interrupts the run when cancelled.
     pub fn interrupt_token(&self) -> CancellationToken {
-        self.handle.interrupt_token()
+        self.run.interrupt_token()
     }
 
-    /// Interrupts the run (see [`RunHandle::interrupt`]).
+    /// Interrupts the run (see [`stepq_executor::RunHandle::interrupt`]).
     pub fn interrupt(&self) {
-        self.handle.interrupt();
+        self.run.interrupt();
     }
 
     /// Waits for the run to end, for its events to be recorded, and records its final status
-    /// (CANCELED for a run asked to cancel, even one that ended otherwise meanwhile: a
-    /// CANCELING run can only become CANCELED).
-    pub async fn wait(mut self) -> FinishedRun {
-        drop(self.events.take());
-        let result = self.handle.wait().await;
-        self.watcher.abort();
-        let mut recorded = match self.recorder.await {
-            Ok(r) => r,
-            Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
-            Err(e) => Err(StorageError::Io {
-                path: format!("events of run {}", self.run_id),
-                source: std::io::Error::other(format!("the event recorder stopped: {e}")),
-            }),
-        };
-        let status = match result.status {
-            RunStatus::Success => StoredStatus::Success,
-            RunStatus::Failure => StoredStatus::Failure,
-            RunStatus::Canceled => StoredStatus::Canceled,
-        };
-        let mut update = self.runs.update_status(&self.run_id, status).await;
-        if let Err(StorageError::InvalidTransition {
-            from: StoredStatus::Canceling,
-            ..
-        }) = update
-        {
-            update = self
-                .runs
-                .update_status(&self.run_id, StoredStatus::Canceled)
-                .await;
-        }
-        if let Err(e) = update {
-            tracing::error!(run_id = %self.run_id, error = %e, "cannot record the run's status");
-            if recorded.is_ok() {
-                recorded = Err(e);
-            }
-        }
+    /// (see [`RecordedRun::wait`]).
+    pub async fn wait(self) -> FinishedRun {
+        let outcome = self.run.wait().await;
         FinishedRun {
             job: self.job,
-            result,
-            recorded,
+            result: outcome.result,
+            recorded: outcome.recorded,
         }
     }
 }

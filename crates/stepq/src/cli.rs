@@ -17,8 +17,21 @@
 //!   SQS while `stepq worker start` processes do the steps (`--workers N` adds in-process
 //!   ones). Exits 0 on success, 1 on failure, 130 when interrupted (Ctrl-C interrupts the
 //!   run; a second Ctrl-C exits at once).
+//! - `stepq launch JOB [--steps a,b] [--run-config JSON] [--run-id ID] [--tag K=V]`: submits a
+//!   run as an `execute_job` task (distributed config) and prints its run id at once; a worker
+//!   claims the run and orchestrates it (its steps go out as usual). Exits 0 once the run is
+//!   queued; 2 for an unknown job or step.
+//! - `stepq resume RUN_ID [--force]`: submits a `resume_job` task: a worker re-runs the steps
+//!   of a FAILURE or CANCELED run that did not succeed, reusing the stored outputs of those
+//!   that did (attempt numbers count on). `--force` takes over a STARTING / STARTED run whose
+//!   orchestrating worker died. Exits 0 once queued, 2 for an unknown run, 1 for a run that
+//!   cannot be resumed (SUCCESS, still running without `--force`).
+//! - `stepq logs RUN_ID [--follow]`: the run's event log, one line per event; `--follow`
+//!   keeps printing until the run ends.
 //! - `stepq jobs`: the jobs of the code location and the jobs files.
-//! - `stepq status RUN_ID`: a run from the run store, step by step.
+//! - `stepq status RUN_ID`: a run from the run store, step by step, with the worker holding
+//!   each in-flight step (from the workers' health heartbeats) and a line for each step that
+//!   sits on a lost worker.
 //! - `stepq runs [--limit N]`: the latest runs.
 //! - `stepq cancel RUN_ID [--wait SECONDS]`: asks for a run to be canceled, from any terminal
 //!   or machine sharing its run store (the same `.stepq/` directory, or the same bucket). The
@@ -29,7 +42,8 @@
 //!   2 for an unknown run, 1 for a run that already ended or did not end in time.
 //! - `stepq worker start [--concurrency N] [--name NAME]`: a worker service (distributed
 //!   config); stops gracefully on SIGTERM or Ctrl-C and exits 0.
-//! - `stepq worker list`: queue depth of the task queue, and the workers' heartbeats.
+//! - `stepq worker list`: queue depth of the task queue (distributed), and every worker with a
+//!   health heartbeat: live, or LOST once silent for three `worker.health_interval_seconds`.
 //!
 //! Exit code 2 means the command could not start (bad arguments, config, jobs file, unknown
 //! job or run).
@@ -42,7 +56,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
-use stepq_executor::storage::{EventCursor, RunRecord, WorkerHealth, WorkerHeartbeat};
+use stepq_executor::storage::{EventCursor, RunRecord};
 use stepq_executor::RunStatus;
 use stepq_plan::{ExecutionPlan, KnownState};
 use stepq_worker::CodeLocation;
@@ -66,8 +80,9 @@ pub const EXIT_INTERRUPTED: u8 = 130;
 /// Runs with more steps than this get a condensed summary.
 pub const SUMMARY_MAX_ROWS: usize = 40;
 
-/// How often `stepq worker start` writes its heartbeat.
-pub const HEARTBEAT_INTERVAL: Duration = Duration::from_secs(10);
+/// How often `stepq worker start` writes its health heartbeat unless
+/// `worker.health_interval_seconds` says otherwise.
+pub const HEARTBEAT_INTERVAL: Duration = stepq_worker::health::DEFAULT_HEALTH_INTERVAL;
 
 /// The `stepq` command line.
 #[derive(Debug, Parser)]
@@ -106,6 +121,12 @@ pub enum LogFormat {
 pub enum Command {
     /// Run a job and wait for it, with live progress and a summary.
     Run(RunArgs),
+    /// Submit a run as a task and print its id at once; a worker runs it (distributed config).
+    Launch(LaunchArgs),
+    /// Re-run, on a worker, the steps of a run that did not succeed.
+    Resume(ResumeArgs),
+    /// Print a run's event log.
+    Logs(LogsArgs),
     /// List the jobs of the code location and the jobs files.
     Jobs,
     /// Show a run, step by step, from the run store.
@@ -124,6 +145,45 @@ pub enum Command {
     /// Run or inspect workers.
     #[command(subcommand)]
     Worker(WorkerCommand),
+}
+
+/// Arguments of `stepq launch`.
+#[derive(Debug, Args)]
+pub struct LaunchArgs {
+    /// Job name.
+    pub job: String,
+    /// Run only these steps (comma-separated keys).
+    #[arg(long, value_delimiter = ',', value_name = "STEP,...")]
+    pub steps: Option<Vec<String>>,
+    /// Run config handed to every op: JSON text, or @FILE to read it from a file.
+    #[arg(long, value_name = "JSON")]
+    pub run_config: Option<String>,
+    /// Run id (default: a fresh UUID).
+    #[arg(long, value_name = "ID")]
+    pub run_id: Option<String>,
+    /// A tag stored on the run record (repeatable).
+    #[arg(long = "tag", value_name = "KEY=VALUE")]
+    pub tags: Vec<String>,
+}
+
+/// Arguments of `stepq resume`.
+#[derive(Debug, Args)]
+pub struct ResumeArgs {
+    /// The run id.
+    pub run_id: String,
+    /// Also take over a STARTING or STARTED run (its orchestrator died).
+    #[arg(long)]
+    pub force: bool,
+}
+
+/// Arguments of `stepq logs`.
+#[derive(Debug, Args)]
+pub struct LogsArgs {
+    /// The run id.
+    pub run_id: String,
+    /// Keep printing new events until the run ends.
+    #[arg(long, short)]
+    pub follow: bool,
 }
 
 /// Arguments of `stepq cancel`.
@@ -206,6 +266,7 @@ impl From<AppError> for Failure {
             | AppError::UnknownJob { .. }
             | AppError::Executor(_)
             | AppError::NotDistributed { .. } => Failure::usage(e),
+            AppError::Launch(stepq_executor::LaunchError::UnknownJob { .. }) => Failure::usage(e),
             AppError::Storage(stepq_executor::storage::StorageError::RunNotFound { .. }) => {
                 Failure::usage(e)
             }
@@ -311,6 +372,18 @@ async fn dispatch(cli: Cli, base: CodeLocation) -> Result<u8, Failure> {
             let app = make_app(&config).await.map_err(Failure::usage)?;
             cancel_run(&app, args).await
         }
+        Command::Launch(args) => {
+            let app = make_app(&config).await.map_err(Failure::usage)?;
+            launch_run(&app, &location, args).await
+        }
+        Command::Resume(args) => {
+            let app = make_app(&config).await.map_err(Failure::usage)?;
+            resume_run(&app, args).await
+        }
+        Command::Logs(args) => {
+            let app = make_app(&config).await.map_err(Failure::usage)?;
+            show_logs(&app, args).await
+        }
         Command::Worker(WorkerCommand::Start(args)) => {
             let app = make_app(&config).await.map_err(Failure::usage)?;
             start_worker(&app, location, args).await
@@ -351,7 +424,7 @@ fn print_jobs(base: &CodeLocation, files: &[ShellJobs]) {
 }
 
 /// An aligned table; the last column is not padded.
-fn simple_table<const N: usize>(header: [&str; N], rows: &[[String; N]]) -> String {
+pub(crate) fn simple_table<const N: usize>(header: [&str; N], rows: &[[String; N]]) -> String {
     let mut widths = header.map(|h| h.chars().count());
     for row in rows {
         for (w, cell) in widths.iter_mut().zip(row) {
@@ -607,7 +680,129 @@ async fn show_status(app: &App, run_id: &str) -> Result<u8, Failure> {
         println!("steps:        {}", steps.join(", "));
     }
     println!();
-    print!("{}", render_table(&rows_from_events(&events)));
+    let mut rows = rows_from_events(&events);
+    let placed = match crate::health::worker_states(app).await {
+        Ok(workers) => crate::health::place_in_flight(
+            run_id,
+            record.status.is_terminal(),
+            &mut rows,
+            &workers,
+            app.config().health_interval(),
+            crate::health::visibility_timeout(app),
+        ),
+        Err(e) => {
+            eprintln!("warning: cannot read the workers' heartbeats: {e}");
+            Vec::new()
+        }
+    };
+    print!("{}", render_table(&rows));
+    if !placed.is_empty() {
+        println!();
+        placed.iter().for_each(|line| println!("{line}"));
+    }
+    Ok(0)
+}
+
+/// `KEY=VALUE` tags.
+fn parse_tags(tags: &[String]) -> Result<BTreeMap<String, String>, Failure> {
+    tags.iter()
+        .map(|tag| match tag.split_once('=') {
+            Some((key, value)) if !key.trim().is_empty() => {
+                Ok((key.trim().to_string(), value.to_string()))
+            }
+            _ => Err(Failure::usage(format!("--tag `{tag}` is not KEY=VALUE"))),
+        })
+        .collect()
+}
+
+async fn launch_run(app: &App, location: &CodeLocation, args: LaunchArgs) -> Result<u8, Failure> {
+    let job = find_job(location, &args.job)?;
+    let options = RunOptions {
+        run_id: args.run_id,
+        step_selection: args.steps,
+        run_config: parse_run_config(args.run_config.as_deref())?,
+        tags: parse_tags(&args.tags)?,
+    };
+    ExecutionPlan::new(
+        job.clone(),
+        options.step_selection.as_deref(),
+        &KnownState::default(),
+    )
+    .map_err(Failure::usage)?;
+    if app.mode() == Mode::Embedded {
+        return Err(AppError::NotDistributed {
+            what: "`stepq launch` (a worker must pick the run up; use `stepq run` on the embedded default)",
+        }
+        .into());
+    }
+    app.startup().await?;
+    let submitted = app.submit_run(location, job.name(), options).await;
+    let _ = app.shutdown().await;
+    let submitted = submitted?;
+    println!("{}", submitted.run_id);
+    eprintln!(
+        "run {} of job `{}` queued: `stepq logs {} --follow` follows it",
+        submitted.run_id,
+        job.name(),
+        submitted.run_id
+    );
+    Ok(0)
+}
+
+async fn resume_run(app: &App, args: ResumeArgs) -> Result<u8, Failure> {
+    if app.mode() == Mode::Embedded {
+        return Err(AppError::NotDistributed {
+            what: "`stepq resume` (a worker must pick the run up)",
+        }
+        .into());
+    }
+    app.startup().await?;
+    let submitted = app.submit_resume(&args.run_id, args.force).await;
+    let _ = app.shutdown().await;
+    let submitted = submitted?;
+    println!("{}", submitted.run_id);
+    eprintln!(
+        "run {} queued for resume: `stepq logs {} --follow` follows it",
+        submitted.run_id, submitted.run_id
+    );
+    Ok(0)
+}
+
+/// One `stepq logs` line: the event's time and what it says.
+fn log_line(event: &stepq_plan::Event) -> String {
+    format!(
+        "{} {}",
+        format_timestamp(event.timestamp_us),
+        crate::progress::describe_event(event)
+    )
+}
+
+async fn show_logs(app: &App, args: LogsArgs) -> Result<u8, Failure> {
+    use futures::StreamExt;
+    let run_id = args.run_id.as_str();
+    // An unknown run exits 2.
+    let record = app.runs().get_run(run_id).await.map_err(AppError::from)?;
+    if !args.follow {
+        let events = stepq_executor::launcher::read_all_events(app.runs().as_ref(), run_id)
+            .await
+            .map_err(AppError::from)?;
+        for event in &events {
+            println!("{}", log_line(event));
+        }
+        return Ok(0);
+    }
+    let runs = app.runs().clone();
+    let mut events = std::pin::pin!(stepq_executor::storage::follow_events(
+        runs.as_ref(),
+        run_id,
+        EventCursor::START
+    ));
+    while let Some(event) = events.next().await {
+        let event = event.map_err(|e| Failure::runtime(AppError::from(e)))?;
+        println!("{}", log_line(&event));
+    }
+    let ended = app.runs().get_run(run_id).await.unwrap_or(record);
+    println!("run {run_id} {}", ended.status);
     Ok(0)
 }
 
@@ -738,28 +933,11 @@ async fn start_worker(
     }
     app.startup().await?;
     let worker = app.worker(location, config).map_err(Failure::usage)?;
-    let running = worker.cancel_handle();
     let stop = CancellationToken::new();
-    let heartbeats = app.heartbeats().clone();
-    let beat_stop = stop.clone();
-    let beat_name = name.clone();
-    let beats = tokio::spawn(async move {
-        let mut beat = WorkerHeartbeat::new(beat_name, host_name(), std::process::id());
-        loop {
-            beat.last_seen = stepq_plan::events::now_us();
-            beat.tasks_running = running.running().len() as u64;
-            if let Err(e) = heartbeats.put_heartbeat(&beat).await {
-                tracing::warn!(error = %e, "cannot write the worker heartbeat");
-            }
-            tokio::select! {
-                _ = beat_stop.cancelled() => break,
-                _ = tokio::time::sleep(HEARTBEAT_INTERVAL) => {}
-            }
-        }
-        if let Err(e) = heartbeats.remove_heartbeat(&beat.worker_id).await {
-            tracing::warn!(error = %e, "cannot remove the worker heartbeat");
-        }
-    });
+    // Health heartbeats until the worker has stopped (its grace period included).
+    let health = crate::health::start_worker_health(app, &worker, &name)
+        .await
+        .map_err(Failure::runtime)?;
     let signal_stop = stop.clone();
     tokio::spawn(async move {
         shutdown_signal().await;
@@ -768,7 +946,9 @@ async fn start_worker(
     });
     let outcome = app.run_worker(worker, &name, stop.clone()).await;
     stop.cancel();
-    let _ = beats.await;
+    if let Err(e) = health.stop().await {
+        tracing::warn!(error = %e, "cannot remove the worker heartbeat");
+    }
     // Also ends the cancel subscription (deleting the worker's SQS inbox).
     if let Err(e) = app.shutdown().await {
         tracing::warn!(error = %e, "cannot shut the broker down cleanly");
@@ -780,46 +960,36 @@ async fn start_worker(
 }
 
 async fn list_workers(app: &App) -> Result<u8, Failure> {
-    let depth = app.queue_depth().await?;
-    let url = app.config().sqs.queue_url.clone().unwrap_or_default();
-    print!(
-        "{}",
-        simple_table(
-            ["QUEUE", "URL", "VISIBLE", "NOT VISIBLE", "DELAYED"],
-            &[[
-                "task".to_string(),
-                url,
-                depth.visible.to_string(),
-                depth.not_visible.to_string(),
-                depth.delayed.to_string(),
-            ]],
-        )
-    );
-    let workers = app
-        .heartbeats()
-        .list_workers(stepq_plan::events::now_us(), HEARTBEAT_INTERVAL)
+    if app.mode() == Mode::Embedded {
+        println!("task queue: in memory, inside each `stepq run` process (embedded default)");
+    } else {
+        let depth = app.queue_depth().await?;
+        let url = app.config().sqs.queue_url.clone().unwrap_or_default();
+        print!(
+            "{}",
+            simple_table(
+                ["QUEUE", "URL", "VISIBLE", "NOT VISIBLE", "DELAYED"],
+                &[[
+                    "task".to_string(),
+                    url,
+                    depth.visible.to_string(),
+                    depth.not_visible.to_string(),
+                    depth.delayed.to_string(),
+                ]],
+            )
+        );
+    }
+    let workers = crate::health::worker_states(app)
         .await
         .map_err(AppError::from)?;
     println!();
-    let rows: Vec<[String; 5]> = workers
-        .iter()
-        .map(|w| {
-            let h = &w.heartbeat;
-            [
-                h.worker_id.clone(),
-                h.host.clone(),
-                match w.health {
-                    WorkerHealth::Live => "live".to_string(),
-                    WorkerHealth::Lost => "lost".to_string(),
-                },
-                h.tasks_running.to_string(),
-                format_timestamp(h.last_seen),
-            ]
-        })
-        .collect();
     print!(
         "{}",
-        simple_table(["WORKER", "HOST", "HEALTH", "RUNNING", "LAST SEEN"], &rows)
+        crate::health::render_workers(
+            &workers,
+            stepq_plan::events::now_us(),
+            app.config().health_interval()
+        )
     );
     Ok(0)
 }
@@ -924,6 +1094,48 @@ mod tests {
         assert_eq!(args.wait, 0.0);
         let cli = Cli::parse_from(["stepq", "cancel", "run-2"]);
         assert!(matches!(cli.command, Command::Cancel(CancelArgs { wait, .. }) if wait == 30.0));
+    }
+
+    #[test]
+    fn launch_resume_and_logs_arguments_parse() {
+        let cli = Cli::parse_from([
+            "stepq",
+            "launch",
+            "slow",
+            "--steps",
+            "slow_0,slow_1",
+            "--run-config",
+            "{\"sleep_ms\": 5}",
+            "--run-id",
+            "r1",
+            "--tag",
+            "owner=me",
+            "--tag",
+            "team=data=eng",
+        ]);
+        let Command::Launch(args) = cli.command else {
+            panic!("not a launch")
+        };
+        assert_eq!(args.job, "slow");
+        assert_eq!(args.steps.unwrap(), ["slow_0", "slow_1"]);
+        assert_eq!(args.run_id.as_deref(), Some("r1"));
+        let tags = parse_tags(&args.tags).unwrap();
+        assert_eq!(tags["owner"], "me");
+        assert_eq!(tags["team"], "data=eng");
+        let e = parse_tags(&["nope".to_string()]).unwrap_err();
+        assert_eq!(e.code, EXIT_USAGE);
+        assert!(e.message.contains("KEY=VALUE"), "{}", e.message);
+
+        let cli = Cli::parse_from(["stepq", "resume", "r1", "--force"]);
+        assert!(matches!(
+            cli.command,
+            Command::Resume(ResumeArgs { force: true, .. })
+        ));
+        let cli = Cli::parse_from(["stepq", "logs", "r1", "-f"]);
+        assert!(matches!(
+            cli.command,
+            Command::Logs(LogsArgs { follow: true, .. })
+        ));
     }
 
     #[test]

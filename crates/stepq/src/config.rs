@@ -28,10 +28,12 @@
 //! [worker]
 //! concurrency = 8
 //! grace_period_seconds = 30
+//! health_interval_seconds = 10  # worker health heartbeat; lost after 3 missed
 //! ```
 //!
 //! Environment variables override the file: `STEPQ_SQS_QUEUE_URL`, `STEPQ_SQS_ENDPOINT_URL`,
-//! `STEPQ_S3_BUCKET_NAME`, `STEPQ_S3_ENDPOINT_URL` and `AWS_DEFAULT_REGION`.
+//! `STEPQ_S3_BUCKET_NAME`, `STEPQ_S3_ENDPOINT_URL`, `AWS_DEFAULT_REGION` and
+//! `STEPQ_WORKER_HEALTH_INTERVAL_SECONDS`.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -49,6 +51,8 @@ pub const ENV_S3_BUCKET_NAME: &str = "STEPQ_S3_BUCKET_NAME";
 pub const ENV_S3_ENDPOINT_URL: &str = "STEPQ_S3_ENDPOINT_URL";
 /// Environment variable overriding `sqs.region_name` (and the S3 region).
 pub const ENV_AWS_DEFAULT_REGION: &str = "AWS_DEFAULT_REGION";
+/// Environment variable overriding `worker.health_interval_seconds`.
+pub const ENV_WORKER_HEALTH_INTERVAL_SECONDS: &str = "STEPQ_WORKER_HEALTH_INTERVAL_SECONDS";
 
 /// Why a configuration could not be loaded or used.
 #[derive(Debug, thiserror::Error)]
@@ -161,6 +165,12 @@ pub struct S3Section {
     pub endpoint_url: Option<String>,
     /// Region; unset uses `sqs.region_name`, then the AWS config chain.
     pub region_name: Option<String>,
+    /// Also store every step task's result in S3 (`<base_path>/results/`) when the
+    /// orchestrator's reply-queue notification carries it. Default `false`: a result that fits
+    /// in the notification (under 200 KiB) travels only there (two requests fewer per step);
+    /// SQS keeps it durably, and a worker that cannot send the notification stores the S3
+    /// copy instead. Step outputs are always stored in S3, whatever this says.
+    pub store_results: bool,
 }
 
 impl Default for S3Section {
@@ -170,6 +180,7 @@ impl Default for S3Section {
             base_path: "stepq".to_string(),
             endpoint_url: None,
             region_name: None,
+            store_results: false,
         }
     }
 }
@@ -228,6 +239,11 @@ pub struct ExecutorSection {
     /// On interrupt or fail-fast, how long in-flight steps get to report before they are
     /// recorded as canceled, in seconds.
     pub cancel_grace_seconds: f64,
+    /// Send a linear run of steps (each the only downstream step of the previous one, reading
+    /// only from it, same tags and retry policy) as one task, up to 16 steps: one queue
+    /// round trip for the run instead of one per step. Events, attempts and retries stay per
+    /// step. Default true.
+    pub fuse_chains: bool,
 }
 
 impl Default for ExecutorSection {
@@ -239,6 +255,7 @@ impl Default for ExecutorSection {
             step_timeout_seconds: None,
             fail_fast: false,
             cancel_grace_seconds: 10.0,
+            fuse_chains: true,
         }
     }
 }
@@ -251,6 +268,11 @@ pub struct WorkerSection {
     pub concurrency: Option<usize>,
     /// On shutdown, how long in-flight steps may finish before they are cancelled, in seconds.
     pub grace_period_seconds: f64,
+    /// How often a worker writes its health heartbeat (what it runs, under `workers/`), in
+    /// seconds (> 0, default 10). `stepq worker list` calls a worker lost once its last
+    /// heartbeat is three of these old, so every process sharing the store should agree on
+    /// it. Not the SQS visibility heartbeat, which follows `sqs.config_source.visibility_timeout`.
+    pub health_interval_seconds: f64,
 }
 
 impl Default for WorkerSection {
@@ -258,6 +280,7 @@ impl Default for WorkerSection {
         WorkerSection {
             concurrency: None,
             grace_period_seconds: 30.0,
+            health_interval_seconds: stepq_worker::health::DEFAULT_HEALTH_INTERVAL.as_secs_f64(),
         }
     }
 }
@@ -344,6 +367,16 @@ impl StepqConfig {
         }
         if let Some(v) = get(ENV_AWS_DEFAULT_REGION) {
             self.sqs.region_name = Some(v);
+        }
+        if let Some(v) = get(ENV_WORKER_HEALTH_INTERVAL_SECONDS) {
+            self.worker.health_interval_seconds = v.trim().parse().map_err(|_| {
+                ConfigError::invalid(
+                    "worker.health_interval_seconds",
+                    format!(
+                        "{ENV_WORKER_HEALTH_INTERVAL_SECONDS}=`{v}` is not a number of seconds"
+                    ),
+                )
+            })?;
         }
         Ok(())
     }
@@ -499,6 +532,13 @@ impl StepqConfig {
                 format!("must be a number of seconds >= 0, got {g}"),
             ));
         }
+        let h = self.worker.health_interval_seconds;
+        if !(h.is_finite() && h > 0.0 && h < 1e9) {
+            return Err(ConfigError::invalid(
+                "worker.health_interval_seconds",
+                format!("must be a positive number of seconds, got {h}"),
+            ));
+        }
         Ok(())
     }
 
@@ -512,6 +552,12 @@ impl StepqConfig {
     /// `worker.grace_period_seconds` as a duration.
     pub fn grace_period(&self) -> std::time::Duration {
         std::time::Duration::from_secs_f64(self.worker.grace_period_seconds)
+    }
+
+    /// `worker.health_interval_seconds` as a duration: how often workers write their health
+    /// heartbeat, and the unit `stepq worker list` counts missed heartbeats in.
+    pub fn health_interval(&self) -> std::time::Duration {
+        std::time::Duration::from_secs_f64(self.worker.health_interval_seconds)
     }
 
     /// `worker.concurrency`, or the number of cores.
@@ -652,6 +698,7 @@ mod tests {
             retry_mode = "deferred"
             step_timeout_seconds = 90
             fail_fast = true
+            fuse_chains = false
             tag_concurrency_limits = [{ key = "db", value = "warehouse", limit = 2 }, { key = "gpu", value = "a100", limit = 1 }]
             [worker]
             concurrency = 3
@@ -665,10 +712,21 @@ mod tests {
         assert_eq!(c.executor.retry_mode, RetryModeSetting::Deferred);
         assert_eq!(c.step_timeout(), Some(std::time::Duration::from_secs(90)));
         assert!(c.executor.fail_fast);
+        assert!(!c.executor.fuse_chains);
+        assert!(ExecutorSection::default().fuse_chains);
         assert_eq!(c.executor.tag_concurrency_limits.len(), 2);
         assert_eq!(c.executor.tag_concurrency_limits[1].value, "a100");
         assert_eq!(c.worker_concurrency(), 3);
         assert_eq!(c.grace_period(), std::time::Duration::from_millis(2500));
+    }
+
+    #[test]
+    fn results_are_reply_only_unless_store_results() {
+        assert!(!parse("").unwrap().s3.store_results);
+        let c = parse("[s3]\nstore_results = true").unwrap();
+        assert!(c.s3.store_results);
+        let err = parse("[s3]\nstore_result = true").unwrap_err();
+        assert!(err.to_string().contains("store_result"), "{err}");
     }
 
     #[test]
@@ -921,6 +979,38 @@ mod tests {
             .unwrap_err();
         assert!(matches!(err, ConfigError::Read { .. }));
         assert!(err.to_string().contains("/nonexistent/stepq.toml"));
+    }
+
+    #[test]
+    fn health_interval_is_read_validated_and_overridable() {
+        assert_eq!(
+            StepqConfig::default().health_interval(),
+            std::time::Duration::from_secs(10)
+        );
+        let c = parse("[worker]\nhealth_interval_seconds = 0.25").unwrap();
+        assert_eq!(c.health_interval(), std::time::Duration::from_millis(250));
+        for bad in ["0", "-1", "nan", "inf"] {
+            assert_eq!(
+                invalid_key(&format!("[worker]\nhealth_interval_seconds = {bad}")),
+                "worker.health_interval_seconds",
+                "{bad}"
+            );
+        }
+        let c =
+            StepqConfig::load(None, &env(&[(ENV_WORKER_HEALTH_INTERVAL_SECONDS, "2.5")])).unwrap();
+        assert_eq!(c.health_interval(), std::time::Duration::from_millis(2500));
+        for bad in ["soon", "0"] {
+            let err = StepqConfig::load(None, &env(&[(ENV_WORKER_HEALTH_INTERVAL_SECONDS, bad)]))
+                .unwrap_err();
+            assert!(
+                matches!(&err, ConfigError::Invalid { key, .. } if key == "worker.health_interval_seconds"),
+                "{bad}: {err:?}"
+            );
+        }
+        let msg = StepqConfig::load(None, &env(&[(ENV_WORKER_HEALTH_INTERVAL_SECONDS, "soon")]))
+            .unwrap_err()
+            .to_string();
+        assert!(msg.contains(ENV_WORKER_HEALTH_INTERVAL_SECONDS), "{msg}");
     }
 
     #[test]

@@ -70,6 +70,7 @@ pub mod app;
 pub mod cli;
 pub mod config;
 pub mod examples;
+pub mod health;
 pub mod progress;
 pub mod report;
 pub mod toml_jobs;

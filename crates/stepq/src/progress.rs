@@ -79,6 +79,65 @@ impl Counts {
     }
 }
 
+/// One line of text saying what `event` says, e.g. `add_one succeeded in 2.0ms`,
+/// `flaky failed, will retry: [op_error] ...`, `run started` (the lines of [`Progress`] and
+/// of `stepq logs`).
+pub fn describe_event(event: &Event) -> String {
+    let Some(step) = event.step_key.as_deref() else {
+        return match &event.kind {
+            EventKind::RunStarting => "run starting".to_string(),
+            EventKind::RunStarted => "run started".to_string(),
+            EventKind::RunSuccess => "run succeeded".to_string(),
+            EventKind::RunFailure { errors } if errors.is_empty() => "run failed".to_string(),
+            EventKind::RunFailure { errors } => format!(
+                "run failed: {}",
+                errors
+                    .iter()
+                    .map(ToString::to_string)
+                    .collect::<Vec<_>>()
+                    .join("; ")
+            ),
+            EventKind::RunCanceled => "run canceled".to_string(),
+            EventKind::EngineEvent { message } => message.clone(),
+            other => format!("{other:?}"),
+        };
+    };
+    match &event.kind {
+        EventKind::StepQueued { attempt, task_id } => {
+            format!("{step} queued, attempt {attempt} (task {task_id})")
+        }
+        EventKind::StepStart { attempt, worker } => {
+            format!("{step} started on {worker}, attempt {attempt}")
+        }
+        EventKind::StepInputLoaded { input, bytes } => {
+            format!("{step} loaded input `{input}` ({bytes} bytes)")
+        }
+        EventKind::StepOutputHandled { output, bytes } => {
+            format!("{step} stored output `{output}` ({bytes} bytes)")
+        }
+        EventKind::StepSuccess { duration } => {
+            format!("{step} succeeded in {}", human_duration(*duration))
+        }
+        EventKind::StepFailure {
+            error,
+            will_retry: true,
+        } => format!("{step} failed, will retry: {error}"),
+        EventKind::StepFailure { error, .. } => format!("{step} failed: {error}"),
+        EventKind::StepRetry { attempt, delay } => {
+            let after = if delay.is_zero() {
+                String::new()
+            } else {
+                format!(" in {}", human_duration(*delay))
+            };
+            format!("{step}: retrying, attempt {attempt}{after}")
+        }
+        EventKind::StepSkipped { reason } => format!("{step} skipped: {reason}"),
+        EventKind::StepCanceled => format!("{step} canceled"),
+        EventKind::EngineEvent { message } => format!("{step}: {message}"),
+        other => format!("{step}: {other:?}"),
+    }
+}
+
 /// Follows a run's events and shows them.
 pub struct Progress {
     phases: HashMap<String, Phase>,
@@ -157,6 +216,12 @@ impl Progress {
         format!("[{}/{}]", self.counts.finished(), self.counts.total)
     }
 
+    /// The line of a step reaching a final state, after the finished / total position.
+    fn final_line(&mut self, event: &Event) {
+        let pos = self.position();
+        self.line(format!("{pos} {}", describe_event(event)));
+    }
+
     /// Takes one event into account.
     pub fn on_event(&mut self, event: &Event) {
         let Some(step) = event.step_key.as_deref() else {
@@ -168,45 +233,33 @@ impl Progress {
         match &event.kind {
             EventKind::StepQueued { .. } => self.move_to(step, Phase::Queued),
             EventKind::StepStart { .. } => self.move_to(step, Phase::Running),
-            EventKind::StepSuccess { duration } => {
+            EventKind::StepSuccess { .. } => {
                 self.move_to(step, Phase::Succeeded);
                 if self.bar.is_none() {
-                    let pos = self.position();
-                    self.line(format!(
-                        "{pos} {step} succeeded in {}",
-                        human_duration(*duration)
-                    ));
+                    self.final_line(event);
                 }
             }
-            EventKind::StepFailure { error, will_retry } => {
+            EventKind::StepFailure { will_retry, .. } => {
                 // The orchestrator's event: `will_retry` is its decision.
                 if *will_retry {
                     self.move_to(step, Phase::Retrying);
-                    self.line(format!("{step} failed, will retry: {error}"));
+                    self.line(describe_event(event));
                 } else {
                     self.move_to(step, Phase::Failed);
-                    let pos = self.position();
-                    self.line(format!("{pos} {step} failed: {error}"));
+                    self.final_line(event);
                 }
             }
-            EventKind::StepRetry { attempt, delay } => {
+            EventKind::StepRetry { .. } => {
                 self.move_to(step, Phase::Retrying);
-                let after = if delay.is_zero() {
-                    String::new()
-                } else {
-                    format!(" in {}", human_duration(*delay))
-                };
-                self.line(format!("{step}: retrying, attempt {attempt}{after}"));
+                self.line(describe_event(event));
             }
-            EventKind::StepSkipped { reason } => {
+            EventKind::StepSkipped { .. } => {
                 self.move_to(step, Phase::Skipped);
-                let pos = self.position();
-                self.line(format!("{pos} {step} skipped: {reason}"));
+                self.final_line(event);
             }
             EventKind::StepCanceled => {
                 self.move_to(step, Phase::Canceled);
-                let pos = self.position();
-                self.line(format!("{pos} {step} canceled"));
+                self.final_line(event);
             }
             _ => {}
         }
@@ -322,6 +375,48 @@ mod tests {
         assert!(
             text.contains("[3/3] c skipped: upstream step `b` did not succeed"),
             "{text}"
+        );
+    }
+
+    #[test]
+    fn every_event_has_a_line() {
+        let run = |kind| describe_event(&Event::run("r", kind));
+        assert_eq!(run(EventKind::RunStarted), "run started");
+        assert_eq!(
+            run(EventKind::RunFailure {
+                errors: vec![ErrorInfo::new("a", "x"), ErrorInfo::new("b", "y")]
+            }),
+            "run failed: [a] x; [b] y"
+        );
+        assert_eq!(
+            describe_event(&ev(
+                "s",
+                EventKind::StepStart {
+                    attempt: 2,
+                    worker: "w1".into()
+                }
+            )),
+            "s started on w1, attempt 2"
+        );
+        assert_eq!(
+            describe_event(&ev(
+                "s",
+                EventKind::StepOutputHandled {
+                    output: "result".into(),
+                    bytes: 3
+                }
+            )),
+            "s stored output `result` (3 bytes)"
+        );
+        assert_eq!(
+            describe_event(&ev(
+                "s",
+                EventKind::StepRetry {
+                    attempt: 3,
+                    delay: Duration::from_millis(5)
+                }
+            )),
+            "s: retrying, attempt 3 in 5.0ms"
         );
     }
 

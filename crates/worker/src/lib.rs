@@ -45,6 +45,7 @@
 //!         retry_mode: RetryMode::Enabled,
 //!         attempt: 1,
 //!         run_config: serde_json::Value::Null,
+//!         inline_inputs: Vec::new(),
 //!     };
 //!     let report = execute_step(&location, &store, &args, step, "doc-worker", &cancel).await;
 //!     assert_eq!(report.status, StepStatus::Success { emitted: vec!["result".into()] });
@@ -56,6 +57,8 @@
 //!
 //! To serve steps from a queue, wrap the location in a [`Worker`]:
 //! `Worker::new(Arc::new(location), queue, outputs, WorkerConfig::default())?.run(stop).await`.
+//! A [`HealthWriter`] on the worker's [`activity`](Worker::activity) writes its health
+//! heartbeat (what it runs, for `stepq worker list` and `stepq status`); see [`health`].
 
 #![warn(missing_docs)]
 
@@ -63,6 +66,7 @@ pub mod canceled;
 pub mod context;
 pub mod error;
 pub mod execute;
+pub mod health;
 pub mod io;
 pub mod location;
 pub mod op;
@@ -72,7 +76,11 @@ pub use canceled::step_canceled_result;
 pub use context::OpContext;
 pub use error::{OpError, OpResultExt, OP_ERROR_KIND};
 pub use execute::execute_step;
+pub use health::{HealthError, HealthHandle, HealthWriter, WorkerActivity};
 pub use io::{decode_value, encode_value, StepInputs, StepOutputs};
 pub use location::{CodeLocation, CodeLocationBuilder, LocationError, LocationErrors};
 pub use op::{op_fn, op_map, op_output, Op};
-pub use worker::{Worker, WorkerConfig, WorkerError, WorkerStats};
+pub use worker::{
+    Worker, WorkerConfig, WorkerError, WorkerStats, DEFAULT_INLINE_OUTPUT_LIMIT,
+    DEFAULT_VISIBILITY_TIMEOUT,
+};

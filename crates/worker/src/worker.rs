@@ -9,17 +9,22 @@ use stepq_broker::{
     TaskHandler, TaskOutcome, TaskQueue,
 };
 use stepq_executor::protocol;
-use stepq_plan::StepStatus;
+use stepq_plan::{ExecuteStepArgs, StepReport, StepStatus};
 use stepq_results::{OutputStore, TaskError};
 use tokio_util::sync::CancellationToken;
 
-use crate::execute::execute_step;
+use crate::execute::{run_step, InlineInputs, InlineOptions};
+use crate::health::WorkerActivity;
 use crate::location::CodeLocation;
 
 /// Error kind of a task whose step arguments do not decode (or name no step).
 pub const INVALID_STEP_ARGS: &str = "InvalidStepArgs";
 /// Error kind of a task whose step reports could not be encoded.
 pub const REPORT_ENCODE_ERROR: &str = "ReportEncodeError";
+
+/// The visibility timeout [`WorkerConfig::default`] is made for: the SQS broker's default
+/// (`stepq_broker::sqs::DEFAULT_VISIBILITY_TIMEOUT`, 10 s).
+pub const DEFAULT_VISIBILITY_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Worker settings.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -31,17 +36,32 @@ pub struct WorkerConfig {
     /// On stop, how long in-flight tasks may run before they are cancelled and returned to the
     /// queue (default 30 s).
     pub grace_period: Duration,
-    /// While a task runs, its message stays invisible for this much more ... (default 30 s)
+    /// While a task runs, its message stays invisible for this much more ... (default 10 s,
+    /// the SQS default visibility timeout)
     pub heartbeat_extension: Duration,
-    /// ... renewed this often (default 10 s; must be shorter than the extension). `None`
-    /// disables heartbeats: long steps are then redelivered after the broker's visibility
-    /// timeout.
+    /// ... renewed this often (default a third of that; must be shorter than the extension,
+    /// and the first renewal must come well within the broker's visibility timeout, which a
+    /// delivered message may already have spent half of in the receive buffer). `None`
+    /// disables these visibility heartbeats: long steps are then redelivered after the
+    /// broker's visibility timeout. (Not the worker's health heartbeat: see
+    /// [`health`](crate::health).)
     pub heartbeat_interval: Option<Duration>,
+    /// A successful step's outputs up to this many bytes each (at most eight such outputs'
+    /// worth per step) are also copied into its report, so the orchestrator can hand them to
+    /// downstream steps in their messages instead of each reading the output store. Every
+    /// output is stored either way. Default [`DEFAULT_INLINE_OUTPUT_LIMIT`] (8 KiB); 0 turns
+    /// copies off.
+    pub inline_output_limit: usize,
 }
 
+/// Default [`WorkerConfig::inline_output_limit`]: 8 KiB.
+pub const DEFAULT_INLINE_OUTPUT_LIMIT: usize = 8 * 1024;
+
 impl Default for WorkerConfig {
-    /// The receiver's defaults: name `hostname-pid`, concurrency = cores, 30 s grace, a
-    /// heartbeat every 10 s extending visibility by 30 s.
+    /// Name `hostname-pid`, concurrency = cores, 30 s grace (the receiver's defaults), and
+    /// visibility heartbeats safe on the SQS broker's default visibility timeout: every
+    /// 3.3 s, each keeping the message hidden 10 s more (see
+    /// [`with_visibility_timeout`](WorkerConfig::with_visibility_timeout)).
     fn default() -> Self {
         let r = ReceiverConfig::default();
         WorkerConfig {
@@ -50,7 +70,9 @@ impl Default for WorkerConfig {
             grace_period: r.grace_period,
             heartbeat_extension: r.heartbeat_extension,
             heartbeat_interval: r.heartbeat_interval,
+            inline_output_limit: DEFAULT_INLINE_OUTPUT_LIMIT,
         }
+        .with_visibility_timeout(DEFAULT_VISIBILITY_TIMEOUT)
     }
 }
 
@@ -72,6 +94,19 @@ impl WorkerConfig {
     /// Sets the grace period.
     pub fn with_grace_period(mut self, grace_period: Duration) -> Self {
         self.grace_period = grace_period;
+        self
+    }
+
+    /// Fits the visibility heartbeats to a broker whose deliveries stay hidden for
+    /// `visibility` (the SQS queue's or receive's visibility timeout): each heartbeat keeps a
+    /// running step's message hidden one `visibility` more, and they come three times per
+    /// `visibility`. The first comes after a third of it, while a delivered message has at
+    /// least half of it left (the SQS broker renews messages that waited longer in its
+    /// buffer), so a slow step is never delivered twice; a killed worker's step is delivered
+    /// again within one `visibility` of its last heartbeat.
+    pub fn with_visibility_timeout(mut self, visibility: Duration) -> Self {
+        self.heartbeat_extension = visibility;
+        self.heartbeat_interval = Some(visibility / 3);
         self
     }
 
@@ -152,10 +187,93 @@ struct StepRunner {
     location: Arc<CodeLocation>,
     outputs: Arc<dyn OutputStore>,
     worker_name: String,
+    inline: InlineOptions,
     counters: StepCounters,
 }
 
 impl StepRunner {
+    /// Runs the task's steps in order, handing each step's outputs to the next in memory (they
+    /// are stored too). Stops after the first step that does not succeed, and before a step
+    /// that reads an output an earlier step of the task did not emit: the steps after that
+    /// get no report (not run), and the orchestrator schedules or skips them itself.
+    async fn run_steps(
+        &self,
+        args: &ExecuteStepArgs,
+        cancel: &CancellationToken,
+    ) -> Vec<StepReport> {
+        let mut inline = InlineInputs::from_args(args);
+        let job = self.location.job(&args.job_name);
+        let inputs_of = |key: &str| {
+            job.as_ref()
+                .and_then(|job| job.step(key))
+                .map(|step| step.inputs.clone())
+                .unwrap_or_default()
+        };
+        // Outputs a later step of this task reads: only those are kept in memory.
+        let mut wanted = std::collections::HashSet::new();
+        for key in args.step_keys.iter().skip(1) {
+            for input in inputs_of(key) {
+                wanted.insert((input.from_step, input.from_output));
+            }
+        }
+        let mut reports: Vec<StepReport> = Vec::with_capacity(args.step_keys.len());
+        for (i, step_key) in args.step_keys.iter().enumerate() {
+            if i > 0 {
+                let earlier = &args.step_keys[..i];
+                let unmet = inputs_of(step_key).into_iter().find(|input| {
+                    earlier.contains(&input.from_step)
+                        && inline.get(&input.from_step, &input.from_output).is_none()
+                });
+                if let Some(input) = unmet {
+                    tracing::debug!(
+                        run_id = %args.run_id,
+                        step_key,
+                        upstream = %input.from_step,
+                        output = %input.from_output,
+                        "not running the rest of the task: an earlier step did not emit an input"
+                    );
+                    break;
+                }
+            }
+            let executed = run_step(
+                &self.location,
+                self.outputs.as_ref(),
+                args,
+                step_key,
+                &self.worker_name,
+                cancel,
+                &inline,
+                self.inline,
+            )
+            .await;
+            let succeeded = matches!(executed.report.status, StepStatus::Success { .. });
+            let counter = match executed.report.status {
+                StepStatus::Success { .. } => &self.counters.succeeded,
+                StepStatus::Failure { .. } => &self.counters.failed,
+                StepStatus::Canceled => &self.counters.canceled,
+            };
+            counter.fetch_add(1, Ordering::Relaxed);
+            reports.push(executed.report);
+            if !succeeded {
+                break;
+            }
+            for (name, bytes) in executed.outputs {
+                let key = (step_key.clone(), name);
+                if wanted.contains(&key) {
+                    inline.insert(&key.0, &key.1, bytes);
+                }
+            }
+        }
+        // Inline copies only matter where the orchestrator may hand them on: not for a step
+        // whose (only) consumer in this task already succeeded. Keeps the result small.
+        for i in 1..reports.len() {
+            if matches!(reports[i].status, StepStatus::Success { .. }) {
+                reports[i - 1].inline_outputs.clear();
+            }
+        }
+        reports
+    }
+
     async fn execute_plan(&self, task: TaskContext) -> TaskOutcome {
         let message = &task.message;
         let args = protocol::read_step_args(message).map_err(|e| TaskError {
@@ -181,25 +299,7 @@ impl StepRunner {
                 "running a redelivered step task"
             );
         }
-        let mut reports = Vec::with_capacity(args.step_keys.len());
-        for step_key in &args.step_keys {
-            let report = execute_step(
-                &self.location,
-                self.outputs.as_ref(),
-                &args,
-                step_key,
-                &self.worker_name,
-                &task.cancel,
-            )
-            .await;
-            let counter = match report.status {
-                StepStatus::Success { .. } => &self.counters.succeeded,
-                StepStatus::Failure { .. } => &self.counters.failed,
-                StepStatus::Canceled => &self.counters.canceled,
-            };
-            counter.fetch_add(1, Ordering::Relaxed);
-            reports.push(report);
-        }
+        let reports = self.run_steps(&args, &task.cancel).await;
         protocol::reports_value(&reports).map_err(|e| TaskError {
             kind: REPORT_ENCODE_ERROR.to_string(),
             message: format!(
@@ -222,6 +322,7 @@ pub struct Worker {
     receiver: Receiver,
     runner: Arc<StepRunner>,
     config: WorkerConfig,
+    activity: WorkerActivity,
 }
 
 impl Worker {
@@ -237,6 +338,7 @@ impl Worker {
             location,
             outputs,
             worker_name: config.name.clone(),
+            inline: InlineOptions::up_to(config.inline_output_limit),
             counters: StepCounters::default(),
         });
         let mut receiver = Receiver::new(queue).with_config(config.receiver_config());
@@ -245,17 +347,28 @@ impl Worker {
             let runner = handler_runner.clone();
             Box::pin(async move { runner.execute_plan(task).await })
         });
-        receiver.register(protocol::EXECUTE_PLAN, handler);
+        let activity = WorkerActivity::new();
+        receiver.register(protocol::EXECUTE_PLAN, activity.track(handler));
         Ok(Worker {
             receiver,
             runner,
             config,
+            activity,
         })
     }
 
-    /// Registers another task handler (e.g. `execute_job`) on the worker's receiver.
+    /// Registers another task handler (e.g. `execute_job`) on the worker's receiver; its
+    /// tasks are recorded in the worker's [`activity`](Worker::activity).
     pub fn register_task(&mut self, name: &str, handler: TaskHandler) {
-        self.receiver.register(name, handler);
+        self.receiver.register(name, self.activity.track(handler));
+    }
+
+    /// What the worker runs now and how many tasks it finished (tasks of `execute_plan` and
+    /// of [`register_task`](Worker::register_task); not of handlers registered straight on
+    /// [`receiver_mut`](Worker::receiver_mut)). A [`HealthWriter`](crate::health::HealthWriter)
+    /// reports it.
+    pub fn activity(&self) -> &WorkerActivity {
+        &self.activity
     }
 
     /// The underlying receiver, e.g. to register typed tasks with [`Receiver::register_fn`].
@@ -286,6 +399,7 @@ impl Worker {
             receiver,
             runner,
             config,
+            activity: _,
         } = self;
         tracing::info!(
             worker = %config.name,
@@ -322,6 +436,28 @@ mod tests {
         assert_eq!(rc.concurrency, 3);
         assert_eq!(rc.grace_period, Duration::from_secs(2));
         assert_eq!(rc.worker_name, "w");
+    }
+
+    #[test]
+    fn default_visibility_heartbeats_fit_the_default_visibility_timeout() {
+        let config = WorkerConfig::default();
+        let every = config
+            .heartbeat_interval
+            .expect("visibility heartbeats are on");
+        // A delivered message may have spent up to half its timeout in the receive buffer:
+        // the first heartbeat must come before the other half runs out, with room to spare.
+        assert!(every * 2 < DEFAULT_VISIBILITY_TIMEOUT, "{every:?}");
+        assert!(config.heartbeat_extension > every);
+        assert!(config.heartbeat_extension >= DEFAULT_VISIBILITY_TIMEOUT);
+        let fitted = WorkerConfig::named("w").with_visibility_timeout(Duration::from_secs(12));
+        assert_eq!(fitted.heartbeat_extension, Duration::from_secs(12));
+        assert_eq!(fitted.heartbeat_interval, Some(Duration::from_secs(4)));
+        fitted.validate().unwrap();
+        let e = WorkerConfig::named("w")
+            .with_visibility_timeout(Duration::ZERO)
+            .validate()
+            .unwrap_err();
+        assert!(e.to_string().contains("heartbeat_interval"), "{e}");
     }
 
     fn field_of(config: WorkerConfig) -> &'static str {

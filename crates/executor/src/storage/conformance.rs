@@ -32,8 +32,8 @@ use stepq_plan::{Event, EventKind};
 use tokio::sync::Barrier;
 
 use super::{
-    follow_events, EventCursor, HeartbeatStore, RunRecord, RunStatus, RunStore, StatusChange,
-    StorageError, WorkerHealth, WorkerHeartbeat,
+    follow_events, EventCursor, HeartbeatStore, RunRecord, RunStatus, RunStore, RunningTask,
+    StatusChange, StorageError, WorkerHealth, WorkerHeartbeat,
 };
 
 /// Longest any single step of a case may take before the case fails (a hang is a failure).
@@ -639,6 +639,13 @@ fn heartbeat(worker_id: &str, last_seen: u64) -> WorkerHeartbeat {
         last_seen,
         tasks_running: 1,
         tasks_done: 7,
+        running_tasks: vec![RunningTask {
+            task_id: "task-1".into(),
+            task_name: "execute_plan".into(),
+            run_id: Some("run-1".into()),
+            step_key: Some("step-a".into()),
+            since: 900,
+        }],
     }
 }
 

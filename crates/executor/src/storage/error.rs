@@ -39,6 +39,17 @@ pub enum StorageError {
         /// Status found.
         found: RunStatus,
     },
+    /// The caller required another orchestrator to hold the run (see
+    /// [`StatusChange::expecting_orchestrator`](super::StatusChange::expecting_orchestrator)).
+    #[error("run `{run_id}` is held by {}, expected {expected}", found.as_deref().unwrap_or("no orchestrator"))]
+    UnexpectedOrchestrator {
+        /// Run id.
+        run_id: String,
+        /// Orchestrator the caller required.
+        expected: String,
+        /// Orchestrator found.
+        found: Option<String>,
+    },
     /// An event appended to a run's log names another run.
     #[error("event of run `{event_run_id}` cannot go into the log of run `{run_id}`")]
     ForeignEvent {
@@ -107,12 +118,7 @@ impl StorageError {
     pub fn class(&self) -> ErrorClass {
         match self {
             StorageError::Contention { .. } => ErrorClass::Temporary,
-            StorageError::Io { source, .. } => match source.kind() {
-                std::io::ErrorKind::Interrupted
-                | std::io::ErrorKind::WouldBlock
-                | std::io::ErrorKind::TimedOut => ErrorClass::Temporary,
-                _ => ErrorClass::Permanent,
-            },
+            StorageError::Io { source, .. } => ErrorClass::of_io(source),
             StorageError::Service { class, .. } => *class,
             _ => ErrorClass::Permanent,
         }

@@ -28,6 +28,28 @@ pub struct WorkerHeartbeat {
     pub tasks_running: u64,
     /// Tasks finished since start.
     pub tasks_done: u64,
+    /// The tasks running at this heartbeat, with the run and step each belongs to (empty in
+    /// heartbeats written before this field existed).
+    #[serde(default)]
+    pub running_tasks: Vec<RunningTask>,
+}
+
+/// A task a worker is running, as its heartbeat lists it: which run and step it belongs to
+/// (from the task message's `run_id` / `step_key` labels) and since when.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RunningTask {
+    /// The task id (the broker message's).
+    pub task_id: String,
+    /// The task name, e.g. `execute_plan`.
+    pub task_name: String,
+    /// The run it belongs to (`run_id` label), if labelled.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub run_id: Option<String>,
+    /// The step it runs (`step_key` label), if labelled; orchestration tasks have none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub step_key: Option<String>,
+    /// Microseconds since the Unix epoch when the worker started it.
+    pub since: u64,
 }
 
 impl WorkerHeartbeat {
@@ -42,23 +64,41 @@ impl WorkerHeartbeat {
             last_seen: now,
             tasks_running: 0,
             tasks_done: 0,
+            running_tasks: Vec::new(),
         }
+    }
+
+    /// The running tasks of run `run_id`.
+    pub fn tasks_of_run<'a>(&'a self, run_id: &'a str) -> impl Iterator<Item = &'a RunningTask> {
+        self.running_tasks
+            .iter()
+            .filter(move |t| t.run_id.as_deref() == Some(run_id))
+    }
+
+    /// When the worker counts as lost, given the heartbeat `interval`: [`LOST_AFTER_INTERVALS`]
+    /// intervals after its last heartbeat (microseconds since the Unix epoch, saturating).
+    pub fn lost_at(&self, interval: Duration) -> u64 {
+        self.last_seen.saturating_add(lost_after_us(interval))
     }
 
     /// Whether the worker is live at `now_us` given the heartbeat `interval`: lost once
     /// `last_seen` is more than [`LOST_AFTER_INTERVALS`] intervals old. A `last_seen` in the
     /// future (clock skew) counts as live.
     pub fn health(&self, now_us: u64, interval: Duration) -> WorkerHealth {
-        let limit = interval
-            .saturating_mul(LOST_AFTER_INTERVALS)
-            .as_micros()
-            .min(u128::from(u64::MAX)) as u64;
-        if now_us.saturating_sub(self.last_seen) > limit {
+        if now_us.saturating_sub(self.last_seen) > lost_after_us(interval) {
             WorkerHealth::Lost
         } else {
             WorkerHealth::Live
         }
     }
+}
+
+/// [`LOST_AFTER_INTERVALS`] intervals in microseconds, saturating.
+fn lost_after_us(interval: Duration) -> u64 {
+    interval
+        .saturating_mul(LOST_AFTER_INTERVALS)
+        .as_micros()
+        .min(u128::from(u64::MAX)) as u64
 }
 
 /// Whether a worker still heart-beats.
@@ -166,6 +206,58 @@ mod tests {
             WorkerHealth::Live,
             "huge intervals do not overflow"
         );
+    }
+
+    #[test]
+    fn lost_at_is_three_intervals_after_the_last_beat() {
+        let b = beat("w", 5_000_000);
+        assert_eq!(b.lost_at(Duration::from_secs(2)), 11_000_000);
+        assert_eq!(b.lost_at(Duration::MAX), u64::MAX);
+    }
+
+    #[test]
+    fn heartbeats_without_running_tasks_still_read() {
+        // A heartbeat as written before `running_tasks` existed.
+        let old = r#"{"worker_id":"w1","host":"h","pid":7,"started_at":1,"last_seen":2,
+            "tasks_running":0,"tasks_done":3}"#;
+        let b: WorkerHeartbeat = serde_json::from_str(old).unwrap();
+        assert_eq!(b.tasks_done, 3);
+        assert!(b.running_tasks.is_empty());
+    }
+
+    #[test]
+    fn running_tasks_round_trip_and_filter_by_run() {
+        let mut b = beat("w", 1);
+        b.running_tasks = vec![
+            RunningTask {
+                task_id: "t1".into(),
+                task_name: "execute_plan".into(),
+                run_id: Some("r1".into()),
+                step_key: Some("a".into()),
+                since: 1,
+            },
+            RunningTask {
+                task_id: "t2".into(),
+                task_name: "execute_job".into(),
+                run_id: Some("r2".into()),
+                step_key: None,
+                since: 2,
+            },
+            RunningTask {
+                task_id: "t3".into(),
+                task_name: "other".into(),
+                run_id: None,
+                step_key: None,
+                since: 3,
+            },
+        ];
+        let text = serde_json::to_string(&b).unwrap();
+        assert!(!text.contains("null"), "unset labels are left out: {text}");
+        let back: WorkerHeartbeat = serde_json::from_str(&text).unwrap();
+        assert_eq!(back, b);
+        let ids: Vec<_> = b.tasks_of_run("r1").map(|t| t.task_id.as_str()).collect();
+        assert_eq!(ids, ["t1"]);
+        assert_eq!(b.tasks_of_run("nope").count(), 0);
     }
 
     #[test]

@@ -45,7 +45,7 @@ pub mod conformance;
 
 pub use error::{check_id, StorageError};
 pub use heartbeat::{
-    classify_workers, HeartbeatStore, WorkerHealth, WorkerHeartbeat, WorkerState,
+    classify_workers, HeartbeatStore, RunningTask, WorkerHealth, WorkerHeartbeat, WorkerState,
     LOST_AFTER_INTERVALS,
 };
 pub use local::{LocalDirHeartbeatStore, LocalDirRunStore};

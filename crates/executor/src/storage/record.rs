@@ -16,7 +16,13 @@ use super::error::StorageError;
 /// STARTED   -> SUCCESS  | FAILURE   | CANCELING | CANCELED
 /// CANCELING -> CANCELED
 /// FAILURE | CANCELED -> STARTING        (resume)
+/// STARTING | STARTED -> STARTING        (takeover: resume of a run whose orchestrator died)
 /// ```
+///
+/// A takeover is only applied as a compare-and-set on both the status and the orchestrator
+/// the run was seen with ([`StatusChange::expecting`] and
+/// [`StatusChange::expecting_orchestrator`]; see [`RunRecord::apply`]), so two resumes of
+/// one stuck run cannot both win, and a resume never steals a run whose orchestrator moved on.
 ///
 /// Displayed, parsed and stored as the upper-case names above.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
@@ -62,9 +68,10 @@ impl RunStatus {
     ///
     /// Allowed: `QUEUED -> STARTING | CANCELING | CANCELED | FAILURE` (failure: the launch
     /// could not be carried out), `STARTING -> STARTED | CANCELING | CANCELED | FAILURE`,
-    /// `STARTED -> SUCCESS | FAILURE | CANCELING | CANCELED`, `CANCELING -> CANCELED`, and
-    /// resume: `FAILURE | CANCELED -> STARTING`. Nothing leaves `SUCCESS`; no status moves
-    /// to itself.
+    /// `STARTED -> SUCCESS | FAILURE | CANCELING | CANCELED`, `CANCELING -> CANCELED`,
+    /// resume: `FAILURE | CANCELED -> STARTING`, and takeover: `STARTING | STARTED ->
+    /// STARTING` (see [`is_takeover`](RunStatus::is_takeover)). Nothing leaves `SUCCESS`; no
+    /// other status moves to itself.
     pub fn can_transition_to(self, next: RunStatus) -> bool {
         use RunStatus::*;
         matches!(
@@ -74,6 +81,19 @@ impl RunStatus {
                 | (Started, Success | Failure | Canceling | Canceled)
                 | (Canceling, Canceled)
                 | (Failure | Canceled, Starting)
+        ) || self.is_takeover(next)
+    }
+
+    /// Whether moving from `self` to `next` takes a running run over from its orchestrator
+    /// (`STARTING | STARTED -> STARTING`): allowed only with the expected status and
+    /// orchestrator given (see [`RunRecord::apply`]).
+    pub fn is_takeover(self, next: RunStatus) -> bool {
+        matches!(
+            (self, next),
+            (
+                RunStatus::Starting | RunStatus::Started,
+                RunStatus::Starting
+            )
         )
     }
 
@@ -189,7 +209,10 @@ impl RunRecord {
     /// The record after `change`, made at `now_us`; the record itself is left unchanged.
     ///
     /// Fails with [`StorageError::UnexpectedStatus`] when `change.expected` does not match and
-    /// with [`StorageError::InvalidTransition`] when the lifecycle forbids the move. Entering
+    /// with [`StorageError::InvalidTransition`] when the lifecycle forbids the move; a takeover
+    /// ([`RunStatus::is_takeover`]) is an invalid transition unless the change expects both
+    /// the current status and the current orchestrator, and fails with
+    /// [`StorageError::UnexpectedOrchestrator`] when another orchestrator holds the run. Entering
     /// `STARTED` sets `started_at`; entering a terminal status sets `ended_at`; leaving one
     /// (resume) clears it.
     pub fn apply(&self, change: &StatusChange, now_us: u64) -> Result<RunRecord, StorageError> {
@@ -202,7 +225,19 @@ impl RunRecord {
                 });
             }
         }
-        if !self.status.can_transition_to(change.to) {
+        if let Some(expected) = &change.expected_orchestrator {
+            if self.orchestrator.as_ref() != Some(expected) {
+                return Err(StorageError::UnexpectedOrchestrator {
+                    run_id: self.run_id.clone(),
+                    expected: expected.clone(),
+                    found: self.orchestrator.clone(),
+                });
+            }
+        }
+        let guarded = change.expected.is_some() && change.expected_orchestrator.is_some();
+        if !self.status.can_transition_to(change.to)
+            || (self.status.is_takeover(change.to) && !guarded)
+        {
             return Err(StorageError::InvalidTransition {
                 run_id: self.run_id.clone(),
                 from: self.status,
@@ -235,6 +270,8 @@ pub struct StatusChange {
     pub expected: Option<RunStatus>,
     /// Record this orchestrator on the run.
     pub orchestrator: Option<String>,
+    /// Apply only if this orchestrator holds the run (required for a takeover).
+    pub expected_orchestrator: Option<String>,
 }
 
 impl StatusChange {
@@ -244,6 +281,7 @@ impl StatusChange {
             to: status,
             expected: None,
             orchestrator: None,
+            expected_orchestrator: None,
         }
     }
 
@@ -257,6 +295,13 @@ impl StatusChange {
     /// Record `orchestrator` as the one running the run.
     pub fn by(mut self, orchestrator: impl Into<String>) -> Self {
         self.orchestrator = Some(orchestrator.into());
+        self
+    }
+
+    /// Only if `orchestrator` holds the run (e.g. take over a STARTED run from the
+    /// orchestrator it was seen with, and only from that one).
+    pub fn expecting_orchestrator(mut self, orchestrator: impl Into<String>) -> Self {
+        self.expected_orchestrator = Some(orchestrator.into());
         self
     }
 }
@@ -387,6 +432,8 @@ mod tests {
             (Canceling, Canceled),
             (Failure, Starting),
             (Canceled, Starting),
+            (Starting, Starting),
+            (Started, Starting),
         ];
         for from in RunStatus::ALL {
             for to in RunStatus::ALL {
@@ -420,6 +467,63 @@ mod tests {
         let restarted = resumed.apply(&StatusChange::to(Started), 50).unwrap();
         assert_eq!(restarted.started_at, Some(50));
         assert_eq!(run.status, Queued, "apply leaves the original alone");
+    }
+
+    #[test]
+    fn takeover_needs_the_expected_status_and_orchestrator() {
+        let run = RunRecord::new("r1", "job", json!({}))
+            .apply(&StatusChange::to(Starting).by("dead"), 1)
+            .unwrap()
+            .apply(&StatusChange::to(Started), 2)
+            .unwrap();
+        for unguarded in [
+            StatusChange::to(Starting).by("b"),
+            StatusChange::to(Starting).by("b").expecting(Started),
+        ] {
+            assert!(matches!(
+                run.apply(&unguarded, 3),
+                Err(StorageError::InvalidTransition {
+                    from: Started,
+                    to: Starting,
+                    ..
+                })
+            ));
+        }
+        let wrong = StatusChange::to(Starting)
+            .by("b")
+            .expecting(Started)
+            .expecting_orchestrator("other");
+        match run.apply(&wrong, 3) {
+            Err(StorageError::UnexpectedOrchestrator {
+                expected, found, ..
+            }) => assert_eq!(
+                (expected.as_str(), found.as_deref()),
+                ("other", Some("dead"))
+            ),
+            other => panic!("{other:?}"),
+        }
+        let takeover = StatusChange::to(Starting)
+            .by("b")
+            .expecting(Started)
+            .expecting_orchestrator("dead");
+        let taken = run.apply(&takeover, 3).unwrap();
+        assert_eq!(taken.status, Starting);
+        assert_eq!(taken.orchestrator.as_deref(), Some("b"));
+        // The same change again loses: the orchestrator is no longer `dead`.
+        assert!(matches!(
+            taken.apply(&takeover, 4),
+            Err(StorageError::UnexpectedStatus { .. })
+        ));
+        let stuck_starting = taken
+            .apply(
+                &StatusChange::to(Starting)
+                    .by("c")
+                    .expecting(Starting)
+                    .expecting_orchestrator("b"),
+                5,
+            )
+            .unwrap();
+        assert_eq!(stuck_starting.orchestrator.as_deref(), Some("c"));
     }
 
     #[test]

@@ -1,0 +1,580 @@
+//! Worker health: what a worker is running ([`WorkerActivity`]) and the heartbeat it writes
+//! about itself every interval ([`HealthWriter`]), so `stepq worker list` can tell live workers
+//! from lost ones and `stepq status` can say which worker holds a step.
+//!
+//! These heartbeats are not the SQS *visibility* heartbeats of
+//! [`WorkerConfig::heartbeat_interval`](crate::WorkerConfig::heartbeat_interval), which keep a
+//! running task's message hidden; a health heartbeat is one record per worker in a
+//! [`HeartbeatStore`] (a local directory or S3).
+//!
+//! ```
+//! # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
+//! use std::sync::Arc;
+//! use std::time::Duration;
+//! use stepq_executor::storage::{HeartbeatStore, InMemoryHeartbeatStore};
+//! use stepq_worker::health::{HealthWriter, WorkerActivity};
+//!
+//! let store = Arc::new(InMemoryHeartbeatStore::new());
+//! let activity = WorkerActivity::new(); // a Worker has one: `worker.activity().clone()`
+//! let writer = HealthWriter::new(store.clone(), activity, "worker-1", "host-a")
+//!     .with_interval(Duration::from_secs(10));
+//! // The first heartbeat is written before `start` returns ...
+//! let health = writer.start().await.unwrap();
+//! assert_eq!(store.list_heartbeats().await.unwrap()[0].worker_id, "worker-1");
+//! // ... and a clean stop removes it (a killed worker's stays, and turns lost).
+//! health.stop().await.unwrap();
+//! assert!(store.list_heartbeats().await.unwrap().is_empty());
+//! # });
+//! ```
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use stepq_broker::{ErrorClass, TaskContext, TaskHandler, TaskMessage};
+use stepq_executor::storage::{HeartbeatStore, RunningTask, StorageError, WorkerHeartbeat};
+use stepq_plan::events::now_us;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tokio::time::{Instant, MissedTickBehavior};
+use tokio_util::sync::CancellationToken;
+
+/// How often a worker writes its health heartbeat unless told otherwise.
+pub const DEFAULT_HEALTH_INTERVAL: Duration = Duration::from_secs(10);
+
+/// Message label naming the run a task belongs to.
+pub const RUN_ID_LABEL: &str = "run_id";
+/// Message label naming the step a task runs.
+pub const STEP_KEY_LABEL: &str = "step_key";
+
+/// What a worker is running now and how many tasks it finished: shared (cloning shares it)
+/// between the handlers it wraps ([`track`](WorkerActivity::track)) and the [`HealthWriter`]
+/// that reports it.
+#[derive(Debug, Clone, Default)]
+pub struct WorkerActivity {
+    inner: Arc<ActivityInner>,
+}
+
+#[derive(Debug, Default)]
+struct ActivityInner {
+    /// Running tasks by registration number (a redelivered duplicate may run alongside).
+    running: Mutex<BTreeMap<u64, RunningTask>>,
+    next: AtomicU64,
+    done: AtomicU64,
+}
+
+impl WorkerActivity {
+    /// No task running, none done.
+    pub fn new() -> Self {
+        WorkerActivity::default()
+    }
+
+    /// Records that the task of `message` started now, with its `run_id` / `step_key` labels.
+    /// It counts as running until the returned guard is finished or dropped; it counts as done
+    /// when finished (or when its handler panicked), not when merely dropped (e.g. abandoned
+    /// at shutdown and returned to the queue).
+    pub fn begin(&self, message: &TaskMessage) -> ActivityGuard {
+        let registration = self.inner.next.fetch_add(1, Ordering::Relaxed);
+        let task = RunningTask {
+            task_id: message.task_id.clone(),
+            task_name: message.task_name.clone(),
+            run_id: message.label(RUN_ID_LABEL).map(str::to_string),
+            step_key: message.label(STEP_KEY_LABEL).map(str::to_string),
+            since: now_us(),
+        };
+        self.lock().insert(registration, task);
+        ActivityGuard {
+            activity: self.clone(),
+            registration,
+            finished: false,
+        }
+    }
+
+    /// `handler`, recording each task it runs in this activity.
+    pub fn track(&self, handler: TaskHandler) -> TaskHandler {
+        let activity = self.clone();
+        Arc::new(move |task: TaskContext| {
+            let guard = activity.begin(&task.message);
+            let run = handler(task);
+            Box::pin(async move {
+                let outcome = run.await;
+                guard.finish();
+                outcome
+            })
+        })
+    }
+
+    /// The tasks running now, oldest first.
+    pub fn running(&self) -> Vec<RunningTask> {
+        let mut tasks: Vec<RunningTask> = self.lock().values().cloned().collect();
+        tasks.sort_by(|a, b| (a.since, &a.task_id).cmp(&(b.since, &b.task_id)));
+        tasks
+    }
+
+    /// How many tasks run now.
+    pub fn tasks_running(&self) -> u64 {
+        self.lock().len() as u64
+    }
+
+    /// How many tasks finished (successfully or not) since the activity was created.
+    pub fn tasks_done(&self) -> u64 {
+        self.inner.done.load(Ordering::Relaxed)
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<u64, RunningTask>> {
+        self.inner.running.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// A task recorded as running by [`WorkerActivity::begin`]; see there.
+#[derive(Debug)]
+pub struct ActivityGuard {
+    activity: WorkerActivity,
+    registration: u64,
+    finished: bool,
+}
+
+impl ActivityGuard {
+    /// The task ended: it stops counting as running and counts as done.
+    pub fn finish(mut self) {
+        self.finished = true;
+    }
+}
+
+impl Drop for ActivityGuard {
+    fn drop(&mut self) {
+        self.activity.lock().remove(&self.registration);
+        // A panicking handler's task still ends (with a failed result).
+        if self.finished || std::thread::panicking() {
+            self.activity.inner.done.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
+/// Why a [`HealthWriter`] could not start or stop cleanly.
+#[derive(Debug, thiserror::Error)]
+pub enum HealthError {
+    /// The heartbeat interval is zero.
+    #[error("invalid worker health config `health_interval`: must be positive")]
+    ZeroInterval,
+    /// The heartbeat store refused the first heartbeat (permanently) or its removal.
+    #[error("worker heartbeat: {0}")]
+    Storage(#[from] StorageError),
+}
+
+impl HealthError {
+    /// Whether retrying may help.
+    pub fn class(&self) -> ErrorClass {
+        match self {
+            HealthError::ZeroInterval => ErrorClass::Permanent,
+            HealthError::Storage(e) => e.class(),
+        }
+    }
+}
+
+/// Writes a worker's heartbeat (id, host, pid, started, last seen, tasks running and done,
+/// and which run's step each running task is) to a [`HeartbeatStore`]: the first at
+/// [`start`](HealthWriter::start), then one every interval, and removes it on
+/// [`HealthHandle::stop`]. One write per interval however busy the worker is.
+pub struct HealthWriter {
+    store: Arc<dyn HeartbeatStore>,
+    activity: WorkerActivity,
+    heartbeat: WorkerHeartbeat,
+    interval: Duration,
+}
+
+impl std::fmt::Debug for HealthWriter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HealthWriter")
+            .field("worker_id", &self.heartbeat.worker_id)
+            .field("interval", &self.interval)
+            .finish_non_exhaustive()
+    }
+}
+
+impl HealthWriter {
+    /// A writer for worker `worker_id` on `host` (this process's pid), reporting `activity`
+    /// every [`DEFAULT_HEALTH_INTERVAL`].
+    pub fn new(
+        store: Arc<dyn HeartbeatStore>,
+        activity: WorkerActivity,
+        worker_id: impl Into<String>,
+        host: impl Into<String>,
+    ) -> Self {
+        HealthWriter {
+            store,
+            activity,
+            heartbeat: WorkerHeartbeat::new(worker_id, host, std::process::id()),
+            interval: DEFAULT_HEALTH_INTERVAL,
+        }
+    }
+
+    /// Sets the interval between heartbeats (readers call a worker lost after
+    /// [`LOST_AFTER_INTERVALS`](stepq_executor::storage::LOST_AFTER_INTERVALS) of them).
+    pub fn with_interval(mut self, interval: Duration) -> Self {
+        self.interval = interval;
+        self
+    }
+
+    /// The interval between heartbeats.
+    pub fn interval(&self) -> Duration {
+        self.interval
+    }
+
+    /// Writes the first heartbeat, then keeps writing one every interval in a background task
+    /// until [`HealthHandle::stop`]. A first heartbeat the store refuses permanently (a bad
+    /// worker id, no permission) is an error and nothing is started; a temporary failure is
+    /// logged and the next interval tries again, as for every later heartbeat.
+    pub async fn start(self) -> Result<HealthHandle, HealthError> {
+        if self.interval.is_zero() {
+            return Err(HealthError::ZeroInterval);
+        }
+        let HealthWriter {
+            store,
+            activity,
+            mut heartbeat,
+            interval,
+        } = self;
+        let (written_tx, written) = watch::channel(0_u64);
+        match beat(store.as_ref(), &activity, &mut heartbeat).await {
+            Ok(()) => {
+                written_tx.send_modify(|n| *n += 1);
+            }
+            Err(e) if e.is_temporary() => warn_beat_failed(&heartbeat.worker_id, &e),
+            Err(e) => return Err(e.into()),
+        }
+        let stop = CancellationToken::new();
+        let task = tokio::spawn(beat_until_stopped(
+            store,
+            activity,
+            heartbeat,
+            interval,
+            stop.clone(),
+            written_tx,
+        ));
+        Ok(HealthHandle {
+            stop,
+            task: Some(task),
+            written,
+        })
+    }
+}
+
+/// Refreshes `heartbeat` from `activity` and writes it.
+async fn beat(
+    store: &dyn HeartbeatStore,
+    activity: &WorkerActivity,
+    heartbeat: &mut WorkerHeartbeat,
+) -> Result<(), StorageError> {
+    heartbeat.last_seen = now_us();
+    heartbeat.running_tasks = activity.running();
+    heartbeat.tasks_running = heartbeat.running_tasks.len() as u64;
+    heartbeat.tasks_done = activity.tasks_done();
+    store.put_heartbeat(heartbeat).await
+}
+
+fn warn_beat_failed(worker_id: &str, e: &StorageError) {
+    tracing::warn!(
+        worker = worker_id,
+        error = %e,
+        "cannot write the worker heartbeat; trying again at the next interval"
+    );
+}
+
+/// The heartbeat loop after the first beat; removes the heartbeat when stopped.
+async fn beat_until_stopped(
+    store: Arc<dyn HeartbeatStore>,
+    activity: WorkerActivity,
+    mut heartbeat: WorkerHeartbeat,
+    interval: Duration,
+    stop: CancellationToken,
+    written: watch::Sender<u64>,
+) -> Result<(), StorageError> {
+    let mut ticks = tokio::time::interval_at(Instant::now() + interval, interval);
+    ticks.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            biased;
+            _ = stop.cancelled() => break,
+            _ = ticks.tick() => {}
+        }
+        match beat(store.as_ref(), &activity, &mut heartbeat).await {
+            Ok(()) => {
+                written.send_modify(|n| *n += 1);
+            }
+            Err(e) => warn_beat_failed(&heartbeat.worker_id, &e),
+        }
+    }
+    store
+        .remove_heartbeat(&heartbeat.worker_id)
+        .await
+        .inspect_err(|e| {
+            tracing::warn!(
+                worker = %heartbeat.worker_id,
+                error = %e,
+                "cannot remove the worker heartbeat; the worker will be listed as lost"
+            );
+        })
+}
+
+/// A running [`HealthWriter`]. [`stop`](HealthHandle::stop) it when the worker stopped;
+/// dropping it ends the heartbeats without removing the record, as a crash would, so the
+/// worker turns lost.
+#[derive(Debug)]
+pub struct HealthHandle {
+    stop: CancellationToken,
+    task: Option<JoinHandle<Result<(), StorageError>>>,
+    written: watch::Receiver<u64>,
+}
+
+impl HealthHandle {
+    /// How many heartbeats were written so far (the first included); changes on every write.
+    pub fn beats_written(&self) -> watch::Receiver<u64> {
+        self.written.clone()
+    }
+
+    /// Stops the heartbeats and removes the worker's record (it stopped cleanly). Errors:
+    /// the store could not remove it (the worker is then listed as lost).
+    pub async fn stop(mut self) -> Result<(), HealthError> {
+        self.stop.cancel();
+        let task = self.task.take().expect("the task is there until stopped");
+        match task.await {
+            Ok(removed) => Ok(removed?),
+            Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+            Err(e) => Err(HealthError::Storage(StorageError::Io {
+                path: "worker heartbeat".into(),
+                source: std::io::Error::other(format!("the heartbeat task stopped: {e}")),
+            })),
+        }
+    }
+}
+
+impl Drop for HealthHandle {
+    fn drop(&mut self) {
+        if let Some(task) = &self.task {
+            task.abort();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use futures::FutureExt;
+    use stepq_executor::storage::{InMemoryHeartbeatStore, LocalDirHeartbeatStore};
+    use tokio::sync::oneshot;
+
+    /// Generous bound on waits for something that happens within a few short intervals.
+    const PATIENCE: Duration = Duration::from_secs(30);
+    const SHORT: Duration = Duration::from_millis(20);
+
+    fn step_message(run_id: &str, step: &str) -> TaskMessage {
+        TaskMessage::new("execute_plan")
+            .with_label(RUN_ID_LABEL, run_id)
+            .with_label(STEP_KEY_LABEL, step)
+    }
+
+    fn context(message: TaskMessage) -> TaskContext {
+        TaskContext {
+            message: Arc::new(message),
+            receive_count: 1,
+            cancel: CancellationToken::new(),
+        }
+    }
+
+    async fn only_beat(store: &InMemoryHeartbeatStore) -> WorkerHeartbeat {
+        let mut beats = store.list_heartbeats().await.unwrap();
+        assert_eq!(beats.len(), 1, "{beats:?}");
+        beats.pop().unwrap()
+    }
+
+    /// Waits for `n` more heartbeats to be written after `seen`.
+    async fn wait_for_beats(rx: &mut watch::Receiver<u64>, at_least: u64) {
+        tokio::time::timeout(PATIENCE, rx.wait_for(|n| *n >= at_least))
+            .await
+            .expect("heartbeats stopped coming")
+            .expect("the writer is gone");
+    }
+
+    #[test]
+    fn activity_tracks_running_and_done_tasks() {
+        let activity = WorkerActivity::new();
+        let a = activity.begin(&step_message("r1", "a"));
+        let b = activity.begin(&TaskMessage::new("execute_job").with_label(RUN_ID_LABEL, "r2"));
+        let c = activity.begin(&TaskMessage::new("unlabelled"));
+        assert_eq!(activity.tasks_running(), 3);
+        let running = activity.running();
+        assert_eq!(running[0].run_id.as_deref(), Some("r1"));
+        assert_eq!(running[0].step_key.as_deref(), Some("a"));
+        assert_eq!(running[1].task_name, "execute_job");
+        assert_eq!(running[1].step_key, None);
+        assert_eq!(running[2].run_id, None);
+        a.finish();
+        drop(b); // abandoned (e.g. returned to the queue at shutdown): not done
+        assert_eq!(activity.tasks_running(), 1);
+        assert_eq!(activity.tasks_done(), 1);
+        c.finish();
+        assert_eq!(activity.tasks_running(), 0);
+        assert_eq!(activity.tasks_done(), 2);
+    }
+
+    #[tokio::test]
+    async fn a_panicking_tracked_handler_still_counts_as_done() {
+        let activity = WorkerActivity::new();
+        let handler: TaskHandler = Arc::new(|_ctx| Box::pin(async { panic!("boom") }));
+        let tracked = activity.track(handler);
+        let run = std::panic::AssertUnwindSafe(tracked(context(step_message("r", "s"))));
+        assert!(run.catch_unwind().await.is_err());
+        assert_eq!(activity.tasks_running(), 0);
+        assert_eq!(activity.tasks_done(), 1);
+    }
+
+    #[tokio::test]
+    async fn first_beat_at_start_running_steps_done_counts_and_removal() {
+        let store = Arc::new(InMemoryHeartbeatStore::new());
+        let activity = WorkerActivity::new();
+        let health = HealthWriter::new(store.clone(), activity.clone(), "w1", "host-a")
+            .with_interval(SHORT)
+            .start()
+            .await
+            .unwrap();
+        // The first heartbeat is there as soon as start returns.
+        let first = only_beat(&store).await;
+        assert_eq!(first.worker_id, "w1");
+        assert_eq!(first.host, "host-a");
+        assert_eq!(first.pid, std::process::id());
+        assert_eq!((first.tasks_running, first.tasks_done), (0, 0));
+        assert!(first.running_tasks.is_empty());
+
+        // A tracked handler that runs until told to finish.
+        let (release, released) = oneshot::channel::<()>();
+        let released = Arc::new(Mutex::new(Some(released)));
+        let handler: TaskHandler = Arc::new(move |_ctx| {
+            let released = released.lock().unwrap().take();
+            Box::pin(async move {
+                if let Some(rx) = released {
+                    let _ = rx.await;
+                }
+                Ok(serde_json::Value::Null)
+            })
+        });
+        let tracked = activity.track(handler);
+        let message = step_message("run-7", "add_one");
+        let task_id = message.task_id.clone();
+        let running = tokio::spawn(tracked(context(message)));
+        let mut written = health.beats_written();
+        let seen = *written.borrow_and_update();
+        wait_for_beats(&mut written, seen + 2).await;
+        let busy = only_beat(&store).await;
+        assert_eq!(busy.tasks_running, 1);
+        assert_eq!(busy.running_tasks.len(), 1);
+        let task = &busy.running_tasks[0];
+        assert_eq!(task.task_id, task_id);
+        assert_eq!(task.run_id.as_deref(), Some("run-7"));
+        assert_eq!(task.step_key.as_deref(), Some("add_one"));
+        assert!(task.since >= first.started_at);
+        assert!(busy.last_seen > first.last_seen);
+        assert_eq!(busy.started_at, first.started_at);
+
+        release.send(()).unwrap();
+        running.await.unwrap().unwrap();
+        let seen = *written.borrow_and_update();
+        wait_for_beats(&mut written, seen + 2).await;
+        let idle = only_beat(&store).await;
+        assert_eq!((idle.tasks_running, idle.tasks_done), (0, 1));
+        assert!(idle.running_tasks.is_empty());
+
+        health.stop().await.unwrap();
+        assert!(store.list_heartbeats().await.unwrap().is_empty());
+    }
+
+    #[tokio::test]
+    async fn dropping_the_handle_leaves_the_heartbeat_to_turn_lost() {
+        let store = Arc::new(InMemoryHeartbeatStore::new());
+        let health = HealthWriter::new(store.clone(), WorkerActivity::new(), "w1", "h")
+            .with_interval(SHORT)
+            .start()
+            .await
+            .unwrap();
+        drop(health);
+        let last = only_beat(&store).await;
+        // No more heartbeats: the record stays as it was.
+        tokio::time::sleep(SHORT * 3).await;
+        assert_eq!(only_beat(&store).await, last);
+    }
+
+    #[tokio::test]
+    async fn a_zero_interval_is_refused() {
+        let store = Arc::new(InMemoryHeartbeatStore::new());
+        let err = HealthWriter::new(store.clone(), WorkerActivity::new(), "w1", "h")
+            .with_interval(Duration::ZERO)
+            .start()
+            .await
+            .unwrap_err();
+        assert!(matches!(err, HealthError::ZeroInterval), "{err}");
+        assert!(err.to_string().contains("health_interval"), "{err}");
+        assert_eq!(err.class(), ErrorClass::Permanent);
+        assert!(store.list_heartbeats().await.unwrap().is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_first_beat_refused_for_good_is_an_error() {
+        let store = Arc::new(InMemoryHeartbeatStore::new());
+        let err = HealthWriter::new(store, WorkerActivity::new(), "../escape", "h")
+            .start()
+            .await
+            .unwrap_err();
+        assert!(matches!(err, HealthError::Storage(_)), "{err}");
+        assert_eq!(err.class(), ErrorClass::Permanent);
+    }
+
+    #[tokio::test]
+    async fn failed_beats_are_retried_at_the_next_interval() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(LocalDirHeartbeatStore::new(dir.path()));
+        let health = HealthWriter::new(store.clone(), WorkerActivity::new(), "w1", "h")
+            .with_interval(SHORT)
+            .start()
+            .await
+            .unwrap();
+        // Break the store: its `workers` directory becomes a file (again, should a heartbeat
+        // re-create the directory in between).
+        let workers = dir.path().join("workers");
+        loop {
+            let _ = std::fs::remove_dir_all(&workers);
+            if std::fs::write(&workers, b"not a directory").is_ok() {
+                break;
+            }
+        }
+        // Let a heartbeat that was under way end.
+        tokio::time::sleep(SHORT * 2).await;
+        let mut written = health.beats_written();
+        let before = *written.borrow_and_update();
+        tokio::time::sleep(SHORT * 3).await;
+        assert_eq!(*written.borrow(), before, "no heartbeat can be written");
+        // Repair it: the heartbeats come back.
+        std::fs::remove_file(&workers).unwrap();
+        wait_for_beats(&mut written, before + 1).await;
+        assert_eq!(store.list_heartbeats().await.unwrap().len(), 1);
+        health.stop().await.unwrap();
+        assert!(store.list_heartbeats().await.unwrap().is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_failed_removal_is_reported() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(LocalDirHeartbeatStore::new(dir.path()));
+        let health = HealthWriter::new(store, WorkerActivity::new(), "w1", "h")
+            .with_interval(Duration::from_secs(3600))
+            .start()
+            .await
+            .unwrap();
+        // Make the record a non-empty directory, which a file removal cannot remove.
+        let record = dir.path().join("workers").join("w1.json");
+        std::fs::remove_file(&record).unwrap();
+        std::fs::create_dir_all(record.join("x")).unwrap();
+        let err = health.stop().await.unwrap_err();
+        assert!(matches!(err, HealthError::Storage(_)), "{err}");
+    }
+}
