@@ -38,7 +38,7 @@ pub mod middleware;
 pub use broker::{Broker, DeliveryStream};
 pub use delivery::{Delivery, DeliveryHandle};
 pub use error::{BrokerError, ErrorClass};
-pub use message::TaskMessage;
+pub use message::{TaskMessage, NO_REPLY_LABEL};
 pub use middleware::{Middleware, MiddlewareChain, MiddlewareError};
 pub mod memory;
 pub mod queue;

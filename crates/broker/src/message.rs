@@ -6,6 +6,12 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::BrokerError;
 
+/// Label of a message whose sender does not wait on a notification for its result (a
+/// long-lived task launched and left, e.g. a run's orchestration): middleware that gives
+/// messages a reply address (the SQS reply queue) leaves it without one, and its result is
+/// stored durably for whoever looks it up later.
+pub const NO_REPLY_LABEL: &str = "no_reply";
+
 /// A task message: `{task_id, task_name, labels, labels_types, args, kwargs}` as TaskIQ has it,
 /// so Python TaskIQ producers and consumers can share a queue.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

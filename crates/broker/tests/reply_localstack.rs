@@ -16,7 +16,7 @@ use stepq_broker::sqs::reply::{
     ReplyQueue, ALIVE_AT_TAG, REPLY_ROLE, ROLE_TAG,
 };
 use stepq_broker::sqs::{SqsBroker, SqsConfig, REPLY_TO_LABEL};
-use stepq_broker::{Receiver, ReceiverConfig, TaskMessage, TaskQueue};
+use stepq_broker::{Receiver, ReceiverConfig, TaskMessage, TaskQueue, NO_REPLY_LABEL};
 use stepq_results::{
     InMemoryResultBackend, ResultBackend, ResultError, S3ResultBackend, TaskResult,
 };
@@ -667,6 +667,60 @@ async fn reply_only_results_make_no_s3_request_at_all() {
     assert_eq!(orch.results.durable().reads(), (1, 0, 0));
     orch.results.delete_result(big.task_id()).await.unwrap();
     assert_eq!(orch.results.durable().writes(), (0, 1));
+
+    stop.cancel();
+    worker.await.unwrap().unwrap();
+    orch.queue.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "localstack"]
+async fn a_no_reply_task_makes_no_reply_queue_and_its_result_is_stored() {
+    let queue_url = fresh_queue().await;
+    let prefix = fresh_prefix();
+    let fast = FallbackPoll {
+        first: Duration::from_millis(20),
+        max: Duration::from_millis(100),
+    };
+    let orch = orchestrator_with(&queue_url, &prefix, fast, true).await;
+    let worker_broker = broker(&queue_url).await;
+    let worker_results = Arc::new(reply::notifying(
+        &worker_broker,
+        Counting::new(s3_results(&prefix).await),
+    ));
+    let worker_queue = TaskQueue::new(Arc::new(worker_broker), worker_results.clone());
+    let mut receiver = Receiver::new(worker_queue);
+    receiver.register_fn(
+        "double",
+        |x: i64| async move { Ok::<_, std::io::Error>(x * 2) },
+    );
+    let stop = CancellationToken::new();
+    let worker = tokio::spawn(receiver.run(stop.clone()));
+
+    let mut message = TaskMessage::new("double").with_label(NO_REPLY_LABEL, "true");
+    message.args = vec![serde_json::json!(5)];
+    let sent = orch.queue.kick(message).await.unwrap();
+    assert!(
+        !sent.labels.contains_key(REPLY_TO_LABEL),
+        "{:?}",
+        sent.labels
+    );
+    assert!(
+        orch.replies.url().is_none(),
+        "no reply queue is created for a task nobody waits on"
+    );
+    let handle = stepq_broker::TaskHandle::<i64>::new(
+        orch.queue.clone(),
+        sent.task_id.clone(),
+        sent.task_name.clone(),
+    );
+    assert_eq!(handle.wait_result(Some(MUST_ARRIVE)).await.unwrap(), 10);
+    assert_eq!(
+        worker_results.durable().writes(),
+        (1, 0),
+        "the result is stored durably"
+    );
+    assert_eq!(worker_results.stats().sent_reply_only, 0);
 
     stop.cancel();
     worker.await.unwrap().unwrap();

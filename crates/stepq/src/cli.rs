@@ -652,20 +652,9 @@ pub fn format_timestamp(us: u64) -> String {
 
 async fn show_status(app: &App, run_id: &str) -> Result<u8, Failure> {
     let record = app.runs().get_run(run_id).await.map_err(AppError::from)?;
-    let mut events = Vec::new();
-    let mut cursor = EventCursor::START;
-    loop {
-        let page = app
-            .runs()
-            .read_events(run_id, cursor)
-            .await
-            .map_err(AppError::from)?;
-        if page.events.is_empty() {
-            break;
-        }
-        events.extend(page.events);
-        cursor = page.next;
-    }
+    let events = stepq_executor::launcher::read_all_events(app.runs().as_ref(), run_id)
+        .await
+        .map_err(AppError::from)?;
     println!("run:          {}", record.run_id);
     println!("job:          {}", record.job_name);
     println!("status:       {}", record.status);

@@ -609,6 +609,12 @@ impl Middleware for ReplyToMiddleware {
     async fn pre_send(&self, mut message: TaskMessage) -> Result<TaskMessage, MiddlewareError> {
         message.labels.remove(REPLY_ONLY_LABEL);
         message.labels_types.remove(REPLY_ONLY_LABEL);
+        if message.labels.contains_key(crate::NO_REPLY_LABEL) {
+            // Nobody waits for this one: no reply queue is made for it.
+            message.labels.remove(REPLY_TO_LABEL);
+            message.labels_types.remove(REPLY_TO_LABEL);
+            return Ok(message);
+        }
         Ok(match self.replies.address_for(&message.task_id).await {
             Some(url) if self.reply_only => message
                 .with_label(REPLY_TO_LABEL, url)
