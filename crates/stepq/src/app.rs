@@ -100,6 +100,14 @@ pub enum AppError {
         /// How it ended.
         status: StoredStatus,
     },
+    /// `stepq cancel --force` on a run that is not stuck CANCELING.
+    #[error("run `{run_id}` is {status}, not CANCELING: --force only ends a run stuck CANCELING; `stepq cancel {run_id}` (without --force) asks its orchestrator to cancel it")]
+    NotCanceling {
+        /// The run.
+        run_id: String,
+        /// Its status.
+        status: StoredStatus,
+    },
     /// A run could not be submitted, claimed or resumed (see [`LaunchError`]).
     #[error(transparent)]
     Launch(LaunchError),
@@ -504,6 +512,60 @@ impl App {
                 ) if attempt < CANCEL_REQUEST_ATTEMPTS => {}
                 Err(e) => return Err(e.into()),
             }
+        }
+    }
+
+    /// Ends run `run_id`, stuck CANCELING because its orchestrator died, CANCELED without its
+    /// orchestrator: appends an `EngineEvent` saying so and a `RunCanceled` event, then moves
+    /// the run CANCELING -> CANCELED with a compare-and-set on its status and orchestrator
+    /// (what `stepq cancel --force` does). Steps the dead orchestrator had in flight are not
+    /// cancelled on their workers. Returns the record after the change.
+    ///
+    /// Errors: [`StorageError::RunNotFound`] for an unknown run, [`AppError::RunEnded`] for a
+    /// run that already ended, [`AppError::NotCanceling`] for a run in any other status.
+    pub async fn force_cancel(&self, run_id: &str) -> Result<RunRecord, AppError> {
+        let record = self.runs.get_run(run_id).await?;
+        match record.status {
+            StoredStatus::Canceling => {}
+            status if status.is_terminal() => {
+                return Err(AppError::RunEnded {
+                    run_id: run_id.to_string(),
+                    status,
+                })
+            }
+            status => {
+                return Err(AppError::NotCanceling {
+                    run_id: run_id.to_string(),
+                    status,
+                })
+            }
+        }
+        let mut change =
+            StatusChange::to(StoredStatus::Canceled).expecting(StoredStatus::Canceling);
+        if let Some(orchestrator) = &record.orchestrator {
+            change = change.expecting_orchestrator(orchestrator.clone());
+        }
+        let message = format!(
+            "force-canceled by `stepq cancel --force` from {}: the run was CANCELING and its orchestrator{} did not end it",
+            orchestrator_name(),
+            record.orchestrator.as_deref().map(|o| format!(" {o}")).unwrap_or_default()
+        );
+        // The final events first: a run in a terminal status has its whole log.
+        let events = [
+            Event::run(run_id, stepq_plan::EventKind::EngineEvent { message }),
+            Event::run(run_id, stepq_plan::EventKind::RunCanceled),
+        ];
+        self.runs.append_events(run_id, &events).await?;
+        match self.runs.change_status(run_id, &change).await {
+            Ok(record) => Ok(record),
+            // Its orchestrator (or another --force) ended it meanwhile.
+            Err(StorageError::UnexpectedStatus { found, .. }) if found.is_terminal() => {
+                Err(AppError::RunEnded {
+                    run_id: run_id.to_string(),
+                    status: found,
+                })
+            }
+            Err(e) => Err(e.into()),
         }
     }
 

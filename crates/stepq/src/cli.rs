@@ -39,7 +39,8 @@
 //!   record) interrupts it and cancels its in-flight steps, and the run ends CANCELED (that
 //!   `stepq run` exits 130). Waits up to `--wait` seconds (default 30; 0: do not wait) for
 //!   the run to end. Exits 0 once the request is recorded (and the run ended, when waiting),
-//!   2 for an unknown run, 1 for a run that already ended or did not end in time.
+//!   2 for an unknown run, 1 for a run that already ended or did not end in time. With
+//!   `--force`, a run stuck CANCELING (its orchestrator died) ends CANCELED at once.
 //! - `stepq worker start [--concurrency N] [--name NAME]`: a worker service (distributed
 //!   config); stops gracefully on SIGTERM or Ctrl-C and exits 0.
 //! - `stepq worker list`: queue depth of the task queue (distributed), and every worker with a
@@ -194,6 +195,10 @@ pub struct CancelArgs {
     /// Seconds to wait for the run to end CANCELED (0: return once the request is recorded).
     #[arg(long, value_name = "SECONDS", default_value_t = 30.0)]
     pub wait: f64,
+    /// End a run stuck CANCELING (its orchestrator died) CANCELED at once, without its
+    /// orchestrator. Only for a run already CANCELING.
+    #[arg(long)]
+    pub force: bool,
 }
 
 /// Arguments of `stepq run`.
@@ -830,6 +835,11 @@ async fn cancel_run(app: &App, args: CancelArgs) -> Result<u8, Failure> {
         )));
     }
     let run_id = args.run_id.as_str();
+    if args.force {
+        let record = app.force_cancel(run_id).await?;
+        println!("run {run_id} {} (forced)", record.status);
+        return Ok(0);
+    }
     // An unknown run exits 2, one that already ended 1 (see `From<AppError> for Failure`).
     let record = app.request_cancel(run_id).await?;
     if record.status.is_terminal() {
@@ -854,7 +864,7 @@ async fn cancel_run(app: &App, args: CancelArgs) -> Result<u8, Failure> {
         let now = tokio::time::Instant::now();
         if now >= deadline {
             return Err(Failure::runtime(format!(
-                "run {run_id} is still CANCELING after {}s: is its orchestrator{} still running? (`stepq status {run_id}`)",
+                "run {run_id} is still CANCELING after {}s: is its orchestrator{} still running? (`stepq status {run_id}`; if it died, `stepq cancel {run_id} --force` ends the run)",
                 args.wait,
                 record
                     .orchestrator
@@ -1082,7 +1092,14 @@ mod tests {
         assert_eq!(args.run_id, "run-1");
         assert_eq!(args.wait, 0.0);
         let cli = Cli::parse_from(["stepq", "cancel", "run-2"]);
-        assert!(matches!(cli.command, Command::Cancel(CancelArgs { wait, .. }) if wait == 30.0));
+        assert!(
+            matches!(cli.command, Command::Cancel(CancelArgs { wait, force: false, .. }) if wait == 30.0)
+        );
+        let cli = Cli::parse_from(["stepq", "cancel", "run-3", "--force"]);
+        assert!(matches!(
+            cli.command,
+            Command::Cancel(CancelArgs { force: true, .. })
+        ));
     }
 
     #[test]

@@ -44,7 +44,7 @@ const MAX_SEQ_CONFLICTS: u32 = 100_000;
 /// Runs and event logs in a local directory. Safe for concurrent writers in one process or
 /// many processes sharing the directory. Waiters in the same process as the writer (through
 /// this handle or a clone) are woken at once; writes by other processes are seen by polling
-/// with capped backoff (at most [`MAX_POLL_DELAY`] between polls).
+/// with capped backoff (at most [`MAX_POLL_DELAY`](super::MAX_POLL_DELAY) between polls).
 #[derive(Clone)]
 pub struct LocalDirRunStore {
     inner: Arc<LocalInner>,
