@@ -3,7 +3,9 @@
 //!
 //! An `execute_plan` message carries `kwargs = {"execute_step_args_packed": "<base64>"}` where
 //! the base64 text is [`stepq_plan::pack()`] of an [`ExecuteStepArgs`]; its labels carry `run_id`,
-//! `job_name` and `step_key` for routing and observability. The result's `return_value` is a JSON
+//! `job_name` and `step_key` (the first step) for routing and observability, and a task of
+//! more than one step also `step_keys`: all of them, in order, as a JSON array in a string
+//! ([`labelled_step_keys`] reads them back). The result's `return_value` is a JSON
 //! array of base64 strings, each a packed [`StepReport`] (one per step key of the task).
 //!
 //! What the executor sends and expects (see [`crate::Executor`]):
@@ -32,7 +34,7 @@
 //!   failed task result (`is_err`); the executor records it as a failure of the step.
 
 use base64::Engine;
-use stepq_broker::TaskMessage;
+use stepq_broker::{TaskMessage, NO_REPLY_LABEL};
 use stepq_plan::{
     pack, unpack, ExecuteRunArgs, ExecuteStepArgs, PackError, Packable, ResumeRunArgs, StepReport,
 };
@@ -124,15 +126,42 @@ fn read_kwarg<T: Packable>(msg: &TaskMessage, kwarg: &'static str) -> Result<T, 
     unpack_b64(kwarg, text)
 }
 
-/// Builds an `execute_plan` message for `args`, labelled with run, job and (first) step key.
+/// Label of an `execute_plan` message naming its first step.
+pub const STEP_KEY_LABEL: &str = "step_key";
+/// Label of an `execute_plan` message of more than one step (a fused chain): all its step
+/// keys, in order, as a JSON array of strings encoded in the label's string (a step key may
+/// contain any character).
+pub const STEP_KEYS_LABEL: &str = "step_keys";
+
+/// Builds an `execute_plan` message for `args`, labelled with run, job and first step key, and
+/// with all its step keys ([`STEP_KEYS_LABEL`]) when it has more than one.
 pub fn step_message(args: &ExecuteStepArgs) -> Result<TaskMessage, PackError> {
     let mut msg = message_with(EXECUTE_PLAN, STEP_ARGS_KWARG, args)?
         .with_label("run_id", args.run_id.clone())
         .with_label("job_name", args.job_name.clone());
     if let Some(step) = args.step_keys.first() {
-        msg = msg.with_label("step_key", step.clone());
+        msg = msg.with_label(STEP_KEY_LABEL, step.clone());
+    }
+    if args.step_keys.len() > 1 {
+        let keys = serde_json::to_string(&args.step_keys).expect("strings serialize");
+        msg = msg.with_label(STEP_KEYS_LABEL, keys);
     }
     Ok(msg)
+}
+
+/// The step keys a message's labels name, in order: those of its [`STEP_KEYS_LABEL`] if it
+/// reads as a JSON array of strings, else its [`STEP_KEY_LABEL`] alone, else none. For
+/// observability (heartbeats, `stepq status`); the packed args are what a worker runs.
+pub fn labelled_step_keys(msg: &TaskMessage) -> Vec<String> {
+    if let Some(keys) = msg
+        .label(STEP_KEYS_LABEL)
+        .and_then(|text| serde_json::from_str::<Vec<String>>(text).ok())
+    {
+        return keys;
+    }
+    msg.label(STEP_KEY_LABEL)
+        .map(|key| vec![key.to_string()])
+        .unwrap_or_default()
 }
 
 /// Reads the step args of an `execute_plan` message.
@@ -140,9 +169,11 @@ pub fn read_step_args(msg: &TaskMessage) -> Result<ExecuteStepArgs, ProtocolErro
     read_kwarg(msg, STEP_ARGS_KWARG)
 }
 
-/// Builds an `execute_job` message.
+/// Builds an `execute_job` message. Labelled [`NO_REPLY_LABEL`]: a launched run is left to
+/// its worker, so no reply queue is made for it and its result is stored durably.
 pub fn run_message(args: &ExecuteRunArgs) -> Result<TaskMessage, PackError> {
     Ok(message_with(EXECUTE_JOB, RUN_ARGS_KWARG, args)?
+        .with_label(NO_REPLY_LABEL, "true")
         .with_label("run_id", args.run_id.clone())
         .with_label("job_name", args.job_name.clone()))
 }
@@ -152,9 +183,10 @@ pub fn read_run_args(msg: &TaskMessage) -> Result<ExecuteRunArgs, ProtocolError>
     read_kwarg(msg, RUN_ARGS_KWARG)
 }
 
-/// Builds a `resume_job` message.
+/// Builds a `resume_job` message, labelled [`NO_REPLY_LABEL`] like [`run_message`]'s.
 pub fn resume_message(args: &ResumeRunArgs) -> Result<TaskMessage, PackError> {
     Ok(message_with(RESUME_JOB, RESUME_ARGS_KWARG, args)?
+        .with_label(NO_REPLY_LABEL, "true")
         .with_label("run_id", args.run_id.clone())
         .with_label("job_name", args.job_name.clone()))
 }
@@ -199,5 +231,57 @@ fn json_kind(v: &serde_json::Value) -> &'static str {
         serde_json::Value::String(_) => "a string",
         serde_json::Value::Array(_) => "an array",
         serde_json::Value::Object(_) => "an object",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use stepq_plan::KnownState;
+
+    fn args(step_keys: &[&str]) -> ExecuteStepArgs {
+        ExecuteStepArgs {
+            run_id: "r1".into(),
+            job_name: "j".into(),
+            known_state: KnownState::default(),
+            step_keys: step_keys.iter().map(|k| k.to_string()).collect(),
+            retry_mode: Default::default(),
+            attempt: 1,
+            run_config: serde_json::Value::Null,
+            inline_inputs: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn a_one_step_message_names_its_step_only() {
+        let msg = step_message(&args(&["only"])).unwrap();
+        assert_eq!(msg.label("run_id"), Some("r1"));
+        assert_eq!(msg.label(STEP_KEY_LABEL), Some("only"));
+        assert_eq!(msg.label(STEP_KEYS_LABEL), None);
+        assert_eq!(labelled_step_keys(&msg), ["only"]);
+        assert_eq!(read_step_args(&msg).unwrap().step_keys, ["only"]);
+    }
+
+    #[test]
+    fn a_fused_message_names_all_its_steps_whatever_their_characters() {
+        let keys = ["a", "b, \"quoted\" [x]", "c\\d\n\u{e9}"];
+        let msg = step_message(&args(&keys)).unwrap();
+        assert_eq!(msg.label(STEP_KEY_LABEL), Some("a"));
+        assert_eq!(labelled_step_keys(&msg), keys);
+        // Still a string label for TaskIQ (labels_types 0), and through JSON and back.
+        assert_eq!(msg.labels_types.get(STEP_KEYS_LABEL), Some(&0));
+        let back = TaskMessage::from_json(&msg.to_json()).unwrap();
+        assert_eq!(labelled_step_keys(&back), keys);
+    }
+
+    #[test]
+    fn unreadable_step_keys_labels_fall_back_to_the_first_step() {
+        let msg = TaskMessage::new(EXECUTE_PLAN)
+            .with_label(STEP_KEY_LABEL, "a")
+            .with_label(STEP_KEYS_LABEL, "not json");
+        assert_eq!(labelled_step_keys(&msg), ["a"]);
+        let msg = TaskMessage::new(EXECUTE_PLAN).with_label(STEP_KEYS_LABEL, "[1, 2]");
+        assert!(labelled_step_keys(&msg).is_empty());
+        assert!(labelled_step_keys(&TaskMessage::new(EXECUTE_PLAN)).is_empty());
     }
 }

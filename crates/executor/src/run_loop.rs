@@ -696,26 +696,32 @@ impl Runner {
             let Some(at) = reports.iter().position(|r| r.step_key == key) else {
                 break;
             };
-            if self.steps[m].phase != Phase::Idle {
-                // Ended meanwhile: an interrupt cancels the steps of a fused task that have
-                // not reported yet, as it cancels every step not started.
-                let report = reports.swap_remove(at);
-                if matches!(report.status, StepStatus::Success { .. }) {
-                    self.emit(Event::step(
-                        &self.run_id,
-                        &key,
-                        EventKind::EngineEvent {
-                            message: format!(
-                                "step `{key}` of fused task {task_id} succeeded on worker {} after the run was interrupted; it stays recorded as canceled (its outputs are stored)",
-                                report.worker
-                            ),
-                        },
-                    ))
-                    .await;
-                }
-                break;
-            }
             let report = reports.swap_remove(at);
+            if self.steps[m].phase != Phase::Idle {
+                // Ended meanwhile: stopping the run (interrupt, fail fast) cancels the steps
+                // of a fused task that have not reported yet, as it cancels every step not
+                // started. One that reports success ran after all: its success is recorded
+                // (the run has not ended: this task was the step before it, in flight);
+                // any other outcome leaves it canceled, and the steps after it too.
+                let succeeded = matches!(report.status, StepStatus::Success { .. });
+                if !succeeded || !self.progress.reopen_canceled(&key) {
+                    break;
+                }
+                self.emit(Event::step(
+                    &self.run_id,
+                    &key,
+                    EventKind::EngineEvent {
+                        message: format!(
+                            "step `{key}` of fused task {task_id} succeeded on worker {} after the run began to stop; recorded as succeeded, not canceled",
+                            report.worker
+                        ),
+                    },
+                ))
+                .await;
+                self.take_up_member(m, queued_us, report).await;
+                prev = m;
+                continue;
+            }
             // Its upstream succeeded, so the plan made it ready: hand it out as in flight
             // without admitting it again (it ran in its head's slot).
             self.steps[m].phase = Phase::Fused;
@@ -724,16 +730,23 @@ impl Runner {
                 self.steps[m].phase = Phase::Idle;
                 break;
             }
-            let attempt = self.progress.record_attempt(&key);
-            let track = &mut self.steps[m];
-            track.phase = Phase::InFlight;
-            track.attempt = attempt;
-            track.attempts += 1;
-            track.queued_us = queued_us;
-            self.mark_consumed(m);
-            self.on_report(m, report, None).await;
+            self.take_up_member(m, queued_us, report).await;
             prev = m;
         }
+    }
+
+    /// Records the attempt of fused step `m` (in flight in the plan) that `report` reports,
+    /// queued with its task at `queued_us`, and takes up the report.
+    async fn take_up_member(&mut self, m: usize, queued_us: u64, report: StepReport) {
+        let key = self.job.steps()[m].key.clone();
+        let attempt = self.progress.record_attempt(&key);
+        let track = &mut self.steps[m];
+        track.phase = Phase::InFlight;
+        track.attempt = attempt;
+        track.attempts += 1;
+        track.queued_us = queued_us;
+        self.mark_consumed(m);
+        self.on_report(m, report, None).await;
     }
 
     /// Forwards a report's events and feeds its outcome into the plan.

@@ -248,6 +248,9 @@ pub struct PlanProgress {
     skipped_pending: Vec<(String, SkipReason)>,
     unfinished: usize,
     known: KnownState,
+    /// Per step: canceled by [`PlanProgress::cancel_pending`] before it was handed out, and
+    /// not reopened since.
+    canceled_unstarted: Vec<bool>,
 }
 
 impl PlanProgress {
@@ -264,6 +267,7 @@ impl PlanProgress {
             }
         }
         let known = plan.known.clone();
+        let canceled_unstarted = vec![false; states.len()];
         let mut progress = PlanProgress {
             plan,
             states,
@@ -271,6 +275,7 @@ impl PlanProgress {
             skipped_pending: Vec::new(),
             unfinished,
             known,
+            canceled_unstarted,
         };
         let initially_skipped = progress.plan.initially_skipped.clone();
         for (i, reason) in initially_skipped {
@@ -369,12 +374,46 @@ impl PlanProgress {
         for i in 0..self.states.len() {
             if matches!(self.states[i], StepState::Waiting(_) | StepState::Ready) {
                 self.states[i] = StepState::Canceled;
+                self.canceled_unstarted[i] = true;
                 self.unfinished -= 1;
                 out.push(self.plan.job.steps[i].key.clone());
             }
         }
         self.ready.clear();
         out
+    }
+
+    /// Takes back the cancellation [`cancel_pending`](Self::cancel_pending) recorded for `key`,
+    /// for a step that turns out to have run anyway (in one task with its upstream step, whose
+    /// report came in once the run was stopping): the step is in flight again, for
+    /// [`complete`](Self::complete) to record the outcome it reported.
+    /// Only for a step canceled that way (not since reopened) whose in-plan upstream steps
+    /// all succeeded and emitted the outputs it reads; returns `false` (and changes nothing)
+    /// otherwise. Nothing else changes: its downstream steps stay canceled.
+    pub fn reopen_canceled(&mut self, key: &str) -> bool {
+        let Some(i) = self.plan.job.step_index(key) else {
+            return false;
+        };
+        if self.states[i] != StepState::Canceled || !self.canceled_unstarted[i] {
+            return false;
+        }
+        let inputs_there = self.plan.job.steps[i].inputs.iter().all(|input| {
+            let u = self.plan.job.index[&input.from_step];
+            !self.plan.in_plan[u]
+                || (self.states[u] == StepState::Succeeded
+                    && self
+                        .known
+                        .completed
+                        .get(&input.from_step)
+                        .is_some_and(|emitted| emitted.contains(&input.from_output)))
+        });
+        if !inputs_there {
+            return false;
+        }
+        self.canceled_unstarted[i] = false;
+        self.states[i] = StepState::InFlight;
+        self.unfinished += 1;
+        true
     }
 
     /// Records that an attempt of `key` started; returns its attempt number (1-based).

@@ -486,6 +486,66 @@ fn cancel_pending_drops_ready_steps() {
 }
 
 #[test]
+fn a_step_canceled_before_it_started_can_be_reopened_once_its_upstream_succeeded() {
+    // a -> b -> c, plus d reading an output `a` does not emit; a is in flight when the run
+    // stops.
+    let j = job(vec![
+        step("a", &[]).output("other"),
+        step("b", &["a"]),
+        step("c", &["b"]),
+        StepDef::new("d", "op").input("x", "a", "other"),
+    ]);
+    let mut p = full_plan(j).progress();
+    assert_eq!(p.take_ready(), sel(&["a"]));
+    assert_eq!(sorted(p.cancel_pending()), sel(&["b", "c", "d"]));
+    assert!(
+        !p.reopen_canceled("b"),
+        "its upstream has not succeeded yet"
+    );
+    assert!(p.complete("a", success()));
+    assert!(p.is_complete());
+    assert!(!p.reopen_canceled("c"), "its upstream `b` did not succeed");
+    assert!(
+        !p.reopen_canceled("d"),
+        "`a` did not emit the output it reads"
+    );
+    assert!(!p.reopen_canceled("a"), "not canceled");
+    assert!(!p.reopen_canceled("ghost"), "unknown step");
+    assert_eq!(state(&p, "c"), StepState::Canceled);
+
+    // b ran in a's task after all: in flight again, then its success is recorded.
+    assert!(p.reopen_canceled("b"));
+    assert_eq!(state(&p, "b"), StepState::InFlight);
+    assert!(!p.is_complete());
+    assert!(!p.reopen_canceled("b"), "only once");
+    assert!(p.complete("b", success()));
+    assert_eq!(state(&p, "b"), StepState::Succeeded);
+    assert!(p.known_state().is_completed("b"));
+    assert!(p.take_ready().is_empty(), "its downstream stays canceled");
+    assert_eq!(state(&p, "c"), StepState::Canceled);
+    assert!(p.is_complete());
+    // Now `c`'s upstream succeeded: it could be reopened too (the run loop does so only for
+    // a step that reported success).
+    assert!(p.reopen_canceled("c"));
+    assert!(p.complete("c", StepOutcome::Canceled));
+    assert!(
+        !p.reopen_canceled("c"),
+        "canceled as an outcome, not before it started"
+    );
+}
+
+#[test]
+fn a_failed_or_skipped_step_is_not_reopened() {
+    let mut p = full_plan(diamond()).progress();
+    p.take_ready();
+    assert!(p.complete("a", StepOutcome::Failure));
+    assert_eq!(state(&p, "b"), StepState::Skipped);
+    assert!(p.cancel_pending().is_empty());
+    assert!(!p.reopen_canceled("b"));
+    assert!(!p.reopen_canceled("a"));
+}
+
+#[test]
 fn complete_only_accepts_in_flight_steps() {
     let mut p = full_plan(diamond()).progress();
     assert!(!p.complete("a", success()), "ready but not taken");

@@ -100,6 +100,9 @@ pub fn render_workers(states: &[WorkerState], now_us: u64, interval: Duration) -
                 .iter()
                 .take(STEPS_LISTED)
                 .map(|t| match (&t.run_id, &t.step_key) {
+                    (Some(run), Some(step)) if t.steps().len() > 1 => {
+                        format!("{run}/{step} (+{} fused)", t.steps().len() - 1)
+                    }
                     (Some(run), Some(step)) => format!("{run}/{step}"),
                     (Some(run), None) => format!("{run} ({})", t.task_name),
                     _ => t.task_name.clone(),
@@ -159,10 +162,13 @@ fn is_settled(status: &str) -> bool {
 }
 
 /// Where the in-flight tasks of run `run_id` are, from the workers' heartbeats: fills the
-/// worker (and RUNNING status) of each in-flight step row a live worker runs, marks rows held
-/// by a lost worker, and returns a line for each step (or orchestration task) that sits on a
-/// lost worker. Steps whose rows say they ended are left alone (a stale heartbeat), and so are
-/// orchestration tasks of a run that ended (`run_ended`). `visibility` is the broker's
+/// worker of each in-flight step row a live worker runs, marks rows held by a lost worker, and
+/// returns a line for each task (its steps, or the orchestration task) that sits on a lost
+/// worker. Every step of a fused task (several steps run one after the other in one task) is
+/// placed: the first one not yet ended is RUNNING, the ones after it keep their status (they
+/// are queued behind it on that worker) and show the worker too. Steps whose rows say they
+/// ended are left alone (a stale heartbeat, or the steps of a fused task already done), and
+/// so are orchestration tasks of a run that ended (`run_ended`). `visibility` is the broker's
 /// visibility timeout, when there is one.
 pub fn place_in_flight(
     run_id: &str,
@@ -188,28 +194,18 @@ pub fn place_in_flight(
         let h = &state.heartbeat;
         let lost = state.health == WorkerHealth::Lost;
         for task in h.tasks_of_run(run_id) {
-            let what = match &task.step_key {
-                Some(step) => {
-                    let row = rows.iter_mut().find(|r| &r.step == step);
-                    if row.as_ref().is_some_and(|r| is_settled(&r.status)) {
-                        continue;
+            let steps = task.steps();
+            let what = match &steps[..] {
+                [_, ..] => {
+                    let held = place_steps(&steps, rows, &mut placed, &h.worker_id, lost);
+                    match &held[..] {
+                        [] => continue,
+                        [step] => format!("step {step} sits"),
+                        _ => format!("steps {} sit", held.join(", ")),
                     }
-                    if placed.contains(step) {
-                        continue;
-                    }
-                    placed.push(step.clone());
-                    if let Some(row) = row {
-                        if lost {
-                            row.worker = Some(format!("{} (LOST)", h.worker_id));
-                        } else {
-                            row.status = "RUNNING".into();
-                            row.worker = Some(h.worker_id.clone());
-                        }
-                    }
-                    format!("step {step}")
                 }
-                None if run_ended => continue,
-                None => {
+                [] if run_ended => continue,
+                [] => {
                     if !lost {
                         lines.push(format!(
                             "the run's {} task runs on worker {} (host {}, pid {}) since {}",
@@ -221,12 +217,12 @@ pub fn place_in_flight(
                         ));
                         continue;
                     }
-                    format!("the run's {} task", task.task_name)
+                    format!("the run's {} task sits", task.task_name)
                 }
             };
             if lost {
                 lines.push(format!(
-                    "{what} sits on worker {} (host {}, pid {}), lost since {} (last heartbeat {}); {redelivery}",
+                    "{what} on worker {} (host {}, pid {}), lost since {} (last heartbeat {}); {redelivery}",
                     h.worker_id,
                     h.host,
                     h.pid,
@@ -237,6 +233,38 @@ pub fn place_in_flight(
         }
     }
     lines
+}
+
+/// Places the steps of one task on worker `worker_id` (see [`place_in_flight`]) and returns
+/// the ones it holds: those not ended per their rows and not placed already (on a live worker
+/// that took the task over), in order.
+fn place_steps<'a>(
+    steps: &[&'a str],
+    rows: &mut [StepRow],
+    placed: &mut Vec<String>,
+    worker_id: &str,
+    lost: bool,
+) -> Vec<&'a str> {
+    let mut held = Vec::new();
+    for &step in steps {
+        let row = rows.iter_mut().find(|r| r.step == step);
+        if row.as_ref().is_some_and(|r| is_settled(&r.status)) || placed.iter().any(|p| p == step) {
+            continue;
+        }
+        placed.push(step.to_string());
+        if let Some(row) = row {
+            if lost {
+                row.worker = Some(format!("{worker_id} (LOST)"));
+            } else {
+                if held.is_empty() {
+                    row.status = "RUNNING".into();
+                }
+                row.worker = Some(worker_id.to_string());
+            }
+        }
+        held.push(step);
+    }
+    held
 }
 
 /// The broker's visibility timeout for `stepq status` lines: SQS's when distributed.
@@ -262,7 +290,16 @@ mod tests {
             },
             run_id: Some(run.into()),
             step_key: step.map(str::to_string),
+            step_keys: Vec::new(),
             since: 50 * SEC,
+        }
+    }
+
+    /// A fused task of `run` running `steps` in order.
+    fn fused(run: &str, steps: &[&str]) -> RunningTask {
+        RunningTask {
+            step_keys: steps.iter().map(|s| s.to_string()).collect(),
+            ..task(run, Some(steps[0]))
         }
     }
 
@@ -306,7 +343,11 @@ mod tests {
     #[test]
     fn the_worker_table_marks_lost_workers() {
         let states = vec![
-            state("w-live", WorkerHealth::Live, vec![task("r1", Some("a"))]),
+            state(
+                "w-live",
+                WorkerHealth::Live,
+                vec![task("r1", Some("a")), fused("r3", &["f", "g", "h"])],
+            ),
             state(
                 "w-lost",
                 WorkerHealth::Lost,
@@ -319,7 +360,7 @@ mod tests {
         assert!(lines[0].contains("LAST SEEN"), "{text}");
         assert!(lines[1].starts_with("w-live"), "{text}");
         assert!(lines[1].contains(" live "), "{text}");
-        assert!(lines[1].contains("r1/a"), "{text}");
+        assert!(lines[1].contains("r1/a, r3/f (+2 fused)"), "{text}");
         assert!(lines[1].contains("(5s ago)"), "{text}");
         assert!(lines[2].starts_with("w-lost"), "{text}");
         assert!(lines[2].contains(" LOST "), "{text}");
@@ -391,6 +432,111 @@ mod tests {
         assert!(lost.contains(&format_timestamp(66 * SEC)), "{lost}");
         assert!(lost.contains(&format_timestamp(60 * SEC)), "{lost}");
         assert!(lost.contains("visibility timeout (10s) lapses"), "{lost}");
+    }
+
+    #[test]
+    fn every_step_of_a_fused_task_is_placed_on_its_live_worker() {
+        // s0 ended (reported with an earlier task); s1..s3 run in one task on w-live.
+        let states = vec![state(
+            "w-live",
+            WorkerHealth::Live,
+            vec![fused("r1", &["s0", "s1", "s2", "s3"])],
+        )];
+        let mut rows = vec![
+            row("s0", "SUCCEEDED"),
+            row("s1", "QUEUED"),
+            row("s2", "QUEUED"),
+            row("s3", "QUEUED"),
+            row("other", "QUEUED"),
+        ];
+        let lines = place_in_flight(
+            "r1",
+            false,
+            &mut rows,
+            &states,
+            Duration::from_secs(2),
+            None,
+        );
+        assert!(lines.is_empty(), "{lines:#?}");
+        assert_eq!(rows[0].worker, None, "an ended step is left alone");
+        assert_eq!(rows[0].status, "SUCCEEDED");
+        assert_eq!(rows[1].status, "RUNNING");
+        for row in &rows[1..4] {
+            assert_eq!(row.worker.as_deref(), Some("w-live"), "{}", row.step);
+        }
+        assert_eq!(rows[2].status, "QUEUED", "waits behind s1 in the task");
+        assert_eq!(rows[3].status, "QUEUED");
+        assert_eq!(rows[4].worker, None);
+    }
+
+    #[test]
+    fn a_fused_task_on_a_lost_worker_names_its_steps() {
+        let states = vec![
+            state(
+                "w-lost",
+                WorkerHealth::Lost,
+                vec![
+                    fused("r1", &["s0", "s1", "s2"]),
+                    // Every step ended: nothing to report.
+                    fused("r1", &["d0", "d1"]),
+                ],
+            ),
+            // The tail of the chain was sent again and runs on a live worker.
+            state("w-live", WorkerHealth::Live, vec![task("r1", Some("s2"))]),
+        ];
+        let mut rows = vec![
+            row("s0", "SUCCEEDED"),
+            row("s1", "QUEUED"),
+            row("s2", "QUEUED"),
+            row("d0", "SUCCEEDED"),
+            row("d1", "CANCELED"),
+        ];
+        let lines = place_in_flight(
+            "r1",
+            false,
+            &mut rows,
+            &states,
+            Duration::from_secs(2),
+            Some(Duration::from_secs(10)),
+        );
+        assert_eq!(rows[0].worker, None);
+        assert_eq!(rows[1].status, "QUEUED");
+        assert_eq!(rows[1].worker.as_deref(), Some("w-lost (LOST)"));
+        assert_eq!(rows[2].status, "RUNNING");
+        assert_eq!(rows[2].worker.as_deref(), Some("w-live"));
+        assert_eq!(rows[3].worker, None);
+        assert_eq!(rows[4].worker, None);
+        assert_eq!(lines.len(), 1, "{lines:#?}");
+        assert!(
+            lines[0].starts_with("step s1 sits on worker w-lost (host host-a, pid 42), lost since"),
+            "{lines:#?}"
+        );
+
+        // Without the live worker, the lost one holds both steps left.
+        let mut rows = vec![
+            row("s0", "SUCCEEDED"),
+            row("s1", "QUEUED"),
+            row("s2", "QUEUED"),
+            row("d0", "SUCCEEDED"),
+            row("d1", "CANCELED"),
+        ];
+        let lines = place_in_flight(
+            "r1",
+            false,
+            &mut rows,
+            &states[..1],
+            Duration::from_secs(2),
+            None,
+        );
+        assert_eq!(lines.len(), 1, "{lines:#?}");
+        assert!(
+            lines[0].starts_with("steps s1, s2 sit on worker w-lost"),
+            "{lines:#?}"
+        );
+        for row in &rows[1..3] {
+            assert_eq!(row.status, "QUEUED");
+            assert_eq!(row.worker.as_deref(), Some("w-lost (LOST)"));
+        }
     }
 
     #[test]

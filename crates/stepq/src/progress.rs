@@ -227,7 +227,11 @@ impl Progress {
         let Some(step) = event.step_key.as_deref() else {
             return;
         };
-        if self.phases.get(step).is_some_and(|p| p.is_final()) {
+        // A fused step canceled when its run stopped may report success after all (see
+        // `stepq_executor`'s run loop): the one final state that changes.
+        let late_success = matches!(event.kind, EventKind::StepSuccess { .. })
+            && self.phases.get(step) == Some(&Phase::Canceled);
+        if !late_success && self.phases.get(step).is_some_and(|p| p.is_final()) {
             return;
         }
         match &event.kind {
@@ -453,5 +457,28 @@ mod tests {
         ));
         p.on_event(&ev("a", EventKind::StepCanceled));
         assert_eq!((p.counts().succeeded, p.counts().canceled), (1, 0));
+    }
+
+    #[test]
+    fn a_canceled_step_that_succeeded_after_all_counts_as_succeeded() {
+        let mut p = Progress::plain(2, Box::new(Sink::default()));
+        let success = || EventKind::StepSuccess {
+            duration: Duration::ZERO,
+        };
+        p.on_event(&ev("a", EventKind::StepCanceled));
+        p.on_event(&ev("b", EventKind::StepCanceled));
+        assert_eq!((p.counts().succeeded, p.counts().canceled), (0, 2));
+        p.on_event(&ev("a", success()));
+        assert_eq!((p.counts().succeeded, p.counts().canceled), (1, 1));
+        assert_eq!(p.counts().finished(), 2);
+        p.on_event(&ev(
+            "b",
+            EventKind::StepSkipped {
+                reason: SkipReason::UpstreamNotSucceeded {
+                    upstream: "x".into(),
+                },
+            },
+        ));
+        assert_eq!(p.counts().canceled, 1, "other finals are kept");
     }
 }

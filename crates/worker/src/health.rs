@@ -33,6 +33,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use stepq_broker::{ErrorClass, TaskContext, TaskHandler, TaskMessage};
+use stepq_executor::protocol::labelled_step_keys;
 use stepq_executor::storage::{HeartbeatStore, RunningTask, StorageError, WorkerHeartbeat};
 use stepq_plan::events::now_us;
 use tokio::sync::watch;
@@ -70,17 +71,25 @@ impl WorkerActivity {
         WorkerActivity::default()
     }
 
-    /// Records that the task of `message` started now, with its `run_id` / `step_key` labels.
+    /// Records that the task of `message` started now, with its `run_id` / `step_key` labels
+    /// and, for a task of several steps, all its step keys (the
+    /// [`STEP_KEYS_LABEL`](stepq_executor::protocol::STEP_KEYS_LABEL) label).
     /// It counts as running until the returned guard is finished or dropped; it counts as done
     /// when finished (or when its handler panicked), not when merely dropped (e.g. abandoned
     /// at shutdown and returned to the queue).
     pub fn begin(&self, message: &TaskMessage) -> ActivityGuard {
         let registration = self.inner.next.fetch_add(1, Ordering::Relaxed);
+        let mut step_keys = labelled_step_keys(message);
+        if step_keys.len() < 2 {
+            // One step: `step_key` says it all.
+            step_keys.clear();
+        }
         let task = RunningTask {
             task_id: message.task_id.clone(),
             task_name: message.task_name.clone(),
             run_id: message.label(RUN_ID_LABEL).map(str::to_string),
             step_key: message.label(STEP_KEY_LABEL).map(str::to_string),
+            step_keys,
             since: now_us(),
         };
         self.lock().insert(registration, task);
@@ -417,6 +426,38 @@ mod tests {
         c.finish();
         assert_eq!(activity.tasks_running(), 0);
         assert_eq!(activity.tasks_done(), 2);
+    }
+
+    #[test]
+    fn activity_lists_every_step_of_a_fused_task() {
+        let activity = WorkerActivity::new();
+        let args = stepq_plan::ExecuteStepArgs {
+            run_id: "r1".into(),
+            job_name: "j".into(),
+            known_state: Default::default(),
+            step_keys: vec!["a".into(), "b \"2\"".into(), "c".into()],
+            retry_mode: Default::default(),
+            attempt: 1,
+            run_config: serde_json::Value::Null,
+            inline_inputs: Vec::new(),
+        };
+        let fused = stepq_executor::protocol::step_message(&args).unwrap();
+        let single = step_message("r1", "d");
+        let _guards = (activity.begin(&fused), activity.begin(&single));
+        let running = activity.running();
+        let of = |message: &TaskMessage| {
+            running
+                .iter()
+                .find(|t| t.task_id == message.task_id)
+                .cloned()
+                .unwrap()
+        };
+        let (fused, single) = (of(&fused), of(&single));
+        assert_eq!(fused.step_key.as_deref(), Some("a"));
+        assert_eq!(fused.step_keys, ["a", "b \"2\"", "c"]);
+        assert_eq!(fused.steps(), ["a", "b \"2\"", "c"]);
+        assert!(single.step_keys.is_empty(), "one step: no list");
+        assert_eq!(single.steps(), ["d"]);
     }
 
     #[tokio::test]

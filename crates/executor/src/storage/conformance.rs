@@ -644,6 +644,7 @@ fn heartbeat(worker_id: &str, last_seen: u64) -> WorkerHeartbeat {
             task_name: "execute_plan".into(),
             run_id: Some("run-1".into()),
             step_key: Some("step-a".into()),
+            step_keys: vec!["step-a".into(), "step \"b\"".into()],
             since: 900,
         }],
     }

@@ -34,8 +34,8 @@ pub struct WorkerHeartbeat {
     pub running_tasks: Vec<RunningTask>,
 }
 
-/// A task a worker is running, as its heartbeat lists it: which run and step it belongs to
-/// (from the task message's `run_id` / `step_key` labels) and since when.
+/// A task a worker is running, as its heartbeat lists it: which run and step(s) it belongs to
+/// (from the task message's `run_id` / `step_key` / `step_keys` labels) and since when.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RunningTask {
     /// The task id (the broker message's).
@@ -48,8 +48,25 @@ pub struct RunningTask {
     /// The step it runs (`step_key` label), if labelled; orchestration tasks have none.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub step_key: Option<String>,
+    /// Every step it runs, in order, when it runs more than one (a fused chain, `step_key`
+    /// being the first); empty for a one-step task, and in heartbeats written before this
+    /// field existed. [`RunningTask::steps`] gives the steps either way.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub step_keys: Vec<String>,
     /// Microseconds since the Unix epoch when the worker started it.
     pub since: u64,
+}
+
+impl RunningTask {
+    /// The steps the task runs, in order: `step_keys`, or else `step_key` alone, or else none
+    /// (an orchestration task).
+    pub fn steps(&self) -> Vec<&str> {
+        if self.step_keys.is_empty() {
+            self.step_key.as_deref().into_iter().collect()
+        } else {
+            self.step_keys.iter().map(String::as_str).collect()
+        }
+    }
 }
 
 impl WorkerHeartbeat {
@@ -226,6 +243,19 @@ mod tests {
     }
 
     #[test]
+    fn running_tasks_without_step_keys_still_read() {
+        // A running task as written before `step_keys` existed.
+        let old = r#"{"worker_id":"w1","host":"h","pid":7,"started_at":1,"last_seen":2,
+            "tasks_running":1,"tasks_done":0,"running_tasks":[{"task_id":"t1",
+            "task_name":"execute_plan","run_id":"r1","step_key":"a","since":1}]}"#;
+        let b: WorkerHeartbeat = serde_json::from_str(old).unwrap();
+        let task = &b.running_tasks[0];
+        assert_eq!(task.step_key.as_deref(), Some("a"));
+        assert!(task.step_keys.is_empty());
+        assert_eq!(task.steps(), ["a"]);
+    }
+
+    #[test]
     fn running_tasks_round_trip_and_filter_by_run() {
         let mut b = beat("w", 1);
         b.running_tasks = vec![
@@ -234,6 +264,7 @@ mod tests {
                 task_name: "execute_plan".into(),
                 run_id: Some("r1".into()),
                 step_key: Some("a".into()),
+                step_keys: Vec::new(),
                 since: 1,
             },
             RunningTask {
@@ -241,6 +272,7 @@ mod tests {
                 task_name: "execute_job".into(),
                 run_id: Some("r2".into()),
                 step_key: None,
+                step_keys: Vec::new(),
                 since: 2,
             },
             RunningTask {
@@ -248,7 +280,16 @@ mod tests {
                 task_name: "other".into(),
                 run_id: None,
                 step_key: None,
+                step_keys: Vec::new(),
                 since: 3,
+            },
+            RunningTask {
+                task_id: "t4".into(),
+                task_name: "execute_plan".into(),
+                run_id: Some("r1".into()),
+                step_key: Some("b".into()),
+                step_keys: vec!["b".into(), "c".into()],
+                since: 4,
             },
         ];
         let text = serde_json::to_string(&b).unwrap();
@@ -256,7 +297,14 @@ mod tests {
         let back: WorkerHeartbeat = serde_json::from_str(&text).unwrap();
         assert_eq!(back, b);
         let ids: Vec<_> = b.tasks_of_run("r1").map(|t| t.task_id.as_str()).collect();
-        assert_eq!(ids, ["t1"]);
+        assert_eq!(ids, ["t1", "t4"]);
+        let steps: Vec<_> = b.running_tasks.iter().map(RunningTask::steps).collect();
+        assert_eq!(steps, [vec!["a"], vec![], vec![], vec!["b", "c"]]);
+        assert_eq!(
+            text.matches("step_keys").count(),
+            1,
+            "only a fused task lists its steps: {text}"
+        );
         assert_eq!(b.tasks_of_run("nope").count(), 0);
     }
 

@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 
-use stepq_executor::{ExecutorConfig, RunStatus, StepRunState};
+use stepq_executor::{known_state_from_events, ExecutorConfig, RunStatus, StepRunState};
 use stepq_plan::{Backoff, EventKind, Job, RetryPolicy, SkipReason, StepDef};
 
 use crate::harness::{collect, output_value, Behaviour, Finished, Harness};
@@ -288,18 +288,68 @@ async fn interrupting_mid_chain_cancels_the_running_step_and_the_rest() {
     let run = collect(handle).await;
 
     assert_eq!(run.result.status, RunStatus::Canceled);
-    assert_eq!(run.result.steps["s0"].state, StepRunState::Succeeded);
-    for key in ["s1", "s2", "s3", "s4"] {
+    // `s1` finished on the worker before the interrupt, and reported with the task after
+    // it: first recorded canceled (it had not reported), then its success.
+    for key in ["s0", "s1"] {
+        assert_eq!(
+            run.result.steps[key].state,
+            StepRunState::Succeeded,
+            "{key}"
+        );
+        assert_eq!(run.result.steps[key].attempts, 1, "{key}");
+    }
+    assert_eq!(
+        names(&run, "s1"),
+        ["queued", "canceled", "other", "start", "output", "success"]
+    );
+    assert!(run.events.iter().any(|e| e.step_key.as_deref() == Some("s1")
+        && matches!(&e.kind, EventKind::EngineEvent { message } if message.contains("recorded as succeeded, not canceled"))));
+    for key in ["s2", "s3", "s4"] {
         assert_eq!(run.result.steps[key].state, StepRunState::Canceled, "{key}");
         assert!(names(&run, key).contains(&"canceled"), "{key}");
+        assert!(!names(&run, key).contains(&"success"), "{key}");
     }
     // The one task was asked to cancel.
     let task_id = queued(&run, "s0")[0].1.clone();
     assert_eq!(*hook.ids.lock().unwrap(), vec![task_id]);
     assert!(!h.worker.executed_steps().contains("s3"));
-    // `s1` ran before the interrupt: its success is noted, and it stays canceled.
-    assert!(run.events.iter().any(|e| e.step_key.as_deref() == Some("s1")
-        && matches!(&e.kind, EventKind::EngineEvent { message } if message.contains("after the run was interrupted"))));
+    // A resume takes `s1` as done: only `s2` onwards run again.
+    let known = known_state_from_events(&run.events);
+    assert_eq!(
+        known
+            .completed
+            .keys()
+            .map(String::as_str)
+            .collect::<Vec<_>>(),
+        ["s0", "s1"]
+    );
+    assert_eq!(known.completed["s1"].iter().collect::<Vec<_>>(), ["result"]);
+    assert_eq!(run.result.known_state.completed, known.completed);
+    h.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_rest_of_a_chain_whose_first_step_is_canceled_stays_canceled() {
+    // The interrupt cancels `s0` on the worker, which then stops: `s1` and `s2` stay canceled.
+    let h = Harness::builder(chain(3, None))
+        .behaviour("s0", Behaviour::UntilCancelled)
+        .start();
+    let hook = h.recording_hook(false);
+    let ex = h
+        .executor(ExecutorConfig::default())
+        .with_cancel_hook(hook.clone());
+    let handle = ex.start(h.request("fused-cancel-head")).unwrap();
+    h.worker
+        .wait_load(|l| l.started == 1 && l.running == 1)
+        .await;
+    handle.interrupt();
+    let run = collect(handle).await;
+    assert_eq!(run.result.status, RunStatus::Canceled);
+    for key in ["s0", "s1", "s2"] {
+        assert_eq!(run.result.steps[key].state, StepRunState::Canceled, "{key}");
+    }
+    assert_eq!(names(&run, "s1"), ["queued", "canceled"]);
+    assert!(known_state_from_events(&run.events).completed.is_empty());
     h.shutdown().await;
 }
 
