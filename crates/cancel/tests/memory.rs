@@ -138,6 +138,13 @@ async fn twenty_cancels_on_three_workers_all_reach_the_right_worker() {
 
     let mut cancelled_running = 0;
     for worker in workers {
+        // A worker not running a task hears its cancel on its own time: wait for the last
+        // ones (the running worker answered above, the others may still be on their way).
+        for id in &ids {
+            tokio::time::timeout(WAIT, worker.listener.cancelled().wait_for(id))
+                .await
+                .unwrap_or_else(|_| panic!("{} never heard the cancel of {id}", worker.name));
+        }
         let known = worker.listener.cancelled().len();
         let name = worker.name.clone();
         let (stats, listener) = worker.stop().await;
