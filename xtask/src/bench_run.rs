@@ -74,6 +74,24 @@ struct StepFigures {
     requests: Requests,
 }
 
+impl StepFigures {
+    /// AWS requests per step, over all the measured runs.
+    fn requests_per_step(&self) -> f64 {
+        total(&self.requests) as f64 / (self.steps * self.walls.len()) as f64
+    }
+
+    /// Prints the median wall time per run and per step, and the AWS requests per step.
+    fn print_summary(&self) {
+        let m = median(&self.walls);
+        println!(
+            "   median {} ({} per step), {:.2} AWS requests per step",
+            secs(m),
+            ms(m / self.steps as u32),
+            self.requests_per_step()
+        );
+    }
+}
+
 /// One broker-alone measurement.
 struct BrokerFigures {
     concurrency: usize,
@@ -271,13 +289,7 @@ pub async fn bench_run(root: &Path, args: &BenchRunArgs) -> Result<u8> {
                 let f = measure(executor, orchestrator, &log, job, args.bench.reps)
                     .await
                     .with_context(|| workers.log_tails())?;
-                let m = median(&f.walls);
-                println!(
-                    "   median {} ({} per step), {:.2} AWS requests per step",
-                    secs(m),
-                    ms(m / f.steps as u32),
-                    total(&f.requests) as f64 / (f.steps * f.walls.len()) as f64
-                );
+                f.print_summary();
                 figures.push(f);
             }
         }
@@ -298,13 +310,7 @@ pub async fn bench_run(root: &Path, args: &BenchRunArgs) -> Result<u8> {
                 let f = measure_cli(bin, &config_path, &work, &log, job, args.bench.reps)
                     .await
                     .with_context(|| workers.log_tails())?;
-                let m = median(&f.walls);
-                println!(
-                    "   median {} ({} per step), {:.2} AWS requests per step",
-                    secs(m),
-                    ms(m / f.steps as u32),
-                    total(&f.requests) as f64 / (f.steps * f.walls.len()) as f64
-                );
+                f.print_summary();
                 figures.push(f);
             }
         }
@@ -723,7 +729,7 @@ fn render(
                 secs(min),
                 secs(max),
                 ms(m / f.steps as u32),
-                total(&f.requests) as f64 / (f.steps * f.walls.len()) as f64
+                f.requests_per_step()
             ),
         );
     }

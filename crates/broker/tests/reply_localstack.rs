@@ -198,6 +198,26 @@ fn result_for(sent: &TaskMessage, value: serde_json::Value) -> TaskResult {
     r
 }
 
+/// A worker's receiver on `queue_url` with task `double` registered; its results go to S3
+/// under `prefix` (counted) and are announced on reply queues.
+async fn counting_worker(
+    queue_url: &str,
+    prefix: &str,
+) -> (Receiver, Arc<NotifyingResultBackend<Counting>>) {
+    let worker_broker = broker(queue_url).await;
+    let worker_results = Arc::new(reply::notifying(
+        &worker_broker,
+        Counting::new(s3_results(prefix).await),
+    ));
+    let worker_queue = TaskQueue::new(Arc::new(worker_broker), worker_results.clone());
+    let mut receiver = Receiver::new(worker_queue);
+    receiver.register_fn(
+        "double",
+        |x: i64| async move { Ok::<_, std::io::Error>(x * 2) },
+    );
+    (receiver, worker_results)
+}
+
 /// Whether the queue at `url` is gone.
 async fn queue_is_gone(url: &str) -> bool {
     match sqs_client()
@@ -614,17 +634,7 @@ async fn reply_only_results_make_no_s3_request_at_all() {
     let queue_url = fresh_queue().await;
     let prefix = fresh_prefix();
     let orch = orchestrator_with(&queue_url, &prefix, SLOW, true).await;
-    let worker_broker = broker(&queue_url).await;
-    let worker_results = Arc::new(reply::notifying(
-        &worker_broker,
-        Counting::new(s3_results(&prefix).await),
-    ));
-    let worker_queue = TaskQueue::new(Arc::new(worker_broker), worker_results.clone());
-    let mut receiver = Receiver::new(worker_queue);
-    receiver.register_fn(
-        "double",
-        |x: i64| async move { Ok::<_, std::io::Error>(x * 2) },
-    );
+    let (mut receiver, worker_results) = counting_worker(&queue_url, &prefix).await;
     receiver.register_fn("big", |_: serde_json::Value| async move {
         Ok::<_, std::io::Error>("y".repeat(300 * 1024))
     });
@@ -683,17 +693,7 @@ async fn a_no_reply_task_makes_no_reply_queue_and_its_result_is_stored() {
         max: Duration::from_millis(100),
     };
     let orch = orchestrator_with(&queue_url, &prefix, fast, true).await;
-    let worker_broker = broker(&queue_url).await;
-    let worker_results = Arc::new(reply::notifying(
-        &worker_broker,
-        Counting::new(s3_results(&prefix).await),
-    ));
-    let worker_queue = TaskQueue::new(Arc::new(worker_broker), worker_results.clone());
-    let mut receiver = Receiver::new(worker_queue);
-    receiver.register_fn(
-        "double",
-        |x: i64| async move { Ok::<_, std::io::Error>(x * 2) },
-    );
+    let (receiver, worker_results) = counting_worker(&queue_url, &prefix).await;
     let stop = CancellationToken::new();
     let worker = tokio::spawn(receiver.run(stop.clone()));
 

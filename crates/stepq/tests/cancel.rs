@@ -1,16 +1,17 @@
 //! Cancelling runs through the app: the cancellation extension wired by `make_app`, and
 //! `App::request_cancel` (what `stepq cancel` does) reaching the run's orchestrator.
 
+mod common;
+
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use stepq::app::{make_app, App, AppError, FinishedRun, LaunchedRun, LocalWorkers, RunOptions};
+use common::app::{announced_slow_location, launch_slow};
+use stepq::app::{make_app, App, AppError, FinishedRun, LaunchedRun, LocalWorkers};
 use stepq::config::StepqConfig;
-use stepq::examples;
 use stepq_executor::storage::{RunStatus as StoredStatus, StorageError};
 use stepq_executor::{RunStatus, StepRunState};
-use stepq_worker::{op_fn, CodeLocation, Op};
 
 async fn app_with(dir: &Path, tweak: impl FnOnce(&mut StepqConfig)) -> App {
     let mut config = StepqConfig {
@@ -21,36 +22,13 @@ async fn app_with(dir: &Path, tweak: impl FnOnce(&mut StepqConfig)) -> App {
     make_app(&config).await.unwrap()
 }
 
-/// The `slow` job's location, its `sleep` op announcing each start on `started`.
-fn announced_slow_location(started: Arc<tokio::sync::Semaphore>) -> Arc<CodeLocation> {
-    let mut ops = examples::ops();
-    let sleep = ops.remove("sleep").unwrap();
-    let announced: Arc<dyn Op> = op_fn(move |ctx, inputs| {
-        let (started, sleep) = (started.clone(), sleep.clone());
-        async move {
-            started.add_permits(1);
-            sleep.run(&ctx, inputs).await
-        }
-    });
-    ops.insert("sleep".into(), announced);
-    Arc::new(examples::location_with(ops).unwrap())
-}
-
 /// Launches `slow` (ten-minute steps) on two in-process workers and waits until two steps run.
 async fn two_running_slow_steps(app: &App, run_id: &str) -> (LaunchedRun, LocalWorkers) {
     let started = Arc::new(tokio::sync::Semaphore::new(0));
     let location = announced_slow_location(started.clone());
     let local = app.start_local_workers(location.clone(), 2).unwrap();
     let executor = app.executor(None).unwrap();
-    let options = RunOptions {
-        run_id: Some(run_id.into()),
-        run_config: serde_json::json!({ "sleep_ms": 600_000 }),
-        ..RunOptions::default()
-    };
-    let run = app
-        .launch(&executor, &location, "slow", options)
-        .await
-        .unwrap();
+    let run = launch_slow(app, &executor, &location, Some(run_id)).await;
     started.acquire_many(2).await.unwrap().forget();
     (run, local)
 }

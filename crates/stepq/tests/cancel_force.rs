@@ -3,24 +3,16 @@
 //! status. The binary runs in its own directory against the `.stepq/` run store the test
 //! prepares.
 
-use std::path::Path;
-use std::process::{Command, Output};
+mod common;
 
-use stepq::app::{make_app, App};
-use stepq::config::StepqConfig;
+use common::app::app_in;
+use common::cli::{run, text};
+use stepq::app::App;
 use stepq_executor::launcher::read_all_events;
 use stepq_executor::storage::{RunRecord, RunStatus, StatusChange};
 use stepq_plan::EventKind;
 
 const DEAD_ORCHESTRATOR: &str = "w-dead@nowhere:1";
-
-async fn app_in(dir: &Path) -> App {
-    let config = StepqConfig {
-        state_dir: dir.join(".stepq"),
-        ..StepqConfig::default()
-    };
-    make_app(&config).await.unwrap()
-}
 
 /// Stores run `run_id` and moves it through `path` (the first step by the dead orchestrator).
 async fn run_in(app: &App, run_id: &str, path: &[RunStatus]) {
@@ -35,30 +27,6 @@ async fn run_in(app: &App, run_id: &str, path: &[RunStatus]) {
         }
         runs.change_status(run_id, &change).await.unwrap();
     }
-}
-
-fn stepq(dir: &Path, args: &[&str]) -> Output {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_stepq"));
-    cmd.current_dir(dir).args(args);
-    for var in [
-        "STEPQ_CONFIG",
-        "STEPQ_SQS_QUEUE_URL",
-        "STEPQ_SQS_ENDPOINT_URL",
-        "STEPQ_S3_BUCKET_NAME",
-        "STEPQ_S3_ENDPOINT_URL",
-        "RUST_LOG",
-    ] {
-        cmd.env_remove(var);
-    }
-    cmd.output().expect("stepq starts")
-}
-
-fn text(out: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
 }
 
 async fn status_of(app: &App, run_id: &str) -> RunStatus {
@@ -77,10 +45,10 @@ async fn force_ends_a_run_stuck_canceling_and_plain_cancel_leaves_it() {
     run_in(&app, "r1", &stuck).await;
 
     // Without --force: the request is already recorded, nobody ends the run.
-    let out = stepq(dir.path(), &["cancel", "r1", "--wait", "0"]);
+    let out = run(dir.path(), &["cancel", "r1", "--wait", "0"]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
     assert!(text(&out).contains("CANCELING"), "{}", text(&out));
-    let out = stepq(dir.path(), &["cancel", "r1", "--wait", "0.2"]);
+    let out = run(dir.path(), &["cancel", "r1", "--wait", "0.2"]);
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));
     assert!(
         text(&out).contains("stepq cancel r1 --force"),
@@ -89,7 +57,7 @@ async fn force_ends_a_run_stuck_canceling_and_plain_cancel_leaves_it() {
     );
     assert_eq!(status_of(&app, "r1").await, RunStatus::Canceling);
 
-    let out = stepq(dir.path(), &["cancel", "r1", "--force"]);
+    let out = run(dir.path(), &["cancel", "r1", "--force"]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
     assert!(text(&out).contains("run r1 CANCELED"), "{}", text(&out));
     let record = app.runs().get_run("r1").await.unwrap();
@@ -109,7 +77,7 @@ async fn force_ends_a_run_stuck_canceling_and_plain_cancel_leaves_it() {
     assert_eq!(canceled.kind, EventKind::RunCanceled);
 
     // Again: the run already ended.
-    let out = stepq(dir.path(), &["cancel", "r1", "--force"]);
+    let out = run(dir.path(), &["cancel", "r1", "--force"]);
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));
     assert!(
         text(&out).contains("already ended CANCELED"),
@@ -129,7 +97,7 @@ async fn force_touches_no_run_that_is_not_canceling() {
         ("running", RunStatus::Started),
         ("queued", RunStatus::Queued),
     ] {
-        let out = stepq(dir.path(), &["cancel", run_id, "--force"]);
+        let out = run(dir.path(), &["cancel", run_id, "--force"]);
         assert_eq!(out.status.code(), Some(1), "{}", text(&out));
         assert!(
             text(&out).contains(&format!("is {status}, not CANCELING")),
@@ -143,6 +111,6 @@ async fn force_touches_no_run_that_is_not_canceling() {
             .is_empty());
     }
 
-    let out = stepq(dir.path(), &["cancel", "nope", "--force"]);
+    let out = run(dir.path(), &["cancel", "nope", "--force"]);
     assert_eq!(out.status.code(), Some(2), "{}", text(&out));
 }

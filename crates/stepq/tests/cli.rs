@@ -1,39 +1,13 @@
 //! The `stepq` binary, run as a user would: each test in its own working directory, so its
 //! `.stepq/` state is its own.
 
+mod common;
+
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Stdio};
 
-const ENV_OVERRIDES: [&str; 6] = [
-    "STEPQ_CONFIG",
-    "STEPQ_SQS_QUEUE_URL",
-    "STEPQ_SQS_ENDPOINT_URL",
-    "STEPQ_S3_BUCKET_NAME",
-    "STEPQ_S3_ENDPOINT_URL",
-    "RUST_LOG",
-];
-
-fn stepq(dir: &Path) -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_stepq"));
-    cmd.current_dir(dir);
-    for var in ENV_OVERRIDES {
-        cmd.env_remove(var);
-    }
-    cmd
-}
-
-fn run(dir: &Path, args: &[&str]) -> Output {
-    stepq(dir).args(args).output().expect("stepq starts")
-}
-
-fn stdout(out: &Output) -> String {
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-fn stderr(out: &Output) -> String {
-    String::from_utf8_lossy(&out.stderr).into_owned()
-}
+use common::cli::{run, stderr, stdout, stepq, ENV_OVERRIDES};
 
 fn jobs_file() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/jobs.toml")

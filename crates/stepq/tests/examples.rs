@@ -2,12 +2,15 @@
 //! broker, local-directory backends in a temp dir, in-process workers), and its values are
 //! read back from the output store.
 
+mod common;
+
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use common::app::{announced_slow_location, launch_slow};
 use stepq::app::{make_app, App, FinishedRun, RunOptions};
 use stepq::config::{StepqConfig, TagLimitSetting};
 use stepq::examples::{self, RESULT};
@@ -15,7 +18,7 @@ use stepq::toml_jobs::ShellJobs;
 use stepq_executor::storage::{EventCursor, RunStatus as StoredStatus};
 use stepq_executor::{RunStatus, StepRunState};
 use stepq_plan::{EventKind, Job, StepDef};
-use stepq_worker::{op_fn, op_output, CodeLocation, Op};
+use stepq_worker::{op_output, CodeLocation, Op};
 
 const WORKERS: usize = 3;
 
@@ -297,21 +300,6 @@ async fn tag_limit_is_never_exceeded() {
     );
 }
 
-/// The `slow` job's location, its `sleep` op announcing each start on `started`.
-fn announced_slow_location(started: Arc<tokio::sync::Semaphore>) -> Arc<CodeLocation> {
-    let mut ops = examples::ops();
-    let sleep = ops.remove("sleep").unwrap();
-    let announced: Arc<dyn Op> = op_fn(move |ctx, inputs| {
-        let (started, sleep) = (started.clone(), sleep.clone());
-        async move {
-            started.add_permits(1);
-            sleep.run(&ctx, inputs).await
-        }
-    });
-    ops.insert("sleep".into(), announced);
-    Arc::new(examples::location_with(ops).unwrap())
-}
-
 /// Runs `slow` (ten-minute steps) on `workers` in-process workers, interrupts it once
 /// `running` steps run, and returns how it ended.
 async fn interrupted_slow_run(app: &App, workers: usize, running: u32) -> FinishedRun {
@@ -319,14 +307,7 @@ async fn interrupted_slow_run(app: &App, workers: usize, running: u32) -> Finish
     let location = announced_slow_location(started.clone());
     let local = app.start_local_workers(location.clone(), workers).unwrap();
     let executor = app.executor(Some(local.cancel_hook())).unwrap();
-    let options = RunOptions {
-        run_config: serde_json::json!({ "sleep_ms": 600_000 }),
-        ..RunOptions::default()
-    };
-    let run = app
-        .launch(&executor, &location, "slow", options)
-        .await
-        .unwrap();
+    let run = launch_slow(app, &executor, &location, None).await;
     let _running = started.acquire_many(running).await.unwrap();
     run.interrupt();
     let finished = tokio::time::timeout(Duration::from_secs(60), run.wait())

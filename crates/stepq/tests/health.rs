@@ -3,33 +3,25 @@
 //! within three health intervals, in `stepq worker list` and in `stepq status` of the run
 //! whose step it held.
 
+mod common;
+
 use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use stepq::app::{make_app, App, RunOptions};
+use common::app::{announced_slow_location, launch_slow};
+use common::cli::{stderr, stdout, stepq_configured};
+use stepq::app::{make_app, App};
 use stepq::config::StepqConfig;
 use stepq::examples;
 use stepq::health::{start_worker_health, worker_states};
 use stepq_executor::storage::{WorkerHealth, WorkerState};
-use stepq_worker::{op_fn, CodeLocation, Op};
 use tokio_util::sync::CancellationToken;
 
 /// The health interval of these tests.
 const INTERVAL: Duration = Duration::from_millis(200);
 /// Generous bound on anything that takes a few intervals.
 const PATIENCE: Duration = Duration::from_secs(30);
-
-/// Variables that would override the tests' config in a `stepq` process.
-const ENV_OVERRIDES: [&str; 7] = [
-    "STEPQ_CONFIG",
-    "STEPQ_SQS_QUEUE_URL",
-    "STEPQ_SQS_ENDPOINT_URL",
-    "STEPQ_S3_BUCKET_NAME",
-    "STEPQ_S3_ENDPOINT_URL",
-    "STEPQ_WORKER_HEALTH_INTERVAL_SECONDS",
-    "RUST_LOG",
-];
 
 /// Writes `stepq.toml` for the embedded default under `dir` with the test's health interval.
 fn write_config(dir: &Path) -> std::path::PathBuf {
@@ -53,34 +45,12 @@ async fn app_in(dir: &Path) -> App {
 
 /// Runs the `stepq` binary with `args` against the test's config; (exit code, stdout, stderr).
 async fn stepq(dir: &Path, args: &[&str]) -> (Option<i32>, String, String) {
-    let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_stepq"));
-    cmd.current_dir(dir)
-        .arg("--config")
-        .arg(dir.join("stepq.toml"));
-    for var in ENV_OVERRIDES {
-        cmd.env_remove(var);
-    }
-    let out = cmd.args(args).output().await.expect("stepq starts");
-    (
-        out.status.code(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
-
-/// The `slow` job's location, its `sleep` op announcing each start on `started`.
-fn announced_slow_location(started: Arc<tokio::sync::Semaphore>) -> Arc<CodeLocation> {
-    let mut ops = examples::ops();
-    let sleep = ops.remove("sleep").unwrap();
-    let announced: Arc<dyn Op> = op_fn(move |ctx, inputs| {
-        let (started, sleep) = (started.clone(), sleep.clone());
-        async move {
-            started.add_permits(1);
-            sleep.run(&ctx, inputs).await
-        }
-    });
-    ops.insert("sleep".into(), announced);
-    Arc::new(examples::location_with(ops).unwrap())
+    let out = tokio::process::Command::from(stepq_configured(dir))
+        .args(args)
+        .output()
+        .await
+        .expect("stepq starts");
+    (out.status.code(), stdout(&out), stderr(&out))
 }
 
 /// Reads the workers until `done` holds for them (bounded by [`PATIENCE`]). Other processes'
@@ -120,15 +90,7 @@ async fn a_worker_shows_live_with_its_steps_then_lost_once_its_heartbeats_stop()
 
     // A run whose first step sleeps ten minutes on that worker.
     let executor = app.executor(None).unwrap();
-    let options = RunOptions {
-        run_id: Some("r-health".into()),
-        run_config: serde_json::json!({ "sleep_ms": 600_000 }),
-        ..RunOptions::default()
-    };
-    let run = app
-        .launch(&executor, &location, "slow", options)
-        .await
-        .unwrap();
+    let run = launch_slow(&app, &executor, &location, Some("r-health")).await;
     started.acquire().await.unwrap().forget();
 
     // The heartbeat after the step started lists it.
@@ -238,12 +200,7 @@ async fn a_worker_that_stops_cleanly_removes_its_heartbeat() {
 async fn a_bad_health_interval_is_a_config_error_naming_it() {
     let dir = tempfile::tempdir().unwrap();
     write_config(dir.path());
-    let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_stepq"));
-    cmd.current_dir(dir.path());
-    for var in ENV_OVERRIDES {
-        cmd.env_remove(var);
-    }
-    let out = cmd
+    let out = tokio::process::Command::from(common::cli::stepq(dir.path()))
         .args(["worker", "list"])
         .env("STEPQ_WORKER_HEALTH_INTERVAL_SECONDS", "0")
         .output()

@@ -3,6 +3,8 @@
 //! and the local-directory run store; and `stepq logs` reading that store from another
 //! process.
 
+mod common;
+
 use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::process::{Command, Stdio};
@@ -10,8 +12,9 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use stepq::app::{make_app, App, AppError, LocalWorkers, RunOptions};
-use stepq::config::StepqConfig;
+use common::app::app_in;
+use common::cli::{run, stepq};
+use stepq::app::{App, AppError, LocalWorkers, RunOptions};
 use stepq::examples;
 use stepq_broker::{TaskHandle, TaskWaitError};
 use stepq_executor::launcher::{
@@ -24,14 +27,6 @@ use stepq_results::OutputKey;
 use stepq_worker::{decode_value, encode_value, op_map, op_output, CodeLocation, Op, OpError};
 
 const WAIT: Option<Duration> = Some(Duration::from_secs(20));
-
-async fn app_in(dir: &Path) -> App {
-    let config = StepqConfig {
-        state_dir: dir.join(".stepq"),
-        ..StepqConfig::default()
-    };
-    make_app(&config).await.unwrap()
-}
 
 /// Steps of the `slow` job that announce their start on `started` and then wait for a permit
 /// of `release` (instead of sleeping).
@@ -452,24 +447,10 @@ async fn a_launched_run_is_canceled_through_its_record() {
     local.shutdown().await.unwrap();
 }
 
-/// The `stepq` binary in `dir` (whose `.stepq/` is the app's state), without env overrides.
-fn stepq(dir: &Path, args: &[&str]) -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_stepq"));
-    cmd.current_dir(dir).args(args);
-    for var in [
-        "STEPQ_CONFIG",
-        "STEPQ_SQS_QUEUE_URL",
-        "STEPQ_S3_BUCKET_NAME",
-        "RUST_LOG",
-    ] {
-        cmd.env_remove(var);
-    }
-    cmd
-}
-
+/// `stepq logs ARGS` in `dir` (whose `.stepq/` is the app's state).
 fn stepq_logs(dir: &Path, args: &[&str]) -> Command {
-    let mut cmd = stepq(dir, &["logs"]);
-    cmd.args(args);
+    let mut cmd = stepq(dir);
+    cmd.arg("logs").args(args);
     cmd
 }
 
@@ -541,17 +522,16 @@ async fn logs_follow_a_run_until_it_ends() {
 #[test]
 fn launch_and_resume_need_a_distributed_config() {
     let dir = tempfile::tempdir().unwrap();
-    let run = |args: &[&str]| stepq(dir.path(), args).output().unwrap();
-    let out = run(&["launch", "serial"]);
+    let out = run(dir.path(), &["launch", "serial"]);
     assert_eq!(out.status.code(), Some(2));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("needs a distributed config"), "{err}");
-    let out = run(&["launch", "no_such_job"]);
+    let out = run(dir.path(), &["launch", "no_such_job"]);
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("unknown job"));
-    let out = run(&["launch", "serial", "--steps", "nope"]);
+    let out = run(dir.path(), &["launch", "serial", "--steps", "nope"]);
     assert_eq!(out.status.code(), Some(2));
-    let out = run(&["resume", "r1"]);
+    let out = run(dir.path(), &["resume", "r1"]);
     assert_eq!(out.status.code(), Some(2));
     assert!(
         !dir.path().join(".stepq/runs").exists(),

@@ -11,7 +11,8 @@ mod common;
 use std::process::Stdio;
 use std::time::Duration;
 
-use common::*;
+use common::cli::{row, run_configured, stepq_configured, text};
+use common::localstack::*;
 
 /// Runs `diamond` with two worker processes and checks its outputs, the run record in S3 as
 /// another process sees it, and that both workers stop cleanly.
@@ -21,7 +22,7 @@ async fn diamond_on(fifo: bool) {
     let dir = config_dir(&ls, &queue);
     let w1 = WorkerProcess::start(dir.path(), "w1");
     let w2 = WorkerProcess::start(dir.path(), "w2");
-    let out = run(dir.path(), &["run", "diamond", "--run-id", "diamond-run"]);
+    let out = run_configured(dir.path(), &["run", "diamond", "--run-id", "diamond-run"]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
     let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
     assert!(stdout.contains("subtract.result = -1"), "{stdout}");
@@ -34,7 +35,7 @@ async fn diamond_on(fifo: bool) {
             cols[5]
         );
     }
-    let status = run(dir.path(), &["status", "diamond-run"]);
+    let status = run_configured(dir.path(), &["status", "diamond-run"]);
     assert_eq!(status.status.code(), Some(0), "{}", text(&status));
     assert!(String::from_utf8_lossy(&status.stdout).contains("status:       SUCCESS"));
     assert_eq!(w1.stop(), Some(0));
@@ -62,7 +63,7 @@ async fn localstack_fifty_step_fan_out() {
     let dir = config_dir(&ls, &queue);
     let _w1 = WorkerProcess::start(dir.path(), "w1");
     let _w2 = WorkerProcess::start(dir.path(), "w2");
-    let out = run(dir.path(), &["run", "fanout_join_50"]);
+    let out = run_configured(dir.path(), &["run", "fanout_join_50"]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(stdout.contains("52 steps succeeded"), "{stdout}");
@@ -77,7 +78,7 @@ async fn localstack_failure_job_exits_1() {
     let dir = config_dir(&ls, &queue);
     let _w1 = WorkerProcess::start(dir.path(), "w1");
     let _w2 = WorkerProcess::start(dir.path(), "w2");
-    let out = run(dir.path(), &["run", "failure"]);
+    let out = run_configured(dir.path(), &["run", "failure"]);
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));
     let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
     assert_eq!(row(&stdout, "fails")[1], "FAILED", "{stdout}");
@@ -103,7 +104,7 @@ async fn localstack_large_payloads_go_through_s3() {
     let _w1 = WorkerProcess::start(dir.path(), "w1");
     let _w2 = WorkerProcess::start(dir.path(), "w2");
     let arg = format!("@{}", file.display());
-    let out = run(dir.path(), &["run", "diamond", "--run-config", &arg]);
+    let out = run_configured(dir.path(), &["run", "diamond", "--run-config", &arg]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
     assert!(String::from_utf8_lossy(&out.stdout).contains("subtract.result = -1"));
     queue.delete().await;
@@ -117,7 +118,7 @@ async fn localstack_a_killed_workers_step_is_finished_by_another() {
     let dir = config_dir(&ls, &queue);
     let doomed = WorkerProcess::start(dir.path(), "doomed");
     // Four 3-second steps; the run waits for them as long as it takes.
-    let orchestrator = stepq(dir.path())
+    let orchestrator = stepq_configured(dir.path())
         .args([
             "run",
             "slow",
@@ -157,9 +158,9 @@ async fn localstack_a_malformed_message_does_not_stop_the_worker() {
     queue.send_raw("this is not a task message").await;
     let line = worker.wait_for("malformed", Duration::from_secs(60));
     assert!(line.contains("this is not a task message"), "{line}");
-    let out = run(dir.path(), &["run", "diamond"]);
+    let out = run_configured(dir.path(), &["run", "diamond"]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
-    let out = run(dir.path(), &["worker", "list"]);
+    let out = run_configured(dir.path(), &["worker", "list"]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
     let listing = String::from_utf8_lossy(&out.stdout).into_owned();
     assert!(listing.contains(&queue.url), "{listing}");
@@ -181,7 +182,7 @@ async fn localstack_stepq_cancel_ends_a_distributed_run_canceled() {
     let dir = config_dir(&ls, &queue);
     let w1 = WorkerProcess::start(dir.path(), "w1");
     let w2 = WorkerProcess::start(dir.path(), "w2");
-    let mut orchestrator = stepq(dir.path())
+    let mut orchestrator = stepq_configured(dir.path())
         .args([
             "run",
             "slow",
@@ -199,7 +200,7 @@ async fn localstack_stepq_cancel_ends_a_distributed_run_canceled() {
     // From another process: the run goes CANCELING, its orchestrator cancels the steps on
     // the workers, and the run ends CANCELED.
     let asked = std::time::Instant::now();
-    let out = run(dir.path(), &["cancel", "cancel-run"]);
+    let out = run_configured(dir.path(), &["cancel", "cancel-run"]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
     assert!(
         String::from_utf8_lossy(&out.stdout).contains("run cancel-run CANCELED"),
@@ -227,11 +228,11 @@ async fn localstack_stepq_cancel_ends_a_distributed_run_canceled() {
             "{stdout}"
         );
     }
-    let status = run(dir.path(), &["status", "cancel-run"]);
+    let status = run_configured(dir.path(), &["status", "cancel-run"]);
     assert!(String::from_utf8_lossy(&status.stdout).contains("status:       CANCELED"));
 
     // A finished run cannot be canceled again.
-    let again = run(dir.path(), &["cancel", "cancel-run"]);
+    let again = run_configured(dir.path(), &["cancel", "cancel-run"]);
     assert_eq!(again.status.code(), Some(1), "{}", text(&again));
 
     // Stopped workers delete their cancel inboxes.

@@ -7,133 +7,26 @@
 //! STEPQ_TEST_AWS_ENDPOINT, STEPQ_TEST_S3_BUCKET and AWS credentials set. The test uses its
 //! own freshly created queue and S3 prefix.
 
+mod common;
+
 use std::fs::File;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
+
+use common::cli::{run_configured, stdout, stepq_configured, text};
+use common::localstack::{config_dir_with, localstack, TestQueue, VISIBILITY_SECONDS};
 
 /// The workers' health interval in this test.
 const INTERVAL: Duration = Duration::from_secs(1);
-/// The queue's visibility timeout in this test.
-const VISIBILITY_SECONDS: u32 = 6;
 /// Generous bound on anything that should take seconds.
 const PATIENCE: Duration = Duration::from_secs(90);
 
-struct LocalStack {
-    endpoint: String,
-    bucket: String,
-    region: String,
-}
-
-fn localstack() -> LocalStack {
-    let var = |name: &str| {
-        std::env::var(name).unwrap_or_else(|_| {
-            panic!("{name} is not set: run the LocalStack tests with `cargo xtask localstack-test`")
-        })
-    };
-    LocalStack {
-        endpoint: var("STEPQ_TEST_AWS_ENDPOINT"),
-        bucket: var("STEPQ_TEST_S3_BUCKET"),
-        region: std::env::var("AWS_DEFAULT_REGION").unwrap_or_else(|_| "us-east-1".into()),
-    }
-}
-
-/// A standard queue of its own, deleted at the end.
-struct TestQueue {
-    url: String,
-    client: aws_sdk_sqs::Client,
-}
-
-impl TestQueue {
-    async fn create(ls: &LocalStack) -> Self {
-        let sdk = aws_config::defaults(aws_config::BehaviorVersion::latest())
-            .endpoint_url(&ls.endpoint)
-            .region(aws_config::Region::new(ls.region.clone()))
-            .load()
-            .await;
-        let client = aws_sdk_sqs::Client::new(&sdk);
-        let id = uuid::Uuid::new_v4().simple().to_string();
-        let out = client
-            .create_queue()
-            .queue_name(format!("stepq-health-{}", &id[..12]))
-            .send()
-            .await
-            .expect("create the test queue");
-        TestQueue {
-            url: out.queue_url().expect("a queue URL").to_string(),
-            client,
-        }
-    }
-
-    async fn delete(self) {
-        let _ = self.client.delete_queue().queue_url(&self.url).send().await;
-    }
-}
-
-/// A working directory with a `stepq.toml` for the test's queue, S3 prefix and intervals.
-fn config_dir(ls: &LocalStack, queue: &TestQueue) -> tempfile::TempDir {
-    let dir = tempfile::tempdir().unwrap();
-    let prefix = format!("health-tests/{}", uuid::Uuid::new_v4().simple());
-    std::fs::write(
-        dir.path().join("stepq.toml"),
-        format!(
-            r#"
-[sqs]
-queue_url = "{queue}"
-endpoint_url = "{endpoint}"
-region_name = "{region}"
-config_source = {{ wait_time_seconds = 2, visibility_timeout = {VISIBILITY_SECONDS} }}
-
-[s3]
-bucket = "{bucket}"
-base_path = "{prefix}"
-endpoint_url = "{endpoint}"
-
-[worker]
-health_interval_seconds = {interval}
-"#,
-            queue = queue.url,
-            endpoint = ls.endpoint,
-            region = ls.region,
-            bucket = ls.bucket,
-            interval = INTERVAL.as_secs_f64(),
-        ),
-    )
-    .unwrap();
-    dir
-}
-
-fn stepq(dir: &Path) -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_stepq"));
-    cmd.current_dir(dir).arg("--config").arg("stepq.toml");
-    for var in [
-        "STEPQ_CONFIG",
-        "STEPQ_SQS_QUEUE_URL",
-        "STEPQ_SQS_ENDPOINT_URL",
-        "STEPQ_S3_BUCKET_NAME",
-        "STEPQ_S3_ENDPOINT_URL",
-        "STEPQ_WORKER_HEALTH_INTERVAL_SECONDS",
-    ] {
-        cmd.env_remove(var);
-    }
-    cmd
-}
-
-fn run(dir: &Path, args: &[&str]) -> Output {
-    stepq(dir).args(args).output().expect("stepq runs")
-}
-
 /// stdout of a command that must exit 0.
 fn stdout_of(dir: &Path, args: &[&str]) -> String {
-    let out = run(dir, args);
-    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "stepq {args:?}: {stdout}\n--- stderr ---\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    stdout
+    let out = run_configured(dir, args);
+    assert_eq!(out.status.code(), Some(0), "stepq {args:?}: {}", text(&out));
+    stdout(&out)
 }
 
 /// A `stepq` child process (worker or orchestrator), its stderr in `<dir>/<name>.log`;
@@ -146,7 +39,7 @@ struct Process {
 impl Process {
     fn start(dir: &Path, name: &str, args: &[&str]) -> Self {
         let log = dir.join(format!("{name}.log"));
-        let child = stepq(dir)
+        let child = stepq_configured(dir)
             .args(args)
             .env("RUST_LOG", "info")
             .stdout(Stdio::null())
@@ -227,8 +120,12 @@ fn worker_line<'a>(listing: &'a str, worker: &str) -> Option<&'a str> {
 #[ignore = "localstack"]
 async fn localstack_a_killed_worker_is_lost_within_three_intervals_and_its_step_moves_on() {
     let ls = localstack();
-    let queue = TestQueue::create(&ls).await;
-    let dir = config_dir(&ls, &queue);
+    let queue = TestQueue::named(&ls, "stepq-health", false).await;
+    let more = format!(
+        "\n[worker]\nhealth_interval_seconds = {}\n",
+        INTERVAL.as_secs_f64()
+    );
+    let dir = config_dir_with(&ls, &queue, "health-tests", &more);
     let dir = dir.path();
 
     // A worker, and a run of one ten-minute step (so its message is the only one in the

@@ -12,7 +12,8 @@ use std::process::Stdio;
 use std::sync::mpsc;
 use std::time::Duration;
 
-use common::*;
+use common::cli::{run_configured, stepq_configured, text};
+use common::localstack::*;
 
 /// `(step, attempt)` of every `... queued, attempt N` line of `stepq logs`.
 fn queued_attempts(log: &str) -> Vec<(String, u32)> {
@@ -51,7 +52,7 @@ async fn localstack_launch_kill_the_orchestrator_then_resume() {
         })
         .collect();
 
-    let out = run(
+    let out = run_configured(
         dir.path(),
         &[
             "launch",
@@ -66,7 +67,7 @@ async fn localstack_launch_kill_the_orchestrator_then_resume() {
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "launched-run");
 
     // Follow the log from another process until the first step succeeded.
-    let mut follow = stepq(dir.path())
+    let mut follow = stepq_configured(dir.path())
         .args(["logs", "launched-run", "--follow"])
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -91,7 +92,7 @@ async fn localstack_launch_kill_the_orchestrator_then_resume() {
     }
 
     // SIGKILL the worker orchestrating the run.
-    let status = run(dir.path(), &["status", "launched-run"]);
+    let status = run_configured(dir.path(), &["status", "launched-run"]);
     let status_text = String::from_utf8_lossy(&status.stdout).into_owned();
     let orchestrator = status_text
         .lines()
@@ -103,16 +104,16 @@ async fn localstack_launch_kill_the_orchestrator_then_resume() {
         .remove(&orchestrator)
         .unwrap_or_else(|| panic!("the orchestrator `{orchestrator}` is not a test worker"))
         .kill();
-    let before = run(dir.path(), &["logs", "launched-run"]);
+    let before = run_configured(dir.path(), &["logs", "launched-run"]);
     let done_before = succeeded(&String::from_utf8_lossy(&before.stdout));
     assert!(!done_before.is_empty());
     assert!(follow.try_wait().unwrap().is_none(), "the run is not over");
 
     // Still STARTED by the dead worker: resume needs --force.
-    let refused = run(dir.path(), &["resume", "launched-run"]);
+    let refused = run_configured(dir.path(), &["resume", "launched-run"]);
     assert_eq!(refused.status.code(), Some(1), "{}", text(&refused));
     assert!(text(&refused).contains("--force"), "{}", text(&refused));
-    let resumed = run(dir.path(), &["resume", "launched-run", "--force"]);
+    let resumed = run_configured(dir.path(), &["resume", "launched-run", "--force"]);
     assert_eq!(resumed.status.code(), Some(0), "{}", text(&resumed));
 
     // `logs --follow` ends with the run.
@@ -133,7 +134,8 @@ async fn localstack_launch_kill_the_orchestrator_then_resume() {
 
     // Steps that succeeded before the kill ran once; every other one ran again as attempt 2.
     let log =
-        String::from_utf8_lossy(&run(dir.path(), &["logs", "launched-run"]).stdout).into_owned();
+        String::from_utf8_lossy(&run_configured(dir.path(), &["logs", "launched-run"]).stdout)
+            .into_owned();
     let queued = queued_attempts(&log);
     let done = succeeded(&log);
     for i in 0..4 {
@@ -150,7 +152,7 @@ async fn localstack_launch_kill_the_orchestrator_then_resume() {
             assert_eq!(attempts, [1, 2], "{step}:\n{log}");
         }
     }
-    let status = run(dir.path(), &["status", "launched-run"]);
+    let status = run_configured(dir.path(), &["status", "launched-run"]);
     assert!(String::from_utf8_lossy(&status.stdout).contains("status:       SUCCESS"));
     for (_, worker) in workers {
         assert_eq!(worker.stop(), Some(0));

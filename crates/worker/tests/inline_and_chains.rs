@@ -3,27 +3,21 @@
 //! task of several steps hands outputs on in memory, stopping at the first step that does not
 //! succeed.
 
+mod common;
+
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use stepq_broker::{InMemoryBroker, TaskQueue};
-use stepq_executor::protocol;
-use stepq_plan::{
-    ExecuteStepArgs, InlineValue, Job, KnownState, RetryMode, StepDef, StepReport, StepStatus,
-};
-use stepq_results::{
-    InMemoryOutputStore, InMemoryResultBackend, OutputKey, OutputStore, ResultBackend, ResultError,
-};
+use common::harness::{Harness, WAIT};
+use stepq_plan::{ExecuteStepArgs, InlineValue, Job, StepDef, StepReport, StepStatus};
+use stepq_results::{InMemoryOutputStore, OutputKey, OutputStore, ResultError};
 use stepq_worker::{
     decode_value, encode_value, execute_step, op_fn, op_map, op_output, CodeLocation, OpError,
-    StepOutputs, Worker, WorkerConfig, WorkerStats, DEFAULT_INLINE_OUTPUT_LIMIT,
+    StepOutputs, WorkerConfig, DEFAULT_INLINE_OUTPUT_LIMIT,
 };
 use tokio_util::sync::CancellationToken;
-
-const WAIT: Duration = Duration::from_secs(30);
 
 /// Notified when op `waits` starts (one test uses it).
 static WAITS_STARTED: tokio::sync::Notify = tokio::sync::Notify::const_new();
@@ -132,63 +126,21 @@ fn location() -> CodeLocation {
         .unwrap()
 }
 
+/// Arguments for attempt 1 of `steps` of `chain` in `run-1`.
 fn args(steps: &[&str]) -> ExecuteStepArgs {
-    ExecuteStepArgs {
-        run_id: "run-1".into(),
-        job_name: "chain".into(),
-        step_keys: steps.iter().map(|s| s.to_string()).collect(),
-        known_state: KnownState::default(),
-        retry_mode: RetryMode::Enabled,
-        attempt: 1,
-        run_config: serde_json::Value::Null,
-        inline_inputs: Vec::new(),
-    }
+    common::args("run-1", "chain", steps)
 }
 
-struct Harness {
-    queue: TaskQueue,
-    results: Arc<InMemoryResultBackend>,
-    outputs: Arc<CountingStore>,
-    stop: CancellationToken,
-    cancel: stepq_broker::CancelHandle,
-    running: tokio::task::JoinHandle<Result<WorkerStats, stepq_worker::WorkerError>>,
-}
-
-impl Harness {
-    async fn start(config: WorkerConfig) -> Self {
-        let results = Arc::new(InMemoryResultBackend::new());
-        let outputs = Arc::new(CountingStore::default());
-        let queue = TaskQueue::new(Arc::new(InMemoryBroker::new()), results.clone());
-        queue.startup().await.unwrap();
-        let worker =
-            Worker::new(Arc::new(location()), queue.clone(), outputs.clone(), config).unwrap();
-        let cancel = worker.cancel_handle();
-        let stop = CancellationToken::new();
-        let running = tokio::spawn(worker.run(stop.clone()));
-        Harness {
-            queue,
-            results,
-            outputs,
-            stop,
-            cancel,
-            running,
-        }
+impl Harness<CountingStore> {
+    /// A worker for the `chain` job, its outputs in a [`CountingStore`].
+    async fn chain(config: WorkerConfig) -> Self {
+        Harness::start_with(location(), Arc::new(CountingStore::default()), config).await
     }
 
-    async fn send(&self, args: &ExecuteStepArgs) -> String {
-        let message = protocol::step_message(args).unwrap();
-        self.queue.kick(message).await.unwrap().task_id
-    }
-
-    async fn reports_of(&self, task_id: &str) -> Vec<StepReport> {
-        let result = self.results.wait_result(task_id, Some(WAIT)).await.unwrap();
-        assert!(!result.is_err, "task failed: {:?}", result.error);
-        protocol::read_reports(&result.return_value).unwrap()
-    }
-
+    /// Runs one task and returns its reports.
     async fn run(&self, args: &ExecuteStepArgs) -> Vec<StepReport> {
         let task_id = self.send(args).await;
-        self.reports_of(&task_id).await
+        self.reports(&task_id).await
     }
 
     async fn stored(&self, step: &str) -> i64 {
@@ -203,11 +155,6 @@ impl Harness {
 
     fn gets(&self) -> usize {
         self.outputs.gets.load(Ordering::SeqCst)
-    }
-
-    async fn stop(self) -> WorkerStats {
-        self.stop.cancel();
-        self.running.await.unwrap().unwrap()
     }
 }
 
@@ -264,7 +211,7 @@ async fn an_inline_input_is_used_instead_of_the_output_store() {
 
 #[tokio::test]
 async fn small_outputs_come_back_inline_and_are_stored_too() {
-    let h = Harness::start(WorkerConfig::named("w")).await;
+    let h = Harness::chain(WorkerConfig::named("w")).await;
     let reports = h.run(&args(&["c0"])).await;
     assert_eq!(
         reports[0].inline_outputs,
@@ -295,7 +242,7 @@ async fn small_outputs_come_back_inline_and_are_stored_too() {
     // A limit of 0 turns copies off.
     let mut config = WorkerConfig::named("w");
     config.inline_output_limit = 0;
-    let h = Harness::start(config).await;
+    let h = Harness::chain(config).await;
     let reports = h.run(&args(&["c0"])).await;
     assert!(matches!(reports[0].status, StepStatus::Success { .. }));
     assert!(reports[0].inline_outputs.is_empty());
@@ -305,7 +252,7 @@ async fn small_outputs_come_back_inline_and_are_stored_too() {
 
 #[tokio::test]
 async fn a_fused_task_hands_outputs_on_in_memory_and_stores_each() {
-    let h = Harness::start(WorkerConfig::named("w")).await;
+    let h = Harness::chain(WorkerConfig::named("w")).await;
     let reports = h.run(&args(&["c0", "c1", "c2", "c3"])).await;
     assert_eq!(
         keys_and_status(&reports),
@@ -330,7 +277,7 @@ async fn a_fused_task_hands_outputs_on_in_memory_and_stores_each() {
 
 #[tokio::test]
 async fn each_step_of_a_fused_task_gets_its_own_attempt_number() {
-    let h = Harness::start(WorkerConfig::named("w")).await;
+    let h = Harness::chain(WorkerConfig::named("w")).await;
     let mut a = args(&["c0", "c1"]);
     a.attempt = 3;
     a.known_state.attempts.insert("c0".into(), 3);
@@ -345,7 +292,7 @@ async fn each_step_of_a_fused_task_gets_its_own_attempt_number() {
 
 #[tokio::test]
 async fn a_fused_task_stops_at_the_first_failure() {
-    let h = Harness::start(WorkerConfig::named("w")).await;
+    let h = Harness::chain(WorkerConfig::named("w")).await;
     let reports = h.run(&args(&["c0", "bad", "after_bad"])).await;
     assert_eq!(
         keys_and_status(&reports),
@@ -369,7 +316,7 @@ async fn a_fused_task_stops_at_the_first_failure() {
 
 #[tokio::test]
 async fn a_fused_task_stops_before_a_step_whose_input_was_not_emitted() {
-    let h = Harness::start(WorkerConfig::named("w")).await;
+    let h = Harness::chain(WorkerConfig::named("w")).await;
     let reports = h.run(&args(&["partial", "needs_maybe"])).await;
     assert_eq!(keys_and_status(&reports), [("partial", "success")]);
     let stats = h.stop().await;
@@ -378,13 +325,13 @@ async fn a_fused_task_stops_before_a_step_whose_input_was_not_emitted() {
 
 #[tokio::test]
 async fn cancelling_a_fused_task_stops_it_at_the_running_step() {
-    let h = Harness::start(WorkerConfig::named("w")).await;
+    let h = Harness::chain(WorkerConfig::named("w")).await;
     let task_id = h.send(&args(&["c0", "waits", "after_waits"])).await;
     tokio::time::timeout(WAIT, WAITS_STARTED.notified())
         .await
         .expect("step `waits` started");
     h.cancel.cancel(&task_id);
-    let reports = h.reports_of(&task_id).await;
+    let reports = h.reports(&task_id).await;
     assert_eq!(
         keys_and_status(&reports),
         [("c0", "success"), ("waits", "canceled")]

@@ -7,74 +7,22 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use common::harness::{Harness, WAIT};
 use common::*;
 use stepq_broker::{InMemoryBroker, TaskMessage, TaskQueue, WORKER_NAME_LABEL};
 use stepq_executor::protocol;
-use stepq_plan::{ExecuteStepArgs, Job, StepDef, StepReport, StepStatus};
+use stepq_plan::{Job, StepDef, StepReport, StepStatus};
 use stepq_results::{
     InMemoryOutputStore, InMemoryResultBackend, OutputKey, OutputStore, ResultBackend, TaskResult,
 };
-use stepq_worker::{
-    decode_value, op_fn, CodeLocation, StepOutputs, Worker, WorkerConfig, WorkerError, WorkerStats,
-};
+use stepq_worker::{decode_value, op_fn, CodeLocation, StepOutputs, Worker, WorkerConfig};
 use tokio::sync::{mpsc, Semaphore};
-use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-/// Generous bound on waiting for a result, so a broken worker fails the test instead of hanging.
-const WAIT: Duration = Duration::from_secs(30);
-
-struct Harness {
-    broker: Arc<InMemoryBroker>,
-    queue: TaskQueue,
-    results: Arc<InMemoryResultBackend>,
-    outputs: Arc<InMemoryOutputStore>,
-    stop: CancellationToken,
-    cancel: stepq_broker::CancelHandle,
-    running: JoinHandle<Result<WorkerStats, WorkerError>>,
-}
-
 impl Harness {
-    async fn start(location: CodeLocation, config: WorkerConfig) -> Self {
-        let broker = Arc::new(InMemoryBroker::new());
-        let results = Arc::new(InMemoryResultBackend::new());
-        let outputs = Arc::new(InMemoryOutputStore::new());
-        let queue = TaskQueue::new(broker.clone(), results.clone());
-        queue.startup().await.unwrap();
-        let worker = Worker::new(Arc::new(location), queue.clone(), outputs.clone(), config)
-            .expect("valid worker config");
-        let cancel = worker.cancel_handle();
-        let stop = CancellationToken::new();
-        let running = tokio::spawn(worker.run(stop.clone()));
-        Harness {
-            broker,
-            queue,
-            results,
-            outputs,
-            stop,
-            cancel,
-            running,
-        }
-    }
-
+    /// A worker named `lab-worker` for the `lab` and `serial` jobs.
     async fn lab() -> Self {
         Harness::start(lab_location(), WorkerConfig::named("lab-worker")).await
-    }
-
-    /// Sends an `execute_plan` task; returns its task id.
-    async fn send(&self, args: &ExecuteStepArgs) -> String {
-        let message = protocol::step_message(args).unwrap();
-        self.queue.kick(message).await.unwrap().task_id
-    }
-
-    async fn result(&self, task_id: &str) -> TaskResult {
-        self.results.wait_result(task_id, Some(WAIT)).await.unwrap()
-    }
-
-    async fn reports(&self, task_id: &str) -> Vec<StepReport> {
-        let result = self.result(task_id).await;
-        assert!(!result.is_err, "task failed: {:?}", result.error);
-        protocol::read_reports(&result.return_value).unwrap()
     }
 
     /// Runs one step through the queue and returns its report.
@@ -83,11 +31,6 @@ impl Harness {
         let mut reports = self.reports(&task_id).await;
         assert_eq!(reports.len(), 1);
         reports.remove(0)
-    }
-
-    async fn stop(self) -> WorkerStats {
-        self.stop.cancel();
-        self.running.await.unwrap().unwrap()
     }
 }
 

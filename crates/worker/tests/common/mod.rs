@@ -1,6 +1,8 @@
 //! Fixtures shared by the worker's integration tests.
 #![allow(dead_code)]
 
+pub mod harness;
+
 use std::sync::Arc;
 use std::time::Duration;
 

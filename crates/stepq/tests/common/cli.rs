@@ -1,0 +1,72 @@
+//! The `stepq` binary as a test runs it: in the test's own directory, without the caller's
+//! environment overrides.
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+/// Variables that would override a test's config (or its log output) in a `stepq` process.
+pub const ENV_OVERRIDES: [&str; 7] = [
+    "STEPQ_CONFIG",
+    "STEPQ_SQS_QUEUE_URL",
+    "STEPQ_SQS_ENDPOINT_URL",
+    "STEPQ_S3_BUCKET_NAME",
+    "STEPQ_S3_ENDPOINT_URL",
+    "STEPQ_WORKER_HEALTH_INTERVAL_SECONDS",
+    "RUST_LOG",
+];
+
+/// The `stepq` binary in `dir` (whose `.stepq/` is the test's state), without
+/// [`ENV_OVERRIDES`].
+pub fn stepq(dir: &Path) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_stepq"));
+    cmd.current_dir(dir);
+    for var in ENV_OVERRIDES {
+        cmd.env_remove(var);
+    }
+    cmd
+}
+
+/// `stepq --config stepq.toml` in `dir`, without [`ENV_OVERRIDES`].
+pub fn stepq_configured(dir: &Path) -> Command {
+    let mut cmd = stepq(dir);
+    cmd.arg("--config").arg("stepq.toml");
+    cmd
+}
+
+/// Runs `stepq ARGS` in `dir` to the end.
+pub fn run(dir: &Path, args: &[&str]) -> Output {
+    stepq(dir).args(args).output().expect("stepq starts")
+}
+
+/// Runs `stepq --config stepq.toml ARGS` in `dir` to the end.
+pub fn run_configured(dir: &Path, args: &[&str]) -> Output {
+    stepq_configured(dir)
+        .args(args)
+        .output()
+        .expect("stepq starts")
+}
+
+/// The stdout of a command.
+pub fn stdout(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// The stderr of a command.
+pub fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// Stdout and stderr of a command, for assertion messages.
+pub fn text(out: &Output) -> String {
+    format!("{}\n--- stderr ---\n{}", stdout(out), stderr(out))
+}
+
+/// The words of the summary-table row of `step` in a `stepq run` output.
+pub fn row<'a>(stdout: &'a str, step: &str) -> Vec<&'a str> {
+    stdout
+        .lines()
+        .find(|l| l.starts_with(&format!("{step} ")))
+        .unwrap_or_else(|| panic!("no row for {step}: {stdout}"))
+        .split_whitespace()
+        .collect()
+}

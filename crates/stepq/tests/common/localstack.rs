@@ -1,0 +1,209 @@
+//! LocalStack for the tests of the `stepq` binary: a queue per test, a config directory
+//! pointing at it and `stepq worker start` processes.
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+use aws_sdk_sqs::types::QueueAttributeName;
+
+use super::cli::stepq_configured;
+
+/// The visibility timeout of the tests' queues (in their `stepq.toml`), in seconds.
+pub const VISIBILITY_SECONDS: u32 = 6;
+
+/// Where LocalStack is, from the environment `cargo xtask localstack-test` sets.
+pub struct LocalStack {
+    /// Endpoint URL.
+    pub endpoint: String,
+    /// The test bucket.
+    pub bucket: String,
+    /// Region.
+    pub region: String,
+}
+
+/// The LocalStack settings; panics naming the missing variable when they are not set.
+pub fn localstack() -> LocalStack {
+    let var = |name: &str| {
+        std::env::var(name).unwrap_or_else(|_| {
+            panic!("{name} is not set: run the LocalStack tests with `cargo xtask localstack-test`")
+        })
+    };
+    LocalStack {
+        endpoint: var("STEPQ_TEST_AWS_ENDPOINT"),
+        bucket: var("STEPQ_TEST_S3_BUCKET"),
+        region: std::env::var("AWS_DEFAULT_REGION").unwrap_or_else(|_| "us-east-1".into()),
+    }
+}
+
+/// An SQS client on LocalStack.
+pub async fn sqs_client(ls: &LocalStack) -> aws_sdk_sqs::Client {
+    let sdk = aws_config::defaults(aws_config::BehaviorVersion::latest())
+        .endpoint_url(&ls.endpoint)
+        .region(aws_config::Region::new(ls.region.clone()))
+        .load()
+        .await;
+    aws_sdk_sqs::Client::new(&sdk)
+}
+
+/// A queue of its own for one test, deleted when the test ends.
+pub struct TestQueue {
+    /// The queue's URL.
+    pub url: String,
+    /// The SQS client that made it.
+    pub client: aws_sdk_sqs::Client,
+}
+
+impl TestQueue {
+    /// A fresh queue named `stepq-cli-<id>` (a FIFO queue when `fifo`).
+    pub async fn create(ls: &LocalStack, fifo: bool) -> Self {
+        Self::named(ls, "stepq-cli", fifo).await
+    }
+
+    /// A fresh queue named `<name>-<id>` (a FIFO queue when `fifo`).
+    pub async fn named(ls: &LocalStack, name: &str, fifo: bool) -> Self {
+        let client = sqs_client(ls).await;
+        let id = uuid::Uuid::new_v4().simple().to_string();
+        let mut request = client.create_queue();
+        if fifo {
+            request = request
+                .queue_name(format!("{name}-{}.fifo", &id[..12]))
+                .attributes(QueueAttributeName::FifoQueue, "true");
+        } else {
+            request = request.queue_name(format!("{name}-{}", &id[..12]));
+        }
+        let out = request.send().await.expect("create the test queue");
+        TestQueue {
+            url: out.queue_url().expect("a queue URL").to_string(),
+            client,
+        }
+    }
+
+    /// Sends `body` as it is, not as a task message.
+    pub async fn send_raw(&self, body: &str) {
+        self.client
+            .send_message()
+            .queue_url(&self.url)
+            .message_body(body)
+            .send()
+            .await
+            .expect("send a raw message");
+    }
+
+    /// Deletes the queue.
+    pub async fn delete(self) {
+        let _ = self.client.delete_queue().queue_url(&self.url).send().await;
+    }
+}
+
+/// A working directory with a `stepq.toml` pointing at the test's queue and S3 prefix.
+pub fn config_dir(ls: &LocalStack, queue: &TestQueue) -> tempfile::TempDir {
+    config_dir_with(ls, queue, "cli-tests", "")
+}
+
+/// Like [`config_dir`], the S3 prefix under `prefix_root/`, with `more` TOML appended.
+pub fn config_dir_with(
+    ls: &LocalStack,
+    queue: &TestQueue,
+    prefix_root: &str,
+    more: &str,
+) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    let prefix = format!("{prefix_root}/{}", uuid::Uuid::new_v4().simple());
+    std::fs::write(
+        dir.path().join("stepq.toml"),
+        format!(
+            r#"
+[sqs]
+queue_url = "{queue}"
+endpoint_url = "{endpoint}"
+region_name = "{region}"
+config_source = {{ wait_time_seconds = 2, visibility_timeout = {VISIBILITY_SECONDS} }}
+
+[s3]
+bucket = "{bucket}"
+base_path = "{prefix}"
+endpoint_url = "{endpoint}"
+{more}"#,
+            queue = queue.url,
+            endpoint = ls.endpoint,
+            region = ls.region,
+            bucket = ls.bucket,
+        ),
+    )
+    .unwrap();
+    dir
+}
+
+/// A `stepq worker start` process; its log lines arrive on `lines`. Killed on drop.
+pub struct WorkerProcess {
+    /// The process.
+    pub child: Child,
+    /// Its stderr, line by line.
+    pub lines: mpsc::Receiver<String>,
+}
+
+impl WorkerProcess {
+    /// Starts `stepq worker start --name NAME` in `dir`.
+    pub fn start(dir: &Path, name: &str) -> Self {
+        Self::start_with(dir, name, &[])
+    }
+
+    /// Like [`start`](WorkerProcess::start), with more `worker start` arguments.
+    pub fn start_with(dir: &Path, name: &str, extra: &[&str]) -> Self {
+        let mut child = stepq_configured(dir)
+            .args(["worker", "start", "--name", name, "--log-format", "json"])
+            .args(extra)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start a worker");
+        let stderr = child.stderr.take().unwrap();
+        let (tx, lines) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        WorkerProcess { child, lines }
+    }
+
+    /// Waits (up to `limit`) for a log line containing `text`; returns it.
+    pub fn wait_for(&self, text: &str, limit: Duration) -> String {
+        let deadline = std::time::Instant::now() + limit;
+        loop {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(line) if line.contains(text) => return line,
+                Ok(_) => {}
+                Err(_) => panic!("no log line with `{text}` within {limit:?}"),
+            }
+        }
+    }
+
+    /// Stops the worker with SIGTERM and returns its exit code.
+    pub fn stop(mut self) -> Option<i32> {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        self.child.wait().unwrap().code()
+    }
+
+    /// Kills the worker (SIGKILL) and reaps it.
+    pub fn kill(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for WorkerProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
