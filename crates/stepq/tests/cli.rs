@@ -356,3 +356,28 @@ fn cancel_of_an_unknown_or_finished_run_is_an_error() {
     let out = run(dir.path(), &["cancel", "done", "--wait", "-1"]);
     assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
 }
+
+#[test]
+fn output_into_a_closed_pipe_ends_quietly() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = run(dir.path(), &["run", "diamond", "--workers", "1"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    // The reader goes away before `stepq` writes a line (as `stepq runs | head -0` would).
+    let mut child = stepq(dir.path())
+        .args(["runs"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("stepq starts");
+    drop(child.stdout.take());
+    let out = child.wait_with_output().expect("stepq ends");
+    let err = stderr(&out);
+    assert!(!err.contains("panicked"), "{err}");
+    assert_ne!(out.status.code(), Some(101), "{err}");
+    #[cfg(unix)]
+    {
+        use std::os::unix::process::ExitStatusExt;
+        const SIGPIPE: i32 = 13;
+        assert_eq!(out.status.signal(), Some(SIGPIPE), "{:?} {err}", out.status);
+    }
+}
