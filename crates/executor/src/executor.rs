@@ -177,13 +177,15 @@ impl Executor {
             events: tx,
             interrupt: interrupt.clone(),
         };
-        tracing::info!(%run_id, steps = plan.len(), "starting run");
+        let step_count = plan.len();
+        tracing::info!(%run_id, steps = step_count, "starting run");
         let task = tokio::spawn(run.run());
         Ok(RunHandle::new(
             run_id,
             EventStream::new(rx),
             interrupt,
             task,
+            step_count,
         ))
     }
 

@@ -45,6 +45,7 @@ pub struct RunHandle {
     events: Option<EventStream>,
     interrupt: CancellationToken,
     task: JoinHandle<RunResult>,
+    step_count: usize,
 }
 
 impl RunHandle {
@@ -53,18 +54,26 @@ impl RunHandle {
         events: EventStream,
         interrupt: CancellationToken,
         task: JoinHandle<RunResult>,
+        step_count: usize,
     ) -> Self {
         RunHandle {
             run_id,
             events: Some(events),
             interrupt,
             task,
+            step_count,
         }
     }
 
     /// The run id.
     pub fn run_id(&self) -> &str {
         &self.run_id
+    }
+
+    /// How many steps this run runs: its selection minus the steps its known state says
+    /// completed (for a resume, only what runs again).
+    pub fn step_count(&self) -> usize {
+        self.step_count
     }
 
     /// Takes the event stream (`None` if already taken). If it is never taken, [`wait`]

@@ -8,7 +8,7 @@
 //!   `s3.bucket` under `s3.base_path`. Workers are `stepq worker start` processes anywhere.
 //!
 //! With `enable_cancellation = true` (the default) the broker is a
-//! [`CancellableBroker`](stepq_cancel::CancellableBroker): cancel markers in `.stepq/cancels/`
+//! [`CancellableBroker`]: cancel markers in `.stepq/cancels/`
 //! (embedded) or under `cancels/` in the bucket (distributed), wake-ups over an in-process
 //! broadcast or per-worker SQS inboxes (see `docs/cancellation.md`). The app's
 //! [`Canceller`] is the executor's cancel hook, and every worker started through
@@ -23,7 +23,10 @@
 //! `stepq resume`): every worker built by [`App::worker`] also orchestrates `execute_job` and
 //! `resume_job` tasks, without taking one of its step slots (see
 //! [`Receiver::register_without_slot`](stepq_broker::Receiver::register_without_slot)), so a
-//! worker of concurrency 1 runs both a run and its steps.
+//! worker of concurrency 1 runs both a run and its steps. [`App::resume_here`] resumes a run
+//! in this process instead (`stepq resume` on the embedded default, or with `--here`), taking
+//! over a STARTED run without `force` when its orchestrator's heartbeat is lost
+//! ([`App::check_takeover`]).
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -111,6 +114,19 @@ pub enum AppError {
     /// A run could not be submitted, claimed or resumed (see [`LaunchError`]).
     #[error(transparent)]
     Launch(LaunchError),
+    /// A STARTING / STARTED run whose orchestrator is not shown lost by its heartbeat is not
+    /// taken over without `force` (see [`App::check_takeover`]).
+    #[error("run `{run_id}` is {status}: {}", .reason.explain(.run_id, .orchestrator.as_deref()))]
+    TakeoverRefused {
+        /// The run.
+        run_id: String,
+        /// Its status.
+        status: StoredStatus,
+        /// Who holds it.
+        orchestrator: Option<String>,
+        /// Why it is not taken over.
+        reason: crate::takeover::TakeoverRefused,
+    },
     /// The operation needs the distributed (SQS) setup.
     #[error("{what} needs a distributed config: set `sqs.queue_url` (or STEPQ_SQS_QUEUE_URL) and `s3.bucket`")]
     NotDistributed {
@@ -600,7 +616,45 @@ impl App {
         let run = RunLauncher::new(executor.clone(), self.runs.clone())
             .start(request, &claim)
             .await?;
-        Ok(LaunchedRun { job, run })
+        Ok(LaunchedRun {
+            job,
+            run,
+            taken_over_from: None,
+        })
+    }
+
+    /// Resumes run `run_id` in this process with `executor`, like [`App::launch`] starts a
+    /// run: its job (by the record's job name) from `location`, the steps that did not
+    /// succeed re-run (attempt numbers counting on), recorded in the run store, orchestrated
+    /// by this process ([`RunLauncher::resume`]). FAILURE and CANCELED runs resume; a
+    /// STARTING or STARTED run with `force`, or without it when its orchestrator's heartbeat
+    /// is lost ([`App::check_takeover`]; [`LaunchedRun::taken_over_from`] then says from
+    /// whom). Errors: [`StorageError::RunNotFound`], [`AppError::UnknownJob`],
+    /// [`AppError::TakeoverRefused`], [`LaunchError::NotResumable`] (as
+    /// [`AppError::Launch`]) for a run in another status.
+    pub async fn resume_here(
+        &self,
+        executor: &Executor,
+        location: &CodeLocation,
+        run_id: &str,
+        force: bool,
+    ) -> Result<LaunchedRun, AppError> {
+        let record = self.runs.get_run(run_id).await?;
+        let job = find_job(location, &record.job_name)?;
+        let lost = self.check_takeover_of(&record, force).await?;
+        let run = RunLauncher::new(executor.clone(), self.runs.clone())
+            .resume(
+                run_id,
+                &orchestrator_name(),
+                force || lost.is_some(),
+                job.clone(),
+            )
+            .await?;
+        Ok(LaunchedRun {
+            job,
+            run,
+            taken_over_from: lost,
+        })
     }
 
     /// The run launcher of this app: its [`executor`](App::executor) and run store.
@@ -715,6 +769,7 @@ fn orchestration_handler(
 pub struct LaunchedRun {
     job: Arc<Job>,
     run: RecordedRun,
+    taken_over_from: Option<crate::takeover::LostOrchestrator>,
 }
 
 impl std::fmt::Debug for LaunchedRun {
@@ -741,6 +796,17 @@ impl LaunchedRun {
     /// The run id.
     pub fn run_id(&self) -> &str {
         self.run.run_id()
+    }
+
+    /// How many steps run (for a resume, only those that run again).
+    pub fn step_count(&self) -> usize {
+        self.run.step_count()
+    }
+
+    /// For a resume that took the run over from a lost orchestrator: which, and when it was
+    /// last heard of.
+    pub fn taken_over_from(&self) -> Option<&crate::takeover::LostOrchestrator> {
+        self.taken_over_from.as_ref()
     }
 
     /// The job.

@@ -21,10 +21,14 @@
 //!   run as an `execute_job` task (distributed config) and prints its run id at once; a worker
 //!   claims the run and orchestrates it (its steps go out as usual). Exits 0 once the run is
 //!   queued; 2 for an unknown job or step.
-//! - `stepq resume RUN_ID [--force]`: submits a `resume_job` task: a worker re-runs the steps
-//!   of a FAILURE or CANCELED run that did not succeed, reusing the stored outputs of those
-//!   that did (attempt numbers count on). `--force` takes over a STARTING / STARTED run whose
-//!   orchestrating worker died. Exits 0 once queued, 2 for an unknown run, 1 for a run that
+//! - `stepq resume RUN_ID [--force] [--here] [--workers N]`: re-runs the steps of a FAILURE or
+//!   CANCELED run that did not succeed, reusing the stored outputs of those that did (attempt
+//!   numbers count on). On the embedded default (or with `--here`) this process orchestrates
+//!   the resume with `--workers` in-process workers, showing progress and a summary and
+//!   exiting like `stepq run`; with a distributed config it submits a `resume_job` task for a
+//!   worker and exits 0 once queued. `--force` takes over a STARTING / STARTED run whose
+//!   orchestrator died; without it, such a run is taken over only when its orchestrator's
+//!   worker heartbeat is LOST (said on stderr). Exits 2 for an unknown run, 1 for a run that
 //!   cannot be resumed (SUCCESS, still running without `--force`).
 //! - `stepq logs RUN_ID [--follow]`: the run's event log, one line per event; `--follow`
 //!   keeps printing until the run ends.
@@ -58,17 +62,13 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use stepq_executor::storage::{EventCursor, RunRecord};
-use stepq_executor::RunStatus;
 use stepq_plan::{ExecutionPlan, KnownState};
 use stepq_worker::CodeLocation;
 use tokio_util::sync::CancellationToken;
 
 use crate::app::{find_job, make_app, App, AppError, RunOptions};
-use crate::config::{default_parallelism, Mode, StepqConfig};
-use crate::progress::Progress;
-use crate::report::{
-    final_steps, human_duration, output_lines, render_table, rows_from_events, rows_from_result,
-};
+use crate::config::{Mode, StepqConfig};
+use crate::report::{human_duration, render_table, rows_from_events};
 use crate::toml_jobs::{ShellJobs, TomlJobsError};
 
 /// Exit code of a run that failed (and of runtime errors).
@@ -77,6 +77,8 @@ pub const EXIT_FAILURE: u8 = 1;
 pub const EXIT_USAGE: u8 = 2;
 /// Exit code of an interrupted run (128 + SIGINT).
 pub const EXIT_INTERRUPTED: u8 = 130;
+
+mod follow;
 
 /// Runs with more steps than this get a condensed summary.
 pub const SUMMARY_MAX_ROWS: usize = 40;
@@ -172,9 +174,19 @@ pub struct LaunchArgs {
 pub struct ResumeArgs {
     /// The run id.
     pub run_id: String,
-    /// Also take over a STARTING or STARTED run (its orchestrator died).
+    /// Also take over a STARTING or STARTED run (its orchestrator died). Not needed when its
+    /// orchestrator's worker heartbeat is LOST.
     #[arg(long)]
     pub force: bool,
+    /// With a distributed config: orchestrate the resume from this process (with progress
+    /// and a summary, like `stepq run`) instead of queueing it for a worker. The embedded
+    /// default always resumes here.
+    #[arg(long)]
+    pub here: bool,
+    /// In-process workers when resuming here (default: number of cores on the embedded
+    /// default, 0 with a distributed config).
+    #[arg(long, value_name = "N")]
+    pub workers: Option<usize>,
 }
 
 /// Arguments of `stepq logs`.
@@ -287,8 +299,23 @@ impl From<TomlJobsError> for Failure {
 }
 
 /// Parses the process arguments and runs the command on a new multi-threaded runtime.
+///
+/// On Unix, a closed stdout (`stepq logs RUN | head`) ends the process quietly, as it does for
+/// other command-line tools, instead of a "failed printing to stdout" panic.
 pub fn main(location: CodeLocation) -> ExitCode {
+    restore_default_sigpipe();
     main_from(location, std::env::args_os())
+}
+
+/// Rust ignores SIGPIPE, so writing to a closed pipe is an error, which `println!` turns into
+/// a panic; a command-line tool should just end instead.
+fn restore_default_sigpipe() {
+    #[cfg(unix)]
+    // SAFETY: called at the start of `main`, before any other thread exists; SIG_DFL is a
+    // valid disposition for SIGPIPE.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
 }
 
 /// Like [`main`], with the given arguments (the first is the program name).
@@ -383,7 +410,7 @@ async fn dispatch(cli: Cli, base: CodeLocation) -> Result<u8, Failure> {
         }
         Command::Resume(args) => {
             let app = make_app(&config).await.map_err(Failure::usage)?;
-            resume_run(&app, args).await
+            resume_run(&app, location, args).await
         }
         Command::Logs(args) => {
             let app = make_app(&config).await.map_err(Failure::usage)?;
@@ -504,18 +531,9 @@ fn spawn_interrupt_handler(interrupt: CancellationToken) -> tokio::task::JoinHan
 async fn run_job(app: &App, location: Arc<CodeLocation>, args: RunArgs) -> Result<u8, Failure> {
     let job = find_job(&location, &args.job)?;
     let run_config = parse_run_config(args.run_config.as_deref())?;
-    let plan_len = ExecutionPlan::new(job.clone(), args.steps.as_deref(), &KnownState::default())
-        .map_err(Failure::usage)?
-        .len();
-    let workers = args.workers.unwrap_or(match app.mode() {
-        Mode::Embedded => default_parallelism(),
-        Mode::Distributed => 0,
-    });
-    if app.mode() == Mode::Embedded && workers == 0 {
-        return Err(Failure::usage(
-            "--workers 0 on the embedded default: nothing would run the steps (the in-memory queue is not shared between processes)",
-        ));
-    }
+    ExecutionPlan::new(job.clone(), args.steps.as_deref(), &KnownState::default())
+        .map_err(Failure::usage)?;
+    let workers = follow::in_process_workers(app, args.workers)?;
     app.startup().await?;
     let local = if workers > 0 {
         Some(app.start_local_workers(location.clone(), workers)?)
@@ -529,7 +547,7 @@ async fn run_job(app: &App, location: Arc<CodeLocation>, args: RunArgs) -> Resul
         run_config,
         tags: BTreeMap::new(),
     };
-    let mut run = match app.launch(&executor, &location, job.name(), options).await {
+    let run = match app.launch(&executor, &location, job.name(), options).await {
         Ok(run) => run,
         Err(e) => {
             if let Some(local) = local {
@@ -538,86 +556,8 @@ async fn run_job(app: &App, location: Arc<CodeLocation>, args: RunArgs) -> Resul
             return Err(e.into());
         }
     };
-    let where_ = match app.mode() {
-        Mode::Embedded => format!(
-            "{workers} in-process workers, state in {}",
-            app.config().state_dir.display()
-        ),
-        Mode::Distributed => format!("SQS, {workers} in-process workers"),
-    };
-    let ctrl_c = spawn_interrupt_handler(run.interrupt_token());
-    println!(
-        "run {} of job `{}`: {plan_len} step{} ({where_})",
-        run.run_id(),
-        job.name(),
-        if plan_len == 1 { "" } else { "s" }
-    );
-    let mut progress = Progress::new(plan_len, std::io::stdout().is_terminal());
-    if let Some(mut events) = run.events() {
-        while let Some(event) = events.recv().await {
-            progress.on_event(&event);
-        }
-    }
-    progress.finish();
-    let finished = run.wait().await;
-    ctrl_c.abort();
-    if let Some(local) = local {
-        if let Err(e) = local.shutdown().await {
-            eprintln!("warning: an in-process worker stopped with an error: {e}");
-        }
-    }
-    let _ = app.shutdown().await;
-    let result = &finished.result;
-    let elapsed = finished_elapsed(app, &result.run_id).await;
-    println!();
-    let rows = rows_from_result(&finished.job, result);
-    if rows.len() <= SUMMARY_MAX_ROWS {
-        print!("{}", render_table(&rows));
-    } else {
-        let (ok, other): (Vec<_>, Vec<_>) = rows.into_iter().partition(|r| r.status == "SUCCEEDED");
-        if !other.is_empty() {
-            print!(
-                "{}",
-                render_table(&other[..other.len().min(SUMMARY_MAX_ROWS)])
-            );
-        }
-        println!(
-            "{} steps succeeded{} (every step: stepq status {})",
-            ok.len(),
-            if other.len() > SUMMARY_MAX_ROWS {
-                format!(", {} more did not", other.len() - SUMMARY_MAX_ROWS)
-            } else {
-                String::new()
-            },
-            result.run_id
-        );
-    }
-    let finals = final_steps(&finished.job, result);
-    let outputs = output_lines(&finished.job, result, app.outputs().as_ref(), &finals, 10).await;
-    if !outputs.is_empty() {
-        println!();
-        println!("outputs:");
-        for line in outputs {
-            println!("  {line}");
-        }
-    }
-    println!();
-    println!(
-        "run {} {}{}",
-        result.run_id,
-        result.status,
-        elapsed
-            .map(|d| format!(" in {}", human_duration(d)))
-            .unwrap_or_default()
-    );
-    if let Err(e) = &finished.recorded {
-        eprintln!("warning: the run store missed part of this run: {e}");
-    }
-    Ok(match result.status {
-        RunStatus::Success => 0,
-        RunStatus::Failure => EXIT_FAILURE,
-        RunStatus::Canceled => EXIT_INTERRUPTED,
-    })
+    let where_ = follow::where_steps_run(app, workers);
+    Ok(follow::follow_run(app, run, local, "run", &where_).await)
 }
 
 /// Wall time of a recorded run (start to end), if both are known.
@@ -743,15 +683,22 @@ async fn launch_run(app: &App, location: &CodeLocation, args: LaunchArgs) -> Res
     Ok(0)
 }
 
-async fn resume_run(app: &App, args: ResumeArgs) -> Result<u8, Failure> {
-    if app.mode() == Mode::Embedded {
-        return Err(AppError::NotDistributed {
-            what: "`stepq resume` (a worker must pick the run up)",
-        }
-        .into());
+async fn resume_run(
+    app: &App,
+    location: Arc<CodeLocation>,
+    args: ResumeArgs,
+) -> Result<u8, Failure> {
+    if app.mode() == Mode::Embedded || args.here {
+        return follow::resume_here(app, location, args).await;
+    }
+    let lost = app.check_takeover(&args.run_id, args.force).await?;
+    if let Some(lost) = &lost {
+        eprintln!("{lost}");
     }
     app.startup().await?;
-    let submitted = app.submit_resume(&args.run_id, args.force).await;
+    let submitted = app
+        .submit_resume(&args.run_id, args.force || lost.is_some())
+        .await;
     let _ = app.shutdown().await;
     let submitted = submitted?;
     println!("{}", submitted.run_id);
@@ -1135,7 +1082,22 @@ mod tests {
         let cli = Cli::parse_from(["stepq", "resume", "r1", "--force"]);
         assert!(matches!(
             cli.command,
-            Command::Resume(ResumeArgs { force: true, .. })
+            Command::Resume(ResumeArgs {
+                force: true,
+                here: false,
+                workers: None,
+                ..
+            })
+        ));
+        let cli = Cli::parse_from(["stepq", "resume", "r1", "--here", "--workers", "3"]);
+        assert!(matches!(
+            cli.command,
+            Command::Resume(ResumeArgs {
+                force: false,
+                here: true,
+                workers: Some(3),
+                ..
+            })
         ));
         let cli = Cli::parse_from(["stepq", "logs", "r1", "-f"]);
         assert!(matches!(

@@ -73,6 +73,7 @@ pub mod examples;
 pub mod health;
 pub mod progress;
 pub mod report;
+pub mod takeover;
 pub mod toml_jobs;
 
 pub use app::{make_app, App, AppError, FinishedRun, LaunchedRun, LocalWorkers, RunOptions};

@@ -520,7 +520,7 @@ async fn logs_follow_a_run_until_it_ends() {
 }
 
 #[test]
-fn launch_and_resume_need_a_distributed_config() {
+fn launch_needs_a_distributed_config() {
     let dir = tempfile::tempdir().unwrap();
     let out = run(dir.path(), &["launch", "serial"]);
     assert_eq!(out.status.code(), Some(2));
@@ -531,8 +531,10 @@ fn launch_and_resume_need_a_distributed_config() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("unknown job"));
     let out = run(dir.path(), &["launch", "serial", "--steps", "nope"]);
     assert_eq!(out.status.code(), Some(2));
+    // `stepq resume` runs here on the embedded default (tests/resume.rs): an unknown run is 2.
     let out = run(dir.path(), &["resume", "r1"]);
     assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("r1"));
     assert!(
         !dir.path().join(".stepq/runs").exists(),
         "nothing was written"

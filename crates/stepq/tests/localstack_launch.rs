@@ -1,5 +1,6 @@
 //! `stepq launch`, `stepq resume` and `stepq logs --follow` on LocalStack: runs orchestrated by
-//! `stepq worker start` processes, one of which is killed mid-run.
+//! `stepq worker start` processes, one of which is killed mid-run (and taken over without
+//! `--force` once its heartbeat is lost); and `stepq resume --here`.
 //!
 //! Ignored by plain `cargo test`; `cargo xtask localstack-test` runs them with
 //! STEPQ_TEST_AWS_ENDPOINT, STEPQ_TEST_S3_BUCKET and AWS credentials set.
@@ -154,6 +155,170 @@ async fn localstack_launch_kill_the_orchestrator_then_resume() {
     }
     let status = run_configured(dir.path(), &["status", "launched-run"]);
     assert!(String::from_utf8_lossy(&status.stdout).contains("status:       SUCCESS"));
+    for (_, worker) in workers {
+        assert_eq!(worker.stop(), Some(0));
+    }
+    queue.delete().await;
+}
+
+/// `first` (appends a line to `first_calls`) -> `fixable` (fails until the file `fixed`
+/// exists) -> `last`, as shell steps run in the worker's directory.
+const FIXABLE_JOBS: &str = r#"
+[[jobs.fixable.steps]]
+key = "first"
+argv = ["sh", "-c", "echo called >> first_calls; echo 1"]
+
+[[jobs.fixable.steps]]
+key = "fixable"
+argv = ["sh", "-c", "test -f fixed && echo 2"]
+inputs = { n = "first.stdout" }
+
+[[jobs.fixable.steps]]
+key = "last"
+argv = ["echo", "3"]
+inputs = { n = "fixable.stdout" }
+"#;
+
+#[tokio::test]
+#[ignore = "localstack"]
+async fn localstack_resume_here_orchestrates_from_this_process() {
+    let ls = localstack();
+    let queue = TestQueue::create(&ls, false).await;
+    let dir = config_dir(&ls, &queue);
+    std::fs::write(dir.path().join("jobs.toml"), FIXABLE_JOBS).unwrap();
+    let worker = WorkerProcess::start_with(dir.path(), "w1", &["--jobs-file", "jobs.toml"]);
+    let with_jobs = |args: &[&str]| {
+        let mut all = vec!["--jobs-file", "jobs.toml"];
+        all.extend_from_slice(args);
+        run_configured(dir.path(), &all)
+    };
+
+    let out = with_jobs(&["run", "fixable", "--run-id", "here-run"]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    std::fs::write(dir.path().join("fixed"), "").unwrap();
+
+    // Orchestrated by this process, steps on the SQS worker, shown like `stepq run`.
+    let out = with_jobs(&["resume", "here-run", "--here"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let shown = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        shown.contains(
+            "resuming run here-run of job `fixable`: 2 steps (SQS, 0 in-process workers)"
+        ),
+        "{shown}"
+    );
+    assert!(shown.contains("run here-run SUCCESS"), "{shown}");
+    let calls = std::fs::read_to_string(dir.path().join("first_calls")).unwrap();
+    assert_eq!(calls.lines().count(), 1, "`first` is not run again");
+    let log = String::from_utf8_lossy(&run_configured(dir.path(), &["logs", "here-run"]).stdout)
+        .into_owned();
+    let queued = queued_attempts(&log);
+    let fixable: Vec<u32> = queued
+        .iter()
+        .filter(|(s, _)| s == "fixable")
+        .map(|(_, n)| *n)
+        .collect();
+    assert_eq!(fixable, [1, 2], "{log}");
+
+    // Nothing left: refused (exit 1) without queueing or running anything.
+    let out = with_jobs(&["resume", "here-run", "--here"]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(text(&out).contains("nothing to resume"), "{}", text(&out));
+    assert_eq!(worker.stop(), Some(0));
+    queue.delete().await;
+}
+
+/// Runs `stepq --config stepq.toml ARGS` in `dir` every 200 ms until its stdout satisfies
+/// `done` (at most a minute); returns that stdout.
+fn wait_for_stdout(
+    dir: &std::path::Path,
+    args: &[&str],
+    what: &str,
+    done: impl Fn(&str) -> bool,
+) -> String {
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let out = String::from_utf8_lossy(&run_configured(dir, args).stdout).into_owned();
+        if done(&out) {
+            return out;
+        }
+        assert!(std::time::Instant::now() < deadline, "{what}: still\n{out}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+#[tokio::test]
+#[ignore = "localstack"]
+async fn localstack_a_run_whose_orchestrator_is_lost_resumes_without_force() {
+    let ls = localstack();
+    let queue = TestQueue::create(&ls, false).await;
+    let dir = config_dir_with(
+        &ls,
+        &queue,
+        "cli-tests",
+        "\n[worker]\nhealth_interval_seconds = 1\n",
+    );
+    let mut workers: BTreeMap<String, WorkerProcess> = ["w1", "w2"]
+        .into_iter()
+        .map(|n| {
+            let w = WorkerProcess::start_with(dir.path(), n, &["--concurrency", "1"]);
+            (n.to_string(), w)
+        })
+        .collect();
+    let out = run_configured(
+        dir.path(),
+        &[
+            "launch",
+            "slow",
+            "--run-id",
+            "lost-run",
+            "--run-config",
+            "{\"sleep_ms\": 2000}",
+        ],
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let status = wait_for_stdout(dir.path(), &["status", "lost-run"], "the run starts", |s| {
+        s.contains("status:       STARTED") && s.contains("orchestrator:")
+    });
+    let orchestrator = status
+        .lines()
+        .find_map(|l| l.strip_prefix("orchestrator:"))
+        .unwrap()
+        .trim()
+        .to_string();
+    workers
+        .remove(&orchestrator)
+        .unwrap_or_else(|| panic!("the orchestrator `{orchestrator}` is not a test worker"))
+        .kill();
+    wait_for_stdout(
+        dir.path(),
+        &["worker", "list"],
+        "the orchestrator is lost",
+        |s| {
+            s.lines().any(|l| {
+                l.split_whitespace().next() == Some(orchestrator.as_str()) && l.contains(" LOST ")
+            })
+        },
+    );
+
+    // No --force: the heartbeat shows the orchestrator lost.
+    let out = run_configured(dir.path(), &["resume", "lost-run"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let said = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(
+        said.contains(&format!(
+            "orchestrator {orchestrator} is lost (last heartbeat "
+        )) && said.contains("taking the run over"),
+        "{said}"
+    );
+    let status = wait_for_stdout(dir.path(), &["status", "lost-run"], "the run ends", |s| {
+        s.contains("status:       SUCCESS") || s.contains("status:       FAILURE")
+    });
+    assert!(status.contains("status:       SUCCESS"), "{status}");
+    assert!(
+        !status.contains(&format!("orchestrator: {orchestrator}")),
+        "{status}"
+    );
     for (_, worker) in workers {
         assert_eq!(worker.stop(), Some(0));
     }

@@ -179,6 +179,11 @@ impl RecordedRun {
         &self.run_id
     }
 
+    /// How many steps this run runs (for a resume, only what runs again).
+    pub fn step_count(&self) -> usize {
+        self.handle.step_count()
+    }
+
     /// Takes the event stream (`None` if taken). Read it to the end or drop it.
     pub fn events(&mut self) -> Option<mpsc::Receiver<Event>> {
         self.events.take()

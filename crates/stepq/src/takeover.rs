@@ -1,0 +1,149 @@
+//! Taking a run over from an orchestrator that died: a STARTING or STARTED run is resumed
+//! without `--force` when its orchestrator's worker heartbeat says that orchestrator is
+//! lost ([`App::check_takeover`]).
+//!
+//! A run's orchestrator is the name on its record: a worker orchestrating a launched run uses
+//! its worker name, which is also its heartbeat's worker id. A `stepq run` process
+//! (`stepq@HOST:PID`) writes no heartbeat, so a missing heartbeat proves nothing: such a run
+//! is only taken over with `force`.
+//!
+//! ```
+//! use stepq::takeover::{LostOrchestrator, TakeoverRefused};
+//!
+//! let lost = LostOrchestrator { orchestrator: "w1".into(), last_heartbeat_us: 0 };
+//! assert!(lost.to_string().contains("orchestrator w1 is lost"));
+//! let refused = TakeoverRefused::NoHeartbeat;
+//! assert!(refused.explain("r1", Some("stepq@h:1")).contains("--force"));
+//! ```
+
+use stepq_executor::storage::{RunRecord, RunStatus as StoredStatus, WorkerHealth};
+
+use crate::app::{App, AppError};
+use crate::cli::format_timestamp;
+
+/// The orchestrator of a STARTING / STARTED run whose heartbeat is lost: the run may be
+/// taken over without `force`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LostOrchestrator {
+    /// The orchestrator (its worker id).
+    pub orchestrator: String,
+    /// Microseconds since the Unix epoch of its last heartbeat.
+    pub last_heartbeat_us: u64,
+}
+
+impl std::fmt::Display for LostOrchestrator {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "orchestrator {} is lost (last heartbeat {}): taking the run over",
+            self.orchestrator,
+            format_timestamp(self.last_heartbeat_us)
+        )
+    }
+}
+
+/// Why a STARTING / STARTED run is not taken over without `force`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TakeoverRefused {
+    /// Its orchestrator has a live heartbeat (last one at this time, µs since the epoch).
+    Live(u64),
+    /// Its orchestrator writes no heartbeat (a `stepq run` process), or has none left.
+    NoHeartbeat,
+}
+
+impl TakeoverRefused {
+    /// What the refusal means for run `run_id` held by `orchestrator`, and what to do.
+    pub fn explain(&self, run_id: &str, orchestrator: Option<&str>) -> String {
+        let who = orchestrator.unwrap_or("an unknown orchestrator");
+        match self {
+            TakeoverRefused::Live(last) => format!(
+                "its orchestrator {who} is alive (last heartbeat {}) and may still be running it; if it is really gone, `stepq resume {run_id} --force` takes the run over",
+                format_timestamp(*last)
+            ),
+            TakeoverRefused::NoHeartbeat => format!(
+                "its orchestrator {who} has no worker heartbeat (a `stepq run` process writes none), so nothing shows it died; if it is gone, `stepq resume {run_id} --force` takes the run over"
+            ),
+        }
+    }
+}
+
+impl App {
+    /// Whether a resume of run `run_id` takes it over from a lost orchestrator. `Ok(None)`
+    /// when no takeover is needed (the run is not STARTING / STARTED, or `force` was given:
+    /// the resume rules decide); `Ok(Some(lost))` when its orchestrator's heartbeat is LOST
+    /// (resume it with `force`); [`AppError::TakeoverRefused`] when the heartbeat is live or
+    /// missing (a missing heartbeat proves nothing).
+    ///
+    /// Errors also: [`stepq_executor::storage::StorageError::RunNotFound`], and a failing run
+    /// or heartbeat store.
+    pub async fn check_takeover(
+        &self,
+        run_id: &str,
+        force: bool,
+    ) -> Result<Option<LostOrchestrator>, AppError> {
+        let record = self.runs().get_run(run_id).await?;
+        self.check_takeover_of(&record, force).await
+    }
+
+    /// [`App::check_takeover`] on a record already read.
+    pub(crate) async fn check_takeover_of(
+        &self,
+        record: &RunRecord,
+        force: bool,
+    ) -> Result<Option<LostOrchestrator>, AppError> {
+        if force
+            || !matches!(
+                record.status,
+                StoredStatus::Starting | StoredStatus::Started
+            )
+        {
+            return Ok(None);
+        }
+        let refused = |reason| AppError::TakeoverRefused {
+            run_id: record.run_id.clone(),
+            status: record.status,
+            orchestrator: record.orchestrator.clone(),
+            reason,
+        };
+        let Some(orchestrator) = record.orchestrator.as_deref() else {
+            return Err(refused(TakeoverRefused::NoHeartbeat));
+        };
+        let workers = crate::health::worker_states(self).await?;
+        match workers
+            .iter()
+            .find(|w| w.heartbeat.worker_id == orchestrator)
+        {
+            Some(w) if w.health == WorkerHealth::Lost => Ok(Some(LostOrchestrator {
+                orchestrator: orchestrator.to_string(),
+                last_heartbeat_us: w.heartbeat.last_seen,
+            })),
+            Some(w) => Err(refused(TakeoverRefused::Live(w.heartbeat.last_seen))),
+            None => Err(refused(TakeoverRefused::NoHeartbeat)),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn refusals_say_why_and_what_to_do() {
+        let live = TakeoverRefused::Live(0).explain("r1", Some("w1"));
+        assert!(live.contains("w1 is alive"), "{live}");
+        assert!(live.contains("1970-01-01 00:00:00 UTC"), "{live}");
+        assert!(live.contains("stepq resume r1 --force"), "{live}");
+        let none = TakeoverRefused::NoHeartbeat.explain("r1", None);
+        assert!(none.contains("unknown orchestrator"), "{none}");
+        assert!(none.contains("no worker heartbeat"), "{none}");
+        assert!(none.contains("stepq resume r1 --force"), "{none}");
+        let lost = LostOrchestrator {
+            orchestrator: "w1".into(),
+            last_heartbeat_us: 0,
+        };
+        assert_eq!(
+            lost.to_string(),
+            "orchestrator w1 is lost (last heartbeat 1970-01-01 00:00:00 UTC): taking the run over"
+        );
+    }
+}
