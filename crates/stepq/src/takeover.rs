@@ -4,13 +4,15 @@
 //!
 //! A run's orchestrator is the name on its record: a worker orchestrating a launched run uses
 //! its worker name, which is also its heartbeat's worker id. A `stepq run` process
-//! (`stepq@HOST:PID`) writes no heartbeat, so a missing heartbeat proves nothing: such a run
-//! is only taken over with `force`.
+//! (`stepq@HOST:PID`, [`orchestrator_name`](crate::app::orchestrator_name)) writes no
+//! heartbeat; when HOST is this machine and no process PID runs here any more (the laptop
+//! case: a `stepq run` killed or its terminal closed), it is gone and the run is taken over.
+//! Otherwise a missing heartbeat proves nothing: such a run is only taken over with `force`.
 //!
 //! ```
 //! use stepq::takeover::{LostOrchestrator, TakeoverRefused};
 //!
-//! let lost = LostOrchestrator { orchestrator: "w1".into(), last_heartbeat_us: 0 };
+//! let lost = LostOrchestrator { orchestrator: "w1".into(), last_heartbeat_us: 0, gone_pid: None };
 //! assert!(lost.to_string().contains("orchestrator w1 is lost"));
 //! let refused = TakeoverRefused::NoHeartbeat;
 //! assert!(refused.explain("r1", Some("stepq@h:1")).contains("--force"));
@@ -21,24 +23,62 @@ use stepq_executor::storage::{RunRecord, RunStatus as StoredStatus, WorkerHealth
 use crate::app::{App, AppError};
 use crate::cli::format_timestamp;
 
-/// The orchestrator of a STARTING / STARTED run whose heartbeat is lost: the run may be
-/// taken over without `force`.
+/// The orchestrator of a STARTING / STARTED run whose heartbeat is lost (or, for a `stepq run`
+/// process on this machine, whose process is gone): the run may be taken over without
+/// `force`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LostOrchestrator {
-    /// The orchestrator (its worker id).
+    /// The orchestrator (its worker id, or `stepq@HOST:PID`).
     pub orchestrator: String,
-    /// Microseconds since the Unix epoch of its last heartbeat.
+    /// Microseconds since the Unix epoch of its last heartbeat (0 for a process found gone).
     pub last_heartbeat_us: u64,
+    /// Set when the orchestrator is a `stepq run` process of this machine that no longer runs.
+    pub gone_pid: Option<u32>,
 }
 
 impl std::fmt::Display for LostOrchestrator {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(
-            f,
-            "orchestrator {} is lost (last heartbeat {}): taking the run over",
-            self.orchestrator,
-            format_timestamp(self.last_heartbeat_us)
-        )
+        match self.gone_pid {
+            Some(pid) => write!(
+                f,
+                "orchestrator {} is gone (no process {pid} runs on this machine): taking the run over",
+                self.orchestrator
+            ),
+            None => write!(
+                f,
+                "orchestrator {} is lost (last heartbeat {}): taking the run over",
+                self.orchestrator,
+                format_timestamp(self.last_heartbeat_us)
+            ),
+        }
+    }
+}
+
+/// The pid of `orchestrator` if it names a `stepq run` process of this machine
+/// (`stepq@HOST:PID` with this host name) that no longer runs.
+fn gone_local_process(orchestrator: &str) -> Option<u32> {
+    let (host, pid) = orchestrator.strip_prefix("stepq@")?.rsplit_once(':')?;
+    let pid: u32 = pid.parse().ok()?;
+    let this_host = hostname::get().ok()?.to_string_lossy().into_owned();
+    (host == this_host && pid != std::process::id() && !process_runs(pid)).then_some(pid)
+}
+
+/// Whether a process `pid` runs on this machine (Unix: `kill(pid, 0)` does not say ESRCH;
+/// elsewhere: assumed to run, so nothing is taken over without `force`).
+fn process_runs(pid: u32) -> bool {
+    #[cfg(unix)]
+    {
+        let Ok(pid) = libc::pid_t::try_from(pid) else {
+            return true;
+        };
+        // SAFETY: signal 0 only checks that the process exists; nothing is sent.
+        let r = unsafe { libc::kill(pid, 0) };
+        r == 0 || std::io::Error::last_os_error().raw_os_error() != Some(libc::ESRCH)
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = pid;
+        true
     }
 }
 
@@ -61,7 +101,7 @@ impl TakeoverRefused {
                 format_timestamp(*last)
             ),
             TakeoverRefused::NoHeartbeat => format!(
-                "its orchestrator {who} has no worker heartbeat (a `stepq run` process writes none), so nothing shows it died; if it is gone, `stepq resume {run_id} --force` takes the run over"
+                "its orchestrator {who} has no worker heartbeat (a `stepq run` process writes none; only one of this machine is checked for being gone), so nothing shows it died; if it is gone, `stepq resume {run_id} --force` takes the run over"
             ),
         }
     }
@@ -116,9 +156,17 @@ impl App {
             Some(w) if w.health == WorkerHealth::Lost => Ok(Some(LostOrchestrator {
                 orchestrator: orchestrator.to_string(),
                 last_heartbeat_us: w.heartbeat.last_seen,
+                gone_pid: None,
             })),
             Some(w) => Err(refused(TakeoverRefused::Live(w.heartbeat.last_seen))),
-            None => Err(refused(TakeoverRefused::NoHeartbeat)),
+            None => match gone_local_process(orchestrator) {
+                Some(pid) => Ok(Some(LostOrchestrator {
+                    orchestrator: orchestrator.to_string(),
+                    last_heartbeat_us: 0,
+                    gone_pid: Some(pid),
+                })),
+                None => Err(refused(TakeoverRefused::NoHeartbeat)),
+            },
         }
     }
 }
@@ -140,10 +188,44 @@ mod tests {
         let lost = LostOrchestrator {
             orchestrator: "w1".into(),
             last_heartbeat_us: 0,
+            gone_pid: None,
         };
         assert_eq!(
             lost.to_string(),
             "orchestrator w1 is lost (last heartbeat 1970-01-01 00:00:00 UTC): taking the run over"
         );
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn a_stepq_run_process_of_this_machine_that_is_gone_is_found() {
+        let host = hostname::get().unwrap().to_string_lossy().into_owned();
+        // A child that has ended and been reaped: its pid runs no process (for a moment; pids
+        // are reused only after wrapping around).
+        let mut child = std::process::Command::new("true").spawn().unwrap();
+        let pid = child.id();
+        child.wait().unwrap();
+        assert_eq!(
+            gone_local_process(&format!("stepq@{host}:{pid}")),
+            Some(pid)
+        );
+        // This process runs; another host's process cannot be checked; other names are not
+        // `stepq run` processes.
+        let me = std::process::id();
+        assert_eq!(gone_local_process(&format!("stepq@{host}:{me}")), None);
+        assert_eq!(
+            gone_local_process(&format!("stepq@elsewhere-{host}:{pid}")),
+            None
+        );
+        assert_eq!(gone_local_process("worker-1"), None);
+        assert_eq!(gone_local_process(&format!("stepq@{host}:not-a-pid")), None);
+        let gone = LostOrchestrator {
+            orchestrator: format!("stepq@{host}:{pid}"),
+            last_heartbeat_us: 0,
+            gone_pid: Some(pid),
+        };
+        assert!(gone
+            .to_string()
+            .contains(&format!("no process {pid} runs on this machine")));
     }
 }

@@ -212,6 +212,36 @@ async fn a_run_whose_orchestrator_is_lost_is_taken_over_without_force() {
     );
 }
 
+/// The laptop case: `stepq run` killed mid-run on this machine leaves its run STARTED by
+/// `stepq@HOST:PID` (no heartbeat); its process is gone, so `stepq resume` takes it over.
+#[cfg(unix)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_whose_stepq_run_process_is_gone_is_taken_over_without_force() {
+    let dir = tempfile::tempdir().unwrap();
+    let app = app_in(dir.path()).await;
+    let mut ended = std::process::Command::new("true").spawn().unwrap();
+    let pid = ended.id();
+    ended.wait().unwrap();
+    let host = hostname::get().unwrap().to_string_lossy().into_owned();
+    let orchestrator = format!("stepq@{host}:{pid}");
+    orphan_run(&app, &orchestrator).await;
+    let out = run(dir.path(), &["resume", "orphan", "--workers", "1"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert!(
+        stderr(&out).contains(&format!(
+            "orchestrator {orchestrator} is gone (no process {pid} runs on this machine)"
+        )),
+        "{}",
+        text(&out)
+    );
+    let record = app.runs().get_run("orphan").await.unwrap();
+    assert_eq!(record.status, StoredStatus::Success);
+    let events = read_all_events(app.runs().as_ref(), "orphan")
+        .await
+        .unwrap();
+    assert_eq!(known_state_from_events(&events).attempts_of("add_one"), 2);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_live_or_missing_orchestrator_heartbeat_needs_force() {
     for (heartbeat_ago, says) in [
