@@ -534,13 +534,7 @@ async fn run_job(app: &App, location: Arc<CodeLocation>, args: RunArgs) -> Resul
     ExecutionPlan::new(job.clone(), args.steps.as_deref(), &KnownState::default())
         .map_err(Failure::usage)?;
     let workers = follow::in_process_workers(app, args.workers)?;
-    app.startup().await?;
-    let local = if workers > 0 {
-        Some(app.start_local_workers(location.clone(), workers)?)
-    } else {
-        None
-    };
-    let executor = app.executor(local.as_ref().map(|l| l.cancel_hook()))?;
+    let (local, executor) = follow::start_here(app, &location, workers).await?;
     let options = RunOptions {
         run_id: args.run_id,
         step_selection: args.steps,

@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::app::app_in;
+use common::app::{app_in, orphan_run};
 use common::cli::{run, stepq};
 use stepq::app::{App, AppError, LocalWorkers, RunOptions};
 use stepq::examples;
@@ -20,11 +20,11 @@ use stepq_broker::{TaskHandle, TaskWaitError};
 use stepq_executor::launcher::{
     known_state_from_events, read_all_events, RunTaskOutcome, SubmittedRun, RUN_ALREADY_CLAIMED,
 };
-use stepq_executor::storage::{RunRecord, RunStatus as StoredStatus, StatusChange, StorageError};
+use stepq_executor::storage::{RunStatus as StoredStatus, StorageError};
 use stepq_executor::{protocol, LaunchError};
 use stepq_plan::{Event, EventKind, ExecuteRunArgs, Job, StepDef};
 use stepq_results::OutputKey;
-use stepq_worker::{decode_value, encode_value, op_map, op_output, CodeLocation, Op, OpError};
+use stepq_worker::{decode_value, op_map, op_output, CodeLocation, Op, OpError};
 
 const WAIT: Option<Duration> = Some(Duration::from_secs(20));
 
@@ -330,47 +330,7 @@ async fn resume_reruns_only_what_did_not_succeed_and_attempts_count_on() {
 async fn a_run_whose_orchestrator_died_is_taken_over_only_with_force() {
     let dir = tempfile::tempdir().unwrap();
     let app = app_in(dir.path()).await;
-    // What a worker killed mid-run leaves: run STARTED by it, `simple` done with its output
-    // stored, `add_one` queued and never reported.
-    let record = RunRecord::new("orphan", "serial", serde_json::Value::Null);
-    app.runs().create_run(&record).await.unwrap();
-    let claim = StatusChange::to(StoredStatus::Starting).by("dead-worker");
-    app.runs().change_status("orphan", &claim).await.unwrap();
-    app.runs()
-        .update_status("orphan", StoredStatus::Started)
-        .await
-        .unwrap();
-    app.outputs()
-        .put(
-            &OutputKey::new("orphan", "simple", "result"),
-            encode_value(&41_i64).unwrap(),
-        )
-        .await
-        .unwrap();
-    let step = |key: &str, kind| Event::step("orphan", key, kind);
-    let queued = |attempt| EventKind::StepQueued {
-        attempt,
-        task_id: "t".into(),
-    };
-    let log = [
-        Event::run("orphan", EventKind::RunStarted),
-        step("simple", queued(1)),
-        step(
-            "simple",
-            EventKind::StepOutputHandled {
-                output: "result".into(),
-                bytes: 1,
-            },
-        ),
-        step(
-            "simple",
-            EventKind::StepSuccess {
-                duration: Duration::ZERO,
-            },
-        ),
-        step("add_one", queued(1)),
-    ];
-    app.runs().append_events("orphan", &log).await.unwrap();
+    orphan_run(&app, "dead-worker").await;
 
     match app.submit_resume("orphan", false).await {
         Err(AppError::Launch(e @ LaunchError::NotResumable { .. })) => {

@@ -13,6 +13,7 @@ use std::process::Stdio;
 use std::sync::mpsc;
 use std::time::Duration;
 
+use common::app::FIXABLE_JOBS;
 use common::cli::{run_configured, stepq_configured, text};
 use common::localstack::*;
 
@@ -160,24 +161,6 @@ async fn localstack_launch_kill_the_orchestrator_then_resume() {
     }
     queue.delete().await;
 }
-
-/// `first` (appends a line to `first_calls`) -> `fixable` (fails until the file `fixed`
-/// exists) -> `last`, as shell steps run in the worker's directory.
-const FIXABLE_JOBS: &str = r#"
-[[jobs.fixable.steps]]
-key = "first"
-argv = ["sh", "-c", "echo called >> first_calls; echo 1"]
-
-[[jobs.fixable.steps]]
-key = "fixable"
-argv = ["sh", "-c", "test -f fixed && echo 2"]
-inputs = { n = "first.stdout" }
-
-[[jobs.fixable.steps]]
-key = "last"
-argv = ["echo", "3"]
-inputs = { n = "fixable.stdout" }
-"#;
 
 #[tokio::test]
 #[ignore = "localstack"]

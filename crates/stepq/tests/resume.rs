@@ -8,38 +8,17 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::app::app_in;
+use common::app::{app_in, orphan_run, FIXABLE_JOBS};
 use common::cli::{run, stderr, stdout, text};
 use stepq::app::{App, AppError};
 use stepq::examples;
 use stepq::takeover::TakeoverRefused;
 use stepq_executor::launcher::{known_state_from_events, read_all_events};
-use stepq_executor::storage::{
-    RunRecord, RunStatus as StoredStatus, StatusChange, WorkerHeartbeat,
-};
+use stepq_executor::storage::{RunStatus as StoredStatus, WorkerHeartbeat};
 use stepq_executor::LaunchError;
 use stepq_plan::events::now_us;
-use stepq_plan::{Event, EventKind};
 use stepq_results::OutputKey;
-use stepq_worker::{decode_value, encode_value};
-
-/// `first` (appends a line to `first_calls`) -> `fixable` (fails until the file `fixed`
-/// exists) -> `last`, as shell steps run in the test's directory.
-const FIXABLE_JOBS: &str = r#"
-[[jobs.fixable.steps]]
-key = "first"
-argv = ["sh", "-c", "echo called >> first_calls; echo 1"]
-
-[[jobs.fixable.steps]]
-key = "fixable"
-argv = ["sh", "-c", "test -f fixed && echo 2"]
-inputs = { n = "first.stdout" }
-
-[[jobs.fixable.steps]]
-key = "last"
-argv = ["echo", "3"]
-inputs = { n = "fixable.stdout" }
-"#;
+use stepq_worker::decode_value;
 
 fn with_jobs<'a>(args: &[&'a str]) -> Vec<&'a str> {
     let mut all = vec!["--jobs-file", "jobs.toml"];
@@ -109,50 +88,6 @@ async fn embedded_resume_reruns_what_did_not_succeed_here() {
         &with_jobs(&["resume", "fix-me", "--workers", "0"]),
     );
     assert_eq!(out.status.code(), Some(2), "{}", text(&out));
-}
-
-/// What an orchestrator killed mid-run leaves: run `orphan` of `serial` STARTED by
-/// `orchestrator`, `simple` done (output 41 stored), `add_one` queued and never reported.
-async fn orphan_run(app: &App, orchestrator: &str) {
-    let record = RunRecord::new("orphan", "serial", serde_json::Value::Null);
-    app.runs().create_run(&record).await.unwrap();
-    let claim = StatusChange::to(StoredStatus::Starting).by(orchestrator);
-    app.runs().change_status("orphan", &claim).await.unwrap();
-    app.runs()
-        .update_status("orphan", StoredStatus::Started)
-        .await
-        .unwrap();
-    app.outputs()
-        .put(
-            &OutputKey::new("orphan", "simple", "result"),
-            encode_value(&41_i64).unwrap(),
-        )
-        .await
-        .unwrap();
-    let step = |key: &str, kind| Event::step("orphan", key, kind);
-    let queued = EventKind::StepQueued {
-        attempt: 1,
-        task_id: "t".into(),
-    };
-    let log = [
-        Event::run("orphan", EventKind::RunStarted),
-        step("simple", queued.clone()),
-        step(
-            "simple",
-            EventKind::StepOutputHandled {
-                output: "result".into(),
-                bytes: 1,
-            },
-        ),
-        step(
-            "simple",
-            EventKind::StepSuccess {
-                duration: Duration::ZERO,
-            },
-        ),
-        step("add_one", queued),
-    ];
-    app.runs().append_events("orphan", &log).await.unwrap();
 }
 
 /// A heartbeat of worker `id` last written `ago` ago.

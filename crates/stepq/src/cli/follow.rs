@@ -131,6 +131,23 @@ pub(super) async fn follow_run(
     }
 }
 
+/// Starts the app, `workers` in-process workers (none for 0), and an executor whose cancel
+/// hook reaches them: what a run orchestrated by this process needs.
+pub(super) async fn start_here(
+    app: &App,
+    location: &Arc<CodeLocation>,
+    workers: usize,
+) -> Result<(Option<LocalWorkers>, stepq_executor::Executor), Failure> {
+    app.startup().await?;
+    let local = if workers > 0 {
+        Some(app.start_local_workers(location.clone(), workers)?)
+    } else {
+        None
+    };
+    let executor = app.executor(local.as_ref().map(|l| l.cancel_hook()))?;
+    Ok((local, executor))
+}
+
 /// `stepq resume RUN_ID` orchestrated by this process (the embedded default, or `--here`):
 /// `--workers` in-process workers, then [`follow_run`] like `stepq run`. A takeover from a
 /// lost orchestrator is said on stderr.
@@ -140,13 +157,7 @@ pub(super) async fn resume_here(
     args: ResumeArgs,
 ) -> Result<u8, Failure> {
     let workers = in_process_workers(app, args.workers)?;
-    app.startup().await?;
-    let local = if workers > 0 {
-        Some(app.start_local_workers(location.clone(), workers)?)
-    } else {
-        None
-    };
-    let executor = app.executor(local.as_ref().map(|l| l.cancel_hook()))?;
+    let (local, executor) = start_here(app, &location, workers).await?;
     let run = match app
         .resume_here(&executor, &location, &args.run_id, args.force)
         .await

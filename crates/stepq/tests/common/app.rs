@@ -3,11 +3,16 @@
 use std::path::Path;
 use std::sync::Arc;
 
+use std::time::Duration;
 use stepq::app::{make_app, App, LaunchedRun, RunOptions};
 use stepq::config::StepqConfig;
 use stepq::examples;
+
+use stepq_executor::storage::{RunRecord, RunStatus as StoredStatus, StatusChange};
 use stepq_executor::Executor;
-use stepq_worker::{op_fn, CodeLocation, Op};
+use stepq_plan::{Event, EventKind};
+use stepq_results::OutputKey;
+use stepq_worker::{encode_value, op_fn, CodeLocation, Op};
 
 /// The embedded default app whose state is `dir/.stepq` (where a `stepq` process started in
 /// `dir` finds it).
@@ -50,4 +55,66 @@ pub async fn launch_slow(
     app.launch(executor, location, "slow", options)
         .await
         .unwrap()
+}
+
+/// `first` (appends a line to `first_calls`) -> `fixable` (fails until the file `fixed`
+/// exists) -> `last`, as shell steps run in the directory of whoever runs them (the test's, or a worker's).
+pub const FIXABLE_JOBS: &str = r#"
+[[jobs.fixable.steps]]
+key = "first"
+argv = ["sh", "-c", "echo called >> first_calls; echo 1"]
+
+[[jobs.fixable.steps]]
+key = "fixable"
+argv = ["sh", "-c", "test -f fixed && echo 2"]
+inputs = { n = "first.stdout" }
+
+[[jobs.fixable.steps]]
+key = "last"
+argv = ["echo", "3"]
+inputs = { n = "fixable.stdout" }
+"#;
+
+/// What an orchestrator killed mid-run leaves: run `orphan` of `serial` STARTED by
+/// `orchestrator`, `simple` done (output 41 stored), `add_one` queued and never reported.
+pub async fn orphan_run(app: &App, orchestrator: &str) {
+    let record = RunRecord::new("orphan", "serial", serde_json::Value::Null);
+    app.runs().create_run(&record).await.unwrap();
+    let claim = StatusChange::to(StoredStatus::Starting).by(orchestrator);
+    app.runs().change_status("orphan", &claim).await.unwrap();
+    app.runs()
+        .update_status("orphan", StoredStatus::Started)
+        .await
+        .unwrap();
+    app.outputs()
+        .put(
+            &OutputKey::new("orphan", "simple", "result"),
+            encode_value(&41_i64).unwrap(),
+        )
+        .await
+        .unwrap();
+    let step = |key: &str, kind| Event::step("orphan", key, kind);
+    let queued = EventKind::StepQueued {
+        attempt: 1,
+        task_id: "t".into(),
+    };
+    let log = [
+        Event::run("orphan", EventKind::RunStarted),
+        step("simple", queued.clone()),
+        step(
+            "simple",
+            EventKind::StepOutputHandled {
+                output: "result".into(),
+                bytes: 1,
+            },
+        ),
+        step(
+            "simple",
+            EventKind::StepSuccess {
+                duration: Duration::ZERO,
+            },
+        ),
+        step("add_one", queued),
+    ];
+    app.runs().append_events("orphan", &log).await.unwrap();
 }
