@@ -787,6 +787,15 @@ async fn cancel_run(app: &App, args: CancelArgs) -> Result<u8, Failure> {
         println!("run {run_id} {}", record.status);
         return Ok(0);
     }
+    // Nobody would act on CANCELING for an orchestrator shown dead: end the run here.
+    if let Some(orchestrator) = record.orchestrator.as_deref() {
+        if let Ok(lost) = app.orchestrator_state(orchestrator).await? {
+            eprintln!("{}: ending the run without it", lost.evidence());
+            let ended = app.force_cancel(run_id).await?;
+            println!("run {run_id} {}", ended.status);
+            return Ok(0);
+        }
+    }
     println!(
         "run {run_id} {}: its orchestrator{} cancels its steps",
         record.status,

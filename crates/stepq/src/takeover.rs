@@ -36,21 +36,28 @@ pub struct LostOrchestrator {
     pub gone_pid: Option<u32>,
 }
 
-impl std::fmt::Display for LostOrchestrator {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+impl LostOrchestrator {
+    /// What shows the orchestrator is dead: `orchestrator W is lost (last heartbeat T)` or
+    /// `orchestrator stepq@H:P is gone (no process P runs on this machine)`.
+    pub fn evidence(&self) -> String {
         match self.gone_pid {
-            Some(pid) => write!(
-                f,
-                "orchestrator {} is gone (no process {pid} runs on this machine): taking the run over",
+            Some(pid) => format!(
+                "orchestrator {} is gone (no process {pid} runs on this machine)",
                 self.orchestrator
             ),
-            None => write!(
-                f,
-                "orchestrator {} is lost (last heartbeat {}): taking the run over",
+            None => format!(
+                "orchestrator {} is lost (last heartbeat {})",
                 self.orchestrator,
                 format_timestamp(self.last_heartbeat_us)
             ),
         }
+    }
+}
+
+impl std::fmt::Display for LostOrchestrator {
+    /// The [`evidence`](LostOrchestrator::evidence), then `: taking the run over`.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: taking the run over", self.evidence())
     }
 }
 
@@ -148,26 +155,41 @@ impl App {
         let Some(orchestrator) = record.orchestrator.as_deref() else {
             return Err(refused(TakeoverRefused::NoHeartbeat));
         };
-        let workers = crate::health::worker_states(self).await?;
-        match workers
-            .iter()
-            .find(|w| w.heartbeat.worker_id == orchestrator)
-        {
-            Some(w) if w.health == WorkerHealth::Lost => Ok(Some(LostOrchestrator {
-                orchestrator: orchestrator.to_string(),
-                last_heartbeat_us: w.heartbeat.last_seen,
-                gone_pid: None,
-            })),
-            Some(w) => Err(refused(TakeoverRefused::Live(w.heartbeat.last_seen))),
-            None => match gone_local_process(orchestrator) {
-                Some(pid) => Ok(Some(LostOrchestrator {
-                    orchestrator: orchestrator.to_string(),
-                    last_heartbeat_us: 0,
-                    gone_pid: Some(pid),
-                })),
-                None => Err(refused(TakeoverRefused::NoHeartbeat)),
-            },
+        match self.orchestrator_state(orchestrator).await? {
+            Ok(lost) => Ok(Some(lost)),
+            Err(reason) => Err(refused(reason)),
         }
+    }
+
+    /// Whether `orchestrator` (a run record's orchestrator) is shown dead: `Ok(lost)` when
+    /// its worker heartbeat is LOST or it is a `stepq run` process of this machine that no
+    /// longer runs; otherwise why nothing shows it (a live heartbeat, or none).
+    pub async fn orchestrator_state(
+        &self,
+        orchestrator: &str,
+    ) -> Result<Result<LostOrchestrator, TakeoverRefused>, AppError> {
+        let workers = crate::health::worker_states(self).await?;
+        Ok(
+            match workers
+                .iter()
+                .find(|w| w.heartbeat.worker_id == orchestrator)
+            {
+                Some(w) if w.health == WorkerHealth::Lost => Ok(LostOrchestrator {
+                    orchestrator: orchestrator.to_string(),
+                    last_heartbeat_us: w.heartbeat.last_seen,
+                    gone_pid: None,
+                }),
+                Some(w) => Err(TakeoverRefused::Live(w.heartbeat.last_seen)),
+                None => match gone_local_process(orchestrator) {
+                    Some(pid) => Ok(LostOrchestrator {
+                        orchestrator: orchestrator.to_string(),
+                        last_heartbeat_us: 0,
+                        gone_pid: Some(pid),
+                    }),
+                    None => Err(TakeoverRefused::NoHeartbeat),
+                },
+            },
+        )
     }
 }
 

@@ -114,3 +114,26 @@ async fn force_touches_no_run_that_is_not_canceling() {
     let out = run(dir.path(), &["cancel", "nope", "--force"]);
     assert_eq!(out.status.code(), Some(2), "{}", text(&out));
 }
+
+#[tokio::test]
+async fn cancel_ends_a_run_whose_orchestrator_is_lost_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let app = app_in(dir.path()).await;
+    run_in(&app, "r3", &[RunStatus::Starting, RunStatus::Started]).await;
+    // The orchestrator's last heartbeat is an hour old: it is LOST.
+    let mut beat = stepq_executor::storage::WorkerHeartbeat::new(DEAD_ORCHESTRATOR, "nowhere", 1);
+    beat.last_seen -= 3_600_000_000;
+    app.heartbeats().put_heartbeat(&beat).await.unwrap();
+
+    let out = run(dir.path(), &["cancel", "r3", "--wait", "0"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert!(
+        text(&out).contains(&format!(
+            "orchestrator {DEAD_ORCHESTRATOR} is lost (last heartbeat "
+        )) && text(&out).contains("ending the run without it"),
+        "{}",
+        text(&out)
+    );
+    assert!(text(&out).contains("run r3 CANCELED"), "{}", text(&out));
+    assert_eq!(status_of(&app, "r3").await, RunStatus::Canceled);
+}
