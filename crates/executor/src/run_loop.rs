@@ -23,8 +23,8 @@ use futures::{FutureExt, StreamExt};
 use stepq_broker::{BrokerError, TaskMessage, TaskQueue};
 use stepq_plan::events::now_us;
 use stepq_plan::{
-    ErrorInfo, Event, EventKind, ExecuteStepArgs, InlineValue, Job, KnownState, PlanProgress,
-    StepOutcome, StepReport, StepState, StepStatus,
+    ErrorInfo, Event, EventKind, ExecuteStepArgs, ExecutionPlan, InlineValue, Job, KnownState,
+    PlanProgress, StepOutcome, StepReport, StepState, StepStatus,
 };
 use stepq_results::{ResultBackend, ResultError, TaskResult};
 use tokio::sync::mpsc;
@@ -144,10 +144,6 @@ struct Runner {
     grace_deadline: Option<Instant>,
     /// A step failed for good while the run was not stopping.
     failed: bool,
-    /// A step was canceled (by an interrupt, or by someone cancelling its task).
-    any_canceled: bool,
-    /// Distinct in-plan downstream steps of each step.
-    downstream: Vec<Vec<usize>>,
     /// Distinct in-plan upstream steps of each step.
     upstream: Vec<Vec<usize>>,
     /// Per step: downstream steps not yet sent (nor ended) that may want its inline values.
@@ -185,8 +181,10 @@ impl RunLoop {
                 summary: StepSummary::new(StepRunState::NotRun),
             })
             .collect();
-        let (downstream, upstream) = plan_edges(&job, &progress);
-        let consumers_left = downstream.iter().map(Vec::len).collect();
+        let upstream = upstream_indices(progress.plan());
+        let consumers_left = (0..job.steps().len())
+            .map(|i| progress.plan().downstream_indices(i).len())
+            .collect();
         let runner = Runner {
             run_id,
             job,
@@ -205,8 +203,6 @@ impl RunLoop {
             stop: None,
             grace_deadline: None,
             failed: false,
-            any_canceled: false,
-            downstream,
             upstream,
             consumers_left,
             inline: HashMap::new(),
@@ -388,7 +384,7 @@ impl Runner {
         let steps = self.job.steps();
         let mut last = head;
         while chain.len() + 1 < self.config.max_fused_steps {
-            let [next] = self.downstream[last][..] else {
+            let [next] = self.progress.plan().downstream_indices(last)[..] else {
                 break;
             };
             let (from, to) = (&steps[last], &steps[next]);
@@ -405,6 +401,12 @@ impl Runner {
             last = next;
         }
         chain
+    }
+
+    /// The result timeout of a task carrying `fused` steps after its head: the per-step
+    /// `step_timeout` times its steps.
+    fn task_timeout(&self, fused: usize) -> Option<Duration> {
+        self.config.step_timeout.map(|t| t * (1 + fused as u32))
     }
 
     /// Inline values of `step`'s inputs, within `inline_inputs_per_message` bytes.
@@ -526,7 +528,6 @@ impl Runner {
                             queued.push((m, self.steps[m].attempt));
                         }
                     }
-                    let task_steps = 1 + self.steps[step].chain.len() as u32;
                     for (s, attempt) in queued {
                         self.steps[s].queued_us = queued_us;
                         let key = self.job.steps()[s].key.clone();
@@ -545,7 +546,7 @@ impl Runner {
                         self.results.clone(),
                         step,
                         task_id.clone(),
-                        self.config.step_timeout.map(|t| t * task_steps),
+                        self.task_timeout(self.steps[step].chain.len()),
                         self.config.result_wait.clone(),
                     ));
                     if self.stop.is_some() {
@@ -598,7 +599,7 @@ impl Runner {
             Ok(result) => result,
             Err(ResultError::Timeout { .. }) => {
                 let steps = 1 + chain.len() as u32;
-                let timeout = self.config.step_timeout.unwrap_or_default() * steps;
+                let timeout = self.task_timeout(chain.len()).unwrap_or_default();
                 let task = if steps > 1 {
                     format!(
                         "task {task_id}, fused with the {} step(s) after it",
@@ -924,7 +925,6 @@ impl Runner {
         let key = self.job.steps()[step].key.clone();
         self.steps[step].phase = Phase::Done;
         self.mark_consumed(step);
-        self.any_canceled = true;
         self.emit(Event::step(&self.run_id, &key, EventKind::StepCanceled))
             .await;
         self.progress.complete(&key, StepOutcome::Canceled);
@@ -1080,7 +1080,13 @@ impl Runner {
         }
         let status = if self.failed || self.stop == Some(Stop::FailFast) {
             RunStatus::Failure
-        } else if self.stop == Some(Stop::Interrupted) || self.any_canceled {
+        } else if self.stop == Some(Stop::Interrupted)
+            || self
+                .progress
+                .states()
+                .any(|(_, state)| *state == StepState::Canceled)
+        {
+            // Interrupted, or a step was canceled (someone cancelled its task).
             RunStatus::Canceled
         } else {
             RunStatus::Success
@@ -1136,31 +1142,16 @@ impl Runner {
     }
 }
 
-/// Distinct in-plan downstream and upstream steps of each step of the job.
-fn plan_edges(job: &Job, progress: &PlanProgress) -> (Vec<Vec<usize>>, Vec<Vec<usize>>) {
-    let n = job.steps().len();
-    let in_plan: Vec<bool> = job
-        .steps()
-        .iter()
-        .map(|s| !matches!(progress.state_of(&s.key), Some(StepState::NotInPlan) | None))
-        .collect();
-    let mut downstream = vec![Vec::new(); n];
-    let mut upstream = vec![Vec::new(); n];
-    for (d, step) in job.steps().iter().enumerate() {
-        if !in_plan[d] {
-            continue;
-        }
-        for input in &step.inputs {
-            let Some(u) = job.step_index(&input.from_step) else {
-                continue;
-            };
-            if in_plan[u] && !upstream[d].contains(&u) {
-                upstream[d].push(u);
-                downstream[u].push(d);
-            }
+/// Distinct in-plan upstream steps of each step of the plan's job (job-order indices): the
+/// plan's downstream edges turned around.
+fn upstream_indices(plan: &ExecutionPlan) -> Vec<Vec<usize>> {
+    let mut upstream = vec![Vec::new(); plan.job().steps().len()];
+    for u in 0..upstream.len() {
+        for &d in plan.downstream_indices(u) {
+            upstream[d].push(u);
         }
     }
-    (downstream, upstream)
+    upstream
 }
 
 async fn sleep_until(deadline: Option<Instant>) {

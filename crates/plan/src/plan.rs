@@ -213,6 +213,12 @@ impl ExecutionPlan {
         self.len() == 0
     }
 
+    /// Distinct in-plan steps that read an output of step `index` (both job-order indices, see
+    /// [`Job::step_index`]), in job order; empty for a step outside the plan.
+    pub fn downstream_indices(&self, index: usize) -> &[usize] {
+        self.downstream.get(index).map_or(&[], Vec::as_slice)
+    }
+
     /// Every in-plan step downstream of `key` (transitively), in breadth-first order.
     pub fn downstream_of(&self, key: &str) -> Vec<String> {
         let Some(start) = self.job.step_index(key) else {

@@ -244,6 +244,32 @@ fn downstream_of_is_transitive_and_breadth_first() {
     assert_eq!(partial.downstream_of("a"), sel(&["b", "c"]));
 }
 
+#[test]
+fn downstream_indices_are_the_distinct_in_plan_readers() {
+    // `d` reads two outputs of `b`: listed once.
+    let d = step("d", &["b", "c"]).input("again", "b", "out");
+    let j = job(vec![
+        step("a", &[]),
+        step("b", &["a"]),
+        step("c", &["a"]),
+        d,
+        step("other", &[]),
+    ]);
+    let ix = |key: &str| j.step_index(key).unwrap();
+    let plan = full_plan(j.clone());
+    assert_eq!(plan.downstream_indices(ix("a")), [ix("b"), ix("c")]);
+    assert_eq!(plan.downstream_indices(ix("b")), [ix("d")]);
+    assert!(plan.downstream_indices(ix("d")).is_empty());
+    assert!(plan.downstream_indices(ix("other")).is_empty());
+    assert!(plan.downstream_indices(99).is_empty(), "no such index");
+    // Steps outside the plan neither read nor are read.
+    let partial =
+        ExecutionPlan::new(j.clone(), Some(&sel(&["a", "b"])), &KnownState::default()).unwrap();
+    assert_eq!(partial.downstream_indices(ix("a")), [ix("b")]);
+    assert!(partial.downstream_indices(ix("b")).is_empty());
+    assert!(partial.downstream_indices(ix("c")).is_empty());
+}
+
 // ---- PlanProgress ---------------------------------------------------------------------------
 
 #[test]
