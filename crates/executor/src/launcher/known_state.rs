@@ -4,8 +4,6 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use stepq_plan::{Event, EventKind, KnownState};
 
-use crate::storage::{EventCursor, RunStore, StorageError};
-
 /// Rebuilds what a run's event log says it completed: every step with a `StepSuccess`, with
 /// the outputs its successful attempt stored (`StepOutputHandled` events since that attempt
 /// was queued or started), and for every step the highest attempt number queued or started,
@@ -54,23 +52,6 @@ pub fn known_state_from_events(events: &[Event]) -> KnownState {
         }
     }
     known
-}
-
-/// Reads a run's whole event log.
-pub async fn read_all_events(
-    runs: &dyn RunStore,
-    run_id: &str,
-) -> Result<Vec<Event>, StorageError> {
-    let mut events = Vec::new();
-    let mut cursor = EventCursor::START;
-    loop {
-        let page = runs.read_events(run_id, cursor).await?;
-        if page.events.is_empty() {
-            return Ok(events);
-        }
-        events.extend(page.events);
-        cursor = page.next;
-    }
 }
 
 #[cfg(test)]

@@ -61,8 +61,10 @@ use crate::executor::{check_run_id, Executor, RunRequest};
 use crate::protocol::{self, ProtocolError};
 use crate::storage::{RunRecord, RunStatus as StoredStatus, RunStore, StatusChange, StorageError};
 
+// Lives in `storage` (it is a plain log read); kept here for existing callers.
+pub use crate::storage::read_all_events;
 pub use error::{LaunchError, INVALID_RUN_ARGS, RUN_ALREADY_CLAIMED, RUN_NOT_STARTED};
-pub use known_state::{known_state_from_events, read_all_events};
+pub use known_state::known_state_from_events;
 pub use recorded::{
     RecordedOutcome, RecordedRun, CANCEL_WATCH_MAX_DELAY, DEFAULT_EVENT_LINGER,
     MAX_EVENTS_PER_BATCH,

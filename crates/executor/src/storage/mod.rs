@@ -54,6 +54,6 @@ pub use record::{config_digest, ParseRunStatusError, RunRecord, RunStatus, Statu
 #[cfg(feature = "s3")]
 pub use s3::{S3HeartbeatStore, S3RunStore};
 pub use store::{
-    follow_events, poll_for_events, EventCursor, EventPage, RunStore, MAX_BATCHES_PER_READ,
-    MAX_CAS_ATTEMPTS, MAX_POLL_DELAY,
+    follow_events, poll_for_events, read_all_events, EventCursor, EventPage, RunStore,
+    MAX_BATCHES_PER_READ, MAX_CAS_ATTEMPTS, MAX_POLL_DELAY,
 };

@@ -146,6 +146,24 @@ pub(crate) async fn check_for_events<S: RunStore + ?Sized>(
     Ok(None)
 }
 
+/// Reads a run's whole event log, page after page (one read per page, no waiting): what
+/// `stepq logs` prints and what a resume rebuilds its known state from.
+pub async fn read_all_events<S: RunStore + ?Sized>(
+    store: &S,
+    run_id: &str,
+) -> Result<Vec<Event>, StorageError> {
+    let mut events = Vec::new();
+    let mut cursor = EventCursor::START;
+    loop {
+        let page = store.read_events(run_id, cursor).await?;
+        if page.events.is_empty() {
+            return Ok(events);
+        }
+        events.extend(page.events);
+        cursor = page.next;
+    }
+}
+
 /// Streams a run's events from `from` on, waiting for new ones ([`RunStore::wait_events`]),
 /// and ends once the run is terminal and its log is drained (the `logs --follow` loop).
 /// After an error the stream yields it and ends.
