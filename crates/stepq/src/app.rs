@@ -725,9 +725,7 @@ pub fn find_job(location: &CodeLocation, name: &str) -> Result<Arc<Job>, AppErro
 
 /// `stepq@<host>:<pid>`: who orchestrates runs started by this process.
 pub fn orchestrator_name() -> String {
-    let host = hostname::get()
-        .map(|h| h.to_string_lossy().into_owned())
-        .unwrap_or_else(|_| "unknown-host".into());
+    let host = crate::health::host_name();
     format!("stepq@{host}:{}", std::process::id())
 }
 

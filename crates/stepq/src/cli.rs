@@ -68,6 +68,8 @@ use tokio_util::sync::CancellationToken;
 
 use crate::app::{find_job, make_app, App, AppError, RunOptions};
 use crate::config::{Mode, StepqConfig};
+use crate::health::host_name;
+pub use crate::report::format_timestamp;
 use crate::report::{human_duration, render_table, rows_from_events};
 use crate::toml_jobs::{ShellJobs, TomlJobsError};
 
@@ -566,29 +568,6 @@ fn record_duration(record: &RunRecord) -> Option<Duration> {
     Some(Duration::from_micros(end.saturating_sub(start)))
 }
 
-/// `YYYY-MM-DD HH:MM:SS UTC` of microseconds since the Unix epoch.
-pub fn format_timestamp(us: u64) -> String {
-    let secs = us / 1_000_000;
-    let days = (secs / 86_400) as i64;
-    let rem = secs % 86_400;
-    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1_460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    format!(
-        "{year:04}-{month:02}-{day:02} {:02}:{:02}:{:02} UTC",
-        rem / 3600,
-        (rem % 3600) / 60,
-        rem % 60
-    )
-}
-
 async fn show_status(app: &App, run_id: &str) -> Result<u8, Failure> {
     let record = app.runs().get_run(run_id).await.map_err(AppError::from)?;
     let events = stepq_executor::launcher::read_all_events(app.runs().as_ref(), run_id)
@@ -831,12 +810,6 @@ async fn cancel_run(app: &App, args: CancelArgs) -> Result<u8, Failure> {
             return Ok(0);
         }
     }
-}
-
-fn host_name() -> String {
-    hostname::get()
-        .map(|h| h.to_string_lossy().into_owned())
-        .unwrap_or_else(|_| "unknown-host".into())
 }
 
 /// Resolves when SIGTERM or Ctrl-C arrives.
@@ -1107,19 +1080,6 @@ mod tests {
             cli.command,
             Command::Logs(LogsArgs { follow: true, .. })
         ));
-    }
-
-    #[test]
-    fn timestamps_are_utc_dates() {
-        assert_eq!(format_timestamp(0), "1970-01-01 00:00:00 UTC");
-        assert_eq!(
-            format_timestamp(1_700_000_000_123_456),
-            "2023-11-14 22:13:20 UTC"
-        );
-        assert_eq!(
-            format_timestamp(951_782_400_000_000),
-            "2000-02-29 00:00:00 UTC"
-        );
     }
 
     #[test]

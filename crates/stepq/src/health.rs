@@ -11,9 +11,8 @@ use stepq_worker::health::{HealthError, HealthHandle, HealthWriter};
 use stepq_worker::Worker;
 
 use crate::app::App;
-use crate::cli::format_timestamp;
 use crate::config::Mode;
-use crate::report::StepRow;
+use crate::report::{format_timestamp, StepRow};
 
 /// Running steps listed per worker in `stepq worker list` before "+N more".
 const STEPS_LISTED: usize = 3;
@@ -484,13 +483,16 @@ mod tests {
             // The tail of the chain was sent again and runs on a live worker.
             state("w-live", WorkerHealth::Live, vec![task("r1", Some("s2"))]),
         ];
-        let mut rows = vec![
-            row("s0", "SUCCEEDED"),
-            row("s1", "QUEUED"),
-            row("s2", "QUEUED"),
-            row("d0", "SUCCEEDED"),
-            row("d1", "CANCELED"),
-        ];
+        let fresh_rows = || {
+            vec![
+                row("s0", "SUCCEEDED"),
+                row("s1", "QUEUED"),
+                row("s2", "QUEUED"),
+                row("d0", "SUCCEEDED"),
+                row("d1", "CANCELED"),
+            ]
+        };
+        let mut rows = fresh_rows();
         let lines = place_in_flight(
             "r1",
             false,
@@ -513,13 +515,7 @@ mod tests {
         );
 
         // Without the live worker, the lost one holds both steps left.
-        let mut rows = vec![
-            row("s0", "SUCCEEDED"),
-            row("s1", "QUEUED"),
-            row("s2", "QUEUED"),
-            row("d0", "SUCCEEDED"),
-            row("d1", "CANCELED"),
-        ];
+        let mut rows = fresh_rows();
         let lines = place_in_flight(
             "r1",
             false,

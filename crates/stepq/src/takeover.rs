@@ -21,7 +21,7 @@
 use stepq_executor::storage::{RunRecord, RunStatus as StoredStatus, WorkerHealth};
 
 use crate::app::{App, AppError};
-use crate::cli::format_timestamp;
+use crate::report::format_timestamp;
 
 /// The orchestrator of a STARTING / STARTED run whose heartbeat is lost (or, for a `stepq run`
 /// process on this machine, whose process is gone): the run may be taken over without
