@@ -117,15 +117,7 @@ pub async fn bench(root: &Path, args: &BenchArgs) -> Result<u8> {
     // From here on LocalStack is stopped on every way out (see `localstack`).
     let mut ls = LocalStack::start_or_reuse(root).await?;
     let outcome = run_measurer(root, &measurer, &ls.endpoint, stepq_bin.as_deref(), args).await;
-    if args.keep {
-        ls.keep()?;
-        println!(
-            "LocalStack left running at {}; stop it with `cargo xtask localstack-down`",
-            ls.endpoint
-        );
-    } else {
-        ls.stop();
-    }
+    ls.keep_or_stop(args.keep)?;
     outcome
 }
 

@@ -34,7 +34,7 @@ use tokio_util::sync::CancellationToken;
 use crate::bench::{aws_env, BenchArgs};
 use crate::localstack;
 use crate::requests::count_requests;
-use crate::resources::{sdk_config, REGION};
+use crate::resources::{ensure_bucket, s3_client, sdk_config, REGION};
 
 /// The bucket of every benchmark (each run under its own prefix).
 const BUCKET: &str = "stepq-bench";
@@ -154,18 +154,6 @@ async fn delete_queue(sqs: &aws_sdk_sqs::Client, url: &str) {
     }
 }
 
-async fn ensure_bucket(s3: &aws_sdk_s3::Client) -> Result<()> {
-    if let Err(e) = s3.create_bucket().bucket(BUCKET).send().await {
-        let owned = e
-            .as_service_error()
-            .is_some_and(|s| s.is_bucket_already_owned_by_you());
-        if !owned {
-            return Err(e).context("CreateBucket");
-        }
-    }
-    Ok(())
-}
-
 fn short_id() -> String {
     uuid::Uuid::new_v4().simple().to_string()[..8].to_string()
 }
@@ -180,12 +168,8 @@ pub async fn bench_run(root: &Path, args: &BenchRunArgs) -> Result<u8> {
     )?;
     let sdk = sdk_config(&args.endpoint).await;
     let sqs = aws_sdk_sqs::Client::new(&sdk);
-    let s3 = aws_sdk_s3::Client::from_conf(
-        aws_sdk_s3::config::Builder::from(&sdk)
-            .force_path_style(true)
-            .build(),
-    );
-    ensure_bucket(&s3).await?;
+    let s3 = s3_client(&sdk);
+    ensure_bucket(&s3, BUCKET).await?;
     let id = short_id();
     let work = root.join(format!("target/stepq-bench/localstack-{id}"));
     std::fs::create_dir_all(&work).with_context(|| format!("creating {}", work.display()))?;
@@ -286,9 +270,11 @@ pub async fn bench_run(root: &Path, args: &BenchRunArgs) -> Result<u8> {
                     job.steps().len(),
                     args.bench.reps
                 );
-                let f = measure(executor, orchestrator, &log, job, args.bench.reps)
-                    .await
-                    .with_context(|| workers.log_tails())?;
+                let f = measure(orchestrator, &log, job, args.bench.reps, || {
+                    run_job(executor, job)
+                })
+                .await
+                .with_context(|| workers.log_tails())?;
                 f.print_summary();
                 figures.push(f);
             }
@@ -435,33 +421,26 @@ async fn measure_cli(
         anyhow::Ok(wall)
     };
     run_once().await?;
-    let offset = log_offset(log)?;
-    let mut walls = Vec::with_capacity(reps);
-    for _ in 0..reps {
-        walls.push(run_once().await?);
-    }
-    tokio::time::sleep(SETTLE).await;
-    Ok(StepFigures {
-        orchestrator: ORCHESTRATOR_CLI,
-        job: job.name().to_string(),
-        steps: job.steps().len(),
-        walls,
-        requests: requests_since(log, offset)?,
-    })
+    measure(ORCHESTRATOR_CLI, log, job, reps, run_once).await
 }
 
-/// `reps` runs of `job`, and the requests made meanwhile.
-async fn measure(
-    executor: &Executor,
+/// `reps` runs of `job` (each by `run_once`, which gives its wall time), and the requests
+/// made meanwhile.
+async fn measure<F, Fut>(
     orchestrator: &'static str,
     log: &Path,
     job: &Arc<Job>,
     reps: usize,
-) -> Result<StepFigures> {
+    mut run_once: F,
+) -> Result<StepFigures>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<Duration>>,
+{
     let offset = log_offset(log)?;
     let mut walls = Vec::with_capacity(reps);
     for _ in 0..reps {
-        walls.push(run_job(executor, job).await?);
+        walls.push(run_once().await?);
     }
     tokio::time::sleep(SETTLE).await;
     Ok(StepFigures {

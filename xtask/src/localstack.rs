@@ -244,6 +244,21 @@ impl LocalStack {
         Ok(())
     }
 
+    /// Ends a command's use of LocalStack: [`keep`](Self::keep)s it (and says how to stop it)
+    /// when `keep`, else [`stop`](Self::stop)s it.
+    pub fn keep_or_stop(&mut self, keep: bool) -> Result<()> {
+        if keep {
+            self.keep()?;
+            println!(
+                "LocalStack left running at {}; stop it with `cargo xtask localstack-down`",
+                self.endpoint
+            );
+        } else {
+            self.stop();
+        }
+        Ok(())
+    }
+
     /// Stops LocalStack if we started it (a reused one is left alone).
     pub fn stop(&mut self) {
         if !self.owned {

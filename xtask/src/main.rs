@@ -188,15 +188,7 @@ async fn localstack_test(root: &Path, keep: bool, args: &[String]) -> Result<u8>
         cargo_test(root, &cargo_args, &test_args, Some(&res)).await
     }
     .await;
-    if keep {
-        ls.keep()?;
-        println!(
-            "LocalStack left running at {}; stop it with `cargo xtask localstack-down`",
-            ls.endpoint
-        );
-    } else {
-        ls.stop();
-    }
+    ls.keep_or_stop(keep)?;
     if let Some(summary) = requests::summarize(&root.join("target/localstack.log")) {
         println!("{summary}");
     }

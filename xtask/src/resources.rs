@@ -33,6 +33,28 @@ pub async fn sdk_config(endpoint: &str) -> aws_config::SdkConfig {
         .await
 }
 
+/// An S3 client for LocalStack (path-style addressing: no per-bucket DNS names).
+pub fn s3_client(sdk: &aws_config::SdkConfig) -> aws_sdk_s3::Client {
+    aws_sdk_s3::Client::from_conf(
+        aws_sdk_s3::config::Builder::from(sdk)
+            .force_path_style(true)
+            .build(),
+    )
+}
+
+/// Creates `bucket`, or finds it already ours.
+pub async fn ensure_bucket(s3: &aws_sdk_s3::Client, bucket: &str) -> Result<()> {
+    if let Err(e) = s3.create_bucket().bucket(bucket).send().await {
+        let owned = e
+            .as_service_error()
+            .is_some_and(|s| s.is_bucket_already_owned_by_you());
+        if !owned {
+            return Err(e).context("CreateBucket");
+        }
+    }
+    Ok(())
+}
+
 impl TestResources {
     /// Creates (or finds) the smoke queues and bucket.
     pub async fn create(endpoint: &str) -> Result<Self> {
@@ -56,19 +78,7 @@ impl TestResources {
             .context("CreateQueue (fifo)")?
             .queue_url
             .context("CreateQueue returned no URL")?;
-        let s3 = aws_sdk_s3::Client::from_conf(
-            aws_sdk_s3::config::Builder::from(&sdk)
-                .force_path_style(true)
-                .build(),
-        );
-        if let Err(e) = s3.create_bucket().bucket(BUCKET).send().await {
-            let owned = e
-                .as_service_error()
-                .is_some_and(|s| s.is_bucket_already_owned_by_you());
-            if !owned {
-                return Err(e).context("CreateBucket");
-            }
-        }
+        ensure_bucket(&s3_client(&sdk), BUCKET).await?;
         Ok(TestResources {
             endpoint: endpoint.to_string(),
             queue_url,
