@@ -1,6 +1,6 @@
 //! `Receiver`: runs registered tasks from a broker (the generic worker loop).
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -155,12 +155,17 @@ struct RunningTask {
 ///   message acked) and bound how long a cancelled handler may run on.
 pub struct Receiver {
     queue: TaskQueue,
-    handlers: HashMap<String, TaskHandler>,
+    handlers: HashMap<String, Registered>,
     config: ReceiverConfig,
     cancel: CancelHandle,
     gate: Option<Arc<dyn TaskGate>>,
-    /// Task names that do not hold a concurrency slot while they run.
-    slotless: HashSet<String>,
+}
+
+/// A registered handler and whether its tasks hold a concurrency slot while they run.
+#[derive(Clone)]
+struct Registered {
+    handler: TaskHandler,
+    holds_slot: bool,
 }
 
 /// Counts of what a receiver did, returned when it stops.
@@ -228,8 +233,8 @@ impl ReceiverConfig {
     }
 }
 
-/// `hostname-pid`, the host name taken from `$HOSTNAME` or `/etc/hostname`.
-/// `host-pid`: this process's default worker name (also the owner tag of its SQS queues).
+/// `hostname-pid`: this process's default worker name (also the owner tag of its SQS queues),
+/// the host name taken from `$HOSTNAME` or `/etc/hostname`.
 pub(crate) fn default_worker_name() -> String {
     let host = std::env::var("HOSTNAME")
         .ok()
@@ -314,7 +319,6 @@ impl Receiver {
             config: ReceiverConfig::default(),
             cancel: CancelHandle::default(),
             gate: None,
-            slotless: HashSet::new(),
         }
     }
     /// Replaces the config.
@@ -328,8 +332,14 @@ impl Receiver {
     }
     /// Registers a raw handler (replacing one of the same name, with a warning).
     pub fn register(&mut self, name: &str, handler: TaskHandler) {
-        self.slotless.remove(name);
-        if self.handlers.insert(name.to_string(), handler).is_some() {
+        self.insert(name, handler, true);
+    }
+    fn insert(&mut self, name: &str, handler: TaskHandler, holds_slot: bool) {
+        let registered = Registered {
+            handler,
+            holds_slot,
+        };
+        if self.handlers.insert(name.to_string(), registered).is_some() {
             tracing::warn!(task = name, "a handler registered earlier was replaced");
         }
     }
@@ -340,8 +350,7 @@ impl Receiver {
     /// receiver may have to run (a run's orchestration waits for its steps): holding a slot,
     /// they would deadlock a receiver of concurrency 1. Their number is not limited.
     pub fn register_without_slot(&mut self, name: &str, handler: TaskHandler) {
-        self.register(name, handler);
-        self.slotless.insert(name.to_string());
+        self.insert(name, handler, false);
     }
     /// Registers a typed async fn: its argument is decoded from kwargs (object) or the single
     /// positional argument; its `Ok` is encoded as the return value, its `Err` as the error.
@@ -413,7 +422,6 @@ impl Receiver {
             config,
             cancel,
             gate,
-            slotless,
         } = self;
         let mut known: Vec<String> = handlers.keys().cloned().collect();
         known.sort();
@@ -424,7 +432,6 @@ impl Receiver {
             config,
             cancel,
             gate,
-            slotless,
             grace_expired: CancellationToken::new(),
             stats: Counters::default(),
         });
@@ -618,14 +625,12 @@ impl Counters {
 /// What every delivery's task shares.
 struct Shared {
     queue: TaskQueue,
-    handlers: HashMap<String, TaskHandler>,
+    handlers: HashMap<String, Registered>,
     /// Sorted task names, for error messages.
     known: Vec<String>,
     config: ReceiverConfig,
     cancel: CancelHandle,
     gate: Option<Arc<dyn TaskGate>>,
-    /// Task names that give their concurrency slot back (see [`Receiver::register_without_slot`]).
-    slotless: HashSet<String>,
     /// Fires when the grace period after stop is over.
     grace_expired: CancellationToken,
     stats: Counters,
@@ -638,10 +643,14 @@ async fn process(shared: Arc<Shared>, delivery: Delivery, permit: OwnedSemaphore
         Ok(message) => message,
         Err(e) => return shared.reject_malformed(delivery, e).await,
     };
-    let Some(handler) = shared.handlers.get(&message.task_name).cloned() else {
+    let Some(Registered {
+        handler,
+        holds_slot,
+    }) = shared.handlers.get(&message.task_name).cloned()
+    else {
         return shared.reject_unknown(delivery, message).await;
     };
-    if shared.slotless.contains(&message.task_name) {
+    if !holds_slot {
         // Gives the slot back: the receiver takes the next delivery at once.
         drop(permit.take());
     }
