@@ -43,6 +43,8 @@ const FIRST_BACKOFF: Duration = Duration::from_millis(200);
 const MAX_BACKOFF: Duration = Duration::from_secs(10);
 /// A queue younger than this that "does not exist" is waited for, not recreated.
 const NEW_QUEUE_SETTLE: Duration = Duration::from_secs(10);
+/// How long a received notice stays hidden in an inbox; one not deleted comes back after it.
+const INBOX_VISIBILITY_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Derives the cancel queue URL from a task queue URL as dagster-taskiq does
 /// (`…/name` -> `…/name-cancels`), keeping FIFO names valid (`…/name.fifo` ->
@@ -236,14 +238,7 @@ impl SqsFanoutChannel {
 
     /// A fresh inbox name for `subscriber`: `<prefix>-<subscriber>-<8 hex>`, cut to fit.
     pub fn inbox_name(&self, subscriber: &str) -> String {
-        let suffix = &uuid::Uuid::new_v4().simple().to_string()[..8];
-        let room = MAX_QUEUE_NAME - self.inner.base.len() - suffix.len() - 2;
-        let mut who = sanitize(subscriber);
-        who.truncate(room);
-        if who.is_empty() {
-            who.push('w');
-        }
-        format!("{}-{who}-{suffix}", self.inner.base)
+        self.inner.inbox_name(subscriber)
     }
 
     /// URLs of every queue a cancel is sent to: the inboxes and, if it exists, the shared
@@ -254,6 +249,18 @@ impl SqsFanoutChannel {
 }
 
 impl Inner {
+    /// See [`SqsFanoutChannel::inbox_name`].
+    fn inbox_name(&self, subscriber: &str) -> String {
+        let suffix = &uuid::Uuid::new_v4().simple().to_string()[..8];
+        let room = MAX_QUEUE_NAME - self.base.len() - suffix.len() - 2;
+        let mut who = sanitize(subscriber);
+        who.truncate(room);
+        if who.is_empty() {
+            who.push('w');
+        }
+        format!("{}-{who}-{suffix}", self.base)
+    }
+
     async fn targets(&self) -> Result<Vec<String>, CancelError> {
         let mut urls = owned_queue::list_with_prefix(&self.client, &self.base).await?;
         let inbox_start = format!("{}-", self.base);
@@ -294,7 +301,10 @@ impl Inner {
                     QueueAttributeName::ReceiveMessageWaitTimeSeconds,
                     o.wait_time_seconds.to_string(),
                 ),
-                (QueueAttributeName::VisibilityTimeout, "30".to_string()),
+                (
+                    QueueAttributeName::VisibilityTimeout,
+                    INBOX_VISIBILITY_TIMEOUT.as_secs().to_string(),
+                ),
             ],
             [(SUBSCRIBER_TAG, sanitize(subscriber))],
         )
@@ -531,8 +541,8 @@ impl Inbox {
             }
             receipts.push(receipt);
         }
-        // A notice not deleted comes back after 30 s: a harmless duplicate (cancels are
-        // idempotent), so failures are only logged.
+        // A notice not deleted comes back after INBOX_VISIBILITY_TIMEOUT: a harmless
+        // duplicate (cancels are idempotent), so failures are only logged.
         match owned_queue::delete_messages(&self.inner.client, &self.url, &receipts).await {
             Ok(out) => {
                 for f in out.failed() {
@@ -547,10 +557,7 @@ impl Inbox {
     /// Creates a fresh inbox (SQS refuses a deleted queue's name for 60 s) and asks the
     /// reader to re-read the markers, since notices sent meanwhile went nowhere.
     async fn recreate(&mut self) -> Result<(), ()> {
-        let name = SqsFanoutChannel {
-            inner: Arc::clone(&self.inner),
-        }
-        .inbox_name(&self.subscriber);
+        let name = self.inner.inbox_name(&self.subscriber);
         match self.inner.create_inbox(&name, &self.subscriber).await {
             Ok(url) => {
                 tracing::info!(inbox = %url, "created a new cancel inbox");
