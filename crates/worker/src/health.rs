@@ -46,8 +46,7 @@ pub const DEFAULT_HEALTH_INTERVAL: Duration = Duration::from_secs(10);
 
 /// Message label naming the run a task belongs to.
 pub const RUN_ID_LABEL: &str = "run_id";
-/// Message label naming the step a task runs.
-pub const STEP_KEY_LABEL: &str = "step_key";
+pub use stepq_executor::protocol::STEP_KEY_LABEL;
 
 /// What a worker is running now and how many tasks it finished: shared (cloning shares it)
 /// between the handlers it wraps ([`track`](WorkerActivity::track)) and the [`HealthWriter`]

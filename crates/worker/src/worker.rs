@@ -204,23 +204,22 @@ impl StepRunner {
         let mut inline = InlineInputs::from_args(args);
         let job = self.location.job(&args.job_name);
         let inputs_of = |key: &str| {
-            job.as_ref()
+            job.as_deref()
                 .and_then(|job| job.step(key))
-                .map(|step| step.inputs.clone())
-                .unwrap_or_default()
+                .map_or(&[][..], |step| step.inputs.as_slice())
         };
         // Outputs a later step of this task reads: only those are kept in memory.
         let mut wanted = std::collections::HashSet::new();
         for key in args.step_keys.iter().skip(1) {
             for input in inputs_of(key) {
-                wanted.insert((input.from_step, input.from_output));
+                wanted.insert((input.from_step.clone(), input.from_output.clone()));
             }
         }
         let mut reports: Vec<StepReport> = Vec::with_capacity(args.step_keys.len());
         for (i, step_key) in args.step_keys.iter().enumerate() {
             if i > 0 {
                 let earlier = &args.step_keys[..i];
-                let unmet = inputs_of(step_key).into_iter().find(|input| {
+                let unmet = inputs_of(step_key).iter().find(|input| {
                     earlier.contains(&input.from_step)
                         && inline.get(&input.from_step, &input.from_output).is_none()
                 });
