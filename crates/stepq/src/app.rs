@@ -22,7 +22,7 @@
 //! Runs can also be submitted as tasks ([`App::submit_run`], `stepq launch`; [`App::submit_resume`],
 //! `stepq resume`): every worker built by [`App::worker`] also orchestrates `execute_job` and
 //! `resume_job` tasks, without taking one of its step slots (see
-//! [`Receiver::register_without_slot`](stepq_broker::Receiver::register_without_slot)), so a
+//! [`Worker::register_task_without_slot`](stepq_worker::Worker::register_task_without_slot)), so a
 //! worker of concurrency 1 runs both a run and its steps. [`App::resume_here`] resumes a run
 //! in this process instead (`stepq resume` on the embedded default, or with `--here`), taking
 //! over a STARTED run without `force` when its orchestrator's heartbeat is lost
@@ -458,8 +458,7 @@ impl App {
             let handler =
                 orchestration_handler(resume, launcher.clone(), location.clone(), name.clone());
             // Tracked, so the worker's health heartbeat lists the runs it orchestrates.
-            let handler = worker.activity().track(handler);
-            worker.receiver_mut().register_without_slot(task, handler);
+            worker.register_task_without_slot(task, handler);
         }
         Ok(worker)
     }

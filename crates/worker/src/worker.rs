@@ -362,8 +362,18 @@ impl Worker {
         self.receiver.register(name, self.activity.track(handler));
     }
 
-    /// What the worker runs now and how many tasks it finished (tasks of `execute_plan` and
-    /// of [`register_task`](Worker::register_task); not of handlers registered straight on
+    /// Like [`register_task`](Worker::register_task), for a task that waits for other tasks
+    /// (a run's orchestration waits for its steps): it does not hold one of the worker's
+    /// concurrency slots ([`Receiver::register_without_slot`]).
+    pub fn register_task_without_slot(&mut self, name: &str, handler: TaskHandler) {
+        self.receiver
+            .register_without_slot(name, self.activity.track(handler));
+    }
+
+    /// What the worker runs now and how many tasks it finished (tasks of `execute_plan`, of
+    /// [`register_task`](Worker::register_task) and of
+    /// [`register_task_without_slot`](Worker::register_task_without_slot); not of handlers
+    /// registered straight on
     /// [`receiver_mut`](Worker::receiver_mut)). A [`HealthWriter`](crate::health::HealthWriter)
     /// reports it.
     pub fn activity(&self) -> &WorkerActivity {
