@@ -24,10 +24,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context, Result};
-use stepq::broker::sqs::{reply, SqsBroker, SqsConfig};
+use stepq::aws::sqs::{reply, SqsBroker, SqsConfig};
+use stepq::aws::{S3OutputStore, S3ResultBackend};
 use stepq::broker::{Receiver, ReceiverConfig, TaskMessage, TaskQueue};
 use stepq::executor::{Executor, ExecutorConfig};
-use stepq::results::{InMemoryResultBackend, ResultBackend, S3OutputStore, S3ResultBackend};
+use stepq::results::{InMemoryResultBackend, ResultBackend};
 use stepq::{make_app, App, Job, RunRequest, RunStatus, StepqConfig};
 use tokio_util::sync::CancellationToken;
 

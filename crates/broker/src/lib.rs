@@ -1,7 +1,7 @@
 //! # stepq-broker
 //!
 //! A task queue in TaskIQ's spirit: the [`TaskMessage`] envelope (TaskIQ's JSON shape), the
-//! [`Broker`] trait with in-memory and SQS implementations, [`Middleware`] hooks, typed task
+//! [`Broker`] trait with an in-memory implementation (the SQS one is in `stepq-aws`), [`Middleware`] hooks, typed task
 //! handles through [`TaskQueue`], and a [`Receiver`] that runs registered tasks from a broker.
 //!
 //! ```
@@ -24,7 +24,7 @@
 //! # });
 //! ```
 //!
-//! Features: `sqs` (default) adds the SQS broker; `conformance` adds the `conformance` module, the suite
+//! Feature `conformance` adds the `conformance` module, the suite
 //! every [`Broker`] implementation runs against itself.
 
 #![warn(missing_docs)]
@@ -46,8 +46,6 @@ pub mod receiver;
 
 #[cfg(feature = "conformance")]
 pub mod conformance;
-#[cfg(feature = "sqs")]
-pub mod sqs;
 
 pub use memory::InMemoryBroker;
 pub use queue::{Task, TaskHandle, TaskQueue, TaskWaitError};
@@ -55,5 +53,3 @@ pub use receiver::{
     CancelHandle, Receiver, ReceiverConfig, ReceiverStats, TaskContext, TaskGate, TaskHandler,
     TaskOutcome, WORKER_NAME_LABEL,
 };
-#[cfg(feature = "sqs")]
-pub use sqs::{SqsBroker, SqsConfig};

@@ -235,7 +235,7 @@ impl ReceiverConfig {
 
 /// `hostname-pid`: this process's default worker name (also the owner tag of its SQS queues),
 /// the host name taken from `$HOSTNAME` or `/etc/hostname`.
-pub(crate) fn default_worker_name() -> String {
+pub fn default_worker_name() -> String {
     let host = std::env::var("HOSTNAME")
         .ok()
         .or_else(|| std::fs::read_to_string("/etc/hostname").ok())

@@ -124,38 +124,6 @@ impl<B: Broker> CancellableBroker<B> {
     }
 }
 
-#[cfg(feature = "sqs")]
-impl CancellableBroker<stepq_broker::SqsBroker> {
-    /// The SQS flavour: `inner`'s SQS client fans wake-ups out to one inbox queue per worker,
-    /// named after `cancel_queue_url` (default: derived from the task queue URL as the
-    /// reference does, see [`derive_cancel_queue_url`](crate::channel::sqs::derive_cancel_queue_url)),
-    /// with markers in `store` (usually [`S3CancelStore`](crate::S3CancelStore) on the result
-    /// bucket). Makes no request.
-    pub fn sqs(
-        inner: stepq_broker::SqsBroker,
-        store: Arc<dyn CancelStore>,
-        cancel_queue_url: Option<&str>,
-    ) -> Result<Self, CancelError> {
-        Self::sqs_with_options(inner, store, cancel_queue_url, Default::default())
-    }
-
-    /// [`sqs`](CancellableBroker::sqs) with explicit fan-out settings.
-    pub fn sqs_with_options(
-        inner: stepq_broker::SqsBroker,
-        store: Arc<dyn CancelStore>,
-        cancel_queue_url: Option<&str>,
-        options: crate::channel::sqs::SqsFanoutOptions,
-    ) -> Result<Self, CancelError> {
-        use crate::channel::sqs::{derive_cancel_queue_url, SqsFanoutChannel};
-        let url = match cancel_queue_url {
-            Some(url) => url.to_string(),
-            None => derive_cancel_queue_url(&inner.config().queue_url)?,
-        };
-        let channel = SqsFanoutChannel::new(inner.sqs_client().clone(), &url, options)?;
-        Ok(Self::new(inner, Canceller::new(store, Arc::new(channel))))
-    }
-}
-
 #[async_trait]
 impl<B: Broker> Broker for CancellableBroker<B> {
     /// Starts the wrapped broker, then the marker store and the channel.

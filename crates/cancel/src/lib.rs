@@ -9,7 +9,7 @@
 //!   [`CancelStore`] — in memory, a local directory or S3 — written first;
 //! - a fast **wake-up** on a [`CancelChannel`] that every listening worker sees: a tokio
 //!   broadcast in-process ([`BroadcastChannel`]), or one SQS inbox queue per worker
-//!   (`channel::sqs::SqsFanoutChannel`, feature `sqs`).
+//!   (`SqsFanoutChannel` in `stepq-aws`).
 //!
 //! A worker subscribes, then lists the markers, so it misses no cancel; it keeps the
 //! cancelled ids in a local set, so refusing a cancelled task costs nothing per task.
@@ -79,14 +79,15 @@
 //! # });
 //! ```
 //!
-//! Features: `sqs` (default) adds the SQS fan-out channel and `CancellableBroker::sqs`;
-//! `s3` (default) adds `S3CancelStore`.
+//! The SQS fan-out channel and the S3 marker store are in the `stepq-aws` crate.
 #![warn(missing_docs)]
 
 pub mod broker;
 pub mod cancelled;
 pub mod canceller;
 pub mod channel;
+#[cfg(feature = "conformance")]
+pub mod conformance;
 pub mod error;
 pub mod listener;
 pub mod marker;
@@ -102,6 +103,4 @@ pub use listener::{
     CanceledWhen, ListenerHandle, ListenerStats, CANCELED_KIND, DEFAULT_CANCEL_GRACE,
 };
 pub use marker::CancelMarker;
-#[cfg(feature = "s3")]
-pub use store::S3CancelStore;
 pub use store::{CancelStore, InMemoryCancelStore, LocalDirCancelStore};

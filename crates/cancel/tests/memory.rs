@@ -1,15 +1,13 @@
 //! The in-memory flavour end to end: real receivers on one `InMemoryBroker`, each with a
 //! `CancelListener` and its gate, cancelled through a `CancellableBroker`.
 
-mod common;
-
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::*;
 use stepq_broker::{Broker, InMemoryBroker, TaskQueue, WORKER_NAME_LABEL};
+use stepq_cancel::conformance::*;
 use stepq_cancel::{
     BroadcastChannel, CancelListener, CancelListenerConfig, CancellableBroker, Canceller,
     InMemoryCancelStore, LocalDirCancelStore, CANCELED_KIND,

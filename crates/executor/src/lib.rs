@@ -77,10 +77,12 @@ pub mod executor;
 pub mod handle;
 pub mod launcher;
 pub mod outcome;
-pub mod protocol;
+/// The wire protocol shared with workers (the `stepq-protocol` crate).
+pub use stepq_protocol as protocol;
+/// Run storage and heartbeats (the `stepq-runs` crate).
+pub use stepq_runs as storage;
 mod retry;
 mod run_loop;
-pub mod storage;
 
 pub use cancel_hook::{CancelHook, NoopCancelHook};
 pub use config::{BackendRetry, ExecutorConfig, TagLimit};

@@ -1,7 +1,7 @@
 //! # stepq-results
 //!
-//! Task results (TaskIQ's `TaskiqResult` shape), the [`ResultBackend`] trait with in-memory,
-//! local-directory and S3 implementations, and the [`OutputStore`] that carries step outputs
+//! Task results (TaskIQ's `TaskiqResult` shape), the [`ResultBackend`] trait with in-memory and
+//! local-directory implementations (S3 ones are in `stepq-aws`), and the [`OutputStore`] that carries step outputs
 //! from the machine that wrote them to the machine that reads them.
 //!
 //! ```
@@ -29,8 +29,6 @@ pub mod local;
 pub mod memory;
 pub mod output;
 pub mod result;
-#[cfg(feature = "s3")]
-pub mod s3;
 
 pub use backend::ResultBackend;
 pub use error::{ErrorClass, ResultError};
@@ -38,5 +36,3 @@ pub use local::{LocalDirOutputStore, LocalDirResultBackend};
 pub use memory::{InMemoryOutputStore, InMemoryResultBackend};
 pub use output::{OutputKey, OutputStore};
 pub use result::{TaskError, TaskResult};
-#[cfg(feature = "s3")]
-pub use s3::{S3OutputStore, S3ResultBackend};

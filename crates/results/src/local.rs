@@ -34,7 +34,7 @@ const POLL_INITIAL: Duration = Duration::from_millis(5);
 const POLL_MAX: Duration = Duration::from_millis(250);
 
 /// Checks that `part` is usable as one path segment / object key segment.
-pub(crate) fn check_segment(part: &str) -> Result<(), ResultError> {
+pub fn check_segment(part: &str) -> Result<(), ResultError> {
     let reason = if part.is_empty() {
         Some("empty")
     } else if part == "." || part == ".." {

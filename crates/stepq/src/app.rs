@@ -33,27 +33,25 @@ use std::sync::Arc;
 
 use std::time::Duration;
 
-use stepq_broker::sqs::{reply, QueueDepth, SqsBroker};
+use stepq_aws::sqs::{reply, QueueDepth, SqsBroker};
+use stepq_aws::{S3CancelStore, S3HeartbeatStore, S3OutputStore, S3ResultBackend, S3RunStore};
 use stepq_broker::{BrokerError, InMemoryBroker, TaskContext, TaskHandler, TaskQueue};
 use stepq_cancel::{
     CancelError, CancelListener, CancelListenerConfig, CancellableBroker, Canceller,
-    LocalDirCancelStore, S3CancelStore, DEFAULT_CANCEL_GRACE,
+    LocalDirCancelStore, DEFAULT_CANCEL_GRACE,
 };
 pub use stepq_executor::launcher::CANCEL_WATCH_MAX_DELAY;
 use stepq_executor::launcher::{create_run, RecordedRun, RunLauncher, SubmittedRun};
 use stepq_executor::storage::{
     HeartbeatStore, LocalDirHeartbeatStore, LocalDirRunStore, RunRecord, RunStatus as StoredStatus,
-    RunStore, S3HeartbeatStore, S3RunStore, StatusChange, StorageError,
+    RunStore, StatusChange, StorageError,
 };
 use stepq_executor::{
     protocol, CancelHook, Executor, ExecutorConfig, ExecutorError, LaunchError, RunRequest,
     RunResult, TagLimit,
 };
 use stepq_plan::{Event, Job};
-use stepq_results::{
-    LocalDirOutputStore, LocalDirResultBackend, OutputStore, ResultBackend, S3OutputStore,
-    S3ResultBackend,
-};
+use stepq_results::{LocalDirOutputStore, LocalDirResultBackend, OutputStore, ResultBackend};
 use stepq_worker::{
     step_canceled_result, CodeLocation, Worker, WorkerConfig, WorkerError, WorkerStats,
 };
@@ -227,7 +225,7 @@ pub async fn make_app(config: &StepqConfig) -> Result<App, ConfigError> {
             let results: Arc<dyn ResultBackend> = reply.results;
             let (queue, canceller) = if config.enable_cancellation {
                 let store = Arc::new(S3CancelStore::new(&s3_sdk, bucket.clone(), base));
-                let cancellable = CancellableBroker::sqs(broker.clone(), store, None)
+                let cancellable = stepq_aws::cancellable_sqs_broker(broker.clone(), store, None)
                     .map_err(|e| build_error("the SQS cancel channel", e))?;
                 let canceller = cancellable.canceller().clone();
                 (

@@ -39,7 +39,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
-use stepq_broker::sqs::{SqsConfig, SqsConfigSource};
+use stepq_aws::sqs::{SqsConfig, SqsConfigSource};
 
 /// Environment variable overriding `sqs.queue_url`.
 pub const ENV_SQS_QUEUE_URL: &str = "STEPQ_SQS_QUEUE_URL";

@@ -94,6 +94,6 @@ pub use stepq_worker::{
 
 /// The lower crates, for what the re-exports above leave out.
 pub use {
-    stepq_broker as broker, stepq_executor as executor, stepq_plan as plan,
+    stepq_aws as aws, stepq_broker as broker, stepq_executor as executor, stepq_plan as plan,
     stepq_results as results, stepq_worker as worker,
 };

@@ -217,7 +217,7 @@ fn the_workers_visibility_heartbeats_fit_the_sqs_default() {
     // WorkerConfig's defaults are made for this timeout (see `WorkerConfig::default`).
     assert_eq!(
         stepq_worker::DEFAULT_VISIBILITY_TIMEOUT,
-        Duration::from_secs(u64::from(stepq_broker::sqs::DEFAULT_VISIBILITY_TIMEOUT))
+        Duration::from_secs(u64::from(stepq_aws::sqs::DEFAULT_VISIBILITY_TIMEOUT))
     );
     let config = stepq_worker::WorkerConfig::default();
     let first = config.heartbeat_interval.expect("on by default");

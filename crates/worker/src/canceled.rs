@@ -2,8 +2,8 @@
 
 use stepq_broker::TaskMessage;
 use stepq_cancel::{generic_canceled_result, CanceledWhen};
-use stepq_executor::protocol;
 use stepq_plan::{Event, EventKind, StepReport, StepStatus};
+use stepq_protocol as protocol;
 use stepq_results::TaskResult;
 
 /// Builds the result of a cancelled task for `stepq_cancel::CancelListener::with_canceled_result`:

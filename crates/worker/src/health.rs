@@ -11,7 +11,7 @@
 //! # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
 //! use std::sync::Arc;
 //! use std::time::Duration;
-//! use stepq_executor::storage::{HeartbeatStore, InMemoryHeartbeatStore};
+//! use stepq_runs::{HeartbeatStore, InMemoryHeartbeatStore};
 //! use stepq_worker::health::{HealthWriter, WorkerActivity};
 //!
 //! let store = Arc::new(InMemoryHeartbeatStore::new());
@@ -33,9 +33,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use stepq_broker::{ErrorClass, TaskContext, TaskHandler, TaskMessage};
-use stepq_executor::protocol::labelled_step_keys;
-use stepq_executor::storage::{HeartbeatStore, RunningTask, StorageError, WorkerHeartbeat};
 use stepq_plan::events::now_us;
+use stepq_protocol::labelled_step_keys;
+use stepq_runs::{HeartbeatStore, RunningTask, StorageError, WorkerHeartbeat};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio::time::{Instant, MissedTickBehavior};
@@ -46,7 +46,7 @@ pub const DEFAULT_HEALTH_INTERVAL: Duration = Duration::from_secs(10);
 
 /// Message label naming the run a task belongs to.
 pub const RUN_ID_LABEL: &str = "run_id";
-pub use stepq_executor::protocol::STEP_KEY_LABEL;
+pub use stepq_protocol::STEP_KEY_LABEL;
 
 /// What a worker is running now and how many tasks it finished: shared (cloning shares it)
 /// between the handlers it wraps ([`track`](WorkerActivity::track)) and the [`HealthWriter`]
@@ -72,7 +72,7 @@ impl WorkerActivity {
 
     /// Records that the task of `message` started now, with its `run_id` / `step_key` labels
     /// and, for a task of several steps, all its step keys (the
-    /// [`STEP_KEYS_LABEL`](stepq_executor::protocol::STEP_KEYS_LABEL) label).
+    /// [`STEP_KEYS_LABEL`](stepq_protocol::STEP_KEYS_LABEL) label).
     /// It counts as running until the returned guard is finished or dropped; it counts as done
     /// when finished (or when its handler panicked), not when merely dropped (e.g. abandoned
     /// at shutdown and returned to the queue).
@@ -219,7 +219,7 @@ impl HealthWriter {
     }
 
     /// Sets the interval between heartbeats (readers call a worker lost after
-    /// [`LOST_AFTER_INTERVALS`](stepq_executor::storage::LOST_AFTER_INTERVALS) of them).
+    /// [`LOST_AFTER_INTERVALS`](stepq_runs::LOST_AFTER_INTERVALS) of them).
     pub fn with_interval(mut self, interval: Duration) -> Self {
         self.interval = interval;
         self
@@ -370,7 +370,7 @@ impl Drop for HealthHandle {
 mod tests {
     use super::*;
     use futures::FutureExt;
-    use stepq_executor::storage::{InMemoryHeartbeatStore, LocalDirHeartbeatStore};
+    use stepq_runs::{InMemoryHeartbeatStore, LocalDirHeartbeatStore};
     use tokio::sync::oneshot;
 
     /// Generous bound on waits for something that happens within a few short intervals.
@@ -440,7 +440,7 @@ mod tests {
             run_config: serde_json::Value::Null,
             inline_inputs: Vec::new(),
         };
-        let fused = stepq_executor::protocol::step_message(&args).unwrap();
+        let fused = stepq_protocol::step_message(&args).unwrap();
         let single = step_message("r1", "d");
         let _guards = (activity.begin(&fused), activity.begin(&single));
         let running = activity.running();

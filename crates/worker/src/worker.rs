@@ -8,8 +8,8 @@ use stepq_broker::{
     BrokerError, CancelHandle, ErrorClass, Receiver, ReceiverConfig, ReceiverStats, TaskContext,
     TaskHandler, TaskOutcome, TaskQueue,
 };
-use stepq_executor::protocol;
 use stepq_plan::{ExecuteStepArgs, StepReport, StepStatus};
+use stepq_protocol as protocol;
 use stepq_results::{OutputStore, TaskError};
 use tokio_util::sync::CancellationToken;
 

@@ -18,8 +18,8 @@ use stepq_broker::{InMemoryBroker, TaskQueue};
 use stepq_cancel::{
     CancelListener, CancelListenerConfig, CancellableBroker, InMemoryCancelStore, ListenerHandle,
 };
-use stepq_executor::protocol;
 use stepq_plan::{EventKind, Job, StepDef, StepReport, StepStatus};
+use stepq_protocol as protocol;
 use stepq_results::{InMemoryOutputStore, InMemoryResultBackend, ResultBackend};
 use stepq_worker::{
     op_output, step_canceled_result, CodeLocation, OpError, Worker, WorkerConfig, WorkerStats,

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use common::*;
 use stepq_broker::{InMemoryBroker, TaskHandler, TaskMessage, TaskQueue};
-use stepq_executor::protocol;
+use stepq_protocol as protocol;
 use stepq_results::{InMemoryOutputStore, InMemoryResultBackend, ResultBackend};
 use stepq_worker::health::{RUN_ID_LABEL, STEP_KEY_LABEL};
 use stepq_worker::{Worker, WorkerConfig};

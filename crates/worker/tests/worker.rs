@@ -10,8 +10,8 @@ use std::time::Duration;
 use common::harness::{Harness, WAIT};
 use common::*;
 use stepq_broker::{InMemoryBroker, TaskMessage, TaskQueue, WORKER_NAME_LABEL};
-use stepq_executor::protocol;
 use stepq_plan::{Job, StepDef, StepReport, StepStatus};
+use stepq_protocol as protocol;
 use stepq_results::{
     InMemoryOutputStore, InMemoryResultBackend, OutputKey, OutputStore, ResultBackend, TaskResult,
 };

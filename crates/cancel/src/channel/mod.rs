@@ -6,8 +6,6 @@
 //! ([`ChannelEvent::Resync`]).
 
 mod broadcast;
-#[cfg(feature = "sqs")]
-pub mod sqs;
 
 use async_trait::async_trait;
 use bytes::Bytes;

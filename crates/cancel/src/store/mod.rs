@@ -6,8 +6,6 @@
 
 mod local;
 mod memory;
-#[cfg(feature = "s3")]
-mod s3;
 
 use async_trait::async_trait;
 
@@ -16,8 +14,6 @@ use crate::marker::CancelMarker;
 
 pub use local::LocalDirCancelStore;
 pub use memory::InMemoryCancelStore;
-#[cfg(feature = "s3")]
-pub use s3::S3CancelStore;
 
 /// Directory / key prefix of the markers under a store's root.
 pub const CANCELS_DIR: &str = "cancels";

@@ -9,7 +9,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use stepq_broker::{InMemoryBroker, Receiver, ReceiverConfig, TaskContext, TaskQueue};
-use stepq_executor::storage::{LocalDirRunStore, RunRecord, RunStore};
 use stepq_executor::{protocol, Executor, ExecutorConfig, RunRequest, RunResult, RunStatus};
 use stepq_plan::events::now_us;
 use stepq_plan::{Event, EventKind, Job, StepDef, StepReport, StepStatus};
@@ -17,6 +16,7 @@ use stepq_results::{
     InMemoryOutputStore, InMemoryResultBackend, LocalDirOutputStore, LocalDirResultBackend,
     OutputStore, ResultBackend, TaskError,
 };
+use stepq_runs::{LocalDirRunStore, RunRecord, RunStore};
 use stepq_worker::{op_map, op_output, CodeLocation, Worker, WorkerConfig};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;

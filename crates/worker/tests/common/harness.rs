@@ -5,8 +5,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use stepq_broker::{CancelHandle, InMemoryBroker, TaskQueue};
-use stepq_executor::protocol;
 use stepq_plan::{ExecuteStepArgs, StepReport};
+use stepq_protocol as protocol;
 use stepq_results::{
     InMemoryOutputStore, InMemoryResultBackend, OutputStore, ResultBackend, TaskResult,
 };

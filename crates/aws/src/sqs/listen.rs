@@ -1,0 +1,412 @@
+//! Receiving: long polls, deliveries and their acks (batched), and the release of everything a
+//! stopped listener still holds.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use aws_sdk_sqs::types::{ChangeMessageVisibilityBatchRequestEntry, MessageSystemAttributeName};
+use bytes::Bytes;
+use futures::StreamExt;
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use super::broker::Inner;
+use super::error::{all_failed, entry_outcomes, numbered_entries, sqs_error};
+use super::owned_queue;
+use super::payload::{S3Pointer, EXTENDED_MESSAGE_ATTRIBUTE};
+use stepq_broker::broker::DeliveryStream;
+use stepq_broker::delivery::{Delivery, DeliveryHandle};
+use stepq_broker::error::{BrokerError, ErrorClass};
+
+/// Entries per DeleteMessageBatch / ChangeMessageVisibilityBatch call (an SQS limit).
+const MAX_BATCH_ENTRIES: usize = 10;
+/// First wait before polling again after a failed receive; doubles up to [`MAX_BACKOFF`].
+const FIRST_BACKOFF: Duration = Duration::from_millis(200);
+/// Longest wait between failed receives.
+const MAX_BACKOFF: Duration = Duration::from_secs(10);
+
+/// A received message not yet handed out.
+struct Received {
+    receipt: String,
+    body: String,
+    receive_count: u32,
+    extended: bool,
+    received_at: Instant,
+}
+
+/// One long poll.
+async fn receive(inner: Arc<Inner>) -> Result<Vec<Received>, BrokerError> {
+    let c = &inner.config.config_source;
+    let out = inner
+        .sqs
+        .receive_message()
+        .queue_url(&inner.config.queue_url)
+        .max_number_of_messages(c.max_number_of_messages as i32)
+        .wait_time_seconds(c.wait_time_seconds as i32)
+        .visibility_timeout(c.visibility_timeout as i32)
+        .message_system_attribute_names(MessageSystemAttributeName::ApproximateReceiveCount)
+        .message_attribute_names(EXTENDED_MESSAGE_ATTRIBUTE)
+        .send()
+        .await
+        .map_err(|e| sqs_error("ReceiveMessage", &e))?;
+    let received_at = Instant::now();
+    Ok(out
+        .messages
+        .unwrap_or_default()
+        .into_iter()
+        .filter_map(|m| {
+            let receive_count = m
+                .attributes()
+                .and_then(|a| a.get(&MessageSystemAttributeName::ApproximateReceiveCount))
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(1);
+            let extended = m
+                .message_attributes()
+                .is_some_and(|a| a.contains_key(EXTENDED_MESSAGE_ATTRIBUTE));
+            Some(Received {
+                receipt: m.receipt_handle?,
+                body: m.body.unwrap_or_default(),
+                receive_count,
+                extended,
+                received_at,
+            })
+        })
+        .collect())
+}
+
+/// Makes messages visible again at once (ChangeMessageVisibilityBatch, 10 per call). Failures
+/// are logged: the messages then come back after their visibility timeout instead.
+async fn release(inner: &Inner, receipts: Vec<String>) {
+    for chunk in receipts.chunks(MAX_BATCH_ENTRIES) {
+        let entries = numbered_entries("ChangeMessageVisibilityBatch", chunk, |id, r| {
+            ChangeMessageVisibilityBatchRequestEntry::builder()
+                .id(id)
+                .receipt_handle(r)
+                .visibility_timeout(0)
+                .build()
+        });
+        let entries = match entries {
+            Ok(e) => e,
+            Err(e) => {
+                tracing::warn!(error = %e, "could not build a release request");
+                continue;
+            }
+        };
+        match inner
+            .sqs
+            .change_message_visibility_batch()
+            .queue_url(&inner.config.queue_url)
+            .set_entries(Some(entries))
+            .send()
+            .await
+        {
+            Ok(out) => {
+                for f in out.failed() {
+                    tracing::warn!(
+                        code = f.code(),
+                        message = f.message().unwrap_or(""),
+                        "could not release a message; it comes back after its visibility timeout"
+                    );
+                }
+                tracing::debug!(
+                    released = out.successful().len(),
+                    "released messages of a stopped listener"
+                );
+            }
+            Err(e) => tracing::warn!(
+                error = %sqs_error("ChangeMessageVisibilityBatch", &e),
+                count = chunk.len(),
+                "could not release messages; they come back after their visibility timeout"
+            ),
+        }
+    }
+}
+
+/// Sets a message's visibility timeout, counted from now.
+async fn change_visibility(inner: &Inner, receipt: &str, seconds: i32) -> Result<(), BrokerError> {
+    inner
+        .sqs
+        .change_message_visibility()
+        .queue_url(&inner.config.queue_url)
+        .receipt_handle(receipt)
+        .visibility_timeout(seconds)
+        .send()
+        .await
+        .map_err(|e| sqs_error("ChangeMessageVisibility", &e))?;
+    Ok(())
+}
+
+/// An ack waiting for the batcher.
+struct AckRequest {
+    receipt: String,
+    reply: oneshot::Sender<Result<(), BrokerError>>,
+}
+
+/// Deletes acked messages: takes every ack queued at the moment (up to 10) and deletes them in
+/// one call, so acks that pile up while a call is in flight share the next one. Ends when the
+/// listener and all its deliveries are gone.
+async fn run_ack_batcher(inner: Arc<Inner>, mut requests: mpsc::UnboundedReceiver<AckRequest>) {
+    let mut batch = Vec::with_capacity(MAX_BATCH_ENTRIES);
+    while requests.recv_many(&mut batch, MAX_BATCH_ENTRIES).await > 0 {
+        if batch.len() == 1 {
+            let request = batch.pop().expect("one ack");
+            let result = delete_one(&inner, &request.receipt).await;
+            let _ = request.reply.send(result);
+            continue;
+        }
+        let receipts: Vec<String> = batch.iter().map(|r| r.receipt.clone()).collect();
+        let results = match owned_queue::delete_messages(
+            &inner.sqs,
+            &inner.config.queue_url,
+            &receipts,
+        )
+        .await
+        {
+            Ok(out) => entry_outcomes("DeleteMessageBatch", batch.len(), out.failed()),
+            Err(err) => all_failed(&err, batch.len()),
+        };
+        for (r, result) in batch.drain(..).zip(results) {
+            let _ = r.reply.send(result);
+        }
+    }
+}
+
+async fn delete_one(inner: &Inner, receipt: &str) -> Result<(), BrokerError> {
+    inner
+        .sqs
+        .delete_message()
+        .queue_url(&inner.config.queue_url)
+        .receipt_handle(receipt)
+        .send()
+        .await
+        .map_err(|e| sqs_error("DeleteMessage", &e))?;
+    Ok(())
+}
+
+/// The handle of one SQS delivery.
+struct SqsDelivery {
+    inner: Arc<Inner>,
+    receipt: String,
+    /// The S3 object of an extended payload, deleted once the message is acked.
+    pointer: Option<S3Pointer>,
+    acks: mpsc::UnboundedSender<AckRequest>,
+}
+
+#[async_trait]
+impl DeliveryHandle for SqsDelivery {
+    async fn ack(&self) -> Result<(), BrokerError> {
+        let (reply, answer) = oneshot::channel();
+        let request = AckRequest {
+            receipt: self.receipt.clone(),
+            reply,
+        };
+        let result = match self.acks.send(request) {
+            Ok(()) => match answer.await {
+                Ok(result) => result,
+                Err(_) => delete_one(&self.inner, &self.receipt).await,
+            },
+            Err(_) => delete_one(&self.inner, &self.receipt).await,
+        };
+        result?;
+        if let Some(pointer) = &self.pointer {
+            pointer.delete_logged(&self.inner.s3).await;
+        }
+        Ok(())
+    }
+
+    async fn nack(&self) -> Result<(), BrokerError> {
+        change_visibility(&self.inner, &self.receipt, 0).await
+    }
+
+    async fn extend_visibility(&self, by: Duration) -> Result<(), BrokerError> {
+        let seconds = by.as_secs_f64().ceil().clamp(0.0, 43_200.0) as i32;
+        change_visibility(&self.inner, &self.receipt, seconds).await
+    }
+}
+
+/// One listener: a lazy stream that long-polls only when it has nothing buffered.
+struct Listener {
+    inner: Arc<Inner>,
+    stop: CancellationToken,
+    buffer: VecDeque<Received>,
+    /// The long poll in flight, if any (a task, so a stopped listener can hand it over).
+    poll: Option<JoinHandle<Result<Vec<Received>, BrokerError>>>,
+    /// Wait before the next poll after a failed one.
+    backoff: Option<Duration>,
+    acks: mpsc::UnboundedSender<AckRequest>,
+}
+
+impl Listener {
+    async fn next(&mut self) -> Option<Result<Delivery, BrokerError>> {
+        loop {
+            if self.stop.is_cancelled() {
+                return None;
+            }
+            if let Some(message) = self.buffer.front() {
+                // Popped only once handed out: if this future is dropped meanwhile (the
+                // consumer stopped), the message is still released by `Drop`.
+                let item = self.deliver(message).await;
+                self.buffer.pop_front();
+                match item {
+                    Some(item) => return Some(item),
+                    None => continue,
+                }
+            }
+            if let Some(delay) = self.backoff {
+                tokio::select! {
+                    _ = self.stop.cancelled() => return None,
+                    _ = tokio::time::sleep(delay) => {}
+                }
+            }
+            let inner = Arc::clone(&self.inner);
+            let poll = self
+                .poll
+                .get_or_insert_with(|| tokio::spawn(receive(inner)));
+            let outcome = tokio::select! {
+                biased;
+                _ = self.stop.cancelled() => return None,
+                outcome = poll => outcome,
+            };
+            self.poll = None;
+            match outcome {
+                Ok(Ok(messages)) => {
+                    self.backoff = None;
+                    self.buffer.extend(messages);
+                }
+                Ok(Err(e)) => {
+                    self.backoff = Some(
+                        self.backoff
+                            .map_or(FIRST_BACKOFF, |b| (b * 2).min(MAX_BACKOFF)),
+                    );
+                    return Some(Err(e));
+                }
+                Err(join) => {
+                    self.backoff = Some(FIRST_BACKOFF);
+                    return Some(Err(BrokerError::Service {
+                        service: "sqs",
+                        code: "ReceiveTaskFailed".into(),
+                        message: format!("the ReceiveMessage task failed: {join}"),
+                        class: ErrorClass::Temporary,
+                    }));
+                }
+            }
+        }
+    }
+
+    /// Turns a received message into a delivery: renews its visibility if it waited in the
+    /// buffer for over half the timeout, skips it (`None`) if its timeout ran out (it is back
+    /// in the queue, perhaps already with another worker) or the renewal fails, and fetches an
+    /// extended payload from S3.
+    async fn deliver(&self, message: &Received) -> Option<Result<Delivery, BrokerError>> {
+        let visibility = self.inner.config.config_source.visibility_timeout;
+        let timeout = Duration::from_secs(visibility.into());
+        let waited = message.received_at.elapsed();
+        if waited >= timeout {
+            tracing::debug!(
+                ?waited,
+                "a buffered message outlived its visibility timeout; it is left to the queue"
+            );
+            return None;
+        }
+        if waited > timeout / 2 {
+            if let Err(e) =
+                change_visibility(&self.inner, &message.receipt, visibility as i32).await
+            {
+                tracing::debug!(
+                    error = %e,
+                    "a buffered message could not be kept hidden; it is left to the queue"
+                );
+                return None;
+            }
+        }
+        let mut pointer = None;
+        let body = if message.extended {
+            match S3Pointer::from_body(&message.body) {
+                Ok(p) => match p.download(&self.inner.s3).await {
+                    Ok(bytes) => {
+                        pointer = Some(p);
+                        bytes
+                    }
+                    // The message stays hidden and comes back after its visibility timeout.
+                    Err(e) => return Some(Err(e)),
+                },
+                Err(e) => {
+                    // Not a pointer: hand the raw body over, the receiver reports it malformed.
+                    tracing::warn!(error = %e, "an extended-payload message has no valid pointer");
+                    Bytes::from(message.body.clone())
+                }
+            }
+        } else {
+            Bytes::from(message.body.clone())
+        };
+        let handle = SqsDelivery {
+            inner: Arc::clone(&self.inner),
+            receipt: message.receipt.clone(),
+            pointer,
+            acks: self.acks.clone(),
+        };
+        Some(Ok(Delivery::new(
+            body,
+            message.receive_count,
+            Box::new(handle),
+        )))
+    }
+}
+
+impl Drop for Listener {
+    /// Hands what the listener still holds (buffered messages, the outstanding long poll) to a
+    /// background task that makes it visible again at once; `shutdown` waits for it.
+    fn drop(&mut self) {
+        let buffered: Vec<String> = self.buffer.drain(..).map(|m| m.receipt).collect();
+        let poll = self.poll.take();
+        if buffered.is_empty() && poll.is_none() {
+            return;
+        }
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            tracing::warn!(
+                count = buffered.len(),
+                "no runtime to release a stopped listener's messages; they come back after \
+                 their visibility timeout"
+            );
+            return;
+        };
+        let inner = Arc::clone(&self.inner);
+        let drain = runtime.spawn(async move {
+            let mut receipts = buffered;
+            if let Some(poll) = poll {
+                match poll.await {
+                    Ok(Ok(messages)) => receipts.extend(messages.into_iter().map(|m| m.receipt)),
+                    Ok(Err(e)) => tracing::debug!(error = %e, "the last long poll failed"),
+                    Err(e) => tracing::debug!(error = %e, "the last long poll task failed"),
+                }
+            }
+            if !receipts.is_empty() {
+                release(&inner, receipts).await;
+            }
+        });
+        self.inner.track_drain(drain);
+    }
+}
+
+/// The delivery stream of one listener.
+pub(crate) fn listen(inner: Arc<Inner>, stop: CancellationToken) -> DeliveryStream {
+    let (acks, requests) = mpsc::unbounded_channel();
+    tokio::spawn(run_ack_batcher(Arc::clone(&inner), requests));
+    let listener = Listener {
+        inner,
+        stop,
+        buffer: VecDeque::new(),
+        poll: None,
+        backoff: None,
+        acks,
+    };
+    futures::stream::unfold(listener, |mut listener| async move {
+        let item = listener.next().await?;
+        Some((item, listener))
+    })
+    .boxed()
+}

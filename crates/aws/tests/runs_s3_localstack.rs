@@ -1,0 +1,192 @@
+//! The run store and heartbeat store conformance suites against S3 on LocalStack.
+//!
+//! Run with `cargo xtask localstack-test`, or by hand with `-- --ignored` and the env
+//! `STEPQ_TEST_AWS_ENDPOINT`, `STEPQ_TEST_S3_BUCKET`, `AWS_DEFAULT_REGION`,
+//! `AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`. Each store gets a fresh random base path.
+
+use aws_config::{BehaviorVersion, SdkConfig};
+use stepq_aws::s3::s3_client;
+use stepq_aws::{S3HeartbeatStore, S3RunStore};
+use stepq_runs::conformance::{self, HeartbeatStoreFactory, RunStoreFactory};
+use stepq_runs::{RunRecord, RunStatus, RunStore, StorageError};
+
+fn required_env(name: &str) -> String {
+    std::env::var(name).unwrap_or_else(|_| {
+        panic!("{name} is not set: run LocalStack tests with `cargo xtask localstack-test`")
+    })
+}
+
+struct LocalStack {
+    sdk: SdkConfig,
+    bucket: String,
+}
+
+impl LocalStack {
+    async fn connect() -> LocalStack {
+        let endpoint = required_env("STEPQ_TEST_AWS_ENDPOINT");
+        let bucket = required_env("STEPQ_TEST_S3_BUCKET");
+        let region = std::env::var("AWS_DEFAULT_REGION").unwrap_or_else(|_| "us-east-1".into());
+        let sdk = aws_config::defaults(BehaviorVersion::latest())
+            .endpoint_url(endpoint)
+            .region(aws_config::Region::new(region))
+            .load()
+            .await;
+        // The xtask creates the bucket; creating it here too keeps a hand-run working.
+        let client = s3_client(&sdk);
+        if client.head_bucket().bucket(&bucket).send().await.is_err() {
+            client
+                .create_bucket()
+                .bucket(&bucket)
+                .send()
+                .await
+                .unwrap_or_else(|e| panic!("create bucket {bucket}: {e:?}"));
+        }
+        LocalStack { sdk, bucket }
+    }
+
+    fn base_path() -> String {
+        format!("stepq-test/storage-{}", uuid::Uuid::new_v4())
+    }
+}
+
+impl RunStoreFactory for LocalStack {
+    type Store = S3RunStore;
+    async fn fresh(&self) -> S3RunStore {
+        S3RunStore::new(&self.sdk, &self.bucket, Self::base_path())
+    }
+    async fn reopen(&self, store: &S3RunStore) -> S3RunStore {
+        S3RunStore::new(&self.sdk, store.bucket(), store.base_path())
+    }
+}
+
+struct Heartbeats(LocalStack);
+
+impl HeartbeatStoreFactory for Heartbeats {
+    type Store = S3HeartbeatStore;
+    async fn fresh(&self) -> S3HeartbeatStore {
+        S3HeartbeatStore::new(&self.0.sdk, &self.0.bucket, LocalStack::base_path())
+    }
+    async fn reopen(&self, store: &S3HeartbeatStore) -> S3HeartbeatStore {
+        S3HeartbeatStore::new(&self.0.sdk, store.bucket(), store.base_path())
+    }
+}
+
+macro_rules! cases {
+    ($($case:ident),* $(,)?) => {
+        $(
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            #[ignore = "localstack"]
+            async fn $case() {
+                conformance::$case(&LocalStack::connect().await).await;
+            }
+        )*
+    };
+}
+
+cases!(
+    create_get_and_list_newest_first,
+    duplicate_create_is_rejected,
+    unknown_and_invalid_ids_are_errors,
+    lifecycle_transitions_are_validated,
+    concurrent_terminal_transitions_have_one_winner,
+    concurrent_appends_lose_nothing,
+    events_read_from_a_cursor,
+    wait_wakes_on_append,
+    follow_ends_when_run_is_terminal,
+    data_survives_a_new_store_instance,
+);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "localstack"]
+async fn heartbeat_suite() {
+    conformance::run_heartbeat_store_suite(&Heartbeats(LocalStack::connect().await)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "localstack"]
+async fn missing_bucket_is_a_permanent_error_with_its_aws_code() {
+    let localstack = LocalStack::connect().await;
+    let store = S3RunStore::new(
+        &localstack.sdk,
+        format!("stepq-missing-{}", uuid::Uuid::new_v4()),
+        "base",
+    );
+    match store
+        .create_run(&RunRecord::new("r1", "job", serde_json::json!({})))
+        .await
+    {
+        Err(err @ StorageError::Service { .. }) => {
+            assert!(!err.is_temporary(), "{err}");
+            assert!(err.to_string().contains("NoSuchBucket"), "{err}");
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "localstack"]
+async fn corrupt_record_object_is_an_error_naming_the_key() {
+    let localstack = LocalStack::connect().await;
+    let store = localstack.fresh().await;
+    store
+        .create_run(&RunRecord::new("r1", "job", serde_json::json!({})))
+        .await
+        .unwrap();
+    let key = format!("{}/runs/r1/run.json", store.base_path());
+    store
+        .client()
+        .put_object()
+        .bucket(store.bucket())
+        .key(&key)
+        .body(b"{not json".to_vec().into())
+        .send()
+        .await
+        .unwrap();
+    match store.update_status("r1", RunStatus::Starting).await {
+        Err(StorageError::Corrupt { location, .. }) => assert_eq!(location, key),
+        other => panic!("{other:?}"),
+    }
+}
+
+/// The store's guarantees rest on S3 honouring `If-None-Match: *` and `If-Match` on
+/// `PutObject`; an emulator that ignored them would silently degrade to last-writer-wins.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "localstack"]
+async fn s3_honours_conditional_puts() {
+    let localstack = LocalStack::connect().await;
+    let client = s3_client(&localstack.sdk);
+    let key = format!("{}/conditional", LocalStack::base_path());
+    let put = |body: &'static [u8]| {
+        client
+            .put_object()
+            .bucket(&localstack.bucket)
+            .key(&key)
+            .body(body.to_vec().into())
+    };
+    let first = put(b"1")
+        .if_none_match("*")
+        .send()
+        .await
+        .expect("first put");
+    let etag = first.e_tag().expect("etag").to_string();
+    let status = |r: Result<_, aws_sdk_s3::error::SdkError<_>>| {
+        r.map(drop)
+            .map_err(|e| e.raw_response().map(|r| r.status().as_u16()))
+    };
+    assert_eq!(
+        status(put(b"2").if_none_match("*").send().await),
+        Err(Some(412)),
+        "If-None-Match: * on an existing key"
+    );
+    assert_eq!(
+        status(put(b"3").if_match("\"not-the-etag\"").send().await),
+        Err(Some(412)),
+        "If-Match with a stale ETag"
+    );
+    assert_eq!(status(put(b"4").if_match(&etag).send().await), Ok(()));
+    assert_eq!(
+        status(put(b"5").if_match(&etag).send().await),
+        Err(Some(412)),
+        "the ETag changed with the last write"
+    );
+}
