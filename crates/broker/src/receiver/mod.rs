@@ -21,6 +21,16 @@ use crate::error::BrokerError;
 use crate::message::TaskMessage;
 use crate::queue::TaskQueue;
 
+mod config;
+mod stats;
+
+// The SQS broker tags the queues it owns with this (as `crate::receiver::default_worker_name`).
+#[cfg(feature = "sqs")]
+pub(crate) use config::default_worker_name;
+pub use config::ReceiverConfig;
+use stats::Counters;
+pub use stats::ReceiverStats;
+
 /// Label added to every stored result: the [`ReceiverConfig::worker_name`] of the worker that
 /// produced it (unless the message already carries a label of that name).
 pub const WORKER_NAME_LABEL: &str = "worker_name";
@@ -105,21 +115,6 @@ pub type TaskOutcome = Result<serde_json::Value, TaskError>;
 /// A registered task handler.
 pub type TaskHandler = Arc<dyn Fn(TaskContext) -> BoxFuture<'static, TaskOutcome> + Send + Sync>;
 
-/// Receiver settings.
-#[derive(Debug, Clone)]
-pub struct ReceiverConfig {
-    /// Tasks run at once (default: number of cores).
-    pub concurrency: usize,
-    /// On stop, how long in-flight tasks may run before they are cancelled and nacked.
-    pub grace_period: Duration,
-    /// While a task runs, its message's visibility is extended by this much ...
-    pub heartbeat_extension: Duration,
-    /// ... every this often. `None` disables heartbeats.
-    pub heartbeat_interval: Option<Duration>,
-    /// Name written into logs and results.
-    pub worker_name: String,
-}
-
 /// Cancels running tasks by id; cloneable and usable from other tasks.
 #[derive(Debug, Clone, Default)]
 pub struct CancelHandle {
@@ -166,83 +161,6 @@ pub struct Receiver {
 struct Registered {
     handler: TaskHandler,
     holds_slot: bool,
-}
-
-/// Counts of what a receiver did, returned when it stops.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct ReceiverStats {
-    /// Tasks that ran and succeeded.
-    pub succeeded: u64,
-    /// Tasks that ran and failed, plus rejected messages.
-    pub failed: u64,
-    /// Deliveries returned to the queue on shutdown.
-    pub released: u64,
-    /// Results that could not be saved; their deliveries were nacked so the task runs again.
-    pub unsaved: u64,
-    /// Errors of observing middleware hooks (`post_execute`, `on_error`, `post_save`,
-    /// `shutdown`); each was logged. They do not change a task's outcome.
-    pub hook_errors: u64,
-    /// Acks that failed after the result was saved (the message will be delivered again).
-    pub ack_errors: u64,
-}
-
-impl Default for ReceiverConfig {
-    /// Concurrency = available cores, 30 s grace, heartbeats fitted to SQS's default 10 s
-    /// visibility timeout (every 10/3 s, each extending visibility by 10 s: a message is
-    /// extended well before its first timeout lapses, and a killed worker's message is
-    /// delivered again within 10 s), worker name `hostname-pid`.
-    fn default() -> Self {
-        ReceiverConfig {
-            concurrency: std::thread::available_parallelism().map_or(1, |n| n.get()),
-            grace_period: Duration::from_secs(30),
-            heartbeat_extension: Duration::from_secs(10),
-            heartbeat_interval: Some(Duration::from_secs(10) / 3),
-            worker_name: default_worker_name(),
-        }
-    }
-}
-
-impl ReceiverConfig {
-    /// Checks the settings; an invalid one is [`BrokerError::Config`] naming the field.
-    pub fn validate(&self) -> Result<(), BrokerError> {
-        if self.concurrency == 0 {
-            return Err(BrokerError::Config {
-                field: "concurrency",
-                reason: "must be at least 1".into(),
-            });
-        }
-        if let Some(every) = self.heartbeat_interval {
-            if every.is_zero() {
-                return Err(BrokerError::Config {
-                    field: "heartbeat_interval",
-                    reason: "must be positive (use None to disable heartbeats)".into(),
-                });
-            }
-            if self.heartbeat_extension <= every {
-                return Err(BrokerError::Config {
-                    field: "heartbeat_extension",
-                    reason: format!(
-                        "{:?} must exceed heartbeat_interval ({every:?}), or the message becomes \
-                         visible again between heartbeats",
-                        self.heartbeat_extension
-                    ),
-                });
-            }
-        }
-        Ok(())
-    }
-}
-
-/// `hostname-pid`: this process's default worker name (also the owner tag of its SQS queues),
-/// the host name taken from `$HOSTNAME` or `/etc/hostname`.
-pub(crate) fn default_worker_name() -> String {
-    let host = std::env::var("HOSTNAME")
-        .ok()
-        .or_else(|| std::fs::read_to_string("/etc/hostname").ok())
-        .map(|h| h.trim().to_string())
-        .filter(|h| !h.is_empty())
-        .unwrap_or_else(|| "localhost".to_string());
-    format!("{host}-{}", std::process::id())
 }
 
 static NEXT_REGISTRATION: AtomicU64 = AtomicU64::new(0);
@@ -320,15 +238,6 @@ impl Receiver {
             cancel: CancelHandle::default(),
             gate: None,
         }
-    }
-    /// Replaces the config.
-    pub fn with_config(mut self, config: ReceiverConfig) -> Self {
-        self.config = config;
-        self
-    }
-    /// The config.
-    pub fn config(&self) -> &ReceiverConfig {
-        &self.config
     }
     /// Registers a raw handler (replacing one of the same name, with a warning).
     pub fn register(&mut self, name: &str, handler: TaskHandler) {
@@ -593,33 +502,6 @@ fn excerpt(body: &[u8]) -> String {
         text.push_str(&format!("... ({} bytes)", body.len()));
     }
     text
-}
-
-#[derive(Default)]
-struct Counters {
-    succeeded: AtomicU64,
-    failed: AtomicU64,
-    released: AtomicU64,
-    unsaved: AtomicU64,
-    hook_errors: AtomicU64,
-    ack_errors: AtomicU64,
-}
-
-impl Counters {
-    fn bump(counter: &AtomicU64) {
-        counter.fetch_add(1, Ordering::Relaxed);
-    }
-
-    fn snapshot(&self) -> ReceiverStats {
-        ReceiverStats {
-            succeeded: self.succeeded.load(Ordering::Relaxed),
-            failed: self.failed.load(Ordering::Relaxed),
-            released: self.released.load(Ordering::Relaxed),
-            unsaved: self.unsaved.load(Ordering::Relaxed),
-            hook_errors: self.hook_errors.load(Ordering::Relaxed),
-            ack_errors: self.ack_errors.load(Ordering::Relaxed),
-        }
-    }
 }
 
 /// What every delivery's task shares.
