@@ -3,7 +3,6 @@
 use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -21,12 +20,14 @@ use crate::error::BrokerError;
 use crate::message::TaskMessage;
 use crate::queue::TaskQueue;
 
+mod cancel;
 mod config;
 mod stats;
 
 // The SQS broker tags the queues it owns with this (as `crate::receiver::default_worker_name`).
 #[cfg(feature = "sqs")]
 pub(crate) use config::default_worker_name;
+pub use cancel::CancelHandle;
 pub use config::ReceiverConfig;
 use stats::Counters;
 pub use stats::ReceiverStats;
@@ -115,19 +116,6 @@ pub type TaskOutcome = Result<serde_json::Value, TaskError>;
 /// A registered task handler.
 pub type TaskHandler = Arc<dyn Fn(TaskContext) -> BoxFuture<'static, TaskOutcome> + Send + Sync>;
 
-/// Cancels running tasks by id; cloneable and usable from other tasks.
-#[derive(Debug, Clone, Default)]
-pub struct CancelHandle {
-    running: Arc<std::sync::Mutex<HashMap<String, Vec<RunningTask>>>>,
-}
-
-/// One running execution of a task id (a redelivered duplicate may run alongside).
-#[derive(Debug)]
-struct RunningTask {
-    registration: u64,
-    cancel: CancellationToken,
-}
-
 /// Runs registered tasks: decode, pre_execute, run, post_execute / on_error, save result,
 /// post_save, then ack. Malformed messages and unknown task names get a failed result (when a
 /// task id can be salvaged), are logged, and are acked; the receiver keeps going.
@@ -161,71 +149,6 @@ pub struct Receiver {
 struct Registered {
     handler: TaskHandler,
     holds_slot: bool,
-}
-
-static NEXT_REGISTRATION: AtomicU64 = AtomicU64::new(0);
-
-impl CancelHandle {
-    /// Cancels the token of the running task `task_id`; `false` if no such task runs here.
-    /// Cancellation is cooperative: the handler sees [`TaskContext::cancel`] fire and decides
-    /// what to return.
-    pub fn cancel(&self, task_id: &str) -> bool {
-        let running = self.lock();
-        match running.get(task_id) {
-            Some(list) if !list.is_empty() => {
-                list.iter().for_each(|r| r.cancel.cancel());
-                true
-            }
-            _ => false,
-        }
-    }
-
-    /// Ids of the tasks running now, sorted.
-    pub fn running(&self) -> Vec<String> {
-        let mut ids: Vec<String> = self.lock().keys().cloned().collect();
-        ids.sort();
-        ids
-    }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Vec<RunningTask>>> {
-        self.running.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    /// Registers a running task until the returned guard drops.
-    fn register(&self, task_id: &str, cancel: CancellationToken) -> Registration {
-        let registration = NEXT_REGISTRATION.fetch_add(1, Ordering::Relaxed);
-        self.lock()
-            .entry(task_id.to_string())
-            .or_default()
-            .push(RunningTask {
-                registration,
-                cancel,
-            });
-        Registration {
-            handle: self.clone(),
-            task_id: task_id.to_string(),
-            registration,
-        }
-    }
-}
-
-/// Removes a task from its [`CancelHandle`] when dropped.
-struct Registration {
-    handle: CancelHandle,
-    task_id: String,
-    registration: u64,
-}
-
-impl Drop for Registration {
-    fn drop(&mut self) {
-        let mut running = self.handle.lock();
-        if let Some(list) = running.get_mut(&self.task_id) {
-            list.retain(|r| r.registration != self.registration);
-            if list.is_empty() {
-                running.remove(&self.task_id);
-            }
-        }
-    }
 }
 
 impl Receiver {
@@ -301,10 +224,6 @@ impl Receiver {
         let mut names: Vec<String> = self.handlers.keys().cloned().collect();
         names.sort();
         names
-    }
-    /// A handle that cancels running tasks by id.
-    pub fn cancel_handle(&self) -> CancelHandle {
-        self.cancel.clone()
     }
     /// Installs a [`TaskGate`] consulted before every task starts (replacing any earlier one).
     pub fn set_gate(&mut self, gate: Arc<dyn TaskGate>) {
