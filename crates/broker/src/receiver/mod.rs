@@ -1,15 +1,12 @@
 //! `Receiver`: runs registered tasks from a broker (the generic worker loop).
 
-use std::collections::{BTreeMap, HashMap};
-use std::future::Future;
+use std::collections::BTreeMap;
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::future::BoxFuture;
 use futures::{FutureExt, StreamExt};
-use serde::{de::DeserializeOwned, Serialize};
-use stepq_results::{ResultError, TaskError, TaskResult};
+use stepq_results::{ResultError, TaskResult};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
 use tokio::time::{Instant, MissedTickBehavior};
@@ -22,6 +19,7 @@ use crate::queue::TaskQueue;
 
 mod cancel;
 mod config;
+mod registry;
 mod stats;
 
 // The SQS broker tags the queues it owns with this (as `crate::receiver::default_worker_name`).
@@ -29,6 +27,8 @@ mod stats;
 pub(crate) use config::default_worker_name;
 pub use cancel::CancelHandle;
 pub use config::ReceiverConfig;
+use registry::{Registered, Registry};
+pub use registry::{TaskContext, TaskGate, TaskHandler, TaskOutcome};
 use stats::Counters;
 pub use stats::ReceiverStats;
 
@@ -54,40 +54,6 @@ pub mod kinds {
     pub const CANCELED: &str = "Canceled";
 }
 
-/// A check the receiver makes before each task starts, and how it ends a cancelled task that
-/// does not stop on its own. Installed with [`Receiver::set_gate`]; the cancellation extension
-/// (`stepq-cancel`) provides one that refuses tasks cancelled before they started.
-#[async_trait::async_trait]
-pub trait TaskGate: Send + Sync + 'static {
-    /// Called after `pre_execute`, once the task is registered with the [`CancelHandle`] (so
-    /// a cancel from then on reaches its token), before its handler runs. `Some(result)`
-    /// skips the task: the handler never runs, `result` is saved as a handler's would be
-    /// (through the `on_error` / `post_execute` and `post_save` hooks) and the message is
-    /// acked. `None` runs it.
-    async fn before_start(&self, message: &TaskMessage) -> Option<TaskResult>;
-
-    /// How long a handler may go on after its task was cancelled through the
-    /// [`CancelHandle`] before the receiver drops it and saves
-    /// [`aborted_result`](TaskGate::aborted_result). `None` (the default) lets a cancelled
-    /// handler run to its own end.
-    fn cancel_grace(&self) -> Option<Duration> {
-        None
-    }
-
-    /// The result saved (and the message acked) for a task dropped after its cancel grace;
-    /// the receiver fills in its execution time. Default: failed, kind [`kinds::CANCELED`].
-    fn aborted_result(&self, message: &TaskMessage) -> TaskResult {
-        TaskResult::err(
-            kinds::CANCELED,
-            format!(
-                "task `{}` ({}) was cancelled and did not stop within its grace period",
-                message.task_name, message.task_id
-            ),
-            0.0,
-        )
-    }
-}
-
 /// Attempts to save a result when the backend reports a temporary error.
 const SAVE_ATTEMPTS: u32 = 3;
 /// Delay before the second save attempt; doubles after each.
@@ -97,24 +63,6 @@ const STREAM_BACKOFF_MIN: Duration = Duration::from_millis(50);
 const STREAM_BACKOFF_MAX: Duration = Duration::from_secs(5);
 /// Bytes of a malformed body quoted in the log.
 const BODY_EXCERPT: usize = 512;
-
-/// What a running task knows about itself.
-#[derive(Debug, Clone)]
-pub struct TaskContext {
-    /// The message (after pre_execute middleware).
-    pub message: Arc<TaskMessage>,
-    /// Times the message was delivered, this one included.
-    pub receive_count: u32,
-    /// Cancelled when the task is cancelled (see [`Receiver::cancel_handle`]) or the receiver
-    /// is shutting down past its grace period.
-    pub cancel: CancellationToken,
-}
-
-/// A task's outcome: a JSON return value, or an error stored in its result.
-pub type TaskOutcome = Result<serde_json::Value, TaskError>;
-
-/// A registered task handler.
-pub type TaskHandler = Arc<dyn Fn(TaskContext) -> BoxFuture<'static, TaskOutcome> + Send + Sync>;
 
 /// Runs registered tasks: decode, pre_execute, run, post_execute / on_error, save result,
 /// post_save, then ack. Malformed messages and unknown task names get a failed result (when a
@@ -138,17 +86,10 @@ pub type TaskHandler = Arc<dyn Fn(TaskContext) -> BoxFuture<'static, TaskOutcome
 ///   message acked) and bound how long a cancelled handler may run on.
 pub struct Receiver {
     queue: TaskQueue,
-    handlers: HashMap<String, Registered>,
+    handlers: Registry,
     config: ReceiverConfig,
     cancel: CancelHandle,
     gate: Option<Arc<dyn TaskGate>>,
-}
-
-/// A registered handler and whether its tasks hold a concurrency slot while they run.
-#[derive(Clone)]
-struct Registered {
-    handler: TaskHandler,
-    holds_slot: bool,
 }
 
 impl Receiver {
@@ -156,83 +97,11 @@ impl Receiver {
     pub fn new(queue: TaskQueue) -> Self {
         Receiver {
             queue,
-            handlers: HashMap::new(),
+            handlers: Registry::default(),
             config: ReceiverConfig::default(),
             cancel: CancelHandle::default(),
             gate: None,
         }
-    }
-    /// Registers a raw handler (replacing one of the same name, with a warning).
-    pub fn register(&mut self, name: &str, handler: TaskHandler) {
-        self.insert(name, handler, true);
-    }
-    fn insert(&mut self, name: &str, handler: TaskHandler, holds_slot: bool) {
-        let registered = Registered {
-            handler,
-            holds_slot,
-        };
-        if self.handlers.insert(name.to_string(), registered).is_some() {
-            tracing::warn!(task = name, "a handler registered earlier was replaced");
-        }
-    }
-    /// Registers a raw handler whose tasks do not count against
-    /// [`ReceiverConfig::concurrency`]: a delivery of it gives its slot back once its task name
-    /// is read, and the handler runs beside the limited ones (with heartbeats, gate and grace
-    /// period as usual). For long-lived coordinating tasks that wait for other tasks this
-    /// receiver may have to run (a run's orchestration waits for its steps): holding a slot,
-    /// they would deadlock a receiver of concurrency 1. Their number is not limited.
-    pub fn register_without_slot(&mut self, name: &str, handler: TaskHandler) {
-        self.insert(name, handler, false);
-    }
-    /// Registers a typed async fn: its argument is decoded from kwargs (object) or the single
-    /// positional argument; its `Ok` is encoded as the return value, its `Err` as the error.
-    ///
-    /// More than one positional argument (as a Python producer may send) decodes as a JSON
-    /// array, e.g. into a tuple. Arguments that do not decode fail the task with kind
-    /// [`kinds::INVALID_ARGUMENTS`]; an `Err(e)` is stored with the error's type name as kind
-    /// and `e.to_string()` as message.
-    pub fn register_fn<A, O, E, F, Fut>(&mut self, name: &str, f: F)
-    where
-        A: DeserializeOwned + Send + 'static,
-        O: Serialize + Send + 'static,
-        E: std::fmt::Display + Send + 'static,
-        F: Fn(A) -> Fut + Send + Sync + 'static,
-        Fut: Future<Output = Result<O, E>> + Send + 'static,
-    {
-        let f = Arc::new(f);
-        let handler: TaskHandler = Arc::new(move |ctx: TaskContext| {
-            let f = Arc::clone(&f);
-            Box::pin(async move {
-                let arg: A = decode_argument(&ctx.message)?;
-                let out = f(arg).await.map_err(|e| TaskError {
-                    kind: std::any::type_name::<E>().to_string(),
-                    message: e.to_string(),
-                })?;
-                serde_json::to_value(out).map_err(|e| TaskError {
-                    kind: kinds::INVALID_RETURN_VALUE.to_string(),
-                    message: format!(
-                        "return value of task `{}` does not encode as JSON: {e}",
-                        ctx.message.task_name
-                    ),
-                })
-            })
-        });
-        self.register(name, handler);
-    }
-    /// Names of the registered tasks, sorted.
-    pub fn task_names(&self) -> Vec<String> {
-        let mut names: Vec<String> = self.handlers.keys().cloned().collect();
-        names.sort();
-        names
-    }
-    /// Installs a [`TaskGate`] consulted before every task starts (replacing any earlier one).
-    pub fn set_gate(&mut self, gate: Arc<dyn TaskGate>) {
-        self.gate = Some(gate);
-    }
-    /// Installs a [`TaskGate`]; see [`set_gate`](Receiver::set_gate).
-    pub fn with_gate(mut self, gate: Arc<dyn TaskGate>) -> Self {
-        self.set_gate(gate);
-        self
     }
     /// Listens and runs tasks until `stop` fires, then lets in-flight tasks finish within the
     /// grace period (cancelling and nacking the rest) and returns.
@@ -251,8 +120,7 @@ impl Receiver {
             cancel,
             gate,
         } = self;
-        let mut known: Vec<String> = handlers.keys().cloned().collect();
-        known.sort();
+        let known = handlers.names();
         let shared = Arc::new(Shared {
             queue,
             handlers,
@@ -367,33 +235,6 @@ impl Receiver {
     }
 }
 
-/// Decodes a typed handler's argument: kwargs when there are no positional arguments, the
-/// single positional argument, or several positional arguments as an array.
-fn decode_argument<A: DeserializeOwned>(message: &TaskMessage) -> Result<A, TaskError> {
-    let invalid = |text: String| TaskError {
-        kind: kinds::INVALID_ARGUMENTS.to_string(),
-        message: text,
-    };
-    let value = match (message.args.len(), message.kwargs.is_empty()) {
-        (0, _) => serde_json::Value::Object(message.kwargs.clone()),
-        (1, true) => message.args[0].clone(),
-        (_, true) => serde_json::Value::Array(message.args.clone()),
-        (n, false) => {
-            return Err(invalid(format!(
-                "task `{}` takes one argument, but got {n} positional and {} keyword arguments",
-                message.task_name,
-                message.kwargs.len()
-            )))
-        }
-    };
-    serde_json::from_value(value).map_err(|e| {
-        invalid(format!(
-            "arguments of task `{}` do not decode: {e}",
-            message.task_name
-        ))
-    })
-}
-
 fn log_join(done: Result<(), tokio::task::JoinError>) {
     if let Err(e) = done {
         // Handler panics are caught inside; this is a bug in the receiver itself. The delivery
@@ -426,7 +267,7 @@ fn excerpt(body: &[u8]) -> String {
 /// What every delivery's task shares.
 struct Shared {
     queue: TaskQueue,
-    handlers: HashMap<String, Registered>,
+    handlers: Registry,
     /// Sorted task names, for error messages.
     known: Vec<String>,
     config: ReceiverConfig,
