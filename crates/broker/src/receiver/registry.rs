@@ -205,3 +205,166 @@ fn decode_argument<A: DeserializeOwned>(message: &TaskMessage) -> Result<A, Task
         ))
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+    use stepq_results::InMemoryResultBackend;
+
+    use super::*;
+    use crate::queue::TaskQueue;
+    use crate::InMemoryBroker;
+
+    /// A handler that returns `value`.
+    fn returning(value: i64) -> TaskHandler {
+        Arc::new(move |_ctx: TaskContext| Box::pin(async move { Ok(json!(value)) }))
+    }
+
+    /// What the handler registered under `name` returns.
+    async fn run(registry: &Registry, name: &str) -> TaskOutcome {
+        let handler = Arc::clone(&registry.get(name).expect("registered").handler);
+        handler(TaskContext {
+            message: Arc::new(TaskMessage::new(name)),
+            receive_count: 1,
+            cancel: CancellationToken::new(),
+        })
+        .await
+    }
+
+    /// A registry of `(name, returned value, holds_slot)`.
+    fn registry(entries: &[(&str, i64, bool)]) -> Registry {
+        let mut registry = Registry::default();
+        for &(name, value, holds_slot) in entries {
+            registry.insert(
+                name,
+                Registered {
+                    handler: returning(value),
+                    holds_slot,
+                },
+            );
+        }
+        registry
+    }
+
+    /// A receiver on an in-memory queue, nothing registered.
+    fn receiver() -> Receiver {
+        let queue = TaskQueue::new(
+            Arc::new(InMemoryBroker::new()),
+            Arc::new(InMemoryResultBackend::new()),
+        );
+        Receiver::new(queue)
+    }
+
+    #[tokio::test]
+    async fn lookups_find_each_handler_with_its_slot_flag() {
+        let registry = registry(&[("a", 1, true), ("b", 2, false)]);
+        assert_eq!(run(&registry, "a").await.unwrap(), json!(1));
+        assert_eq!(run(&registry, "b").await.unwrap(), json!(2));
+        assert!(registry.get("a").unwrap().holds_slot);
+        assert!(!registry.get("b").unwrap().holds_slot);
+    }
+
+    #[test]
+    fn unknown_names_are_not_found() {
+        let registry = registry(&[("add", 1, true)]);
+        for name in ["", "ad", "add ", "Add", "addd"] {
+            assert!(registry.get(name).is_none(), "{name:?}");
+        }
+        assert!(Registry::default().get("add").is_none());
+    }
+
+    #[tokio::test]
+    async fn registering_a_name_again_replaces_its_handler_and_slot_flag() {
+        let mut registry = registry(&[("a", 1, true)]);
+        let replaced = registry.insert(
+            "a",
+            Registered {
+                handler: returning(2),
+                holds_slot: false,
+            },
+        );
+        assert!(replaced);
+        assert_eq!(run(&registry, "a").await.unwrap(), json!(2));
+        assert!(!registry.get("a").unwrap().holds_slot);
+        assert_eq!(registry.names(), ["a"]);
+        let fresh = registry.insert(
+            "b",
+            Registered {
+                handler: returning(3),
+                holds_slot: true,
+            },
+        );
+        assert!(!fresh);
+    }
+
+    #[test]
+    fn names_are_sorted() {
+        let names = ["sub", "add", "mul", "pow", "div", "mod"];
+        let entries: Vec<_> = names.iter().map(|&n| (n, 0, n != "mul")).collect();
+        assert_eq!(
+            registry(&entries).names(),
+            ["add", "div", "mod", "mul", "pow", "sub"]
+        );
+        assert!(Registry::default().names().is_empty());
+    }
+
+    #[test]
+    fn register_holds_a_slot_and_register_without_slot_does_not() {
+        let mut receiver = receiver();
+        receiver.register("limited", returning(1));
+        receiver.register_without_slot("coordinating", returning(2));
+        receiver.register_fn("typed", |x: i64| async move { Ok::<_, std::io::Error>(x) });
+        assert!(receiver.handlers.get("limited").unwrap().holds_slot);
+        assert!(!receiver.handlers.get("coordinating").unwrap().holds_slot);
+        assert!(receiver.handlers.get("typed").unwrap().holds_slot);
+        assert_eq!(receiver.task_names(), ["coordinating", "limited", "typed"]);
+        // Registering a slotless name again with `register` makes it hold a slot.
+        receiver.register("coordinating", returning(3));
+        assert!(receiver.handlers.get("coordinating").unwrap().holds_slot);
+    }
+
+    /// A message of task `t` with `args` and `kwargs`.
+    fn message(args: serde_json::Value, kwargs: serde_json::Value) -> TaskMessage {
+        let mut message = TaskMessage::new("t");
+        message.args = args.as_array().unwrap().clone();
+        message.kwargs = kwargs.as_object().unwrap().clone();
+        message
+    }
+
+    #[test]
+    fn typed_arguments_decode_from_kwargs_one_positional_or_several_as_an_array() {
+        #[derive(serde::Deserialize, Debug, PartialEq)]
+        struct Pair {
+            a: i64,
+            b: i64,
+        }
+        let kwargs: Pair = decode_argument(&message(json!([]), json!({"a": 1, "b": 2}))).unwrap();
+        assert_eq!(kwargs, Pair { a: 1, b: 2 });
+        let single: i64 = decode_argument(&message(json!([7]), json!({}))).unwrap();
+        assert_eq!(single, 7);
+        let several: (i64, String) = decode_argument(&message(json!([1, "x"]), json!({}))).unwrap();
+        assert_eq!(several, (1, "x".to_string()));
+    }
+
+    #[test]
+    fn positional_and_keyword_arguments_together_are_invalid() {
+        let e = decode_argument::<i64>(&message(json!([1]), json!({"b": 2}))).unwrap_err();
+        assert_eq!(e.kind, kinds::INVALID_ARGUMENTS);
+        assert_eq!(
+            e.message,
+            "task `t` takes one argument, but got 1 positional and 1 keyword arguments"
+        );
+    }
+
+    #[test]
+    fn arguments_of_the_wrong_type_are_invalid_naming_the_task() {
+        let e = decode_argument::<i64>(&message(json!(["seven"]), json!({}))).unwrap_err();
+        assert_eq!(e.kind, kinds::INVALID_ARGUMENTS);
+        assert!(
+            e.message
+                .starts_with("arguments of task `t` do not decode: "),
+            "{}",
+            e.message
+        );
+    }
+}
