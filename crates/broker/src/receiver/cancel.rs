@@ -101,3 +101,64 @@ impl Receiver {
         self.cancel.clone()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cancelling_an_id_that_is_not_running_is_false() {
+        let handle = CancelHandle::default();
+        assert!(!handle.cancel("t1"));
+        let token = CancellationToken::new();
+        let _running = handle.register("t1", token.clone());
+        assert!(!handle.cancel("t2"));
+        assert!(!token.is_cancelled());
+    }
+
+    #[test]
+    fn cancel_reaches_every_execution_of_the_id_and_no_other() {
+        let handle = CancelHandle::default();
+        let (first, duplicate, other) = (
+            CancellationToken::new(),
+            CancellationToken::new(),
+            CancellationToken::new(),
+        );
+        let _first = handle.register("t1", first.clone());
+        let _duplicate = handle.register("t1", duplicate.clone());
+        let _other = handle.register("t2", other.clone());
+        assert!(handle.cancel("t1"));
+        assert!(first.is_cancelled() && duplicate.is_cancelled());
+        assert!(!other.is_cancelled());
+    }
+
+    #[test]
+    fn a_dropped_registration_removes_only_its_own_execution() {
+        let handle = CancelHandle::default();
+        let (first, duplicate) = (CancellationToken::new(), CancellationToken::new());
+        let first_registration = handle.register("t1", first.clone());
+        let duplicate_registration = handle.register("t1", duplicate.clone());
+        drop(first_registration);
+        assert_eq!(handle.running(), ["t1"]);
+        assert!(handle.cancel("t1"));
+        assert!(duplicate.is_cancelled());
+        assert!(
+            !first.is_cancelled(),
+            "a finished execution is not cancelled"
+        );
+        drop(duplicate_registration);
+        assert!(handle.running().is_empty());
+        assert!(!handle.cancel("t1"));
+    }
+
+    #[test]
+    fn running_ids_are_sorted_and_shared_by_clones() {
+        let handle = CancelHandle::default();
+        let clone = handle.clone();
+        let _registrations: Vec<_> = ["c", "a", "b", "a"]
+            .into_iter()
+            .map(|id| handle.register(id, CancellationToken::new()))
+            .collect();
+        assert_eq!(clone.running(), ["a", "b", "c"]);
+    }
+}

@@ -91,3 +91,45 @@ impl Receiver {
         &self.config
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A valid config with heartbeats every `every`, each extending visibility by `by`.
+    fn heartbeats(every: Option<Duration>, by: Duration) -> ReceiverConfig {
+        ReceiverConfig {
+            concurrency: 1,
+            heartbeat_interval: every,
+            heartbeat_extension: by,
+            ..ReceiverConfig::default()
+        }
+    }
+
+    #[test]
+    fn an_extension_only_just_above_the_interval_is_valid() {
+        let every = Duration::from_secs(1);
+        heartbeats(Some(every), every + Duration::from_nanos(1))
+            .validate()
+            .unwrap();
+        match heartbeats(Some(every), every).validate() {
+            Err(BrokerError::Config { field, .. }) => assert_eq!(field, "heartbeat_extension"),
+            other => panic!("expected a heartbeat_extension error, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn without_heartbeats_the_extension_is_not_checked() {
+        heartbeats(None, Duration::ZERO).validate().unwrap();
+    }
+
+    #[test]
+    fn the_default_worker_name_is_a_host_name_then_the_process_id() {
+        let name = default_worker_name();
+        let host = name
+            .strip_suffix(&format!("-{}", std::process::id()))
+            .unwrap_or_else(|| panic!("{name:?} does not end in the process id"));
+        assert!(!host.is_empty(), "{name:?}");
+        assert_eq!(host, host.trim(), "{name:?}");
+    }
+}

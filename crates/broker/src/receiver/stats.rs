@@ -56,3 +56,31 @@ impl Counters {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_snapshot_reports_each_counter_under_its_own_name() {
+        let counters = Counters::default();
+        let bump =
+            |counter: &AtomicU64, times: usize| (0..times).for_each(|_| Counters::bump(counter));
+        bump(&counters.succeeded, 1);
+        bump(&counters.failed, 2);
+        bump(&counters.released, 3);
+        bump(&counters.unsaved, 4);
+        bump(&counters.hook_errors, 5);
+        bump(&counters.ack_errors, 6);
+        let expected = ReceiverStats {
+            succeeded: 1,
+            failed: 2,
+            released: 3,
+            unsaved: 4,
+            hook_errors: 5,
+            ack_errors: 6,
+        };
+        assert_eq!(counters.snapshot(), expected);
+        assert_eq!(Counters::default().snapshot(), ReceiverStats::default());
+    }
+}
