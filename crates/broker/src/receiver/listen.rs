@@ -170,3 +170,60 @@ fn log_join(done: Result<(), tokio::task::JoinError>) {
         tracing::error!(error = %e, "a receiver task failed");
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+    use stepq_results::InMemoryResultBackend;
+    use tokio::sync::Notify;
+
+    use super::*;
+    use crate::message::TaskMessage;
+    use crate::queue::TaskQueue;
+    use crate::receiver::{ReceiverConfig, TaskContext, TaskHandler};
+    use crate::InMemoryBroker;
+
+    #[tokio::test]
+    async fn no_delivery_is_taken_from_the_broker_while_every_slot_is_busy() {
+        let broker = InMemoryBroker::new();
+        let queue = TaskQueue::new(
+            Arc::new(broker.clone()),
+            Arc::new(InMemoryResultBackend::new()),
+        );
+        let (started, release) = (Arc::new(Notify::new()), Arc::new(Notify::new()));
+        let (s, r) = (Arc::clone(&started), Arc::clone(&release));
+        let block: TaskHandler = Arc::new(move |_ctx: TaskContext| {
+            let (s, r) = (Arc::clone(&s), Arc::clone(&r));
+            Box::pin(async move {
+                s.notify_one();
+                r.notified().await;
+                Ok(json!(null))
+            })
+        });
+        let mut receiver = Receiver::new(queue.clone()).with_config(ReceiverConfig {
+            concurrency: 1,
+            heartbeat_interval: None,
+            ..ReceiverConfig::default()
+        });
+        receiver.register("block", block);
+        for _ in 0..2 {
+            queue.kick(TaskMessage::new("block")).await.unwrap();
+        }
+        let stop = CancellationToken::new();
+        let worker = tokio::spawn(receiver.run(stop.clone()));
+
+        started.notified().await;
+        // Time for the loop to take a second delivery, were it to take one without a slot.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert_eq!((broker.in_flight(), broker.pending()), (1, 1));
+        release.notify_one();
+        started.notified().await;
+        assert_eq!((broker.in_flight(), broker.pending()), (1, 0));
+        release.notify_one();
+
+        stop.cancel();
+        let stats = worker.await.unwrap().unwrap();
+        assert_eq!(stats.succeeded, 2);
+        assert_eq!((broker.in_flight(), broker.pending()), (0, 0));
+    }
+}

@@ -202,3 +202,50 @@ fn excerpt(body: &[u8]) -> String {
     }
     text
 }
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::super::tests::shared;
+    use super::*;
+    use crate::receiver::registry::Registry;
+
+    #[test]
+    fn a_short_body_is_quoted_whole_and_lossily() {
+        assert_eq!(excerpt(b"{\"task_id\":"), "{\"task_id\":");
+        assert_eq!(excerpt(b"ab\xffcd"), "ab\u{fffd}cd");
+        assert_eq!(excerpt(&[b'x'; BODY_EXCERPT]), "x".repeat(BODY_EXCERPT));
+    }
+
+    #[test]
+    fn a_long_body_is_cut_and_its_length_given() {
+        let body = vec![b'x'; BODY_EXCERPT + 1];
+        assert_eq!(
+            excerpt(&body),
+            format!(
+                "{}... ({} bytes)",
+                "x".repeat(BODY_EXCERPT),
+                BODY_EXCERPT + 1
+            )
+        );
+    }
+
+    #[test]
+    fn results_carry_the_message_labels_and_the_worker_name() {
+        let (shared, _) = shared(Registry::default());
+        let message = TaskMessage::new("t").with_label("tenant", "t1");
+        let labels = shared.result_labels(&message.labels);
+        assert_eq!(labels.len(), 2);
+        assert_eq!(labels["tenant"], json!("t1"));
+        assert_eq!(labels[WORKER_NAME_LABEL], json!("w1"));
+    }
+
+    #[test]
+    fn a_worker_name_label_on_the_message_is_kept() {
+        let (shared, _) = shared(Registry::default());
+        let message = TaskMessage::new("t").with_label(WORKER_NAME_LABEL, "producer-chosen");
+        let labels = shared.result_labels(&message.labels);
+        assert_eq!(labels[WORKER_NAME_LABEL], json!("producer-chosen"));
+    }
+}
