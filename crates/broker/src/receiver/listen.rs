@@ -1,0 +1,229 @@
+//! The listen loop: [`Receiver::run`] takes deliveries from the broker only while a
+//! concurrency slot is free, spawns the [delivery pipeline](super::pipeline) for each, backs
+//! off after stream errors, and on stop drains the running tasks within the grace period
+//! (then cancels the rest, whose messages the pipeline returns to the queue).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt;
+use tokio::sync::Semaphore;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+use super::pipeline::{process, Shared};
+use super::{Counters, Receiver, ReceiverStats};
+use crate::error::BrokerError;
+
+/// Backoff after the broker's stream yields an error, at first ...
+const STREAM_BACKOFF_MIN: Duration = Duration::from_millis(50);
+/// ... doubling after each further error up to this.
+const STREAM_BACKOFF_MAX: Duration = Duration::from_secs(5);
+
+impl Receiver {
+    /// Listens and runs tasks until `stop` fires, then lets in-flight tasks finish within the
+    /// grace period (cancelling and nacking the rest) and returns.
+    ///
+    /// Runs the middleware `startup` hooks first and `shutdown` hooks last; the broker and the
+    /// result backend are started and shut down by the owner of the [`TaskQueue`](crate::TaskQueue)
+    /// ([`TaskQueue::startup`](crate::TaskQueue::startup)), since producers may share them. An invalid config is
+    /// [`BrokerError::Config`]; a broker stream that ends before `stop` fires is
+    /// [`BrokerError::Closed`] (after in-flight tasks were drained).
+    pub async fn run(self, stop: CancellationToken) -> Result<ReceiverStats, BrokerError> {
+        self.config.validate()?;
+        let Receiver {
+            queue,
+            handlers,
+            config,
+            cancel,
+            gate,
+        } = self;
+        let known = handlers.names();
+        let shared = Arc::new(Shared {
+            queue,
+            handlers,
+            known,
+            config,
+            cancel,
+            gate,
+            grace_expired: CancellationToken::new(),
+            stats: Counters::default(),
+        });
+        shared.queue.middleware().startup().await?;
+        let mut stream = match shared.queue.broker().listen(stop.clone()).await {
+            Ok(stream) => stream,
+            Err(e) => {
+                shared.shutdown_middleware().await;
+                return Err(e);
+            }
+        };
+        tracing::info!(
+            worker = %shared.config.worker_name,
+            broker = shared.queue.broker().kind(),
+            concurrency = shared.config.concurrency,
+            tasks = ?shared.known,
+            "receiver started"
+        );
+
+        let semaphore = Arc::new(Semaphore::new(shared.config.concurrency));
+        let mut tasks = JoinSet::new();
+        let mut backoff = STREAM_BACKOFF_MIN;
+        let mut stream_ended = false;
+        loop {
+            while let Some(done) = tasks.try_join_next() {
+                log_join(done);
+            }
+            // A permit first, so no delivery is taken that cannot run at once.
+            let permit = tokio::select! {
+                biased;
+                _ = stop.cancelled() => break,
+                permit = Arc::clone(&semaphore).acquire_owned() => {
+                    permit.expect("the semaphore is never closed")
+                }
+            };
+            let next = tokio::select! {
+                biased;
+                _ = stop.cancelled() => break,
+                next = stream.next() => next,
+            };
+            match next {
+                Some(Ok(delivery)) => {
+                    backoff = STREAM_BACKOFF_MIN;
+                    tasks.spawn(process(Arc::clone(&shared), delivery, permit));
+                }
+                Some(Err(e)) => {
+                    drop(permit);
+                    tracing::error!(
+                        broker = shared.queue.broker().kind(),
+                        error = %e,
+                        temporary = e.is_temporary(),
+                        retry_in = ?backoff,
+                        "receiving from the broker failed"
+                    );
+                    tokio::select! {
+                        biased;
+                        _ = stop.cancelled() => break,
+                        _ = tokio::time::sleep(backoff) => {}
+                    }
+                    backoff = (backoff * 2).min(STREAM_BACKOFF_MAX);
+                }
+                None => {
+                    stream_ended = !stop.is_cancelled();
+                    break;
+                }
+            }
+        }
+        drop(stream);
+
+        let grace = shared.config.grace_period;
+        if !tasks.is_empty() {
+            tracing::info!(
+                running = tasks.len(),
+                grace = ?grace,
+                "receiver stopping: waiting for running tasks"
+            );
+        }
+        let drain = async {
+            while let Some(done) = tasks.join_next().await {
+                log_join(done);
+            }
+        };
+        if tokio::time::timeout(grace, drain).await.is_err() {
+            tracing::warn!(
+                running = tasks.len(),
+                grace = ?grace,
+                "grace period over: cancelling the running tasks and returning their messages"
+            );
+            shared.grace_expired.cancel();
+            while let Some(done) = tasks.join_next().await {
+                log_join(done);
+            }
+        }
+        shared.shutdown_middleware().await;
+        let stats = shared.stats.snapshot();
+        tracing::info!(worker = %shared.config.worker_name, ?stats, "receiver stopped");
+        if stream_ended {
+            tracing::error!(
+                broker = shared.queue.broker().kind(),
+                "the broker's delivery stream ended before the receiver was stopped"
+            );
+            return Err(BrokerError::Closed);
+        }
+        Ok(stats)
+    }
+}
+
+impl Shared {
+    /// Runs the middleware `shutdown` hooks, counting a failure as a hook error.
+    async fn shutdown_middleware(&self) {
+        if self.queue.middleware().shutdown().await.is_err() {
+            Counters::bump(&self.stats.hook_errors);
+        }
+    }
+}
+
+/// Logs a delivery task that did not end normally.
+fn log_join(done: Result<(), tokio::task::JoinError>) {
+    if let Err(e) = done {
+        // Handler panics are caught inside; this is a bug in the receiver itself. The delivery
+        // was neither acked nor nacked, so it comes back after its visibility timeout.
+        tracing::error!(error = %e, "a receiver task failed");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+    use stepq_results::InMemoryResultBackend;
+    use tokio::sync::Notify;
+
+    use super::*;
+    use crate::message::TaskMessage;
+    use crate::queue::TaskQueue;
+    use crate::receiver::{ReceiverConfig, TaskContext, TaskHandler};
+    use crate::InMemoryBroker;
+
+    #[tokio::test]
+    async fn no_delivery_is_taken_from_the_broker_while_every_slot_is_busy() {
+        let broker = InMemoryBroker::new();
+        let queue = TaskQueue::new(
+            Arc::new(broker.clone()),
+            Arc::new(InMemoryResultBackend::new()),
+        );
+        let (started, release) = (Arc::new(Notify::new()), Arc::new(Notify::new()));
+        let (s, r) = (Arc::clone(&started), Arc::clone(&release));
+        let block: TaskHandler = Arc::new(move |_ctx: TaskContext| {
+            let (s, r) = (Arc::clone(&s), Arc::clone(&r));
+            Box::pin(async move {
+                s.notify_one();
+                r.notified().await;
+                Ok(json!(null))
+            })
+        });
+        let mut receiver = Receiver::new(queue.clone()).with_config(ReceiverConfig {
+            concurrency: 1,
+            heartbeat_interval: None,
+            ..ReceiverConfig::default()
+        });
+        receiver.register("block", block);
+        for _ in 0..2 {
+            queue.kick(TaskMessage::new("block")).await.unwrap();
+        }
+        let stop = CancellationToken::new();
+        let worker = tokio::spawn(receiver.run(stop.clone()));
+
+        started.notified().await;
+        // Time for the loop to take a second delivery, were it to take one without a slot.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert_eq!((broker.in_flight(), broker.pending()), (1, 1));
+        release.notify_one();
+        started.notified().await;
+        assert_eq!((broker.in_flight(), broker.pending()), (1, 0));
+        release.notify_one();
+
+        stop.cancel();
+        let stats = worker.await.unwrap().unwrap();
+        assert_eq!(stats.succeeded, 2);
+        assert_eq!((broker.in_flight(), broker.pending()), (0, 0));
+    }
+}

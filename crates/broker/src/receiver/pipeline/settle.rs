@@ -1,0 +1,251 @@
+//! How a delivery ends: its result is labelled, passed to the `on_error` / `post_execute`
+//! hooks, saved (retrying temporary backend errors) and the message acked, or nacked when the
+//! result cannot be saved or the task was cut off at shutdown. Malformed messages and unknown
+//! task names are rejected here with a failed result.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use stepq_results::{ResultError, TaskResult};
+
+use super::Shared;
+use crate::delivery::Delivery;
+use crate::error::BrokerError;
+use crate::message::TaskMessage;
+use crate::receiver::{kinds, Counters, WORKER_NAME_LABEL};
+
+/// Attempts to save a result when the backend reports a temporary error.
+const SAVE_ATTEMPTS: u32 = 3;
+/// Delay before the second save attempt; doubles after each.
+const SAVE_RETRY_DELAY: Duration = Duration::from_millis(100);
+/// Bytes of a malformed body quoted in the log.
+const BODY_EXCERPT: usize = 512;
+
+impl Shared {
+    /// Hooks, save, post_save, ack.
+    pub(super) async fn finish(
+        &self,
+        delivery: Delivery,
+        message: TaskMessage,
+        mut result: TaskResult,
+    ) {
+        result.labels = self.result_labels(&message.labels);
+        let middleware = self.queue.middleware();
+        let hook = if result.is_err {
+            middleware.on_error(&message, &result).await
+        } else {
+            middleware.post_execute(&message, &result).await
+        };
+        if hook.is_err() {
+            Counters::bump(&self.stats.hook_errors);
+        }
+        let Some(delivery) = self.save_or_nack(delivery, &message.task_id, &result).await else {
+            return;
+        };
+        Counters::bump(if result.is_err {
+            &self.stats.failed
+        } else {
+            &self.stats.succeeded
+        });
+        // The result is saved: a post_save error is logged (by the chain) and counted, and the
+        // message is still acked, since running the task again would not undo the hook's failure.
+        if middleware.post_save(&message, &result).await.is_err() {
+            Counters::bump(&self.stats.hook_errors);
+        }
+        self.ack(delivery, &message.task_id).await;
+    }
+
+    /// Saves a result of a message rejected before running, then acks.
+    async fn finish_rejected(&self, delivery: Delivery, task_id: &str, result: TaskResult) {
+        if let Some(delivery) = self.save_or_nack(delivery, task_id, &result).await {
+            Counters::bump(&self.stats.failed);
+            self.ack(delivery, task_id).await;
+        }
+    }
+
+    /// The labels stored with a result: the message's, plus [`WORKER_NAME_LABEL`] naming this
+    /// worker unless the message already has one.
+    fn result_labels(
+        &self,
+        labels: &BTreeMap<String, serde_json::Value>,
+    ) -> BTreeMap<String, serde_json::Value> {
+        let mut labels = labels.clone();
+        labels
+            .entry(WORKER_NAME_LABEL.to_string())
+            .or_insert_with(|| serde_json::Value::String(self.config.worker_name.clone()));
+        labels
+    }
+
+    /// Saves the result and gives the delivery back; if saving fails, nacks the delivery (so
+    /// the task runs again) and returns `None`.
+    async fn save_or_nack(
+        &self,
+        delivery: Delivery,
+        task_id: &str,
+        result: &TaskResult,
+    ) -> Option<Delivery> {
+        let Err(e) = self.save(task_id, result).await else {
+            return Some(delivery);
+        };
+        Counters::bump(&self.stats.unsaved);
+        tracing::error!(
+            task_id,
+            error = %e,
+            "could not save the task's result; returning its message to the queue"
+        );
+        if let Err(nack) = delivery.nack().await {
+            tracing::error!(
+                task_id,
+                error = %nack,
+                "could not return the message; it comes back after its visibility timeout"
+            );
+        }
+        None
+    }
+
+    /// `set_result`, retrying temporary errors with backoff.
+    async fn save(&self, task_id: &str, result: &TaskResult) -> Result<(), ResultError> {
+        let mut delay = SAVE_RETRY_DELAY;
+        let mut attempt = 1;
+        loop {
+            match self.queue.results().set_result(task_id, result).await {
+                Ok(()) => return Ok(()),
+                Err(e) if e.is_temporary() && attempt < SAVE_ATTEMPTS => {
+                    tracing::warn!(task_id, attempt, error = %e, retry_in = ?delay, "saving a result failed");
+                    tokio::time::sleep(delay).await;
+                    delay *= 2;
+                    attempt += 1;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// Acks a delivery whose result is saved; a failure is logged and counted.
+    async fn ack(&self, delivery: Delivery, task_id: &str) {
+        if let Err(e) = delivery.ack().await {
+            Counters::bump(&self.stats.ack_errors);
+            tracing::error!(
+                task_id,
+                error = %e,
+                "could not ack a message whose result is saved; it will be delivered again"
+            );
+        }
+    }
+
+    /// Returns a message whose task did not finish within the grace period.
+    pub(super) async fn release(&self, delivery: Delivery, message: &TaskMessage) {
+        Counters::bump(&self.stats.released);
+        tracing::warn!(
+            task = %message.task_name,
+            task_id = %message.task_id,
+            "task cancelled at shutdown; returning its message to the queue"
+        );
+        if let Err(e) = delivery.nack().await {
+            tracing::error!(
+                task_id = %message.task_id,
+                error = %e,
+                "could not return the message; it comes back after its visibility timeout"
+            );
+        }
+    }
+
+    /// Rejects a body that is not a task message: a failed result if a task id can be
+    /// salvaged from it, then ack; without a task id it is only logged and acked.
+    pub(super) async fn reject_malformed(&self, delivery: Delivery, error: BrokerError) {
+        let body = excerpt(delivery.body());
+        match TaskMessage::salvage_task_id(delivery.body()) {
+            Some(task_id) => {
+                tracing::error!(%task_id, %error, %body, "rejecting a malformed message");
+                let mut result = TaskResult::err(kinds::MALFORMED_MESSAGE, error.to_string(), 0.0);
+                result.labels = self.result_labels(&BTreeMap::new());
+                self.finish_rejected(delivery, &task_id, result).await;
+            }
+            None => {
+                tracing::error!(
+                    %error,
+                    %body,
+                    "dropping a malformed message: it has no task id to store a failed result under"
+                );
+                Counters::bump(&self.stats.failed);
+                self.ack(delivery, "<none>").await;
+            }
+        }
+    }
+
+    /// Rejects a message no handler is registered for: a failed result naming the known
+    /// tasks, then ack.
+    pub(super) async fn reject_unknown(&self, delivery: Delivery, message: TaskMessage) {
+        let known = if self.known.is_empty() {
+            "none".to_string()
+        } else {
+            self.known.join(", ")
+        };
+        let text = format!(
+            "no task named `{}` is registered on worker `{}`; known tasks: {known}",
+            message.task_name, self.config.worker_name
+        );
+        tracing::error!(task_id = %message.task_id, "{text}");
+        let mut result = TaskResult::err(kinds::UNKNOWN_TASK, text, 0.0);
+        result.labels = self.result_labels(&message.labels);
+        self.finish_rejected(delivery, &message.task_id, result)
+            .await;
+    }
+}
+
+/// Lossy text of the start of a body, for logs.
+fn excerpt(body: &[u8]) -> String {
+    let cut = body.len().min(BODY_EXCERPT);
+    let mut text = String::from_utf8_lossy(&body[..cut]).into_owned();
+    if cut < body.len() {
+        text.push_str(&format!("... ({} bytes)", body.len()));
+    }
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::super::tests::shared;
+    use super::*;
+    use crate::receiver::registry::Registry;
+
+    #[test]
+    fn a_short_body_is_quoted_whole_and_lossily() {
+        assert_eq!(excerpt(b"{\"task_id\":"), "{\"task_id\":");
+        assert_eq!(excerpt(b"ab\xffcd"), "ab\u{fffd}cd");
+        assert_eq!(excerpt(&[b'x'; BODY_EXCERPT]), "x".repeat(BODY_EXCERPT));
+    }
+
+    #[test]
+    fn a_long_body_is_cut_and_its_length_given() {
+        let body = vec![b'x'; BODY_EXCERPT + 1];
+        assert_eq!(
+            excerpt(&body),
+            format!(
+                "{}... ({} bytes)",
+                "x".repeat(BODY_EXCERPT),
+                BODY_EXCERPT + 1
+            )
+        );
+    }
+
+    #[test]
+    fn results_carry_the_message_labels_and_the_worker_name() {
+        let (shared, _) = shared(Registry::default());
+        let message = TaskMessage::new("t").with_label("tenant", "t1");
+        let labels = shared.result_labels(&message.labels);
+        assert_eq!(labels.len(), 2);
+        assert_eq!(labels["tenant"], json!("t1"));
+        assert_eq!(labels[WORKER_NAME_LABEL], json!("w1"));
+    }
+
+    #[test]
+    fn a_worker_name_label_on_the_message_is_kept() {
+        let (shared, _) = shared(Registry::default());
+        let message = TaskMessage::new("t").with_label(WORKER_NAME_LABEL, "producer-chosen");
+        let labels = shared.result_labels(&message.labels);
+        assert_eq!(labels[WORKER_NAME_LABEL], json!("producer-chosen"));
+    }
+}
