@@ -22,6 +22,9 @@ mod reports;
 mod stopping;
 mod tasks;
 
+#[cfg(test)]
+mod tests;
+
 use std::sync::Arc;
 use std::time::Duration;
 

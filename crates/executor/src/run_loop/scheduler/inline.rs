@@ -93,6 +93,12 @@ impl InlineValues {
             self.values.insert(step, values);
         }
     }
+
+    /// Whether inline values of `step` are kept.
+    #[cfg(test)]
+    pub(super) fn keeps(&self, step: usize) -> bool {
+        self.values.contains_key(&step)
+    }
 }
 
 /// Distinct in-plan upstream steps of each step of the plan's job (job-order indices): the
