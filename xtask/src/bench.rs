@@ -108,7 +108,7 @@ pub async fn bench(root: &Path, args: &BenchArgs) -> Result<u8> {
     } else {
         cargo(
             root,
-            &["build", "--release", "-p", "stepq", "--bin", "stepq"],
+            &["build", "--release", "-p", "stepq-cli", "--bin", "stepq"],
         )
         .await?;
         Some(target_dir(root).join("release/stepq"))

@@ -252,8 +252,8 @@ pub async fn bench_run(root: &Path, args: &BenchRunArgs) -> Result<u8> {
             (ORCHESTRATOR_APP, app.executor(None)?),
         ];
         let jobs = [
-            Arc::new(stepq::examples::chain_job(10)),
-            Arc::new(stepq::examples::fanout_join_job(50)),
+            Arc::new(stepq_cli::demo::chain_job(10)),
+            Arc::new(stepq_cli::demo::fanout_join_job(50)),
         ];
         let mut figures = Vec::new();
         for (orchestrator, executor) in &orchestrators {
@@ -571,14 +571,17 @@ impl Workers {
             }
             None => {
                 let stop = CancellationToken::new();
-                let location = Arc::new(stepq::examples::location());
+                let location = Arc::new(stepq_cli::demo::location());
                 let mut tasks = Vec::new();
                 let mut apps = Vec::new();
                 for i in 0..WORKERS {
                     let app = make_app(config).await?;
                     app.startup().await?;
-                    let worker =
-                        app.worker(location.clone(), app.worker_config(format!("bench-w{i}")))?;
+                    let worker = app.worker_service(
+                        location.clone(),
+                        app.worker_config(format!("bench-w{i}")),
+                        false,
+                    )?;
                     let stop = stop.clone();
                     tasks.push(tokio::spawn(async move {
                         worker.run(stop).await?;
@@ -595,7 +598,7 @@ impl Workers {
         match self {
             Workers::Processes(_) => "two `stepq worker start --config` processes (release build)",
             Workers::InProcess { .. } => {
-                "two in-process `stepq::Worker`s, each with its own AWS clients"
+                "two in-process `stepq::WorkerService`s, each with its own AWS clients"
             }
         }
     }

@@ -72,6 +72,7 @@
 mod admission;
 pub mod cancel_hook;
 pub mod config;
+pub mod control;
 pub mod error;
 pub mod executor;
 pub mod handle;

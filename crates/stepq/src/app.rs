@@ -37,9 +37,10 @@ use stepq_aws::sqs::{reply, QueueDepth, SqsBroker};
 use stepq_aws::{S3CancelStore, S3HeartbeatStore, S3OutputStore, S3ResultBackend, S3RunStore};
 use stepq_broker::{BrokerError, InMemoryBroker, TaskContext, TaskHandler, TaskQueue};
 use stepq_cancel::{
-    CancelError, CancelListener, CancelListenerConfig, CancellableBroker, Canceller,
-    LocalDirCancelStore, DEFAULT_CANCEL_GRACE,
+    CancelError, CancellableBroker, Canceller, LocalDirCancelStore, DEFAULT_CANCEL_GRACE,
 };
+pub use stepq_executor::control::orchestrator_name;
+use stepq_executor::control::{ControlError, LostOrchestrator, ProcessProbe, RunControl};
 pub use stepq_executor::launcher::CANCEL_WATCH_MAX_DELAY;
 use stepq_executor::launcher::{create_run, RecordedRun, RunLauncher, SubmittedRun};
 use stepq_executor::storage::{
@@ -52,17 +53,13 @@ use stepq_executor::{
 };
 use stepq_plan::{Event, Job};
 use stepq_results::{LocalDirOutputStore, LocalDirResultBackend, OutputStore, ResultBackend};
-use stepq_worker::{
-    step_canceled_result, CodeLocation, Worker, WorkerConfig, WorkerError, WorkerStats,
-};
+use stepq_worker::service::{ServiceError, ServiceParts, ServiceSettings, WorkerService};
+use stepq_worker::{CodeLocation, WorkerConfig, WorkerError, WorkerStats};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{ConfigError, Mode, StepqConfig};
-
-/// How many times [`App::request_cancel`] re-reads a run whose status changed under it.
-const CANCEL_REQUEST_ATTEMPTS: usize = 5;
 
 /// Why an app could not do what it was asked.
 #[derive(Debug, thiserror::Error)]
@@ -84,6 +81,9 @@ pub enum AppError {
     /// A worker could not be built or failed.
     #[error(transparent)]
     Worker(#[from] WorkerError),
+    /// A worker service could not start (its cancel listener, health heartbeat, queue).
+    #[error(transparent)]
+    Service(#[from] ServiceError),
     /// The broker or result backend failed.
     #[error(transparent)]
     Broker(#[from] BrokerError),
@@ -93,44 +93,28 @@ pub enum AppError {
     /// The cancellation extension failed (listener, marker store, wake-up channel).
     #[error("cancellation: {0}")]
     Cancel(#[from] CancelError),
-    /// A cancel was asked for a run that has already ended.
-    #[error("run `{run_id}` already ended {status}: there is nothing to cancel")]
-    RunEnded {
-        /// The run.
-        run_id: String,
-        /// How it ended.
-        status: StoredStatus,
-    },
-    /// `stepq cancel --force` on a run that is not stuck CANCELING.
-    #[error("run `{run_id}` is {status}, not CANCELING: --force only ends a run stuck CANCELING; `stepq cancel {run_id}` (without --force) asks its orchestrator to cancel it")]
-    NotCanceling {
-        /// The run.
-        run_id: String,
-        /// Its status.
-        status: StoredStatus,
-    },
+    /// Cancelling, force-cancelling or taking a run over was refused (a failing run store is
+    /// [`AppError::Storage`]).
+    #[error(transparent)]
+    Control(ControlError),
     /// A run could not be submitted, claimed or resumed (see [`LaunchError`]).
     #[error(transparent)]
     Launch(LaunchError),
-    /// A STARTING / STARTED run whose orchestrator is not shown lost by its heartbeat is not
-    /// taken over without `force` (see [`App::check_takeover`]).
-    #[error("run `{run_id}` is {status}: {}", .reason.explain(.run_id, .orchestrator.as_deref()))]
-    TakeoverRefused {
-        /// The run.
-        run_id: String,
-        /// Its status.
-        status: StoredStatus,
-        /// Who holds it.
-        orchestrator: Option<String>,
-        /// Why it is not taken over.
-        reason: crate::takeover::TakeoverRefused,
-    },
     /// The operation needs the distributed (SQS) setup.
     #[error("{what} needs a distributed config: set `sqs.queue_url` (or STEPQ_SQS_QUEUE_URL) and `s3.bucket`")]
     NotDistributed {
         /// What was asked.
         what: &'static str,
     },
+}
+
+impl From<ControlError> for AppError {
+    fn from(e: ControlError) -> Self {
+        match e {
+            ControlError::Storage(e) => AppError::Storage(e),
+            other => AppError::Control(other),
+        }
+    }
 }
 
 impl From<LaunchError> for AppError {
@@ -154,6 +138,7 @@ pub struct App {
     heartbeats: Arc<dyn HeartbeatStore>,
     sqs: Option<SqsBroker>,
     canceller: Option<Canceller>,
+    process_probe: Option<ProcessProbe>,
 }
 
 impl std::fmt::Debug for App {
@@ -202,6 +187,7 @@ pub async fn make_app(config: &StepqConfig) -> Result<App, ConfigError> {
                 heartbeats: Arc::new(LocalDirHeartbeatStore::new(dir)),
                 sqs: None,
                 canceller,
+                process_probe: None,
             })
         }
         Mode::Distributed => {
@@ -250,6 +236,7 @@ pub async fn make_app(config: &StepqConfig) -> Result<App, ConfigError> {
                 heartbeats: Arc::new(S3HeartbeatStore::new(&s3_sdk, bucket, base)),
                 sqs: Some(broker),
                 canceller,
+                process_probe: None,
             })
         }
     }
@@ -388,36 +375,6 @@ impl App {
         DEFAULT_CANCEL_GRACE.min(self.executor_config().cancel_grace / 2)
     }
 
-    /// Runs `worker` (named `name`) until `stop`. With cancellation on, a [`CancelListener`]
-    /// is started first and its gate installed on the worker's receiver: a step cancelled
-    /// before it starts never runs, a running one is cancelled through its token, and both
-    /// report CANCELED steps ([`step_canceled_result`]). The listener ends with the worker.
-    pub async fn run_worker(
-        &self,
-        mut worker: Worker,
-        name: &str,
-        stop: CancellationToken,
-    ) -> Result<WorkerStats, AppError> {
-        let Some(canceller) = self.canceller.clone() else {
-            return Ok(worker.run(stop).await?);
-        };
-        let listener = CancelListener::new(
-            canceller,
-            worker.cancel_handle(),
-            CancelListenerConfig::named(name).with_cancel_grace(self.worker_cancel_grace()),
-        )?
-        .with_canceled_result(step_canceled_result(name.to_string()));
-        worker.receiver_mut().set_gate(listener.gate());
-        // The listener's own token: a worker stopping on an error ends its listener, and
-        // only its listener (in-process workers share `stop`).
-        let listen_stop = stop.child_token();
-        let listening = listener.start(listen_stop.clone()).await?;
-        let outcome = worker.run(stop).await;
-        listen_stop.cancel();
-        listening.join().await;
-        Ok(outcome?)
-    }
-
     /// Worker settings of `[worker]` under `name`. On SQS, a running step's message is kept
     /// invisible for one visibility timeout past each heartbeat, and heartbeats come three
     /// times per visibility timeout: a slow step is never delivered twice, and the step of a
@@ -434,37 +391,46 @@ impl App {
         config
     }
 
-    /// A worker serving `location` on this app's queue and output store. Besides steps
-    /// (`execute_plan`), it orchestrates runs submitted as tasks ([`App::submit_run`],
-    /// [`App::submit_resume`]) as orchestrator `config.name`, outside its step slots: an
-    /// orchestration waits for steps, so holding a slot could deadlock a worker of
-    /// concurrency 1.
-    pub fn worker(
+    /// A worker service serving `location` on this app's queue and output store, with a
+    /// cancel listener when cancellation is on and, with `health`, the worker's health
+    /// heartbeat every `worker.health_interval_seconds` (see [`stepq_worker::service`]).
+    /// Besides steps (`execute_plan`), it orchestrates runs submitted as tasks
+    /// ([`App::submit_run`], [`App::submit_resume`]) as orchestrator `config.name`, outside
+    /// its step slots: an orchestration waits for steps, so holding a slot could deadlock a
+    /// worker of concurrency 1.
+    pub fn worker_service(
         &self,
         location: Arc<CodeLocation>,
         config: WorkerConfig,
-    ) -> Result<Worker, AppError> {
+        health: bool,
+    ) -> Result<WorkerService, AppError> {
         let name = config.name.clone();
-        let mut worker = Worker::new(
-            location.clone(),
-            self.queue.clone(),
-            self.outputs.clone(),
-            config,
-        )?;
+        let mut parts = ServiceParts::new(self.queue.clone(), self.outputs.clone());
+        if health {
+            parts = parts.with_heartbeats(self.heartbeats.clone());
+        }
+        if let Some(canceller) = self.canceller.clone() {
+            parts = parts.with_canceller(canceller);
+        }
+        let settings = ServiceSettings::new(config)
+            .with_health_interval(self.config.health_interval())
+            .with_cancel_grace(self.worker_cancel_grace());
+        let mut service = WorkerService::new(location.clone(), parts, settings)?;
         let launcher = self.launcher()?;
         for (task, resume) in [(protocol::EXECUTE_JOB, false), (protocol::RESUME_JOB, true)] {
             let handler =
                 orchestration_handler(resume, launcher.clone(), location.clone(), name.clone());
             // Tracked, so the worker's health heartbeat lists the runs it orchestrates.
-            worker.register_task_without_slot(task, handler);
+            service.register_task_without_slot(task, handler);
         }
-        Ok(worker)
+        Ok(service)
     }
 
     /// Starts `count` workers in this process, each running one step at a time, named
-    /// `local-0`, `local-1` ..., each through [`App::run_worker`] (so with a cancel listener
-    /// when cancellation is on). They have no shutdown grace period: they are stopped once the
-    /// runs they serve ended, when whatever they still run belongs to a canceled run.
+    /// `local-0`, `local-1` ..., each a [`worker_service`](App::worker_service) without a
+    /// health heartbeat (so with a cancel listener when cancellation is on). They have no
+    /// shutdown grace period: they are stopped once the runs they serve ended, when whatever
+    /// they still run belongs to a canceled run.
     pub fn start_local_workers(
         &self,
         location: Arc<CodeLocation>,
@@ -473,16 +439,14 @@ impl App {
         let stop = CancellationToken::new();
         let mut handles = Vec::with_capacity(count);
         for i in 0..count {
-            let name = format!("local-{i}");
             let config = self
-                .worker_config(name.clone())
+                .worker_config(format!("local-{i}"))
                 .with_concurrency(1)
                 .with_grace_period(Duration::ZERO);
-            let worker = self.worker(location.clone(), config)?;
-            let app = self.clone();
+            let service = self.worker_service(location.clone(), config, false)?;
             let stop = stop.clone();
             handles.push(tokio::spawn(async move {
-                app.run_worker(worker, &name, stop).await
+                service.run(stop).await.map_err(AppError::from)
             }));
         }
         Ok(LocalWorkers {
@@ -492,94 +456,50 @@ impl App {
         })
     }
 
-    /// Asks for run `run_id` to be cancelled: a QUEUED run (no orchestrator yet) goes straight
-    /// to CANCELED; a STARTING or STARTED one goes to CANCELING, and its orchestrator, which
-    /// watches its record, interrupts it, cancels its in-flight steps and ends it CANCELED.
-    /// A run already CANCELING is left as it is. Returns the record after the change.
-    ///
-    /// Errors: [`StorageError::RunNotFound`] for an unknown run, [`AppError::RunEnded`] for a
-    /// run that already ended.
-    pub async fn request_cancel(&self, run_id: &str) -> Result<RunRecord, AppError> {
-        let mut attempt = 0;
-        loop {
-            attempt += 1;
-            let record = self.runs.get_run(run_id).await?;
-            let change = match record.status {
-                StoredStatus::Canceling => return Ok(record),
-                status if status.is_terminal() => {
-                    return Err(AppError::RunEnded {
-                        run_id: run_id.to_string(),
-                        status,
-                    })
-                }
-                StoredStatus::Queued => {
-                    StatusChange::to(StoredStatus::Canceled).expecting(StoredStatus::Queued)
-                }
-                status => StatusChange::to(StoredStatus::Canceling).expecting(status),
-            };
-            match self.runs.change_status(run_id, &change).await {
-                Ok(record) => return Ok(record),
-                // Its status changed between the read and the write: read it again.
-                Err(
-                    StorageError::UnexpectedStatus { .. } | StorageError::InvalidTransition { .. },
-                ) if attempt < CANCEL_REQUEST_ATTEMPTS => {}
-                Err(e) => return Err(e.into()),
-            }
+    /// Run control on this app's run and heartbeat stores: cancel, force-cancel and
+    /// takeover checks (see [`stepq_executor::control`]).
+    pub fn control(&self) -> RunControl {
+        let control = RunControl::new(
+            self.runs.clone(),
+            self.heartbeats.clone(),
+            self.config.health_interval(),
+        );
+        match &self.process_probe {
+            Some(probe) => control.with_process_probe(probe.clone()),
+            None => control,
         }
     }
 
-    /// Ends run `run_id`, stuck CANCELING because its orchestrator died, CANCELED without its
-    /// orchestrator: appends an `EngineEvent` saying so and a `RunCanceled` event, then moves
-    /// the run CANCELING -> CANCELED with a compare-and-set on its status and orchestrator
-    /// (what `stepq cancel --force` does). Steps the dead orchestrator had in flight are not
-    /// cancelled on their workers. Returns the record after the change.
-    ///
-    /// Errors: [`StorageError::RunNotFound`] for an unknown run, [`AppError::RunEnded`] for a
-    /// run that already ended, [`AppError::NotCanceling`] for a run in any other status.
+    /// Tells run control how to see whether a process of this machine runs (see
+    /// [`RunControl::with_process_probe`]; the `stepq` command line installs `kill(pid, 0)`).
+    pub fn with_process_probe(mut self, probe: ProcessProbe) -> Self {
+        self.process_probe = Some(probe);
+        self
+    }
+
+    /// Asks for run `run_id` to be cancelled (see [`RunControl::request_cancel`]).
+    pub async fn request_cancel(&self, run_id: &str) -> Result<RunRecord, AppError> {
+        Ok(self.control().request_cancel(run_id).await?)
+    }
+
+    /// Ends run `run_id`, stuck CANCELING because its orchestrator died, CANCELED (see
+    /// [`RunControl::force_cancel`]); the events name this process as who forced it.
     pub async fn force_cancel(&self, run_id: &str) -> Result<RunRecord, AppError> {
+        Ok(self
+            .control()
+            .force_cancel(run_id, &orchestrator_name())
+            .await?)
+    }
+
+    /// Whether a resume of run `run_id` takes it over from a lost orchestrator (see
+    /// [`RunControl::check_takeover`]).
+    pub async fn check_takeover(
+        &self,
+        run_id: &str,
+        force: bool,
+    ) -> Result<Option<LostOrchestrator>, AppError> {
         let record = self.runs.get_run(run_id).await?;
-        match record.status {
-            StoredStatus::Canceling => {}
-            status if status.is_terminal() => {
-                return Err(AppError::RunEnded {
-                    run_id: run_id.to_string(),
-                    status,
-                })
-            }
-            status => {
-                return Err(AppError::NotCanceling {
-                    run_id: run_id.to_string(),
-                    status,
-                })
-            }
-        }
-        let mut change =
-            StatusChange::to(StoredStatus::Canceled).expecting(StoredStatus::Canceling);
-        if let Some(orchestrator) = &record.orchestrator {
-            change = change.expecting_orchestrator(orchestrator.clone());
-        }
-        let message = format!(
-            "force-canceled by `stepq cancel --force` from {}: the run was CANCELING and its orchestrator{} did not end it",
-            orchestrator_name(),
-            record.orchestrator.as_deref().map(|o| format!(" {o}")).unwrap_or_default()
-        );
-        // The final events first: a run in a terminal status has its whole log.
-        let events = [
-            Event::run(run_id, stepq_plan::EventKind::EngineEvent { message }),
-            Event::run(run_id, stepq_plan::EventKind::RunCanceled),
-        ];
-        self.runs.append_events(run_id, &events).await?;
-        match self.runs.change_status(run_id, &change).await {
-            Ok(record) => Ok(record),
-            // Its orchestrator (or another --force) ended it meanwhile.
-            Err(StorageError::UnexpectedStatus { found, .. }) if found.is_terminal() => {
-                Err(AppError::RunEnded {
-                    run_id: run_id.to_string(),
-                    status: found,
-                })
-            }
-            Err(e) => Err(e.into()),
-        }
+        Ok(self.control().check_takeover(&record, force).await?)
     }
 
     /// The approximate depth of the SQS task queue; [`AppError::NotDistributed`] on the
@@ -638,7 +558,7 @@ impl App {
     ) -> Result<LaunchedRun, AppError> {
         let record = self.runs.get_run(run_id).await?;
         let job = find_job(location, &record.job_name)?;
-        let lost = self.check_takeover_of(&record, force).await?;
+        let lost = self.control().check_takeover(&record, force).await?;
         let run = RunLauncher::new(executor.clone(), self.runs.clone())
             .resume(
                 run_id,
@@ -720,12 +640,6 @@ pub fn find_job(location: &CodeLocation, name: &str) -> Result<Arc<Job>, AppErro
     })
 }
 
-/// `stepq@<host>:<pid>`: who orchestrates runs started by this process.
-pub fn orchestrator_name() -> String {
-    let host = crate::health::host_name();
-    format!("stepq@{host}:{}", std::process::id())
-}
-
 /// The QUEUED record of a new run of `job` with `options` (a fresh UUID unless a run id is
 /// given).
 fn new_run_record(job: &Job, options: RunOptions) -> RunRecord {
@@ -764,7 +678,7 @@ fn orchestration_handler(
 pub struct LaunchedRun {
     job: Arc<Job>,
     run: RecordedRun,
-    taken_over_from: Option<crate::takeover::LostOrchestrator>,
+    taken_over_from: Option<LostOrchestrator>,
 }
 
 impl std::fmt::Debug for LaunchedRun {
@@ -800,7 +714,7 @@ impl LaunchedRun {
 
     /// For a resume that took the run over from a lost orchestrator: which, and when it was
     /// last heard of.
-    pub fn taken_over_from(&self) -> Option<&crate::takeover::LostOrchestrator> {
+    pub fn taken_over_from(&self) -> Option<&LostOrchestrator> {
         self.taken_over_from.as_ref()
     }
 

@@ -7,9 +7,9 @@
 //! queue and a bucket.
 //!
 //! This facade crate gathers what users need from the layers below it (job model, op API,
-//! executor) and adds the [configuration](config), the [app factory](app), the
-//! [`stepq` command line](cli), [jobs of shell commands](toml_jobs) and the
-//! [example jobs](examples).
+//! executor, worker service, the AWS backends) and adds the [configuration](config) and the
+//! [app factory](app) that composes them. The `stepq` command line is the `stepq-cli`
+//! crate.
 //!
 //! ```
 //! # tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap().block_on(async {
@@ -55,30 +55,17 @@
 //! # });
 //! ```
 //!
-//! A binary built on a code location gets the whole command line — `run`, `jobs`, `status`,
-//! `runs`, `worker start`, `worker list` — from [`cli::main`]:
-//!
-//! ```no_run
-//! fn main() -> std::process::ExitCode {
-//!     stepq::cli::main(stepq::examples::location())
-//! }
-//! ```
+//! A binary built on a code location gets the whole command line — `run`, `launch`, `status`,
+//! `logs`, `cancel`, `resume`, `worker start`, `worker list` — from `stepq_cli::main(location)`
+//! (crate `stepq-cli`).
 
 #![warn(missing_docs)]
 
 pub mod app;
-pub mod cli;
 pub mod config;
-pub mod examples;
-pub mod health;
-pub mod progress;
-pub mod report;
-pub mod takeover;
-pub mod toml_jobs;
 
 pub use app::{make_app, App, AppError, FinishedRun, LaunchedRun, LocalWorkers, RunOptions};
 pub use config::{ConfigError, Mode, StepqConfig};
-pub use toml_jobs::{ShellJobs, ShellOp, TomlJobsError};
 
 pub use stepq_executor::{
     Executor, ExecutorConfig, RunHandle, RunRequest, RunResult, RunStatus, StepRunState,
@@ -89,11 +76,13 @@ pub use stepq_plan::{
 };
 pub use stepq_worker::{
     decode_value, encode_value, op_fn, op_map, op_output, CodeLocation, CodeLocationBuilder, Op,
-    OpContext, OpError, OpResultExt, StepInputs, StepOutputs, Worker, WorkerConfig,
+    OpContext, OpError, OpResultExt, ShellJobs, ShellOp, StepInputs, StepOutputs, TomlJobsError,
+    Worker, WorkerConfig, WorkerService,
 };
 
 /// The lower crates, for what the re-exports above leave out.
 pub use {
-    stepq_aws as aws, stepq_broker as broker, stepq_executor as executor, stepq_plan as plan,
-    stepq_results as results, stepq_worker as worker,
+    stepq_aws as aws, stepq_broker as broker, stepq_cancel as cancel, stepq_executor as executor,
+    stepq_plan as plan, stepq_protocol as protocol, stepq_results as results, stepq_runs as runs,
+    stepq_worker as worker,
 };

@@ -70,6 +70,8 @@ pub mod health;
 pub mod io;
 pub mod location;
 pub mod op;
+pub mod service;
+pub mod shell;
 pub mod worker;
 
 pub use canceled::step_canceled_result;
@@ -80,6 +82,8 @@ pub use health::{HealthError, HealthHandle, HealthWriter, WorkerActivity};
 pub use io::{decode_value, encode_value, StepInputs, StepOutputs};
 pub use location::{CodeLocation, CodeLocationBuilder, LocationError, LocationErrors};
 pub use op::{op_fn, op_map, op_output, Op};
+pub use service::{serve, ServiceError, ServiceParts, ServiceSettings, WorkerService};
+pub use shell::{ShellJobs, ShellOp, TomlJobsError};
 pub use worker::{
     Worker, WorkerConfig, WorkerError, WorkerStats, DEFAULT_INLINE_OUTPUT_LIMIT,
     DEFAULT_VISIBILITY_TIMEOUT,

@@ -1,48 +1,20 @@
-//! Worker health in the app: every worker started through the facade writes a heartbeat (see
+//! Worker health for people: every worker service writes a heartbeat (see
 //! [`stepq_worker::health`]) every `worker.health_interval_seconds` to the app's heartbeat
 //! store (`<state_dir>/workers/ID.json`, or `<s3.base_path>/workers/ID.json` in the bucket);
-//! `stepq worker list` shows them as live or lost, and `stepq status` says which worker holds
-//! each in-flight step of a run, and when that worker is lost.
+//! `stepq worker list` shows them as live or lost ([`render_workers`]), and `stepq status`
+//! says which worker holds each in-flight step of a run, and when that worker is lost
+//! ([`place_in_flight`]).
 
 use std::time::Duration;
 
-use stepq_executor::storage::{StorageError, WorkerHealth, WorkerState, LOST_AFTER_INTERVALS};
-use stepq_worker::health::{HealthError, HealthHandle, HealthWriter};
-use stepq_worker::Worker;
+use stepq::app::App;
+use stepq::config::Mode;
+use stepq_runs::{StorageError, WorkerHealth, WorkerState, LOST_AFTER_INTERVALS};
 
-use crate::app::App;
-use crate::config::Mode;
 use crate::report::{format_timestamp, StepRow};
 
 /// Running steps listed per worker in `stepq worker list` before "+N more".
 const STEPS_LISTED: usize = 3;
-
-/// This machine's host name.
-pub fn host_name() -> String {
-    hostname::get()
-        .map(|h| h.to_string_lossy().into_owned())
-        .unwrap_or_else(|_| "unknown-host".into())
-}
-
-/// Starts the health heartbeats of `worker`, named `name`, in the app's heartbeat store every
-/// `worker.health_interval_seconds`: the first is written before this returns. Stop the handle
-/// once the worker stopped (it removes the record); a killed worker's record stays and turns
-/// lost.
-pub async fn start_worker_health(
-    app: &App,
-    worker: &Worker,
-    name: &str,
-) -> Result<HealthHandle, HealthError> {
-    HealthWriter::new(
-        app.heartbeats().clone(),
-        worker.activity().clone(),
-        name,
-        host_name(),
-    )
-    .with_interval(app.config().health_interval())
-    .start()
-    .await
-}
 
 /// Every worker with a heartbeat in the app's store, live or lost now (by the configured
 /// health interval), by worker id.

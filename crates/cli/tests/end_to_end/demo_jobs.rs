@@ -2,19 +2,17 @@
 //! broker, local-directory backends in a temp dir, in-process workers), and its values are
 //! read back from the output store.
 
-mod common;
-
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::app::{announced_slow_location, launch_slow};
+use crate::common::app::{announced_slow_location, launch_slow};
 use stepq::app::{make_app, App, FinishedRun, RunOptions};
 use stepq::config::{StepqConfig, TagLimitSetting};
-use stepq::examples::{self, RESULT};
-use stepq::toml_jobs::ShellJobs;
+use stepq::ShellJobs;
+use stepq_cli::demo::{self, RESULT};
 use stepq_executor::storage::{EventCursor, RunStatus as StoredStatus};
 use stepq_executor::{RunStatus, StepRunState};
 use stepq_plan::{EventKind, Job, StepDef};
@@ -47,7 +45,7 @@ async fn run_in(app: &App, location: CodeLocation, job: &str, options: RunOption
 }
 
 async fn run_example(app: &App, job: &str) -> FinishedRun {
-    run_in(app, examples::location(), job, RunOptions::default()).await
+    run_in(app, demo::location(), job, RunOptions::default()).await
 }
 
 async fn value(app: &App, run: &FinishedRun, step: &str, output: &str) -> i64 {
@@ -131,10 +129,7 @@ async fn nested_graphs_flatten_to_sixteen_steps() {
         .steps
         .values()
         .all(|s| s.state == StepRunState::Succeeded));
-    assert_eq!(
-        value(&app, &run, examples::NESTED_LAST_STEP, RESULT).await,
-        16
-    );
+    assert_eq!(value(&app, &run, demo::NESTED_LAST_STEP, RESULT).await, 16);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -160,7 +155,7 @@ async fn subset_runs_only_the_selected_step() {
         step_selection: Some(vec!["emit_values".into()]),
         ..RunOptions::default()
     };
-    let run = run_in(&app, examples::location(), "diamond", options).await;
+    let run = run_in(&app, demo::location(), "diamond", options).await;
     assert_eq!(run.result.status, RunStatus::Success);
     assert_eq!(state(&run, "emit_values"), StepRunState::Succeeded);
     for step in ["add_one", "renamed", "subtract"] {
@@ -177,13 +172,13 @@ async fn failure_never_runs_the_downstream_step() {
     let app = app(dir.path()).await;
     let called = Arc::new(AtomicBool::new(false));
     let flag = called.clone();
-    let mut ops = examples::ops();
+    let mut ops = demo::ops();
     let spy: Arc<dyn Op> = op_output(RESULT, move |_ctx, _inputs| {
         flag.store(true, Ordering::SeqCst);
         async { Ok(0_i64) }
     });
     ops.insert("should_never_execute".into(), spy);
-    let location = examples::location_with(ops).unwrap();
+    let location = demo::location_with(ops).unwrap();
     let run = run_in(&app, location, "failure", RunOptions::default()).await;
     assert_eq!(run.result.status, RunStatus::Failure);
     assert!(!called.load(Ordering::SeqCst), "should_never_execute ran");
@@ -407,7 +402,7 @@ async fn runs_are_recorded_with_their_events() {
         tags: BTreeMap::from([("owner".to_string(), "tests".to_string())]),
         ..RunOptions::default()
     };
-    let run = run_in(&app, examples::location(), "serial", options).await;
+    let run = run_in(&app, demo::location(), "serial", options).await;
     assert_eq!(run.result.run_id, "recorded-run");
     // A second app on the same directory (as another process would) sees the run.
     let other = app_with(dir.path(), |_| {}).await;
@@ -439,7 +434,7 @@ async fn runs_are_recorded_with_their_events() {
         EventKind::RunStarting
     ));
     assert!(matches!(events.last().unwrap().kind, EventKind::RunSuccess));
-    let rows = stepq::report::rows_from_events(&events);
+    let rows = stepq_cli::report::rows_from_events(&events);
     assert_eq!(
         rows.iter()
             .map(|r| (r.step.as_str(), r.status.as_str()))
@@ -449,7 +444,7 @@ async fn runs_are_recorded_with_their_events() {
     // A run id cannot be used twice.
     let again = app
         .run_with_local_workers(
-            Arc::new(examples::location()),
+            Arc::new(demo::location()),
             "serial",
             RunOptions {
                 run_id: Some("recorded-run".into()),
@@ -465,7 +460,7 @@ async fn runs_are_recorded_with_their_events() {
 async fn bad_requests_are_errors_before_anything_runs() {
     let dir = tempfile::tempdir().unwrap();
     let app = app(dir.path()).await;
-    let location = Arc::new(examples::location());
+    let location = Arc::new(demo::location());
     let err = app
         .run_with_local_workers(location.clone(), "no_such_job", RunOptions::default(), 1)
         .await

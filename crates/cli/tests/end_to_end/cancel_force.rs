@@ -3,10 +3,8 @@
 //! status. The binary runs in its own directory against the `.stepq/` run store the test
 //! prepares.
 
-mod common;
-
-use common::app::app_in;
-use common::cli::{run, text};
+use crate::common::app::app_in;
+use crate::common::cli::{run, text};
 use stepq::app::App;
 use stepq_executor::launcher::read_all_events;
 use stepq_executor::storage::{RunRecord, RunStatus, StatusChange};

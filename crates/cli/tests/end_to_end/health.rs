@@ -3,19 +3,19 @@
 //! within three health intervals, in `stepq worker list` and in `stepq status` of the run
 //! whose step it held.
 
-mod common;
-
 use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::app::{announced_slow_location, launch_slow};
-use common::cli::{stderr, stdout, stepq_configured};
+use crate::common::app::{announced_slow_location, launch_slow};
+use crate::common::cli::{stderr, stdout, stepq_configured};
 use stepq::app::{make_app, App};
 use stepq::config::StepqConfig;
-use stepq::examples;
-use stepq::health::{start_worker_health, worker_states};
+use stepq_cli::demo;
+use stepq_cli::health::worker_states;
 use stepq_executor::storage::{WorkerHealth, WorkerState};
+use stepq_worker::health::HealthWriter;
+use stepq_worker::service::host_name;
 use tokio_util::sync::CancellationToken;
 
 /// The health interval of these tests: long enough that a loaded CI machine never starves a
@@ -74,19 +74,28 @@ async fn a_worker_shows_live_with_its_steps_then_lost_once_its_heartbeats_stop()
     let app = app_in(dir.path()).await;
     let started = Arc::new(tokio::sync::Semaphore::new(0));
     let location = announced_slow_location(started.clone());
-    let worker = app
-        .worker(
+    // The service without its own heartbeat: the test writes it, to stop it as a kill would.
+    let service = app
+        .worker_service(
             location.clone(),
             app.worker_config("w-health").with_concurrency(1),
+            false,
         )
         .unwrap();
-    let health = start_worker_health(&app, &worker, "w-health")
-        .await
-        .unwrap();
+    let health = HealthWriter::new(
+        app.heartbeats().clone(),
+        service.worker().activity().clone(),
+        "w-health",
+        host_name(),
+    )
+    .with_interval(app.config().health_interval())
+    .start()
+    .await
+    .unwrap();
     let stop = CancellationToken::new();
     let serving = {
-        let (app, stop) = (app.clone(), stop.clone());
-        tokio::spawn(async move { app.run_worker(worker, "w-health", stop).await })
+        let stop = stop.clone();
+        tokio::spawn(async move { service.run(stop).await })
     };
 
     // A run whose first step sleeps ten minutes on that worker.
@@ -179,18 +188,25 @@ async fn a_worker_shows_live_with_its_steps_then_lost_once_its_heartbeats_stop()
 async fn a_worker_that_stops_cleanly_removes_its_heartbeat() {
     let dir = tempfile::tempdir().unwrap();
     let app = app_in(dir.path()).await;
-    let location = Arc::new(examples::location());
-    let worker = app
-        .worker(location, app.worker_config("w-clean").with_concurrency(1))
+    let location = Arc::new(demo::location());
+    let service = app
+        .worker_service(
+            location,
+            app.worker_config("w-clean").with_concurrency(1),
+            true,
+        )
         .unwrap();
-    let health = start_worker_health(&app, &worker, "w-clean").await.unwrap();
-    let states = worker_states(&app).await.unwrap();
-    assert_eq!(states.len(), 1);
-    assert_eq!(states[0].health, WorkerHealth::Live);
     let stop = CancellationToken::new();
+    let serving = {
+        let stop = stop.clone();
+        tokio::spawn(async move { service.run(stop).await })
+    };
+    wait_for_workers(&app, "the service writes its heartbeat", |states| {
+        states.len() == 1 && states[0].health == WorkerHealth::Live
+    })
+    .await;
     stop.cancel();
-    app.run_worker(worker, "w-clean", stop).await.unwrap();
-    health.stop().await.unwrap();
+    serving.await.unwrap().unwrap();
     assert!(worker_states(&app).await.unwrap().is_empty());
     let (code, list, err) = stepq(dir.path(), &["worker", "list"]).await;
     assert_eq!(code, Some(0), "{list}\n{err}");
@@ -201,7 +217,7 @@ async fn a_worker_that_stops_cleanly_removes_its_heartbeat() {
 async fn a_bad_health_interval_is_a_config_error_naming_it() {
     let dir = tempfile::tempdir().unwrap();
     write_config(dir.path());
-    let out = tokio::process::Command::from(common::cli::stepq(dir.path()))
+    let out = tokio::process::Command::from(crate::common::cli::stepq(dir.path()))
         .args(["worker", "list"])
         .env("STEPQ_WORKER_HEALTH_INTERVAL_SECONDS", "0")
         .output()

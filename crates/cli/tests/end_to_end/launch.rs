@@ -3,8 +3,6 @@
 //! and the local-directory run store; and `stepq logs` reading that store from another
 //! process.
 
-mod common;
-
 use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::process::{Command, Stdio};
@@ -12,11 +10,11 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::app::{app_in, orphan_run};
-use common::cli::{run, stepq};
+use crate::common::app::{app_in, orphan_run};
+use crate::common::cli::{run, stepq};
 use stepq::app::{App, AppError, LocalWorkers, RunOptions};
-use stepq::examples;
 use stepq_broker::{TaskHandle, TaskWaitError};
+use stepq_cli::demo;
 use stepq_executor::launcher::{
     known_state_from_events, read_all_events, RunTaskOutcome, SubmittedRun, RUN_ALREADY_CLAIMED,
 };
@@ -35,7 +33,7 @@ fn gated_slow_location(
     release: Arc<tokio::sync::Semaphore>,
     calls: Arc<AtomicUsize>,
 ) -> Arc<CodeLocation> {
-    let mut ops = examples::ops();
+    let mut ops = demo::ops();
     let gated: Arc<dyn Op> = op_output("result", move |_ctx, _inputs| {
         let (started, release, calls) = (started.clone(), release.clone(), calls.clone());
         async move {
@@ -46,7 +44,7 @@ fn gated_slow_location(
         }
     });
     ops.insert("sleep".into(), gated);
-    Arc::new(examples::location_with(ops).unwrap())
+    Arc::new(demo::location_with(ops).unwrap())
 }
 
 struct Gated {
@@ -142,7 +140,7 @@ async fn launch_returns_at_once_and_a_worker_of_concurrency_one_runs_the_run() {
 async fn bad_launches_write_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let app = app_in(dir.path()).await;
-    let location = examples::location();
+    let location = demo::location();
     assert!(matches!(
         app.submit_run(&location, "nope", RunOptions::default())
             .await,
@@ -217,7 +215,7 @@ async fn a_redelivered_execute_job_does_not_start_a_second_orchestrator() {
 
 /// `first` (counts its calls) -> `fixable` (fails until `fixed`) -> `last`, adding one each.
 fn fixable_location(fixed: Arc<AtomicBool>, first_calls: Arc<AtomicUsize>) -> Arc<CodeLocation> {
-    let mut ops = examples::ops();
+    let mut ops = demo::ops();
     let first: Arc<dyn Op> = op_output("result", move |_ctx, _inputs| {
         let calls = first_calls.clone();
         async move {
@@ -252,7 +250,7 @@ fn fixable_location(fixed: Arc<AtomicBool>, first_calls: Arc<AtomicUsize>) -> Ar
         .build()
         .unwrap();
     Arc::new(
-        examples::builder_with(ops, examples::jobs().into_iter().chain([job]))
+        demo::builder_with(ops, demo::jobs().into_iter().chain([job]))
             .build()
             .unwrap(),
     )
@@ -342,7 +340,7 @@ async fn a_run_whose_orchestrator_died_is_taken_over_only_with_force() {
         }
         other => panic!("{other:?}"),
     }
-    let location = Arc::new(examples::location());
+    let location = Arc::new(demo::location());
     let local = app.start_local_workers(location, 1).unwrap();
     let resumed = app.submit_resume("orphan", true).await.unwrap();
     let done = outcome(&resumed).await;
@@ -369,7 +367,7 @@ async fn a_run_whose_orchestrator_died_is_taken_over_only_with_force() {
 async fn a_run_canceled_while_queued_is_not_started() {
     let dir = tempfile::tempdir().unwrap();
     let app = app_in(dir.path()).await;
-    let location = Arc::new(examples::location());
+    let location = Arc::new(demo::location());
     let submitted = app
         .submit_run(&location, "serial", with_id("dropped"))
         .await

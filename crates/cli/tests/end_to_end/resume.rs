@@ -2,17 +2,15 @@
 //! failed, was canceled or whose process died) and through [`App::resume_here`]; and the
 //! takeover of a STARTED run whose orchestrator's heartbeat is lost.
 
-mod common;
-
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::app::{app_in, orphan_run, FIXABLE_JOBS};
-use common::cli::{run, stderr, stdout, text};
+use crate::common::app::{app_in, orphan_run, FIXABLE_JOBS};
+use crate::common::cli::{run, stderr, stdout, text};
 use stepq::app::{App, AppError};
-use stepq::examples;
-use stepq::takeover::TakeoverRefused;
+use stepq_cli::demo;
+use stepq_executor::control::{ControlError, TakeoverRefused};
 use stepq_executor::launcher::{known_state_from_events, read_all_events};
 use stepq_executor::storage::{RunStatus as StoredStatus, WorkerHeartbeat};
 use stepq_executor::LaunchError;
@@ -157,7 +155,7 @@ async fn a_run_whose_stepq_run_process_is_gone_is_taken_over_without_force() {
     let mut ended = std::process::Command::new("true").spawn().unwrap();
     let pid = ended.id();
     ended.wait().unwrap();
-    let host = hostname::get().unwrap().to_string_lossy().into_owned();
+    let host = stepq_worker::service::host_name();
     let orchestrator = format!("stepq@{host}:{pid}");
     orphan_run(&app, &orchestrator).await;
     let out = run(dir.path(), &["resume", "orphan", "--workers", "1"]);
@@ -209,17 +207,17 @@ async fn a_live_or_missing_orchestrator_heartbeat_needs_force() {
 async fn resume_here_through_the_app() {
     let dir = tempfile::tempdir().unwrap();
     let app = orphan_in(dir.path(), None).await;
-    let location = Arc::new(examples::location());
+    let location = Arc::new(demo::location());
     let local = app.start_local_workers(location.clone(), 1).unwrap();
     let executor = app.executor(Some(local.cancel_hook())).unwrap();
 
     match app.resume_here(&executor, &location, "orphan", false).await {
-        Err(AppError::TakeoverRefused {
+        Err(AppError::Control(ControlError::TakeoverRefused {
             status,
             orchestrator,
             reason,
             ..
-        }) => {
+        })) => {
             assert_eq!(status, StoredStatus::Started);
             assert_eq!(orchestrator.as_deref(), Some("dead-worker"));
             assert_eq!(reason, TakeoverRefused::NoHeartbeat);
@@ -229,10 +227,10 @@ async fn resume_here_through_the_app() {
     heartbeat(&app, "dead-worker", Duration::ZERO).await;
     assert!(matches!(
         app.check_takeover("orphan", false).await,
-        Err(AppError::TakeoverRefused {
+        Err(AppError::Control(ControlError::TakeoverRefused {
             reason: TakeoverRefused::Live(_),
             ..
-        })
+        }))
     ));
     assert!(app.check_takeover("orphan", true).await.unwrap().is_none());
 

@@ -5,17 +5,15 @@
 //! Ignored by plain `cargo test`; `cargo xtask localstack-test` runs them with
 //! STEPQ_TEST_AWS_ENDPOINT, STEPQ_TEST_S3_BUCKET and AWS credentials set.
 
-mod common;
-
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader};
 use std::process::Stdio;
 use std::sync::mpsc;
 use std::time::Duration;
 
-use common::app::FIXABLE_JOBS;
-use common::cli::{run_configured, stepq_configured, text};
-use common::localstack::*;
+use crate::common::app::FIXABLE_JOBS;
+use crate::common::cli::{run_configured, stepq_configured, text};
+use crate::common::localstack::*;
 
 /// `(step, attempt)` of every `... queued, attempt N` line of `stepq logs`.
 fn queued_attempts(log: &str) -> Vec<(String, u32)> {

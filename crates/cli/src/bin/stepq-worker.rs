@@ -10,5 +10,5 @@ fn main() -> std::process::ExitCode {
             .map(std::ffi::OsString::from)
             .chain(std::env::args_os().skip(1)),
     );
-    stepq::cli::main_from(stepq::examples::location(), args)
+    stepq_cli::main_from(stepq_cli::demo::location(), args)
 }

@@ -7,15 +7,13 @@
 //! STEPQ_TEST_AWS_ENDPOINT, STEPQ_TEST_S3_BUCKET and AWS credentials set. The test uses its
 //! own freshly created queue and S3 prefix.
 
-mod common;
-
 use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::cli::{run_configured, stdout, stepq_configured, text};
-use common::localstack::{config_dir_with, localstack, TestQueue, VISIBILITY_SECONDS};
+use crate::common::cli::{run_configured, stdout, stepq_configured, text};
+use crate::common::localstack::{config_dir_with, localstack, TestQueue, VISIBILITY_SECONDS};
 
 /// The workers' health interval in this test.
 const INTERVAL: Duration = Duration::from_secs(1);

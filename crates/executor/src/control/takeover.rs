@@ -1,16 +1,14 @@
-//! Taking a run over from an orchestrator that died: a STARTING or STARTED run is resumed
-//! without `--force` when its orchestrator's worker heartbeat says that orchestrator is
-//! lost ([`App::check_takeover`]).
+//! Taking a run over from an orchestrator that died.
 //!
 //! A run's orchestrator is the name on its record: a worker orchestrating a launched run uses
 //! its worker name, which is also its heartbeat's worker id. A `stepq run` process
-//! (`stepq@HOST:PID`, [`orchestrator_name`](crate::app::orchestrator_name)) writes no
-//! heartbeat; when HOST is this machine and no process PID runs here any more (the laptop
-//! case: a `stepq run` killed or its terminal closed), it is gone and the run is taken over.
-//! Otherwise a missing heartbeat proves nothing: such a run is only taken over with `force`.
+//! (`stepq@HOST:PID`, [`orchestrator_name`]) writes no heartbeat; when HOST is this machine
+//! and no process PID runs here any more (the laptop case: a `stepq run` killed or its
+//! terminal closed), it is gone and the run is taken over. Otherwise a missing heartbeat proves
+//! nothing: such a run is only taken over with `force`.
 //!
 //! ```
-//! use stepq::takeover::{LostOrchestrator, TakeoverRefused};
+//! use stepq_executor::control::{LostOrchestrator, TakeoverRefused};
 //!
 //! let lost = LostOrchestrator { orchestrator: "w1".into(), last_heartbeat_us: 0, gone_pid: None };
 //! assert!(lost.to_string().contains("orchestrator w1 is lost"));
@@ -18,10 +16,37 @@
 //! assert!(refused.explain("r1", Some("stepq@h:1")).contains("--force"));
 //! ```
 
-use stepq_executor::storage::{RunRecord, RunStatus as StoredStatus, WorkerHealth};
+use std::sync::Arc;
 
-use crate::app::{App, AppError};
-use crate::report::format_timestamp;
+use stepq_plan::events::format_timestamp;
+
+/// Tells whether a process of this machine, by pid, still runs.
+pub type ProcessProbe = Arc<dyn Fn(u32) -> bool + Send + Sync>;
+
+/// The default [`ProcessProbe`]: on Linux, whether `/proc/PID` exists; elsewhere every
+/// process is assumed to run (so nothing is taken over without `force`). The `stepq` command
+/// line installs a `kill(pid, 0)` probe on every Unix.
+pub const DEFAULT_PROCESS_PROBE: fn(u32) -> bool = proc_entry_exists;
+
+fn proc_entry_exists(pid: u32) -> bool {
+    if cfg!(target_os = "linux") {
+        std::path::Path::new(&format!("/proc/{pid}")).exists()
+    } else {
+        true
+    }
+}
+
+/// This machine's host name (`unknown-host` when it cannot be read).
+pub fn host_name() -> String {
+    hostname::get()
+        .map(|h| h.to_string_lossy().into_owned())
+        .unwrap_or_else(|_| "unknown-host".into())
+}
+
+/// `stepq@<host>:<pid>`: who orchestrates runs started by this process.
+pub fn orchestrator_name() -> String {
+    format!("stepq@{}:{}", host_name(), std::process::id())
+}
 
 /// The orchestrator of a STARTING / STARTED run whose heartbeat is lost (or, for a `stepq run`
 /// process on this machine, whose process is gone): the run may be taken over without
@@ -62,31 +87,14 @@ impl std::fmt::Display for LostOrchestrator {
 }
 
 /// The pid of `orchestrator` if it names a `stepq run` process of this machine
-/// (`stepq@HOST:PID` with this host name) that no longer runs.
-fn gone_local_process(orchestrator: &str) -> Option<u32> {
+/// (`stepq@HOST:PID` with this host name) that no longer runs, by `process_runs`.
+pub(crate) fn gone_local_process(
+    orchestrator: &str,
+    process_runs: &(dyn Fn(u32) -> bool + Send + Sync),
+) -> Option<u32> {
     let (host, pid) = orchestrator.strip_prefix("stepq@")?.rsplit_once(':')?;
     let pid: u32 = pid.parse().ok()?;
-    let this_host = hostname::get().ok()?.to_string_lossy().into_owned();
-    (host == this_host && pid != std::process::id() && !process_runs(pid)).then_some(pid)
-}
-
-/// Whether a process `pid` runs on this machine (Unix: `kill(pid, 0)` does not say ESRCH;
-/// elsewhere: assumed to run, so nothing is taken over without `force`).
-fn process_runs(pid: u32) -> bool {
-    #[cfg(unix)]
-    {
-        let Ok(pid) = libc::pid_t::try_from(pid) else {
-            return true;
-        };
-        // SAFETY: signal 0 only checks that the process exists; nothing is sent.
-        let r = unsafe { libc::kill(pid, 0) };
-        r == 0 || std::io::Error::last_os_error().raw_os_error() != Some(libc::ESRCH)
-    }
-    #[cfg(not(unix))]
-    {
-        let _ = pid;
-        true
-    }
+    (host == host_name() && pid != std::process::id() && !process_runs(pid)).then_some(pid)
 }
 
 /// Why a STARTING / STARTED run is not taken over without `force`.
@@ -111,85 +119,6 @@ impl TakeoverRefused {
                 "its orchestrator {who} has no worker heartbeat (a `stepq run` process writes none; only one of this machine is checked for being gone), so nothing shows it died; if it is gone, `stepq resume {run_id} --force` takes the run over"
             ),
         }
-    }
-}
-
-impl App {
-    /// Whether a resume of run `run_id` takes it over from a lost orchestrator. `Ok(None)`
-    /// when no takeover is needed (the run is not STARTING / STARTED, or `force` was given:
-    /// the resume rules decide); `Ok(Some(lost))` when its orchestrator's heartbeat is LOST
-    /// (resume it with `force`); [`AppError::TakeoverRefused`] when the heartbeat is live or
-    /// missing (a missing heartbeat proves nothing).
-    ///
-    /// Errors also: [`stepq_executor::storage::StorageError::RunNotFound`], and a failing run
-    /// or heartbeat store.
-    pub async fn check_takeover(
-        &self,
-        run_id: &str,
-        force: bool,
-    ) -> Result<Option<LostOrchestrator>, AppError> {
-        let record = self.runs().get_run(run_id).await?;
-        self.check_takeover_of(&record, force).await
-    }
-
-    /// [`App::check_takeover`] on a record already read.
-    pub(crate) async fn check_takeover_of(
-        &self,
-        record: &RunRecord,
-        force: bool,
-    ) -> Result<Option<LostOrchestrator>, AppError> {
-        if force
-            || !matches!(
-                record.status,
-                StoredStatus::Starting | StoredStatus::Started
-            )
-        {
-            return Ok(None);
-        }
-        let refused = |reason| AppError::TakeoverRefused {
-            run_id: record.run_id.clone(),
-            status: record.status,
-            orchestrator: record.orchestrator.clone(),
-            reason,
-        };
-        let Some(orchestrator) = record.orchestrator.as_deref() else {
-            return Err(refused(TakeoverRefused::NoHeartbeat));
-        };
-        match self.orchestrator_state(orchestrator).await? {
-            Ok(lost) => Ok(Some(lost)),
-            Err(reason) => Err(refused(reason)),
-        }
-    }
-
-    /// Whether `orchestrator` (a run record's orchestrator) is shown dead: `Ok(lost)` when
-    /// its worker heartbeat is LOST or it is a `stepq run` process of this machine that no
-    /// longer runs; otherwise why nothing shows it (a live heartbeat, or none).
-    pub async fn orchestrator_state(
-        &self,
-        orchestrator: &str,
-    ) -> Result<Result<LostOrchestrator, TakeoverRefused>, AppError> {
-        let workers = crate::health::worker_states(self).await?;
-        Ok(
-            match workers
-                .iter()
-                .find(|w| w.heartbeat.worker_id == orchestrator)
-            {
-                Some(w) if w.health == WorkerHealth::Lost => Ok(LostOrchestrator {
-                    orchestrator: orchestrator.to_string(),
-                    last_heartbeat_us: w.heartbeat.last_seen,
-                    gone_pid: None,
-                }),
-                Some(w) => Err(TakeoverRefused::Live(w.heartbeat.last_seen)),
-                None => match gone_local_process(orchestrator) {
-                    Some(pid) => Ok(LostOrchestrator {
-                        orchestrator: orchestrator.to_string(),
-                        last_heartbeat_us: 0,
-                        gone_pid: Some(pid),
-                    }),
-                    None => Err(TakeoverRefused::NoHeartbeat),
-                },
-            },
-        )
     }
 }
 
@@ -221,26 +150,35 @@ mod tests {
     #[cfg(unix)]
     #[test]
     fn a_stepq_run_process_of_this_machine_that_is_gone_is_found() {
-        let host = hostname::get().unwrap().to_string_lossy().into_owned();
+        let host = host_name();
         // A child that has ended and been reaped: its pid runs no process (for a moment; pids
         // are reused only after wrapping around).
         let mut child = std::process::Command::new("true").spawn().unwrap();
         let pid = child.id();
         child.wait().unwrap();
         assert_eq!(
-            gone_local_process(&format!("stepq@{host}:{pid}")),
+            gone_local_process(&format!("stepq@{host}:{pid}"), &DEFAULT_PROCESS_PROBE),
             Some(pid)
         );
         // This process runs; another host's process cannot be checked; other names are not
         // `stepq run` processes.
         let me = std::process::id();
-        assert_eq!(gone_local_process(&format!("stepq@{host}:{me}")), None);
         assert_eq!(
-            gone_local_process(&format!("stepq@elsewhere-{host}:{pid}")),
+            gone_local_process(&format!("stepq@{host}:{me}"), &DEFAULT_PROCESS_PROBE),
             None
         );
-        assert_eq!(gone_local_process("worker-1"), None);
-        assert_eq!(gone_local_process(&format!("stepq@{host}:not-a-pid")), None);
+        assert_eq!(
+            gone_local_process(
+                &format!("stepq@elsewhere-{host}:{pid}"),
+                &DEFAULT_PROCESS_PROBE
+            ),
+            None
+        );
+        assert_eq!(gone_local_process("worker-1", &DEFAULT_PROCESS_PROBE), None);
+        assert_eq!(
+            gone_local_process(&format!("stepq@{host}:not-a-pid"), &DEFAULT_PROCESS_PROBE),
+            None
+        );
         let gone = LostOrchestrator {
             orchestrator: format!("stepq@{host}:{pid}"),
             last_heartbeat_us: 0,

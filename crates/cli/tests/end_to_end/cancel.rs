@@ -1,15 +1,14 @@
 //! Cancelling runs through the app: the cancellation extension wired by `make_app`, and
 //! `App::request_cancel` (what `stepq cancel` does) reaching the run's orchestrator.
 
-mod common;
-
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::app::{announced_slow_location, launch_slow};
+use crate::common::app::{announced_slow_location, launch_slow};
 use stepq::app::{make_app, App, AppError, FinishedRun, LaunchedRun, LocalWorkers};
 use stepq::config::StepqConfig;
+use stepq_executor::control::ControlError;
 use stepq_executor::storage::{RunStatus as StoredStatus, StorageError};
 use stepq_executor::{RunStatus, StepRunState};
 
@@ -101,7 +100,7 @@ async fn a_cancel_request_reaches_the_orchestrator_and_the_run_ends_canceled() {
 
     // Now it has ended: nothing to cancel.
     match other.request_cancel("asked").await {
-        Err(AppError::RunEnded { run_id, status }) => {
+        Err(AppError::Control(ControlError::RunEnded { run_id, status })) => {
             assert_eq!(run_id, "asked");
             assert_eq!(status, StoredStatus::Canceled);
         }

@@ -4,7 +4,7 @@
 //!
 //! ```no_run
 //! fn main() -> std::process::ExitCode {
-//!     stepq::cli::main(stepq::examples::location())
+//!     stepq_cli::main(stepq_cli::demo::location())
 //! }
 //! ```
 //!
@@ -61,17 +61,18 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
-use stepq_executor::storage::{EventCursor, RunRecord};
 use stepq_plan::{ExecutionPlan, KnownState};
+use stepq_runs::{EventCursor, RunRecord, StorageError};
 use stepq_worker::CodeLocation;
 use tokio_util::sync::CancellationToken;
 
-use crate::app::{find_job, make_app, App, AppError, RunOptions};
-use crate::config::{Mode, StepqConfig};
-use crate::health::host_name;
+use stepq::app::{find_job, make_app, App, AppError, RunOptions};
+use stepq::config::{Mode, StepqConfig};
+use stepq_worker::service::host_name;
+use stepq_worker::shell::{ShellJobs, TomlJobsError};
+
 pub use crate::report::format_timestamp;
 use crate::report::{human_duration, render_table, rows_from_events};
-use crate::toml_jobs::{ShellJobs, TomlJobsError};
 
 /// Exit code of a run that failed (and of runtime errors).
 pub const EXIT_FAILURE: u8 = 1;
@@ -286,9 +287,7 @@ impl From<AppError> for Failure {
             | AppError::Executor(_)
             | AppError::NotDistributed { .. } => Failure::usage(e),
             AppError::Launch(stepq_executor::LaunchError::UnknownJob { .. }) => Failure::usage(e),
-            AppError::Storage(stepq_executor::storage::StorageError::RunNotFound { .. }) => {
-                Failure::usage(e)
-            }
+            AppError::Storage(StorageError::RunNotFound { .. }) => Failure::usage(e),
             other => Failure::runtime(other),
         }
     }
@@ -305,21 +304,12 @@ impl From<TomlJobsError> for Failure {
 /// On Unix, a closed stdout (`stepq logs RUN | head`) ends the process quietly, as it does for
 /// other command-line tools, instead of a "failed printing to stdout" panic.
 pub fn main(location: CodeLocation) -> ExitCode {
-    restore_default_sigpipe();
+    crate::process::restore_default_sigpipe();
     main_from(location, std::env::args_os())
 }
 
 /// Rust ignores SIGPIPE, so writing to a closed pipe is an error, which `println!` turns into
 /// a panic; a command-line tool should just end instead.
-fn restore_default_sigpipe() {
-    #[cfg(unix)]
-    // SAFETY: called at the start of `main`, before any other thread exists; SIG_DFL is a
-    // valid disposition for SIGPIPE.
-    unsafe {
-        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
-    }
-}
-
 /// Like [`main`], with the given arguments (the first is the program name).
 pub fn main_from<I, T>(location: CodeLocation, args: I) -> ExitCode
 where
@@ -390,41 +380,25 @@ async fn dispatch(cli: Cli, base: CodeLocation) -> Result<u8, Failure> {
             print_jobs(&base, &files);
             Ok(0)
         }
-        Command::Run(args) => {
-            let app = make_app(&config).await.map_err(Failure::usage)?;
-            run_job(&app, location, args).await
-        }
-        Command::Status { run_id } => {
-            let app = make_app(&config).await.map_err(Failure::usage)?;
-            show_status(&app, &run_id).await
-        }
-        Command::Runs { limit } => {
-            let app = make_app(&config).await.map_err(Failure::usage)?;
-            list_runs(&app, limit).await
-        }
-        Command::Cancel(args) => {
-            let app = make_app(&config).await.map_err(Failure::usage)?;
-            cancel_run(&app, args).await
-        }
-        Command::Launch(args) => {
-            let app = make_app(&config).await.map_err(Failure::usage)?;
-            launch_run(&app, &location, args).await
-        }
-        Command::Resume(args) => {
-            let app = make_app(&config).await.map_err(Failure::usage)?;
-            resume_run(&app, location, args).await
-        }
-        Command::Logs(args) => {
-            let app = make_app(&config).await.map_err(Failure::usage)?;
-            show_logs(&app, args).await
-        }
-        Command::Worker(WorkerCommand::Start(args)) => {
-            let app = make_app(&config).await.map_err(Failure::usage)?;
-            start_worker(&app, location, args).await
-        }
-        Command::Worker(WorkerCommand::List) => {
-            let app = make_app(&config).await.map_err(Failure::usage)?;
-            list_workers(&app).await
+        command => {
+            let app = make_app(&config)
+                .await
+                .map_err(Failure::usage)?
+                .with_process_probe(Arc::new(crate::process::process_runs));
+            match command {
+                Command::Jobs => unreachable!("handled above"),
+                Command::Run(args) => run_job(&app, location, args).await,
+                Command::Status { run_id } => show_status(&app, &run_id).await,
+                Command::Runs { limit } => list_runs(&app, limit).await,
+                Command::Cancel(args) => cancel_run(&app, args).await,
+                Command::Launch(args) => launch_run(&app, &location, args).await,
+                Command::Resume(args) => resume_run(&app, location, args).await,
+                Command::Logs(args) => show_logs(&app, args).await,
+                Command::Worker(WorkerCommand::Start(args)) => {
+                    start_worker(&app, location, args).await
+                }
+                Command::Worker(WorkerCommand::List) => list_workers(&app).await,
+            }
         }
     }
 }
@@ -768,7 +742,12 @@ async fn cancel_run(app: &App, args: CancelArgs) -> Result<u8, Failure> {
     }
     // Nobody would act on CANCELING for an orchestrator shown dead: end the run here.
     if let Some(orchestrator) = record.orchestrator.as_deref() {
-        if let Ok(lost) = app.orchestrator_state(orchestrator).await? {
+        if let Ok(lost) = app
+            .control()
+            .orchestrator_state(orchestrator)
+            .await
+            .map_err(AppError::from)?
+        {
             eprintln!("{}: ending the run without it", lost.evidence());
             let ended = app.force_cancel(run_id).await?;
             println!("run {run_id} {}", ended.status);
@@ -812,29 +791,6 @@ async fn cancel_run(app: &App, args: CancelArgs) -> Result<u8, Failure> {
     }
 }
 
-/// Resolves when SIGTERM or Ctrl-C arrives.
-async fn shutdown_signal() {
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{signal, SignalKind};
-        match signal(SignalKind::terminate()) {
-            Ok(mut term) => {
-                tokio::select! {
-                    _ = term.recv() => {}
-                    _ = tokio::signal::ctrl_c() => {}
-                }
-            }
-            Err(_) => {
-                let _ = tokio::signal::ctrl_c().await;
-            }
-        }
-    }
-    #[cfg(not(unix))]
-    {
-        let _ = tokio::signal::ctrl_c().await;
-    }
-}
-
 async fn start_worker(
     app: &App,
     location: Arc<CodeLocation>,
@@ -853,29 +809,12 @@ async fn start_worker(
     if let Some(n) = args.concurrency {
         config = config.with_concurrency(n);
     }
-    app.startup().await?;
-    let worker = app.worker(location, config).map_err(Failure::usage)?;
-    let stop = CancellationToken::new();
-    // Health heartbeats until the worker has stopped (its grace period included).
-    let health = crate::health::start_worker_health(app, &worker, &name)
-        .await
-        .map_err(Failure::runtime)?;
-    let signal_stop = stop.clone();
-    tokio::spawn(async move {
-        shutdown_signal().await;
-        tracing::info!("stopping: finishing in-flight steps within the grace period");
-        signal_stop.cancel();
-    });
-    let outcome = app.run_worker(worker, &name, stop.clone()).await;
-    stop.cancel();
-    if let Err(e) = health.stop().await {
-        tracing::warn!(error = %e, "cannot remove the worker heartbeat");
-    }
-    // Also ends the cancel subscription (deleting the worker's SQS inbox).
-    if let Err(e) = app.shutdown().await {
-        tracing::warn!(error = %e, "cannot shut the broker down cleanly");
-    }
-    match outcome {
+    let service = app
+        .worker_service(location, config, true)
+        .map_err(Failure::usage)?;
+    // Health heartbeats until the worker has stopped (its grace period included); the queue's
+    // shutdown also ends the cancel subscription (deleting the worker's SQS inbox).
+    match stepq_worker::service::serve(service).await {
         Ok(_) => Ok(0),
         Err(e) => Err(Failure::runtime(e)),
     }

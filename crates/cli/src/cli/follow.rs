@@ -12,10 +12,10 @@ use super::{
     finished_elapsed, spawn_interrupt_handler, Failure, ResumeArgs, EXIT_FAILURE, EXIT_INTERRUPTED,
     SUMMARY_MAX_ROWS,
 };
-use crate::app::{App, LaunchedRun, LocalWorkers};
-use crate::config::{default_parallelism, Mode};
 use crate::progress::Progress;
 use crate::report::{final_steps, human_duration, output_lines, render_table, rows_from_result};
+use stepq::app::{App, LaunchedRun, LocalWorkers};
+use stepq::config::{default_parallelism, Mode};
 
 /// How many in-process workers `--workers` asks for (default: the number of cores on the
 /// embedded default, 0 with a distributed config); 0 on the embedded default is a usage

@@ -6,6 +6,7 @@ use std::fmt::Write as _;
 use std::time::Duration;
 
 use stepq_executor::{RunResult, StepRunState};
+pub use stepq_plan::events::format_timestamp;
 use stepq_plan::{Event, EventKind, Job, StepOutputHandle};
 use stepq_results::{OutputKey, OutputStore};
 
@@ -190,29 +191,6 @@ fn cut(text: &str, max: usize) -> String {
     } else {
         text.to_string()
     }
-}
-
-/// `YYYY-MM-DD HH:MM:SS UTC` of microseconds since the Unix epoch.
-pub fn format_timestamp(us: u64) -> String {
-    let secs = us / 1_000_000;
-    let days = (secs / 86_400) as i64;
-    let rem = secs % 86_400;
-    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1_460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    format!(
-        "{year:04}-{month:02}-{day:02} {:02}:{:02}:{:02} UTC",
-        rem / 3600,
-        (rem % 3600) / 60,
-        rem % 60
-    )
 }
 
 /// A duration for people: `850µs`, `12.3ms`, `4.56s`, `3m05s`.

@@ -1,13 +1,11 @@
 //! The `stepq` binary, run as a user would: each test in its own working directory, so its
 //! `.stepq/` state is its own.
 
-mod common;
-
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
-use common::cli::{run, stderr, stdout, stepq, ENV_OVERRIDES};
+use crate::common::cli::{run, stderr, stdout, stepq, ENV_OVERRIDES};
 
 fn jobs_file() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/jobs.toml")

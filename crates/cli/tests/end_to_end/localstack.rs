@@ -6,13 +6,11 @@
 //! STEPQ_TEST_AWS_ENDPOINT, STEPQ_TEST_S3_BUCKET and AWS credentials set. Each test uses its own
 //! freshly created queue and its own S3 prefix, so tests never steal each other's messages.
 
-mod common;
-
 use std::process::Stdio;
 use std::time::Duration;
 
-use common::cli::{row, run_configured, stepq_configured, text};
-use common::localstack::*;
+use crate::common::cli::{row, run_configured, stepq_configured, text};
+use crate::common::localstack::*;
 
 /// Runs `diamond` with two worker processes and checks its outputs, the run record in S3 as
 /// another process sees it, and that both workers stop cleanly.

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 use stepq::app::{make_app, App, LaunchedRun, RunOptions};
 use stepq::config::StepqConfig;
-use stepq::examples;
+use stepq_cli::demo;
 
 use stepq_executor::storage::{RunRecord, RunStatus as StoredStatus, StatusChange};
 use stepq_executor::Executor;
@@ -26,7 +26,7 @@ pub async fn app_in(dir: &Path) -> App {
 
 /// The `slow` job's location, its `sleep` op announcing each start on `started`.
 pub fn announced_slow_location(started: Arc<tokio::sync::Semaphore>) -> Arc<CodeLocation> {
-    let mut ops = examples::ops();
+    let mut ops = demo::ops();
     let sleep = ops.remove("sleep").unwrap();
     let announced: Arc<dyn Op> = op_fn(move |ctx, inputs| {
         let (started, sleep) = (started.clone(), sleep.clone());
@@ -36,7 +36,7 @@ pub fn announced_slow_location(started: Arc<tokio::sync::Semaphore>) -> Arc<Code
         }
     });
     ops.insert("sleep".into(), announced);
-    Arc::new(examples::location_with(ops).unwrap())
+    Arc::new(demo::location_with(ops).unwrap())
 }
 
 /// Launches the `slow` job of `location`, its steps sleeping ten minutes, as run `run_id` (a

@@ -1,0 +1,21 @@
+//! # stepq-cli
+//!
+//! The `stepq` command line, as a library so that a binary built on its own code location
+//! gets the whole CLI with [`main`], and as the stock `stepq` binary (the [demo jobs](demo)
+//! plus jobs from `--jobs-file` TOML files) and `stepq-worker` (the same as `stepq worker
+//! start`, for service managers and containers).
+//!
+//! Besides the commands ([`cli`]), it owns what only people read: live [`progress`], run
+//! summaries and tables ([`report`]), and worker-health tables ([`health`]). It is the only
+//! crate of the workspace with `unsafe` code ([`process`]).
+
+#![warn(missing_docs)]
+
+pub mod cli;
+pub mod demo;
+pub mod health;
+pub mod process;
+pub mod progress;
+pub mod report;
+
+pub use cli::{main, main_from, run, Cli};

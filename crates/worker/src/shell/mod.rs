@@ -1,0 +1,67 @@
+//! Shell commands as ops ([`ShellOp`]), and jobs of them declared in a TOML file
+//! ([`ShellJobs`]).
+//!
+//! A worker only runs jobs from the files it was started with: a queue message names a job and
+//! a step, never a command.
+//!
+//! ```toml
+//! [jobs.word_count]
+//! description = "count the distinct words of a sentence"
+//!
+//! [[jobs.word_count.steps]]
+//! key = "words"
+//! argv = ["printf", "b\\na\\nb\\n"]
+//!
+//! [[jobs.word_count.steps]]
+//! key = "unique"
+//! argv = ["sort", "-u"]
+//! inputs = { text = "words.stdout" }
+//! stdin = "text"
+//!
+//! [[jobs.word_count.steps]]
+//! key = "count"
+//! argv = ["wc", "-l"]
+//! inputs = { lines = "unique.stdout" }
+//! stdin = "lines"
+//! env = { LC_ALL = "C" }
+//! timeout_seconds = 10
+//! tags = { kind = "coreutils" }
+//! retry = { max_attempts = 3, delay_seconds = 0.5 }
+//! ```
+//!
+//! Per step:
+//! - `key` (required): the step key, unique in the job.
+//! - `argv` (required): the program and its arguments. It is run directly, never through a
+//!   shell; write `argv = ["sh", "-c", "..."]` to use one.
+//! - `env`: extra environment variables. The command inherits the worker's environment, plus
+//!   `STEPQ_RUN_ID`, `STEPQ_JOB_NAME`, `STEPQ_STEP_KEY` and `STEPQ_ATTEMPT`.
+//! - `working_dir`: where the command runs; a relative path is relative to the directory of
+//!   the jobs file. Default: the worker's current directory.
+//! - `timeout_seconds`: the command is killed after this long and the step fails (`timeout`).
+//! - `inputs`: `{ name = "upstream_step.output" }`. Each input is passed as the environment
+//!   variable `STEPQ_INPUT_<NAME>` (name upper-cased), except the one named by `stdin`, which
+//!   is written to the command's standard input instead (so large texts go through a pipe).
+//!   A text value is passed as is; any other value as JSON. Without `stdin`, standard input is
+//!   empty.
+//! - `success_exit_codes`: exit codes that count as success (default `[0]`).
+//! - `tags`, `retry` (`max_attempts`, `delay_seconds`, `multiplier`, `max_delay_seconds`,
+//!   `jitter`).
+//!
+//! Every step has two outputs: `stdout` (the standard output, as text, unchanged) and
+//! `exit_code` (an integer). A failing command (other exit code, killed by a signal, timed out,
+//! not startable) fails the step with the tail of its standard error in the error.
+
+mod jobs;
+mod op;
+
+pub use jobs::{copy_location, shell_op_name, ShellJob, ShellJobs, TomlJobsError};
+pub use op::ShellOp;
+
+/// Output holding a command's standard output.
+pub const STDOUT_OUTPUT: &str = "stdout";
+/// Output holding a command's exit code.
+pub const EXIT_CODE_OUTPUT: &str = "exit_code";
+/// Prefix of the environment variables carrying inputs.
+pub const INPUT_ENV_PREFIX: &str = "STEPQ_INPUT_";
+/// How much of standard error a failure carries (the end of it).
+pub(crate) const STDERR_TAIL_BYTES: usize = 2048;
