@@ -32,9 +32,11 @@
 
 pub mod error;
 pub mod s3;
+pub mod settings;
 pub mod sqs;
 
 pub use error::{aws_error_info, classify_aws_failure, AwsErrorInfo, AwsFailureKind};
 pub use s3::{S3CancelStore, S3HeartbeatStore, S3OutputStore, S3ResultBackend, S3RunStore};
+pub use settings::{InvalidSetting, S3Settings, SqsSettings};
 pub use sqs::cancel_channel::{cancellable_sqs_broker, SqsFanoutChannel, SqsFanoutOptions};
 pub use sqs::{SqsBroker, SqsConfig};

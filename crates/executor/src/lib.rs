@@ -86,7 +86,7 @@ mod retry;
 mod run_loop;
 
 pub use cancel_hook::{CancelHook, NoopCancelHook};
-pub use config::{BackendRetry, ExecutorConfig, TagLimit};
+pub use config::{BackendRetry, ExecutorConfig, ExecutorSettings, TagLimit};
 pub use error::{CancelHookError, ExecutorError, OutputError};
 pub use executor::{check_run_id, Executor, RunRequest};
 pub use handle::{EventStream, RunHandle};

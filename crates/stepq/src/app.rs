@@ -49,7 +49,7 @@ use stepq_executor::storage::{
 };
 use stepq_executor::{
     protocol, CancelHook, Executor, ExecutorConfig, ExecutorError, LaunchError, RunRequest,
-    RunResult, TagLimit,
+    RunResult,
 };
 use stepq_plan::{Event, Job};
 use stepq_results::{LocalDirOutputStore, LocalDirResultBackend, OutputStore, ResultBackend};
@@ -323,21 +323,8 @@ impl App {
 
     /// The executor settings of `[executor]`.
     pub fn executor_config(&self) -> ExecutorConfig {
-        let ex = &self.config.executor;
-        ExecutorConfig {
-            max_in_flight: ex.max_in_flight,
-            tag_limits: ex
-                .tag_concurrency_limits
-                .iter()
-                .map(|t| TagLimit::new(t.key.clone(), t.value.clone(), t.limit))
-                .collect(),
-            retry_mode: ex.retry_mode.into(),
-            step_timeout: self.config.step_timeout(),
-            fail_fast: ex.fail_fast,
-            cancel_grace: std::time::Duration::from_secs_f64(ex.cancel_grace_seconds),
-            fuse_chains: ex.fuse_chains,
-            ..ExecutorConfig::default()
-        }
+        // `make_app` validated the config, and an app's config does not change.
+        self.config.executor_config().unwrap_or_default()
     }
 
     /// The canceller of the app's [`CancellableBroker`]; `None` when
@@ -808,6 +795,7 @@ mod tests {
     use super::*;
     use crate::config::{RetryModeSetting, TagLimitSetting};
     use std::time::Duration;
+    use stepq_executor::TagLimit;
 
     fn distributed() -> StepqConfig {
         let mut config = StepqConfig::default();

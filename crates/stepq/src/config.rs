@@ -38,8 +38,14 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use serde::Deserialize;
-use stepq_aws::sqs::{SqsConfig, SqsConfigSource};
+use serde::{Deserialize, Serialize};
+use stepq_aws::settings::{known_config_source_keys, InvalidSetting};
+use stepq_aws::sqs::SqsConfig;
+use stepq_aws::{S3Settings, SqsSettings};
+pub use stepq_executor::config::{RetryModeSetting, TagLimitSetting};
+use stepq_executor::{ExecutorConfig, ExecutorError, ExecutorSettings};
+pub use stepq_worker::service::{default_parallelism, WorkerSettings};
+use stepq_worker::WorkerError;
 
 /// Environment variable overriding `sqs.queue_url`.
 pub const ENV_SQS_QUEUE_URL: &str = "STEPQ_SQS_QUEUE_URL";
@@ -102,7 +108,7 @@ impl ConfigError {
 }
 
 /// The whole configuration.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct StepqConfig {
     /// Force the embedded default (in-memory broker, local backends) even with a queue URL.
@@ -114,14 +120,14 @@ pub struct StepqConfig {
     pub enable_cancellation: bool,
     /// Directory of local state (runs, outputs, results) for the embedded default.
     pub state_dir: PathBuf,
-    /// The SQS broker.
-    pub sqs: SqsSection,
-    /// The S3 result backend, output store and run store.
-    pub s3: S3Section,
-    /// The orchestration loop.
-    pub executor: ExecutorSection,
-    /// Workers.
-    pub worker: WorkerSection,
+    /// The SQS broker (`stepq-aws`).
+    pub sqs: SqsSettings,
+    /// The S3 result backend, output, run, heartbeat and cancel-marker stores (`stepq-aws`).
+    pub s3: S3Settings,
+    /// The orchestration loop (`stepq-executor`).
+    pub executor: ExecutorSettings,
+    /// Worker services (`stepq-worker`).
+    pub worker: WorkerSettings,
 }
 
 impl Default for StepqConfig {
@@ -130,157 +136,10 @@ impl Default for StepqConfig {
             task_always_eager: false,
             enable_cancellation: true,
             state_dir: PathBuf::from(".stepq"),
-            sqs: SqsSection::default(),
-            s3: S3Section::default(),
-            executor: ExecutorSection::default(),
-            worker: WorkerSection::default(),
-        }
-    }
-}
-
-/// `[sqs]`: where tasks are sent when running distributed. The same fields as the broker's
-/// [`SqsConfig`], except that `queue_url` may be unset (the embedded default).
-#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct SqsSection {
-    /// Queue URL; a URL ending `.fifo` is a FIFO queue. Unset means the embedded default.
-    pub queue_url: Option<String>,
-    /// AWS region; unset uses the AWS config chain.
-    pub region_name: Option<String>,
-    /// Endpoint override for SQS (e.g. LocalStack).
-    pub endpoint_url: Option<String>,
-    /// Broker options (long polling, batch size, FIFO fairness, visibility, extended payloads).
-    pub config_source: SqsConfigSource,
-}
-
-/// `[s3]`: where results, outputs and run records are stored when running distributed.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct S3Section {
-    /// Bucket name; required when running distributed.
-    pub bucket: Option<String>,
-    /// Key prefix of everything stepq stores (no leading or trailing `/`).
-    pub base_path: String,
-    /// Endpoint override (e.g. LocalStack).
-    pub endpoint_url: Option<String>,
-    /// Region; unset uses `sqs.region_name`, then the AWS config chain.
-    pub region_name: Option<String>,
-    /// Also store every step task's result in S3 (`<base_path>/results/`) when the
-    /// orchestrator's reply-queue notification carries it. Default `false`: a result that fits
-    /// in the notification (under 200 KiB) travels only there (two requests fewer per step);
-    /// SQS keeps it durably, and a worker that cannot send the notification stores the S3
-    /// copy instead. Step outputs are always stored in S3, whatever this says.
-    pub store_results: bool,
-}
-
-impl Default for S3Section {
-    fn default() -> Self {
-        S3Section {
-            bucket: None,
-            base_path: "stepq".to_string(),
-            endpoint_url: None,
-            region_name: None,
-            store_results: false,
-        }
-    }
-}
-
-/// How failed steps are retried (`executor.retry_mode`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum RetryModeSetting {
-    /// Retries follow each step's policy.
-    #[default]
-    Enabled,
-    /// The first failure is final.
-    Disabled,
-    /// Retry-requested failures are left for a later resume.
-    Deferred,
-}
-
-impl From<RetryModeSetting> for stepq_plan::RetryMode {
-    fn from(m: RetryModeSetting) -> Self {
-        match m {
-            RetryModeSetting::Enabled => stepq_plan::RetryMode::Enabled,
-            RetryModeSetting::Disabled => stepq_plan::RetryMode::Disabled,
-            RetryModeSetting::Deferred => stepq_plan::RetryMode::Deferred,
-        }
-    }
-}
-
-/// One entry of `executor.tag_concurrency_limits`: at most `limit` steps of a run whose tag
-/// `key` equals `value` in flight at once.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct TagLimitSetting {
-    /// Tag key.
-    pub key: String,
-    /// Tag value.
-    pub value: String,
-    /// Maximum steps in flight (>= 1).
-    pub limit: usize,
-}
-
-/// `[executor]`: the orchestration loop.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct ExecutorSection {
-    /// Maximum steps of one run in flight at once (>= 1).
-    pub max_in_flight: usize,
-    /// Per-tag limits.
-    pub tag_concurrency_limits: Vec<TagLimitSetting>,
-    /// Retry mode.
-    pub retry_mode: RetryModeSetting,
-    /// Longest a step may take from being queued to its result, in seconds; unset: no bound
-    /// beyond the broker's redelivery.
-    pub step_timeout_seconds: Option<f64>,
-    /// Interrupt the run at the first step failure instead of finishing independent branches.
-    pub fail_fast: bool,
-    /// On interrupt or fail-fast, how long in-flight steps get to report before they are
-    /// recorded as canceled, in seconds.
-    pub cancel_grace_seconds: f64,
-    /// Send a linear run of steps (each the only downstream step of the previous one, reading
-    /// only from it, same tags and retry policy) as one task, up to 16 steps: one queue
-    /// round trip for the run instead of one per step. Events, attempts and retries stay per
-    /// step. Default true.
-    pub fuse_chains: bool,
-}
-
-impl Default for ExecutorSection {
-    fn default() -> Self {
-        ExecutorSection {
-            max_in_flight: 1000,
-            tag_concurrency_limits: Vec::new(),
-            retry_mode: RetryModeSetting::Enabled,
-            step_timeout_seconds: None,
-            fail_fast: false,
-            cancel_grace_seconds: 10.0,
-            fuse_chains: true,
-        }
-    }
-}
-
-/// `[worker]`: worker processes.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct WorkerSection {
-    /// Steps a worker runs at once; unset: the number of cores.
-    pub concurrency: Option<usize>,
-    /// On shutdown, how long in-flight steps may finish before they are cancelled, in seconds.
-    pub grace_period_seconds: f64,
-    /// How often a worker writes its health heartbeat (what it runs, under `workers/`), in
-    /// seconds (> 0, default 10). `stepq worker list` calls a worker lost once its last
-    /// heartbeat is three of these old, so every process sharing the store should agree on
-    /// it. Not the SQS visibility heartbeat, which follows `sqs.config_source.visibility_timeout`.
-    pub health_interval_seconds: f64,
-}
-
-impl Default for WorkerSection {
-    fn default() -> Self {
-        WorkerSection {
-            concurrency: None,
-            grace_period_seconds: 30.0,
-            health_interval_seconds: stepq_worker::health::DEFAULT_HEALTH_INTERVAL.as_secs_f64(),
+            sqs: SqsSettings::default(),
+            s3: S3Settings::default(),
+            executor: ExecutorSettings::default(),
+            worker: WorkerSettings::default(),
         }
     }
 }
@@ -311,10 +170,8 @@ impl StepqConfig {
             .and_then(|s| s.get("config_source"))
             .and_then(|c| c.as_table())
         {
-            let known = toml::Table::try_from(&config.sqs.config_source)
-                .map_err(|e| parse_error(e.to_string()))?;
-            if let Some(unknown) = given.keys().find(|k| !known.contains_key(*k)) {
-                let expected = known_config_source_keys();
+            let expected = known_config_source_keys();
+            if let Some(unknown) = given.keys().find(|k| !expected.contains(*k)) {
                 return Err(parse_error(format!(
                     "unknown field `sqs.config_source.{unknown}`, expected one of {}",
                     expected.join(", ")
@@ -390,15 +247,16 @@ impl StepqConfig {
         }
     }
 
-    /// Checks every value; the first problem is returned naming its key.
+    /// Checks every value (each section by its own crate's check); the first problem is
+    /// returned naming its dotted key.
     pub fn validate(&self) -> Result<(), ConfigError> {
         if self.state_dir.as_os_str().is_empty() {
             return Err(ConfigError::invalid("state_dir", "must not be empty"));
         }
-        self.validate_s3()?;
-        self.validate_sqs()?;
-        self.validate_executor()?;
-        self.validate_worker()?;
+        self.s3.validate()?;
+        self.sqs.validate(&self.s3)?;
+        self.executor.validate().map_err(executor_error)?;
+        self.worker.validate().map_err(worker_error)?;
         if self.mode() == Mode::Distributed && self.s3.bucket.is_none() {
             return Err(ConfigError::invalid(
                 "s3.bucket",
@@ -410,241 +268,69 @@ impl StepqConfig {
         Ok(())
     }
 
-    fn validate_sqs(&self) -> Result<(), ConfigError> {
-        if let Some(region) = &self.sqs.region_name {
-            check_region("sqs.region_name", region)?;
-        }
-        // The broker checks its own fields; without a queue URL, a stand-in checks the rest.
-        let mut sqs = self.sqs_config_unchecked();
-        if self.sqs.queue_url.is_none() {
-            sqs.queue_url = "https://sqs.us-east-1.amazonaws.com/000000000000/unset".into();
-        }
-        sqs.validate().map_err(|e| match e {
-            stepq_broker::BrokerError::Config { field, reason } => {
-                ConfigError::invalid(format!("sqs.{field}"), reason)
-            }
-            other => ConfigError::invalid("sqs", other.to_string()),
-        })
-    }
-
-    fn sqs_config_unchecked(&self) -> SqsConfig {
-        let mut config_source = self.sqs.config_source.clone();
-        if config_source.s3_extended_bucket_name.is_none() {
-            config_source.s3_extended_bucket_name = self.s3.bucket.clone();
-        }
-        SqsConfig {
-            queue_url: self.sqs.queue_url.clone().unwrap_or_default(),
-            region_name: self.sqs.region_name.clone(),
-            endpoint_url: self.sqs.endpoint_url.clone(),
-            config_source,
-        }
-    }
-
-    /// The broker's SQS config, when a queue URL is set. Bodies too large for SQS go to
-    /// `s3.bucket` unless `sqs.config_source.s3_extended_bucket_name` names another bucket.
+    /// The broker's SQS config, when a queue URL is set (see [`SqsSettings::sqs_config`]).
     pub fn sqs_config(&self) -> Option<SqsConfig> {
-        self.sqs.queue_url.as_ref()?;
-        Some(self.sqs_config_unchecked())
+        self.sqs.sqs_config(&self.s3)
     }
 
-    fn validate_s3(&self) -> Result<(), ConfigError> {
-        if let Some(bucket) = &self.s3.bucket {
-            check_bucket(bucket)?;
-        }
-        let base = &self.s3.base_path;
-        if base.starts_with('/') || base.ends_with('/') {
-            return Err(ConfigError::invalid(
-                "s3.base_path",
-                format!("`{base}` must not start or end with `/`"),
-            ));
-        }
-        if base.split('/').any(|seg| seg == "..") {
-            return Err(ConfigError::invalid(
-                "s3.base_path",
-                format!("`{base}` must not contain `..`"),
-            ));
-        }
-        if let Some(url) = &self.s3.endpoint_url {
-            check_url("s3.endpoint_url", url)?;
-        }
-        if let Some(region) = &self.s3.region_name {
-            check_region("s3.region_name", region)?;
-        }
-        Ok(())
-    }
-
-    fn validate_executor(&self) -> Result<(), ConfigError> {
-        let ex = &self.executor;
-        if ex.max_in_flight == 0 {
-            return Err(ConfigError::invalid(
-                "executor.max_in_flight",
-                "must be at least 1",
-            ));
-        }
-        if let Some(t) = ex.step_timeout_seconds {
-            check_positive_seconds("executor.step_timeout_seconds", t)?;
-        }
-        let g = ex.cancel_grace_seconds;
-        if !(g.is_finite() && (0.0..1e9).contains(&g)) {
-            return Err(ConfigError::invalid(
-                "executor.cancel_grace_seconds",
-                format!("must be a number of seconds >= 0, got {g}"),
-            ));
-        }
-        for (i, limit) in ex.tag_concurrency_limits.iter().enumerate() {
-            let key = format!("executor.tag_concurrency_limits[{i}]");
-            if limit.key.is_empty() {
-                return Err(ConfigError::invalid(
-                    format!("{key}.key"),
-                    "must not be empty",
-                ));
-            }
-            if limit.limit == 0 {
-                return Err(ConfigError::invalid(
-                    format!("{key}.limit"),
-                    "must be at least 1",
-                ));
-            }
-            if ex.tag_concurrency_limits[..i]
-                .iter()
-                .any(|o| o.key == limit.key && o.value == limit.value)
-            {
-                return Err(ConfigError::invalid(
-                    key,
-                    format!("tag {}={} is limited twice", limit.key, limit.value),
-                ));
-            }
-        }
-        Ok(())
-    }
-
-    fn validate_worker(&self) -> Result<(), ConfigError> {
-        if self.worker.concurrency == Some(0) {
-            return Err(ConfigError::invalid(
-                "worker.concurrency",
-                "must be at least 1",
-            ));
-        }
-        let g = self.worker.grace_period_seconds;
-        if !(g.is_finite() && (0.0..1e9).contains(&g)) {
-            return Err(ConfigError::invalid(
-                "worker.grace_period_seconds",
-                format!("must be a number of seconds >= 0, got {g}"),
-            ));
-        }
-        let h = self.worker.health_interval_seconds;
-        if !(h.is_finite() && h > 0.0 && h < 1e9) {
-            return Err(ConfigError::invalid(
-                "worker.health_interval_seconds",
-                format!("must be a positive number of seconds, got {h}"),
-            ));
-        }
-        Ok(())
+    /// The executor config of `[executor]` (its other fields at their defaults).
+    pub fn executor_config(&self) -> Result<ExecutorConfig, ConfigError> {
+        self.executor.to_config().map_err(executor_error)
     }
 
     /// `executor.step_timeout_seconds` as a duration.
     pub fn step_timeout(&self) -> Option<std::time::Duration> {
         self.executor
             .step_timeout_seconds
-            .map(std::time::Duration::from_secs_f64)
+            .and_then(|s| std::time::Duration::try_from_secs_f64(s).ok())
     }
 
-    /// `worker.grace_period_seconds` as a duration.
+    /// `worker.grace_period_seconds` as a duration (zero if invalid; [`validate`](Self::validate)
+    /// refuses such a config).
     pub fn grace_period(&self) -> std::time::Duration {
-        std::time::Duration::from_secs_f64(self.worker.grace_period_seconds)
+        self.worker.grace_period().unwrap_or_default()
     }
 
     /// `worker.health_interval_seconds` as a duration: how often workers write their health
     /// heartbeat, and the unit `stepq worker list` counts missed heartbeats in.
     pub fn health_interval(&self) -> std::time::Duration {
-        std::time::Duration::from_secs_f64(self.worker.health_interval_seconds)
+        self.worker
+            .health_interval()
+            .unwrap_or(stepq_worker::health::DEFAULT_HEALTH_INTERVAL)
     }
 
     /// `worker.concurrency`, or the number of cores.
     pub fn worker_concurrency(&self) -> usize {
-        self.worker.concurrency.unwrap_or_else(default_parallelism)
+        self.worker.concurrency()
     }
 }
 
-/// The number of cores (at least 1).
-pub fn default_parallelism() -> usize {
-    std::thread::available_parallelism()
-        .map(|n| n.get())
-        .unwrap_or(1)
-}
-
-/// Every key of the broker's options, for error messages.
-fn known_config_source_keys() -> Vec<String> {
-    let all = SqsConfigSource {
-        is_fair_queue: Some(true),
-        s3_extended_bucket_name: Some(String::new()),
-        ..SqsConfigSource::default()
-    };
-    toml::Table::try_from(&all)
-        .map(|t| t.keys().cloned().collect())
-        .unwrap_or_default()
-}
-
-fn check_url(key: &str, url: &str) -> Result<(), ConfigError> {
-    let rest = url
-        .strip_prefix("https://")
-        .or_else(|| url.strip_prefix("http://"));
-    match rest {
-        Some(rest)
-            if !rest.is_empty() && !rest.starts_with('/') && !url.contains(char::is_whitespace) =>
-        {
-            Ok(())
+impl From<InvalidSetting> for ConfigError {
+    fn from(e: InvalidSetting) -> Self {
+        ConfigError::Invalid {
+            key: e.key,
+            reason: e.reason,
         }
-        _ => Err(ConfigError::invalid(
-            key,
-            format!("`{url}` is not an http(s) URL"),
-        )),
     }
 }
 
-fn check_region(key: &str, region: &str) -> Result<(), ConfigError> {
-    let ok = !region.is_empty()
-        && region
-            .chars()
-            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-');
-    if ok {
-        Ok(())
-    } else {
-        Err(ConfigError::invalid(
-            key,
-            format!("`{region}` is not an AWS region name (e.g. us-east-1)"),
-        ))
+/// An `[executor]` error as a config error naming `executor.<key>`.
+fn executor_error(e: ExecutorError) -> ConfigError {
+    match e {
+        ExecutorError::Config { field, reason } => {
+            ConfigError::invalid(format!("executor.{field}"), reason)
+        }
+        other => ConfigError::invalid("executor", other.to_string()),
     }
 }
 
-fn check_bucket(bucket: &str) -> Result<(), ConfigError> {
-    let len_ok = (3..=63).contains(&bucket.len());
-    let chars_ok = bucket
-        .chars()
-        .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '.');
-    let ends_ok = bucket
-        .chars()
-        .next()
-        .zip(bucket.chars().last())
-        .is_some_and(|(a, b)| a.is_ascii_alphanumeric() && b.is_ascii_alphanumeric());
-    if len_ok && chars_ok && ends_ok {
-        Ok(())
-    } else {
-        Err(ConfigError::invalid(
-            "s3.bucket",
-            format!("`{bucket}` is not a valid S3 bucket name (3-63 lowercase letters, digits, `-`, `.`)"),
-        ))
-    }
-}
-
-fn check_positive_seconds(key: &str, secs: f64) -> Result<(), ConfigError> {
-    if secs.is_finite() && secs > 0.0 {
-        Ok(())
-    } else {
-        Err(ConfigError::invalid(
-            key,
-            format!("must be a positive number of seconds, got {secs}"),
-        ))
+/// A `[worker]` error as a config error naming `worker.<key>`.
+fn worker_error(e: WorkerError) -> ConfigError {
+    match e {
+        WorkerError::Config { field, reason } => {
+            ConfigError::invalid(format!("worker.{field}"), reason)
+        }
+        other => ConfigError::invalid("worker", other.to_string()),
     }
 }
 
@@ -713,7 +399,7 @@ mod tests {
         assert_eq!(c.step_timeout(), Some(std::time::Duration::from_secs(90)));
         assert!(c.executor.fail_fast);
         assert!(!c.executor.fuse_chains);
-        assert!(ExecutorSection::default().fuse_chains);
+        assert!(ExecutorSettings::default().fuse_chains);
         assert_eq!(c.executor.tag_concurrency_limits.len(), 2);
         assert_eq!(c.executor.tag_concurrency_limits[1].value, "a100");
         assert_eq!(c.worker_concurrency(), 3);
@@ -799,17 +485,17 @@ mod tests {
             invalid_key(
                 "[executor]\ntag_concurrency_limits = [{ key = \"db\", value = \"w\", limit = 0 }]"
             ),
-            "executor.tag_concurrency_limits[0].limit"
+            "executor.tag_concurrency_limits"
         );
         assert_eq!(
             invalid_key(
                 "[executor]\ntag_concurrency_limits = [{ key = \"\", value = \"w\", limit = 1 }]"
             ),
-            "executor.tag_concurrency_limits[0].key"
+            "executor.tag_concurrency_limits"
         );
         assert_eq!(
             invalid_key("[executor]\ntag_concurrency_limits = [{ key = \"db\", value = \"w\", limit = 1 }, { key = \"db\", value = \"w\", limit = 2 }]"),
-            "executor.tag_concurrency_limits[1]"
+            "executor.tag_concurrency_limits"
         );
         assert_eq!(
             invalid_key("[worker]\nconcurrency = 0"),
@@ -1020,5 +706,55 @@ mod tests {
         std::fs::write(&path, "[worker]\nconcurrency = 5\n").unwrap();
         let c = StepqConfig::load(Some(&path), &BTreeMap::new()).unwrap();
         assert_eq!(c.worker_concurrency(), 5);
+    }
+
+    /// docs/configuration.md's reference block is `StepqConfig::default()` as TOML: one
+    /// default per setting, written down once. `STEPQ_BLESS=1 cargo test -p stepq` rewrites it.
+    #[test]
+    fn the_documented_defaults_are_the_codes() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../docs/configuration.md");
+        let doc = std::fs::read_to_string(&path).unwrap();
+        let (begin, end) = (
+            "<!-- defaults:begin -->\n```toml\n",
+            "```\n<!-- defaults:end -->",
+        );
+        let start = doc
+            .find(begin)
+            .expect("docs/configuration.md has a defaults block")
+            + begin.len();
+        let stop = start + doc[start..].find(end).expect("the defaults block ends");
+        let generated = toml::to_string(&StepqConfig::default()).unwrap();
+        if std::env::var_os("STEPQ_BLESS").is_some() {
+            std::fs::write(
+                &path,
+                format!("{}{generated}{}", &doc[..start], &doc[stop..]),
+            )
+            .unwrap();
+            return;
+        }
+        assert_eq!(
+            doc[start..stop],
+            generated,
+            "docs/configuration.md's defaults differ from the code's; run STEPQ_BLESS=1 cargo test -p stepq"
+        );
+        // The documented defaults read back as the defaults.
+        let parsed = StepqConfig::from_toml_str(&generated, &path).unwrap();
+        assert_eq!(parsed, StepqConfig::default());
+    }
+
+    /// Every key of docs/configuration.md's example file exists and its values are valid.
+    #[test]
+    fn the_documented_example_is_a_valid_config() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../docs/configuration.md");
+        let doc = std::fs::read_to_string(&path).unwrap();
+        let begin = "<!-- example:begin -->\n```toml\n";
+        let start = doc
+            .find(begin)
+            .expect("docs/configuration.md has an example block")
+            + begin.len();
+        let stop = start + doc[start..].find("```").unwrap();
+        let config = StepqConfig::from_toml_str(&doc[start..stop], &path).unwrap();
+        config.validate().unwrap();
+        assert_eq!(config.mode(), Mode::Distributed);
     }
 }

@@ -1,10 +1,15 @@
-//! Executor settings: limits, retries, timeouts, and their validation.
+//! Executor settings: limits, retries, timeouts, and their validation; [`settings`] is
+//! their file form (`[executor]` in `stepq.toml`).
+
+pub mod settings;
 
 use std::time::Duration;
 
 use stepq_plan::{Backoff, RetryMode, RetryPolicy};
 
 use crate::error::ExecutorError;
+
+pub use settings::{ExecutorSettings, RetryModeSetting, TagLimitSetting};
 
 /// At most `limit` steps whose tag `key` equals `value` are in flight at once (per run).
 #[derive(Debug, Clone, PartialEq, Eq)]

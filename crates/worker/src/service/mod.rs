@@ -39,6 +39,8 @@
 //! # });
 //! ```
 
+pub mod settings;
+
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -50,6 +52,8 @@ use tokio_util::sync::CancellationToken;
 
 use crate::health::{HealthError, HealthWriter, DEFAULT_HEALTH_INTERVAL};
 use crate::{step_canceled_result, CodeLocation, Worker, WorkerConfig, WorkerError, WorkerStats};
+
+pub use settings::{default_parallelism, WorkerSettings};
 
 /// Why a worker service could not start or stopped on an error.
 #[derive(Debug, thiserror::Error)]

@@ -1,0 +1,166 @@
+//! [`WorkerSettings`]: the `[worker]` section of `stepq.toml`, the file form of what a worker
+//! service's operator sets. Its defaults are [`WorkerConfig::default`]'s and
+//! [`DEFAULT_HEALTH_INTERVAL`], and it is checked by [`WorkerConfig::validate`], so each
+//! setting has one default and one check.
+
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use super::ServiceSettings;
+use crate::health::DEFAULT_HEALTH_INTERVAL;
+use crate::{WorkerConfig, WorkerError};
+
+/// `[worker]`: worker processes (see the [module docs](self)).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct WorkerSettings {
+    /// Steps a worker runs at once; unset: the number of cores.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub concurrency: Option<usize>,
+    /// On shutdown, how long in-flight steps may finish before they are cancelled, in seconds.
+    pub grace_period_seconds: f64,
+    /// How often a worker writes its health heartbeat (what it runs, under `workers/`), in
+    /// seconds (> 0). `stepq worker list` calls a worker lost once its last heartbeat is
+    /// three of these old, so every process sharing the store should agree on it. Not the SQS
+    /// visibility heartbeat, which follows the queue's visibility timeout.
+    pub health_interval_seconds: f64,
+}
+
+impl Default for WorkerSettings {
+    /// [`WorkerConfig::default`]'s grace period, concurrency = cores, the default health
+    /// interval.
+    fn default() -> Self {
+        WorkerSettings {
+            concurrency: None,
+            grace_period_seconds: WorkerConfig::default().grace_period.as_secs_f64(),
+            health_interval_seconds: DEFAULT_HEALTH_INTERVAL.as_secs_f64(),
+        }
+    }
+}
+
+fn config_error(field: &'static str, reason: String) -> WorkerError {
+    WorkerError::Config { field, reason }
+}
+
+impl WorkerSettings {
+    /// `worker.grace_period_seconds` as a duration.
+    pub fn grace_period(&self) -> Result<Duration, WorkerError> {
+        Duration::try_from_secs_f64(self.grace_period_seconds).map_err(|_| {
+            config_error(
+                "grace_period_seconds",
+                format!(
+                    "must be a number of seconds >= 0, got {}",
+                    self.grace_period_seconds
+                ),
+            )
+        })
+    }
+
+    /// `worker.health_interval_seconds` as a duration (> 0).
+    pub fn health_interval(&self) -> Result<Duration, WorkerError> {
+        let h = self.health_interval_seconds;
+        match Duration::try_from_secs_f64(h) {
+            Ok(d) if !d.is_zero() && h < 1e9 => Ok(d),
+            _ => Err(config_error(
+                "health_interval_seconds",
+                format!("must be a positive number of seconds, got {h}"),
+            )),
+        }
+    }
+
+    /// `worker.concurrency`, or the number of cores.
+    pub fn concurrency(&self) -> usize {
+        self.concurrency.unwrap_or_else(default_parallelism)
+    }
+
+    /// The worker config of a worker named `name` with these settings, checked by
+    /// [`WorkerConfig::validate`].
+    pub fn worker_config(&self, name: impl Into<String>) -> Result<WorkerConfig, WorkerError> {
+        let config = WorkerConfig::named(name)
+            .with_concurrency(self.concurrency())
+            .with_grace_period(self.grace_period()?);
+        config.validate().map_err(|e| match e {
+            WorkerError::Config { field, reason } => WorkerError::Config {
+                field: match field {
+                    "grace_period" => "grace_period_seconds",
+                    other => other,
+                },
+                reason,
+            },
+            other => other,
+        })?;
+        Ok(config)
+    }
+
+    /// The service settings of a worker named `name`.
+    pub fn service_settings(
+        &self,
+        name: impl Into<String>,
+    ) -> Result<ServiceSettings, WorkerError> {
+        Ok(ServiceSettings::new(self.worker_config(name)?)
+            .with_health_interval(self.health_interval()?))
+    }
+
+    /// Checks every setting.
+    pub fn validate(&self) -> Result<(), WorkerError> {
+        self.service_settings("check").map(|_| ())
+    }
+}
+
+/// The number of cores (at least 1).
+pub fn default_parallelism() -> usize {
+    std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn field_of(settings: &WorkerSettings) -> &'static str {
+        match settings.validate() {
+            Err(WorkerError::Config { field, .. }) => field,
+            other => panic!("expected a config error, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn defaults_come_from_the_worker_and_round_trip() {
+        let settings = WorkerSettings::default();
+        let service = settings.service_settings("w").unwrap();
+        assert_eq!(
+            service.worker.grace_period,
+            WorkerConfig::default().grace_period
+        );
+        assert_eq!(service.worker.concurrency, default_parallelism());
+        assert_eq!(service.health_interval, DEFAULT_HEALTH_INTERVAL);
+        let back: WorkerSettings = toml::from_str(&toml::to_string(&settings).unwrap()).unwrap();
+        assert_eq!(back, settings);
+    }
+
+    #[test]
+    fn errors_name_the_setting_as_written() {
+        let with = |f: fn(&mut WorkerSettings)| {
+            let mut s = WorkerSettings::default();
+            f(&mut s);
+            s
+        };
+        assert_eq!(field_of(&with(|s| s.concurrency = Some(0))), "concurrency");
+        assert_eq!(
+            field_of(&with(|s| s.grace_period_seconds = -1.0)),
+            "grace_period_seconds"
+        );
+        assert_eq!(
+            field_of(&with(|s| s.health_interval_seconds = 0.0)),
+            "health_interval_seconds"
+        );
+        assert!(toml::from_str::<WorkerSettings>("concurency = 2").is_err());
+        let set: WorkerSettings =
+            toml::from_str("concurrency = 3\ngrace_period_seconds = 1.5").unwrap();
+        let config = set.worker_config("w").unwrap();
+        assert_eq!(config.concurrency, 3);
+        assert_eq!(config.grace_period, Duration::from_millis(1500));
+    }
+}
