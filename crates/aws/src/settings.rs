@@ -163,6 +163,43 @@ impl S3Settings {
     }
 }
 
+/// Environment variable overriding `sqs.queue_url`.
+pub const ENV_SQS_QUEUE_URL: &str = "STEPQ_SQS_QUEUE_URL";
+/// Environment variable overriding `sqs.endpoint_url`.
+pub const ENV_SQS_ENDPOINT_URL: &str = "STEPQ_SQS_ENDPOINT_URL";
+/// Environment variable overriding `s3.bucket`.
+pub const ENV_S3_BUCKET_NAME: &str = "STEPQ_S3_BUCKET_NAME";
+/// Environment variable overriding `s3.endpoint_url`.
+pub const ENV_S3_ENDPOINT_URL: &str = "STEPQ_S3_ENDPOINT_URL";
+/// Environment variable overriding `sqs.region_name` (and so the S3 region).
+pub const ENV_AWS_DEFAULT_REGION: &str = "AWS_DEFAULT_REGION";
+
+/// Applies the environment overrides of `[sqs]` and `[s3]` (`STEPQ_SQS_QUEUE_URL`,
+/// `STEPQ_SQS_ENDPOINT_URL`, `STEPQ_S3_BUCKET_NAME`, `STEPQ_S3_ENDPOINT_URL`,
+/// `AWS_DEFAULT_REGION`) from `env`. An empty variable counts as unset.
+pub fn apply_env(
+    sqs: &mut SqsSettings,
+    s3: &mut S3Settings,
+    env: &std::collections::BTreeMap<String, String>,
+) {
+    let get = |name: &str| env.get(name).filter(|v| !v.trim().is_empty()).cloned();
+    if let Some(v) = get(ENV_SQS_QUEUE_URL) {
+        sqs.queue_url = Some(v);
+    }
+    if let Some(v) = get(ENV_SQS_ENDPOINT_URL) {
+        sqs.endpoint_url = Some(v);
+    }
+    if let Some(v) = get(ENV_S3_BUCKET_NAME) {
+        s3.bucket = Some(v);
+    }
+    if let Some(v) = get(ENV_S3_ENDPOINT_URL) {
+        s3.endpoint_url = Some(v);
+    }
+    if let Some(v) = get(ENV_AWS_DEFAULT_REGION) {
+        sqs.region_name = Some(v);
+    }
+}
+
 /// Every key of the broker's options, for error messages about an unknown one.
 pub fn known_config_source_keys() -> Vec<String> {
     let all = SqsConfigSource {

@@ -2,8 +2,8 @@
 //!
 //! The `stepq` command line, as a library so that a binary built on its own code location
 //! gets the whole CLI with [`main`], and as the stock `stepq` binary (the [demo jobs](demo)
-//! plus jobs from `--jobs-file` TOML files) and `stepq-worker` (the same as `stepq worker
-//! start`, for service managers and containers).
+//! plus jobs from `--jobs-file` TOML files). The `stepq-worker` service binary for TOML jobs is
+//! in the `stepq-worker` crate.
 //!
 //! Besides the commands ([`cli`]), it owns what only people read: live [`progress`], run
 //! summaries and tables ([`report`]), and worker-health tables ([`health`]). It is the only

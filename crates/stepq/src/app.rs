@@ -33,27 +33,23 @@ use std::sync::Arc;
 
 use std::time::Duration;
 
-use stepq_aws::sqs::{reply, QueueDepth, SqsBroker};
-use stepq_aws::{S3CancelStore, S3HeartbeatStore, S3OutputStore, S3ResultBackend, S3RunStore};
-use stepq_broker::{BrokerError, InMemoryBroker, TaskContext, TaskHandler, TaskQueue};
-use stepq_cancel::{
-    CancelError, CancellableBroker, Canceller, LocalDirCancelStore, DEFAULT_CANCEL_GRACE,
-};
+use stepq_aws::sqs::QueueDepth;
+use stepq_broker::{BrokerError, TaskContext, TaskHandler, TaskQueue};
+use stepq_cancel::{CancelError, Canceller, DEFAULT_CANCEL_GRACE};
 pub use stepq_executor::control::orchestrator_name;
 use stepq_executor::control::{ControlError, LostOrchestrator, ProcessProbe, RunControl};
 pub use stepq_executor::launcher::CANCEL_WATCH_MAX_DELAY;
 use stepq_executor::launcher::{create_run, RecordedRun, RunLauncher, SubmittedRun};
 use stepq_executor::storage::{
-    HeartbeatStore, LocalDirHeartbeatStore, LocalDirRunStore, RunRecord, RunStatus as StoredStatus,
-    RunStore, StatusChange, StorageError,
+    HeartbeatStore, RunRecord, RunStatus as StoredStatus, RunStore, StatusChange, StorageError,
 };
 use stepq_executor::{
     protocol, CancelHook, Executor, ExecutorConfig, ExecutorError, LaunchError, RunRequest,
     RunResult,
 };
 use stepq_plan::{Event, Job};
-use stepq_results::{LocalDirOutputStore, LocalDirResultBackend, OutputStore, ResultBackend};
-use stepq_worker::service::{ServiceError, ServiceParts, ServiceSettings, WorkerService};
+use stepq_results::OutputStore;
+use stepq_worker::service::{Backends, ServiceError, ServiceSettings, WorkerService};
 use stepq_worker::{CodeLocation, WorkerConfig, WorkerError, WorkerStats};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
@@ -132,12 +128,7 @@ impl From<LaunchError> for AppError {
 #[derive(Clone)]
 pub struct App {
     config: StepqConfig,
-    queue: TaskQueue,
-    outputs: Arc<dyn OutputStore>,
-    runs: Arc<dyn RunStore>,
-    heartbeats: Arc<dyn HeartbeatStore>,
-    sqs: Option<SqsBroker>,
-    canceller: Option<Canceller>,
+    backends: Backends,
     process_probe: Option<ProcessProbe>,
 }
 
@@ -145,15 +136,8 @@ impl std::fmt::Debug for App {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("App")
             .field("mode", &self.mode())
-            .field("broker", &self.queue.broker().kind())
+            .field("broker", &self.backends.queue.broker().kind())
             .finish_non_exhaustive()
-    }
-}
-
-fn build_error(component: &'static str, e: impl std::fmt::Display) -> ConfigError {
-    ConfigError::Build {
-        component,
-        message: e.to_string(),
     }
 }
 
@@ -162,107 +146,22 @@ fn build_error(component: &'static str, e: impl std::fmt::Display) -> ConfigErro
 /// queue or bucket shows at [`App::startup`].
 pub async fn make_app(config: &StepqConfig) -> Result<App, ConfigError> {
     config.validate()?;
-    match config.mode() {
-        Mode::Embedded => {
-            let dir = &config.state_dir;
-            let results: Arc<dyn ResultBackend> = Arc::new(LocalDirResultBackend::new(dir));
-            let (queue, canceller) = if config.enable_cancellation {
-                let broker = CancellableBroker::in_memory(
-                    InMemoryBroker::new(),
-                    Arc::new(LocalDirCancelStore::new(dir)),
-                );
-                let canceller = broker.canceller().clone();
-                (TaskQueue::new(Arc::new(broker), results), Some(canceller))
-            } else {
-                (
-                    TaskQueue::new(Arc::new(InMemoryBroker::new()), results),
-                    None,
-                )
-            };
-            Ok(App {
-                config: config.clone(),
-                queue,
-                outputs: Arc::new(LocalDirOutputStore::new(dir)),
-                runs: Arc::new(LocalDirRunStore::new(dir)),
-                heartbeats: Arc::new(LocalDirHeartbeatStore::new(dir)),
-                sqs: None,
-                canceller,
-                process_probe: None,
-            })
-        }
+    let backends = match config.mode() {
+        Mode::Embedded => Backends::embedded(&config.state_dir, config.enable_cancellation),
         Mode::Distributed => {
-            let sqs_config = config
-                .sqs_config()
-                .ok_or_else(|| build_error("the SQS broker", "no queue URL"))?;
-            let sdk = SqsBroker::load_sdk_config(&sqs_config).await;
-            let broker = SqsBroker::from_sdk_config(sqs_config, &sdk)
-                .map_err(|e| build_error("the SQS broker", e))?;
-            let s3_sdk = s3_sdk_config(config, &sdk);
-            let bucket = config
-                .s3
-                .bucket
-                .clone()
-                .ok_or_else(|| build_error("the S3 backends", "no bucket"))?;
-            let base = config.s3.base_path.as_str();
-            // Results are stored in S3 and announced on the sending process's reply queue
-            // (created on its first send, deleted by `shutdown`): workers notify, the
-            // orchestrator waits without polling S3. See `stepq_broker::sqs::reply`.
-            let reply = reply::attach(&broker, S3ResultBackend::new(&s3_sdk, bucket.clone(), base));
-            let results: Arc<dyn ResultBackend> = reply.results;
-            let (queue, canceller) = if config.enable_cancellation {
-                let store = Arc::new(S3CancelStore::new(&s3_sdk, bucket.clone(), base));
-                let cancellable = stepq_aws::cancellable_sqs_broker(broker.clone(), store, None)
-                    .map_err(|e| build_error("the SQS cancel channel", e))?;
-                let canceller = cancellable.canceller().clone();
-                (
-                    TaskQueue::new(Arc::new(cancellable), results),
-                    Some(canceller),
-                )
-            } else {
-                (TaskQueue::new(Arc::new(broker.clone()), results), None)
-            };
-            // Reply-only results unless `s3.store_results`: a result that fits in the
-            // notification is not also written to (and deleted from) S3.
-            let middleware = Arc::new(
-                reply::ReplyToMiddleware::new(reply.replies.clone())
-                    .with_reply_only(!config.s3.store_results),
-            );
-            let queue = queue.with_middleware(middleware);
-            Ok(App {
-                config: config.clone(),
-                queue,
-                outputs: Arc::new(S3OutputStore::new(&s3_sdk, bucket.clone(), base)),
-                runs: Arc::new(S3RunStore::new(&s3_sdk, bucket.clone(), base)),
-                heartbeats: Arc::new(S3HeartbeatStore::new(&s3_sdk, bucket, base)),
-                sqs: Some(broker),
-                canceller,
-                process_probe: None,
-            })
+            Backends::distributed(&config.sqs, &config.s3, config.enable_cancellation)
+                .await
+                .map_err(|e| ConfigError::Build {
+                    component: e.component,
+                    message: e.message,
+                })?
         }
-    }
-}
-
-/// AWS settings for S3: the broker's, with `s3.endpoint_url` / `s3.region_name` (or the SQS
-/// region) overriding them.
-fn s3_sdk_config(config: &StepqConfig, sdk: &aws_config::SdkConfig) -> aws_config::SdkConfig {
-    let mut builder = sdk.to_builder();
-    if let Some(endpoint) = config
-        .s3
-        .endpoint_url
-        .as_ref()
-        .or(config.sqs.endpoint_url.as_ref())
-    {
-        builder.set_endpoint_url(Some(endpoint.clone()));
-    }
-    if let Some(region) = config
-        .s3
-        .region_name
-        .as_ref()
-        .or(config.sqs.region_name.as_ref())
-    {
-        builder.set_region(Some(aws_config::Region::new(region.clone())));
-    }
-    builder.build()
+    };
+    Ok(App {
+        config: config.clone(),
+        backends,
+        process_probe: None,
+    })
 }
 
 /// How to start a run.
@@ -291,33 +190,33 @@ impl App {
 
     /// The task queue (broker + result backend).
     pub fn queue(&self) -> &TaskQueue {
-        &self.queue
+        &self.backends.queue
     }
 
     /// The output store.
     pub fn outputs(&self) -> &Arc<dyn OutputStore> {
-        &self.outputs
+        &self.backends.outputs
     }
 
     /// The run store.
     pub fn runs(&self) -> &Arc<dyn RunStore> {
-        &self.runs
+        &self.backends.runs
     }
 
     /// The worker heartbeat store.
     pub fn heartbeats(&self) -> &Arc<dyn HeartbeatStore> {
-        &self.heartbeats
+        &self.backends.heartbeats
     }
 
     /// Starts the broker and result backend (checks the queue and bucket exist).
     pub async fn startup(&self) -> Result<(), AppError> {
-        self.queue.startup().await?;
+        self.backends.queue.startup().await?;
         Ok(())
     }
 
     /// Shuts the broker and result backend down.
     pub async fn shutdown(&self) -> Result<(), AppError> {
-        self.queue.shutdown().await?;
+        self.backends.queue.shutdown().await?;
         Ok(())
     }
 
@@ -330,12 +229,13 @@ impl App {
     /// The canceller of the app's [`CancellableBroker`]; `None` when
     /// `enable_cancellation = false`.
     pub fn canceller(&self) -> Option<&Canceller> {
-        self.canceller.as_ref()
+        self.backends.canceller.as_ref()
     }
 
     /// The app's canceller as the executor's cancel hook (`None` when cancellation is off).
     pub fn cancel_hook(&self) -> Option<Arc<dyn CancelHook>> {
-        self.canceller
+        self.backends
+            .canceller
             .clone()
             .map(|c| Arc::new(c) as Arc<dyn CancelHook>)
     }
@@ -345,8 +245,8 @@ impl App {
     /// [`cancel_hook`](App::cancel_hook); with `enable_cancellation = false` it has no hook.
     pub fn executor(&self, cancel: Option<Arc<dyn CancelHook>>) -> Result<Executor, AppError> {
         let executor = Executor::new(
-            self.queue.clone(),
-            self.outputs.clone(),
+            self.backends.queue.clone(),
+            self.backends.outputs.clone(),
             self.executor_config(),
         )?;
         Ok(match cancel.or_else(|| self.cancel_hook()) {
@@ -370,7 +270,11 @@ impl App {
         let mut config = WorkerConfig::named(name)
             .with_concurrency(self.config.worker_concurrency())
             .with_grace_period(self.config.grace_period());
-        if let Some(sqs) = self.config.sqs_config().filter(|_| self.sqs.is_some()) {
+        if let Some(sqs) = self
+            .config
+            .sqs_config()
+            .filter(|_| self.backends.sqs.is_some())
+        {
             config = config.with_visibility_timeout(std::time::Duration::from_secs(u64::from(
                 sqs.config_source.visibility_timeout,
             )));
@@ -392,13 +296,7 @@ impl App {
         health: bool,
     ) -> Result<WorkerService, AppError> {
         let name = config.name.clone();
-        let mut parts = ServiceParts::new(self.queue.clone(), self.outputs.clone());
-        if health {
-            parts = parts.with_heartbeats(self.heartbeats.clone());
-        }
-        if let Some(canceller) = self.canceller.clone() {
-            parts = parts.with_canceller(canceller);
-        }
+        let parts = self.backends.service_parts(health);
         let settings = ServiceSettings::new(config)
             .with_health_interval(self.config.health_interval())
             .with_cancel_grace(self.worker_cancel_grace());
@@ -447,8 +345,8 @@ impl App {
     /// takeover checks (see [`stepq_executor::control`]).
     pub fn control(&self) -> RunControl {
         let control = RunControl::new(
-            self.runs.clone(),
-            self.heartbeats.clone(),
+            self.backends.runs.clone(),
+            self.backends.heartbeats.clone(),
             self.config.health_interval(),
         );
         match &self.process_probe {
@@ -485,14 +383,14 @@ impl App {
         run_id: &str,
         force: bool,
     ) -> Result<Option<LostOrchestrator>, AppError> {
-        let record = self.runs.get_run(run_id).await?;
+        let record = self.backends.runs.get_run(run_id).await?;
         Ok(self.control().check_takeover(&record, force).await?)
     }
 
     /// The approximate depth of the SQS task queue; [`AppError::NotDistributed`] on the
     /// embedded default.
     pub async fn queue_depth(&self) -> Result<QueueDepth, AppError> {
-        let sqs = self.sqs.as_ref().ok_or(AppError::NotDistributed {
+        let sqs = self.backends.sqs.as_ref().ok_or(AppError::NotDistributed {
             what: "reading the queue depth",
         })?;
         Ok(sqs.queue_depth().await?)
@@ -510,14 +408,14 @@ impl App {
         let job = find_job(location, job)?;
         let record = new_run_record(&job, options);
         // Plans first: a bad selection or run id is an error, not a run record.
-        create_run(self.runs.as_ref(), &job, &record).await?;
+        create_run(self.backends.runs.as_ref(), &job, &record).await?;
         let mut request = RunRequest::new(record.run_id.clone(), job.clone())
             .with_run_config(record.run_config.clone());
         request.step_selection = record.step_selection.clone();
         let claim = StatusChange::to(StoredStatus::Starting)
             .by(orchestrator_name())
             .expecting(StoredStatus::Queued);
-        let run = RunLauncher::new(executor.clone(), self.runs.clone())
+        let run = RunLauncher::new(executor.clone(), self.backends.runs.clone())
             .start(request, &claim)
             .await?;
         Ok(LaunchedRun {
@@ -543,10 +441,10 @@ impl App {
         run_id: &str,
         force: bool,
     ) -> Result<LaunchedRun, AppError> {
-        let record = self.runs.get_run(run_id).await?;
+        let record = self.backends.runs.get_run(run_id).await?;
         let job = find_job(location, &record.job_name)?;
         let lost = self.control().check_takeover(&record, force).await?;
-        let run = RunLauncher::new(executor.clone(), self.runs.clone())
+        let run = RunLauncher::new(executor.clone(), self.backends.runs.clone())
             .resume(
                 run_id,
                 &orchestrator_name(),
@@ -563,7 +461,10 @@ impl App {
 
     /// The run launcher of this app: its [`executor`](App::executor) and run store.
     pub fn launcher(&self) -> Result<RunLauncher, AppError> {
-        Ok(RunLauncher::new(self.executor(None)?, self.runs.clone()))
+        Ok(RunLauncher::new(
+            self.executor(None)?,
+            self.backends.runs.clone(),
+        ))
     }
 
     /// Submits a run of `job` as an `execute_job` task and returns at once: the run record

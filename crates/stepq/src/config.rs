@@ -47,18 +47,11 @@ use stepq_executor::{ExecutorConfig, ExecutorError, ExecutorSettings};
 pub use stepq_worker::service::{default_parallelism, WorkerSettings};
 use stepq_worker::WorkerError;
 
-/// Environment variable overriding `sqs.queue_url`.
-pub const ENV_SQS_QUEUE_URL: &str = "STEPQ_SQS_QUEUE_URL";
-/// Environment variable overriding `sqs.endpoint_url`.
-pub const ENV_SQS_ENDPOINT_URL: &str = "STEPQ_SQS_ENDPOINT_URL";
-/// Environment variable overriding `s3.bucket`.
-pub const ENV_S3_BUCKET_NAME: &str = "STEPQ_S3_BUCKET_NAME";
-/// Environment variable overriding `s3.endpoint_url`.
-pub const ENV_S3_ENDPOINT_URL: &str = "STEPQ_S3_ENDPOINT_URL";
-/// Environment variable overriding `sqs.region_name` (and the S3 region).
-pub const ENV_AWS_DEFAULT_REGION: &str = "AWS_DEFAULT_REGION";
-/// Environment variable overriding `worker.health_interval_seconds`.
-pub const ENV_WORKER_HEALTH_INTERVAL_SECONDS: &str = "STEPQ_WORKER_HEALTH_INTERVAL_SECONDS";
+pub use stepq_aws::settings::{
+    ENV_AWS_DEFAULT_REGION, ENV_S3_BUCKET_NAME, ENV_S3_ENDPOINT_URL, ENV_SQS_ENDPOINT_URL,
+    ENV_SQS_QUEUE_URL,
+};
+pub use stepq_worker::service::settings::ENV_WORKER_HEALTH_INTERVAL_SECONDS;
 
 /// Why a configuration could not be loaded or used.
 #[derive(Debug, thiserror::Error)]
@@ -209,33 +202,8 @@ impl StepqConfig {
 
     /// Applies the environment overrides. An empty variable counts as unset.
     pub fn apply_env(&mut self, env: &BTreeMap<String, String>) -> Result<(), ConfigError> {
-        let get = |name: &str| env.get(name).filter(|v| !v.trim().is_empty()).cloned();
-        if let Some(v) = get(ENV_SQS_QUEUE_URL) {
-            self.sqs.queue_url = Some(v);
-        }
-        if let Some(v) = get(ENV_SQS_ENDPOINT_URL) {
-            self.sqs.endpoint_url = Some(v);
-        }
-        if let Some(v) = get(ENV_S3_BUCKET_NAME) {
-            self.s3.bucket = Some(v);
-        }
-        if let Some(v) = get(ENV_S3_ENDPOINT_URL) {
-            self.s3.endpoint_url = Some(v);
-        }
-        if let Some(v) = get(ENV_AWS_DEFAULT_REGION) {
-            self.sqs.region_name = Some(v);
-        }
-        if let Some(v) = get(ENV_WORKER_HEALTH_INTERVAL_SECONDS) {
-            self.worker.health_interval_seconds = v.trim().parse().map_err(|_| {
-                ConfigError::invalid(
-                    "worker.health_interval_seconds",
-                    format!(
-                        "{ENV_WORKER_HEALTH_INTERVAL_SECONDS}=`{v}` is not a number of seconds"
-                    ),
-                )
-            })?;
-        }
-        Ok(())
+        stepq_aws::settings::apply_env(&mut self.sqs, &mut self.s3, env);
+        self.worker.apply_env(env).map_err(worker_error)
     }
 
     /// The mode this config selects: embedded when `task_always_eager` or no queue URL.

@@ -5,7 +5,7 @@ use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
-use crate::common::cli::{run, stderr, stdout, stepq, ENV_OVERRIDES};
+use crate::common::cli::{run, stderr, stdout, stepq};
 
 fn jobs_file() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/jobs.toml")
@@ -197,33 +197,6 @@ fn bad_input_exits_2_with_a_clear_error() {
         stderr(&out)
     );
     assert!(!dir.path().join(".stepq/runs").exists(), "nothing ran");
-}
-
-#[test]
-fn the_worker_binary_takes_the_worker_start_options() {
-    let dir = tempfile::tempdir().unwrap();
-    let worker = || {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_stepq-worker"));
-        for var in ENV_OVERRIDES {
-            cmd.env_remove(var);
-        }
-        cmd.current_dir(dir.path());
-        cmd
-    };
-    let out = worker().arg("--help").output().unwrap();
-    assert_eq!(out.status.code(), Some(0));
-    assert!(stdout(&out).contains("--concurrency"), "{}", stdout(&out));
-    let out = worker().args(["--concurrency", "2"]).output().unwrap();
-    assert_eq!(
-        out.status.code(),
-        Some(2),
-        "embedded config: no worker service"
-    );
-    assert!(
-        stderr(&out).contains("distributed config"),
-        "{}",
-        stderr(&out)
-    );
 }
 
 #[cfg(unix)]

@@ -39,6 +39,9 @@
 //! # });
 //! ```
 
+pub mod backends;
+#[cfg(feature = "aws")]
+pub mod file;
 pub mod settings;
 
 use std::sync::Arc;
@@ -53,6 +56,7 @@ use tokio_util::sync::CancellationToken;
 use crate::health::{HealthError, HealthWriter, DEFAULT_HEALTH_INTERVAL};
 use crate::{step_canceled_result, CodeLocation, Worker, WorkerConfig, WorkerError, WorkerStats};
 
+pub use backends::{Backends, BackendsError};
 pub use settings::{default_parallelism, WorkerSettings};
 
 /// Why a worker service could not start or stopped on an error.

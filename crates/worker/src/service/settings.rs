@@ -39,11 +39,36 @@ impl Default for WorkerSettings {
     }
 }
 
+/// Environment variable overriding `worker.health_interval_seconds`.
+pub const ENV_WORKER_HEALTH_INTERVAL_SECONDS: &str = "STEPQ_WORKER_HEALTH_INTERVAL_SECONDS";
+
 fn config_error(field: &'static str, reason: String) -> WorkerError {
     WorkerError::Config { field, reason }
 }
 
 impl WorkerSettings {
+    /// Applies `STEPQ_WORKER_HEALTH_INTERVAL_SECONDS` from `env` (an empty one counts as
+    /// unset).
+    pub fn apply_env(
+        &mut self,
+        env: &std::collections::BTreeMap<String, String>,
+    ) -> Result<(), WorkerError> {
+        if let Some(v) = env
+            .get(ENV_WORKER_HEALTH_INTERVAL_SECONDS)
+            .filter(|v| !v.trim().is_empty())
+        {
+            self.health_interval_seconds = v.trim().parse().map_err(|_| {
+                config_error(
+                    "health_interval_seconds",
+                    format!(
+                        "{ENV_WORKER_HEALTH_INTERVAL_SECONDS}=`{v}` is not a number of seconds"
+                    ),
+                )
+            })?;
+        }
+        Ok(())
+    }
+
     /// `worker.grace_period_seconds` as a duration.
     pub fn grace_period(&self) -> Result<Duration, WorkerError> {
         Duration::try_from_secs_f64(self.grace_period_seconds).map_err(|_| {

@@ -1,0 +1,181 @@
+//! [`Backends`]: the queue and stores a worker service (or an orchestrator) runs on, built
+//! from settings — the embedded set in a local directory, or (feature `aws`, default) SQS +
+//! S3.
+//!
+//! - [`Backends::embedded`]: an in-memory broker, and local-directory result, output, run,
+//!   heartbeat and cancel-marker stores under a state directory. Only workers of the same
+//!   process can serve its queue.
+//! - [`Backends::distributed`]: the SQS broker and S3 stores in one bucket under one base
+//!   path. Results are stored in S3 and announced on the sending process's reply queue
+//!   (`stepq_aws::sqs::reply`): workers notify, an orchestrator waits without polling S3.
+//!
+//! With cancellation on, the broker is a `CancellableBroker` (markers in the state directory
+//! or the bucket; wake-ups over an in-process broadcast or per-worker SQS inboxes) and
+//! [`Backends::canceller`] is set.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use stepq_broker::{InMemoryBroker, TaskQueue};
+use stepq_cancel::{CancellableBroker, Canceller, LocalDirCancelStore};
+use stepq_results::{LocalDirOutputStore, LocalDirResultBackend, OutputStore, ResultBackend};
+use stepq_runs::{HeartbeatStore, LocalDirHeartbeatStore, LocalDirRunStore, RunStore};
+
+use super::ServiceParts;
+
+/// Why the backends could not be built.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot build {component}: {message}")]
+pub struct BackendsError {
+    /// Which component, e.g. `the SQS broker`.
+    pub component: &'static str,
+    /// What went wrong.
+    pub message: String,
+}
+
+/// The queue and stores of one process (see the [module docs](self)).
+#[derive(Clone)]
+pub struct Backends {
+    /// The task queue (broker + result backend).
+    pub queue: TaskQueue,
+    /// The step output store.
+    pub outputs: Arc<dyn OutputStore>,
+    /// The run store.
+    pub runs: Arc<dyn RunStore>,
+    /// The worker heartbeat store.
+    pub heartbeats: Arc<dyn HeartbeatStore>,
+    /// The cancellable broker's canceller; `None` with cancellation off.
+    pub canceller: Option<Canceller>,
+    /// The SQS broker itself (for its queue depth and visibility timeout); `None` embedded.
+    #[cfg(feature = "aws")]
+    pub sqs: Option<stepq_aws::SqsBroker>,
+}
+
+impl std::fmt::Debug for Backends {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Backends")
+            .field("broker", &self.queue.broker().kind())
+            .field("cancellation", &self.canceller.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Backends {
+    /// The embedded set under `state_dir` (see the [module docs](self)). Makes no I/O.
+    pub fn embedded(state_dir: &Path, cancellation: bool) -> Self {
+        let results: Arc<dyn ResultBackend> = Arc::new(LocalDirResultBackend::new(state_dir));
+        let (queue, canceller) = if cancellation {
+            let broker = CancellableBroker::in_memory(
+                InMemoryBroker::new(),
+                Arc::new(LocalDirCancelStore::new(state_dir)),
+            );
+            let canceller = broker.canceller().clone();
+            (TaskQueue::new(Arc::new(broker), results), Some(canceller))
+        } else {
+            (
+                TaskQueue::new(Arc::new(InMemoryBroker::new()), results),
+                None,
+            )
+        };
+        Backends {
+            queue,
+            outputs: Arc::new(LocalDirOutputStore::new(state_dir)),
+            runs: Arc::new(LocalDirRunStore::new(state_dir)),
+            heartbeats: Arc::new(LocalDirHeartbeatStore::new(state_dir)),
+            canceller,
+            #[cfg(feature = "aws")]
+            sqs: None,
+        }
+    }
+
+    /// SQS + S3 as `sqs` and `s3` say (a queue URL and a bucket are required; validate the
+    /// settings first). Reply-only results unless `s3.store_results`. Makes no request: a
+    /// missing queue or bucket shows at the queue's `startup`.
+    #[cfg(feature = "aws")]
+    pub async fn distributed(
+        sqs: &stepq_aws::SqsSettings,
+        s3: &stepq_aws::S3Settings,
+        cancellation: bool,
+    ) -> Result<Self, BackendsError> {
+        use stepq_aws::sqs::reply;
+        use stepq_aws::{
+            S3CancelStore, S3HeartbeatStore, S3OutputStore, S3ResultBackend, S3RunStore, SqsBroker,
+        };
+        let error = |component, e: &dyn std::fmt::Display| BackendsError {
+            component,
+            message: e.to_string(),
+        };
+        let sqs_config = sqs
+            .sqs_config(s3)
+            .ok_or_else(|| error("the SQS broker", &"no queue URL"))?;
+        let sdk = SqsBroker::load_sdk_config(&sqs_config).await;
+        let broker = SqsBroker::from_sdk_config(sqs_config, &sdk)
+            .map_err(|e| error("the SQS broker", &e))?;
+        let s3_sdk = s3.sdk_config(sqs, &sdk);
+        let bucket = s3
+            .bucket
+            .clone()
+            .ok_or_else(|| error("the S3 backends", &"no bucket"))?;
+        let base = s3.base_path.as_str();
+        // Results are stored in S3 and announced on the sending process's reply queue
+        // (created on its first send, deleted by `shutdown`).
+        let reply = reply::attach(&broker, S3ResultBackend::new(&s3_sdk, bucket.clone(), base));
+        let results: Arc<dyn ResultBackend> = reply.results;
+        let (queue, canceller) = if cancellation {
+            let store = Arc::new(S3CancelStore::new(&s3_sdk, bucket.clone(), base));
+            let cancellable = stepq_aws::cancellable_sqs_broker(broker.clone(), store, None)
+                .map_err(|e| error("the SQS cancel channel", &e))?;
+            let canceller = cancellable.canceller().clone();
+            (
+                TaskQueue::new(Arc::new(cancellable), results),
+                Some(canceller),
+            )
+        } else {
+            (TaskQueue::new(Arc::new(broker.clone()), results), None)
+        };
+        // Reply-only results unless `s3.store_results`: a result that fits in the
+        // notification is not also written to (and deleted from) S3.
+        let middleware = Arc::new(
+            reply::ReplyToMiddleware::new(reply.replies.clone()).with_reply_only(!s3.store_results),
+        );
+        Ok(Backends {
+            queue: queue.with_middleware(middleware),
+            outputs: Arc::new(S3OutputStore::new(&s3_sdk, bucket.clone(), base)),
+            runs: Arc::new(S3RunStore::new(&s3_sdk, bucket.clone(), base)),
+            heartbeats: Arc::new(S3HeartbeatStore::new(&s3_sdk, bucket, base)),
+            canceller,
+            sqs: Some(broker),
+        })
+    }
+
+    /// What a worker service needs of these: the queue, the output store, the canceller and,
+    /// with `health`, the heartbeat store.
+    pub fn service_parts(&self, health: bool) -> ServiceParts {
+        let mut parts = ServiceParts::new(self.queue.clone(), self.outputs.clone());
+        if health {
+            parts = parts.with_heartbeats(self.heartbeats.clone());
+        }
+        if let Some(canceller) = self.canceller.clone() {
+            parts = parts.with_canceller(canceller);
+        }
+        parts
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_embedded_set_follows_the_cancellation_switch() {
+        let dir = tempfile::tempdir().unwrap();
+        let on = Backends::embedded(dir.path(), true);
+        assert!(on.canceller.is_some());
+        assert_eq!(on.queue.broker().kind(), "memory");
+        assert!(on.service_parts(true).heartbeats.is_some());
+        let off = Backends::embedded(dir.path(), false);
+        assert!(off.canceller.is_none());
+        assert!(off.service_parts(false).heartbeats.is_none());
+        assert!(off.service_parts(false).canceller.is_none());
+    }
+}
