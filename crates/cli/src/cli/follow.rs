@@ -8,10 +8,10 @@ use std::sync::Arc;
 use stepq_executor::RunStatus;
 use stepq_worker::CodeLocation;
 
-use super::{
-    finished_elapsed, spawn_interrupt_handler, Failure, ResumeArgs, EXIT_FAILURE, EXIT_INTERRUPTED,
-    SUMMARY_MAX_ROWS,
-};
+use super::failure::Failure;
+use super::run_job::spawn_interrupt_handler;
+use super::status::finished_elapsed;
+use super::{ResumeArgs, EXIT_FAILURE, EXIT_INTERRUPTED, SUMMARY_MAX_ROWS};
 use crate::progress::Progress;
 use crate::report::{final_steps, human_duration, output_lines, render_table, rows_from_result};
 use stepq::app::{App, LaunchedRun, LocalWorkers};

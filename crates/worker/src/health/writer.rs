@@ -1,164 +1,19 @@
-//! Worker health: what a worker is running ([`WorkerActivity`]) and the heartbeat it writes
-//! about itself every interval ([`HealthWriter`]), so `stepq worker list` can tell live workers
-//! from lost ones and `stepq status` can say which worker holds a step.
-//!
-//! These heartbeats are not the SQS *visibility* heartbeats of
-//! [`WorkerConfig::heartbeat_interval`](crate::WorkerConfig::heartbeat_interval), which keep a
-//! running task's message hidden; a health heartbeat is one record per worker in a
-//! [`HeartbeatStore`] (a local directory or S3).
-//!
-//! ```
-//! # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
-//! use std::sync::Arc;
-//! use std::time::Duration;
-//! use stepq_runs::{HeartbeatStore, InMemoryHeartbeatStore};
-//! use stepq_worker::health::{HealthWriter, WorkerActivity};
-//!
-//! let store = Arc::new(InMemoryHeartbeatStore::new());
-//! let activity = WorkerActivity::new(); // a Worker has one: `worker.activity().clone()`
-//! let writer = HealthWriter::new(store.clone(), activity, "worker-1", "host-a")
-//!     .with_interval(Duration::from_secs(10));
-//! // The first heartbeat is written before `start` returns ...
-//! let health = writer.start().await.unwrap();
-//! assert_eq!(store.list_heartbeats().await.unwrap()[0].worker_id, "worker-1");
-//! // ... and a clean stop removes it (a killed worker's stays, and turns lost).
-//! health.stop().await.unwrap();
-//! assert!(store.list_heartbeats().await.unwrap().is_empty());
-//! # });
-//! ```
+//! The heartbeat writer: [`HealthWriter`] writes a worker's heartbeat at start and every
+//! interval, [`HealthHandle`] stops it (removing the record), and [`HealthError`] says why it
+//! could not start or stop cleanly.
 
-use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
-use stepq_broker::{ErrorClass, TaskContext, TaskHandler, TaskMessage};
+use stepq_broker::ErrorClass;
 use stepq_plan::events::now_us;
-use stepq_protocol::labelled_step_keys;
-use stepq_runs::{HeartbeatStore, RunningTask, StorageError, WorkerHeartbeat};
+use stepq_runs::{HeartbeatStore, StorageError, WorkerHeartbeat};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio::time::{Instant, MissedTickBehavior};
 use tokio_util::sync::CancellationToken;
 
-/// How often a worker writes its health heartbeat unless told otherwise.
-pub const DEFAULT_HEALTH_INTERVAL: Duration = Duration::from_secs(10);
-
-/// Message label naming the run a task belongs to.
-pub const RUN_ID_LABEL: &str = "run_id";
-pub use stepq_protocol::STEP_KEY_LABEL;
-
-/// What a worker is running now and how many tasks it finished: shared (cloning shares it)
-/// between the handlers it wraps ([`track`](WorkerActivity::track)) and the [`HealthWriter`]
-/// that reports it.
-#[derive(Debug, Clone, Default)]
-pub struct WorkerActivity {
-    inner: Arc<ActivityInner>,
-}
-
-#[derive(Debug, Default)]
-struct ActivityInner {
-    /// Running tasks by registration number (a redelivered duplicate may run alongside).
-    running: Mutex<BTreeMap<u64, RunningTask>>,
-    next: AtomicU64,
-    done: AtomicU64,
-}
-
-impl WorkerActivity {
-    /// No task running, none done.
-    pub fn new() -> Self {
-        WorkerActivity::default()
-    }
-
-    /// Records that the task of `message` started now, with its `run_id` / `step_key` labels
-    /// and, for a task of several steps, all its step keys (the
-    /// [`STEP_KEYS_LABEL`](stepq_protocol::STEP_KEYS_LABEL) label).
-    /// It counts as running until the returned guard is finished or dropped; it counts as done
-    /// when finished (or when its handler panicked), not when merely dropped (e.g. abandoned
-    /// at shutdown and returned to the queue).
-    pub fn begin(&self, message: &TaskMessage) -> ActivityGuard {
-        let registration = self.inner.next.fetch_add(1, Ordering::Relaxed);
-        let mut step_keys = labelled_step_keys(message);
-        if step_keys.len() < 2 {
-            // One step: `step_key` says it all.
-            step_keys.clear();
-        }
-        let task = RunningTask {
-            task_id: message.task_id.clone(),
-            task_name: message.task_name.clone(),
-            run_id: message.label(RUN_ID_LABEL).map(str::to_string),
-            step_key: message.label(STEP_KEY_LABEL).map(str::to_string),
-            step_keys,
-            since: now_us(),
-        };
-        self.lock().insert(registration, task);
-        ActivityGuard {
-            activity: self.clone(),
-            registration,
-            finished: false,
-        }
-    }
-
-    /// `handler`, recording each task it runs in this activity.
-    pub fn track(&self, handler: TaskHandler) -> TaskHandler {
-        let activity = self.clone();
-        Arc::new(move |task: TaskContext| {
-            let guard = activity.begin(&task.message);
-            let run = handler(task);
-            Box::pin(async move {
-                let outcome = run.await;
-                guard.finish();
-                outcome
-            })
-        })
-    }
-
-    /// The tasks running now, oldest first.
-    pub fn running(&self) -> Vec<RunningTask> {
-        let mut tasks: Vec<RunningTask> = self.lock().values().cloned().collect();
-        tasks.sort_by(|a, b| (a.since, &a.task_id).cmp(&(b.since, &b.task_id)));
-        tasks
-    }
-
-    /// How many tasks run now.
-    pub fn tasks_running(&self) -> u64 {
-        self.lock().len() as u64
-    }
-
-    /// How many tasks finished (successfully or not) since the activity was created.
-    pub fn tasks_done(&self) -> u64 {
-        self.inner.done.load(Ordering::Relaxed)
-    }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<u64, RunningTask>> {
-        self.inner.running.lock().unwrap_or_else(|e| e.into_inner())
-    }
-}
-
-/// A task recorded as running by [`WorkerActivity::begin`]; see there.
-#[derive(Debug)]
-pub struct ActivityGuard {
-    activity: WorkerActivity,
-    registration: u64,
-    finished: bool,
-}
-
-impl ActivityGuard {
-    /// The task ended: it stops counting as running and counts as done.
-    pub fn finish(mut self) {
-        self.finished = true;
-    }
-}
-
-impl Drop for ActivityGuard {
-    fn drop(&mut self) {
-        self.activity.lock().remove(&self.registration);
-        // A panicking handler's task still ends (with a failed result).
-        if self.finished || std::thread::panicking() {
-            self.activity.inner.done.fetch_add(1, Ordering::Relaxed);
-        }
-    }
-}
+use super::{WorkerActivity, DEFAULT_HEALTH_INTERVAL};
 
 /// Why a [`HealthWriter`] could not start or stop cleanly.
 #[derive(Debug, thiserror::Error)]
@@ -369,27 +224,15 @@ impl Drop for HealthHandle {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use futures::FutureExt;
+    use crate::health::test_support::{context, step_message};
+    use std::sync::Mutex;
+    use stepq_broker::TaskHandler;
     use stepq_runs::{InMemoryHeartbeatStore, LocalDirHeartbeatStore};
     use tokio::sync::oneshot;
 
     /// Generous bound on waits for something that happens within a few short intervals.
     const PATIENCE: Duration = Duration::from_secs(30);
     const SHORT: Duration = Duration::from_millis(20);
-
-    fn step_message(run_id: &str, step: &str) -> TaskMessage {
-        TaskMessage::new("execute_plan")
-            .with_label(RUN_ID_LABEL, run_id)
-            .with_label(STEP_KEY_LABEL, step)
-    }
-
-    fn context(message: TaskMessage) -> TaskContext {
-        TaskContext {
-            message: Arc::new(message),
-            receive_count: 1,
-            cancel: CancellationToken::new(),
-        }
-    }
 
     async fn only_beat(store: &InMemoryHeartbeatStore) -> WorkerHeartbeat {
         let mut beats = store.list_heartbeats().await.unwrap();
@@ -403,71 +246,6 @@ mod tests {
             .await
             .expect("heartbeats stopped coming")
             .expect("the writer is gone");
-    }
-
-    #[test]
-    fn activity_tracks_running_and_done_tasks() {
-        let activity = WorkerActivity::new();
-        let a = activity.begin(&step_message("r1", "a"));
-        let b = activity.begin(&TaskMessage::new("execute_job").with_label(RUN_ID_LABEL, "r2"));
-        let c = activity.begin(&TaskMessage::new("unlabelled"));
-        assert_eq!(activity.tasks_running(), 3);
-        let running = activity.running();
-        assert_eq!(running[0].run_id.as_deref(), Some("r1"));
-        assert_eq!(running[0].step_key.as_deref(), Some("a"));
-        assert_eq!(running[1].task_name, "execute_job");
-        assert_eq!(running[1].step_key, None);
-        assert_eq!(running[2].run_id, None);
-        a.finish();
-        drop(b); // abandoned (e.g. returned to the queue at shutdown): not done
-        assert_eq!(activity.tasks_running(), 1);
-        assert_eq!(activity.tasks_done(), 1);
-        c.finish();
-        assert_eq!(activity.tasks_running(), 0);
-        assert_eq!(activity.tasks_done(), 2);
-    }
-
-    #[test]
-    fn activity_lists_every_step_of_a_fused_task() {
-        let activity = WorkerActivity::new();
-        let args = stepq_plan::ExecuteStepArgs {
-            run_id: "r1".into(),
-            job_name: "j".into(),
-            known_state: Default::default(),
-            step_keys: vec!["a".into(), "b \"2\"".into(), "c".into()],
-            retry_mode: Default::default(),
-            attempt: 1,
-            run_config: serde_json::Value::Null,
-            inline_inputs: Vec::new(),
-        };
-        let fused = stepq_protocol::step_message(&args).unwrap();
-        let single = step_message("r1", "d");
-        let _guards = (activity.begin(&fused), activity.begin(&single));
-        let running = activity.running();
-        let of = |message: &TaskMessage| {
-            running
-                .iter()
-                .find(|t| t.task_id == message.task_id)
-                .cloned()
-                .unwrap()
-        };
-        let (fused, single) = (of(&fused), of(&single));
-        assert_eq!(fused.step_key.as_deref(), Some("a"));
-        assert_eq!(fused.step_keys, ["a", "b \"2\"", "c"]);
-        assert_eq!(fused.steps(), ["a", "b \"2\"", "c"]);
-        assert!(single.step_keys.is_empty(), "one step: no list");
-        assert_eq!(single.steps(), ["d"]);
-    }
-
-    #[tokio::test]
-    async fn a_panicking_tracked_handler_still_counts_as_done() {
-        let activity = WorkerActivity::new();
-        let handler: TaskHandler = Arc::new(|_ctx| Box::pin(async { panic!("boom") }));
-        let tracked = activity.track(handler);
-        let run = std::panic::AssertUnwindSafe(tracked(context(step_message("r", "s"))));
-        assert!(run.catch_unwind().await.is_err());
-        assert_eq!(activity.tasks_running(), 0);
-        assert_eq!(activity.tasks_done(), 1);
     }
 
     #[tokio::test]

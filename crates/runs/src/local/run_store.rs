@@ -1,39 +1,21 @@
-//! Local-directory run and heartbeat stores (the embedded default, under `.stepq/`).
-//!
-//! Layout under the root:
-//!
-//! ```text
-//! runs/<run_id>/record/<rev>.json   run record revisions (0 = as created; highest = current)
-//! runs/<run_id>/events/<seq>.bin    one event batch each: stepq_plan::pack of Vec<Event>
-//! runs/<run_id>/tmp/                files being written
-//! workers/<worker_id>.json          last heartbeat of each worker
-//! ```
-//!
-//! `<rev>` and `<seq>` are 20-digit zero-padded numbers. Every record revision and event batch
-//! is written whole to `tmp/` and then published with a hard link, which fails if the name is
-//! taken: a file under its final name is always complete, and of two writers claiming the same
-//! name exactly one wins. A status change is a compare-and-set on the revision number (read
-//! revision `n`, validate, publish `n + 1`; on conflict re-read and re-validate), so no lock
-//! can be left behind by a killed process. An event writer that loses a sequence number takes
-//! the next one; a batch is only published after its predecessor exists, so the log has no
-//! gaps and every reader sees the same order. Old revisions are kept: they are the run's status
-//! history. Files are not fsync'ed: a killed process loses nothing, a power cut may.
+//! The local run store ([`LocalDirRunStore`]): run records as numbered revisions published
+//! by compare-and-set, and event logs as numbered batches, under `<root>/runs/<run_id>/`.
 
 use std::collections::HashMap;
 use std::fs;
-use std::io::{ErrorKind, Write};
+use std::io::ErrorKind;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
 use stepq_plan::Event;
 
+use super::files::{max_seq, run_blocking, TempFile};
 use crate::error::{check_id, StorageError};
-use crate::heartbeat::{HeartbeatStore, WorkerHeartbeat};
 use crate::memory::ChangeCounter;
 use crate::record::{RunRecord, StatusChange};
 use crate::store::{
-    check_batch, newest_first, parse_seq, rescan_due, seq_name, EventCursor, EventPage, RunStore,
+    check_batch, newest_first, rescan_due, seq_name, EventCursor, EventPage, RunStore,
     MAX_BATCHES_PER_READ, MAX_CAS_ATTEMPTS,
 };
 
@@ -80,18 +62,6 @@ impl LocalDirRunStore {
     ) -> Result<T, StorageError> {
         let inner = self.inner.clone();
         run_blocking(&self.inner.root, move || f(&inner)).await
-    }
-}
-
-/// Runs blocking file I/O off the async threads; a panic in it is resumed here.
-async fn run_blocking<T: Send + 'static>(
-    root: &Path,
-    f: impl FnOnce() -> Result<T, StorageError> + Send + 'static,
-) -> Result<T, StorageError> {
-    match tokio::task::spawn_blocking(f).await {
-        Ok(result) => result,
-        Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
-        Err(e) => Err(StorageError::io(root, std::io::Error::other(e))),
     }
 }
 
@@ -363,152 +333,9 @@ fn encode_record(record: &RunRecord) -> Result<Vec<u8>, StorageError> {
     })
 }
 
-/// The highest `<seq><suffix>` name in `dir`, `None` if there is none or no directory.
-fn max_seq(dir: &Path, suffix: &str) -> Result<Option<u64>, StorageError> {
-    let entries = match fs::read_dir(dir) {
-        Ok(entries) => entries,
-        Err(e) if e.kind() == ErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(StorageError::io(dir, e)),
-    };
-    let mut max = None;
-    for entry in entries {
-        let entry = entry.map_err(|e| StorageError::io(dir, e))?;
-        let name = entry.file_name();
-        let seq = name
-            .to_str()
-            .and_then(|n| n.strip_suffix(suffix))
-            .and_then(parse_seq);
-        max = max.max(seq);
-    }
-    Ok(max)
-}
-
 /// The sequence number after the last batch in `events_dir`.
 fn next_free(events_dir: &Path) -> Result<u64, StorageError> {
     Ok(max_seq(events_dir, ".bin")?.map_or(0, |seq| seq + 1))
-}
-
-/// A fully written file in a temporary directory, removed on drop.
-struct TempFile {
-    path: PathBuf,
-}
-
-impl TempFile {
-    fn write(dir: &Path, bytes: &[u8]) -> Result<TempFile, StorageError> {
-        fs::create_dir_all(dir).map_err(|e| StorageError::io(dir, e))?;
-        let path = dir.join(format!("{}.tmp", uuid::Uuid::new_v4()));
-        let temp = TempFile { path };
-        let mut file =
-            fs::File::create_new(&temp.path).map_err(|e| StorageError::io(&temp.path, e))?;
-        file.write_all(bytes)
-            .map_err(|e| StorageError::io(&temp.path, e))?;
-        Ok(temp)
-    }
-
-    /// Links the file under `dest` unless that name is taken; `false` if it was.
-    fn publish(&self, dest: &Path) -> Result<bool, StorageError> {
-        match fs::hard_link(&self.path, dest) {
-            Ok(()) => Ok(true),
-            Err(e) if e.kind() == ErrorKind::AlreadyExists => Ok(false),
-            Err(e) => Err(StorageError::io(dest, e)),
-        }
-    }
-}
-
-impl Drop for TempFile {
-    fn drop(&mut self) {
-        let _ = fs::remove_file(&self.path);
-    }
-}
-
-/// Worker heartbeats in `<root>/workers/<worker_id>.json`, each replaced atomically (written
-/// to a temporary file, then renamed over the old one).
-#[derive(Clone)]
-pub struct LocalDirHeartbeatStore {
-    root: Arc<PathBuf>,
-}
-
-impl LocalDirHeartbeatStore {
-    /// A store rooted at `root` (e.g. `.stepq`); directories are created on first write.
-    pub fn new(root: impl Into<PathBuf>) -> Self {
-        LocalDirHeartbeatStore {
-            root: Arc::new(root.into()),
-        }
-    }
-
-    /// The root directory.
-    pub fn root(&self) -> &Path {
-        &self.root
-    }
-
-    fn workers_dir(&self) -> PathBuf {
-        self.root.join("workers")
-    }
-}
-
-#[async_trait]
-impl HeartbeatStore for LocalDirHeartbeatStore {
-    async fn put_heartbeat(&self, heartbeat: &WorkerHeartbeat) -> Result<(), StorageError> {
-        check_id(&heartbeat.worker_id)?;
-        let bytes = serde_json::to_vec_pretty(heartbeat).map_err(|e| StorageError::Encode {
-            what: "worker heartbeat",
-            message: e.to_string(),
-        })?;
-        let dir = self.workers_dir();
-        let dest = dir.join(format!("{}.json", heartbeat.worker_id));
-        run_blocking(&self.root, move || {
-            // Temporary names start with a dot, which no worker id does.
-            let tmp = TempFile::write(&dir.join(".tmp"), &bytes)?;
-            fs::rename(&tmp.path, &dest).map_err(|e| StorageError::io(&dest, e))
-        })
-        .await
-    }
-
-    async fn list_heartbeats(&self) -> Result<Vec<WorkerHeartbeat>, StorageError> {
-        let dir = self.workers_dir();
-        run_blocking(&self.root, move || {
-            let entries = match fs::read_dir(&dir) {
-                Ok(entries) => entries,
-                Err(e) if e.kind() == ErrorKind::NotFound => return Ok(Vec::new()),
-                Err(e) => return Err(StorageError::io(dir, e)),
-            };
-            let mut heartbeats = Vec::new();
-            for entry in entries {
-                let entry = entry.map_err(|e| StorageError::io(&dir, e))?;
-                let name = entry.file_name();
-                let Some(name) = name.to_str() else { continue };
-                if name.starts_with('.') || !name.ends_with(".json") {
-                    continue;
-                }
-                let path = entry.path();
-                let bytes = match fs::read(&path) {
-                    Ok(bytes) => bytes,
-                    // Removed since the listing: the worker stopped.
-                    Err(e) if e.kind() == ErrorKind::NotFound => continue,
-                    Err(e) => return Err(StorageError::io(path, e)),
-                };
-                heartbeats.push(serde_json::from_slice(&bytes).map_err(|e| {
-                    StorageError::Corrupt {
-                        location: path.display().to_string(),
-                        message: e.to_string(),
-                    }
-                })?);
-            }
-            Ok(heartbeats)
-        })
-        .await
-    }
-
-    async fn remove_heartbeat(&self, worker_id: &str) -> Result<(), StorageError> {
-        check_id(worker_id)?;
-        let path = self.workers_dir().join(format!("{worker_id}.json"));
-        run_blocking(&self.root, move || match fs::remove_file(&path) {
-            Ok(()) => Ok(()),
-            Err(e) if e.kind() == ErrorKind::NotFound => Ok(()),
-            Err(e) => Err(StorageError::io(path, e)),
-        })
-        .await
-    }
 }
 
 #[cfg(test)]
@@ -603,26 +430,6 @@ mod tests {
         assert_eq!(page.next, EventCursor(22));
         assert_eq!(page.events.len(), 22);
         assert_eq!(page.events[21].kind, event("a1").kind);
-    }
-
-    #[tokio::test]
-    async fn heartbeat_listing_skips_temp_files_and_reports_corrupt_ones() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = LocalDirHeartbeatStore::new(dir.path());
-        store
-            .put_heartbeat(&WorkerHeartbeat::new("w1", "h", 1))
-            .await
-            .unwrap();
-        fs::create_dir_all(dir.path().join("workers/.tmp")).unwrap();
-        fs::write(dir.path().join("workers/.tmp/x.tmp"), b"partial").unwrap();
-        assert_eq!(store.list_heartbeats().await.unwrap().len(), 1);
-        fs::write(dir.path().join("workers/w2.json"), b"nope").unwrap();
-        match store.list_heartbeats().await {
-            Err(StorageError::Corrupt { location, .. }) => {
-                assert!(location.ends_with("w2.json"), "{location}")
-            }
-            other => panic!("{other:?}"),
-        }
     }
 
     #[tokio::test]

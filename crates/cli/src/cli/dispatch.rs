@@ -1,0 +1,127 @@
+//! The entry points (`main`, `main_from`, `run`): parsing the process arguments, the async
+//! runtime, tracing, and handing each command to its module.
+
+use std::io::IsTerminal;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use clap::Parser;
+use stepq::app::make_app;
+use stepq::config::StepqConfig;
+use stepq_worker::shell::ShellJobs;
+use stepq_worker::CodeLocation;
+
+use super::cancel::cancel_run;
+use super::failure::Failure;
+use super::jobs::print_jobs;
+use super::launch::{launch_run, resume_run};
+use super::logs::show_logs;
+use super::run_job::run_job;
+use super::runs::list_runs;
+use super::status::show_status;
+use super::worker::{list_workers, start_worker};
+use super::{Cli, Command, LogFormat, WorkerCommand, EXIT_FAILURE};
+
+/// Parses the process arguments and runs the command on a new multi-threaded runtime.
+///
+/// On Unix, a closed stdout (`stepq logs RUN | head`) ends the process quietly, as it does for
+/// other command-line tools, instead of a "failed printing to stdout" panic.
+pub fn main(location: CodeLocation) -> ExitCode {
+    crate::process::restore_default_sigpipe();
+    main_from(location, std::env::args_os())
+}
+
+/// Rust ignores SIGPIPE, so writing to a closed pipe is an error, which `println!` turns into
+/// a panic; a command-line tool should just end instead.
+/// Like [`main`], with the given arguments (the first is the program name).
+pub fn main_from<I, T>(location: CodeLocation, args: I) -> ExitCode
+where
+    I: IntoIterator<Item = T>,
+    T: Into<std::ffi::OsString> + Clone,
+{
+    let cli = Cli::parse_from(args);
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::from(EXIT_FAILURE);
+        }
+    };
+    runtime.block_on(run(cli, location))
+}
+
+/// Runs a parsed command line.
+pub async fn run(cli: Cli, location: CodeLocation) -> ExitCode {
+    // A run shows step failures itself; a worker service logs what it does.
+    let default_filter = match &cli.command {
+        Command::Worker(WorkerCommand::Start(_)) => "info",
+        _ => "error",
+    };
+    init_tracing(cli.log_format, default_filter);
+    match dispatch(cli, location).await {
+        Ok(code) => ExitCode::from(code),
+        Err(failure) => {
+            eprintln!("error: {}", failure.message);
+            ExitCode::from(failure.code)
+        }
+    }
+}
+
+/// Sets up tracing to stderr: the filter of RUST_LOG, else `default_filter`.
+fn init_tracing(format: LogFormat, default_filter: &str) {
+    use tracing_subscriber::EnvFilter;
+    let filter =
+        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_filter));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_writer(std::io::stderr);
+    let _ = match format {
+        LogFormat::Text => builder.try_init(),
+        LogFormat::Json => builder.json().try_init(),
+    };
+}
+
+async fn dispatch(cli: Cli, base: CodeLocation) -> Result<u8, Failure> {
+    let config =
+        StepqConfig::load_with_process_env(cli.config.as_deref()).map_err(Failure::usage)?;
+    let files = cli
+        .jobs_files
+        .iter()
+        .map(|p| ShellJobs::load(p))
+        .collect::<Result<Vec<_>, _>>()?;
+    let mut location = base.clone();
+    for file in &files {
+        location = file.extend(&location)?;
+    }
+    let location = Arc::new(location);
+    match cli.command {
+        Command::Jobs => {
+            print_jobs(&base, &files);
+            Ok(0)
+        }
+        command => {
+            let app = make_app(&config)
+                .await
+                .map_err(Failure::usage)?
+                .with_process_probe(Arc::new(crate::process::process_runs));
+            match command {
+                Command::Jobs => unreachable!("handled above"),
+                Command::Run(args) => run_job(&app, location, args).await,
+                Command::Status { run_id } => show_status(&app, &run_id).await,
+                Command::Runs { limit } => list_runs(&app, limit).await,
+                Command::Cancel(args) => cancel_run(&app, args).await,
+                Command::Launch(args) => launch_run(&app, &location, args).await,
+                Command::Resume(args) => resume_run(&app, location, args).await,
+                Command::Logs(args) => show_logs(&app, args).await,
+                Command::Worker(WorkerCommand::Start(args)) => {
+                    start_worker(&app, location, args).await
+                }
+                Command::Worker(WorkerCommand::List) => list_workers(&app).await,
+            }
+        }
+    }
+}

@@ -1,0 +1,77 @@
+//! `stepq worker start` (a worker service until SIGTERM or Ctrl-C) and `stepq worker list`
+//! (the task queue's depth and the workers' heartbeats).
+
+use std::sync::Arc;
+
+use stepq::app::{App, AppError};
+use stepq::config::Mode;
+use stepq_worker::service::host_name;
+use stepq_worker::CodeLocation;
+
+use super::failure::Failure;
+use super::table::simple_table;
+use super::WorkerStartArgs;
+
+pub(super) async fn start_worker(
+    app: &App,
+    location: Arc<CodeLocation>,
+    args: WorkerStartArgs,
+) -> Result<u8, Failure> {
+    if app.mode() == Mode::Embedded {
+        return Err(AppError::NotDistributed {
+            what: "`stepq worker start`",
+        }
+        .into());
+    }
+    let name = args
+        .name
+        .unwrap_or_else(|| format!("worker-{}-{}", host_name(), std::process::id()));
+    let mut config = app.worker_config(name.clone());
+    if let Some(n) = args.concurrency {
+        config = config.with_concurrency(n);
+    }
+    let service = app
+        .worker_service(location, config, true)
+        .map_err(Failure::usage)?;
+    // Health heartbeats until the worker has stopped (its grace period included); the queue's
+    // shutdown also ends the cancel subscription (deleting the worker's SQS inbox).
+    match stepq_worker::service::serve(service).await {
+        Ok(_) => Ok(0),
+        Err(e) => Err(Failure::runtime(e)),
+    }
+}
+
+pub(super) async fn list_workers(app: &App) -> Result<u8, Failure> {
+    if app.mode() == Mode::Embedded {
+        println!("task queue: in memory, inside each `stepq run` process (embedded default)");
+    } else {
+        let depth = app.queue_depth().await?;
+        let url = app.config().sqs.queue_url.clone().unwrap_or_default();
+        print!(
+            "{}",
+            simple_table(
+                ["QUEUE", "URL", "VISIBLE", "NOT VISIBLE", "DELAYED"],
+                &[[
+                    "task".to_string(),
+                    url,
+                    depth.visible.to_string(),
+                    depth.not_visible.to_string(),
+                    depth.delayed.to_string(),
+                ]],
+            )
+        );
+    }
+    let workers = crate::health::worker_states(app)
+        .await
+        .map_err(AppError::from)?;
+    println!();
+    print!(
+        "{}",
+        crate::health::render_workers(
+            &workers,
+            stepq_plan::events::now_us(),
+            app.config().health_interval()
+        )
+    );
+    Ok(0)
+}

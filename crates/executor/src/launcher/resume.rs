@@ -1,0 +1,213 @@
+//! Resuming a recorded run: the resume rules ([`check_resumable`]), and the request and claim
+//! of a resume (the known state rebuilt from the run's event log), in this process
+//! ([`RunLauncher::resume`]) or for a `resume_job` task.
+
+use std::sync::Arc;
+
+use stepq_plan::Job;
+
+use super::{known_state_from_events, read_all_events, LaunchError, RecordedRun, RunLauncher};
+use crate::executor::RunRequest;
+use crate::storage::{RunRecord, RunStatus as StoredStatus, StatusChange};
+
+impl RunLauncher {
+    /// Resumes run `run_id` of `job` in this process as `orchestrator`: the same rules as
+    /// [`RunLauncher::submit_resume`] (FAILURE and CANCELED runs resume; a STARTING or
+    /// STARTED run only with `force`, taken over from its orchestrator by compare-and-set;
+    /// others are [`LaunchError::NotResumable`]), and the same run as a worker's
+    /// `resume_job` task: the known state rebuilt from the run's event log, the step
+    /// selection and run config of its record. It is started with [`RunLauncher::start`]
+    /// (events recorded, record watched for CANCELING).
+    ///
+    /// A `job` that is not the run's job is [`LaunchError::UnknownJob`]; a run that changed
+    /// meanwhile (another resume won) is [`LaunchError::AlreadyClaimed`].
+    pub async fn resume(
+        &self,
+        run_id: &str,
+        orchestrator: &str,
+        force: bool,
+        job: Arc<Job>,
+    ) -> Result<RecordedRun, LaunchError> {
+        let record = self.runs.get_run(run_id).await?;
+        check_resumable(&record, force)?;
+        if job.name() != record.job_name {
+            return Err(LaunchError::UnknownJob {
+                run_id: run_id.to_string(),
+                job: record.job_name,
+            });
+        }
+        let (request, claim) = self
+            .resume_request(
+                &record,
+                job,
+                record.run_config.clone(),
+                orchestrator,
+                record.status,
+                record.orchestrator.clone(),
+            )
+            .await?;
+        self.start(request, &claim).await
+    }
+
+    /// The request and claim of a resume of `record` by `orchestrator`: the run's known
+    /// state from its event log, its step selection, `run_config`; claimed from status
+    /// `from` (and, for a takeover of a STARTING / STARTED run, from orchestrator `held_by`).
+    pub(super) async fn resume_request(
+        &self,
+        record: &RunRecord,
+        job: Arc<Job>,
+        run_config: serde_json::Value,
+        orchestrator: &str,
+        from: StoredStatus,
+        held_by: Option<String>,
+    ) -> Result<(RunRequest, StatusChange), LaunchError> {
+        let mut claim = StatusChange::to(StoredStatus::Starting)
+            .by(orchestrator)
+            .expecting(from);
+        if from.is_takeover(StoredStatus::Starting) {
+            claim = claim.expecting_orchestrator(held_by.unwrap_or_default());
+        }
+        let events = read_all_events(self.runs.as_ref(), &record.run_id).await?;
+        let mut request = RunRequest::new(record.run_id.clone(), job)
+            .with_run_config(run_config)
+            .with_known_state(known_state_from_events(&events));
+        request.step_selection = record.step_selection.clone();
+        Ok((request, claim))
+    }
+}
+
+/// FAILURE and CANCELED runs resume; a STARTING or STARTED run only with `force` (its
+/// orchestrator died); others are [`LaunchError::NotResumable`].
+pub(super) fn check_resumable(record: &RunRecord, force: bool) -> Result<(), LaunchError> {
+    let resumable = match record.status {
+        StoredStatus::Failure | StoredStatus::Canceled => true,
+        StoredStatus::Starting | StoredStatus::Started => force,
+        _ => false,
+    };
+    if resumable {
+        Ok(())
+    } else {
+        Err(LaunchError::NotResumable {
+            run_id: record.run_id.clone(),
+            status: record.status,
+            orchestrator: record.orchestrator.clone(),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    use stepq_broker::TaskQueue;
+    use stepq_plan::{Event, EventKind};
+
+    use crate::executor::Executor;
+    use crate::storage::{InMemoryRunStore, RunStore, StorageError};
+
+    fn launcher_on(store: &Arc<InMemoryRunStore>) -> RunLauncher {
+        let queue = TaskQueue::new(
+            Arc::new(stepq_broker::InMemoryBroker::new()),
+            Arc::new(stepq_results::InMemoryResultBackend::new()),
+        );
+        let outputs = Arc::new(stepq_results::InMemoryOutputStore::new());
+        let executor =
+            Executor::new(queue, outputs, crate::config::ExecutorConfig::default()).unwrap();
+        RunLauncher::new(executor, store.clone())
+    }
+
+    /// Run `run_id` of the one-step job `j`, whose step `a` succeeded in its log, in `status`
+    /// (held by `dead` when STARTED).
+    async fn recorded(store: &InMemoryRunStore, run_id: &str, status: StoredStatus) {
+        store
+            .create_run(&RunRecord::new(run_id, "j", serde_json::json!({ "k": 1 })))
+            .await
+            .unwrap();
+        let step = |kind| Event::step(run_id, "a", kind);
+        let log = [
+            step(EventKind::StepQueued {
+                attempt: 1,
+                task_id: "t1".into(),
+            }),
+            step(EventKind::StepOutputHandled {
+                output: "result".into(),
+                bytes: 1,
+            }),
+            step(EventKind::StepSuccess {
+                duration: Duration::ZERO,
+            }),
+        ];
+        store.append_events(run_id, &log).await.unwrap();
+        match status {
+            StoredStatus::Started => {
+                let claim = StatusChange::to(StoredStatus::Starting).by("dead");
+                store.change_status(run_id, &claim).await.unwrap();
+                store
+                    .update_status(run_id, StoredStatus::Started)
+                    .await
+                    .unwrap();
+            }
+            StoredStatus::Queued => {}
+            other => {
+                store.update_status(run_id, other).await.unwrap();
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn resume_follows_the_resume_rules_and_claims_from_the_current_holder() {
+        let store = Arc::new(InMemoryRunStore::new());
+        let launcher = launcher_on(&store);
+        let job = Arc::new(
+            Job::builder("j")
+                .step(stepq_plan::StepDef::new("a", "op").output("result"))
+                .build()
+                .unwrap(),
+        );
+        recorded(&store, "canceled", StoredStatus::Canceled).await;
+        recorded(&store, "started", StoredStatus::Started).await;
+        recorded(&store, "queued", StoredStatus::Queued).await;
+
+        for (run_id, force) in [("started", false), ("queued", true)] {
+            match launcher.resume(run_id, "me", force, job.clone()).await {
+                Err(LaunchError::NotResumable { run_id: r, .. }) => assert_eq!(r, run_id),
+                other => panic!("{run_id}: {other:?}"),
+            }
+        }
+        let other_job = Arc::new(
+            Job::builder("other")
+                .step(stepq_plan::StepDef::new("a", "op"))
+                .build()
+                .unwrap(),
+        );
+        match launcher.resume("canceled", "me", false, other_job).await {
+            Err(LaunchError::UnknownJob { job, .. }) => assert_eq!(job, "j"),
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(
+            launcher.resume("nope", "me", true, job.clone()).await,
+            Err(LaunchError::Storage(StorageError::RunNotFound { .. }))
+        ));
+        assert_eq!(
+            store.get_run("started").await.unwrap().status,
+            StoredStatus::Started,
+            "refusals touch nothing"
+        );
+
+        // `a` succeeded in the log: nothing runs again (no worker needed), the run ends
+        // SUCCESS, claimed by `me` (a takeover from `dead` with force).
+        for run_id in ["canceled", "started"] {
+            let run = launcher
+                .resume(run_id, "me", true, job.clone())
+                .await
+                .unwrap();
+            assert_eq!(run.step_count(), 0, "{run_id}");
+            let done = run.wait().await;
+            assert_eq!(done.result.status, crate::RunStatus::Success, "{run_id}");
+            let record = store.get_run(run_id).await.unwrap();
+            assert_eq!(record.status, StoredStatus::Success, "{run_id}");
+            assert_eq!(record.orchestrator.as_deref(), Some("me"), "{run_id}");
+        }
+    }
+}
