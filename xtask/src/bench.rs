@@ -16,7 +16,7 @@ use crate::localstack::{self, LocalStack};
 
 /// Options of `cargo xtask bench`, passed on to `bench-run`.
 #[derive(Debug, Clone, clap::Args)]
-pub struct BenchArgs {
+pub(crate) struct BenchArgs {
     /// Measure on LocalStack (SQS + S3). The embedded default has its own benchmark:
     /// `cargo bench -p stepq-worker --bench embedded`.
     #[arg(long)]
@@ -41,7 +41,7 @@ pub struct BenchArgs {
 
 impl BenchArgs {
     /// The arguments that reproduce these options.
-    pub fn to_args(&self) -> Vec<String> {
+    pub(crate) fn to_args(&self) -> Vec<String> {
         let mut args = vec![
             format!("--reps={}", self.reps),
             format!("--worker-concurrency={}", self.worker_concurrency),
@@ -57,7 +57,7 @@ impl BenchArgs {
     }
 
     /// Checks the options.
-    pub fn validate(&self) -> Result<()> {
+    pub(crate) fn validate(&self) -> Result<()> {
         if !self.localstack {
             bail!(
                 "only `--localstack` is measured here; the embedded default has its own \
@@ -95,7 +95,7 @@ async fn cargo(root: &Path, args: &[&str]) -> Result<()> {
 }
 
 /// `cargo xtask bench`.
-pub async fn bench(root: &Path, args: &BenchArgs) -> Result<u8> {
+pub(crate) async fn bench(root: &Path, args: &BenchArgs) -> Result<u8> {
     args.validate()?;
     cargo(
         root,
@@ -149,7 +149,7 @@ async fn run_measurer(
 }
 
 /// Static LocalStack credentials and region, for the measuring process and its workers.
-pub fn aws_env() -> Vec<(&'static str, String)> {
+pub(crate) fn aws_env() -> Vec<(&'static str, String)> {
     vec![
         ("AWS_ACCESS_KEY_ID", "test".into()),
         ("AWS_SECRET_ACCESS_KEY", "test".into()),

@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 
 /// The LocalStack release the tests (and the reference benchmarks) use.
-pub const LOCALSTACK_VERSION: &str = "4.13.1";
+pub(crate) const LOCALSTACK_VERSION: &str = "4.13.1";
 /// pip requirements of a native install (pins known to work with LocalStack 4.13.1).
 const PIP_REQUIREMENTS: &[&str] = &[
     "localstack-core[runtime]==4.13.1",
@@ -49,11 +49,11 @@ static ACTIVE: Mutex<Option<(Running, PathBuf)>> = Mutex::new(None);
 static CHILD_GROUP: AtomicU32 = AtomicU32::new(0);
 
 /// Registration of a child process group to stop on interrupt, for as long as it lives.
-pub struct ChildGroup;
+pub(crate) struct ChildGroup;
 
 impl ChildGroup {
     /// Registers `pgid`.
-    pub fn register(pgid: u32) -> Self {
+    pub(crate) fn register(pgid: u32) -> Self {
         CHILD_GROUP.store(pgid, Ordering::SeqCst);
         ChildGroup
     }
@@ -66,7 +66,7 @@ impl Drop for ChildGroup {
 }
 
 /// Sends `signal` (e.g. `TERM`) to every process of group `pgid`.
-pub fn signal_group(pgid: u32, signal: &str) {
+pub(crate) fn signal_group(pgid: u32, signal: &str) {
     let _ = Command::new("kill")
         .args([format!("-{signal}"), "--".into(), format!("-{pgid}")])
         .stdout(Stdio::null())
@@ -76,7 +76,7 @@ pub fn signal_group(pgid: u32, signal: &str) {
 
 /// On Ctrl-C or SIGTERM: stops a running `cargo test` and the LocalStack we started, then
 /// exits with 130.
-pub fn watch_signals() {
+pub(crate) fn watch_signals() {
     tokio::spawn(async {
         let signal = interrupted().await;
         eprintln!("xtask: {signal}: stopping");
@@ -113,7 +113,7 @@ fn state_path(root: &Path) -> PathBuf {
 }
 
 /// The request log: one line per AWS request (`AWS sqs.SendMessage => 200`).
-pub fn log_path(root: &Path) -> PathBuf {
+pub(crate) fn log_path(root: &Path) -> PathBuf {
     root.join("target/localstack.log")
 }
 
@@ -122,7 +122,7 @@ fn compose_file(root: &Path) -> PathBuf {
 }
 
 /// A LocalStack endpoint, started by us (stopped on drop) or reused.
-pub struct LocalStack {
+pub(crate) struct LocalStack {
     /// E.g. `http://127.0.0.1:4566`.
     pub endpoint: String,
     root: PathBuf,
@@ -132,7 +132,7 @@ pub struct LocalStack {
 impl LocalStack {
     /// Reuses a healthy LocalStack recorded in `target/localstack.state`, else starts one
     /// (Docker when `docker info` succeeds, else natively) and waits until SQS and S3 are up.
-    pub async fn start_or_reuse(root: &Path) -> Result<Self> {
+    pub(crate) async fn start_or_reuse(root: &Path) -> Result<Self> {
         if let Some((running, endpoint)) = read_state(root) {
             if health(&endpoint).is_ok() {
                 println!("reusing the LocalStack at {endpoint} (from target/localstack.state)");
@@ -223,7 +223,7 @@ impl LocalStack {
     }
 
     /// Leaves LocalStack running and records it in `target/localstack.state`.
-    pub fn keep(&mut self) -> Result<()> {
+    pub(crate) fn keep(&mut self) -> Result<()> {
         if !self.owned {
             return Ok(());
         }
@@ -246,7 +246,7 @@ impl LocalStack {
 
     /// Ends a command's use of LocalStack: [`keep`](Self::keep)s it (and says how to stop it)
     /// when `keep`, else [`stop`](Self::stop)s it.
-    pub fn keep_or_stop(&mut self, keep: bool) -> Result<()> {
+    pub(crate) fn keep_or_stop(&mut self, keep: bool) -> Result<()> {
         if keep {
             self.keep()?;
             println!(
@@ -260,7 +260,7 @@ impl LocalStack {
     }
 
     /// Stops LocalStack if we started it (a reused one is left alone).
-    pub fn stop(&mut self) {
+    pub(crate) fn stop(&mut self) {
         if !self.owned {
             return;
         }
@@ -272,7 +272,7 @@ impl LocalStack {
     }
 
     /// Stops the LocalStack recorded in `target/localstack.state`; false if none is recorded.
-    pub fn stop_recorded(root: &Path) -> Result<bool> {
+    pub(crate) fn stop_recorded(root: &Path) -> Result<bool> {
         let Some((running, _)) = read_state(root) else {
             return Ok(false);
         };
@@ -427,7 +427,7 @@ async fn ensure_venv(root: &Path) -> Result<PathBuf> {
 }
 
 /// Asks `GET /_localstack/health`; Ok when SQS and S3 are available.
-pub fn health(endpoint: &str) -> Result<(), String> {
+pub(crate) fn health(endpoint: &str) -> Result<(), String> {
     let authority = endpoint
         .strip_prefix("http://")
         .ok_or_else(|| format!("`{endpoint}` is not an http:// endpoint"))?

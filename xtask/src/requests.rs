@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use std::path::Path;
 
 /// Requests per `service.Operation` in a LocalStack log.
-pub fn count_requests(log: &str) -> BTreeMap<String, u64> {
+pub(crate) fn count_requests(log: &str) -> BTreeMap<String, u64> {
     let mut counts = BTreeMap::new();
     for line in log.lines() {
         let Some((_, rest)) = line.split_once(" AWS ") else {
@@ -20,7 +20,7 @@ pub fn count_requests(log: &str) -> BTreeMap<String, u64> {
 }
 
 /// A one-paragraph summary of the requests in the log at `path`, if it has any.
-pub fn summarize(path: &Path) -> Option<String> {
+pub(crate) fn summarize(path: &Path) -> Option<String> {
     let text = std::fs::read_to_string(path).ok()?;
     let counts = count_requests(&text);
     if counts.is_empty() {

@@ -5,7 +5,7 @@ use anyhow::{Context, Result};
 use aws_sdk_sqs::types::QueueAttributeName;
 
 /// Region of every LocalStack resource.
-pub const REGION: &str = "us-east-1";
+pub(crate) const REGION: &str = "us-east-1";
 /// Name of the standard smoke queue.
 const QUEUE: &str = "stepq-smoke";
 /// Name of the FIFO smoke queue.
@@ -14,7 +14,7 @@ const FIFO_QUEUE: &str = "stepq-smoke.fifo";
 const BUCKET: &str = "stepq-smoke";
 
 /// Endpoint, queue URLs and bucket for the tests.
-pub struct TestResources {
+pub(crate) struct TestResources {
     endpoint: String,
     queue_url: String,
     fifo_queue_url: String,
@@ -22,7 +22,7 @@ pub struct TestResources {
 }
 
 /// AWS settings for LocalStack: its endpoint, static test credentials, us-east-1.
-pub async fn sdk_config(endpoint: &str) -> aws_config::SdkConfig {
+pub(crate) async fn sdk_config(endpoint: &str) -> aws_config::SdkConfig {
     aws_config::defaults(aws_config::BehaviorVersion::latest())
         .region(aws_config::Region::new(REGION))
         .endpoint_url(endpoint)
@@ -34,7 +34,7 @@ pub async fn sdk_config(endpoint: &str) -> aws_config::SdkConfig {
 }
 
 /// An S3 client for LocalStack (path-style addressing: no per-bucket DNS names).
-pub fn s3_client(sdk: &aws_config::SdkConfig) -> aws_sdk_s3::Client {
+pub(crate) fn s3_client(sdk: &aws_config::SdkConfig) -> aws_sdk_s3::Client {
     aws_sdk_s3::Client::from_conf(
         aws_sdk_s3::config::Builder::from(sdk)
             .force_path_style(true)
@@ -43,7 +43,7 @@ pub fn s3_client(sdk: &aws_config::SdkConfig) -> aws_sdk_s3::Client {
 }
 
 /// Creates `bucket`, or finds it already ours.
-pub async fn ensure_bucket(s3: &aws_sdk_s3::Client, bucket: &str) -> Result<()> {
+pub(crate) async fn ensure_bucket(s3: &aws_sdk_s3::Client, bucket: &str) -> Result<()> {
     if let Err(e) = s3.create_bucket().bucket(bucket).send().await {
         let owned = e
             .as_service_error()
@@ -57,7 +57,7 @@ pub async fn ensure_bucket(s3: &aws_sdk_s3::Client, bucket: &str) -> Result<()> 
 
 impl TestResources {
     /// Creates (or finds) the smoke queues and bucket.
-    pub async fn create(endpoint: &str) -> Result<Self> {
+    pub(crate) async fn create(endpoint: &str) -> Result<Self> {
         let sdk = sdk_config(endpoint).await;
         let sqs = aws_sdk_sqs::Client::new(&sdk);
         let queue_url = sqs
@@ -88,7 +88,7 @@ impl TestResources {
     }
 
     /// The environment of the LocalStack-gated tests.
-    pub fn env(&self) -> Vec<(&'static str, String)> {
+    pub(crate) fn env(&self) -> Vec<(&'static str, String)> {
         vec![
             ("STEPQ_TEST_AWS_ENDPOINT", self.endpoint.clone()),
             ("STEPQ_TEST_SQS_QUEUE_URL", self.queue_url.clone()),

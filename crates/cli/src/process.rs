@@ -1,6 +1,9 @@
 //! The process-level calls of the command line, and the workspace's only `unsafe` code: the
 //! SIGPIPE disposition and the `kill(pid, 0)` liveness probe.
 
+// The two libc calls below have no safe wrapper in std; each says why it is sound.
+#![allow(unsafe_code)]
+
 /// Restores SIGPIPE's default disposition, so `stepq logs RUN | head` ends quietly instead of
 /// failing on a closed pipe. Call it first thing in `main`, before any other thread exists.
 pub fn restore_default_sigpipe() {

@@ -30,6 +30,9 @@
 //! time and process CPU time (user + system, all threads; 10 ms ticks) in µs. `--no-count`
 //! turns the counting off (memory columns show `-`) to time or profile runs without it.
 
+// The counting global allocator wraps `System`; GlobalAlloc is an unsafe trait.
+#![allow(unsafe_code)]
+
 mod common;
 
 use std::alloc::{GlobalAlloc, Layout, System};

@@ -52,7 +52,7 @@ pub(crate) struct Inner {
 
 impl Inner {
     /// Keeps a drain task so [`Broker::shutdown`] can wait for it.
-    pub fn track_drain(&self, handle: JoinHandle<()>) {
+    pub(super) fn track_drain(&self, handle: JoinHandle<()>) {
         let mut drains = self.drains.lock().unwrap_or_else(|p| p.into_inner());
         drains.retain(|h| !h.is_finished());
         drains.push(handle);

@@ -39,7 +39,7 @@ pub(crate) struct Outgoing {
 
 impl Outgoing {
     /// Bytes SQS counts against its size limits: body plus message attributes.
-    pub fn size(&self) -> usize {
+    pub(super) fn size(&self) -> usize {
         let attribute = if self.offload.is_some() {
             EXTENDED_MESSAGE_ATTRIBUTE.len() + "String".len() + "true".len()
         } else {

@@ -4,7 +4,7 @@
 use aws_config::{BehaviorVersion, Region, SdkConfig};
 
 /// Endpoint, region and bucket of the LocalStack the tests run against.
-pub struct LocalStackEnv {
+pub(crate) struct LocalStackEnv {
     pub endpoint: String,
     pub region: String,
     pub bucket: String,
@@ -24,7 +24,7 @@ fn var(name: &str) -> String {
 
 impl LocalStackEnv {
     /// Reads the environment; panics naming what is missing.
-    pub fn from_env() -> Self {
+    pub(crate) fn from_env() -> Self {
         LocalStackEnv {
             endpoint: var("STEPQ_TEST_AWS_ENDPOINT"),
             queue_url: var("STEPQ_TEST_SQS_QUEUE_URL"),
@@ -34,7 +34,7 @@ impl LocalStackEnv {
     }
 
     /// AWS settings pointing at LocalStack.
-    pub async fn sdk_config(&self) -> SdkConfig {
+    pub(crate) async fn sdk_config(&self) -> SdkConfig {
         aws_config::defaults(BehaviorVersion::latest())
             .region(Region::new(self.region.clone()))
             .endpoint_url(&self.endpoint)
@@ -43,7 +43,7 @@ impl LocalStackEnv {
     }
 
     /// The URL prefix (`scheme://host/account`) of the LocalStack queues.
-    pub fn queue_url_prefix(&self) -> String {
+    pub(crate) fn queue_url_prefix(&self) -> String {
         self.queue_url
             .trim_end_matches('/')
             .rsplit_once('/')

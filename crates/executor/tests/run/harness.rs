@@ -26,11 +26,11 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 /// The tag counted separately in [`Load`].
-pub const TAG: (&str, &str) = ("db", "warehouse");
+pub(crate) const TAG: (&str, &str) = ("db", "warehouse");
 
 /// How the fake worker answers one step.
 #[derive(Debug, Clone)]
-pub enum Behaviour {
+pub(crate) enum Behaviour {
     /// Store and emit every declared output (the default).
     Succeed,
     /// Store and emit only these outputs.
@@ -60,7 +60,7 @@ pub enum Behaviour {
 
 /// Steps running in the worker right now, and the most at once.
 #[derive(Debug, Clone, Default)]
-pub struct Load {
+pub(crate) struct Load {
     pub running: usize,
     pub max_running: usize,
     pub tagged: usize,
@@ -70,10 +70,10 @@ pub struct Load {
 }
 
 /// Holds a started step until the load satisfies the predicate.
-pub type Hold = Arc<dyn Fn(&str, &Load) -> bool + Send + Sync>;
+pub(crate) type Hold = Arc<dyn Fn(&str, &Load) -> bool + Send + Sync>;
 
 /// What the fake worker shares with the test.
-pub struct WorkerState {
+pub(crate) struct WorkerState {
     job: Arc<Job>,
     behaviours: HashMap<String, Behaviour>,
     hold: Option<Hold>,
@@ -90,7 +90,7 @@ pub struct WorkerState {
 
 impl WorkerState {
     /// Waits until `cond` holds for the load (bounded: panics after 10 s).
-    pub async fn wait_load(&self, cond: impl Fn(&Load) -> bool) {
+    pub(crate) async fn wait_load(&self, cond: impl Fn(&Load) -> bool) {
         let mut rx = self.load.subscribe();
         tokio::time::timeout(Duration::from_secs(10), rx.wait_for(|l| cond(l)))
             .await
@@ -99,7 +99,7 @@ impl WorkerState {
     }
 
     /// Steps the worker executed.
-    pub fn executed_steps(&self) -> BTreeSet<String> {
+    pub(crate) fn executed_steps(&self) -> BTreeSet<String> {
         self.executed
             .lock()
             .unwrap()
@@ -346,12 +346,12 @@ impl WorkerState {
 }
 
 /// What the fake worker stores (and reports inline) as each output: the attempt number.
-pub fn output_value(attempt: u32) -> Vec<u8> {
+pub(crate) fn output_value(attempt: u32) -> Vec<u8> {
     rmp_serde::to_vec_named(&(attempt as i64)).unwrap()
 }
 
 /// A cancel hook that records task ids and cancels them on the harness's receiver.
-pub struct RecordingHook {
+pub(crate) struct RecordingHook {
     pub cancel: CancelHandle,
     pub ids: Mutex<Vec<String>>,
     pub fail: bool,
@@ -374,7 +374,7 @@ impl CancelHook for RecordingHook {
 }
 
 /// Builds a [`Harness`].
-pub struct HarnessBuilder {
+pub(crate) struct HarnessBuilder {
     job: Arc<Job>,
     behaviours: HashMap<String, Behaviour>,
     hold: Option<Hold>,
@@ -383,29 +383,35 @@ pub struct HarnessBuilder {
 }
 
 impl HarnessBuilder {
-    pub fn behaviour(mut self, step: &str, b: Behaviour) -> Self {
+    pub(crate) fn behaviour(mut self, step: &str, b: Behaviour) -> Self {
         self.behaviours.insert(step.to_string(), b);
         self
     }
 
-    pub fn hold(mut self, hold: impl Fn(&str, &Load) -> bool + Send + Sync + 'static) -> Self {
+    pub(crate) fn hold(
+        mut self,
+        hold: impl Fn(&str, &Load) -> bool + Send + Sync + 'static,
+    ) -> Self {
         self.hold = Some(Arc::new(hold));
         self
     }
 
     /// Uses this result backend instead of a plain in-memory one.
-    pub fn results(mut self, results: Arc<dyn ResultBackend>) -> Self {
+    pub(crate) fn results(mut self, results: Arc<dyn ResultBackend>) -> Self {
         self.results = Some(results);
         self
     }
 
     /// Changes the queue the executor submits to (e.g. adds middleware).
-    pub fn executor_queue(mut self, f: impl FnOnce(TaskQueue) -> TaskQueue + 'static) -> Self {
+    pub(crate) fn executor_queue(
+        mut self,
+        f: impl FnOnce(TaskQueue) -> TaskQueue + 'static,
+    ) -> Self {
         self.queue_fn = Some(Box::new(f));
         self
     }
 
-    pub fn start(self) -> Harness {
+    pub(crate) fn start(self) -> Harness {
         let memory_results = Arc::new(InMemoryResultBackend::new());
         let results: Arc<dyn ResultBackend> = self.results.unwrap_or(memory_results.clone());
         let queue = TaskQueue::new(Arc::new(InMemoryBroker::new()), results.clone());
@@ -457,7 +463,7 @@ impl HarnessBuilder {
 }
 
 /// The stack one test runs against.
-pub struct Harness {
+pub(crate) struct Harness {
     pub job: Arc<Job>,
     pub queue: TaskQueue,
     pub results: Arc<dyn ResultBackend>,
@@ -470,14 +476,14 @@ pub struct Harness {
 }
 
 /// A finished run: its result and every event it emitted, in order.
-pub struct Finished {
+pub(crate) struct Finished {
     pub result: RunResult,
     pub events: Vec<Event>,
 }
 
 impl Finished {
     /// Events of one step.
-    pub fn step_events(&self, step: &str) -> Vec<&EventKind> {
+    pub(crate) fn step_events(&self, step: &str) -> Vec<&EventKind> {
         self.events
             .iter()
             .filter(|e| e.step_key.as_deref() == Some(step))
@@ -486,7 +492,7 @@ impl Finished {
     }
 
     /// Position of the first event of `step` matching `pred`.
-    pub fn position(&self, step: &str, pred: impl Fn(&EventKind) -> bool) -> usize {
+    pub(crate) fn position(&self, step: &str, pred: impl Fn(&EventKind) -> bool) -> usize {
         self.events
             .iter()
             .position(|e| e.step_key.as_deref() == Some(step) && pred(&e.kind))
@@ -494,7 +500,7 @@ impl Finished {
     }
 
     /// Task ids of every StepQueued event.
-    pub fn task_ids(&self) -> Vec<String> {
+    pub(crate) fn task_ids(&self) -> Vec<String> {
         self.events
             .iter()
             .filter_map(|e| match &e.kind {
@@ -505,7 +511,7 @@ impl Finished {
     }
 
     /// The StepRetry events of a step as `(attempt, delay)`.
-    pub fn retries(&self, step: &str) -> Vec<(u32, Duration)> {
+    pub(crate) fn retries(&self, step: &str) -> Vec<(u32, Duration)> {
         self.step_events(step)
             .into_iter()
             .filter_map(|k| match k {
@@ -516,7 +522,7 @@ impl Finished {
     }
 
     /// `will_retry` of each StepFailure event of a step.
-    pub fn failures(&self, step: &str) -> Vec<(String, bool)> {
+    pub(crate) fn failures(&self, step: &str) -> Vec<(String, bool)> {
         self.step_events(step)
             .into_iter()
             .filter_map(|k| match k {
@@ -530,7 +536,7 @@ impl Finished {
 }
 
 impl Harness {
-    pub fn builder(job: Job) -> HarnessBuilder {
+    pub(crate) fn builder(job: Job) -> HarnessBuilder {
         HarnessBuilder {
             job: Arc::new(job),
             behaviours: HashMap::new(),
@@ -540,12 +546,12 @@ impl Harness {
         }
     }
 
-    pub fn executor(&self, config: ExecutorConfig) -> Executor {
+    pub(crate) fn executor(&self, config: ExecutorConfig) -> Executor {
         Executor::new(self.queue.clone(), self.outputs.clone(), config).unwrap()
     }
 
     /// A hook recording ids and cancelling them on this harness's receiver.
-    pub fn recording_hook(&self, fail: bool) -> Arc<RecordingHook> {
+    pub(crate) fn recording_hook(&self, fail: bool) -> Arc<RecordingHook> {
         Arc::new(RecordingHook {
             cancel: self.cancel.clone(),
             ids: Mutex::new(Vec::new()),
@@ -553,18 +559,18 @@ impl Harness {
         })
     }
 
-    pub fn request(&self, run_id: &str) -> RunRequest {
+    pub(crate) fn request(&self, run_id: &str) -> RunRequest {
         RunRequest::new(run_id, self.job.clone())
     }
 
     /// Runs the request to its end, collecting events (bounded: panics after 20 s).
-    pub async fn run(&self, executor: &Executor, request: RunRequest) -> Finished {
+    pub(crate) async fn run(&self, executor: &Executor, request: RunRequest) -> Finished {
         let handle = executor.start(request).unwrap();
         collect(handle).await
     }
 
     /// Stops the worker.
-    pub async fn shutdown(self) {
+    pub(crate) async fn shutdown(self) {
         self.shutdown.cancel();
         self.stop.cancel();
         self.receiver.await.unwrap().unwrap();
@@ -572,7 +578,7 @@ impl Harness {
 }
 
 /// Reads a run's events while awaiting its result (bounded: panics after 20 s).
-pub async fn collect(mut handle: RunHandle) -> Finished {
+pub(crate) async fn collect(mut handle: RunHandle) -> Finished {
     let mut stream = handle.events().expect("events not taken yet");
     let reader = tokio::spawn(async move {
         let mut events = Vec::new();

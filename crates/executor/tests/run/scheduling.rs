@@ -8,7 +8,7 @@ use stepq_plan::{EventKind, Job, KnownState, SkipReason, StepDef};
 
 use crate::harness::{Harness, TAG};
 
-pub fn diamond() -> Job {
+pub(crate) fn diamond() -> Job {
     Job::builder("diamond")
         .step(
             StepDef::new("emit_values", "emit_values")
@@ -35,7 +35,7 @@ pub fn diamond() -> Job {
         .unwrap()
 }
 
-pub fn fan_out(width: usize) -> Job {
+pub(crate) fn fan_out(width: usize) -> Job {
     Job::builder("parallel")
         .step(StepDef::new("root", "simple").output("result"))
         .steps((0..width).map(|i| {

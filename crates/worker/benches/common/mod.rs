@@ -22,15 +22,15 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 /// Op of the first step: emits `()` as output `result`.
-pub const ROOT_OP: &str = "noop_root";
+pub(crate) const ROOT_OP: &str = "noop_root";
 /// Op of every other step: reads input `in` (a `()`), emits `()` as output `result`.
-pub const NOOP_OP: &str = "noop";
+pub(crate) const NOOP_OP: &str = "noop";
 /// Events the recorder writes to the run store in one batch at most (as `stepq run` does).
 const MAX_EVENTS_PER_BATCH: usize = 1000;
 
 /// The job's shape.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Shape {
+pub(crate) enum Shape {
     /// One root and `n - 1` steps that each read the root's output.
     FanOut,
     /// `n` steps in a line, each reading the output of the one before.
@@ -39,7 +39,7 @@ pub enum Shape {
 
 impl Shape {
     /// `fan_out` / `chain`.
-    pub fn name(self) -> &'static str {
+    pub(crate) fn name(self) -> &'static str {
         match self {
             Shape::FanOut => "fan_out",
             Shape::Chain => "chain",
@@ -48,7 +48,7 @@ impl Shape {
 }
 
 /// A job of `steps` no-op steps (the root included) in the given shape.
-pub fn job(shape: Shape, steps: usize) -> Job {
+pub(crate) fn job(shape: Shape, steps: usize) -> Job {
     assert!(steps >= 1, "a job has at least one step");
     let mut builder =
         Job::builder(format!("{}_{steps}", shape.name())).step(root_step().output("result"));
@@ -71,13 +71,13 @@ fn root_step() -> StepDef {
 }
 
 /// The two no-op ops and the given jobs.
-pub fn location(jobs: &[Arc<Job>]) -> Arc<CodeLocation> {
+pub(crate) fn location(jobs: &[Arc<Job>]) -> Arc<CodeLocation> {
     location_with_logs(jobs, 0)
 }
 
 /// Like [`location`], with ops that each log `logs` lines (one `EngineEvent` each, carried in
 /// the step report and forwarded by the executor): more events per step, same work.
-pub fn location_with_logs(jobs: &[Arc<Job>], logs: usize) -> Arc<CodeLocation> {
+pub(crate) fn location_with_logs(jobs: &[Arc<Job>], logs: usize) -> Arc<CodeLocation> {
     let log = move |ctx: &stepq_worker::OpContext| {
         for i in 0..logs {
             ctx.info(format!("log line {i} of this step"));
@@ -106,7 +106,7 @@ pub fn location_with_logs(jobs: &[Arc<Job>], logs: usize) -> Arc<CodeLocation> {
 
 /// Where results, outputs and (for the local directory) the run's event log are kept.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Backends {
+pub(crate) enum Backends {
     /// In-memory result backend and output store; events are read and dropped.
     Memory,
     /// The embedded default: local-directory result backend, output store and run store
@@ -116,7 +116,7 @@ pub enum Backends {
 
 impl Backends {
     /// `memory` / `local_dir`.
-    pub fn name(self) -> &'static str {
+    pub(crate) fn name(self) -> &'static str {
         match self {
             Backends::Memory => "memory",
             Backends::LocalDir => "local_dir",
@@ -126,7 +126,7 @@ impl Backends {
 
 /// Who answers the `execute_plan` tasks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Workers {
+pub(crate) enum Workers {
     /// Real [`Worker`]s running the no-op ops: `count` workers of concurrency 1 each, as
     /// `stepq run` starts them.
     Real {
@@ -143,7 +143,7 @@ pub enum Workers {
 }
 
 /// The broker, backends, executor and workers of one benchmark.
-pub struct Stack {
+pub(crate) struct Stack {
     /// The executor runs are started on.
     pub executor: Executor,
     outputs: Arc<dyn OutputStore>,
@@ -155,7 +155,7 @@ pub struct Stack {
 
 /// The directory temporary state goes in: `STEPQ_BENCH_DIR`, else the target directory (on
 /// the same filesystem a project's `.stepq/` would be; `/tmp` may be a RAM disk elsewhere).
-pub fn state_parent() -> PathBuf {
+pub(crate) fn state_parent() -> PathBuf {
     if let Some(dir) = std::env::var_os("STEPQ_BENCH_DIR") {
         return PathBuf::from(dir);
     }
@@ -168,7 +168,7 @@ pub fn state_parent() -> PathBuf {
 impl Stack {
     /// Starts the workers (on the current tokio runtime) and builds the executor, on an
     /// in-memory broker with the default (30 s) visibility timeout.
-    pub async fn start(
+    pub(crate) async fn start(
         backends: Backends,
         workers: Workers,
         location: Arc<CodeLocation>,
@@ -178,7 +178,7 @@ impl Stack {
     }
 
     /// Like [`Stack::start`], on `broker`.
-    pub async fn start_on(
+    pub(crate) async fn start_on(
         broker: InMemoryBroker,
         backends: Backends,
         workers: Workers,
@@ -253,7 +253,7 @@ impl Stack {
     /// # Panics
     ///
     /// If the run does not succeed.
-    pub async fn run(&self, job: &Arc<Job>, run_id: &str) -> (RunResult, u64) {
+    pub(crate) async fn run(&self, job: &Arc<Job>, run_id: &str) -> (RunResult, u64) {
         if let Some(runs) = &self.runs {
             runs.create_run(&RunRecord::new(run_id, job.name(), serde_json::Value::Null))
                 .await
@@ -300,7 +300,7 @@ impl Stack {
 
     /// Removes what a run left behind (its outputs, its run-store directory), so every
     /// iteration starts from the same state.
-    pub async fn clean(&self, run_id: &str) {
+    pub(crate) async fn clean(&self, run_id: &str) {
         self.outputs
             .delete_run(run_id)
             .await
@@ -316,7 +316,7 @@ impl Stack {
     }
 
     /// Stops the workers and waits for them.
-    pub async fn shutdown(self) {
+    pub(crate) async fn shutdown(self) {
         self.stop.cancel();
         for handle in self.workers {
             handle.await.expect("worker task");
@@ -397,7 +397,7 @@ fn instant_receiver(queue: TaskQueue, name: String) -> Receiver {
 }
 
 /// A run id unique within this process.
-pub fn run_id(prefix: &str) -> String {
+pub(crate) fn run_id(prefix: &str) -> String {
     use std::sync::atomic::{AtomicU64, Ordering};
     static NEXT: AtomicU64 = AtomicU64::new(0);
     format!("{prefix}-{}", NEXT.fetch_add(1, Ordering::Relaxed))
@@ -405,7 +405,7 @@ pub fn run_id(prefix: &str) -> String {
 
 /// Wall and process CPU time of some runs.
 #[derive(Debug, Clone, Copy, Default)]
-pub struct RunTimes {
+pub(crate) struct RunTimes {
     /// Runs.
     pub runs: u64,
     /// Wall time of the runs.
@@ -416,7 +416,7 @@ pub struct RunTimes {
 
 impl RunTimes {
     /// Adds `other`'s runs.
-    pub fn add(&mut self, other: RunTimes) {
+    pub(crate) fn add(&mut self, other: RunTimes) {
         self.cpu = match (self.runs, self.cpu, other.cpu) {
             (0, _, cpu) => cpu,
             (_, Some(a), Some(b)) => Some(a + b),
@@ -429,7 +429,7 @@ impl RunTimes {
 
 /// Runs `job` `iters` times on `stack`; times the runs only (cleaning up after each run is
 /// not timed).
-pub async fn timed_runs(stack: &Stack, job: &Arc<Job>, iters: u64) -> RunTimes {
+pub(crate) async fn timed_runs(stack: &Stack, job: &Arc<Job>, iters: u64) -> RunTimes {
     let mut times = RunTimes::default();
     for _ in 0..iters {
         let id = run_id(job.name());
@@ -450,7 +450,7 @@ pub async fn timed_runs(stack: &Stack, job: &Arc<Job>, iters: u64) -> RunTimes {
 /// CPU time this process used so far (user + system, every thread, exited ones included),
 /// from `/proc/self/stat`, in Linux's 10 ms clock ticks (USER_HZ); `None` where there is no
 /// such file.
-pub fn process_cpu() -> Option<Duration> {
+pub(crate) fn process_cpu() -> Option<Duration> {
     let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
     // After the parenthesised command name come fields 3 (state) ...; utime and stime are
     // fields 14 and 15.

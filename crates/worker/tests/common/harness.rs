@@ -15,10 +15,10 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 /// Generous bound on waiting for a result, so a broken worker fails the test instead of hanging.
-pub const WAIT: Duration = Duration::from_secs(30);
+pub(crate) const WAIT: Duration = Duration::from_secs(30);
 
 /// A running worker and the components around it; outputs go to an `O`.
-pub struct Harness<O = InMemoryOutputStore> {
+pub(crate) struct Harness<O = InMemoryOutputStore> {
     /// The broker the worker consumes.
     pub broker: Arc<InMemoryBroker>,
     /// The task queue over that broker and [`results`](Harness::results).
@@ -37,14 +37,18 @@ pub struct Harness<O = InMemoryOutputStore> {
 
 impl Harness {
     /// A worker for `location` with an in-memory output store.
-    pub async fn start(location: CodeLocation, config: WorkerConfig) -> Self {
+    pub(crate) async fn start(location: CodeLocation, config: WorkerConfig) -> Self {
         Harness::start_with(location, Arc::new(InMemoryOutputStore::new()), config).await
     }
 }
 
 impl<O: OutputStore + 'static> Harness<O> {
     /// A worker for `location` storing outputs in `outputs`.
-    pub async fn start_with(location: CodeLocation, outputs: Arc<O>, config: WorkerConfig) -> Self {
+    pub(crate) async fn start_with(
+        location: CodeLocation,
+        outputs: Arc<O>,
+        config: WorkerConfig,
+    ) -> Self {
         let broker = Arc::new(InMemoryBroker::new());
         let results = Arc::new(InMemoryResultBackend::new());
         let queue = TaskQueue::new(broker.clone(), results.clone());
@@ -66,25 +70,25 @@ impl<O: OutputStore + 'static> Harness<O> {
     }
 
     /// Sends an `execute_plan` task; returns its task id.
-    pub async fn send(&self, args: &ExecuteStepArgs) -> String {
+    pub(crate) async fn send(&self, args: &ExecuteStepArgs) -> String {
         let message = protocol::step_message(args).unwrap();
         self.queue.kick(message).await.unwrap().task_id
     }
 
     /// The result of task `task_id`, waiting up to [`WAIT`] for it.
-    pub async fn result(&self, task_id: &str) -> TaskResult {
+    pub(crate) async fn result(&self, task_id: &str) -> TaskResult {
         self.results.wait_result(task_id, Some(WAIT)).await.unwrap()
     }
 
     /// The step reports of task `task_id`, which must have succeeded.
-    pub async fn reports(&self, task_id: &str) -> Vec<StepReport> {
+    pub(crate) async fn reports(&self, task_id: &str) -> Vec<StepReport> {
         let result = self.result(task_id).await;
         assert!(!result.is_err, "task failed: {:?}", result.error);
         protocol::read_reports(&result.return_value).unwrap()
     }
 
     /// Stops the worker; returns its stats.
-    pub async fn stop(self) -> WorkerStats {
+    pub(crate) async fn stop(self) -> WorkerStats {
         self.stop.cancel();
         self.running.await.unwrap().unwrap()
     }

@@ -1,7 +1,7 @@
 //! Fixtures shared by the worker's integration tests.
 #![allow(dead_code)]
 
-pub mod harness;
+pub(crate) mod harness;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -15,13 +15,13 @@ use stepq_worker::{op_fn, op_map, op_output, CodeLocation, OpError, OpResultExt,
 
 /// A typed value passed between steps.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Reading {
+pub(crate) struct Reading {
     pub sensor: String,
     pub value: i64,
 }
 
 /// Job `lab`: every step exercises one behaviour.
-pub fn lab_job() -> Job {
+pub(crate) fn lab_job() -> Job {
     Job::builder("lab")
         .step(StepDef::new("source", "source").output("reading"))
         .step(
@@ -54,7 +54,7 @@ pub fn lab_job() -> Job {
 }
 
 /// Job `serial`: add_one(simple()) = 2.
-pub fn serial_job() -> Job {
+pub(crate) fn serial_job() -> Job {
     Job::builder("serial")
         .step(StepDef::new("simple", "simple").output("result"))
         .step(
@@ -67,7 +67,7 @@ pub fn serial_job() -> Job {
 }
 
 /// The ops of [`lab_job`] and [`serial_job`].
-pub fn lab_location() -> CodeLocation {
+pub(crate) fn lab_location() -> CodeLocation {
     CodeLocation::builder()
         .op(
             "simple",
@@ -156,7 +156,7 @@ pub fn lab_location() -> CodeLocation {
 }
 
 /// Arguments for attempt 1 of `steps` of `job` in `run_id`.
-pub fn args(run_id: &str, job: &str, steps: &[&str]) -> ExecuteStepArgs {
+pub(crate) fn args(run_id: &str, job: &str, steps: &[&str]) -> ExecuteStepArgs {
     ExecuteStepArgs {
         run_id: run_id.into(),
         job_name: job.into(),
@@ -170,7 +170,7 @@ pub fn args(run_id: &str, job: &str, steps: &[&str]) -> ExecuteStepArgs {
 }
 
 /// Short names of a report's event kinds, in order.
-pub fn event_names(report: &StepReport) -> Vec<&'static str> {
+pub(crate) fn event_names(report: &StepReport) -> Vec<&'static str> {
     report
         .events
         .iter()
@@ -188,7 +188,7 @@ pub fn event_names(report: &StepReport) -> Vec<&'static str> {
 }
 
 /// The failure of a report; panics with the report if it did not fail.
-pub fn failure(report: &StepReport) -> (&stepq_plan::ErrorInfo, Option<Option<u64>>) {
+pub(crate) fn failure(report: &StepReport) -> (&stepq_plan::ErrorInfo, Option<Option<u64>>) {
     match &report.status {
         StepStatus::Failure {
             error,
@@ -199,7 +199,7 @@ pub fn failure(report: &StepReport) -> (&stepq_plan::ErrorInfo, Option<Option<u6
 }
 
 /// The `will_retry` flag of a report's `StepFailure` event.
-pub fn will_retry(report: &StepReport) -> bool {
+pub(crate) fn will_retry(report: &StepReport) -> bool {
     report
         .events
         .iter()
@@ -211,13 +211,13 @@ pub fn will_retry(report: &StepReport) -> bool {
 }
 
 /// The emitted outputs of a successful report.
-pub fn emitted(report: &StepReport) -> Vec<String> {
+pub(crate) fn emitted(report: &StepReport) -> Vec<String> {
     match &report.status {
         StepStatus::Success { emitted } => emitted.clone(),
         other => panic!("expected success, got {other:?}: {report:#?}"),
     }
 }
 
-pub fn location() -> Arc<CodeLocation> {
+pub(crate) fn location() -> Arc<CodeLocation> {
     Arc::new(lab_location())
 }

@@ -142,7 +142,7 @@ impl Dispatch {
     }
 
     /// Notes that `task_id` was sent with this process's reply address; false once closed.
-    pub fn expect(&self, task_id: &str) -> bool {
+    pub(crate) fn expect(&self, task_id: &str) -> bool {
         let mut state = self.lock();
         if state.closed {
             return false;
@@ -159,7 +159,7 @@ impl Dispatch {
 
     /// Hands a notification to the waiters of `task_id`, or keeps it for the first one.
     /// `bytes` is its size, for the bound on unclaimed results.
-    pub fn deliver(&self, task_id: &str, reply: Reply, bytes: usize) -> Delivered {
+    pub(crate) fn deliver(&self, task_id: &str, reply: Reply, bytes: usize) -> Delivered {
         let mut state = self.lock();
         match state.slots.remove(task_id) {
             None => Delivered::Unexpected,
@@ -204,7 +204,7 @@ impl Dispatch {
     }
 
     /// Registers a waiter for `task_id`.
-    pub fn register(&self, task_id: &str) -> Claim<'_> {
+    pub(crate) fn register(&self, task_id: &str) -> Claim<'_> {
         let mut state = self.lock();
         if state.closed {
             return Claim::Lost;
@@ -255,12 +255,12 @@ impl Dispatch {
     }
 
     /// Forgets an unclaimed task id (its result was deleted); waiters are kept.
-    pub fn remove(&self, task_id: &str) {
+    pub(crate) fn remove(&self, task_id: &str) {
         self.lock().take_unclaimed(task_id);
     }
 
     /// A notification that arrived for `task_id` and was not claimed yet (without claiming it).
-    pub fn peek(&self, task_id: &str) -> Option<Reply> {
+    pub(crate) fn peek(&self, task_id: &str) -> Option<Reply> {
         match self.lock().slots.get(task_id) {
             Some(Slot::Arrived { reply, .. }) => Some(reply.clone()),
             _ => None,
@@ -268,7 +268,7 @@ impl Dispatch {
     }
 
     /// The reply queue is gone: every waiter, present and future, reads the durable backend.
-    pub fn close(&self) {
+    pub(crate) fn close(&self) {
         let mut state = self.lock();
         state.closed = true;
         state.slots.clear();
@@ -278,7 +278,7 @@ impl Dispatch {
     }
 
     /// Whether [`Dispatch::close`] was called.
-    pub fn is_closed(&self) -> bool {
+    pub(crate) fn is_closed(&self) -> bool {
         self.lock().closed
     }
 
@@ -307,7 +307,7 @@ impl std::fmt::Debug for Pending<'_> {
 
 impl Pending<'_> {
     /// The notification; `None` if the reply queue went away first.
-    pub async fn recv(&mut self) -> Option<Reply> {
+    pub(crate) async fn recv(&mut self) -> Option<Reply> {
         (&mut self.rx).await.ok()
     }
 }

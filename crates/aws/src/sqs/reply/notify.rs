@@ -35,7 +35,7 @@ pub(crate) struct Notifier {
 }
 
 impl Notifier {
-    pub fn new(sqs: aws_sdk_sqs::Client) -> Self {
+    pub(super) fn new(sqs: aws_sdk_sqs::Client) -> Self {
         Notifier {
             sqs,
             batcher: OnceLock::new(),
@@ -44,13 +44,13 @@ impl Notifier {
     }
 
     /// SQS calls made so far.
-    pub fn calls(&self) -> u64 {
+    pub(super) fn calls(&self) -> u64 {
         self.counters.calls.load(Ordering::Relaxed)
     }
 
     /// Sends `body` to the queue at `url`, sharing a call with notifications sent at the same
     /// moment. The batcher starts on first use, on the caller's runtime.
-    pub async fn send(&self, url: String, body: String) -> Result<(), BrokerError> {
+    pub(super) async fn send(&self, url: String, body: String) -> Result<(), BrokerError> {
         let batcher = self.batcher.get_or_init(|| {
             let (tx, rx) = mpsc::unbounded_channel();
             tokio::spawn(run_batcher(

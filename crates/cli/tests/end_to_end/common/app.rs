@@ -16,7 +16,7 @@ use stepq_worker::{encode_value, op_fn, CodeLocation, Op};
 
 /// The embedded default app whose state is `dir/.stepq` (where a `stepq` process started in
 /// `dir` finds it).
-pub async fn app_in(dir: &Path) -> App {
+pub(crate) async fn app_in(dir: &Path) -> App {
     let config = StepqConfig {
         state_dir: dir.join(".stepq"),
         ..StepqConfig::default()
@@ -25,7 +25,7 @@ pub async fn app_in(dir: &Path) -> App {
 }
 
 /// The `slow` job's location, its `sleep` op announcing each start on `started`.
-pub fn announced_slow_location(started: Arc<tokio::sync::Semaphore>) -> Arc<CodeLocation> {
+pub(crate) fn announced_slow_location(started: Arc<tokio::sync::Semaphore>) -> Arc<CodeLocation> {
     let mut ops = demo::ops();
     let sleep = ops.remove("sleep").unwrap();
     let announced: Arc<dyn Op> = op_fn(move |ctx, inputs| {
@@ -41,7 +41,7 @@ pub fn announced_slow_location(started: Arc<tokio::sync::Semaphore>) -> Arc<Code
 
 /// Launches the `slow` job of `location`, its steps sleeping ten minutes, as run `run_id` (a
 /// fresh id when `None`) on `executor`.
-pub async fn launch_slow(
+pub(crate) async fn launch_slow(
     app: &App,
     executor: &Executor,
     location: &CodeLocation,
@@ -59,7 +59,7 @@ pub async fn launch_slow(
 
 /// `first` (appends a line to `first_calls`) -> `fixable` (fails until the file `fixed`
 /// exists) -> `last`, as shell steps run in the directory of whoever runs them (the test's, or a worker's).
-pub const FIXABLE_JOBS: &str = r#"
+pub(crate) const FIXABLE_JOBS: &str = r#"
 [[jobs.fixable.steps]]
 key = "first"
 argv = ["sh", "-c", "echo called >> first_calls; echo 1"]
@@ -77,7 +77,7 @@ inputs = { n = "fixable.stdout" }
 
 /// What an orchestrator killed mid-run leaves: run `orphan` of `serial` STARTED by
 /// `orchestrator`, `simple` done (output 41 stored), `add_one` queued and never reported.
-pub async fn orphan_run(app: &App, orchestrator: &str) {
+pub(crate) async fn orphan_run(app: &App, orchestrator: &str) {
     let record = RunRecord::new("orphan", "serial", serde_json::Value::Null);
     app.runs().create_run(&record).await.unwrap();
     let claim = StatusChange::to(StoredStatus::Starting).by(orchestrator);

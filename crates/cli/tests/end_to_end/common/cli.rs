@@ -5,7 +5,7 @@ use std::path::Path;
 use std::process::{Command, Output};
 
 /// Variables that would override a test's config (or its log output) in a `stepq` process.
-pub const ENV_OVERRIDES: [&str; 7] = [
+pub(crate) const ENV_OVERRIDES: [&str; 7] = [
     "STEPQ_CONFIG",
     "STEPQ_SQS_QUEUE_URL",
     "STEPQ_SQS_ENDPOINT_URL",
@@ -17,7 +17,7 @@ pub const ENV_OVERRIDES: [&str; 7] = [
 
 /// The `stepq` binary in `dir` (whose `.stepq/` is the test's state), without
 /// [`ENV_OVERRIDES`].
-pub fn stepq(dir: &Path) -> Command {
+pub(crate) fn stepq(dir: &Path) -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_stepq"));
     cmd.current_dir(dir);
     for var in ENV_OVERRIDES {
@@ -27,19 +27,19 @@ pub fn stepq(dir: &Path) -> Command {
 }
 
 /// `stepq --config stepq.toml` in `dir`, without [`ENV_OVERRIDES`].
-pub fn stepq_configured(dir: &Path) -> Command {
+pub(crate) fn stepq_configured(dir: &Path) -> Command {
     let mut cmd = stepq(dir);
     cmd.arg("--config").arg("stepq.toml");
     cmd
 }
 
 /// Runs `stepq ARGS` in `dir` to the end.
-pub fn run(dir: &Path, args: &[&str]) -> Output {
+pub(crate) fn run(dir: &Path, args: &[&str]) -> Output {
     stepq(dir).args(args).output().expect("stepq starts")
 }
 
 /// Runs `stepq --config stepq.toml ARGS` in `dir` to the end.
-pub fn run_configured(dir: &Path, args: &[&str]) -> Output {
+pub(crate) fn run_configured(dir: &Path, args: &[&str]) -> Output {
     stepq_configured(dir)
         .args(args)
         .output()
@@ -47,22 +47,22 @@ pub fn run_configured(dir: &Path, args: &[&str]) -> Output {
 }
 
 /// The stdout of a command.
-pub fn stdout(out: &Output) -> String {
+pub(crate) fn stdout(out: &Output) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 /// The stderr of a command.
-pub fn stderr(out: &Output) -> String {
+pub(crate) fn stderr(out: &Output) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
 }
 
 /// Stdout and stderr of a command, for assertion messages.
-pub fn text(out: &Output) -> String {
+pub(crate) fn text(out: &Output) -> String {
     format!("{}\n--- stderr ---\n{}", stdout(out), stderr(out))
 }
 
 /// The words of the summary-table row of `step` in a `stepq run` output.
-pub fn row<'a>(stdout: &'a str, step: &str) -> Vec<&'a str> {
+pub(crate) fn row<'a>(stdout: &'a str, step: &str) -> Vec<&'a str> {
     stdout
         .lines()
         .find(|l| l.starts_with(&format!("{step} ")))

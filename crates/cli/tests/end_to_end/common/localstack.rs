@@ -12,10 +12,10 @@ use aws_sdk_sqs::types::QueueAttributeName;
 use super::cli::stepq_configured;
 
 /// The visibility timeout of the tests' queues (in their `stepq.toml`), in seconds.
-pub const VISIBILITY_SECONDS: u32 = 6;
+pub(crate) const VISIBILITY_SECONDS: u32 = 6;
 
 /// Where LocalStack is, from the environment `cargo xtask localstack-test` sets.
-pub struct LocalStack {
+pub(crate) struct LocalStack {
     /// Endpoint URL.
     pub endpoint: String,
     /// The test bucket.
@@ -25,7 +25,7 @@ pub struct LocalStack {
 }
 
 /// The LocalStack settings; panics naming the missing variable when they are not set.
-pub fn localstack() -> LocalStack {
+pub(crate) fn localstack() -> LocalStack {
     let var = |name: &str| {
         std::env::var(name).unwrap_or_else(|_| {
             panic!("{name} is not set: run the LocalStack tests with `cargo xtask localstack-test`")
@@ -39,7 +39,7 @@ pub fn localstack() -> LocalStack {
 }
 
 /// An SQS client on LocalStack.
-pub async fn sqs_client(ls: &LocalStack) -> aws_sdk_sqs::Client {
+pub(crate) async fn sqs_client(ls: &LocalStack) -> aws_sdk_sqs::Client {
     let sdk = aws_config::defaults(aws_config::BehaviorVersion::latest())
         .endpoint_url(&ls.endpoint)
         .region(aws_config::Region::new(ls.region.clone()))
@@ -49,7 +49,7 @@ pub async fn sqs_client(ls: &LocalStack) -> aws_sdk_sqs::Client {
 }
 
 /// A queue of its own for one test, deleted when the test ends.
-pub struct TestQueue {
+pub(crate) struct TestQueue {
     /// The queue's URL.
     pub url: String,
     /// The SQS client that made it.
@@ -58,12 +58,12 @@ pub struct TestQueue {
 
 impl TestQueue {
     /// A fresh queue named `stepq-cli-<id>` (a FIFO queue when `fifo`).
-    pub async fn create(ls: &LocalStack, fifo: bool) -> Self {
+    pub(crate) async fn create(ls: &LocalStack, fifo: bool) -> Self {
         Self::named(ls, "stepq-cli", fifo).await
     }
 
     /// A fresh queue named `<name>-<id>` (a FIFO queue when `fifo`).
-    pub async fn named(ls: &LocalStack, name: &str, fifo: bool) -> Self {
+    pub(crate) async fn named(ls: &LocalStack, name: &str, fifo: bool) -> Self {
         let client = sqs_client(ls).await;
         let id = uuid::Uuid::new_v4().simple().to_string();
         let mut request = client.create_queue();
@@ -82,7 +82,7 @@ impl TestQueue {
     }
 
     /// Sends `body` as it is, not as a task message.
-    pub async fn send_raw(&self, body: &str) {
+    pub(crate) async fn send_raw(&self, body: &str) {
         self.client
             .send_message()
             .queue_url(&self.url)
@@ -93,18 +93,18 @@ impl TestQueue {
     }
 
     /// Deletes the queue.
-    pub async fn delete(self) {
+    pub(crate) async fn delete(self) {
         let _ = self.client.delete_queue().queue_url(&self.url).send().await;
     }
 }
 
 /// A working directory with a `stepq.toml` pointing at the test's queue and S3 prefix.
-pub fn config_dir(ls: &LocalStack, queue: &TestQueue) -> tempfile::TempDir {
+pub(crate) fn config_dir(ls: &LocalStack, queue: &TestQueue) -> tempfile::TempDir {
     config_dir_with(ls, queue, "cli-tests", "")
 }
 
 /// Like [`config_dir`], the S3 prefix under `prefix_root/`, with `more` TOML appended.
-pub fn config_dir_with(
+pub(crate) fn config_dir_with(
     ls: &LocalStack,
     queue: &TestQueue,
     prefix_root: &str,
@@ -138,7 +138,7 @@ endpoint_url = "{endpoint}"
 }
 
 /// A `stepq worker start` process; its log lines arrive on `lines`. Killed on drop.
-pub struct WorkerProcess {
+pub(crate) struct WorkerProcess {
     /// The process.
     pub child: Child,
     /// Its stderr, line by line.
@@ -147,12 +147,12 @@ pub struct WorkerProcess {
 
 impl WorkerProcess {
     /// Starts `stepq worker start --name NAME` in `dir`.
-    pub fn start(dir: &Path, name: &str) -> Self {
+    pub(crate) fn start(dir: &Path, name: &str) -> Self {
         Self::start_with(dir, name, &[])
     }
 
     /// Like [`start`](WorkerProcess::start), with more `worker start` arguments.
-    pub fn start_with(dir: &Path, name: &str, extra: &[&str]) -> Self {
+    pub(crate) fn start_with(dir: &Path, name: &str, extra: &[&str]) -> Self {
         let mut child = stepq_configured(dir)
             .args(["worker", "start", "--name", name, "--log-format", "json"])
             .args(extra)
@@ -174,7 +174,7 @@ impl WorkerProcess {
     }
 
     /// Waits (up to `limit`) for a log line containing `text`; returns it.
-    pub fn wait_for(&self, text: &str, limit: Duration) -> String {
+    pub(crate) fn wait_for(&self, text: &str, limit: Duration) -> String {
         let deadline = std::time::Instant::now() + limit;
         loop {
             let left = deadline.saturating_duration_since(std::time::Instant::now());
@@ -187,7 +187,7 @@ impl WorkerProcess {
     }
 
     /// Stops the worker with SIGTERM and returns its exit code.
-    pub fn stop(mut self) -> Option<i32> {
+    pub(crate) fn stop(mut self) -> Option<i32> {
         let _ = Command::new("kill")
             .args(["-TERM", &self.child.id().to_string()])
             .status();
@@ -195,7 +195,7 @@ impl WorkerProcess {
     }
 
     /// Kills the worker (SIGKILL) and reaps it.
-    pub fn kill(mut self) {
+    pub(crate) fn kill(mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }

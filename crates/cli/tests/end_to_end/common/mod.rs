@@ -6,6 +6,6 @@
 
 #![allow(dead_code)]
 
-pub mod app;
-pub mod cli;
-pub mod localstack;
+pub(crate) mod app;
+pub(crate) mod cli;
+pub(crate) mod localstack;
