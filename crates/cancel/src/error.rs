@@ -63,15 +63,16 @@ impl CancelError {
         }
     }
 
-    /// Shorthand for `class() == Temporary`.
+    /// Shorthand for `class() == Temporary`: whether retrying may help.
     pub fn is_temporary(&self) -> bool {
-        self.class() == ErrorClass::Temporary
+        self.class().is_retryable()
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use stepq_broker::ServiceError;
 
     #[test]
     fn classes_follow_the_wrapped_error() {
@@ -84,12 +85,12 @@ mod tests {
             task_id: "t".into(),
         };
         assert!(!CancelError::from(permanent).is_temporary());
-        let throttled = BrokerError::Service {
-            service: "sqs",
-            code: "RequestThrottled".into(),
-            message: "slow down".into(),
-            class: ErrorClass::Temporary,
-        };
+        let throttled = BrokerError::Service(ServiceError::new(
+            "sqs",
+            "RequestThrottled",
+            "slow down",
+            ErrorClass::Temporary,
+        ));
         let partial = CancelError::PartialWakeUp {
             task_id: "t".into(),
             reached: 1,

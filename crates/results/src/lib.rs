@@ -31,7 +31,7 @@ pub mod output;
 pub mod result;
 
 pub use backend::ResultBackend;
-pub use error::{ErrorClass, ResultError};
+pub use error::{ErrorClass, ResultError, ServiceError};
 pub use local::{LocalDirOutputStore, LocalDirResultBackend};
 pub use memory::{InMemoryOutputStore, InMemoryResultBackend};
 pub use output::{OutputKey, OutputStore};

@@ -1,6 +1,6 @@
 //! Typed errors of run and heartbeat stores.
 
-use stepq_results::ErrorClass;
+use stepq_results::{ErrorClass, ServiceError};
 
 use crate::record::RunStatus;
 
@@ -99,18 +99,10 @@ pub enum StorageError {
         #[source]
         source: std::io::Error,
     },
-    /// A remote service failed; `code` is its error code (e.g. an AWS error code).
-    #[error("{service} error {code}: {message}")]
-    Service {
-        /// Service name, e.g. `s3`.
-        service: &'static str,
-        /// Error code, e.g. `NoSuchBucket`, `SlowDown`.
-        code: String,
-        /// Message.
-        message: String,
-        /// Temporary or permanent.
-        class: ErrorClass,
-    },
+    /// A remote service (e.g. S3) failed; its error code and class, and the underlying error
+    /// as the source.
+    #[error(transparent)]
+    Service(#[from] ServiceError),
 }
 
 impl StorageError {
@@ -119,14 +111,14 @@ impl StorageError {
         match self {
             StorageError::Contention { .. } => ErrorClass::Temporary,
             StorageError::Io { source, .. } => ErrorClass::of_io(source),
-            StorageError::Service { class, .. } => *class,
+            StorageError::Service(e) => e.class(),
             _ => ErrorClass::Permanent,
         }
     }
 
-    /// Shorthand for `class() == Temporary`.
+    /// Shorthand for `class() == Temporary`: whether retrying may help.
     pub fn is_temporary(&self) -> bool {
-        self.class() == ErrorClass::Temporary
+        self.class().is_retryable()
     }
 
     pub(crate) fn io(path: impl AsRef<std::path::Path>, source: std::io::Error) -> Self {
@@ -200,12 +192,12 @@ mod tests {
             std::io::Error::from(std::io::ErrorKind::PermissionDenied),
         );
         assert!(!denied.is_temporary());
-        let slow = StorageError::Service {
-            service: "s3",
-            code: "SlowDown".into(),
-            message: "m".into(),
-            class: ErrorClass::Temporary,
-        };
+        let slow = StorageError::Service(ServiceError::new(
+            "s3",
+            "SlowDown",
+            "m",
+            ErrorClass::Temporary,
+        ));
         assert!(slow.is_temporary());
         assert!(!StorageError::RunNotFound { run_id: "r".into() }.is_temporary());
         let invalid = StorageError::InvalidTransition {

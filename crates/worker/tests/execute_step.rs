@@ -9,7 +9,9 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use common::*;
 use stepq_plan::{EventKind, Job, RetryMode, StepDef, StepStatus};
-use stepq_results::{ErrorClass, InMemoryOutputStore, OutputKey, OutputStore, ResultError};
+use stepq_results::{
+    ErrorClass, InMemoryOutputStore, OutputKey, OutputStore, ResultError, ServiceError,
+};
 use stepq_worker::{decode_value, encode_value, execute_step, op_fn, CodeLocation, StepOutputs};
 use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
@@ -440,12 +442,12 @@ struct BrokenStore {
 
 impl BrokenStore {
     fn error(&self) -> ResultError {
-        ResultError::Service {
-            service: "s3",
-            code: "SlowDown".into(),
-            message: "please reduce your request rate".into(),
-            class: self.class,
-        }
+        ResultError::Service(ServiceError::new(
+            "s3",
+            "SlowDown",
+            "please reduce your request rate",
+            self.class,
+        ))
     }
 }
 
