@@ -117,8 +117,8 @@ failure_kinds! {
     Timeout = "timeout",
     /// The result backend failed while the step's result was awaited.
     ResultBackend = "result_backend",
-    /// A worker reported a failed task without an error.
-    TaskError = "task_error",
+    /// A task's result is marked failed but carries no error.
+    MissingError = "task_error",
     /// A task's result carries no readable report of the step.
     BadReport = "bad_report",
     /// The orchestrator found itself in a state it should never be in.
@@ -184,6 +184,24 @@ impl PartialEq<&str> for FailureKind {
 impl PartialEq<String> for FailureKind {
     fn eq(&self, other: &String) -> bool {
         *self == **other
+    }
+}
+
+impl PartialEq<FailureKind> for str {
+    fn eq(&self, other: &FailureKind) -> bool {
+        *other == *self
+    }
+}
+
+impl PartialEq<FailureKind> for &str {
+    fn eq(&self, other: &FailureKind) -> bool {
+        *other == **self
+    }
+}
+
+impl PartialEq<FailureKind> for String {
+    fn eq(&self, other: &FailureKind) -> bool {
+        *other == **self
     }
 }
 
@@ -275,7 +293,7 @@ mod tests {
         (FailureKind::Submit, "submit"),
         (FailureKind::Timeout, "timeout"),
         (FailureKind::ResultBackend, "result_backend"),
-        (FailureKind::TaskError, "task_error"),
+        (FailureKind::MissingError, "task_error"),
         (FailureKind::BadReport, "bad_report"),
         (FailureKind::Internal, "internal"),
     ];
@@ -382,6 +400,8 @@ mod tests {
         assert_eq!(FailureKind::Panic, "panic");
         assert_eq!(FailureKind::Panic, "Panic");
         assert_eq!(FailureKind::Panic, "Panic".to_string());
+        assert_eq!("panic", FailureKind::Panic);
+        assert_eq!(String::from("Panic"), FailureKind::Panic);
         assert_ne!(FailureKind::Panic, "op_error");
         assert_eq!(FailureKind::from("ValueError"), "ValueError");
         assert_ne!(FailureKind::from("ValueError"), "KeyError");

@@ -36,3 +36,4 @@ pub use local::{LocalDirOutputStore, LocalDirResultBackend};
 pub use memory::{InMemoryOutputStore, InMemoryResultBackend};
 pub use output::{OutputKey, OutputStore};
 pub use result::{TaskError, TaskResult};
+pub use stepq_core::FailureKind;

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use bytes::Bytes;
 use common::*;
-use stepq_plan::{EventKind, Job, RetryMode, StepDef, StepStatus};
+use stepq_plan::{EventKind, FailureKind, Job, RetryMode, StepDef, StepStatus};
 use stepq_results::{
     ErrorClass, InMemoryOutputStore, OutputKey, OutputStore, ResultError, ServiceError,
 };
@@ -285,7 +285,7 @@ async fn op_panic_becomes_a_failure() {
     let store = InMemoryOutputStore::new();
     let report = run(&location, &store, "lab", "panics").await;
     let (error, _) = failure(&report);
-    assert_eq!(error.kind, "panic");
+    assert!(matches!(error.kind, FailureKind::Panic), "{error}");
     assert!(
         error.message.contains("the op exploded") && error.message.contains("`panics`"),
         "{error}"

@@ -2,19 +2,19 @@
 //! task fails with.
 
 use stepq_broker::{BrokerError, ErrorClass};
-use stepq_plan::PackError;
+use stepq_plan::{FailureKind, PackError};
 
 use crate::error::ExecutorError;
 use crate::storage::{RunStatus as StoredStatus, StorageError};
 
 /// Error kind of an orchestration task whose run another orchestrator holds, or that no
 /// longer waits to start (a redelivered `execute_job`).
-pub const RUN_ALREADY_CLAIMED: &str = "RunAlreadyClaimed";
+pub const RUN_ALREADY_CLAIMED: FailureKind = FailureKind::RunAlreadyClaimed;
 /// Error kind of an orchestration task whose arguments do not decode.
-pub const INVALID_RUN_ARGS: &str = "InvalidRunArgs";
+pub const INVALID_RUN_ARGS: FailureKind = FailureKind::InvalidRunArgs;
 /// Error kind of an orchestration task that could not be carried out (unknown job, run store
-/// failure, unplannable request).
-pub const RUN_NOT_STARTED: &str = "RunNotStarted";
+/// failure, unplannable request); also the kind of the run failure recorded for it.
+pub const RUN_NOT_STARTED: FailureKind = FailureKind::RunNotStarted;
 
 /// Why a run could not be launched, submitted, claimed or resumed.
 #[derive(Debug, thiserror::Error)]

@@ -54,7 +54,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use stepq_broker::{TaskHandle, TaskMessage, TaskOutcome, TaskQueue};
 use stepq_plan::{Event, EventKind, ExecuteRunArgs, ExecutionPlan, Job, KnownState, ResumeRunArgs};
-use stepq_results::TaskError;
+use stepq_results::{FailureKind, TaskError};
 
 use crate::error::ExecutorError;
 use crate::executor::{check_run_id, Executor, RunRequest};
@@ -201,7 +201,7 @@ impl RunLauncher {
                 let failure = Event::run(
                     &run_id,
                     EventKind::RunFailure {
-                        errors: vec![stepq_plan::ErrorInfo::from_error("run_not_started", &e)],
+                        errors: vec![stepq_plan::ErrorInfo::from_error(RUN_NOT_STARTED, &e)],
                     },
                 );
                 let _ = self.runs.append_events(&run_id, &[failure]).await;
@@ -474,7 +474,7 @@ impl RunLauncher {
                 unrecorded: finished.recorded.err().map(|e| e.to_string()),
             };
             serde_json::to_value(&outcome).map_err(|e| TaskError {
-                kind: RUN_NOT_STARTED.to_string(),
+                kind: RUN_NOT_STARTED,
                 message: format!("the run outcome does not encode: {e}"),
             })
         });
@@ -482,7 +482,7 @@ impl RunLauncher {
             Ok(outcome) => outcome,
             Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
             Err(e) => Err(TaskError {
-                kind: RUN_NOT_STARTED.to_string(),
+                kind: RUN_NOT_STARTED,
                 message: format!("the orchestration stopped: {e}"),
             }),
         }
@@ -494,7 +494,7 @@ impl RunLauncher {
         let event = Event::run(
             run_id,
             EventKind::RunFailure {
-                errors: vec![stepq_plan::ErrorInfo::from_error("run_not_started", error)],
+                errors: vec![stepq_plan::ErrorInfo::from_error(RUN_NOT_STARTED, error)],
             },
         );
         if self.runs.append_events(run_id, &[event]).await.is_ok() {
@@ -527,16 +527,16 @@ pub const RESUME_FROM_LABEL: &str = "resume_from";
 /// Label of a `resume_job` message: the orchestrator holding the run when it was submitted.
 pub const RESUME_ORCHESTRATOR_LABEL: &str = "resume_orchestrator";
 
-fn task_error(kind: &str, error: &LaunchError) -> TaskError {
+fn task_error(kind: FailureKind, error: &LaunchError) -> TaskError {
     TaskError {
-        kind: kind.to_string(),
+        kind,
         message: error.to_string(),
     }
 }
 
 fn invalid_args(message: &TaskMessage, error: ProtocolError) -> TaskError {
     TaskError {
-        kind: INVALID_RUN_ARGS.to_string(),
+        kind: INVALID_RUN_ARGS,
         message: format!(
             "task `{}` ({}) has unreadable arguments: {error}",
             message.task_name, message.task_id

@@ -521,7 +521,7 @@ impl Finished {
             .into_iter()
             .filter_map(|k| match k {
                 EventKind::StepFailure { error, will_retry } => {
-                    Some((error.kind.clone(), *will_retry))
+                    Some((error.kind.to_string(), *will_retry))
                 }
                 _ => None,
             })
