@@ -99,6 +99,15 @@ mod tests {
         };
         assert!(partial.is_temporary());
         assert!(partial.to_string().contains("1 of 2"), "{partial}");
+        let given_up = BrokerError::Service(ServiceError::new(
+            "sqs",
+            "RequestThrottled",
+            "still throttled after retrying",
+            ErrorClass::Persistent,
+        ));
+        let given_up = CancelError::from(given_up);
+        assert_eq!(given_up.class(), ErrorClass::Persistent);
+        assert!(!given_up.is_temporary());
         let bad = CancelError::InvalidTaskId {
             task_id: "a/b".into(),
             reason: "contains a path separator",

@@ -33,9 +33,9 @@ impl ExecutorError {
         ErrorClass::Permanent
     }
 
-    /// Shorthand for `class() == Temporary`.
+    /// Shorthand for `class() == Temporary`: whether retrying may help.
     pub fn is_temporary(&self) -> bool {
-        self.class() == ErrorClass::Temporary
+        self.class().is_retryable()
     }
 }
 

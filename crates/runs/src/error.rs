@@ -109,7 +109,8 @@ impl StorageError {
     /// Whether retrying may help.
     pub fn class(&self) -> ErrorClass {
         match self {
-            StorageError::Contention { .. } => ErrorClass::Temporary,
+            // A compare-and-set loop that gave up: it was retried already.
+            StorageError::Contention { .. } => ErrorClass::Persistent,
             StorageError::Io { source, .. } => ErrorClass::of_io(source),
             StorageError::Service(e) => e.class(),
             _ => ErrorClass::Permanent,
@@ -184,7 +185,9 @@ mod tests {
             run_id: "r".into(),
             attempts: 3,
         };
-        assert!(contention.is_temporary());
+        // It gave up retrying already: persistent, not to be retried again.
+        assert_eq!(contention.class(), ErrorClass::Persistent);
+        assert!(!contention.is_temporary());
         let timed_out = StorageError::io("p", std::io::Error::from(std::io::ErrorKind::TimedOut));
         assert!(timed_out.is_temporary());
         let denied = StorageError::io(
@@ -199,6 +202,13 @@ mod tests {
             ErrorClass::Temporary,
         ));
         assert!(slow.is_temporary());
+        let given_up = StorageError::from(ServiceError::new(
+            "s3",
+            "SlowDown",
+            "m",
+            ErrorClass::Persistent,
+        ));
+        assert_eq!(given_up.class(), ErrorClass::Persistent);
         assert!(!StorageError::RunNotFound { run_id: "r".into() }.is_temporary());
         let invalid = StorageError::InvalidTransition {
             run_id: "r".into(),

@@ -232,8 +232,8 @@ impl HealthWriter {
 
     /// Writes the first heartbeat, then keeps writing one every interval in a background task
     /// until [`HealthHandle::stop`]. A first heartbeat the store refuses permanently (a bad
-    /// worker id, no permission) is an error and nothing is started; a temporary failure is
-    /// logged and the next interval tries again, as for every later heartbeat.
+    /// worker id, no permission) is an error and nothing is started; a temporary (or persistent)
+    /// failure is logged and the next interval tries again, as for every later heartbeat.
     pub async fn start(self) -> Result<HealthHandle, HealthError> {
         if self.interval.is_zero() {
             return Err(HealthError::ZeroInterval);
@@ -249,7 +249,9 @@ impl HealthWriter {
             Ok(()) => {
                 written_tx.send_modify(|n| *n += 1);
             }
-            Err(e) if e.is_temporary() => warn_beat_failed(&heartbeat.worker_id, &e),
+            Err(e) if e.class() != ErrorClass::Permanent => {
+                warn_beat_failed(&heartbeat.worker_id, &e)
+            }
             Err(e) => return Err(e.into()),
         }
         let stop = CancellationToken::new();

@@ -473,6 +473,8 @@ async fn output_store_failures_are_reported_with_retry_advice() {
     for (class, retry) in [
         (ErrorClass::Temporary, Some(None)),
         (ErrorClass::Permanent, None),
+        // The store gave up retrying already: the step does not ask for another attempt.
+        (ErrorClass::Persistent, None),
     ] {
         let store = BrokenStore { class };
         let report = run(&location, &store, "serial", "simple").await;

@@ -100,6 +100,7 @@ impl LaunchError {
     /// Whether retrying may help.
     pub fn class(&self) -> ErrorClass {
         match self {
+            LaunchError::Executor(e) => e.class(),
             LaunchError::Storage(e) => e.class(),
             LaunchError::Broker(e) => e.class(),
             _ => ErrorClass::Permanent,
@@ -143,5 +144,25 @@ mod tests {
         };
         assert!(running.to_string().contains("--force"), "{running}");
         assert_eq!(running.class(), ErrorClass::Permanent);
+    }
+
+    #[test]
+    fn classes_follow_the_wrapped_error() {
+        let contention = LaunchError::from(StorageError::Contention {
+            run_id: "r1".into(),
+            attempts: 64,
+        });
+        assert_eq!(contention.class(), ErrorClass::Persistent);
+        let throttled = LaunchError::from(BrokerError::Service(stepq_broker::ServiceError::new(
+            "sqs",
+            "RequestThrottled",
+            "slow down",
+            ErrorClass::Temporary,
+        )));
+        assert_eq!(throttled.class(), ErrorClass::Temporary);
+        let missing = LaunchError::from(StorageError::RunNotFound {
+            run_id: "r1".into(),
+        });
+        assert_eq!(missing.class(), ErrorClass::Permanent);
     }
 }
