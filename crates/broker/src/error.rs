@@ -4,6 +4,7 @@ pub use stepq_results::{ErrorClass, ServiceError};
 
 /// An error from a broker, a task queue or a receiver.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum BrokerError {
     /// A message body is not a valid task message.
     #[error("malformed task message: {reason}")]

@@ -38,6 +38,7 @@ pub struct TaskHandle<Out> {
 
 /// Why waiting for a task's result failed.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum TaskWaitError {
     /// The task ran and failed.
     #[error("task `{task_name}` ({task_id}) failed: [{kind}] {message}")]

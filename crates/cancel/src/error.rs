@@ -6,6 +6,7 @@ use stepq_results::ResultError;
 
 /// An error from a cancel store, a wake-up channel or the cancellable broker.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum CancelError {
     /// A task id is unusable (empty, a path, too long ...).
     #[error("invalid task id `{task_id}`: {reason}")]

@@ -4,6 +4,7 @@ pub use stepq_core::{ErrorClass, ServiceError};
 
 /// An error from a result backend or output store.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum ResultError {
     /// No result is stored for the task.
     #[error("no result for task `{task_id}`")]

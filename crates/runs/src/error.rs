@@ -6,6 +6,7 @@ use crate::record::RunStatus;
 
 /// An error from a [`RunStore`](crate::RunStore) or [`HeartbeatStore`](crate::HeartbeatStore).
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum StorageError {
     /// A run with this id already exists.
     #[error("run `{run_id}` already exists")]

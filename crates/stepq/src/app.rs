@@ -66,6 +66,7 @@ const CANCEL_REQUEST_ATTEMPTS: usize = 5;
 
 /// Why an app could not do what it was asked.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum AppError {
     /// The configuration is unusable.
     #[error(transparent)]

@@ -56,6 +56,7 @@ pub const ENV_WORKER_HEALTH_INTERVAL_SECONDS: &str = "STEPQ_WORKER_HEALTH_INTERV
 
 /// Why a configuration could not be loaded or used.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum ConfigError {
     /// The file could not be read.
     #[error("cannot read config file `{path}`: {source}")]

@@ -76,6 +76,7 @@ const STDERR_TAIL_BYTES: usize = 2048;
 
 /// Why a jobs file could not be loaded. Every variant names the file.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum TomlJobsError {
     /// The file could not be read.
     #[error("cannot read jobs file `{path}`: {source}")]

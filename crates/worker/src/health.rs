@@ -162,6 +162,7 @@ impl Drop for ActivityGuard {
 
 /// Why a [`HealthWriter`] could not start or stop cleanly.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum HealthError {
     /// The heartbeat interval is zero.
     #[error("invalid worker health config `health_interval`: must be positive")]

@@ -138,6 +138,7 @@ impl WorkerConfig {
 
 /// Why a worker could not start or stopped with an error.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum WorkerError {
     /// A setting is invalid.
     #[error("invalid worker config `{field}`: {reason}")]

@@ -18,6 +18,7 @@ pub const RUN_NOT_STARTED: FailureKind = FailureKind::RunNotStarted;
 
 /// Why a run could not be launched, submitted, claimed or resumed.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum LaunchError {
     /// The request cannot be run (bad run id, unknown step, empty selection ...).
     #[error(transparent)]
