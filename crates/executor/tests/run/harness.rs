@@ -279,7 +279,7 @@ impl WorkerState {
             }
             Behaviour::CanceledBeforeStart => {
                 return Err(TaskError {
-                    kind: stepq_broker::receiver::kinds::CANCELED.into(),
+                    kind: stepq_broker::receiver::kinds::CANCELED,
                     message: "cancelled before it started".into(),
                 })
             }
