@@ -1,9 +1,9 @@
-//! The one AWS error table of stepq: an AWS SDK error reduced to its error code, a message
-//! and whether retrying can help ([`ErrorClass`]). Every S3 and SQS implementation in this
-//! crate wraps [`AwsErrorInfo`] in its layer's error type.
+//! The one AWS error table of stepq: an AWS SDK error as a [`ServiceError`] — its error code,
+//! a message, whether retrying can help ([`ErrorClass`]), and the SDK error itself as the
+//! source. Every S3 and SQS implementation in this crate wraps it in its layer's error type.
 
 use aws_sdk_s3::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
-use stepq_results::{ErrorClass, ResultError};
+use stepq_results::{ErrorClass, ServiceError};
 
 /// Error codes AWS services use for throttling and transient server trouble: retrying helps.
 const TEMPORARY_CODES: &[&str] = &[
@@ -45,19 +45,6 @@ pub enum AwsFailureKind {
     Response,
 }
 
-/// An AWS SDK error reduced to what callers act on: the error code, a message, and whether
-/// retrying can help.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct AwsErrorInfo {
-    /// The AWS error code (e.g. `NoSuchBucket`, `AWS.SimpleQueueService.NonExistentQueue`), or
-    /// a stand-in (`Timeout`, `DispatchFailure`, `HTTP503` ...) when the service gave none.
-    pub code: String,
-    /// The operation name and the service's (or SDK's) message.
-    pub message: String,
-    /// Temporary (throttling, 5xx, timeouts, network) or permanent.
-    pub class: ErrorClass,
-}
-
 /// Classifies a failure: throttling codes, HTTP 5xx / 429, timeouts and network failures are
 /// [`ErrorClass::Temporary`]; everything else (missing queue or bucket, access denied, bad
 /// credentials, bad parameters) is [`ErrorClass::Permanent`].
@@ -83,14 +70,16 @@ pub fn classify_aws_failure(
     }
 }
 
-/// Reduces an error of any AWS SDK operation (S3, SQS ...) to an [`AwsErrorInfo`];
-/// `operation` (e.g. `GetObject`) is put in front of the message.
-pub fn aws_error_info<E>(operation: &str, err: &SdkError<E>) -> AwsErrorInfo
+/// An error of any AWS SDK operation (S3, SQS ...) of `service` (e.g. `s3`) as a
+/// [`ServiceError`]: the AWS error code (or a stand-in such as `Timeout`, `DispatchFailure`,
+/// `HTTP503` when the service gave none), `operation` (e.g. `GetObject`) in front of the
+/// message, the class ([`classify_aws_failure`]), and `err` itself as the source.
+pub fn aws_error<E>(service: &'static str, operation: &str, err: SdkError<E>) -> ServiceError
 where
-    E: ProvideErrorMetadata + std::error::Error + 'static,
+    E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
 {
     let status = err.raw_response().map(|r| r.status().as_u16());
-    let (kind, fallback_code) = match err {
+    let (kind, fallback_code) = match &err {
         SdkError::ServiceError(_) => (AwsFailureKind::Service, None),
         SdkError::TimeoutError(_) => (AwsFailureKind::Timeout, Some("Timeout")),
         SdkError::DispatchFailure(d) if d.is_user() => {
@@ -116,35 +105,28 @@ where
         });
     let detail = match err.message() {
         Some(m) if !m.is_empty() => m.to_string(),
-        _ => DisplayErrorContext(err).to_string(),
+        _ => DisplayErrorContext(&err).to_string(),
     };
-    AwsErrorInfo {
-        class: classify_aws_failure(kind, Some(&code), status),
-        code,
-        message: format!("{operation}: {detail}"),
-    }
+    let class = classify_aws_failure(kind, Some(&code), status);
+    ServiceError::new(service, code, format!("{operation}: {detail}"), class).with_source(err)
 }
 
-impl AwsErrorInfo {
-    /// A response body that arrived but could not be read to the end: `ResponseError`,
-    /// temporary (the request can simply be made again).
-    pub fn body_read(operation: &str, key: &str, err: impl std::fmt::Display) -> Self {
-        AwsErrorInfo {
-            code: "ResponseError".into(),
-            message: format!("{operation} `{key}`: reading the body failed: {err}"),
-            class: ErrorClass::Temporary,
-        }
-    }
-
-    /// As a [`ResultError::Service`] of `service` (e.g. `s3`).
-    pub fn into_result_error(self, service: &'static str) -> ResultError {
-        ResultError::Service {
-            service,
-            code: self.code,
-            message: self.message,
-            class: self.class,
-        }
-    }
+/// A response body of `service` that arrived but could not be read to the end:
+/// `ResponseError`, temporary (the request can simply be made again), with the read error as
+/// the source.
+pub fn body_read_error(
+    service: &'static str,
+    operation: &str,
+    key: &str,
+    err: impl std::error::Error + Send + Sync + 'static,
+) -> ServiceError {
+    ServiceError::new(
+        service,
+        "ResponseError",
+        format!("{operation} `{key}`: reading the body failed: {err}"),
+        ErrorClass::Temporary,
+    )
+    .with_source(err)
 }
 
 #[cfg(test)]
@@ -218,14 +200,43 @@ mod tests {
     fn sdk_errors_keep_their_code_and_class() {
         use aws_sdk_s3::operation::get_object::GetObjectError;
         let timeout: SdkError<GetObjectError> = SdkError::timeout_error("too slow");
-        let info = aws_error_info("GetObject", &timeout);
-        assert_eq!(info.code, "Timeout");
-        assert_eq!(info.class, ErrorClass::Temporary);
-        assert!(info.message.starts_with("GetObject: "), "{}", info.message);
+        let e = aws_error("s3", "GetObject", timeout);
+        assert_eq!(e.service, "s3");
+        assert_eq!(e.code, "Timeout");
+        assert_eq!(e.class, ErrorClass::Temporary);
+        assert!(e.message.starts_with("GetObject: "), "{}", e.message);
 
         let built: SdkError<GetObjectError> = SdkError::construction_failure("bad input");
-        let info = aws_error_info("GetObject", &built);
-        assert_eq!(info.code, "ConstructionFailure");
-        assert_eq!(info.class, ErrorClass::Permanent);
+        let e = aws_error("s3", "GetObject", built);
+        assert_eq!(e.code, "ConstructionFailure");
+        assert_eq!(e.class, ErrorClass::Permanent);
+    }
+
+    #[test]
+    fn sdk_errors_are_kept_as_the_source() {
+        use aws_sdk_sqs::operation::send_message::SendMessageError;
+        use std::error::Error as _;
+        let timeout: SdkError<SendMessageError> = SdkError::timeout_error("too slow");
+        let e = aws_error("sqs", "SendMessage", timeout);
+        let source = e.source().expect("the SDK error");
+        let sdk = source
+            .downcast_ref::<SdkError<SendMessageError>>()
+            .expect("the SDK error itself, not a copy of its text");
+        assert!(matches!(sdk, SdkError::TimeoutError(_)), "{sdk:?}");
+        // The chain goes on into the SDK error's own causes.
+        assert_eq!(
+            source.source().map(ToString::to_string).as_deref(),
+            Some("too slow")
+        );
+        // A copy (for several waiters) shares it.
+        assert!(e.clone().source().is_some());
+
+        let read = body_read_error("s3", "GetObject", "k", std::io::Error::other("reset"));
+        assert_eq!(read.code, "ResponseError");
+        assert_eq!(read.class, ErrorClass::Temporary);
+        assert_eq!(
+            read.source().map(ToString::to_string).as_deref(),
+            Some("reset")
+        );
     }
 }

@@ -1,7 +1,8 @@
 //! # stepq-aws
 //!
 //! stepq on AWS: every SQS and S3 implementation of the traits the core crates define, and
-//! the one table that turns an AWS SDK error into an error code, a message and a retry class.
+//! the one table that turns an AWS SDK error into a `ServiceError`: an error code, a message,
+//! a retry class, and the SDK error itself as its source.
 //! The core crates (`stepq-results`, `stepq-broker`, `stepq-cancel`, `stepq-runs`) build
 //! without any AWS SDK; depend on this crate to run on SQS + S3.
 //!
@@ -11,7 +12,7 @@
 //!   ([`sqs::cancel_channel`]) and [`cancellable_sqs_broker`].
 //! - [`s3`]: [`S3ResultBackend`], [`S3OutputStore`], [`S3CancelStore`], [`S3RunStore`] and
 //!   [`S3HeartbeatStore`], all under one bucket and base path.
-//! - [`error`]: [`AwsErrorInfo`] and the classification every one of them uses.
+//! - [`error`]: [`aws_error`] and the classification every one of them uses.
 //!
 //! ```no_run
 //! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
@@ -35,7 +36,7 @@ pub mod s3;
 pub mod settings;
 pub mod sqs;
 
-pub use error::{aws_error_info, classify_aws_failure, AwsErrorInfo, AwsFailureKind};
+pub use error::{aws_error, body_read_error, classify_aws_failure, AwsFailureKind};
 pub use s3::{S3CancelStore, S3HeartbeatStore, S3OutputStore, S3ResultBackend, S3RunStore};
 pub use settings::{InvalidSetting, S3Settings, SqsSettings};
 pub use sqs::cancel_channel::{cancellable_sqs_broker, SqsFanoutChannel, SqsFanoutOptions};

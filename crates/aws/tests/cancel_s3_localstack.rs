@@ -31,11 +31,9 @@ async fn s3_store() {
     assert!(err.to_string().contains("HeadBucket"), "{err}");
     assert!(!err.is_temporary(), "{err}");
     match &err {
-        stepq_cancel::CancelError::Store(stepq_results::ResultError::Service {
-            code,
-            message,
-            ..
-        }) => {
+        stepq_cancel::CancelError::Store(stepq_results::ResultError::Service(
+            stepq_results::ServiceError { code, message, .. },
+        )) => {
             assert_eq!(code, "NoSuchBucket");
             assert!(
                 message.contains("stepq-no-such-bucket-for-cancels"),

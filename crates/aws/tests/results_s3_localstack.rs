@@ -11,7 +11,9 @@ use stepq_aws::s3::{s3_client, S3OutputStore, S3ResultBackend};
 use stepq_results::conformance::{
     run_output_store_suite, run_result_backend_suite, OutputStoreFactory, ResultBackendFactory,
 };
-use stepq_results::{ErrorClass, OutputKey, OutputStore, ResultBackend, ResultError, TaskResult};
+use stepq_results::{
+    ErrorClass, OutputKey, OutputStore, ResultBackend, ResultError, ServiceError, TaskResult,
+};
 
 fn env(name: &str) -> String {
     std::env::var(name).unwrap_or_else(|_| {
@@ -134,12 +136,12 @@ async fn a_missing_bucket_is_a_permanent_error_with_the_code() {
     let missing = format!("stepq-missing-{}", uuid::Uuid::new_v4().simple());
     let backend = S3ResultBackend::new(&sdk, &missing, "base");
     let expect_no_such_bucket = |what: &str, r: Result<(), ResultError>| match r {
-        Err(ResultError::Service {
+        Err(ResultError::Service(ServiceError {
             service,
             code,
             class,
             ..
-        }) => {
+        })) => {
             assert_eq!(service, "s3", "{what}");
             assert_eq!(code, "NoSuchBucket", "{what}");
             assert_eq!(class, ErrorClass::Permanent, "{what}");

@@ -115,7 +115,7 @@ async fn missing_bucket_is_a_permanent_error_with_its_aws_code() {
         .create_run(&RunRecord::new("r1", "job", serde_json::json!({})))
         .await
     {
-        Err(err @ StorageError::Service { .. }) => {
+        Err(err @ StorageError::Service(_)) => {
             assert!(!err.is_temporary(), "{err}");
             assert!(err.to_string().contains("NoSuchBucket"), "{err}");
         }

@@ -13,7 +13,9 @@ use aws_sdk_sqs::types::{MessageAttributeValue, QueueAttributeName};
 use futures::StreamExt;
 use stepq_aws::sqs::{SqsBroker, SqsConfig, EXTENDED_MESSAGE_ATTRIBUTE, PAYLOAD_KEY_PREFIX};
 use stepq_broker::conformance::{self, BrokerFactory};
-use stepq_broker::{Broker, BrokerError, Delivery, DeliveryStream, ErrorClass, TaskMessage};
+use stepq_broker::{
+    Broker, BrokerError, Delivery, DeliveryStream, ErrorClass, ServiceError, TaskMessage,
+};
 use tokio_util::sync::CancellationToken;
 
 /// Longest wait for a delivery that must come.
@@ -309,12 +311,13 @@ async fn a_missing_queue_is_a_permanent_error_with_the_aws_code() {
         ("queue_depth", broker.queue_depth().await.map(drop)),
     ] {
         match result {
-            Err(BrokerError::Service {
+            Err(BrokerError::Service(ServiceError {
                 service,
                 code,
                 class,
                 message,
-            }) => {
+                ..
+            })) => {
                 eprintln!("{what}: sqs error {code}: {message}");
                 assert_eq!(service, "sqs", "{what}");
                 assert!(
@@ -337,12 +340,12 @@ async fn a_missing_extended_payload_bucket_fails_startup() {
         Some(format!("stepq-missing-{}", uuid::Uuid::new_v4().simple()));
     let broker = SqsBroker::connect(c).await.unwrap();
     match broker.startup().await {
-        Err(BrokerError::Service {
+        Err(BrokerError::Service(ServiceError {
             service,
             code,
             class,
             ..
-        }) => {
+        })) => {
             assert_eq!((service, code.as_str()), ("s3", "NoSuchBucket"));
             assert_eq!(class, ErrorClass::Permanent);
         }
@@ -624,7 +627,7 @@ async fn a_lost_extended_payload_is_an_s3_error_and_the_stream_goes_on() {
     let stop = CancellationToken::new();
     let mut stream = broker.listen(stop.clone()).await.unwrap();
     match tokio::time::timeout(MUST_ARRIVE, stream.next()).await {
-        Ok(Some(Err(BrokerError::Service { service, code, .. }))) => {
+        Ok(Some(Err(BrokerError::Service(ServiceError { service, code, .. })))) => {
             assert_eq!(service, "s3");
             assert_eq!(code, "NoSuchKey");
         }

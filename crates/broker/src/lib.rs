@@ -37,7 +37,7 @@ pub mod middleware;
 
 pub use broker::{Broker, DeliveryStream};
 pub use delivery::{Delivery, DeliveryHandle};
-pub use error::{BrokerError, ErrorClass};
+pub use error::{BrokerError, ErrorClass, ServiceError};
 pub use message::{TaskMessage, NO_REPLY_LABEL};
 pub use middleware::{Middleware, MiddlewareChain, MiddlewareError};
 pub mod memory;

@@ -21,7 +21,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::broker::{Broker, DeliveryStream};
 use crate::delivery::{Delivery, DeliveryHandle};
-use crate::error::{BrokerError, ErrorClass};
+use crate::error::{BrokerError, ErrorClass, ServiceError};
 use crate::message::TaskMessage;
 
 /// Default visibility timeout, as SQS has it.
@@ -331,14 +331,13 @@ impl DeliveryHandle for MemoryHandle {
             let mut state = self.shared.lock();
             let deadline = Instant::now() + by;
             let Some(stored) = state.leased(self.id, self.receipt) else {
-                return Err(BrokerError::Service {
-                    service: "memory",
-                    code: "MessageNotInflight".into(),
-                    message: "cannot extend the visibility of a delivery that was acked, nacked \
-                              or redelivered since"
-                        .into(),
-                    class: ErrorClass::Permanent,
-                });
+                return Err(BrokerError::Service(ServiceError::new(
+                    "memory",
+                    "MessageNotInflight",
+                    "cannot extend the visibility of a delivery that was acked, nacked or \
+                     redelivered since",
+                    ErrorClass::Permanent,
+                )));
             };
             stored.lease = Some(Lease {
                 receipt: self.receipt,
@@ -413,7 +412,7 @@ mod tests {
         assert_eq!(second.receive_count(), 2);
         let err = first.extend_visibility(Duration::from_secs(5)).await;
         assert!(
-            matches!(&err, Err(BrokerError::Service { code, .. }) if code == "MessageNotInflight"),
+            matches!(&err, Err(BrokerError::Service(e)) if e.code == "MessageNotInflight"),
             "{err:?}"
         );
         first.ack().await.unwrap();

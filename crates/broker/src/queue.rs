@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use serde::{de::DeserializeOwned, Serialize};
-use stepq_results::ResultBackend;
+use stepq_results::{FailureKind, ResultBackend};
 
 use crate::broker::Broker;
 use crate::error::BrokerError;
@@ -38,6 +38,7 @@ pub struct TaskHandle<Out> {
 
 /// Why waiting for a task's result failed.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum TaskWaitError {
     /// The task ran and failed.
     #[error("task `{task_name}` ({task_id}) failed: [{kind}] {message}")]
@@ -47,7 +48,7 @@ pub enum TaskWaitError {
         /// Task id.
         task_id: String,
         /// Error kind from the result.
-        kind: String,
+        kind: FailureKind,
         /// Error message from the result.
         message: String,
     },
@@ -257,7 +258,7 @@ impl<Out: DeserializeOwned> TaskHandle<Out> {
             let (kind, message) = match result.error {
                 Some(e) => (e.kind, e.message),
                 None => (
-                    "Unknown".to_string(),
+                    FailureKind::MissingError,
                     "the result is marked failed but carries no error".to_string(),
                 ),
             };
@@ -479,7 +480,10 @@ mod tests {
         queue.results().set_result("id-1", &no_error).await.unwrap();
         assert!(matches!(
             handle.wait_result(Some(Duration::from_secs(5))).await,
-            Err(TaskWaitError::TaskFailed { kind, .. }) if kind == "Unknown"
+            Err(TaskWaitError::TaskFailed {
+                kind: FailureKind::MissingError,
+                ..
+            })
         ));
     }
 

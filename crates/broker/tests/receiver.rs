@@ -15,7 +15,8 @@ use stepq_broker::{
     WORKER_NAME_LABEL,
 };
 use stepq_results::{
-    ErrorClass, InMemoryResultBackend, ResultBackend, ResultError, TaskError, TaskResult,
+    ErrorClass, InMemoryResultBackend, ResultBackend, ResultError, ServiceError, TaskError,
+    TaskResult,
 };
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -368,12 +369,12 @@ impl ResultBackend for FlakyBackend {
         let left = self.failures.load(Ordering::SeqCst);
         if left > 0 {
             self.failures.store(left - 1, Ordering::SeqCst);
-            return Err(ResultError::Service {
-                service: "flaky",
-                code: "Unavailable".into(),
-                message: "cannot store right now".into(),
-                class: self.class,
-            });
+            return Err(ResultError::Service(ServiceError::new(
+                "flaky",
+                "Unavailable",
+                "cannot store right now",
+                self.class,
+            )));
         }
         self.inner.set_result(task_id, result).await
     }
@@ -782,12 +783,12 @@ impl Broker for Troubled {
     }
     async fn listen(&self, stop: CancellationToken) -> Result<DeliveryStream, BrokerError> {
         let errors = futures::stream::iter((0..self.errors).map(|_| {
-            Err(BrokerError::Service {
-                service: "troubled",
-                code: "Throttled".into(),
-                message: "slow down".into(),
-                class: ErrorClass::Temporary,
-            })
+            Err(BrokerError::Service(ServiceError::new(
+                "troubled",
+                "Throttled",
+                "slow down",
+                ErrorClass::Temporary,
+            )))
         }));
         Ok(match &self.inner {
             Some(inner) => errors.chain(inner.listen(stop).await?).boxed(),

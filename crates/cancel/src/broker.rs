@@ -3,7 +3,7 @@
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use stepq_broker::{Broker, BrokerError, DeliveryStream, TaskMessage};
+use stepq_broker::{Broker, BrokerError, DeliveryStream, ServiceError, TaskMessage};
 use tokio_util::sync::CancellationToken;
 
 use crate::canceller::{CancelStream, Canceller};
@@ -60,12 +60,12 @@ fn to_broker_error(e: CancelError) -> BrokerError {
         CancelError::Channel(e) => e,
         CancelError::Store(e) => BrokerError::Results(e),
         CancelError::Config { field, reason } => BrokerError::Config { field, reason },
-        other => BrokerError::Service {
-            service: "cancel",
-            code: "CancelError".into(),
-            message: other.to_string(),
-            class: other.class(),
-        },
+        other => BrokerError::Service(ServiceError::new(
+            "cancel",
+            "CancelError",
+            other.to_string(),
+            other.class(),
+        )),
     }
 }
 

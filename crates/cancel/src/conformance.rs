@@ -128,7 +128,7 @@ pub fn register_tasks(receiver: &mut Receiver, worker: &str, tasks: &Tasks) {
                 let _ = tx.send((name.clone(), ctx.message.task_id.clone()));
                 tokio::select! {
                     _ = ctx.cancel.cancelled() => Err(TaskError {
-                        kind: CANCELED_KIND.into(),
+                        kind: CANCELED_KIND,
                         message: format!("cancelled on {name}"),
                     }),
                     _ = tokio::time::sleep(Duration::from_secs(60)) => Ok(serde_json::json!("completed")),

@@ -6,6 +6,7 @@ use stepq_results::ResultError;
 
 /// An error from a cancel store, a wake-up channel or the cancellable broker.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum CancelError {
     /// A task id is unusable (empty, a path, too long ...).
     #[error("invalid task id `{task_id}`: {reason}")]
@@ -63,15 +64,16 @@ impl CancelError {
         }
     }
 
-    /// Shorthand for `class() == Temporary`.
+    /// Shorthand for `class() == Temporary`: whether retrying may help.
     pub fn is_temporary(&self) -> bool {
-        self.class() == ErrorClass::Temporary
+        self.class().is_retryable()
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use stepq_broker::ServiceError;
 
     #[test]
     fn classes_follow_the_wrapped_error() {
@@ -84,12 +86,12 @@ mod tests {
             task_id: "t".into(),
         };
         assert!(!CancelError::from(permanent).is_temporary());
-        let throttled = BrokerError::Service {
-            service: "sqs",
-            code: "RequestThrottled".into(),
-            message: "slow down".into(),
-            class: ErrorClass::Temporary,
-        };
+        let throttled = BrokerError::Service(ServiceError::new(
+            "sqs",
+            "RequestThrottled",
+            "slow down",
+            ErrorClass::Temporary,
+        ));
         let partial = CancelError::PartialWakeUp {
             task_id: "t".into(),
             reached: 1,
@@ -98,6 +100,15 @@ mod tests {
         };
         assert!(partial.is_temporary());
         assert!(partial.to_string().contains("1 of 2"), "{partial}");
+        let given_up = BrokerError::Service(ServiceError::new(
+            "sqs",
+            "RequestThrottled",
+            "still throttled after retrying",
+            ErrorClass::Persistent,
+        ));
+        let given_up = CancelError::from(given_up);
+        assert_eq!(given_up.class(), ErrorClass::Persistent);
+        assert!(!given_up.is_temporary());
         let bad = CancelError::InvalidTaskId {
             task_id: "a/b".into(),
             reason: "contains a path separator",

@@ -30,7 +30,7 @@
 //! use std::time::Duration;
 //! use stepq_broker::{InMemoryBroker, Receiver, TaskContext, TaskQueue, TaskWaitError};
 //! use stepq_cancel::{CancelListener, CancelListenerConfig, CancellableBroker, InMemoryCancelStore};
-//! use stepq_results::{InMemoryResultBackend, TaskError};
+//! use stepq_results::{FailureKind, InMemoryResultBackend, TaskError};
 //!
 //! let broker = CancellableBroker::in_memory(InMemoryBroker::new(), Arc::new(InMemoryCancelStore::new()));
 //! let queue = TaskQueue::new(Arc::new(broker.clone()), Arc::new(InMemoryResultBackend::new()));
@@ -43,7 +43,7 @@
 //!     Box::pin(async move {
 //!         started_tx.send(()).unwrap();
 //!         ctx.cancel.cancelled().await;
-//!         Err(TaskError { kind: "Canceled".into(), message: "stopped on request".into() })
+//!         Err(TaskError { kind: FailureKind::Canceled, message: "stopped on request".into() })
 //!     })
 //! }));
 //! let listener = CancelListener::new(

@@ -18,8 +18,9 @@ use crate::canceller::{CancelStream, Canceller};
 use crate::error::CancelError;
 use crate::marker::{check_task_id, now_ms, CancelMarker};
 
-/// Error kind of the generic result of a cancelled task (the receiver's own kind for it).
-pub const CANCELED_KIND: &str = stepq_broker::receiver::kinds::CANCELED;
+/// Error kind of the generic result of a cancelled task: the receiver's own,
+/// [`FailureKind::Canceled`](stepq_results::FailureKind::Canceled).
+pub const CANCELED_KIND: stepq_results::FailureKind = stepq_broker::receiver::kinds::CANCELED;
 
 /// Default time a task has, after its cancellation token fired, to end on its own before the
 /// receiver drops it: 5 s (shorter than the executor's default 10 s cancel grace, so the

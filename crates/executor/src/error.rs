@@ -5,6 +5,7 @@ use stepq_results::{ErrorClass, ResultError};
 
 /// Why a run could not be started, or the executor not built.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum ExecutorError {
     /// Invalid configuration; names the field.
     #[error("invalid executor config `{field}`: {reason}")]
@@ -33,14 +34,15 @@ impl ExecutorError {
         ErrorClass::Permanent
     }
 
-    /// Shorthand for `class() == Temporary`.
+    /// Shorthand for `class() == Temporary`: whether retrying may help.
     pub fn is_temporary(&self) -> bool {
-        self.class() == ErrorClass::Temporary
+        self.class().is_retryable()
     }
 }
 
 /// Why a typed step output could not be read from a finished run.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum OutputError {
     /// The run knows of no such output: the step did not succeed, or did not emit it.
     #[error("step `{step}` of run `{run_id}` did not emit output `{output}`")]

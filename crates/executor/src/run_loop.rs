@@ -375,7 +375,8 @@ async fn sleep_until(deadline: Option<Instant>) {
     }
 }
 
-/// Sends a batch, re-trying temporary broker errors with backoff.
+/// Sends a batch, re-trying temporary broker errors with backoff; one still failing after
+/// that is returned as persistent.
 async fn kick_with_retries(
     queue: &TaskQueue,
     messages: Vec<TaskMessage>,
@@ -389,13 +390,14 @@ async fn kick_with_retries(
                 tracing::warn!(error = %e, tries, "sending step tasks failed; trying again");
                 tokio::time::sleep(retry.backoff.delay_before(tries + 1)).await;
             }
+            Err(e) if tries > 0 => return Err(e.exhausted()),
             other => return other,
         }
     }
 }
 
-/// Awaits one attempt's result within `timeout`, re-trying temporary backend errors, then
-/// deletes the consumed result.
+/// Awaits one attempt's result within `timeout`, re-trying temporary backend errors (one still
+/// failing after that is returned as persistent), then deletes the consumed result.
 fn wait_for_result(
     results: Arc<dyn ResultBackend>,
     step: usize,
@@ -422,6 +424,7 @@ fn wait_for_result(
                     }
                     tokio::time::sleep(delay).await;
                 }
+                Err(e) if tries > 0 => break Err(e.exhausted()),
                 other => break other,
             }
         };

@@ -3,12 +3,14 @@
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
+use stepq_core::FailureKind;
 
 /// An error as events carry it: kind, message and the chain of causes.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ErrorInfo {
-    /// A short machine-friendly kind, e.g. `op_error`, `timeout`, `unknown_step`.
-    pub kind: String,
+    /// What kind of failure, e.g. [`FailureKind::OpError`], [`FailureKind::Timeout`], or an
+    /// op's own kind ([`FailureKind::Other`]); a plain string when packed.
+    pub kind: FailureKind,
     /// The top-level message.
     pub message: String,
     /// Causes, outermost first.
@@ -17,7 +19,7 @@ pub struct ErrorInfo {
 
 impl ErrorInfo {
     /// An error of the given kind with no causes.
-    pub fn new(kind: impl Into<String>, message: impl Into<String>) -> Self {
+    pub fn new(kind: impl Into<FailureKind>, message: impl Into<String>) -> Self {
         ErrorInfo {
             kind: kind.into(),
             message: message.into(),
@@ -26,7 +28,10 @@ impl ErrorInfo {
     }
 
     /// Builds an `ErrorInfo` from any error, walking its `source()` chain.
-    pub fn from_error(kind: impl Into<String>, error: &(dyn std::error::Error + 'static)) -> Self {
+    pub fn from_error(
+        kind: impl Into<FailureKind>,
+        error: &(dyn std::error::Error + 'static),
+    ) -> Self {
         let mut causes = Vec::new();
         let mut source = error.source();
         while let Some(s) = source {

@@ -66,6 +66,7 @@ pub struct StepDef {
 
 /// One problem found while building a job.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum JobError {
     /// The job has no steps.
     #[error("job `{job}` has no steps")]

@@ -35,3 +35,4 @@ pub use job::{
 pub use pack::{pack, unpack, PackError, Packable, PACK_VERSION};
 pub use plan::{ExecutionPlan, PlanError, PlanProgress, StepOutcome, StepState};
 pub use state::{KnownState, StepOutputHandle};
+pub use stepq_core::FailureKind;

@@ -18,6 +18,7 @@ pub trait Packable: Serialize + DeserializeOwned {
 
 /// Why bytes could not be unpacked.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum PackError {
     /// The bytes end before the envelope header does.
     #[error("packed value is truncated: {len} bytes, header needs more")]

@@ -9,6 +9,7 @@ use crate::state::KnownState;
 
 /// Why a plan could not be built.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum PlanError {
     /// The selection names a step the job does not have.
     #[error("job `{job}` has no step `{step}`")]

@@ -3,7 +3,9 @@
 use std::time::{Duration, UNIX_EPOCH};
 
 use stepq_plan::events::now_us;
-use stepq_plan::{ErrorInfo, Event, EventKind, KnownState, SkipReason, StepOutputHandle};
+use stepq_plan::{
+    ErrorInfo, Event, EventKind, FailureKind, KnownState, SkipReason, StepOutputHandle,
+};
 
 #[derive(Debug)]
 struct Layer(&'static str, Option<Box<Layer>>);
@@ -40,6 +42,45 @@ fn error_info_walks_the_source_chain() {
     let plain = ErrorInfo::new("timeout", "too slow");
     assert!(plain.causes.is_empty());
     assert_eq!(plain.to_string(), "[timeout] too slow");
+}
+
+#[test]
+fn error_kinds_pack_as_their_spelling_and_old_spellings_still_unpack() {
+    let failure = |kind: FailureKind| {
+        let mut event = Event::step(
+            "run-1",
+            "s",
+            EventKind::StepFailure {
+                error: ErrorInfo::new(kind, "boom"),
+                will_retry: false,
+            },
+        );
+        event.timestamp_us = 1;
+        stepq_plan::pack(&event).unwrap()
+    };
+    // What an older writer packed: the bare string, whatever it was.
+    let written_as = |kind: &str| failure(FailureKind::Other(kind.into()));
+    let kind_of = |bytes: &[u8]| match stepq_plan::unpack::<Event>(bytes).unwrap().kind {
+        EventKind::StepFailure { error, .. } => error.kind,
+        other => panic!("{other:?}"),
+    };
+    // Known kinds and unknown ones (an op's own) pack as the same string as before.
+    for kind in [
+        "op_error",
+        "timeout",
+        "missing_input",
+        "bad_record",
+        "ValueError",
+    ] {
+        assert_eq!(failure(FailureKind::from(kind)), written_as(kind), "{kind}");
+        assert_eq!(kind_of(&written_as(kind)).as_str(), kind);
+    }
+    // Reports and event logs written with an old spelling read as the kind it spelled.
+    assert!(matches!(kind_of(&written_as("panic")), FailureKind::Panic));
+    assert!(matches!(
+        kind_of(&written_as("run_not_started")),
+        FailureKind::RunNotStarted
+    ));
 }
 
 #[test]

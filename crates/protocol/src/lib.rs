@@ -55,6 +55,7 @@ pub const RESUME_ARGS_KWARG: &str = "resume_job_args_packed";
 
 /// Why a protocol payload could not be read.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum ProtocolError {
     /// The message lacks the expected kwarg.
     #[error("task `{task_name}` has no `{kwarg}` keyword argument")]

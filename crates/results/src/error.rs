@@ -1,29 +1,10 @@
 //! Typed errors of result backends and output stores.
 
-/// Whether retrying an operation may help.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ErrorClass {
-    /// Transient (network, throttling, timeouts): retrying may succeed.
-    Temporary,
-    /// Permanent (not found, bad data, bad configuration): retrying will not help.
-    Permanent,
-}
-
-impl ErrorClass {
-    /// The class of a local I/O failure: interrupted, would-block and timed-out operations are
-    /// temporary; everything else (not found, permission denied, disk full ...) is permanent.
-    pub fn of_io(error: &std::io::Error) -> Self {
-        match error.kind() {
-            std::io::ErrorKind::Interrupted
-            | std::io::ErrorKind::WouldBlock
-            | std::io::ErrorKind::TimedOut => ErrorClass::Temporary,
-            _ => ErrorClass::Permanent,
-        }
-    }
-}
+pub use stepq_core::{ErrorClass, ServiceError};
 
 /// An error from a result backend or output store.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum ResultError {
     /// No result is stored for the task.
     #[error("no result for task `{task_id}`")]
@@ -70,18 +51,10 @@ pub enum ResultError {
         #[source]
         source: std::io::Error,
     },
-    /// A remote service failed; `code` is its error code (e.g. an AWS error code).
-    #[error("{service} error {code}: {message}")]
-    Service {
-        /// Service name, e.g. `s3`.
-        service: &'static str,
-        /// Error code, e.g. `NoSuchBucket`, `SlowDown`.
-        code: String,
-        /// Message.
-        message: String,
-        /// Temporary or permanent.
-        class: ErrorClass,
-    },
+    /// A remote service (e.g. S3) failed; its error code and class, and the underlying error
+    /// as the source.
+    #[error(transparent)]
+    Service(#[from] ServiceError),
     /// The backend was shut down.
     #[error("result backend is closed")]
     Closed,
@@ -93,38 +66,99 @@ impl ResultError {
         match self {
             ResultError::Timeout { .. } => ErrorClass::Temporary,
             ResultError::Io { source, .. } => ErrorClass::of_io(source),
-            ResultError::Service { class, .. } => *class,
+            ResultError::Service(e) => e.class(),
             _ => ErrorClass::Permanent,
         }
     }
 
-    /// Shorthand for `class() == Temporary`.
+    /// Shorthand for `class() == Temporary`: whether retrying may help.
     pub fn is_temporary(&self) -> bool {
-        self.class() == ErrorClass::Temporary
+        self.class().is_retryable()
+    }
+
+    /// The error a retry loop reports when it gives up on this one: a temporary service error
+    /// becomes [`ErrorClass::Persistent`]. Errors whose class follows from what they are (a
+    /// timeout, an I/O error) are returned as they are.
+    #[must_use]
+    pub fn exhausted(self) -> Self {
+        match self {
+            ResultError::Service(e) => ResultError::Service(e.exhausted()),
+            other => other,
+        }
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::error::Error as _;
     use std::io::{Error, ErrorKind};
 
     #[test]
-    fn io_failures_that_may_pass_are_temporary() {
-        for kind in [
-            ErrorKind::Interrupted,
-            ErrorKind::WouldBlock,
-            ErrorKind::TimedOut,
-        ] {
-            assert_eq!(ErrorClass::of_io(&Error::from(kind)), ErrorClass::Temporary);
-        }
-        for kind in [ErrorKind::NotFound, ErrorKind::PermissionDenied] {
-            assert_eq!(ErrorClass::of_io(&Error::from(kind)), ErrorClass::Permanent);
-        }
-        let io = ResultError::Io {
+    fn classes_follow_the_failure() {
+        let io = |kind| ResultError::Io {
             path: "p".into(),
-            source: Error::from(ErrorKind::TimedOut),
+            source: Error::from(kind),
         };
-        assert!(io.is_temporary());
+        assert_eq!(io(ErrorKind::TimedOut).class(), ErrorClass::Temporary);
+        assert!(io(ErrorKind::TimedOut).is_temporary());
+        assert_eq!(io(ErrorKind::NotFound).class(), ErrorClass::Permanent);
+        let timeout = ResultError::Timeout {
+            task_id: "t".into(),
+            waited: std::time::Duration::from_secs(1),
+        };
+        assert_eq!(timeout.class(), ErrorClass::Temporary);
+        let missing = ResultError::NotFound {
+            task_id: "t".into(),
+        };
+        assert_eq!(missing.class(), ErrorClass::Permanent);
+        for class in [
+            ErrorClass::Temporary,
+            ErrorClass::Permanent,
+            ErrorClass::Persistent,
+        ] {
+            let e = ResultError::from(ServiceError::new("s3", "Code", "m", class));
+            assert_eq!(e.class(), class);
+            assert_eq!(e.is_temporary(), class == ErrorClass::Temporary);
+        }
+    }
+
+    #[test]
+    fn giving_up_makes_temporary_service_errors_persistent() {
+        let slow = ResultError::from(ServiceError::new(
+            "s3",
+            "SlowDown",
+            "PutObject",
+            ErrorClass::Temporary,
+        ));
+        let given_up = slow.exhausted();
+        assert_eq!(given_up.class(), ErrorClass::Persistent);
+        assert!(!given_up.is_temporary());
+        let denied = ResultError::from(ServiceError::new(
+            "s3",
+            "AccessDenied",
+            "m",
+            ErrorClass::Permanent,
+        ));
+        assert_eq!(denied.exhausted().class(), ErrorClass::Permanent);
+    }
+
+    #[test]
+    fn service_errors_show_as_themselves_and_keep_their_source() {
+        let e = ResultError::from(
+            ServiceError::new(
+                "s3",
+                "SlowDown",
+                "PutObject: slow down",
+                ErrorClass::Temporary,
+            )
+            .with_source(Error::from(ErrorKind::ConnectionReset)),
+        );
+        assert_eq!(e.to_string(), "s3 error SlowDown: PutObject: slow down");
+        let source = e.source().expect("the service error's source");
+        assert_eq!(
+            source.downcast_ref::<Error>().map(Error::kind),
+            Some(ErrorKind::ConnectionReset)
+        );
     }
 }

@@ -31,8 +31,9 @@ pub mod output;
 pub mod result;
 
 pub use backend::ResultBackend;
-pub use error::{ErrorClass, ResultError};
+pub use error::{ErrorClass, ResultError, ServiceError};
 pub use local::{LocalDirOutputStore, LocalDirResultBackend};
 pub use memory::{InMemoryOutputStore, InMemoryResultBackend};
 pub use output::{OutputKey, OutputStore};
 pub use result::{TaskError, TaskResult};
+pub use stepq_core::FailureKind;

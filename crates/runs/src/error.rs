@@ -1,11 +1,12 @@
 //! Typed errors of run and heartbeat stores.
 
-use stepq_results::ErrorClass;
+use stepq_results::{ErrorClass, ServiceError};
 
 use crate::record::RunStatus;
 
 /// An error from a [`RunStore`](crate::RunStore) or [`HeartbeatStore`](crate::HeartbeatStore).
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum StorageError {
     /// A run with this id already exists.
     #[error("run `{run_id}` already exists")]
@@ -99,34 +100,27 @@ pub enum StorageError {
         #[source]
         source: std::io::Error,
     },
-    /// A remote service failed; `code` is its error code (e.g. an AWS error code).
-    #[error("{service} error {code}: {message}")]
-    Service {
-        /// Service name, e.g. `s3`.
-        service: &'static str,
-        /// Error code, e.g. `NoSuchBucket`, `SlowDown`.
-        code: String,
-        /// Message.
-        message: String,
-        /// Temporary or permanent.
-        class: ErrorClass,
-    },
+    /// A remote service (e.g. S3) failed; its error code and class, and the underlying error
+    /// as the source.
+    #[error(transparent)]
+    Service(#[from] ServiceError),
 }
 
 impl StorageError {
     /// Whether retrying may help.
     pub fn class(&self) -> ErrorClass {
         match self {
-            StorageError::Contention { .. } => ErrorClass::Temporary,
+            // A compare-and-set loop that gave up: it was retried already.
+            StorageError::Contention { .. } => ErrorClass::Persistent,
             StorageError::Io { source, .. } => ErrorClass::of_io(source),
-            StorageError::Service { class, .. } => *class,
+            StorageError::Service(e) => e.class(),
             _ => ErrorClass::Permanent,
         }
     }
 
-    /// Shorthand for `class() == Temporary`.
+    /// Shorthand for `class() == Temporary`: whether retrying may help.
     pub fn is_temporary(&self) -> bool {
-        self.class() == ErrorClass::Temporary
+        self.class().is_retryable()
     }
 
     pub(crate) fn io(path: impl AsRef<std::path::Path>, source: std::io::Error) -> Self {
@@ -192,7 +186,9 @@ mod tests {
             run_id: "r".into(),
             attempts: 3,
         };
-        assert!(contention.is_temporary());
+        // It gave up retrying already: persistent, not to be retried again.
+        assert_eq!(contention.class(), ErrorClass::Persistent);
+        assert!(!contention.is_temporary());
         let timed_out = StorageError::io("p", std::io::Error::from(std::io::ErrorKind::TimedOut));
         assert!(timed_out.is_temporary());
         let denied = StorageError::io(
@@ -200,13 +196,20 @@ mod tests {
             std::io::Error::from(std::io::ErrorKind::PermissionDenied),
         );
         assert!(!denied.is_temporary());
-        let slow = StorageError::Service {
-            service: "s3",
-            code: "SlowDown".into(),
-            message: "m".into(),
-            class: ErrorClass::Temporary,
-        };
+        let slow = StorageError::Service(ServiceError::new(
+            "s3",
+            "SlowDown",
+            "m",
+            ErrorClass::Temporary,
+        ));
         assert!(slow.is_temporary());
+        let given_up = StorageError::from(ServiceError::new(
+            "s3",
+            "SlowDown",
+            "m",
+            ErrorClass::Persistent,
+        ));
+        assert_eq!(given_up.class(), ErrorClass::Persistent);
         assert!(!StorageError::RunNotFound { run_id: "r".into() }.is_temporary());
         let invalid = StorageError::InvalidTransition {
             run_id: "r".into(),

@@ -59,6 +59,7 @@ use crate::config::{ConfigError, Mode, StepqConfig};
 
 /// Why an app could not do what it was asked.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum AppError {
     /// The configuration is unusable.
     #[error(transparent)]

@@ -55,6 +55,7 @@ pub use stepq_worker::service::settings::ENV_WORKER_HEALTH_INTERVAL_SECONDS;
 
 /// Why a configuration could not be loaded or used.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum ConfigError {
     /// The file could not be read.
     #[error("cannot read config file `{path}`: {source}")]

@@ -2,10 +2,10 @@
 
 use std::time::Duration;
 
-use stepq_plan::ErrorInfo;
+use stepq_plan::{ErrorInfo, FailureKind};
 
-/// Kind given to errors an op returns unless it says otherwise.
-pub const OP_ERROR_KIND: &str = "op_error";
+/// Kind given to errors an op returns unless it says otherwise ([`FailureKind::OpError`]).
+pub const OP_ERROR_KIND: FailureKind = FailureKind::OpError;
 
 /// An op's failure: a kind, a message, the chain of causes, and an optional retry request.
 ///
@@ -26,7 +26,7 @@ pub const OP_ERROR_KIND: &str = "op_error";
 /// ```
 #[derive(Clone, PartialEq, Eq)]
 pub struct OpError {
-    kind: String,
+    kind: FailureKind,
     message: String,
     causes: Vec<String>,
     retry: Option<Option<Duration>>,
@@ -38,8 +38,9 @@ impl OpError {
         OpError::new(OP_ERROR_KIND, message)
     }
 
-    /// An error of the given kind (short and machine-friendly, e.g. `bad_record`).
-    pub fn new(kind: impl Into<String>, message: impl Into<String>) -> Self {
+    /// An error of the given kind: one of stepq's, or the op's own (short and
+    /// machine-friendly, e.g. `bad_record`; it is stored as it is).
+    pub fn new(kind: impl Into<FailureKind>, message: impl Into<String>) -> Self {
         OpError {
             kind: kind.into(),
             message: message.into(),
@@ -68,7 +69,7 @@ impl OpError {
     }
 
     /// Replaces the kind.
-    pub fn with_kind(mut self, kind: impl Into<String>) -> Self {
+    pub fn with_kind(mut self, kind: impl Into<FailureKind>) -> Self {
         self.kind = kind.into();
         self
     }
@@ -86,9 +87,9 @@ impl OpError {
         self
     }
 
-    /// The kind.
+    /// The kind, as spelled on the wire.
     pub fn kind(&self) -> &str {
-        &self.kind
+        self.kind.as_str()
     }
 
     /// The top-level message.

@@ -8,8 +8,8 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use futures::future::join_all;
 use stepq_plan::{
-    ErrorInfo, Event, EventKind, ExecuteStepArgs, InlineValue, RetryMode, StepDef, StepReport,
-    StepStatus,
+    ErrorInfo, Event, EventKind, ExecuteStepArgs, FailureKind, InlineValue, RetryMode, StepDef,
+    StepReport, StepStatus,
 };
 use stepq_results::{OutputKey, OutputStore, ResultError};
 use tokio_util::sync::CancellationToken;
@@ -21,23 +21,23 @@ use crate::io::{list_or_none, StepInputs, StepOutputs};
 use crate::location::CodeLocation;
 
 /// Failure kind: the job is not in the code location.
-pub const UNKNOWN_JOB: &str = "unknown_job";
+pub const UNKNOWN_JOB: FailureKind = FailureKind::UnknownJob;
 /// Failure kind: the job has no such step.
-pub const UNKNOWN_STEP: &str = "unknown_step";
+pub const UNKNOWN_STEP: FailureKind = FailureKind::UnknownStep;
 /// Failure kind: the step's op is not registered (cannot happen with a built location).
-pub const UNKNOWN_OP: &str = "unknown_op";
+pub const UNKNOWN_OP: FailureKind = FailureKind::UnknownOp;
 /// Failure kind: an input's upstream output is not in the output store.
-pub const MISSING_INPUT: &str = "missing_input";
+pub const MISSING_INPUT: FailureKind = FailureKind::MissingInput;
 /// Failure kind: the output store failed while loading an input.
-pub const INPUT_LOAD_ERROR: &str = "input_load_error";
+pub const INPUT_LOAD_ERROR: FailureKind = FailureKind::InputLoadError;
 /// Failure kind: the op did not emit a required output.
-pub const MISSING_OUTPUT: &str = "missing_output";
+pub const MISSING_OUTPUT: FailureKind = FailureKind::MissingOutput;
 /// Failure kind: the op emitted an output its step does not declare.
-pub const UNKNOWN_OUTPUT: &str = "unknown_output";
+pub const UNKNOWN_OUTPUT: FailureKind = FailureKind::UnknownOutput;
 /// Failure kind: the output store failed while storing an output.
-pub const OUTPUT_STORE_ERROR: &str = "output_store_error";
+pub const OUTPUT_STORE_ERROR: FailureKind = FailureKind::OutputStoreError;
 /// Failure kind: the op panicked.
-pub const PANIC: &str = "panic";
+pub const PANIC: FailureKind = FailureKind::Panic;
 
 /// Runs step `step_key` of `args` and reports how it ended; never panics, whatever the op does.
 ///
@@ -212,14 +212,14 @@ enum Stop {
 }
 
 impl Stop {
-    fn failed(kind: &str, message: String) -> Self {
+    fn failed(kind: FailureKind, message: String) -> Self {
         Stop::Failed {
             error: ErrorInfo::new(kind, message),
             retry_requested: None,
         }
     }
 
-    fn store(kind: &str, message: String, error: &ResultError) -> Self {
+    fn store(kind: FailureKind, message: String, error: &ResultError) -> Self {
         let mut info = ErrorInfo::from_error(kind, error);
         info.causes
             .insert(0, std::mem::replace(&mut info.message, message));

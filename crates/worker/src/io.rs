@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 
 use bytes::Bytes;
 use serde::{de::DeserializeOwned, Serialize};
+use stepq_plan::FailureKind;
 
 use crate::error::OpError;
 
@@ -82,7 +83,7 @@ impl StepInputs {
     fn unknown(&self, name: &str) -> OpError {
         let known: Vec<&str> = self.names().collect();
         OpError::new(
-            "unknown_input",
+            FailureKind::UnknownInput,
             format!(
                 "the step has no input `{name}`; its inputs are: {}",
                 list_or_none(&known)
@@ -148,7 +149,7 @@ impl StepOutputs {
         let name = name.into();
         if self.get_raw(&name).is_some() {
             return Err(OpError::new(
-                "duplicate_output",
+                FailureKind::DuplicateOutput,
                 format!("output `{name}` was emitted twice"),
             ));
         }

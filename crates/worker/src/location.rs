@@ -13,6 +13,7 @@ use crate::op::Op;
 
 /// One problem found while building a code location.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum LocationError {
     /// Two ops were registered under one name.
     #[error("op `{op}` is registered twice")]

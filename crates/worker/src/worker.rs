@@ -8,7 +8,7 @@ use stepq_broker::{
     BrokerError, CancelHandle, ErrorClass, Receiver, ReceiverConfig, ReceiverStats, TaskContext,
     TaskHandler, TaskOutcome, TaskQueue,
 };
-use stepq_plan::{ExecuteStepArgs, StepReport, StepStatus};
+use stepq_plan::{ExecuteStepArgs, FailureKind, StepReport, StepStatus};
 use stepq_protocol as protocol;
 use stepq_results::{OutputStore, TaskError};
 use tokio_util::sync::CancellationToken;
@@ -18,9 +18,9 @@ use crate::health::WorkerActivity;
 use crate::location::CodeLocation;
 
 /// Error kind of a task whose step arguments do not decode (or name no step).
-pub const INVALID_STEP_ARGS: &str = "InvalidStepArgs";
+pub const INVALID_STEP_ARGS: FailureKind = FailureKind::InvalidStepArgs;
 /// Error kind of a task whose step reports could not be encoded.
-pub const REPORT_ENCODE_ERROR: &str = "ReportEncodeError";
+pub const REPORT_ENCODE_ERROR: FailureKind = FailureKind::ReportEncodeError;
 
 /// The visibility timeout [`WorkerConfig::default`] is made for: the SQS broker's default
 /// (`stepq_broker::sqs::DEFAULT_VISIBILITY_TIMEOUT`, 10 s).
@@ -138,6 +138,7 @@ impl WorkerConfig {
 
 /// Why a worker could not start or stopped with an error.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum WorkerError {
     /// A setting is invalid.
     #[error("invalid worker config `{field}`: {reason}")]
@@ -276,7 +277,7 @@ impl StepRunner {
     async fn execute_plan(&self, task: TaskContext) -> TaskOutcome {
         let message = &task.message;
         let args = protocol::read_step_args(message).map_err(|e| TaskError {
-            kind: INVALID_STEP_ARGS.to_string(),
+            kind: INVALID_STEP_ARGS,
             message: format!(
                 "task `{}` ({}) has unreadable step arguments: {e}",
                 message.task_name, message.task_id
@@ -284,7 +285,7 @@ impl StepRunner {
         })?;
         if args.step_keys.is_empty() {
             return Err(TaskError {
-                kind: INVALID_STEP_ARGS.to_string(),
+                kind: INVALID_STEP_ARGS,
                 message: format!(
                     "task `{}` ({}) names no step of job `{}` in run `{}`",
                     message.task_name, message.task_id, args.job_name, args.run_id
@@ -300,7 +301,7 @@ impl StepRunner {
         }
         let reports = self.run_steps(&args, &task.cancel).await;
         protocol::reports_value(&reports).map_err(|e| TaskError {
-            kind: REPORT_ENCODE_ERROR.to_string(),
+            kind: REPORT_ENCODE_ERROR,
             message: format!(
                 "step reports of task {} do not encode: {e}",
                 message.task_id

@@ -8,8 +8,10 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use bytes::Bytes;
 use common::*;
-use stepq_plan::{EventKind, Job, RetryMode, StepDef, StepStatus};
-use stepq_results::{ErrorClass, InMemoryOutputStore, OutputKey, OutputStore, ResultError};
+use stepq_plan::{EventKind, FailureKind, Job, RetryMode, StepDef, StepStatus};
+use stepq_results::{
+    ErrorClass, InMemoryOutputStore, OutputKey, OutputStore, ResultError, ServiceError,
+};
 use stepq_worker::{decode_value, encode_value, execute_step, op_fn, CodeLocation, StepOutputs};
 use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
@@ -283,7 +285,7 @@ async fn op_panic_becomes_a_failure() {
     let store = InMemoryOutputStore::new();
     let report = run(&location, &store, "lab", "panics").await;
     let (error, _) = failure(&report);
-    assert_eq!(error.kind, "panic");
+    assert!(matches!(error.kind, FailureKind::Panic), "{error}");
     assert!(
         error.message.contains("the op exploded") && error.message.contains("`panics`"),
         "{error}"
@@ -440,12 +442,12 @@ struct BrokenStore {
 
 impl BrokenStore {
     fn error(&self) -> ResultError {
-        ResultError::Service {
-            service: "s3",
-            code: "SlowDown".into(),
-            message: "please reduce your request rate".into(),
-            class: self.class,
-        }
+        ResultError::Service(ServiceError::new(
+            "s3",
+            "SlowDown",
+            "please reduce your request rate",
+            self.class,
+        ))
     }
 }
 
@@ -471,6 +473,8 @@ async fn output_store_failures_are_reported_with_retry_advice() {
     for (class, retry) in [
         (ErrorClass::Temporary, Some(None)),
         (ErrorClass::Permanent, None),
+        // The store gave up retrying already: the step does not ask for another attempt.
+        (ErrorClass::Persistent, None),
     ] {
         let store = BrokenStore { class };
         let report = run(&location, &store, "serial", "simple").await;

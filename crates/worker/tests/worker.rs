@@ -10,7 +10,7 @@ use std::time::Duration;
 use common::harness::{Harness, WAIT};
 use common::*;
 use stepq_broker::{InMemoryBroker, TaskMessage, TaskQueue, WORKER_NAME_LABEL};
-use stepq_plan::{Job, StepDef, StepReport, StepStatus};
+use stepq_plan::{FailureKind, Job, StepDef, StepReport, StepStatus};
 use stepq_protocol as protocol;
 use stepq_results::{
     InMemoryOutputStore, InMemoryResultBackend, OutputKey, OutputStore, ResultBackend, TaskResult,
@@ -225,7 +225,7 @@ async fn op_panic_is_a_failed_step_and_the_worker_goes_on() {
     let h = Harness::lab().await;
     let report = h.step("lab", "panics").await;
     let (error, _) = failure(&report);
-    assert_eq!(error.kind, "panic");
+    assert!(matches!(error.kind, FailureKind::Panic), "{error}");
     assert!(error.message.contains("the op exploded"), "{error}");
     assert_eq!(emitted(&h.step("serial", "simple").await), ["result"]);
     h.stop().await;

@@ -23,9 +23,9 @@ pub struct S3CancelStore {
 }
 
 /// An S3 operation's error as [`CancelError::Store`].
-fn s3_error<E>(operation: &str, err: &SdkError<E>) -> CancelError
+fn s3_error<E>(operation: &str, err: SdkError<E>) -> CancelError
 where
-    E: ProvideErrorMetadata + std::error::Error + 'static,
+    E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
 {
     CancelError::Store(crate::s3::s3_error(operation, err))
 }
@@ -64,7 +64,7 @@ impl S3CancelStore {
     async fn read(&self, key: &str) -> Result<Option<CancelMarker>, CancelError> {
         let Some(object) = get_object(&self.client, &self.bucket, key)
             .await
-            .map_err(|info| CancelError::Store(info.into_result_error("s3")))?
+            .map_err(|e| CancelError::Store(e.into()))?
         else {
             return Ok(None);
         };
@@ -82,7 +82,7 @@ impl CancelStore for S3CancelStore {
     async fn startup(&self) -> Result<(), CancelError> {
         head_bucket(&self.client, &self.bucket, "cancel marker bucket")
             .await
-            .map_err(|info| CancelError::Store(info.into_result_error("s3")))
+            .map_err(|e| CancelError::Store(e.into()))
     }
 
     async fn put(&self, marker: &CancelMarker) -> Result<(), CancelError> {
@@ -95,7 +95,7 @@ impl CancelStore for S3CancelStore {
             .body(ByteStream::from(marker.to_json()))
             .send()
             .await
-            .map_err(|e| s3_error("PutObject", &e))?;
+            .map_err(|e| s3_error("PutObject", e))?;
         Ok(())
     }
 
@@ -114,7 +114,7 @@ impl CancelStore for S3CancelStore {
             .into_paginator()
             .send();
         while let Some(page) = pages.next().await {
-            let page = page.map_err(|e| s3_error("ListObjectsV2", &e))?;
+            let page = page.map_err(|e| s3_error("ListObjectsV2", e))?;
             keys.extend(
                 page.contents()
                     .iter()
@@ -145,7 +145,7 @@ impl CancelStore for S3CancelStore {
             .key(&key)
             .send()
             .await
-            .map_err(|e| s3_error("DeleteObject", &e))?;
+            .map_err(|e| s3_error("DeleteObject", e))?;
         Ok(())
     }
 

@@ -1,5 +1,5 @@
 //! S3 result backend and output store, plus what the other crates' AWS code shares: the AWS
-//! error classification ([`aws_error_info`]), the S3 client ([`s3_client`]) and the small S3
+//! error classification ([`aws_error`]), the S3 client ([`s3_client`]) and the small S3
 //! calls every S3-backed store makes ([`get_object`], [`head_bucket`], [`join_key`]).
 //!
 //! Layout under a bucket and a base path (`base` may be empty):
@@ -30,21 +30,21 @@ pub mod runs;
 
 use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError};
 use bytes::Bytes;
-use stepq_results::error::{ErrorClass, ResultError};
+use stepq_results::error::{ErrorClass, ResultError, ServiceError};
 
-pub use crate::error::{aws_error_info, classify_aws_failure, AwsErrorInfo, AwsFailureKind};
+pub use crate::error::{aws_error, body_read_error, classify_aws_failure, AwsFailureKind};
 pub use cancel::S3CancelStore;
 pub use outputs::S3OutputStore;
 pub use results::S3ResultBackend;
 pub use runs::{S3HeartbeatStore, S3RunStore};
 
-/// An error of an S3 operation as a [`ResultError::Service`] with its AWS error code and
-/// whether retrying can help (see [`aws_error_info`]).
-pub fn s3_error<E>(operation: &str, err: &SdkError<E>) -> ResultError
+/// An error of an S3 operation as a [`ResultError::Service`] with its AWS error code, whether
+/// retrying can help, and the SDK error as the source (see [`aws_error`]).
+pub fn s3_error<E>(operation: &str, err: SdkError<E>) -> ResultError
 where
-    E: ProvideErrorMetadata + std::error::Error + 'static,
+    E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
 {
-    aws_error_info(operation, err).into_result_error("s3")
+    aws_error("s3", operation, err).into()
 }
 
 /// A whole object read by [`get_object`].
@@ -57,24 +57,24 @@ pub struct S3Object {
 }
 
 /// Reads a whole object; `Ok(None)` when the bucket has no such key. Failures, including a
-/// body that breaks off (see [`AwsErrorInfo::body_read`]), come as an [`AwsErrorInfo`] for the
+/// body that breaks off (see [`body_read_error`]), come as an `s3` [`ServiceError`] for the
 /// caller to wrap in its own error type.
 pub async fn get_object(
     client: &aws_sdk_s3::Client,
     bucket: &str,
     key: &str,
-) -> Result<Option<S3Object>, AwsErrorInfo> {
+) -> Result<Option<S3Object>, ServiceError> {
     let out = match client.get_object().bucket(bucket).key(key).send().await {
         Ok(out) => out,
         Err(e) if is_no_such_key(&e) => return Ok(None),
-        Err(e) => return Err(aws_error_info("GetObject", &e)),
+        Err(e) => return Err(aws_error("s3", "GetObject", e)),
     };
     let e_tag = out.e_tag().map(str::to_string);
     let data = out
         .body
         .collect()
         .await
-        .map_err(|e| AwsErrorInfo::body_read("GetObject", key, e))?;
+        .map_err(|e| body_read_error("s3", "GetObject", key, e))?;
     Ok(Some(S3Object {
         bytes: data.into_bytes(),
         e_tag,
@@ -122,26 +122,25 @@ pub async fn head_bucket(
     client: &aws_sdk_s3::Client,
     bucket: &str,
     what: &str,
-) -> Result<(), AwsErrorInfo> {
+) -> Result<(), ServiceError> {
     match client.head_bucket().bucket(bucket).send().await {
         Ok(_) => Ok(()),
         Err(e) => {
-            let mut info = aws_error_info("HeadBucket", &e);
-            if e.raw_response().map(|r| r.status().as_u16()) == Some(404) {
-                info.code = "NoSuchBucket".to_string();
-                info.message = format!("HeadBucket: {what} `{bucket}` does not exist");
-                info.class = ErrorClass::Permanent;
+            let missing = e.raw_response().map(|r| r.status().as_u16()) == Some(404);
+            let mut err = aws_error("s3", "HeadBucket", e);
+            if missing {
+                err.code = "NoSuchBucket".to_string();
+                err.message = format!("HeadBucket: {what} `{bucket}` does not exist");
+                err.class = ErrorClass::Permanent;
             }
-            Err(info)
+            Err(err)
         }
     }
 }
 
 /// Checks that a bucket answers; a missing one is a permanent `NoSuchBucket` error.
 async fn check_bucket(client: &aws_sdk_s3::Client, bucket: &str) -> Result<(), ResultError> {
-    head_bucket(client, bucket, "bucket")
-        .await
-        .map_err(|info| info.into_result_error("s3"))
+    Ok(head_bucket(client, bucket, "bucket").await?)
 }
 
 /// Reads a whole object's bytes; `Ok(None)` when it does not exist.
@@ -150,10 +149,7 @@ async fn get_object_bytes(
     bucket: &str,
     key: &str,
 ) -> Result<Option<Bytes>, ResultError> {
-    match get_object(client, bucket, key).await {
-        Ok(object) => Ok(object.map(|o| o.bytes)),
-        Err(info) => Err(info.into_result_error("s3")),
-    }
+    Ok(get_object(client, bucket, key).await?.map(|o| o.bytes))
 }
 
 /// Whether an object exists (HEAD).
@@ -165,7 +161,7 @@ async fn object_exists(
     match client.head_object().bucket(bucket).key(key).send().await {
         Ok(_) => Ok(true),
         Err(e) if e.as_service_error().is_some_and(|s| s.is_not_found()) => Ok(false),
-        Err(e) => Err(s3_error("HeadObject", &e)),
+        Err(e) => Err(s3_error("HeadObject", e)),
     }
 }
 

@@ -4,7 +4,7 @@ use async_trait::async_trait;
 use aws_sdk_s3::primitives::ByteStream;
 use aws_sdk_s3::types::{Delete, ObjectIdentifier};
 use bytes::Bytes;
-use stepq_results::error::{ErrorClass, ResultError};
+use stepq_results::error::{ErrorClass, ResultError, ServiceError};
 
 use crate::error::{classify_aws_failure, AwsFailureKind};
 use stepq_results::local::check_segment;
@@ -75,22 +75,12 @@ impl S3OutputStore {
             .into_iter()
             .map(|k| ObjectIdentifier::builder().key(k).build())
             .collect::<Result<Vec<_>, _>>()
-            .map_err(|e| ResultError::Service {
-                service: "s3",
-                code: "ConstructionFailure".into(),
-                message: format!("DeleteObjects: {e}"),
-                class: ErrorClass::Permanent,
-            })?;
+            .map_err(construction_failure)?;
         let delete = Delete::builder()
             .set_objects(Some(objects))
             .quiet(true)
             .build()
-            .map_err(|e| ResultError::Service {
-                service: "s3",
-                code: "ConstructionFailure".into(),
-                message: format!("DeleteObjects: {e}"),
-                class: ErrorClass::Permanent,
-            })?;
+            .map_err(construction_failure)?;
         let out = self
             .client
             .delete_objects()
@@ -98,24 +88,28 @@ impl S3OutputStore {
             .delete(delete)
             .send()
             .await
-            .map_err(|e| s3_error("DeleteObjects", &e))?;
+            .map_err(|e| s3_error("DeleteObjects", e))?;
         if let Some(first) = out.errors().first() {
             let code = first.code().unwrap_or("Unknown").to_string();
             let class = classify_aws_failure(AwsFailureKind::Service, Some(&code), None);
-            return Err(ResultError::Service {
-                service: "s3",
-                message: format!(
-                    "DeleteObjects: {} of {count} keys failed, first `{}`: {}",
-                    out.errors().len(),
-                    first.key().unwrap_or("?"),
-                    first.message().unwrap_or("")
-                ),
-                code,
-                class,
-            });
+            let message = format!(
+                "DeleteObjects: {} of {count} keys failed, first `{}`: {}",
+                out.errors().len(),
+                first.key().unwrap_or("?"),
+                first.message().unwrap_or("")
+            );
+            return Err(ServiceError::new("s3", code, message, class).into());
         }
         Ok(())
     }
+}
+
+/// A DeleteObjects request that could not be built (a bug or bad input on our side).
+fn construction_failure(e: aws_sdk_s3::error::BuildError) -> ResultError {
+    let message = format!("DeleteObjects: {e}");
+    ServiceError::new("s3", "ConstructionFailure", message, ErrorClass::Permanent)
+        .with_source(e)
+        .into()
 }
 
 #[async_trait]
@@ -129,7 +123,7 @@ impl OutputStore for S3OutputStore {
             .body(ByteStream::from(value))
             .send()
             .await
-            .map_err(|e| s3_error("PutObject", &e))?;
+            .map_err(|e| s3_error("PutObject", e))?;
         Ok(())
     }
 
@@ -158,7 +152,7 @@ impl OutputStore for S3OutputStore {
             .send();
         let mut keys = Vec::new();
         while let Some(page) = pages.next().await {
-            let page = page.map_err(|e| s3_error("ListObjectsV2", &e))?;
+            let page = page.map_err(|e| s3_error("ListObjectsV2", e))?;
             keys.extend(
                 page.contents()
                     .iter()

@@ -72,7 +72,7 @@ impl ResultBackend for S3ResultBackend {
             .body(ByteStream::from(result.to_json()))
             .send()
             .await
-            .map_err(|e| s3_error("PutObject", &e))?;
+            .map_err(|e| s3_error("PutObject", e))?;
         Ok(())
     }
 
@@ -115,7 +115,7 @@ impl ResultBackend for S3ResultBackend {
             .key(&key)
             .send()
             .await
-            .map_err(|e| s3_error("DeleteObject", &e))?;
+            .map_err(|e| s3_error("DeleteObject", e))?;
         Ok(())
     }
 }

@@ -30,14 +30,14 @@ use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use crate::s3::{aws_error_info, get_object, join_key, AwsErrorInfo, S3Object};
+use crate::s3::{aws_error, get_object, join_key, S3Object};
 use async_trait::async_trait;
 use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_s3::primitives::ByteStream;
 use aws_sdk_s3::Client;
 use futures::{StreamExt, TryStreamExt};
 use stepq_plan::Event;
-use stepq_results::ErrorClass;
+use stepq_results::{ErrorClass, ServiceError};
 
 use stepq_runs::error::{check_id, StorageError};
 use stepq_runs::heartbeat::{HeartbeatStore, WorkerHeartbeat};
@@ -79,9 +79,7 @@ impl Location {
 
     /// Reads an object's bytes and ETag; `None` if there is no such object.
     async fn get(&self, key: &str) -> Result<Option<S3Object>, StorageError> {
-        get_object(&self.client, &self.bucket, key)
-            .await
-            .map_err(service_error)
+        Ok(get_object(&self.client, &self.bucket, key).await?)
     }
 
     /// Writes an object under `condition`.
@@ -114,7 +112,7 @@ impl Location {
             {
                 Ok(PutOutcome::Conflict)
             }
-            Err(e) => Err(s3_error("PutObject", &e)),
+            Err(e) => Err(s3_error("PutObject", e)),
         }
     }
 
@@ -140,7 +138,7 @@ impl Location {
                 .set_continuation_token(token.take())
                 .send()
                 .await
-                .map_err(|e| s3_error("ListObjectsV2", &e))?;
+                .map_err(|e| s3_error("ListObjectsV2", e))?;
             if delimiter.is_some() {
                 found.extend(
                     output
@@ -254,11 +252,13 @@ impl S3RunStore {
         };
         self.remember(run_id);
         let record = decode_json(&key, &bytes)?;
-        let etag = etag.ok_or_else(|| StorageError::Service {
-            service: "s3",
-            code: "MissingETag".into(),
-            message: format!("GetObject {key}: no ETag in the response"),
-            class: ErrorClass::Permanent,
+        let etag = etag.ok_or_else(|| {
+            StorageError::Service(ServiceError::new(
+                "s3",
+                "MissingETag",
+                format!("GetObject {key}: no ETag in the response"),
+                ErrorClass::Permanent,
+            ))
         })?;
         Ok((record, etag))
     }
@@ -296,7 +296,7 @@ impl S3RunStore {
             Err(e) if status_of(&e) == Some(404) => Err(StorageError::RunNotFound {
                 run_id: run_id.to_string(),
             }),
-            Err(e) => Err(s3_error("HeadObject", &e)),
+            Err(e) => Err(s3_error("HeadObject", e)),
         }
     }
 
@@ -580,12 +580,12 @@ impl HeartbeatStore for S3HeartbeatStore {
             .await
             .and_then(|outcome| match outcome {
                 PutOutcome::Written => Ok(()),
-                other => Err(StorageError::Service {
-                    service: "s3",
-                    code: format!("{other:?}"),
-                    message: "unconditional PutObject refused".into(),
-                    class: ErrorClass::Temporary,
-                }),
+                other => Err(StorageError::Service(ServiceError::new(
+                    "s3",
+                    format!("{other:?}"),
+                    "unconditional PutObject refused",
+                    ErrorClass::Temporary,
+                ))),
             })
     }
 
@@ -619,7 +619,7 @@ impl HeartbeatStore for S3HeartbeatStore {
             .send()
             .await
             .map(drop)
-            .map_err(|e| s3_error("DeleteObject", &e))
+            .map_err(|e| s3_error("DeleteObject", e))
     }
 }
 
@@ -644,23 +644,13 @@ fn status_of<E>(err: &SdkError<E>) -> Option<u16> {
     err.raw_response().map(|r| r.status().as_u16())
 }
 
-/// An AWS failure as [`StorageError::Service`] (code and class from
-/// [`crate::s3::aws_error_info`]).
-fn service_error(info: AwsErrorInfo) -> StorageError {
-    StorageError::Service {
-        service: "s3",
-        code: info.code,
-        message: info.message,
-        class: info.class,
-    }
-}
-
-/// An S3 operation's error as [`StorageError::Service`].
-fn s3_error<E>(operation: &str, err: &SdkError<E>) -> StorageError
+/// An S3 operation's error as [`StorageError::Service`] (code, class and source from
+/// [`aws_error`]).
+fn s3_error<E>(operation: &str, err: SdkError<E>) -> StorageError
 where
-    E: ProvideErrorMetadata + std::error::Error + 'static,
+    E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
 {
-    service_error(aws_error_info(operation, err))
+    aws_error("s3", operation, err).into()
 }
 
 #[cfg(test)]
@@ -699,13 +689,16 @@ mod tests {
     async fn unreachable_endpoint_is_a_temporary_service_error() {
         let store = S3RunStore::from_client(offline_client(), "bucket", "base");
         match store.get_run("r1").await {
-            Err(err @ StorageError::Service { .. }) => {
+            Err(err @ StorageError::Service(_)) => {
                 assert!(err.is_temporary(), "{err}");
-                let StorageError::Service { code, message, .. } = &err else {
+                let StorageError::Service(e) = &err else {
                     unreachable!()
                 };
-                assert_eq!(code, "DispatchFailure");
-                assert!(message.starts_with("GetObject"), "{message}");
+                assert_eq!(e.code, "DispatchFailure");
+                assert!(e.message.starts_with("GetObject"), "{}", e.message);
+                // The SDK's error is kept as the source, with its own causes below it.
+                let source = std::error::Error::source(&err).expect("the SDK error");
+                assert!(source.source().is_some(), "{source:?}");
             }
             other => panic!("{other:?}"),
         }

@@ -13,7 +13,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use super::config::SqsConfig;
-use super::error::{info_error, sqs_error};
+use super::error::sqs_error;
 use super::send::{prepare, send_batch, send_one, SendSettings};
 use stepq_broker::broker::{Broker, DeliveryStream};
 use stepq_broker::error::BrokerError;
@@ -208,7 +208,7 @@ impl SqsBroker {
             .attribute_names(QueueAttributeName::ApproximateNumberOfMessagesDelayed)
             .send()
             .await
-            .map_err(|e| sqs_error("GetQueueAttributes", &e))?;
+            .map_err(|e| sqs_error("GetQueueAttributes", e))?;
         let count = |name: QueueAttributeName| {
             out.attributes()
                 .and_then(|a| a.get(&name))
@@ -240,7 +240,7 @@ impl SqsBroker {
         request
             .send()
             .await
-            .map_err(|e| sqs_error("SendMessage", &e))?;
+            .map_err(|e| sqs_error("SendMessage", e))?;
         Ok(())
     }
 }
@@ -256,11 +256,9 @@ impl Broker for SqsBroker {
             .attribute_names(QueueAttributeName::QueueArn)
             .send()
             .await
-            .map_err(|e| sqs_error("GetQueueAttributes", &e))?;
+            .map_err(|e| sqs_error("GetQueueAttributes", e))?;
         if let Some(bucket) = &self.inner.settings.bucket {
-            head_bucket(&self.inner.s3, bucket, "extended payload bucket")
-                .await
-                .map_err(|info| info_error("s3", info))?;
+            head_bucket(&self.inner.s3, bucket, "extended payload bucket").await?;
         }
         Ok(())
     }

@@ -17,13 +17,13 @@
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use crate::sqs::error::sqs_service_error;
 use crate::sqs::owned_queue::{self, is_missing_queue, queue_name, sanitize};
-use crate::sqs::sqs_error;
 use async_trait::async_trait;
 use aws_sdk_sqs::types::QueueAttributeName;
 use bytes::Bytes;
 use futures::StreamExt;
-use stepq_broker::BrokerError;
+use stepq_broker::{BrokerError, ServiceError};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
@@ -265,7 +265,9 @@ impl Inner {
     }
 
     async fn targets(&self) -> Result<Vec<String>, CancelError> {
-        let mut urls = owned_queue::list_with_prefix(&self.client, &self.base).await?;
+        let mut urls = owned_queue::list_with_prefix(&self.client, &self.base)
+            .await
+            .map_err(BrokerError::from)?;
         let inbox_start = format!("{}-", self.base);
         let fifo_name = format!("{}.fifo", self.base);
         urls.retain(|url| {
@@ -275,7 +277,7 @@ impl Inner {
         Ok(urls)
     }
 
-    async fn send(&self, url: &str, task_id: &str, body: &str) -> Result<(), BrokerError> {
+    async fn send(&self, url: &str, task_id: &str, body: &str) -> Result<(), ServiceError> {
         let mut request = self.client.send_message().queue_url(url).message_body(body);
         if queue_name(url).ends_with(".fifo") {
             request = request
@@ -285,11 +287,11 @@ impl Inner {
         request
             .send()
             .await
-            .map_err(|e| sqs_error("SendMessage", &e))?;
+            .map_err(|e| sqs_service_error("SendMessage", e))?;
         Ok(())
     }
 
-    async fn create_inbox(&self, name: &str, subscriber: &str) -> Result<String, BrokerError> {
+    async fn create_inbox(&self, name: &str, subscriber: &str) -> Result<String, ServiceError> {
         let o = &self.options;
         owned_queue::create(
             &self.client,
@@ -342,7 +344,7 @@ impl CancelChannel for SqsFanoutChannel {
             let (task_id, body) = (task_id.to_string(), Arc::clone(&body));
             async move { inner.send(&url, &task_id, &body).await }
         });
-        let results: Vec<Result<(), BrokerError>> = futures::stream::iter(sends)
+        let results: Vec<Result<(), ServiceError>> = futures::stream::iter(sends)
             .buffer_unordered(self.inner.options.send_concurrency)
             .collect()
             .await;
@@ -364,7 +366,7 @@ impl CancelChannel for SqsFanoutChannel {
                 task_id: task_id.to_string(),
                 reached,
                 total,
-                first: Box::new(first),
+                first: Box::new(first.into()),
             }),
         }
     }
@@ -377,7 +379,11 @@ impl CancelChannel for SqsFanoutChannel {
         stop: CancellationToken,
     ) -> Result<ChannelStream, CancelError> {
         let name = self.inbox_name(subscriber);
-        let url = self.inner.create_inbox(&name, subscriber).await?;
+        let url = self
+            .inner
+            .create_inbox(&name, subscriber)
+            .await
+            .map_err(BrokerError::from)?;
         tracing::info!(inbox = %url, subscriber, "listening for cancels");
         let stop = stop.child_token();
         let (tx, rx) = mpsc::channel(256);
@@ -522,7 +528,7 @@ impl Inbox {
         stopped
     }
 
-    async fn receive(&self) -> Result<Vec<(String, String)>, BrokerError> {
+    async fn receive(&self) -> Result<Vec<(String, String)>, ServiceError> {
         let wait = self.inner.options.wait_time_seconds;
         owned_queue::receive(&self.inner.client, &self.url, wait).await
     }

@@ -1,48 +1,35 @@
-//! AWS errors as [`BrokerError`]s: the AWS error code and whether retrying can help.
+//! AWS errors as [`BrokerError`]s: the AWS error code, whether retrying can help, and the SDK
+//! error as the source ([`ServiceError`]).
 
-use crate::s3::{aws_error_info, classify_aws_failure, AwsErrorInfo, AwsFailureKind};
+use crate::s3::{aws_error, classify_aws_failure, AwsFailureKind};
 use aws_sdk_sqs::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_sqs::types::BatchResultErrorEntry;
 
-use stepq_broker::error::{BrokerError, ErrorClass};
+use stepq_broker::error::{BrokerError, ErrorClass, ServiceError};
 
-/// An SDK error of an SQS or S3 operation as a [`BrokerError::Service`].
-pub(crate) fn service_error<E>(
-    service: &'static str,
-    operation: &str,
-    err: &SdkError<E>,
-) -> BrokerError
+/// An SQS operation's error as a [`BrokerError::Service`] with its AWS error code, whether
+/// retrying can help, and the SDK error as the source.
+pub fn sqs_error<E>(operation: &str, err: SdkError<E>) -> BrokerError
 where
-    E: ProvideErrorMetadata + std::error::Error + 'static,
+    E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
 {
-    info_error(service, aws_error_info(operation, err))
+    sqs_service_error(operation, err).into()
 }
 
-/// A reduced AWS failure of `service` as a [`BrokerError::Service`].
-pub(crate) fn info_error(service: &'static str, info: AwsErrorInfo) -> BrokerError {
-    BrokerError::Service {
-        service,
-        code: info.code,
-        message: info.message,
-        class: info.class,
-    }
-}
-
-/// An SQS operation's error as a [`BrokerError::Service`] with its AWS error code and whether
-/// retrying can help.
-pub fn sqs_error<E>(operation: &str, err: &SdkError<E>) -> BrokerError
+/// An SQS operation's error as the [`ServiceError`] itself (see [`sqs_error`]).
+pub(crate) fn sqs_service_error<E>(operation: &str, err: SdkError<E>) -> ServiceError
 where
-    E: ProvideErrorMetadata + std::error::Error + 'static,
+    E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
 {
-    service_error("sqs", operation, err)
+    aws_error("sqs", operation, err)
 }
 
 /// An S3 operation's error (extended payloads).
-pub(crate) fn s3_error<E>(operation: &str, err: &SdkError<E>) -> BrokerError
+pub(crate) fn s3_error<E>(operation: &str, err: SdkError<E>) -> BrokerError
 where
-    E: ProvideErrorMetadata + std::error::Error + 'static,
+    E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
 {
-    service_error("s3", operation, err)
+    aws_error("s3", operation, err).into()
 }
 
 /// The class of one failed entry of a batch call: the sender's fault is permanent unless its
@@ -56,16 +43,12 @@ pub(crate) fn entry_class(entry: &BatchResultErrorEntry) -> ErrorClass {
 }
 
 /// One failed entry of a batch call as an error.
-pub(crate) fn entry_error(operation: &str, entry: &BatchResultErrorEntry) -> BrokerError {
-    BrokerError::Service {
-        service: "sqs",
-        code: entry.code().to_string(),
-        message: format!(
-            "{operation} entry failed: {}",
-            entry.message().unwrap_or("no message")
-        ),
-        class: entry_class(entry),
-    }
+pub(crate) fn entry_error(operation: &str, entry: &BatchResultErrorEntry) -> ServiceError {
+    let message = format!(
+        "{operation} entry failed: {}",
+        entry.message().unwrap_or("no message")
+    );
+    ServiceError::new("sqs", entry.code(), message, entry_class(entry))
 }
 
 /// The outcome of each of the `count` entries of a batch call, in order: `Ok` unless `failed`
@@ -83,24 +66,27 @@ pub(crate) fn entry_outcomes(
             .ok()
             .and_then(|i| outcomes.get_mut(i))
         {
-            *slot = Err(entry_error(operation, f));
+            *slot = Err(entry_error(operation, f).into());
         }
     }
     outcomes
 }
 
 /// `count` copies of one error: the outcome of every entry of a batch call that failed whole.
-pub(crate) fn all_failed(err: &BrokerError, count: usize) -> Vec<Result<(), BrokerError>> {
-    (0..count).map(|_| Err(clone_error(err))).collect()
+pub(crate) fn all_failed(err: &ServiceError, count: usize) -> Vec<Result<(), BrokerError>> {
+    (0..count).map(|_| Err(err.clone().into())).collect()
 }
 
 /// The entries of a batch call, entry `i` built by `build` with id `i`; one that cannot be
 /// built fails the whole call as a [`build_error`] of `operation`.
-pub(crate) fn numbered_entries<I, T, E: std::fmt::Display>(
+pub(crate) fn numbered_entries<I, T, E>(
     operation: &str,
     items: impl IntoIterator<Item = I>,
     mut build: impl FnMut(String, I) -> Result<T, E>,
-) -> Result<Vec<T>, BrokerError> {
+) -> Result<Vec<T>, ServiceError>
+where
+    E: std::error::Error + Send + Sync + 'static,
+{
     items
         .into_iter()
         .enumerate()
@@ -109,48 +95,14 @@ pub(crate) fn numbered_entries<I, T, E: std::fmt::Display>(
         .map_err(|e| build_error(operation, e))
 }
 
-/// A request that could not be built (a bug or bad input on our side).
-pub(crate) fn build_error(operation: &str, err: impl std::fmt::Display) -> BrokerError {
-    BrokerError::Service {
-        service: "sqs",
-        code: "ConstructionFailure".into(),
-        message: format!("{operation}: {err}"),
-        class: ErrorClass::Permanent,
-    }
-}
-
-/// The service and the code, message and class of an error: those of a
-/// [`BrokerError::Service`], else `sqs`, `Unknown`, the error's text and its class.
-pub(crate) fn service_info(e: &BrokerError) -> (&'static str, AwsErrorInfo) {
-    match e {
-        BrokerError::Service {
-            service,
-            code,
-            message,
-            class,
-        } => (
-            service,
-            AwsErrorInfo {
-                code: code.clone(),
-                message: message.clone(),
-                class: *class,
-            },
-        ),
-        other => (
-            "sqs",
-            AwsErrorInfo {
-                code: "Unknown".into(),
-                message: other.to_string(),
-                class: other.class(),
-            },
-        ),
-    }
-}
-
-/// A copy of an error, for reporting one failure to several waiters.
-pub(crate) fn clone_error(e: &BrokerError) -> BrokerError {
-    let (service, info) = service_info(e);
-    info_error(service, info)
+/// A request that could not be built (a bug or bad input on our side), with the builder's
+/// error as the source.
+pub(crate) fn build_error(
+    operation: &str,
+    err: impl std::error::Error + Send + Sync + 'static,
+) -> ServiceError {
+    let message = format!("{operation}: {err}");
+    ServiceError::new("sqs", "ConstructionFailure", message, ErrorClass::Permanent).with_source(err)
 }
 
 #[cfg(test)]
@@ -170,22 +122,18 @@ mod tests {
     #[test]
     fn batch_entry_failures_keep_code_and_class() {
         let e = entry_error("SendMessageBatch", &entry("InvalidMessageContents", true));
-        match &e {
-            BrokerError::Service {
-                service,
-                code,
-                message,
-                class,
-            } => {
-                assert_eq!(*service, "sqs");
-                assert_eq!(code, "InvalidMessageContents");
-                assert!(message.contains("boom"), "{message}");
-                assert_eq!(*class, ErrorClass::Permanent);
-            }
-            other => panic!("{other}"),
-        }
-        assert!(entry_error("x", &entry("InternalError", false)).is_temporary());
-        assert!(entry_error("x", &entry("RequestThrottled", true)).is_temporary());
+        assert_eq!(e.service, "sqs");
+        assert_eq!(e.code, "InvalidMessageContents");
+        assert!(e.message.contains("boom"), "{}", e.message);
+        assert_eq!(e.class, ErrorClass::Permanent);
+        assert_eq!(
+            entry_error("x", &entry("InternalError", false)).class,
+            ErrorClass::Temporary
+        );
+        assert_eq!(
+            entry_error("x", &entry("RequestThrottled", true)).class,
+            ErrorClass::Temporary
+        );
     }
 
     #[test]
@@ -206,7 +154,7 @@ mod tests {
         let mut stray = entry("InternalError", false);
         stray.id = "9".into();
         assert!(entry_outcomes("x", 1, &[stray])[0].is_ok());
-        let all = all_failed(&build_error("x", "bad"), 2);
+        let all = all_failed(&build_error("x", std::fmt::Error), 2);
         assert_eq!(all.len(), 2);
         assert!(all.iter().all(|o| o.is_err()));
     }
@@ -214,20 +162,26 @@ mod tests {
     #[test]
     fn numbered_entries_number_in_order_and_name_a_build_failure() {
         let ids = numbered_entries("Op", ["a", "b"], |id, x| {
-            Ok::<_, String>(format!("{id}:{x}"))
+            Ok::<_, std::io::Error>(format!("{id}:{x}"))
         })
         .unwrap();
         assert_eq!(ids, ["0:a", "1:b"]);
-        let err = numbered_entries("Op", [1], |_, _| Err::<(), _>("no receipt")).unwrap_err();
-        assert!(matches!(&err, BrokerError::Service { code, .. } if code == "ConstructionFailure"));
+        let err = numbered_entries("Op", [1], |_, _| {
+            Err::<(), _>(std::io::Error::other("no receipt"))
+        })
+        .unwrap_err();
+        assert_eq!(err.code, "ConstructionFailure");
         assert!(err.to_string().contains("Op: no receipt"), "{err}");
+        // The builder's error is kept as the source.
+        let source = std::error::Error::source(&err).expect("the build error");
+        assert_eq!(source.to_string(), "no receipt");
     }
 
     #[test]
     fn sdk_timeouts_are_temporary_sqs_errors() {
         use aws_sdk_sqs::operation::send_message::SendMessageError;
         let err: SdkError<SendMessageError> = SdkError::timeout_error("slow");
-        let e = sqs_error("SendMessage", &err);
+        let e = sqs_error("SendMessage", err);
         assert!(e.is_temporary());
         assert!(e.to_string().contains("SendMessage"), "{e}");
     }

@@ -20,7 +20,7 @@ use super::owned_queue;
 use super::payload::{S3Pointer, EXTENDED_MESSAGE_ATTRIBUTE};
 use stepq_broker::broker::DeliveryStream;
 use stepq_broker::delivery::{Delivery, DeliveryHandle};
-use stepq_broker::error::{BrokerError, ErrorClass};
+use stepq_broker::error::{BrokerError, ErrorClass, ServiceError};
 
 /// Entries per DeleteMessageBatch / ChangeMessageVisibilityBatch call (an SQS limit).
 const MAX_BATCH_ENTRIES: usize = 10;
@@ -52,7 +52,7 @@ async fn receive(inner: Arc<Inner>) -> Result<Vec<Received>, BrokerError> {
         .message_attribute_names(EXTENDED_MESSAGE_ATTRIBUTE)
         .send()
         .await
-        .map_err(|e| sqs_error("ReceiveMessage", &e))?;
+        .map_err(|e| sqs_error("ReceiveMessage", e))?;
     let received_at = Instant::now();
     Ok(out
         .messages
@@ -118,7 +118,7 @@ async fn release(inner: &Inner, receipts: Vec<String>) {
                 );
             }
             Err(e) => tracing::warn!(
-                error = %sqs_error("ChangeMessageVisibilityBatch", &e),
+                error = %sqs_error("ChangeMessageVisibilityBatch", e),
                 count = chunk.len(),
                 "could not release messages; they come back after their visibility timeout"
             ),
@@ -136,7 +136,7 @@ async fn change_visibility(inner: &Inner, receipt: &str, seconds: i32) -> Result
         .visibility_timeout(seconds)
         .send()
         .await
-        .map_err(|e| sqs_error("ChangeMessageVisibility", &e))?;
+        .map_err(|e| sqs_error("ChangeMessageVisibility", e))?;
     Ok(())
 }
 
@@ -183,7 +183,7 @@ async fn delete_one(inner: &Inner, receipt: &str) -> Result<(), BrokerError> {
         .receipt_handle(receipt)
         .send()
         .await
-        .map_err(|e| sqs_error("DeleteMessage", &e))?;
+        .map_err(|e| sqs_error("DeleteMessage", e))?;
     Ok(())
 }
 
@@ -286,12 +286,14 @@ impl Listener {
                 }
                 Err(join) => {
                     self.backoff = Some(FIRST_BACKOFF);
-                    return Some(Err(BrokerError::Service {
-                        service: "sqs",
-                        code: "ReceiveTaskFailed".into(),
-                        message: format!("the ReceiveMessage task failed: {join}"),
-                        class: ErrorClass::Temporary,
-                    }));
+                    let message = format!("the ReceiveMessage task failed: {join}");
+                    let error = ServiceError::new(
+                        "sqs",
+                        "ReceiveTaskFailed",
+                        message,
+                        ErrorClass::Temporary,
+                    );
+                    return Some(Err(error.with_source(join).into()));
                 }
             }
         }

@@ -7,6 +7,9 @@
 //! [`prune_stale`], run by the next process of the same kind, deletes queues of the role whose
 //! alive tag is too old.
 //!
+//! Every call here fails with the SQS [`ServiceError`] (cheap to clone, the SDK error as its
+//! source), which converts into a [`BrokerError`](stepq_broker::BrokerError) with `?`.
+//!
 //! ```
 //! use stepq_aws::sqs::owned_queue::{queue_name, sanitize};
 //! assert_eq!(queue_name("http://127.0.0.1:4566/000000000000/tasks-reply-0f3c/"), "tasks-reply-0f3c");
@@ -19,8 +22,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use aws_sdk_sqs::operation::delete_message_batch::DeleteMessageBatchOutput;
 use aws_sdk_sqs::types::{DeleteMessageBatchRequestEntry, QueueAttributeName};
 
-use super::error::{numbered_entries, sqs_error};
-use stepq_broker::error::{BrokerError, ErrorClass};
+use super::error::{numbered_entries, sqs_service_error as sqs_error};
+use stepq_broker::error::{ErrorClass, ServiceError};
 
 /// Longest SQS queue name.
 pub const MAX_QUEUE_NAME: usize = 80;
@@ -55,9 +58,8 @@ pub fn unix_secs() -> u64 {
 }
 
 /// Whether an error says the queue does not exist (any protocol's code for it).
-pub fn is_missing_queue(e: &BrokerError) -> bool {
-    matches!(e, BrokerError::Service { code, .. }
-        if code.contains("NonExistentQueue") || code == "QueueDoesNotExist")
+pub fn is_missing_queue(e: &ServiceError) -> bool {
+    e.code.contains("NonExistentQueue") || e.code == "QueueDoesNotExist"
 }
 
 /// Creates queue `name` (one CreateQueue) with `attributes`, tagged [`ROLE_TAG`]` = role`,
@@ -68,7 +70,7 @@ pub async fn create(
     role: &str,
     attributes: impl IntoIterator<Item = (QueueAttributeName, String)>,
     tags: impl IntoIterator<Item = (&'static str, String)>,
-) -> Result<String, BrokerError> {
+) -> Result<String, ServiceError> {
     let mut all_tags = HashMap::from([
         (ROLE_TAG.to_string(), role.to_string()),
         (ALIVE_AT_TAG.to_string(), unix_secs().to_string()),
@@ -81,33 +83,31 @@ pub async fn create(
         .set_tags(Some(all_tags))
         .send()
         .await
-        .map_err(|e| sqs_error("CreateQueue", &e))?;
-    out.queue_url.ok_or_else(|| BrokerError::Service {
-        service: "sqs",
-        code: "MissingQueueUrl".into(),
-        message: format!("CreateQueue `{name}` returned no queue URL"),
-        class: ErrorClass::Temporary,
+        .map_err(|e| sqs_error("CreateQueue", e))?;
+    out.queue_url.ok_or_else(|| {
+        let message = format!("CreateQueue `{name}` returned no queue URL");
+        ServiceError::new("sqs", "MissingQueueUrl", message, ErrorClass::Temporary)
     })
 }
 
 /// Re-tags a queue [`ALIVE_AT_TAG`]` = now` (one TagQueue).
-pub async fn tag_alive(sqs: &aws_sdk_sqs::Client, url: &str) -> Result<(), BrokerError> {
+pub async fn tag_alive(sqs: &aws_sdk_sqs::Client, url: &str) -> Result<(), ServiceError> {
     let tags = HashMap::from([(ALIVE_AT_TAG.to_string(), unix_secs().to_string())]);
     sqs.tag_queue()
         .queue_url(url)
         .set_tags(Some(tags))
         .send()
         .await
-        .map_err(|e| sqs_error("TagQueue", &e))?;
+        .map_err(|e| sqs_error("TagQueue", e))?;
     Ok(())
 }
 
 /// Deletes a queue (one DeleteQueue); one that is already gone is not an error.
-pub async fn delete(sqs: &aws_sdk_sqs::Client, url: &str) -> Result<(), BrokerError> {
+pub async fn delete(sqs: &aws_sdk_sqs::Client, url: &str) -> Result<(), ServiceError> {
     match sqs.delete_queue().queue_url(url).send().await {
         Ok(_) => Ok(()),
         Err(e) => {
-            let err = sqs_error("DeleteQueue", &e);
+            let err = sqs_error("DeleteQueue", e);
             if is_missing_queue(&err) {
                 Ok(())
             } else {
@@ -121,7 +121,7 @@ pub async fn delete(sqs: &aws_sdk_sqs::Client, url: &str) -> Result<(), BrokerEr
 pub async fn list_with_prefix(
     sqs: &aws_sdk_sqs::Client,
     prefix: &str,
-) -> Result<Vec<String>, BrokerError> {
+) -> Result<Vec<String>, ServiceError> {
     let mut urls = Vec::new();
     let mut pages = sqs
         .list_queues()
@@ -130,7 +130,7 @@ pub async fn list_with_prefix(
         .into_paginator()
         .send();
     while let Some(page) = pages.next().await {
-        let page = page.map_err(|e| sqs_error("ListQueues", &e))?;
+        let page = page.map_err(|e| sqs_error("ListQueues", e))?;
         urls.extend(page.queue_urls().iter().cloned());
     }
     urls.retain(|u| queue_name(u).starts_with(prefix));
@@ -142,7 +142,7 @@ pub async fn receive(
     sqs: &aws_sdk_sqs::Client,
     url: &str,
     wait_time_seconds: u32,
-) -> Result<Vec<(String, String)>, BrokerError> {
+) -> Result<Vec<(String, String)>, ServiceError> {
     let out = sqs
         .receive_message()
         .queue_url(url)
@@ -150,7 +150,7 @@ pub async fn receive(
         .wait_time_seconds(wait_time_seconds as i32)
         .send()
         .await
-        .map_err(|e| sqs_error("ReceiveMessage", &e))?;
+        .map_err(|e| sqs_error("ReceiveMessage", e))?;
     Ok(out
         .messages
         .unwrap_or_default()
@@ -162,7 +162,7 @@ pub async fn receive(
 /// The entries of a DeleteMessageBatch for `receipts`, with their index as id.
 pub fn delete_entries<'a>(
     receipts: impl IntoIterator<Item = &'a str>,
-) -> Result<Vec<DeleteMessageBatchRequestEntry>, BrokerError> {
+) -> Result<Vec<DeleteMessageBatchRequestEntry>, ServiceError> {
     numbered_entries("DeleteMessageBatch", receipts, |id, r| {
         DeleteMessageBatchRequestEntry::builder()
             .id(id)
@@ -177,14 +177,14 @@ pub async fn delete_messages(
     sqs: &aws_sdk_sqs::Client,
     url: &str,
     receipts: &[String],
-) -> Result<DeleteMessageBatchOutput, BrokerError> {
+) -> Result<DeleteMessageBatchOutput, ServiceError> {
     let entries = delete_entries(receipts.iter().map(String::as_str))?;
     sqs.delete_message_batch()
         .queue_url(url)
         .set_entries(Some(entries))
         .send()
         .await
-        .map_err(|e| sqs_error("DeleteMessageBatch", &e))
+        .map_err(|e| sqs_error("DeleteMessageBatch", e))
 }
 
 /// Deletes the queues among `urls` (other than `keep`) tagged [`ROLE_TAG`]` = role` whose
@@ -208,7 +208,7 @@ pub async fn prune_stale(
         let tags = match sqs.list_queue_tags().queue_url(&url).send().await {
             Ok(out) => out.tags.unwrap_or_default(),
             Err(e) => {
-                tracing::debug!(%url, error = %sqs_error("ListQueueTags", &e), "skipping a queue");
+                tracing::debug!(%url, error = %sqs_error("ListQueueTags", e), "skipping a queue");
                 continue;
             }
         };
@@ -243,12 +243,7 @@ mod tests {
         assert_eq!(queue_name("http://h/1/q.fifo"), "q.fifo");
         assert_eq!(queue_name("q"), "q");
         assert!(unix_secs() > 1_700_000_000);
-        let e = |code: &str| BrokerError::Service {
-            service: "sqs",
-            code: code.into(),
-            message: String::new(),
-            class: ErrorClass::Permanent,
-        };
+        let e = |code: &str| ServiceError::new("sqs", code, "", ErrorClass::Permanent);
         assert!(is_missing_queue(&e(
             "AWS.SimpleQueueService.NonExistentQueue"
         )));

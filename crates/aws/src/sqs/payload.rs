@@ -7,7 +7,8 @@ use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
 use super::error::s3_error;
-use stepq_broker::error::{BrokerError, ErrorClass};
+use crate::s3::body_read_error;
+use stepq_broker::error::BrokerError;
 
 /// Name of the message attribute that marks a pointer body.
 pub const EXTENDED_MESSAGE_ATTRIBUTE: &str = "s3_extended_message";
@@ -60,7 +61,7 @@ impl S3Pointer {
             .body(ByteStream::from(body))
             .send()
             .await
-            .map_err(|e| s3_error("PutObject", &e))?;
+            .map_err(|e| s3_error("PutObject", e))?;
         Ok(())
     }
 
@@ -72,13 +73,12 @@ impl S3Pointer {
             .key(&self.s3_key)
             .send()
             .await
-            .map_err(|e| s3_error("GetObject", &e))?;
-        let data = out.body.collect().await.map_err(|e| BrokerError::Service {
-            service: "s3",
-            code: "ResponseError".into(),
-            message: format!("GetObject `{}`: reading the body failed: {e}", self.s3_key),
-            class: ErrorClass::Temporary,
-        })?;
+            .map_err(|e| s3_error("GetObject", e))?;
+        let data = out
+            .body
+            .collect()
+            .await
+            .map_err(|e| body_read_error("s3", "GetObject", &self.s3_key, e))?;
         Ok(data.into_bytes())
     }
 
@@ -89,7 +89,7 @@ impl S3Pointer {
             .key(&self.s3_key)
             .send()
             .await
-            .map_err(|e| s3_error("DeleteObject", &e))?;
+            .map_err(|e| s3_error("DeleteObject", e))?;
         Ok(())
     }
 

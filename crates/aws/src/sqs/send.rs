@@ -6,9 +6,9 @@ use std::ops::Range;
 use aws_sdk_sqs::types::{MessageAttributeValue, SendMessageBatchRequestEntry};
 
 use super::broker::Inner;
-use super::error::{build_error, clone_error, entry_class, info_error, service_info, sqs_error};
+use super::error::{build_error, entry_class, sqs_error};
 use super::payload::{S3Pointer, EXTENDED_MESSAGE_ATTRIBUTE};
-use stepq_broker::error::{BrokerError, ErrorClass};
+use stepq_broker::error::{BrokerError, ServiceError};
 use stepq_broker::message::TaskMessage;
 
 /// Entries per SendMessageBatch call (an SQS limit).
@@ -174,7 +174,7 @@ fn extended_attribute() -> Result<MessageAttributeValue, BrokerError> {
         .data_type("String")
         .string_value("true")
         .build()
-        .map_err(|e| build_error("SendMessage", e))
+        .map_err(|e| build_error("SendMessage", e).into())
 }
 
 /// Uploads the offloaded bodies of `batch`; on failure deletes the ones already uploaded.
@@ -191,21 +191,19 @@ async fn upload_offloads(inner: &Inner, batch: &mut [Outgoing]) -> Result<(), Br
             }
         });
     let results = futures::future::join_all(uploads).await;
-    let mut first_error = None;
-    for (_, result) in &results {
-        if let Err(e) = result {
-            first_error.get_or_insert_with(|| clone_error(e));
-        }
+    if results.iter().all(|(_, result)| result.is_ok()) {
+        return Ok(());
     }
-    if let Some(e) = first_error {
-        for (pointer, result) in results {
-            if result.is_ok() {
-                pointer.delete_logged(&inner.s3).await;
+    let mut first_error = None;
+    for (pointer, result) in results {
+        match result {
+            Ok(()) => pointer.delete_logged(&inner.s3).await,
+            Err(e) => {
+                first_error.get_or_insert(e);
             }
         }
-        return Err(e);
     }
-    Ok(())
+    Err(first_error.expect("an upload failed"))
 }
 
 /// Deletes the S3 objects of messages that were not sent.
@@ -231,7 +229,7 @@ pub(crate) async fn send_one(inner: &Inner, mut outgoing: Outgoing) -> Result<()
     }
     if let Err(e) = request.send().await {
         discard_offloads(inner, &[&outgoing]).await;
-        return Err(sqs_error("SendMessage", &e));
+        return Err(sqs_error("SendMessage", e));
     }
     Ok(())
 }
@@ -248,7 +246,7 @@ fn batch_entry(id: usize, o: &Outgoing) -> Result<SendMessageBatchRequestEntry, 
     }
     entry
         .build()
-        .map_err(|e| build_error("SendMessageBatch", e))
+        .map_err(|e| build_error("SendMessageBatch", e).into())
 }
 
 /// Sends messages with SendMessageBatch, in batches of at most 10 entries and
@@ -287,7 +285,7 @@ pub(crate) async fn send_batch(
                 Err(e) => {
                     let unsent: Vec<&Outgoing> = pending.iter().map(|&i| &batch[i]).collect();
                     discard_offloads(inner, &unsent).await;
-                    let err = sqs_error("SendMessageBatch", &e);
+                    let err = sqs_error("SendMessageBatch", e);
                     return Err(partial_failure(err, sent, total));
                 }
             };
@@ -298,7 +296,7 @@ pub(crate) async fn send_batch(
                 let Some(index) = f.id().parse::<usize>().ok().filter(|i| *i < batch.len()) else {
                     continue;
                 };
-                if entry_class(f) == ErrorClass::Temporary && attempt < ENTRY_RETRIES {
+                if entry_class(f).is_retryable() && attempt < ENTRY_RETRIES {
                     retry.push(index);
                 } else {
                     failures.push((index, f.clone()));
@@ -324,40 +322,36 @@ pub(crate) async fn send_batch(
                 .map(|(i, _)| batch[*i].task_id.as_str())
                 .collect();
             let remaining = batches.len() - n - 1;
-            return Err(BrokerError::Service {
-                service: "sqs",
-                code: first.code().to_string(),
-                message: format!(
-                    "SendMessageBatch: {} message(s) were refused (tasks {}), first (task {}): \
-                     {}; {sent} of {total} messages were sent{}",
-                    failures.len(),
-                    tasks.join(", "),
-                    batch[*first_index].task_id,
-                    first.message().unwrap_or("no message"),
-                    if remaining > 0 {
-                        format!(", {remaining} later batch(es) were not tried")
-                    } else {
-                        String::new()
-                    }
-                ),
-                class: entry_class(first),
-            });
+            let message = format!(
+                "SendMessageBatch: {} message(s) were refused (tasks {}), first (task {}): \
+                 {}; {sent} of {total} messages were sent{}",
+                failures.len(),
+                tasks.join(", "),
+                batch[*first_index].task_id,
+                first.message().unwrap_or("no message"),
+                if remaining > 0 {
+                    format!(", {remaining} later batch(es) were not tried")
+                } else {
+                    String::new()
+                }
+            );
+            // A refusal of the service's fault was tried again before it got here.
+            let class = entry_class(first).exhausted();
+            return Err(ServiceError::new("sqs", first.code(), message, class).into());
         }
     }
     Ok(())
 }
 
 /// Adds "n of m were sent" to an error that stopped a batch send.
-fn partial_failure(err: BrokerError, sent: usize, total: usize) -> BrokerError {
-    if !matches!(err, BrokerError::Service { .. }) {
-        return err;
+fn partial_failure(mut err: BrokerError, sent: usize, total: usize) -> BrokerError {
+    if let BrokerError::Service(e) = &mut err {
+        e.message = format!(
+            "{}; {sent} of {total} messages were sent before it",
+            e.message
+        );
     }
-    let (service, mut info) = service_info(&err);
-    info.message = format!(
-        "{}; {sent} of {total} messages were sent before it",
-        info.message
-    );
-    info_error(service, info)
+    err
 }
 
 #[cfg(test)]

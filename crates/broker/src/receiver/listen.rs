@@ -96,7 +96,7 @@ impl Receiver {
                     tracing::error!(
                         broker = shared.queue.broker().kind(),
                         error = %e,
-                        temporary = e.is_temporary(),
+                        class = %e.class(),
                         retry_in = ?backoff,
                         "receiving from the broker failed"
                     );

@@ -34,22 +34,25 @@ pub use stats::ReceiverStats;
 /// produced it (unless the message already carries a label of that name).
 pub const WORKER_NAME_LABEL: &str = "worker_name";
 
-/// Error kinds the receiver itself writes into failed results.
+/// The failure kinds the receiver itself writes into failed results: names for
+/// [`FailureKind`](stepq_results::FailureKind) variants, which have the one spelling each.
 pub mod kinds {
+    use stepq_results::FailureKind;
+
     /// The message body is not a task message (stored when a task id could be salvaged).
-    pub const MALFORMED_MESSAGE: &str = "MalformedMessage";
+    pub const MALFORMED_MESSAGE: FailureKind = FailureKind::MalformedMessage;
     /// No handler is registered under the message's task name.
-    pub const UNKNOWN_TASK: &str = "UnknownTask";
+    pub const UNKNOWN_TASK: FailureKind = FailureKind::UnknownTask;
     /// The handler panicked.
-    pub const PANIC: &str = "Panic";
+    pub const PANIC: FailureKind = FailureKind::Panic;
     /// A `pre_execute` middleware failed, so the handler did not run.
-    pub const MIDDLEWARE_ERROR: &str = "MiddlewareError";
+    pub const MIDDLEWARE_ERROR: FailureKind = FailureKind::MiddlewareError;
     /// The arguments do not decode as the typed handler's argument ([`Receiver::register_fn`](super::Receiver::register_fn)).
-    pub const INVALID_ARGUMENTS: &str = "InvalidArguments";
+    pub const INVALID_ARGUMENTS: FailureKind = FailureKind::InvalidArguments;
     /// The typed handler's return value does not encode as JSON.
-    pub const INVALID_RETURN_VALUE: &str = "InvalidReturnValue";
+    pub const INVALID_RETURN_VALUE: FailureKind = FailureKind::InvalidReturnValue;
     /// The task was cancelled and dropped (the default [`TaskGate::aborted_result`](super::TaskGate::aborted_result)).
-    pub const CANCELED: &str = "Canceled";
+    pub const CANCELED: FailureKind = FailureKind::Canceled;
 }
 
 /// Runs registered tasks: decode, pre_execute, run, post_execute / on_error, save result,

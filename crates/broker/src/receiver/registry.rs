@@ -150,11 +150,11 @@ impl Receiver {
             Box::pin(async move {
                 let arg: A = decode_argument(&ctx.message)?;
                 let out = f(arg).await.map_err(|e| TaskError {
-                    kind: std::any::type_name::<E>().to_string(),
+                    kind: std::any::type_name::<E>().into(),
                     message: e.to_string(),
                 })?;
                 serde_json::to_value(out).map_err(|e| TaskError {
-                    kind: kinds::INVALID_RETURN_VALUE.to_string(),
+                    kind: kinds::INVALID_RETURN_VALUE,
                     message: format!(
                         "return value of task `{}` does not encode as JSON: {e}",
                         ctx.message.task_name
@@ -183,7 +183,7 @@ impl Receiver {
 /// single positional argument, or several positional arguments as an array.
 fn decode_argument<A: DeserializeOwned>(message: &TaskMessage) -> Result<A, TaskError> {
     let invalid = |text: String| TaskError {
-        kind: kinds::INVALID_ARGUMENTS.to_string(),
+        kind: kinds::INVALID_ARGUMENTS,
         message: text,
     };
     let value = match (message.args.len(), message.kwargs.is_empty()) {

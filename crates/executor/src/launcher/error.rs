@@ -2,22 +2,23 @@
 //! task fails with.
 
 use stepq_broker::{BrokerError, ErrorClass};
-use stepq_plan::PackError;
+use stepq_plan::{FailureKind, PackError};
 
 use crate::error::ExecutorError;
 use crate::storage::{RunStatus as StoredStatus, StorageError};
 
 /// Error kind of an orchestration task whose run another orchestrator holds, or that no
 /// longer waits to start (a redelivered `execute_job`).
-pub const RUN_ALREADY_CLAIMED: &str = "RunAlreadyClaimed";
+pub const RUN_ALREADY_CLAIMED: FailureKind = FailureKind::RunAlreadyClaimed;
 /// Error kind of an orchestration task whose arguments do not decode.
-pub const INVALID_RUN_ARGS: &str = "InvalidRunArgs";
+pub const INVALID_RUN_ARGS: FailureKind = FailureKind::InvalidRunArgs;
 /// Error kind of an orchestration task that could not be carried out (unknown job, run store
-/// failure, unplannable request).
-pub const RUN_NOT_STARTED: &str = "RunNotStarted";
+/// failure, unplannable request); also the kind of the run failure recorded for it.
+pub const RUN_NOT_STARTED: FailureKind = FailureKind::RunNotStarted;
 
 /// Why a run could not be launched, submitted, claimed or resumed.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum LaunchError {
     /// The request cannot be run (bad run id, unknown step, empty selection ...).
     #[error(transparent)]
@@ -100,6 +101,7 @@ impl LaunchError {
     /// Whether retrying may help.
     pub fn class(&self) -> ErrorClass {
         match self {
+            LaunchError::Executor(e) => e.class(),
             LaunchError::Storage(e) => e.class(),
             LaunchError::Broker(e) => e.class(),
             _ => ErrorClass::Permanent,
@@ -143,5 +145,25 @@ mod tests {
         };
         assert!(running.to_string().contains("--force"), "{running}");
         assert_eq!(running.class(), ErrorClass::Permanent);
+    }
+
+    #[test]
+    fn classes_follow_the_wrapped_error() {
+        let contention = LaunchError::from(StorageError::Contention {
+            run_id: "r1".into(),
+            attempts: 64,
+        });
+        assert_eq!(contention.class(), ErrorClass::Persistent);
+        let throttled = LaunchError::from(BrokerError::Service(stepq_broker::ServiceError::new(
+            "sqs",
+            "RequestThrottled",
+            "slow down",
+            ErrorClass::Temporary,
+        )));
+        assert_eq!(throttled.class(), ErrorClass::Temporary);
+        let missing = LaunchError::from(StorageError::RunNotFound {
+            run_id: "r1".into(),
+        });
+        assert_eq!(missing.class(), ErrorClass::Permanent);
     }
 }

@@ -178,7 +178,7 @@ impl RunLauncher {
                 let failure = Event::run(
                     &run_id,
                     EventKind::RunFailure {
-                        errors: vec![stepq_plan::ErrorInfo::from_error("run_not_started", &e)],
+                        errors: vec![stepq_plan::ErrorInfo::from_error(RUN_NOT_STARTED, &e)],
                     },
                 );
                 let _ = self.runs.append_events(&run_id, &[failure]).await;

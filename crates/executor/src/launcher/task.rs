@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use stepq_broker::{TaskMessage, TaskOutcome};
 use stepq_plan::{Event, EventKind, Job};
-use stepq_results::TaskError;
+use stepq_results::{FailureKind, TaskError};
 
 use super::{
     LaunchError, RunLauncher, RunTaskOutcome, INVALID_RUN_ARGS, RESUME_FROM_LABEL,
@@ -125,7 +125,7 @@ impl RunLauncher {
                 unrecorded: finished.recorded.err().map(|e| e.to_string()),
             };
             serde_json::to_value(&outcome).map_err(|e| TaskError {
-                kind: RUN_NOT_STARTED.to_string(),
+                kind: RUN_NOT_STARTED,
                 message: format!("the run outcome does not encode: {e}"),
             })
         });
@@ -133,7 +133,7 @@ impl RunLauncher {
             Ok(outcome) => outcome,
             Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
             Err(e) => Err(TaskError {
-                kind: RUN_NOT_STARTED.to_string(),
+                kind: RUN_NOT_STARTED,
                 message: format!("the orchestration stopped: {e}"),
             }),
         }
@@ -145,7 +145,7 @@ impl RunLauncher {
         let event = Event::run(
             run_id,
             EventKind::RunFailure {
-                errors: vec![stepq_plan::ErrorInfo::from_error("run_not_started", error)],
+                errors: vec![stepq_plan::ErrorInfo::from_error(RUN_NOT_STARTED, error)],
             },
         );
         if self.runs.append_events(run_id, &[event]).await.is_ok() {
@@ -154,16 +154,16 @@ impl RunLauncher {
     }
 }
 
-fn task_error(kind: &str, error: &LaunchError) -> TaskError {
+fn task_error(kind: FailureKind, error: &LaunchError) -> TaskError {
     TaskError {
-        kind: kind.to_string(),
+        kind,
         message: error.to_string(),
     }
 }
 
 fn invalid_args(message: &TaskMessage, error: ProtocolError) -> TaskError {
     TaskError {
-        kind: INVALID_RUN_ARGS.to_string(),
+        kind: INVALID_RUN_ARGS,
         message: format!(
             "task `{}` ({}) has unreadable arguments: {error}",
             message.task_name, message.task_id

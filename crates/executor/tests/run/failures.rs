@@ -10,7 +10,9 @@ use stepq_broker::{
 };
 use stepq_executor::{BackendRetry, ExecutorConfig, RunStatus, StepRunState};
 use stepq_plan::{Backoff, EventKind, Job, RetryPolicy, SkipReason, StepDef};
-use stepq_results::{ErrorClass, InMemoryResultBackend, ResultBackend, ResultError, TaskResult};
+use stepq_results::{
+    ErrorClass, InMemoryResultBackend, ResultBackend, ResultError, ServiceError, TaskResult,
+};
 use tokio_util::sync::CancellationToken;
 
 use crate::harness::{Behaviour, Harness};
@@ -203,12 +205,7 @@ struct FlakyResults {
 }
 
 fn service(code: &str, class: ErrorClass) -> ResultError {
-    ResultError::Service {
-        service: "test",
-        code: code.into(),
-        message: "injected".into(),
-        class,
-    }
+    ResultError::Service(ServiceError::new("test", code, "injected", class))
 }
 
 #[async_trait]
@@ -378,12 +375,12 @@ impl FlakyBroker {
             return Ok(());
         }
         self.temporary_failures.store(left - 1, Ordering::SeqCst);
-        Err(BrokerError::Service {
-            service: "test",
-            code: "ThrottlingException".into(),
-            message: "injected".into(),
-            class: ErrorClass::Temporary,
-        })
+        Err(BrokerError::Service(ServiceError::new(
+            "test",
+            "ThrottlingException",
+            "injected",
+            ErrorClass::Temporary,
+        )))
     }
 }
 

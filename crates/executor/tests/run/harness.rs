@@ -279,7 +279,7 @@ impl WorkerState {
             }
             Behaviour::CanceledBeforeStart => {
                 return Err(TaskError {
-                    kind: stepq_broker::receiver::kinds::CANCELED.into(),
+                    kind: stepq_broker::receiver::kinds::CANCELED,
                     message: "cancelled before it started".into(),
                 })
             }
@@ -527,7 +527,7 @@ impl Finished {
             .into_iter()
             .filter_map(|k| match k {
                 EventKind::StepFailure { error, will_retry } => {
-                    Some((error.kind.clone(), *will_retry))
+                    Some((error.kind.to_string(), *will_retry))
                 }
                 _ => None,
             })

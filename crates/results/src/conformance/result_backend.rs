@@ -58,7 +58,7 @@ pub fn sample_result(n: u64) -> TaskResult {
         execution_time: 1.5 + n as f64,
         labels,
         error: Some(TaskError {
-            kind: "OpError".to_string(),
+            kind: "OpError".into(),
             message: format!("failure number {n}"),
         }),
         log: Some(format!("line one of {n}\nline two\n")),

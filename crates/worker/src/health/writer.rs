@@ -17,6 +17,7 @@ use super::{WorkerActivity, DEFAULT_HEALTH_INTERVAL};
 
 /// Why a [`HealthWriter`] could not start or stop cleanly.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum HealthError {
     /// The heartbeat interval is zero.
     #[error("invalid worker health config `health_interval`: must be positive")]
@@ -87,8 +88,8 @@ impl HealthWriter {
 
     /// Writes the first heartbeat, then keeps writing one every interval in a background task
     /// until [`HealthHandle::stop`]. A first heartbeat the store refuses permanently (a bad
-    /// worker id, no permission) is an error and nothing is started; a temporary failure is
-    /// logged and the next interval tries again, as for every later heartbeat.
+    /// worker id, no permission) is an error and nothing is started; a temporary (or persistent)
+    /// failure is logged and the next interval tries again, as for every later heartbeat.
     pub async fn start(self) -> Result<HealthHandle, HealthError> {
         if self.interval.is_zero() {
             return Err(HealthError::ZeroInterval);
@@ -104,7 +105,9 @@ impl HealthWriter {
             Ok(()) => {
                 written_tx.send_modify(|n| *n += 1);
             }
-            Err(e) if e.is_temporary() => warn_beat_failed(&heartbeat.worker_id, &e),
+            Err(e) if e.class() != ErrorClass::Permanent => {
+                warn_beat_failed(&heartbeat.worker_id, &e)
+            }
             Err(e) => return Err(e.into()),
         }
         let stop = CancellationToken::new();

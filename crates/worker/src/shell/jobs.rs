@@ -14,6 +14,7 @@ use crate::{CodeLocation, CodeLocationBuilder, LocationErrors, Op};
 
 /// Why a jobs file could not be loaded. Every variant names the file.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum TomlJobsError {
     /// The file could not be read.
     #[error("cannot read jobs file `{path}`: {source}")]

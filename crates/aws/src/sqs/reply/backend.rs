@@ -7,13 +7,12 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use stepq_results::{ResultBackend, ResultError, TaskResult};
+use stepq_results::{ResultBackend, ResultError, ServiceError, TaskResult};
 
 use super::dispatch::{Claim, Dispatch, Reply};
 use super::notify::Notifier;
 use super::queue::ReplyQueue;
 use super::{wire, INLINE_RESULT_LIMIT, REPLY_ONLY_LABEL, REPLY_TO_LABEL};
-use crate::sqs::error::service_info;
 use crate::sqs::send::MAX_BATCH_BYTES;
 use stepq_broker::error::BrokerError;
 
@@ -356,9 +355,19 @@ impl<B: ResultBackend> NotifyingResultBackend<B> {
     }
 }
 
+/// A reply queue's error as a result backend error: a service error as it is, any other as an
+/// `sqs` service error of code `Unknown` with the broker error as the source.
 fn broker_to_result_error(e: BrokerError) -> ResultError {
-    let (service, info) = service_info(&e);
-    info.into_result_error(service)
+    match e {
+        BrokerError::Service(e) => e.into(),
+        BrokerError::Results(e) => e,
+        other => {
+            let (message, class) = (other.to_string(), other.class());
+            ServiceError::new("sqs", "Unknown", message, class)
+                .with_source(other)
+                .into()
+        }
+    }
 }
 
 #[async_trait]

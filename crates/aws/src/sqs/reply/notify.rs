@@ -9,7 +9,9 @@ use std::sync::{Arc, OnceLock};
 use aws_sdk_sqs::types::SendMessageBatchRequestEntry;
 use tokio::sync::{mpsc, oneshot};
 
-use crate::sqs::error::{all_failed, entry_outcomes, numbered_entries, sqs_error};
+use crate::sqs::error::{
+    all_failed, entry_outcomes, numbered_entries, sqs_error, sqs_service_error,
+};
 use crate::sqs::send::{plan_batches, MAX_BATCH_BYTES, MAX_BATCH_ENTRIES};
 use stepq_broker::error::BrokerError;
 
@@ -133,7 +135,7 @@ async fn send_one(
         .message_body(body)
         .send()
         .await
-        .map_err(|e| sqs_error("SendMessage", &e))?;
+        .map_err(|e| sqs_error("SendMessage", e))?;
     Ok(())
 }
 
@@ -163,6 +165,6 @@ async fn send_batch(
         .await
     {
         Ok(out) => entry_outcomes("SendMessageBatch", chunk.len(), out.failed()),
-        Err(e) => all_failed(&sqs_error("SendMessageBatch", &e), chunk.len()),
+        Err(e) => all_failed(&sqs_service_error("SendMessageBatch", e), chunk.len()),
     }
 }

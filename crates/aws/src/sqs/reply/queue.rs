@@ -14,12 +14,11 @@ use tokio_util::sync::CancellationToken;
 
 use super::dispatch::{Delivered, Dispatch, Reply};
 use super::{wire, REPLY_ONLY_LABEL, REPLY_TO_LABEL};
-use crate::sqs::error::clone_error;
 use crate::sqs::owned_queue::is_missing_queue;
 use crate::sqs::owned_queue::{self, queue_name, sanitize, MAX_QUEUE_NAME};
 pub use crate::sqs::owned_queue::{ALIVE_AT_TAG, ROLE_TAG};
 use crate::sqs::SqsBroker;
-use stepq_broker::error::BrokerError;
+use stepq_broker::error::{BrokerError, ErrorClass, ServiceError};
 use stepq_broker::message::TaskMessage;
 use stepq_broker::middleware::{Middleware, MiddlewareError};
 
@@ -143,7 +142,7 @@ enum State {
     /// The queue exists and is polled.
     Running { url: String, poller: JoinHandle<()> },
     /// Creating the queue failed with a permanent error (e.g. access denied): not retried.
-    Failed(BrokerError),
+    Failed(ServiceError),
     /// Shut down (the queue is deleted).
     Closed,
 }
@@ -303,7 +302,7 @@ impl ReplyQueue {
         match &*state {
             State::Running { url, .. } => return Ok(url.clone()),
             State::Closed => return Err(BrokerError::Closed),
-            State::Failed(e) => return Err(clone_error(e)),
+            State::Failed(e) => return Err(e.clone().into()),
             State::Idle => {}
         }
         let name = format!(
@@ -314,10 +313,12 @@ impl ReplyQueue {
         let url = match create_queue(&self.inner.shared, &name).await {
             Ok(url) => url,
             Err(e) => {
-                if !e.is_temporary() {
-                    *state = State::Failed(clone_error(&e));
+                // Only a permanent failure is remembered: after a temporary or persistent one
+                // (an outage), the next send tries again.
+                if e.class() == ErrorClass::Permanent {
+                    *state = State::Failed(e.clone());
                 }
-                return Err(e);
+                return Err(e.into());
             }
         };
         tracing::info!(reply_queue = %url, "created the reply queue");
@@ -352,10 +353,10 @@ impl ReplyQueue {
             Ok(url) => url,
             Err(BrokerError::Closed) => return None,
             Err(e) => {
-                if e.is_temporary() {
-                    tracing::warn!(error = %e, "could not create the reply queue; sending without a reply address (will try again)");
-                } else {
+                if e.class() == ErrorClass::Permanent {
                     tracing::warn!(error = %e, "could not create the reply queue; results are read from the result backend only");
+                } else {
+                    tracing::warn!(error = %e, "could not create the reply queue; sending without a reply address (will try again)");
                 }
                 return None;
             }
@@ -409,7 +410,7 @@ impl Drop for Inner {
     }
 }
 
-async fn create_queue(shared: &Shared, name: &str) -> Result<String, BrokerError> {
+async fn create_queue(shared: &Shared, name: &str) -> Result<String, ServiceError> {
     owned_queue::create(
         &shared.sqs,
         name,
@@ -485,7 +486,7 @@ async fn poll(shared: Arc<Shared>, url: String, stop: CancellationToken) {
     }
 }
 
-async fn receive(shared: &Shared, url: &str) -> Result<Vec<(String, String)>, BrokerError> {
+async fn receive(shared: &Shared, url: &str) -> Result<Vec<(String, String)>, ServiceError> {
     bump(&shared.counters.receive_calls, 1);
     owned_queue::receive(&shared.sqs, url, shared.options.wait_time_seconds).await
 }
@@ -534,7 +535,7 @@ pub async fn list_reply_queues(
     sqs: &aws_sdk_sqs::Client,
     prefix: &str,
 ) -> Result<Vec<String>, BrokerError> {
-    owned_queue::list_with_prefix(sqs, prefix).await
+    Ok(owned_queue::list_with_prefix(sqs, prefix).await?)
 }
 
 /// Deletes the reply queues under `prefix` (other than `keep`) tagged as reply queues whose

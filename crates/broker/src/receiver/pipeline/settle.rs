@@ -91,6 +91,7 @@ impl Shared {
         tracing::error!(
             task_id,
             error = %e,
+            class = %e.class(),
             "could not save the task's result; returning its message to the queue"
         );
         if let Err(nack) = delivery.nack().await {
@@ -103,7 +104,8 @@ impl Shared {
         None
     }
 
-    /// `set_result`, retrying temporary errors with backoff.
+    /// `set_result`, retrying temporary errors with backoff; one still failing after the last
+    /// attempt is returned as persistent.
     async fn save(&self, task_id: &str, result: &TaskResult) -> Result<(), ResultError> {
         let mut delay = SAVE_RETRY_DELAY;
         let mut attempt = 1;
@@ -116,6 +118,7 @@ impl Shared {
                     delay *= 2;
                     attempt += 1;
                 }
+                Err(e) if attempt > 1 => return Err(e.exhausted()),
                 Err(e) => return Err(e),
             }
         }
@@ -205,7 +208,10 @@ fn excerpt(body: &[u8]) -> String {
 
 #[cfg(test)]
 mod tests {
+    use std::sync::Arc;
+
     use serde_json::json;
+    use stepq_results::{ErrorClass, ResultBackend, ServiceError};
 
     use super::super::tests::shared;
     use super::*;
@@ -247,5 +253,39 @@ mod tests {
         let message = TaskMessage::new("t").with_label(WORKER_NAME_LABEL, "producer-chosen");
         let labels = shared.result_labels(&message.labels);
         assert_eq!(labels[WORKER_NAME_LABEL], json!("producer-chosen"));
+    }
+
+    /// A result backend whose every write fails with a temporary (throttling) error.
+    struct Throttled;
+
+    #[async_trait::async_trait]
+    impl ResultBackend for Throttled {
+        async fn set_result(&self, _: &str, _: &TaskResult) -> Result<(), ResultError> {
+            let slow = ServiceError::new("s3", "SlowDown", "PutObject", ErrorClass::Temporary);
+            Err(slow.into())
+        }
+        async fn is_result_ready(&self, _: &str) -> Result<bool, ResultError> {
+            Ok(false)
+        }
+        async fn get_result(&self, task_id: &str, _: bool) -> Result<TaskResult, ResultError> {
+            Err(ResultError::NotFound {
+                task_id: task_id.into(),
+            })
+        }
+        async fn delete_result(&self, _: &str) -> Result<(), ResultError> {
+            Ok(())
+        }
+    }
+
+    #[tokio::test]
+    async fn a_save_that_keeps_failing_is_given_up_as_persistent() {
+        let (mut shared, _) = shared(Registry::default());
+        let queue =
+            crate::TaskQueue::new(Arc::new(crate::InMemoryBroker::new()), Arc::new(Throttled));
+        Arc::get_mut(&mut shared).expect("not shared yet").queue = queue;
+        let result = TaskResult::ok(json!(1), 0.0);
+        let err = shared.save("t1", &result).await.unwrap_err();
+        assert_eq!(err.class(), ErrorClass::Persistent, "{err}");
+        assert!(!err.is_temporary());
     }
 }
