@@ -8,13 +8,17 @@
 //!   [`run_cancel_store_suite`],
 //!   [`cancel_store_conformance_tests!`](crate::cancel_store_conformance_tests) (in memory,
 //!   local directory, S3).
+//! - The [`CancelChannel`](crate::CancelChannel) suite: [`CancelChannelFactory`],
+//!   [`run_cancel_channel_suite`],
+//!   [`cancel_channel_conformance_tests!`](crate::cancel_channel_conformance_tests)
+//!   (broadcast in memory, SQS fan-out on LocalStack).
 //! - A fleet of real receivers with cancel listeners ([`RunningWorker`], [`Tasks`],
 //!   [`register_tasks`]) for the end-to-end tests: a cancel reaches the worker running the
 //!   task, and no other, on every channel.
 //!
 //! ```
-//! use stepq_cancel::conformance::CancelStoreFactory;
-//! use stepq_cancel::InMemoryCancelStore;
+//! use stepq_cancel::conformance::{CancelChannelFactory, CancelStoreFactory};
+//! use stepq_cancel::{BroadcastChannel, InMemoryCancelStore};
 //!
 //! struct Memory;
 //! impl CancelStoreFactory for Memory {
@@ -28,12 +32,35 @@
 //! }
 //! // Markers are kept decoded in memory: it cannot hold an unreadable one.
 //! stepq_cancel::cancel_store_conformance_tests!(in_memory, Memory, except [check_corrupt_marker]);
+//!
+//! struct Broadcast;
+//! impl CancelChannelFactory for Broadcast {
+//!     type Channel = BroadcastChannel;
+//!     async fn fresh(&self) -> BroadcastChannel {
+//!         BroadcastChannel::with_capacity(4)
+//!     }
+//!     async fn reopen(&self, channel: &BroadcastChannel) -> BroadcastChannel {
+//!         channel.clone()
+//!     }
+//!     async fn lose_notices(&self, channel: &BroadcastChannel) {
+//!         for _ in 0..5 {
+//!             channel.send_raw("lost");
+//!         }
+//!     }
+//! }
+//! stepq_cancel::cancel_channel_conformance_tests!(broadcast, Broadcast);
 //! # fn main() {}
 //! ```
 
+mod channel;
 mod fleet;
 mod store;
 
+pub use channel::{
+    check_a_stopped_subscriber_gets_nothing_more, check_kind_is_a_short_stable_name,
+    check_publish_reaches_every_current_subscriber, check_resync_where_notices_may_be_lost,
+    run_cancel_channel_suite, CancelChannelFactory,
+};
 pub use fleet::{
     await_starts, message, register_tasks, tasks, CapturedLogs, RunningWorker, Started, Tasks, WAIT,
 };
@@ -60,6 +87,20 @@ macro_rules! __cancel_store_checks {
     };
 }
 
+/// The checks of the cancel channel suite, handed to `$callback` (internal).
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __cancel_channel_checks {
+    ($callback:ident $($args:tt)*) => {
+        $crate::$callback! { $($args)* [
+            check_publish_reaches_every_current_subscriber,
+            check_a_stopped_subscriber_gets_nothing_more,
+            check_resync_where_notices_may_be_lost,
+            check_kind_is_a_short_stable_name,
+        ] }
+    };
+}
+
 /// One `#[tokio::test]` (multi-threaded runtime) per check of the
 /// [`CancelStore`](crate::CancelStore) suite, named after the check, in a module `$module`,
 /// each with the [`CancelStoreFactory`] `$factory` (an expression evaluated inside the
@@ -73,6 +114,20 @@ macro_rules! __cancel_store_checks {
 macro_rules! cancel_store_conformance_tests {
     ($(#[$attr:meta])* $module:ident, $factory:expr $(, except [$($skip:ident),* $(,)?])? $(,)?) => {
         $crate::__cancel_store_checks! {
+            __conformance_tests [$crate::conformance] {$(#[$attr])*} $module; $factory;
+            [$($($skip),*)?]
+        }
+    };
+}
+
+/// One `#[tokio::test]` (multi-threaded runtime) per check of the
+/// [`CancelChannel`](crate::CancelChannel) suite, in a module `$module`, each with the
+/// [`CancelChannelFactory`] `$factory`; the same shape as
+/// [`cancel_store_conformance_tests!`](crate::cancel_store_conformance_tests).
+#[macro_export]
+macro_rules! cancel_channel_conformance_tests {
+    ($(#[$attr:meta])* $module:ident, $factory:expr $(, except [$($skip:ident),* $(,)?])? $(,)?) => {
+        $crate::__cancel_channel_checks! {
             __conformance_tests [$crate::conformance] {$(#[$attr])*} $module; $factory;
             [$($($skip),*)?]
         }
