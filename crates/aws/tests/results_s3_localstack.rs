@@ -1,5 +1,5 @@
-//! The S3 result backend and output store against LocalStack: the conformance suites (a fresh
-//! random base path per backend) and S3-specific error paths.
+//! The S3 result backend and output store against LocalStack: the conformance suites (one test
+//! per check, a fresh random base path per backend) and S3-specific error paths.
 //!
 //! Run with `cargo xtask localstack-test` (it starts LocalStack and sets the environment).
 
@@ -8,9 +8,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use bytes::Bytes;
 use stepq_aws::s3::{s3_client, S3OutputStore, S3ResultBackend};
-use stepq_results::conformance::{
-    run_output_store_suite, run_result_backend_suite, OutputStoreFactory, ResultBackendFactory,
-};
+use stepq_results::conformance::{OutputStoreFactory, ResultBackendFactory};
 use stepq_results::{
     ErrorClass, OutputKey, OutputStore, ResultBackend, ResultError, ServiceError, TaskResult,
 };
@@ -43,7 +41,7 @@ struct S3Results;
 
 #[async_trait]
 impl ResultBackendFactory for S3Results {
-    async fn make(&self) -> Arc<dyn ResultBackend> {
+    async fn fresh(&self) -> Arc<dyn ResultBackend> {
         Arc::new(S3ResultBackend::new(&sdk().await, bucket(), &random_base()))
     }
 }
@@ -52,22 +50,22 @@ struct S3Outputs;
 
 #[async_trait]
 impl OutputStoreFactory for S3Outputs {
-    async fn make(&self) -> Arc<dyn OutputStore> {
+    async fn fresh(&self) -> Arc<dyn OutputStore> {
         Arc::new(S3OutputStore::new(&sdk().await, bucket(), &random_base()))
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "localstack"]
-async fn result_backend_conformance() {
-    run_result_backend_suite(&S3Results).await;
-}
+stepq_results::result_backend_conformance_tests!(
+    #[ignore = "localstack"]
+    result_backend_conformance,
+    S3Results
+);
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "localstack"]
-async fn output_store_conformance() {
-    run_output_store_suite(&S3Outputs).await;
-}
+stepq_results::output_store_conformance_tests!(
+    #[ignore = "localstack"]
+    output_store_conformance,
+    S3Outputs
+);
 
 #[tokio::test]
 #[ignore = "localstack"]

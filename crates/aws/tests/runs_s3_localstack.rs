@@ -1,4 +1,5 @@
-//! The run store and heartbeat store conformance suites against S3 on LocalStack.
+//! The run store and heartbeat store conformance suites (one test per check) against S3 on
+//! LocalStack, and what is particular to S3.
 //!
 //! Run with `cargo xtask localstack-test`, or by hand with `-- --ignored` and the env
 //! `STEPQ_TEST_AWS_ENDPOINT`, `STEPQ_TEST_S3_BUCKET`, `AWS_DEFAULT_REGION`,
@@ -7,7 +8,7 @@
 use aws_config::{BehaviorVersion, SdkConfig};
 use stepq_aws::s3::s3_client;
 use stepq_aws::{S3HeartbeatStore, S3RunStore};
-use stepq_runs::conformance::{self, HeartbeatStoreFactory, RunStoreFactory};
+use stepq_runs::conformance::{HeartbeatStoreFactory, RunStoreFactory};
 use stepq_runs::{RunRecord, RunStatus, RunStore, StorageError};
 
 fn required_env(name: &str) -> String {
@@ -71,36 +72,17 @@ impl HeartbeatStoreFactory for Heartbeats {
     }
 }
 
-macro_rules! cases {
-    ($($case:ident),* $(,)?) => {
-        $(
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            #[ignore = "localstack"]
-            async fn $case() {
-                conformance::$case(&LocalStack::connect().await).await;
-            }
-        )*
-    };
-}
-
-cases!(
-    create_get_and_list_newest_first,
-    duplicate_create_is_rejected,
-    unknown_and_invalid_ids_are_errors,
-    lifecycle_transitions_are_validated,
-    concurrent_terminal_transitions_have_one_winner,
-    concurrent_appends_lose_nothing,
-    events_read_from_a_cursor,
-    wait_wakes_on_append,
-    follow_ends_when_run_is_terminal,
-    data_survives_a_new_store_instance,
+stepq_runs::run_store_conformance_tests!(
+    #[ignore = "localstack"]
+    run_store_conformance,
+    LocalStack::connect().await
 );
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "localstack"]
-async fn heartbeat_suite() {
-    conformance::run_heartbeat_store_suite(&Heartbeats(LocalStack::connect().await)).await;
-}
+stepq_runs::heartbeat_store_conformance_tests!(
+    #[ignore = "localstack"]
+    heartbeat_store_conformance,
+    Heartbeats(LocalStack::connect().await)
+);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "localstack"]

@@ -12,7 +12,7 @@ use std::time::Duration;
 use aws_sdk_sqs::types::{MessageAttributeValue, QueueAttributeName};
 use futures::StreamExt;
 use stepq_aws::sqs::{SqsBroker, SqsConfig, EXTENDED_MESSAGE_ATTRIBUTE, PAYLOAD_KEY_PREFIX};
-use stepq_broker::conformance::{self, BrokerFactory};
+use stepq_broker::conformance::BrokerFactory;
 use stepq_broker::{
     Broker, BrokerError, Delivery, DeliveryStream, ErrorClass, ServiceError, TaskMessage,
 };
@@ -107,72 +107,22 @@ struct Sqs {
 
 #[async_trait::async_trait]
 impl BrokerFactory for Sqs {
-    async fn make(&self, visibility_timeout: Duration) -> Arc<dyn Broker> {
+    async fn fresh(&self, visibility_timeout: Duration) -> Arc<dyn Broker> {
         Arc::new(fresh_broker(self.fifo, visibility_timeout).await)
     }
 }
 
-macro_rules! conformance_tests {
-    ($module:ident, $fifo:expr) => {
-        mod $module {
-            use super::*;
+stepq_broker::broker_conformance_tests!(
+    #[ignore = "localstack"]
+    conformance_standard,
+    Sqs { fifo: false }
+);
 
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            #[ignore = "localstack"]
-            async fn round_trip() {
-                conformance::check_round_trip(&Sqs { fifo: $fifo }).await;
-            }
-
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            #[ignore = "localstack"]
-            async fn batch_delivers_each_once() {
-                conformance::check_batch_delivers_each_once(&Sqs { fifo: $fifo }).await;
-            }
-
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            #[ignore = "localstack"]
-            async fn concurrent_listeners_share_the_work() {
-                conformance::check_concurrent_listeners_share_the_work(&Sqs { fifo: $fifo }).await;
-            }
-
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            #[ignore = "localstack"]
-            async fn nack_redelivers_at_once() {
-                conformance::check_nack_redelivers_at_once(&Sqs { fifo: $fifo }).await;
-            }
-
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            #[ignore = "localstack"]
-            async fn unacked_redelivered_after_visibility_timeout() {
-                conformance::check_unacked_redelivered_after_visibility_timeout(&Sqs {
-                    fifo: $fifo,
-                })
-                .await;
-            }
-
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            #[ignore = "localstack"]
-            async fn extend_visibility_keeps_hidden() {
-                conformance::check_extend_visibility_keeps_hidden(&Sqs { fifo: $fifo }).await;
-            }
-
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            #[ignore = "localstack"]
-            async fn ack_is_final() {
-                conformance::check_ack_is_final(&Sqs { fifo: $fifo }).await;
-            }
-
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            #[ignore = "localstack"]
-            async fn stop_ends_the_stream() {
-                conformance::check_stop_ends_the_stream(&Sqs { fifo: $fifo }).await;
-            }
-        }
-    };
-}
-
-conformance_tests!(conformance_standard, false);
-conformance_tests!(conformance_fifo, true);
+stepq_broker::broker_conformance_tests!(
+    #[ignore = "localstack"]
+    conformance_fifo,
+    Sqs { fifo: true }
+);
 
 async fn next_delivery(stream: &mut DeliveryStream, what: &str) -> Delivery {
     match tokio::time::timeout(MUST_ARRIVE, stream.next()).await {

@@ -1,24 +1,30 @@
 //! The conformance suite every [`Broker`] implementation runs against itself.
 //!
-//! A [`BrokerFactory`] makes a fresh, empty, isolated queue per check. Each check panics with a
-//! message naming the broken promise; every wait is bounded, so a broken broker fails instead
-//! of hanging. Run them one by one (one test each, so they run in parallel) or all with
-//! [`run_all`]:
+//! The same shape as every suite of the workspace: a [`BrokerFactory`] makes a fresh, empty,
+//! isolated queue per check; each `check_*` panics with a message naming the broken promise
+//! (every wait is bounded, so a broken broker fails instead of hanging);
+//! [`run_broker_suite`] runs them all; and
+//! [`broker_conformance_tests!`](crate::broker_conformance_tests) expands to one
+//! `#[tokio::test]` per check, so they run in parallel and a failure names the clause:
 //!
 //! ```
-//! # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
 //! use std::{sync::Arc, time::Duration};
-//! use stepq_broker::{conformance, Broker, InMemoryBroker};
+//! use stepq_broker::{conformance::BrokerFactory, Broker, InMemoryBroker};
 //!
 //! struct Memory;
 //! #[async_trait::async_trait]
-//! impl conformance::BrokerFactory for Memory {
-//!     async fn make(&self, visibility_timeout: Duration) -> Arc<dyn Broker> {
+//! impl BrokerFactory for Memory {
+//!     async fn fresh(&self, visibility_timeout: Duration) -> Arc<dyn Broker> {
 //!         Arc::new(InMemoryBroker::with_visibility_timeout(visibility_timeout))
 //!     }
 //! }
-//! conformance::check_round_trip(&Memory).await;
+//!
+//! stepq_broker::broker_conformance_tests!(in_memory, Memory);
+//! # fn main() {
+//! # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
+//! stepq_broker::conformance::check_round_trip(&Memory).await;
 //! # });
+//! # }
 //! ```
 //!
 //! Not covered, because the [`Broker`] API cannot inject it: a malformed (non-JSON) body must
@@ -39,12 +45,13 @@ use crate::broker::{Broker, DeliveryStream};
 use crate::delivery::Delivery;
 use crate::message::TaskMessage;
 
-/// Makes brokers for the checks.
+/// Makes brokers for the checks. The checks need no second handle on one queue, so unlike
+/// the run store factories there is no `reopen`.
 #[async_trait]
 pub trait BrokerFactory: Send + Sync {
     /// A broker on a fresh, empty queue no other call shares, whose deliveries stay invisible
     /// for `visibility_timeout` unless acked, nacked or extended.
-    async fn make(&self, visibility_timeout: Duration) -> Arc<dyn Broker>;
+    async fn fresh(&self, visibility_timeout: Duration) -> Arc<dyn Broker>;
 }
 
 /// Longest wait for a delivery that must come.
@@ -57,15 +64,65 @@ const SHORT_VISIBILITY: Duration = Duration::from_secs(1);
 const TASK: &str = "stepq.conformance";
 
 /// Runs every check, one after another.
-pub async fn run_all<F: BrokerFactory + ?Sized>(factory: &F) {
-    check_round_trip(factory).await;
-    check_batch_delivers_each_once(factory).await;
-    check_concurrent_listeners_share_the_work(factory).await;
-    check_nack_redelivers_at_once(factory).await;
-    check_unacked_redelivered_after_visibility_timeout(factory).await;
-    check_extend_visibility_keeps_hidden(factory).await;
-    check_ack_is_final(factory).await;
-    check_stop_ends_the_stream(factory).await;
+pub async fn run_broker_suite<F: BrokerFactory + ?Sized>(factory: &F) {
+    crate::__broker_checks!(__run_checks factory);
+}
+
+/// The checks of the broker suite, handed to `$callback` (internal).
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __broker_checks {
+    ($callback:ident $($args:tt)*) => {
+        $crate::$callback! { $($args)* [
+            check_round_trip,
+            check_batch_delivers_each_once,
+            check_concurrent_listeners_share_the_work,
+            check_nack_redelivers_at_once,
+            check_unacked_redelivered_after_visibility_timeout,
+            check_extend_visibility_keeps_hidden,
+            check_ack_is_final,
+            check_stop_ends_the_stream,
+        ] }
+    };
+}
+
+/// One `#[tokio::test]` (multi-threaded runtime) per check of the [`Broker`] suite, named
+/// after the check, in a module `$module`, each with the [`BrokerFactory`] `$factory` (an
+/// expression evaluated inside the module, once per test).
+///
+/// Attributes before the module name go on every test (`#[ignore = "localstack"]`);
+/// `except [check_..., ...]` leaves out checks that cannot apply to the broker by design (say
+/// why in a comment). The caller's crate needs `tokio` as a dev-dependency.
+///
+/// ```
+/// # use std::{sync::Arc, time::Duration};
+/// # use stepq_broker::{conformance::BrokerFactory, Broker, InMemoryBroker};
+/// # struct Memory;
+/// # #[async_trait::async_trait]
+/// # impl BrokerFactory for Memory {
+/// #     async fn fresh(&self, visibility_timeout: Duration) -> Arc<dyn Broker> {
+/// #         Arc::new(InMemoryBroker::with_visibility_timeout(visibility_timeout))
+/// #     }
+/// # }
+/// stepq_broker::broker_conformance_tests!(
+///     #[ignore = "slow"]
+///     in_memory,
+///     Memory,
+///     except [check_extend_visibility_keeps_hidden]
+/// );
+/// # fn main() {}
+/// ```
+///
+/// [`Broker`]: crate::Broker
+/// [`BrokerFactory`]: crate::conformance::BrokerFactory
+#[macro_export]
+macro_rules! broker_conformance_tests {
+    ($(#[$attr:meta])* $module:ident, $factory:expr $(, except [$($skip:ident),* $(,)?])? $(,)?) => {
+        $crate::__broker_checks! {
+            __conformance_tests [$crate::conformance] {$(#[$attr])*} $module; $factory;
+            [$($($skip),*)?]
+        }
+    };
 }
 
 /// A message with every field set, including non-ASCII text.
@@ -164,7 +221,7 @@ async fn ack(broker: &Arc<dyn Broker>, delivery: Delivery) {
 
 /// kick, then listen: the message arrives unchanged, with receive count 1.
 pub async fn check_round_trip<F: BrokerFactory + ?Sized>(factory: &F) {
-    let broker = factory.make(LONG_VISIBILITY).await;
+    let broker = factory.fresh(LONG_VISIBILITY).await;
     let sent = rich_message(7);
     broker
         .kick(&sent)
@@ -191,7 +248,7 @@ pub async fn check_round_trip<F: BrokerFactory + ?Sized>(factory: &F) {
 
 /// kick_batch of 25 (more than one SQS batch of 10): each message is delivered exactly once.
 pub async fn check_batch_delivers_each_once<F: BrokerFactory + ?Sized>(factory: &F) {
-    let broker = factory.make(LONG_VISIBILITY).await;
+    let broker = factory.fresh(LONG_VISIBILITY).await;
     let sent: Vec<TaskMessage> = (0..25).map(rich_message).collect();
     broker
         .kick_batch(&sent)
@@ -235,7 +292,7 @@ pub async fn check_batch_delivers_each_once<F: BrokerFactory + ?Sized>(factory: 
 /// Two listeners take messages at the same time: each message goes to exactly one of them.
 pub async fn check_concurrent_listeners_share_the_work<F: BrokerFactory + ?Sized>(factory: &F) {
     const COUNT: usize = 20;
-    let broker = factory.make(LONG_VISIBILITY).await;
+    let broker = factory.fresh(LONG_VISIBILITY).await;
     let stop = CancellationToken::new();
     let seen = Arc::new(Mutex::new(Vec::<String>::new()));
     let all_seen = Arc::new(tokio::sync::Notify::new());
@@ -309,7 +366,7 @@ pub async fn check_concurrent_listeners_share_the_work<F: BrokerFactory + ?Sized
 /// A nacked delivery comes back at once (long before the visibility timeout), counted twice,
 /// to the same listener or to another one already waiting.
 pub async fn check_nack_redelivers_at_once<F: BrokerFactory + ?Sized>(factory: &F) {
-    let broker = factory.make(LONG_VISIBILITY).await;
+    let broker = factory.fresh(LONG_VISIBILITY).await;
     let sent = rich_message(1);
     broker.kick(&sent).await.expect("kick");
     let stop = CancellationToken::new();
@@ -376,7 +433,7 @@ pub async fn check_nack_redelivers_at_once<F: BrokerFactory + ?Sized>(factory: &
 pub async fn check_unacked_redelivered_after_visibility_timeout<F: BrokerFactory + ?Sized>(
     factory: &F,
 ) {
-    let broker = factory.make(SHORT_VISIBILITY).await;
+    let broker = factory.fresh(SHORT_VISIBILITY).await;
     let sent = rich_message(2);
     broker.kick(&sent).await.expect("kick");
     let stop = CancellationToken::new();
@@ -415,7 +472,7 @@ pub async fn check_unacked_redelivered_after_visibility_timeout<F: BrokerFactory
 /// extend_visibility keeps a delivery hidden past the original timeout; it comes back after
 /// the extension.
 pub async fn check_extend_visibility_keeps_hidden<F: BrokerFactory + ?Sized>(factory: &F) {
-    let broker = factory.make(SHORT_VISIBILITY).await;
+    let broker = factory.fresh(SHORT_VISIBILITY).await;
     broker.kick(&rich_message(3)).await.expect("kick");
     let stop = CancellationToken::new();
     let mut stream = listen(&broker, &stop).await;
@@ -444,7 +501,7 @@ pub async fn check_extend_visibility_keeps_hidden<F: BrokerFactory + ?Sized>(fac
 
 /// An acked message never comes back, not even after the visibility timeout.
 pub async fn check_ack_is_final<F: BrokerFactory + ?Sized>(factory: &F) {
-    let broker = factory.make(SHORT_VISIBILITY).await;
+    let broker = factory.fresh(SHORT_VISIBILITY).await;
     broker.kick(&rich_message(4)).await.expect("kick");
     let stop = CancellationToken::new();
     let mut stream = listen(&broker, &stop).await;
@@ -463,7 +520,7 @@ pub async fn check_ack_is_final<F: BrokerFactory + ?Sized>(factory: &F) {
 /// Firing the stop token ends a waiting stream, and a message sent afterwards is not held by
 /// the stopped listener: another listener gets it at once.
 pub async fn check_stop_ends_the_stream<F: BrokerFactory + ?Sized>(factory: &F) {
-    let broker = factory.make(LONG_VISIBILITY).await;
+    let broker = factory.fresh(LONG_VISIBILITY).await;
     let stop = CancellationToken::new();
     let mut stream = listen(&broker, &stop).await;
     let waiting = {

@@ -25,7 +25,7 @@
 //! ```
 //!
 //! Feature `conformance` adds the `conformance` module, the suite
-//! every [`Broker`] implementation runs against itself.
+//! every [`Broker`] implementation runs against itself, and `broker_conformance_tests!`.
 
 #![warn(missing_docs)]
 
@@ -46,6 +46,10 @@ pub mod receiver;
 
 #[cfg(feature = "conformance")]
 pub mod conformance;
+// The test-generating machinery the suite's macro expands to (shared with stepq-results).
+#[cfg(feature = "conformance")]
+#[doc(hidden)]
+pub use stepq_results::{__conformance_tests, __run_checks};
 
 pub use memory::InMemoryBroker;
 pub use queue::{Task, TaskHandle, TaskQueue, TaskWaitError};

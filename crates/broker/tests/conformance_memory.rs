@@ -1,4 +1,5 @@
-//! The broker conformance suite against the in-memory broker, one test per check.
+//! The broker conformance suite against the in-memory broker, one test per check, and proof
+//! that the suite catches a broken broker.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -10,49 +11,17 @@ struct Memory;
 
 #[async_trait::async_trait]
 impl BrokerFactory for Memory {
-    async fn make(&self, visibility_timeout: Duration) -> Arc<dyn Broker> {
+    async fn fresh(&self, visibility_timeout: Duration) -> Arc<dyn Broker> {
         Arc::new(InMemoryBroker::with_visibility_timeout(visibility_timeout))
     }
 }
 
-#[tokio::test]
-async fn round_trip() {
-    conformance::check_round_trip(&Memory).await;
-}
+stepq_broker::broker_conformance_tests!(in_memory, Memory);
 
+/// The aggregate entry point runs every check, on a single-threaded runtime too.
 #[tokio::test]
-async fn batch_delivers_each_once() {
-    conformance::check_batch_delivers_each_once(&Memory).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn concurrent_listeners_share_the_work() {
-    conformance::check_concurrent_listeners_share_the_work(&Memory).await;
-}
-
-#[tokio::test]
-async fn nack_redelivers_at_once() {
-    conformance::check_nack_redelivers_at_once(&Memory).await;
-}
-
-#[tokio::test]
-async fn unacked_redelivered_after_visibility_timeout() {
-    conformance::check_unacked_redelivered_after_visibility_timeout(&Memory).await;
-}
-
-#[tokio::test]
-async fn extend_visibility_keeps_hidden() {
-    conformance::check_extend_visibility_keeps_hidden(&Memory).await;
-}
-
-#[tokio::test]
-async fn ack_is_final() {
-    conformance::check_ack_is_final(&Memory).await;
-}
-
-#[tokio::test]
-async fn stop_ends_the_stream() {
-    conformance::check_stop_ends_the_stream(&Memory).await;
+async fn whole_suite_passes_on_a_single_threaded_runtime() {
+    conformance::run_broker_suite(&Memory).await;
 }
 
 /// The suite itself must catch a broken broker: one that hands every message to every
@@ -122,7 +91,7 @@ mod catches_a_broken_broker {
 
     #[async_trait::async_trait]
     impl BrokerFactory for BroadcastFactory {
-        async fn make(&self, _visibility_timeout: Duration) -> Arc<dyn Broker> {
+        async fn fresh(&self, _visibility_timeout: Duration) -> Arc<dyn Broker> {
             Arc::new(Broadcast::default())
         }
     }

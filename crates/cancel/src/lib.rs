@@ -88,6 +88,10 @@ pub mod canceller;
 pub mod channel;
 #[cfg(feature = "conformance")]
 pub mod conformance;
+// The test-generating machinery the suites' macros expand to (shared with stepq-results).
+#[cfg(feature = "conformance")]
+#[doc(hidden)]
+pub use stepq_results::{__conformance_tests, __run_checks};
 pub mod error;
 pub mod listener;
 pub mod marker;

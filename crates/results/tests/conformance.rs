@@ -1,5 +1,6 @@
-//! The conformance suites against the in-memory and local-directory implementations, and the
-//! local backend across instances sharing a directory (as separate processes would).
+//! The conformance suites against the in-memory and local-directory implementations (one test
+//! per check), and the local backend across instances sharing a directory (as separate
+//! processes would).
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -10,6 +11,7 @@ use stepq_results::conformance::{
     run_output_store_suite, run_result_backend_suite, sample_result, OutputStoreFactory,
     ResultBackendFactory,
 };
+use stepq_results::{output_store_conformance_tests, result_backend_conformance_tests};
 use stepq_results::{
     InMemoryOutputStore, InMemoryResultBackend, LocalDirOutputStore, LocalDirResultBackend,
     OutputStore, ResultBackend, ResultError,
@@ -37,46 +39,31 @@ impl LocalDirs {
 
 #[async_trait]
 impl ResultBackendFactory for LocalDirs {
-    async fn make(&self) -> Arc<dyn ResultBackend> {
+    async fn fresh(&self) -> Arc<dyn ResultBackend> {
         Arc::new(LocalDirResultBackend::new(self.fresh()))
     }
 }
 
 #[async_trait]
 impl OutputStoreFactory for LocalDirs {
-    async fn make(&self) -> Arc<dyn OutputStore> {
+    async fn fresh(&self) -> Arc<dyn OutputStore> {
         Arc::new(LocalDirOutputStore::new(self.fresh()))
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn in_memory_result_backend_conforms() {
-    run_result_backend_suite(&|| async {
-        Arc::new(InMemoryResultBackend::new()) as Arc<dyn ResultBackend>
-    })
-    .await;
-}
+result_backend_conformance_tests!(in_memory_result_backend, || async {
+    Arc::new(InMemoryResultBackend::new()) as Arc<dyn ResultBackend>
+});
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn in_memory_output_store_conforms() {
-    run_output_store_suite(&|| async {
-        Arc::new(InMemoryOutputStore::new()) as Arc<dyn OutputStore>
-    })
-    .await;
-}
+output_store_conformance_tests!(in_memory_output_store, || async {
+    Arc::new(InMemoryOutputStore::new()) as Arc<dyn OutputStore>
+});
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn local_dir_result_backend_conforms() {
-    let dirs = LocalDirs::new();
-    run_result_backend_suite(&dirs).await;
-}
+result_backend_conformance_tests!(local_dir_result_backend, LocalDirs::new());
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn local_dir_output_store_conforms() {
-    let dirs = LocalDirs::new();
-    run_output_store_suite(&dirs).await;
-}
+output_store_conformance_tests!(local_dir_output_store, LocalDirs::new());
 
+/// The aggregate entry points run every check, on a single-threaded runtime too.
 #[tokio::test(flavor = "current_thread")]
 async fn suites_also_pass_on_a_single_threaded_runtime() {
     run_result_backend_suite(&|| async {

@@ -44,6 +44,10 @@ pub mod store;
 
 #[cfg(feature = "conformance")]
 pub mod conformance;
+// The test-generating machinery the suites' macros expand to (shared with stepq-results).
+#[cfg(feature = "conformance")]
+#[doc(hidden)]
+pub use stepq_results::{__conformance_tests, __run_checks};
 
 pub use error::{check_id, StorageError};
 pub use heartbeat::{

@@ -1,5 +1,5 @@
-//! The run store and heartbeat store conformance suites, against the in-memory and
-//! local-directory implementations.
+//! The run store and heartbeat store conformance suites (one test per check), against the
+//! in-memory and local-directory implementations.
 
 use std::path::PathBuf;
 use std::sync::Mutex;
@@ -68,52 +68,10 @@ impl HeartbeatStoreFactory for LocalDir {
     }
 }
 
-macro_rules! suite {
-    ($backend:ident, $factory:expr, run: [$($case:ident),* $(,)?], heartbeat: [$($hcase:ident),* $(,)?]) => {
-        mod $backend {
-            use super::*;
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $case() {
-                    conformance::$case(&$factory).await;
-                }
-            )*
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $hcase() {
-                    conformance::$hcase(&$factory).await;
-                }
-            )*
-        }
-    };
-}
-
-macro_rules! both_suites {
-    ($backend:ident, $factory:expr) => {
-        suite!($backend, $factory,
-            run: [
-                create_get_and_list_newest_first,
-                duplicate_create_is_rejected,
-                unknown_and_invalid_ids_are_errors,
-                lifecycle_transitions_are_validated,
-                concurrent_terminal_transitions_have_one_winner,
-                concurrent_appends_lose_nothing,
-                events_read_from_a_cursor,
-                wait_wakes_on_append,
-                follow_ends_when_run_is_terminal,
-                data_survives_a_new_store_instance,
-            ],
-            heartbeat: [
-                heartbeats_put_replace_list_remove,
-                heartbeats_classify_live_and_lost,
-                heartbeats_reject_invalid_ids,
-                heartbeats_survive_a_new_store_instance,
-            ]);
-    };
-}
-
-both_suites!(in_memory, Memory);
-both_suites!(local_dir, LocalDir::default());
+stepq_runs::run_store_conformance_tests!(in_memory, Memory);
+stepq_runs::heartbeat_store_conformance_tests!(in_memory_heartbeats, Memory);
+stepq_runs::run_store_conformance_tests!(local_dir, LocalDir::default());
+stepq_runs::heartbeat_store_conformance_tests!(local_dir_heartbeats, LocalDir::default());
 
 /// The aggregate entry points run every case.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

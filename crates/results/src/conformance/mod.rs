@@ -1,28 +1,44 @@
 //! Conformance suites every [`ResultBackend`] and [`OutputStore`] implementation runs against
 //! itself (feature `conformance`).
 //!
-//! A factory hands out a fresh, isolated backend per check; each check panics with a message
-//! naming what broke. Run everything with [`run_result_backend_suite`] /
-//! [`run_output_store_suite`], or single checks by name.
+//! Every suite of the workspace has the same shape: a factory trait handing out a fresh,
+//! isolated store per check ([`ResultBackendFactory`], [`OutputStoreFactory`]), public
+//! `check_*` functions that panic with a message naming what broke, one `run_*_suite`
+//! function running them all ([`run_result_backend_suite`], [`run_output_store_suite`]), and
+//! a macro expanding to one `#[tokio::test]` per check, so a backend gets one named test per
+//! contract clause ([`result_backend_conformance_tests!`](crate::result_backend_conformance_tests),
+//! [`output_store_conformance_tests!`](crate::output_store_conformance_tests)).
 //!
 //! ```
-//! # tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap().block_on(async {
 //! use std::sync::Arc;
-//! use stepq_results::conformance::{run_result_backend_suite, run_output_store_suite};
 //! use stepq_results::{InMemoryOutputStore, InMemoryResultBackend, OutputStore, ResultBackend};
 //!
-//! run_result_backend_suite(&|| async {
+//! stepq_results::result_backend_conformance_tests!(memory_results, || async {
+//!     Arc::new(InMemoryResultBackend::new()) as Arc<dyn ResultBackend>
+//! });
+//! // Gated tests take attributes; `except [...]` skips checks that cannot apply by design.
+//! stepq_results::output_store_conformance_tests!(
+//!     #[ignore = "slow"]
+//!     memory_outputs,
+//!     || async { Arc::new(InMemoryOutputStore::new()) as Arc<dyn OutputStore> },
+//!     except [check_large_output]
+//! );
+//!
+//! # fn main() {
+//! # tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap().block_on(async {
+//! // Or everything in one go:
+//! stepq_results::conformance::run_result_backend_suite(&|| async {
 //!     Arc::new(InMemoryResultBackend::new()) as Arc<dyn ResultBackend>
 //! })
 //! .await;
-//! run_output_store_suite(&|| async { Arc::new(InMemoryOutputStore::new()) as Arc<dyn OutputStore> })
-//!     .await;
 //! # });
+//! # }
 //! ```
 //!
 //! [`ResultBackend`]: crate::ResultBackend
 //! [`OutputStore`]: crate::OutputStore
 
+mod macros;
 mod output_store;
 mod result_backend;
 

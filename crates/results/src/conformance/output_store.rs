@@ -11,11 +11,12 @@ use super::{no_hang, task_id};
 use crate::error::ResultError;
 use crate::output::{OutputKey, OutputStore};
 
-/// Makes output stores for the suite; every call returns a fresh, isolated namespace.
+/// Makes output stores for the suite. The checks need no second handle on one namespace,
+/// so unlike the run store factories there is no `reopen`.
 #[async_trait]
 pub trait OutputStoreFactory: Send + Sync {
-    /// A new, empty store.
-    async fn make(&self) -> Arc<dyn OutputStore>;
+    /// A new, empty store on a fresh, isolated namespace.
+    async fn fresh(&self) -> Arc<dyn OutputStore>;
 }
 
 #[async_trait]
@@ -24,14 +25,14 @@ where
     F: Fn() -> Fut + Send + Sync,
     Fut: Future<Output = Arc<dyn OutputStore>> + Send,
 {
-    async fn make(&self) -> Arc<dyn OutputStore> {
+    async fn fresh(&self) -> Arc<dyn OutputStore> {
         self().await
     }
 }
 
 /// A fresh store.
 async fn store(factory: &dyn OutputStoreFactory) -> Arc<dyn OutputStore> {
-    factory.make().await
+    factory.fresh().await
 }
 
 /// A unique run id.
@@ -220,12 +221,51 @@ pub async fn check_invalid_output_key(factory: &dyn OutputStoreFactory) {
     assert!(!exists(&*s, &OutputKey::new(&run, "step", "out")).await);
 }
 
-/// Runs every output store check.
+/// Runs every output store check, one after another.
 pub async fn run_output_store_suite(factory: &dyn OutputStoreFactory) {
-    check_put_get_exists(factory).await;
-    check_output_overwrite(factory).await;
-    check_missing_output(factory).await;
-    check_large_output(factory).await;
-    check_delete_run(factory).await;
-    check_invalid_output_key(factory).await;
+    crate::__output_store_checks!(__run_checks factory);
+}
+
+/// The checks of the output store suite, handed to `$callback` (internal).
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __output_store_checks {
+    ($callback:ident $($args:tt)*) => {
+        $crate::$callback! { $($args)* [
+            check_put_get_exists,
+            check_output_overwrite,
+            check_missing_output,
+            check_large_output,
+            check_delete_run,
+            check_invalid_output_key,
+        ] }
+    };
+}
+
+/// One `#[tokio::test]` per check of the [`OutputStore`] suite, named after the check, in a
+/// module `$module`, each on a fresh store from `$factory` (an [`OutputStoreFactory`]
+/// expression, evaluated once per test inside the module). Attributes before the module name
+/// go on every test; `except [check_..., ...]` leaves out checks that cannot apply by design.
+/// Same shape as [`result_backend_conformance_tests!`](crate::result_backend_conformance_tests).
+///
+/// ```
+/// use std::sync::Arc;
+/// use stepq_results::{InMemoryOutputStore, OutputStore};
+///
+/// stepq_results::output_store_conformance_tests!(in_memory, || async {
+///     Arc::new(InMemoryOutputStore::new()) as Arc<dyn OutputStore>
+/// });
+/// # fn main() {}
+/// ```
+///
+/// [`OutputStore`]: crate::OutputStore
+/// [`OutputStoreFactory`]: crate::conformance::OutputStoreFactory
+#[macro_export]
+macro_rules! output_store_conformance_tests {
+    ($(#[$attr:meta])* $module:ident, $factory:expr $(, except [$($skip:ident),* $(,)?])? $(,)?) => {
+        $crate::__output_store_checks! {
+            __conformance_tests [$crate::conformance] {$(#[$attr])*} $module; $factory;
+            [$($($skip),*)?]
+        }
+    };
 }

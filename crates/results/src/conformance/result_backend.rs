@@ -14,12 +14,13 @@ use crate::backend::ResultBackend;
 use crate::error::ResultError;
 use crate::result::{TaskError, TaskResult};
 
-/// Makes result backends for the suite; every call returns a fresh, isolated namespace
-/// (a new directory, bucket prefix, ...).
+/// Makes result backends for the suite. The checks need no second handle on one namespace,
+/// so unlike the run store factories there is no `reopen`.
 #[async_trait]
 pub trait ResultBackendFactory: Send + Sync {
-    /// A new, empty backend.
-    async fn make(&self) -> Arc<dyn ResultBackend>;
+    /// A new, empty backend on a fresh, isolated namespace (a new directory, bucket
+    /// prefix, ...).
+    async fn fresh(&self) -> Arc<dyn ResultBackend>;
 }
 
 #[async_trait]
@@ -28,14 +29,14 @@ where
     F: Fn() -> Fut + Send + Sync,
     Fut: Future<Output = Arc<dyn ResultBackend>> + Send,
 {
-    async fn make(&self) -> Arc<dyn ResultBackend> {
+    async fn fresh(&self) -> Arc<dyn ResultBackend> {
         self().await
     }
 }
 
 /// A fresh backend, started.
 async fn started(factory: &dyn ResultBackendFactory) -> Arc<dyn ResultBackend> {
-    let backend = factory.make().await;
+    let backend = factory.fresh().await;
     backend
         .startup()
         .await
@@ -370,17 +371,61 @@ pub async fn check_invalid_task_id(factory: &dyn ResultBackendFactory) {
     }
 }
 
-/// Runs every result backend check.
+/// Runs every result backend check, one after another.
 pub async fn run_result_backend_suite(factory: &dyn ResultBackendFactory) {
-    check_round_trip(factory).await;
-    check_get_without_logs(factory).await;
-    check_ready_transitions(factory).await;
-    check_missing_is_not_found(factory).await;
-    check_overwrite(factory).await;
-    check_wait_for_earlier_result(factory).await;
-    check_wait_for_later_result(factory).await;
-    check_wait_timeout(factory).await;
-    check_many_waiters(factory).await;
-    check_delete(factory).await;
-    check_invalid_task_id(factory).await;
+    crate::__result_backend_checks!(__run_checks factory);
+}
+
+/// The checks of the result backend suite, handed to `$callback` (internal).
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __result_backend_checks {
+    ($callback:ident $($args:tt)*) => {
+        $crate::$callback! { $($args)* [
+            check_round_trip,
+            check_get_without_logs,
+            check_ready_transitions,
+            check_missing_is_not_found,
+            check_overwrite,
+            check_wait_for_earlier_result,
+            check_wait_for_later_result,
+            check_wait_timeout,
+            check_many_waiters,
+            check_delete,
+            check_invalid_task_id,
+        ] }
+    };
+}
+
+/// One `#[tokio::test]` per check of the [`ResultBackend`] suite, named after the check, in a
+/// module `$module`, each on a fresh backend from `$factory` (an expression evaluated inside
+/// the module, once per test: a [`ResultBackendFactory`], e.g. a closure returning
+/// `Arc<dyn ResultBackend>`).
+///
+/// Attributes before the module name go on every test (`#[ignore = "localstack"]`);
+/// `except [check_..., ...]` leaves out checks that cannot apply to the backend by design
+/// (say why in a comment). The caller's crate needs `tokio` (with the `macros` and
+/// `rt-multi-thread` features) as a dev-dependency.
+///
+/// ```
+/// use std::sync::Arc;
+/// use stepq_results::{InMemoryResultBackend, ResultBackend};
+///
+/// stepq_results::result_backend_conformance_tests!(in_memory, || async {
+///     Arc::new(InMemoryResultBackend::new()) as Arc<dyn ResultBackend>
+/// });
+/// // A failure names the clause: `in_memory::check_wait_timeout`, ...
+/// # fn main() {}
+/// ```
+///
+/// [`ResultBackend`]: crate::ResultBackend
+/// [`ResultBackendFactory`]: crate::conformance::ResultBackendFactory
+#[macro_export]
+macro_rules! result_backend_conformance_tests {
+    ($(#[$attr:meta])* $module:ident, $factory:expr $(, except [$($skip:ident),* $(,)?])? $(,)?) => {
+        $crate::__result_backend_checks! {
+            __conformance_tests [$crate::conformance] {$(#[$attr])*} $module; $factory;
+            [$($($skip),*)?]
+        }
+    };
 }

@@ -18,12 +18,9 @@ pub trait HeartbeatStoreFactory: Send + Sync {
     fn reopen(&self, store: &Self::Store) -> impl Future<Output = Self::Store> + Send;
 }
 
-/// Runs every [`HeartbeatStore`] case.
+/// Runs every [`HeartbeatStore`] case, one after another.
 pub async fn run_heartbeat_store_suite<F: HeartbeatStoreFactory>(factory: &F) {
-    heartbeats_put_replace_list_remove(factory).await;
-    heartbeats_classify_live_and_lost(factory).await;
-    heartbeats_reject_invalid_ids(factory).await;
-    heartbeats_survive_a_new_store_instance(factory).await;
+    crate::__heartbeat_store_checks!(__run_checks factory);
 }
 
 fn heartbeat(worker_id: &str, last_seen: u64) -> WorkerHeartbeat {
@@ -52,7 +49,7 @@ fn sorted(mut heartbeats: Vec<WorkerHeartbeat>) -> Vec<WorkerHeartbeat> {
 }
 
 /// Heartbeats round-trip, a newer one replaces the older, and removal forgets the worker.
-pub async fn heartbeats_put_replace_list_remove<F: HeartbeatStoreFactory>(factory: &F) {
+pub async fn check_heartbeats_put_replace_list_remove<F: HeartbeatStoreFactory>(factory: &F) {
     let store = factory.fresh().await;
     assert!(store.list_heartbeats().await.expect("list").is_empty());
     store
@@ -81,7 +78,7 @@ pub async fn heartbeats_put_replace_list_remove<F: HeartbeatStoreFactory>(factor
 }
 
 /// `list_workers` calls a worker lost once its heartbeat is over three intervals old.
-pub async fn heartbeats_classify_live_and_lost<F: HeartbeatStoreFactory>(factory: &F) {
+pub async fn check_heartbeats_classify_live_and_lost<F: HeartbeatStoreFactory>(factory: &F) {
     let store = factory.fresh().await;
     let interval = Duration::from_secs(2);
     let now = 100_000_000;
@@ -116,7 +113,7 @@ pub async fn heartbeats_classify_live_and_lost<F: HeartbeatStoreFactory>(factory
 }
 
 /// Unusable worker ids are rejected and nothing is written.
-pub async fn heartbeats_reject_invalid_ids<F: HeartbeatStoreFactory>(factory: &F) {
+pub async fn check_heartbeats_reject_invalid_ids<F: HeartbeatStoreFactory>(factory: &F) {
     let store = factory.fresh().await;
     for bad in ["", "a/b", ".."] {
         match store.put_heartbeat(&heartbeat(bad, 1)).await {
@@ -132,7 +129,7 @@ pub async fn heartbeats_reject_invalid_ids<F: HeartbeatStoreFactory>(factory: &F
 }
 
 /// Heartbeats written through one handle are listed through another.
-pub async fn heartbeats_survive_a_new_store_instance<F: HeartbeatStoreFactory>(factory: &F) {
+pub async fn check_heartbeats_survive_a_new_store_instance<F: HeartbeatStoreFactory>(factory: &F) {
     let store = factory.fresh().await;
     store
         .put_heartbeat(&heartbeat("w1", 10))

@@ -1,10 +1,15 @@
 //! Conformance suites any [`RunStore`] or [`HeartbeatStore`] implementation can run against
-//! itself. Each case is a public async function that panics on failure; run them on a
-//! multi-threaded tokio runtime so concurrent cases really race.
+//! itself, in the shape every suite of the workspace has: a factory per store kind
+//! ([`RunStoreFactory`], [`HeartbeatStoreFactory`]: `fresh()` and `reopen()`), public
+//! `check_*` functions that panic on failure, one `run_*_suite` function each
+//! ([`run_run_store_suite`], [`run_heartbeat_store_suite`]), and a macro each expanding to
+//! one `#[tokio::test]` per check on a multi-threaded runtime, so concurrent checks really
+//! race and a failure names the clause
+//! ([`run_store_conformance_tests!`](crate::run_store_conformance_tests),
+//! [`heartbeat_store_conformance_tests!`](crate::heartbeat_store_conformance_tests)).
 //!
-//! ```no_run
-//! # async fn demo() {
-//! use stepq_runs::conformance::{run_run_store_suite, RunStoreFactory};
+//! ```
+//! use stepq_runs::conformance::RunStoreFactory;
 //! use stepq_runs::InMemoryRunStore;
 //!
 //! struct Memory;
@@ -17,7 +22,13 @@
 //!         store.clone()
 //!     }
 //! }
-//! run_run_store_suite(&Memory).await;
+//!
+//! stepq_runs::run_store_conformance_tests!(in_memory, Memory);
+//! # fn main() {
+//! # tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap().block_on(async {
+//! // Or every check in one go:
+//! stepq_runs::conformance::run_run_store_suite(&Memory).await;
+//! # });
 //! # }
 //! ```
 //!
@@ -30,17 +41,89 @@ mod run_store;
 use std::time::Duration;
 
 pub use heartbeat_store::{
-    heartbeats_classify_live_and_lost, heartbeats_put_replace_list_remove,
-    heartbeats_reject_invalid_ids, heartbeats_survive_a_new_store_instance,
+    check_heartbeats_classify_live_and_lost, check_heartbeats_put_replace_list_remove,
+    check_heartbeats_reject_invalid_ids, check_heartbeats_survive_a_new_store_instance,
     run_heartbeat_store_suite, HeartbeatStoreFactory,
 };
 pub use run_store::{
-    concurrent_appends_lose_nothing, concurrent_terminal_transitions_have_one_winner,
-    create_get_and_list_newest_first, data_survives_a_new_store_instance,
-    duplicate_create_is_rejected, events_read_from_a_cursor, follow_ends_when_run_is_terminal,
-    lifecycle_transitions_are_validated, run_run_store_suite, unknown_and_invalid_ids_are_errors,
-    wait_wakes_on_append, RunStoreFactory,
+    check_concurrent_appends_lose_nothing, check_concurrent_terminal_transitions_have_one_winner,
+    check_create_get_and_list_newest_first, check_data_survives_a_new_store_instance,
+    check_duplicate_create_is_rejected, check_events_read_from_a_cursor,
+    check_follow_ends_when_run_is_terminal, check_lifecycle_transitions_are_validated,
+    check_unknown_and_invalid_ids_are_errors, check_wait_wakes_on_append, run_run_store_suite,
+    RunStoreFactory,
 };
 
 /// Longest any single step of a case may take before the case fails (a hang is a failure).
 pub const CASE_STEP_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// The checks of the run store suite, handed to `$callback` (internal).
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __run_store_checks {
+    ($callback:ident $($args:tt)*) => {
+        $crate::$callback! { $($args)* [
+            check_create_get_and_list_newest_first,
+            check_duplicate_create_is_rejected,
+            check_unknown_and_invalid_ids_are_errors,
+            check_lifecycle_transitions_are_validated,
+            check_concurrent_terminal_transitions_have_one_winner,
+            check_concurrent_appends_lose_nothing,
+            check_events_read_from_a_cursor,
+            check_wait_wakes_on_append,
+            check_follow_ends_when_run_is_terminal,
+            check_data_survives_a_new_store_instance,
+        ] }
+    };
+}
+
+/// The checks of the heartbeat store suite, handed to `$callback` (internal).
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __heartbeat_store_checks {
+    ($callback:ident $($args:tt)*) => {
+        $crate::$callback! { $($args)* [
+            check_heartbeats_put_replace_list_remove,
+            check_heartbeats_classify_live_and_lost,
+            check_heartbeats_reject_invalid_ids,
+            check_heartbeats_survive_a_new_store_instance,
+        ] }
+    };
+}
+
+/// One `#[tokio::test]` (multi-threaded runtime) per check of the [`RunStore`] suite, named
+/// after the check, in a module `$module`, each with the [`RunStoreFactory`] `$factory` (an
+/// expression evaluated inside the module, once per test; it may `.await`).
+///
+/// Attributes before the module name go on every test (`#[ignore = "localstack"]`);
+/// `except [check_..., ...]` leaves out checks that cannot apply to the store by design (say
+/// why in a comment). The caller's crate needs `tokio` as a dev-dependency. See the
+/// [module docs](crate::conformance) for an example.
+///
+/// [`RunStore`]: crate::RunStore
+/// [`RunStoreFactory`]: crate::conformance::RunStoreFactory
+#[macro_export]
+macro_rules! run_store_conformance_tests {
+    ($(#[$attr:meta])* $module:ident, $factory:expr $(, except [$($skip:ident),* $(,)?])? $(,)?) => {
+        $crate::__run_store_checks! {
+            __conformance_tests [$crate::conformance] {$(#[$attr])*} $module; $factory;
+            [$($($skip),*)?]
+        }
+    };
+}
+
+/// One `#[tokio::test]` (multi-threaded runtime) per check of the [`HeartbeatStore`] suite,
+/// in a module `$module`, each with the [`HeartbeatStoreFactory`] `$factory`; the same shape
+/// as [`run_store_conformance_tests!`](crate::run_store_conformance_tests).
+///
+/// [`HeartbeatStore`]: crate::HeartbeatStore
+/// [`HeartbeatStoreFactory`]: crate::conformance::HeartbeatStoreFactory
+#[macro_export]
+macro_rules! heartbeat_store_conformance_tests {
+    ($(#[$attr:meta])* $module:ident, $factory:expr $(, except [$($skip:ident),* $(,)?])? $(,)?) => {
+        $crate::__heartbeat_store_checks! {
+            __conformance_tests [$crate::conformance] {$(#[$attr])*} $module; $factory;
+            [$($($skip),*)?]
+        }
+    };
+}

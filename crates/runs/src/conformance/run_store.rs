@@ -30,18 +30,9 @@ pub trait RunStoreFactory: Send + Sync {
     fn reopen(&self, store: &Self::Store) -> impl Future<Output = Self::Store> + Send;
 }
 
-/// Runs every [`RunStore`] case.
+/// Runs every [`RunStore`] case, one after another.
 pub async fn run_run_store_suite<F: RunStoreFactory>(factory: &F) {
-    create_get_and_list_newest_first(factory).await;
-    duplicate_create_is_rejected(factory).await;
-    unknown_and_invalid_ids_are_errors(factory).await;
-    lifecycle_transitions_are_validated(factory).await;
-    concurrent_terminal_transitions_have_one_winner(factory).await;
-    concurrent_appends_lose_nothing(factory).await;
-    events_read_from_a_cursor(factory).await;
-    wait_wakes_on_append(factory).await;
-    follow_ends_when_run_is_terminal(factory).await;
-    data_survives_a_new_store_instance(factory).await;
+    crate::__run_store_checks!(__run_checks factory);
 }
 
 async fn bounded<T>(what: &str, fut: impl Future<Output = T>) -> T {
@@ -102,7 +93,7 @@ async fn move_to<S: RunStore + ?Sized>(store: &S, run_id: &str, path: &[RunStatu
 }
 
 /// Stores, reads back, and lists runs newest first with `limit`.
-pub async fn create_get_and_list_newest_first<F: RunStoreFactory>(factory: &F) {
+pub async fn check_create_get_and_list_newest_first<F: RunStoreFactory>(factory: &F) {
     let store = factory.fresh().await;
     assert!(store.list_runs(10).await.expect("list empty").is_empty());
     let a = record("run-a", 1_000);
@@ -129,7 +120,7 @@ pub async fn create_get_and_list_newest_first<F: RunStoreFactory>(factory: &F) {
 }
 
 /// A second `create_run` with a taken id fails and leaves the first record alone.
-pub async fn duplicate_create_is_rejected<F: RunStoreFactory>(factory: &F) {
+pub async fn check_duplicate_create_is_rejected<F: RunStoreFactory>(factory: &F) {
     let store = factory.fresh().await;
     let first = record("dup", 1);
     store.create_run(&first).await.expect("create_run");
@@ -143,7 +134,7 @@ pub async fn duplicate_create_is_rejected<F: RunStoreFactory>(factory: &F) {
 }
 
 /// Every operation on an unknown run is `RunNotFound`; unusable ids are `InvalidId`.
-pub async fn unknown_and_invalid_ids_are_errors<F: RunStoreFactory>(factory: &F) {
+pub async fn check_unknown_and_invalid_ids_are_errors<F: RunStoreFactory>(factory: &F) {
     let store = factory.fresh().await;
     let is_not_found = |what: &str, r: Result<(), StorageError>| match r {
         Err(StorageError::RunNotFound { run_id }) => assert_eq!(run_id, "missing", "{what}"),
@@ -216,7 +207,7 @@ pub async fn unknown_and_invalid_ids_are_errors<F: RunStoreFactory>(factory: &F)
 
 /// Valid moves update status and times; invalid ones fail naming both states and change
 /// nothing; `expecting` guards a claim.
-pub async fn lifecycle_transitions_are_validated<F: RunStoreFactory>(factory: &F) {
+pub async fn check_lifecycle_transitions_are_validated<F: RunStoreFactory>(factory: &F) {
     let store = factory.fresh().await;
     store
         .create_run(&record("r1", 1))
@@ -304,7 +295,9 @@ pub async fn lifecycle_transitions_are_validated<F: RunStoreFactory>(factory: &F
 
 /// Two writers (separate handles) race `STARTED -> SUCCESS` against `STARTED -> CANCELED`:
 /// exactly one wins, the loser learns the winner's status, and the record shows the winner.
-pub async fn concurrent_terminal_transitions_have_one_winner<F: RunStoreFactory>(factory: &F) {
+pub async fn check_concurrent_terminal_transitions_have_one_winner<F: RunStoreFactory>(
+    factory: &F,
+) {
     let first = Arc::new(factory.fresh().await);
     let second = Arc::new(factory.reopen(&first).await);
     for round in 0..10 {
@@ -363,7 +356,7 @@ pub async fn concurrent_terminal_transitions_have_one_winner<F: RunStoreFactory>
 /// Two writers (separate handles) append 200 batches each at the same time: every batch is
 /// read back once, each batch whole and in each writer's order, and every reader sees the
 /// same order.
-pub async fn concurrent_appends_lose_nothing<F: RunStoreFactory>(factory: &F) {
+pub async fn check_concurrent_appends_lose_nothing<F: RunStoreFactory>(factory: &F) {
     const BATCHES: usize = 200;
     let first = Arc::new(factory.fresh().await);
     let second = Arc::new(factory.reopen(&first).await);
@@ -431,7 +424,7 @@ pub async fn concurrent_appends_lose_nothing<F: RunStoreFactory>(factory: &F) {
 }
 
 /// Reads start at a cursor, return batches in order, and an empty append writes nothing.
-pub async fn events_read_from_a_cursor<F: RunStoreFactory>(factory: &F) {
+pub async fn check_events_read_from_a_cursor<F: RunStoreFactory>(factory: &F) {
     let store = factory.fresh().await;
     store
         .create_run(&record("r1", 1))
@@ -474,7 +467,7 @@ pub async fn events_read_from_a_cursor<F: RunStoreFactory>(factory: &F) {
 
 /// A waiter started before an append returns that event, whether the writer is the same
 /// handle or another one; on a terminal run with nothing new it returns an empty page.
-pub async fn wait_wakes_on_append<F: RunStoreFactory>(factory: &F) {
+pub async fn check_wait_wakes_on_append<F: RunStoreFactory>(factory: &F) {
     let store = factory.fresh().await;
     let other = factory.reopen(&store).await;
     store
@@ -511,7 +504,7 @@ pub async fn wait_wakes_on_append<F: RunStoreFactory>(factory: &F) {
 
 /// `follow_events` streams everything, including events appended while following, and ends
 /// once the run is terminal.
-pub async fn follow_ends_when_run_is_terminal<F: RunStoreFactory>(factory: &F) {
+pub async fn check_follow_ends_when_run_is_terminal<F: RunStoreFactory>(factory: &F) {
     let store = Arc::new(factory.fresh().await);
     store
         .create_run(&record("r1", 1))
@@ -560,7 +553,7 @@ pub async fn follow_ends_when_run_is_terminal<F: RunStoreFactory>(factory: &F) {
 
 /// Records and events written through one handle are all there through a new one, which
 /// keeps appending after them.
-pub async fn data_survives_a_new_store_instance<F: RunStoreFactory>(factory: &F) {
+pub async fn check_data_survives_a_new_store_instance<F: RunStoreFactory>(factory: &F) {
     let store = factory.fresh().await;
     store
         .create_run(&record("r1", 1))

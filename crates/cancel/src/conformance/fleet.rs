@@ -1,14 +1,7 @@
-//! The suites every cancellation backend runs against itself (feature `conformance`).
-//!
-//! - [`exercise_cancel_store`] and [`check_corrupt_marker`]: the [`CancelStore`] contract
-//!   (in memory, local directory, S3).
-//! - A fleet of real receivers with cancel listeners ([`RunningWorker`], [`Tasks`],
-//!   [`register_tasks`]), for the [`CancelChannel`](crate::CancelChannel) suites: a cancel
-//!   reaches the worker running the task, and no other, on every channel (broadcast in
-//!   memory, SQS inboxes on LocalStack).
-//!
-//! The functions panic on a broken contract, like assertions in a test.
-#![allow(missing_docs)]
+//! A fleet of real receivers with cancel listeners ([`RunningWorker`], [`Tasks`],
+//! [`register_tasks`]), for the end-to-end cancellation tests: a cancel reaches the worker
+//! running the task, and no other, on every channel (broadcast in memory, SQS inboxes on
+//! LocalStack). The functions panic on a broken promise, like assertions in a test.
 
 use std::collections::HashMap;
 use std::io::Write;
@@ -25,72 +18,8 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::{
-    CancelError, CancelListener, CancelListenerConfig, CancelMarker, CancelStore, Canceller,
-    ListenerHandle, ListenerStats, CANCELED_KIND,
+    CancelListener, CancelListenerConfig, Canceller, ListenerHandle, ListenerStats, CANCELED_KIND,
 };
-
-/// The contract: put / get / list / delete, overwrite, bad ids refused. Leaves one marker,
-/// `task-b`, stored.
-pub async fn exercise_cancel_store(store: &dyn CancelStore) {
-    store.startup().await.unwrap();
-    assert!(store.list().await.unwrap().is_empty(), "starts empty");
-    assert_eq!(store.get("missing").await.unwrap(), None);
-    store.delete("missing").await.unwrap();
-
-    let a = CancelMarker::new("task-a", Some("user".into())).unwrap();
-    let b = CancelMarker::new("task-b", None).unwrap();
-    store.put(&a).await.unwrap();
-    store.put(&b).await.unwrap();
-    assert_eq!(store.get("task-a").await.unwrap(), Some(a.clone()));
-    let mut listed = store.list().await.unwrap();
-    listed.sort_by(|x, y| x.task_id.cmp(&y.task_id));
-    assert_eq!(listed, vec![a.clone(), b.clone()]);
-
-    let again = CancelMarker {
-        reason: Some("twice".into()),
-        ..a.clone()
-    };
-    store.put(&again).await.unwrap();
-    assert_eq!(store.get("task-a").await.unwrap(), Some(again));
-
-    store.delete("task-a").await.unwrap();
-    assert_eq!(store.get("task-a").await.unwrap(), None);
-    assert_eq!(store.list().await.unwrap(), vec![b.clone()]);
-
-    for bad in ["", "a/b", ".."] {
-        assert!(
-            matches!(store.get(bad).await, Err(CancelError::InvalidTaskId { .. })),
-            "get {bad:?}"
-        );
-        assert!(store.delete(bad).await.is_err(), "delete {bad:?}");
-        let marker = CancelMarker {
-            task_id: bad.into(),
-            requested_at_ms: 1,
-            reason: None,
-        };
-        assert!(store.put(&marker).await.is_err(), "put {bad:?}");
-    }
-}
-
-/// After `broken` was stored as garbage: `get` names it, `list` skips it (keeping `task-b`).
-pub async fn check_corrupt_marker(store: &dyn CancelStore) {
-    let listed = store.list().await.unwrap();
-    assert_eq!(
-        listed.len(),
-        1,
-        "the unreadable marker is skipped: {listed:?}"
-    );
-    assert_eq!(listed[0].task_id, "task-b");
-    match store.get("broken").await {
-        Err(e @ CancelError::Malformed { .. }) => {
-            assert!(e.to_string().contains("broken"), "{e}")
-        }
-        other => panic!("expected a malformed marker error, got {other:?}"),
-    }
-    store.delete("broken").await.unwrap();
-    store.delete("task-b").await.unwrap();
-    assert!(store.list().await.unwrap().is_empty());
-}
 
 /// Bound on waiting for anything, so a broken component fails the test instead of hanging.
 pub const WAIT: Duration = Duration::from_secs(30);
@@ -106,8 +35,11 @@ pub type Started = (String, String);
 ///   its future is dropped.
 /// - `probe`: sets `ran` and returns `"ran"`.
 pub struct Tasks {
+    /// Where `long` and `stubborn` report their start.
     pub started: mpsc::UnboundedSender<Started>,
+    /// Set once any `probe` ran.
     pub ran: Arc<AtomicBool>,
+    /// Set once a `stubborn` task's future was dropped (aborted).
     pub dropped: Arc<AtomicBool>,
 }
 
@@ -118,6 +50,7 @@ impl Drop for DropFlag {
     }
 }
 
+/// Registers the [`Tasks`] on `receiver`, reporting starts as worker `worker`.
 pub fn register_tasks(receiver: &mut Receiver, worker: &str, tasks: &Tasks) {
     let (tx, name) = (tasks.started.clone(), worker.to_string());
     receiver.register(
@@ -168,9 +101,13 @@ pub fn register_tasks(receiver: &mut Receiver, worker: &str, tasks: &Tasks) {
 
 /// One running worker: a receiver with a cancel listener and gate.
 pub struct RunningWorker {
+    /// The worker name (its cancel subscriber name too).
     pub name: String,
+    /// Stops the receiver and the listener.
     pub stop: CancellationToken,
+    /// The running receiver.
     pub receiver: JoinHandle<Result<ReceiverStats, BrokerError>>,
+    /// The running cancel listener.
     pub listener: ListenerHandle,
 }
 
@@ -211,6 +148,7 @@ impl RunningWorker {
         }
     }
 
+    /// Stops the worker and waits for both halves (bounded by [`WAIT`]).
     pub async fn stop(self) -> (ReceiverStats, ListenerStats) {
         self.stop.cancel();
         let stats = tokio::time::timeout(WAIT, self.receiver)
@@ -222,6 +160,7 @@ impl RunningWorker {
     }
 }
 
+/// Fresh [`Tasks`] and the receiving end of their start reports.
 pub fn tasks() -> (Tasks, mpsc::UnboundedReceiver<Started>) {
     let (tx, rx) = mpsc::unbounded_channel();
     (
