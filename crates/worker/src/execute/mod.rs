@@ -50,11 +50,11 @@ pub const PANIC: FailureKind = FailureKind::Panic;
 /// panic becomes failure `panic`); every emitted output must be declared (`unknown_output`) and
 /// every required one emitted (`missing_output`); outputs are stored (a `StepOutputHandled` event
 /// each) and a `StepSuccess` event closes the report. An op error becomes a `StepFailure` event
-/// and [`StepStatus::Failure`] carrying its retry request. Output-store failures that may pass
+/// and [`StepStatus::Failure`](stepq_plan::StepStatus::Failure) carrying its retry request. Output-store failures that may pass
 /// (temporary errors) are reported as asking for a retry.
 ///
-/// When `cancel` fires, the op's [`OpContext`] is cancelled and its future dropped; the report
-/// ends with `StepCanceled` and [`StepStatus::Canceled`], and nothing is stored.
+/// When `cancel` fires, the op's [`OpContext`](crate::OpContext) is cancelled and its future dropped; the report
+/// ends with `StepCanceled` and [`StepStatus::Canceled`](stepq_plan::StepStatus::Canceled), and nothing is stored.
 ///
 /// The last event of a report always matches its status: `StepSuccess`, `StepFailure` or
 /// `StepCanceled`. The `will_retry` flag of `StepFailure` is the worker's view (retry mode
