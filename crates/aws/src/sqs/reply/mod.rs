@@ -56,6 +56,12 @@
 //! Wiring: [`attach`] gives the orchestrator's middleware, result backend and reply queue;
 //! [`notifying`] gives a worker's result backend. Both make no request.
 //!
+//! Layout: `notify/` is the worker half (the [`NotifyingResultBackend`] decorator and the
+//! batching notifier), `wait/` the orchestrator half (the [`ReplyQueue`], its poller, the
+//! in-memory dispatch that wakes waiters, the waiting side of the result backend, the
+//! [`ReplyToMiddleware`], queue names and pruning), `wire.rs` the message body both read,
+//! and this file the wiring.
+//!
 //! ```no_run
 //! # async fn demo() -> Result<(), stepq_broker::BrokerError> {
 //! use std::sync::Arc;
@@ -76,21 +82,19 @@
 //! # Ok(()) }
 //! ```
 
-mod backend;
-mod dispatch;
 mod notify;
-mod queue;
+mod wait;
 mod wire;
 
 use std::sync::Arc;
 
 use stepq_results::ResultBackend;
 
-pub use backend::{FallbackPoll, NotifyStats, NotifyingResultBackend};
-pub use queue::{
-    list_reply_queues, prune_stale_reply_queues, reply_queue_name, reply_queue_prefix, ReplyQueue,
-    ReplyQueueOptions, ReplyStats, ReplyToMiddleware, ALIVE_AT_TAG, OWNER_TAG, REPLY_QUEUE_INFIX,
-    REPLY_ROLE, REPLY_VISIBILITY_TIMEOUT, ROLE_TAG,
+pub use notify::{NotifyStats, NotifyingResultBackend};
+pub use wait::{
+    list_reply_queues, prune_stale_reply_queues, reply_queue_name, reply_queue_prefix,
+    FallbackPoll, ReplyQueue, ReplyQueueOptions, ReplyStats, ReplyToMiddleware, ALIVE_AT_TAG,
+    OWNER_TAG, REPLY_QUEUE_INFIX, REPLY_ROLE, REPLY_VISIBILITY_TIMEOUT, ROLE_TAG,
 };
 
 use super::SqsBroker;

@@ -1,8 +1,9 @@
-//! The notification a worker sends to a reply queue: `{"task_id": ..., "result": {...}}`, the
-//! result inline (without its log) when the body stays under the inline limit and holds only
-//! characters SQS accepts, else just `{"task_id": ...}` (the orchestrator then reads the result
-//! from the durable backend). `"stored": false` marks a result that has no durable copy (sent
-//! with [`REPLY_ONLY_LABEL`](super::REPLY_ONLY_LABEL)).
+//! Shared by both halves: the notification a worker sends to a reply queue and the
+//! orchestrator's poller reads: `{"task_id": ..., "result": {...}}`, the result inline
+//! (without its log) when the body stays under the inline limit and holds only characters SQS
+//! accepts, else just `{"task_id": ...}` (the orchestrator then reads the result from the
+//! durable backend). `"stored": false` marks a result that has no durable copy (sent with
+//! [`REPLY_ONLY_LABEL`](super::REPLY_ONLY_LABEL)).
 
 use serde::{Deserialize, Serialize};
 use stepq_results::TaskResult;

@@ -1,5 +1,6 @@
-//! The in-process side of result notifications: which tasks this process sent with its reply
-//! address, who waits for them, and notifications that arrived before anyone asked.
+//! The orchestrator half, in memory: the dispatch of result notifications — which tasks this
+//! process sent with its reply address, who waits for them, and notifications that arrived
+//! before anyone asked.
 //!
 //! A task id moves through `Expected` (sent with our reply address) → `Waiting` (someone
 //! awaits it) → gone (a notification woke the waiters), or `Expected` → `Arrived` (notified

@@ -1,6 +1,7 @@
-//! The worker side: sends result notifications to reply queues, batching those that are due at
-//! the same moment (like the SQS ack batcher: whatever is queued when a call can start shares
-//! it, up to ten per SendMessageBatch; no timer ever holds a notification back).
+//! The worker half: the notifier that sends result notifications to reply queues, batching
+//! those that are due at the same moment (like the SQS ack batcher: whatever is queued when a
+//! call can start shares it, up to ten per SendMessageBatch; no timer ever holds a
+//! notification back).
 
 use std::ops::Range;
 use std::sync::atomic::{AtomicU64, Ordering};

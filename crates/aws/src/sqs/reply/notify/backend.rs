@@ -1,5 +1,9 @@
-//! `NotifyingResultBackend`: a durable result backend that also notifies reply queues, and
-//! waits for notifications instead of polling.
+//! The worker half's result backend: [`NotifyingResultBackend`], a durable result backend that
+//! also sends a notification to the reply queue a result's `reply_to` label names (or, for a
+//! reply-only result that fits, sends it in the notification only, storing it durably if that
+//! fails). It owns the type, its settings and stats, and its [`ResultBackend`] impl; the
+//! orchestrator's waiting through a reply queue is in the wait half
+//! ([`reply::wait`](crate::sqs::reply::wait)).
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -9,32 +13,11 @@ use std::time::Duration;
 use async_trait::async_trait;
 use stepq_results::{ResultBackend, ResultError, ServiceError, TaskResult};
 
-use super::dispatch::{Claim, Dispatch, Reply};
-use super::notify::Notifier;
-use super::queue::ReplyQueue;
-use super::{wire, INLINE_RESULT_LIMIT, REPLY_ONLY_LABEL, REPLY_TO_LABEL};
+use super::batcher::Notifier;
+use crate::sqs::reply::wait::{FallbackPoll, Reply, ReplyQueue};
+use crate::sqs::reply::{wire, INLINE_RESULT_LIMIT, REPLY_ONLY_LABEL, REPLY_TO_LABEL};
 use crate::sqs::send::MAX_BATCH_BYTES;
 use stepq_broker::error::BrokerError;
-
-/// The slow poll of the durable backend that races a notification, in case it is lost (a
-/// worker that could not send it, a malformed message, a result saved by other means): the
-/// first read after `first`, then after doubling waits up to `max`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct FallbackPoll {
-    /// Wait before the first read (default 2 s).
-    pub first: Duration,
-    /// Longest wait between reads (default 30 s).
-    pub max: Duration,
-}
-
-impl Default for FallbackPoll {
-    fn default() -> Self {
-        FallbackPoll {
-            first: Duration::from_secs(2),
-            max: Duration::from_secs(30),
-        }
-    }
-}
 
 /// What a [`NotifyingResultBackend`] did.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -65,20 +48,22 @@ pub struct NotifyStats {
     pub durable_waits: u64,
 }
 
+/// The counts behind [`NotifyStats`] (but `send_calls`, which the notifier keeps).
 #[derive(Default)]
-struct Counters {
-    sent_inline: AtomicU64,
-    sent_by_reference: AtomicU64,
-    sent_reply_only: AtomicU64,
-    send_failures: AtomicU64,
-    answered_inline: AtomicU64,
-    read_after_notice: AtomicU64,
-    fallback_reads: AtomicU64,
-    answered_by_fallback: AtomicU64,
-    durable_waits: AtomicU64,
+pub(in crate::sqs::reply) struct Counters {
+    pub(in crate::sqs::reply) sent_inline: AtomicU64,
+    pub(in crate::sqs::reply) sent_by_reference: AtomicU64,
+    pub(in crate::sqs::reply) sent_reply_only: AtomicU64,
+    pub(in crate::sqs::reply) send_failures: AtomicU64,
+    pub(in crate::sqs::reply) answered_inline: AtomicU64,
+    pub(in crate::sqs::reply) read_after_notice: AtomicU64,
+    pub(in crate::sqs::reply) fallback_reads: AtomicU64,
+    pub(in crate::sqs::reply) answered_by_fallback: AtomicU64,
+    pub(in crate::sqs::reply) durable_waits: AtomicU64,
 }
 
-fn bump(c: &AtomicU64) {
+/// Adds one to a counter.
+pub(in crate::sqs::reply) fn bump(c: &AtomicU64) {
     c.fetch_add(1, Ordering::Relaxed);
 }
 
@@ -97,26 +82,22 @@ fn bump(c: &AtomicU64) {
 ///   of the durable backend races it. Other tasks, and every task once the reply queue is
 ///   gone, are left to the durable backend's own `wait_result`.
 /// - A message labelled [`REPLY_ONLY_LABEL`] (see
-///   [`ReplyToMiddleware::with_reply_only`](super::ReplyToMiddleware::with_reply_only)) whose
+///   [`ReplyToMiddleware::with_reply_only`](crate::sqs::reply::ReplyToMiddleware::with_reply_only)) whose
 ///   result fits inline gets no durable copy: `set_result` only sends the notification (and
 ///   falls back to the durable write if that fails); the orchestrator keeps the result in
 ///   memory until `delete_result`, which then makes no request.
 /// - `get_result`, `is_result_ready`, `delete_result`, `startup` delegate; `shutdown` also
 ///   shuts the reply queue down (deleting it).
 pub struct NotifyingResultBackend<B> {
-    durable: B,
+    pub(in crate::sqs::reply) durable: B,
     notifier: Notifier,
-    replies: Option<ReplyQueue>,
-    fallback: FallbackPoll,
+    pub(in crate::sqs::reply) replies: Option<ReplyQueue>,
+    pub(in crate::sqs::reply) fallback: FallbackPoll,
     inline_limit: usize,
-    counters: Arc<Counters>,
+    pub(in crate::sqs::reply) counters: Arc<Counters>,
     /// Results received without a durable copy, until deleted.
-    unstored: Mutex<HashMap<String, TaskResult>>,
+    pub(in crate::sqs::reply) unstored: Mutex<HashMap<String, TaskResult>>,
 }
-
-/// Most results without a durable copy held in memory at once (the executor deletes each right
-/// after reading it); past it, further ones are not kept after their first wait.
-const MAX_UNSTORED: usize = 10_000;
 
 impl<B> std::fmt::Debug for NotifyingResultBackend<B> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -253,106 +234,6 @@ impl<B: ResultBackend> NotifyingResultBackend<B> {
             }
         }
     }
-
-    /// Waits for a notification of `task_id` (registered with `dispatch`), racing the
-    /// fallback poll. No time bound (the caller adds it).
-    async fn wait_notified(
-        &self,
-        dispatch: &Dispatch,
-        task_id: &str,
-    ) -> Result<TaskResult, ResultError> {
-        let mut pending = match dispatch.register(task_id) {
-            Claim::Ready(reply) => return self.answer(task_id, reply).await,
-            Claim::Pending(pending) => pending,
-            Claim::NotExpected | Claim::Lost => return self.wait_durable(task_id, None).await,
-        };
-        let mut delay = self.fallback.first;
-        loop {
-            tokio::select! {
-                biased;
-                reply = pending.recv() => {
-                    drop(pending);
-                    return match reply {
-                        Some(reply) => self.answer(task_id, reply).await,
-                        None => self.wait_durable(task_id, None).await,
-                    };
-                }
-                _ = tokio::time::sleep(delay) => {
-                    bump(&self.counters.fallback_reads);
-                    match self.durable.get_result(task_id, false).await {
-                        Ok(result) => {
-                            bump(&self.counters.answered_by_fallback);
-                            tracing::debug!(task_id, "a result was found by the fallback poll");
-                            return Ok(result);
-                        }
-                        Err(ResultError::NotFound { .. }) => {}
-                        Err(e) if e.is_temporary() => {
-                            tracing::debug!(task_id, error = %e, "a fallback read failed; the notification may still come");
-                        }
-                        Err(e) => return Err(e),
-                    }
-                    delay = (delay * 2).min(self.fallback.max);
-                }
-            }
-        }
-    }
-
-    /// The result a notification points to.
-    async fn answer(&self, task_id: &str, reply: Reply) -> Result<TaskResult, ResultError> {
-        match reply {
-            Reply::Inline(result) => {
-                bump(&self.counters.answered_inline);
-                Ok(result)
-            }
-            Reply::Only(result) => {
-                bump(&self.counters.answered_inline);
-                let mut unstored = self.lock_unstored();
-                if unstored.len() < MAX_UNSTORED {
-                    unstored.insert(task_id.to_string(), result.clone());
-                } else {
-                    tracing::warn!(
-                        task_id,
-                        "too many undeleted results without a durable copy; this one is not \
-                         kept after this wait"
-                    );
-                }
-                Ok(result)
-            }
-            Reply::Stored => {
-                bump(&self.counters.read_after_notice);
-                match self.durable.get_result(task_id, false).await {
-                    // Deleted since it was notified: wait for it to be stored again.
-                    Err(ResultError::NotFound { .. }) => self.wait_durable(task_id, None).await,
-                    other => other,
-                }
-            }
-        }
-    }
-
-    fn lock_unstored(&self) -> std::sync::MutexGuard<'_, HashMap<String, TaskResult>> {
-        self.unstored.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    /// A result this process holds in memory: received without a durable copy and not yet
-    /// deleted, or notified inline and not yet claimed.
-    fn held(&self, task_id: &str) -> Option<TaskResult> {
-        if let Some(r) = self.lock_unstored().get(task_id) {
-            return Some(r.clone());
-        }
-        match self.replies.as_ref()?.dispatch().peek(task_id)? {
-            Reply::Inline(r) | Reply::Only(r) => Some(r),
-            Reply::Stored => None,
-        }
-    }
-
-    async fn wait_durable(
-        &self,
-        task_id: &str,
-        timeout: Option<Duration>,
-    ) -> Result<TaskResult, ResultError> {
-        bump(&self.counters.durable_waits);
-        self.durable.wait_result(task_id, timeout).await
-    }
 }
 
 /// A reply queue's error as a result backend error: a service error as it is, any other as an
@@ -469,72 +350,10 @@ fn is_queue_url(url: &str) -> bool {
 
 #[cfg(test)]
 mod tests {
-    use std::sync::atomic::AtomicUsize;
-
     use stepq_results::InMemoryResultBackend;
 
     use super::*;
-    use crate::sqs::reply::dispatch::Delivered;
-    use crate::sqs::reply::queue::tests::unreachable_client;
-
-    /// An in-memory backend that counts reads (what would be S3 GetObject / HeadObject calls)
-    /// and deletes.
-    #[derive(Default)]
-    struct Counting {
-        inner: InMemoryResultBackend,
-        reads: AtomicUsize,
-        deletes: AtomicUsize,
-    }
-
-    impl Counting {
-        fn reads(&self) -> usize {
-            self.reads.load(Ordering::Relaxed)
-        }
-        fn deletes(&self) -> usize {
-            self.deletes.load(Ordering::Relaxed)
-        }
-    }
-
-    #[async_trait]
-    impl ResultBackend for Counting {
-        async fn set_result(&self, id: &str, r: &TaskResult) -> Result<(), ResultError> {
-            self.inner.set_result(id, r).await
-        }
-        async fn is_result_ready(&self, id: &str) -> Result<bool, ResultError> {
-            self.reads.fetch_add(1, Ordering::Relaxed);
-            self.inner.is_result_ready(id).await
-        }
-        async fn get_result(&self, id: &str, logs: bool) -> Result<TaskResult, ResultError> {
-            self.reads.fetch_add(1, Ordering::Relaxed);
-            self.inner.get_result(id, logs).await
-        }
-        async fn wait_result(
-            &self,
-            id: &str,
-            timeout: Option<Duration>,
-        ) -> Result<TaskResult, ResultError> {
-            self.reads.fetch_add(1, Ordering::Relaxed);
-            self.inner.wait_result(id, timeout).await
-        }
-        async fn delete_result(&self, id: &str) -> Result<(), ResultError> {
-            self.deletes.fetch_add(1, Ordering::Relaxed);
-            self.inner.delete_result(id).await
-        }
-    }
-
-    const FAST: FallbackPoll = FallbackPoll {
-        first: Duration::from_millis(10),
-        max: Duration::from_millis(20),
-    };
-
-    /// An orchestrator-side backend whose reply queue is never created (no SQS needed: the
-    /// tests deliver notifications to its dispatch directly).
-    fn orchestrator() -> (Arc<NotifyingResultBackend<Counting>>, ReplyQueue) {
-        let replies = ReplyQueue::new(unreachable_client(), "tasks");
-        let backend = NotifyingResultBackend::new(Counting::default(), unreachable_client())
-            .with_reply_queue(replies.clone());
-        (Arc::new(backend), replies)
-    }
+    use crate::sqs::reply::wait::tests::unreachable_client;
 
     fn labelled(reply_to: &str) -> TaskResult {
         let mut r = TaskResult::ok(serde_json::json!(42), 0.1);
@@ -601,156 +420,6 @@ mod tests {
         assert_eq!(backend.stats().send_calls, 0);
     }
 
-    #[tokio::test]
-    async fn an_inline_notification_answers_without_reading_the_durable_backend() {
-        let (backend, replies) = orchestrator();
-        replies.dispatch().expect("t1");
-        let waiter = {
-            let backend = backend.clone();
-            tokio::spawn(async move {
-                backend
-                    .wait_result("t1", Some(Duration::from_secs(10)))
-                    .await
-            })
-        };
-        let r = TaskResult::ok(serde_json::json!("done"), 0.5);
-        // Deliver once the waiter registered (or before: both paths answer inline).
-        tokio::task::yield_now().await;
-        replies
-            .dispatch()
-            .deliver("t1", Reply::Inline(r.clone()), 10);
-        assert_eq!(waiter.await.unwrap().unwrap(), r);
-        assert_eq!(backend.durable().reads(), 0, "no durable read");
-        assert_eq!(backend.stats().answered_inline, 1);
-    }
-
-    #[tokio::test]
-    async fn a_notification_before_the_wait_is_claimed_by_it() {
-        let (backend, replies) = orchestrator();
-        replies.dispatch().expect("t1");
-        let r = TaskResult::ok(serde_json::json!(3), 0.0);
-        assert_eq!(
-            replies
-                .dispatch()
-                .deliver("t1", Reply::Inline(r.clone()), 10),
-            Delivered::Kept
-        );
-        assert!(backend.is_result_ready("t1").await.unwrap());
-        assert_eq!(backend.get_result("t1", false).await.unwrap(), r);
-        assert_eq!(backend.durable().reads(), 0);
-        assert_eq!(backend.wait_result("t1", None).await.unwrap(), r);
-        assert_eq!(backend.durable().reads(), 0);
-    }
-
-    #[tokio::test]
-    async fn a_by_reference_notification_reads_the_durable_backend_once() {
-        let (backend, replies) = orchestrator();
-        replies.dispatch().expect("t1");
-        let r = TaskResult::ok(serde_json::json!("big"), 0.0);
-        backend.durable().set_result("t1", &r).await.unwrap();
-        replies.dispatch().deliver("t1", Reply::Stored, 10);
-        assert_eq!(backend.wait_result("t1", None).await.unwrap(), r);
-        assert_eq!(backend.durable().reads(), 1);
-        assert_eq!(backend.stats().read_after_notice, 1);
-    }
-
-    #[tokio::test]
-    async fn a_lost_notification_is_found_by_the_fallback_poll() {
-        let (backend, replies) = orchestrator();
-        let backend = Arc::new(
-            Arc::try_unwrap(backend)
-                .expect("sole owner")
-                .with_fallback_poll(FAST),
-        );
-        replies.dispatch().expect("t1");
-        let r = TaskResult::ok(serde_json::json!(9), 0.0);
-        backend.durable().set_result("t1", &r).await.unwrap();
-        assert_eq!(
-            backend
-                .wait_result("t1", Some(Duration::from_secs(10)))
-                .await
-                .unwrap(),
-            r
-        );
-        let stats = backend.stats();
-        assert_eq!(stats.answered_by_fallback, 1, "{stats:?}");
-        assert!(stats.fallback_reads >= 1);
-    }
-
-    #[tokio::test]
-    async fn a_permanent_fallback_read_error_is_returned() {
-        let replies = ReplyQueue::new(unreachable_client(), "tasks");
-        let backend =
-            NotifyingResultBackend::new(InMemoryResultBackend::new(), unreachable_client())
-                .with_reply_queue(replies.clone())
-                .with_fallback_poll(FAST);
-        // An id the durable backend refuses: the fallback read fails for good.
-        replies.dispatch().expect("bad/id");
-        let err = backend.wait_result("bad/id", None).await.unwrap_err();
-        assert!(matches!(err, ResultError::InvalidKey { .. }), "{err}");
-    }
-
-    #[tokio::test]
-    async fn tasks_sent_without_the_reply_address_wait_on_the_durable_backend() {
-        let (backend, _replies) = orchestrator();
-        let r = TaskResult::ok(serde_json::json!(1), 0.0);
-        backend.durable().set_result("other", &r).await.unwrap();
-        assert_eq!(backend.wait_result("other", None).await.unwrap(), r);
-        assert_eq!(backend.stats().durable_waits, 1);
-    }
-
-    #[tokio::test]
-    async fn a_timeout_keeps_the_task_expected() {
-        let (backend, replies) = orchestrator();
-        replies.dispatch().expect("t1");
-        let err = backend
-            .wait_result("t1", Some(Duration::from_millis(20)))
-            .await
-            .unwrap_err();
-        assert!(matches!(err, ResultError::Timeout { .. }), "{err}");
-        assert_eq!(
-            replies.dispatch().deliver("t1", Reply::Stored, 1),
-            Delivered::Kept
-        );
-    }
-
-    #[tokio::test]
-    async fn waiters_switch_to_the_durable_backend_when_the_reply_queue_shuts_down() {
-        let (backend, replies) = orchestrator();
-        replies.dispatch().expect("t1");
-        let waiter = {
-            let backend = backend.clone();
-            tokio::spawn(async move {
-                backend
-                    .wait_result("t1", Some(Duration::from_secs(10)))
-                    .await
-            })
-        };
-        tokio::task::yield_now().await;
-        backend.shutdown().await.unwrap();
-        let r = TaskResult::ok(serde_json::json!("late"), 0.0);
-        backend.durable().set_result("t1", &r).await.unwrap();
-        assert_eq!(waiter.await.unwrap().unwrap(), r);
-        assert_eq!(backend.stats().durable_waits, 1);
-    }
-
-    #[tokio::test]
-    async fn delete_forgets_a_kept_notification() {
-        let (backend, replies) = orchestrator();
-        replies.dispatch().expect("t1");
-        replies.dispatch().deliver(
-            "t1",
-            Reply::Inline(TaskResult::ok(serde_json::json!(1), 0.0)),
-            10,
-        );
-        backend.delete_result("t1").await.unwrap();
-        assert!(!backend.is_result_ready("t1").await.unwrap());
-        assert!(matches!(
-            backend.get_result("t1", false).await,
-            Err(ResultError::NotFound { .. })
-        ));
-    }
-
     fn reply_only(reply_to: &str) -> TaskResult {
         let mut r = labelled(reply_to);
         r.labels.insert(
@@ -788,53 +457,6 @@ mod tests {
             (1, 0),
             "{stats:?}"
         );
-    }
-
-    #[tokio::test]
-    async fn a_result_without_durable_copy_is_held_until_deleted() {
-        let (backend, replies) = orchestrator();
-        replies.dispatch().expect("t1");
-        let r = TaskResult::ok(serde_json::json!("only"), 0.0);
-        replies.dispatch().deliver("t1", Reply::Only(r.clone()), 10);
-        // Held before and after the wait claims it, without touching the durable backend.
-        assert_eq!(backend.get_result("t1", true).await.unwrap(), r);
-        assert_eq!(backend.wait_result("t1", None).await.unwrap(), r);
-        assert!(backend.is_result_ready("t1").await.unwrap());
-        assert_eq!(backend.get_result("t1", false).await.unwrap(), r);
-        assert_eq!(
-            backend.wait_result("t1", None).await.unwrap(),
-            r,
-            "a second wait"
-        );
-        assert_eq!(backend.durable().reads(), 0);
-        backend.delete_result("t1").await.unwrap();
-        assert_eq!(backend.durable().deletes(), 0, "nothing durable to delete");
-        assert!(!backend.is_result_ready("t1").await.unwrap());
-        // A durably stored one is deleted there.
-        replies.dispatch().expect("t2");
-        replies.dispatch().deliver(
-            "t2",
-            Reply::Inline(TaskResult::ok(serde_json::json!(2), 0.0)),
-            10,
-        );
-        backend.wait_result("t2", None).await.unwrap();
-        backend.delete_result("t2").await.unwrap();
-        assert_eq!(backend.durable().deletes(), 1);
-    }
-
-    #[tokio::test]
-    async fn an_unclaimed_result_without_durable_copy_is_forgotten_by_delete() {
-        let (backend, replies) = orchestrator();
-        replies.dispatch().expect("t1");
-        let r = TaskResult::ok(serde_json::json!(1), 0.0);
-        replies.dispatch().deliver("t1", Reply::Only(r.clone()), 10);
-        assert_eq!(backend.get_result("t1", false).await.unwrap(), r);
-        backend.delete_result("t1").await.unwrap();
-        assert_eq!(backend.durable().deletes(), 0);
-        assert!(matches!(
-            backend.get_result("t1", false).await,
-            Err(ResultError::NotFound { .. })
-        ));
     }
 
     #[test]
