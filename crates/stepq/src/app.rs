@@ -33,6 +33,7 @@ use std::sync::Arc;
 
 use std::time::Duration;
 
+#[cfg(feature = "aws")]
 use stepq_aws::sqs::QueueDepth;
 use stepq_broker::{BrokerError, TaskContext, TaskHandler, TaskQueue};
 use stepq_cancel::{CancelError, Canceller, DEFAULT_CANCEL_GRACE};
@@ -149,6 +150,7 @@ pub async fn make_app(config: &StepqConfig) -> Result<App, ConfigError> {
     config.validate()?;
     let backends = match config.mode() {
         Mode::Embedded => Backends::embedded(&config.state_dir, config.enable_cancellation),
+        #[cfg(feature = "aws")]
         Mode::Distributed => {
             Backends::distributed(&config.sqs, &config.s3, config.enable_cancellation)
                 .await
@@ -156,6 +158,14 @@ pub async fn make_app(config: &StepqConfig) -> Result<App, ConfigError> {
                     component: e.component,
                     message: e.message,
                 })?
+        }
+        // `StepqConfig::mode` never says so without the feature; a config built by hand
+        // cannot either (it has no `[sqs]`), but the refusal is the same everywhere.
+        #[cfg(not(feature = "aws"))]
+        Mode::Distributed => {
+            return Err(ConfigError::NoAwsSupport {
+                key: "sqs.queue_url".to_string(),
+            })
         }
     };
     Ok(App {
@@ -268,9 +278,21 @@ impl App {
     /// times per visibility timeout: a slow step is never delivered twice, and the step of a
     /// killed worker is delivered again within one visibility timeout.
     pub fn worker_config(&self, name: impl Into<String>) -> WorkerConfig {
-        let mut config = WorkerConfig::named(name)
+        let config = WorkerConfig::named(name)
             .with_concurrency(self.config.worker_concurrency())
             .with_grace_period(self.config.grace_period());
+        self.with_sqs_visibility(config)
+    }
+
+    /// `config` as is: a build without feature `aws` has no SQS.
+    #[cfg(not(feature = "aws"))]
+    fn with_sqs_visibility(&self, config: WorkerConfig) -> WorkerConfig {
+        config
+    }
+
+    /// `config` with the SQS visibility timeout, on SQS.
+    #[cfg(feature = "aws")]
+    fn with_sqs_visibility(&self, mut config: WorkerConfig) -> WorkerConfig {
         if let Some(sqs) = self
             .config
             .sqs_config()
@@ -389,7 +411,8 @@ impl App {
     }
 
     /// The approximate depth of the SQS task queue; [`AppError::NotDistributed`] on the
-    /// embedded default.
+    /// embedded default. Feature `aws`.
+    #[cfg(feature = "aws")]
     pub async fn queue_depth(&self) -> Result<QueueDepth, AppError> {
         let sqs = self.backends.sqs.as_ref().ok_or(AppError::NotDistributed {
             what: "reading the queue depth",
@@ -699,6 +722,7 @@ mod tests {
     use std::time::Duration;
     use stepq_executor::TagLimit;
 
+    #[cfg(feature = "aws")]
     fn distributed() -> StepqConfig {
         let mut config = StepqConfig::default();
         config.sqs.queue_url = Some("http://127.0.0.1:9/000000000000/q".into());
@@ -718,6 +742,7 @@ mod tests {
         let app = make_app(&config).await.unwrap();
         assert_eq!(app.mode(), Mode::Embedded);
         assert_eq!(app.queue().broker().kind(), "memory");
+        #[cfg(feature = "aws")]
         assert!(matches!(
             app.queue_depth().await,
             Err(AppError::NotDistributed { .. })
@@ -729,6 +754,7 @@ mod tests {
         );
     }
 
+    #[cfg(feature = "aws")]
     #[tokio::test]
     async fn distributed_config_builds_sqs_without_a_request() {
         let app = make_app(&distributed()).await.unwrap();
@@ -740,6 +766,7 @@ mod tests {
         worker.validate().unwrap();
     }
 
+    #[cfg(feature = "aws")]
     #[tokio::test]
     async fn cancellation_follows_the_config_in_both_modes() {
         let app = make_app(&distributed()).await.unwrap();
@@ -776,6 +803,7 @@ mod tests {
         assert_eq!(app.worker_cancel_grace(), Duration::from_secs(1));
     }
 
+    #[cfg(feature = "aws")]
     #[tokio::test]
     async fn task_always_eager_wins_over_a_queue_url() {
         let dir = tempfile::tempdir().unwrap();
@@ -786,6 +814,7 @@ mod tests {
         assert_eq!(app.queue().broker().kind(), "memory");
     }
 
+    #[cfg(feature = "aws")]
     #[tokio::test]
     async fn invalid_config_is_refused() {
         let mut config = distributed();

@@ -34,23 +34,35 @@
 //! Environment variables override the file: `STEPQ_SQS_QUEUE_URL`, `STEPQ_SQS_ENDPOINT_URL`,
 //! `STEPQ_S3_BUCKET_NAME`, `STEPQ_S3_ENDPOINT_URL`, `AWS_DEFAULT_REGION` and
 //! `STEPQ_WORKER_HEALTH_INTERVAL_SECONDS`.
+//!
+//! The `[sqs]` and `[s3]` sections (and [`Mode::Distributed`]) need the crate's feature `aws`
+//! (default). A build without it has no such fields and refuses a config that uses them — a
+//! non-empty `[sqs]` or `[s3]` section, or `STEPQ_SQS_QUEUE_URL` — with
+//! [`ConfigError::NoAwsSupport`] rather than running it embedded.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
+#[cfg(feature = "aws")]
 use stepq_aws::settings::{known_config_source_keys, InvalidSetting};
+#[cfg(feature = "aws")]
 use stepq_aws::sqs::SqsConfig;
+#[cfg(feature = "aws")]
 use stepq_aws::{S3Settings, SqsSettings};
 pub use stepq_executor::config::{RetryModeSetting, TagLimitSetting};
 use stepq_executor::{ExecutorConfig, ExecutorError, ExecutorSettings};
 pub use stepq_worker::service::{default_parallelism, WorkerSettings};
 use stepq_worker::WorkerError;
 
+#[cfg(feature = "aws")]
 pub use stepq_aws::settings::{
     ENV_AWS_DEFAULT_REGION, ENV_S3_BUCKET_NAME, ENV_S3_ENDPOINT_URL, ENV_SQS_ENDPOINT_URL,
     ENV_SQS_QUEUE_URL,
 };
+/// Environment variable overriding `sqs.queue_url` (refused by a build without feature `aws`).
+#[cfg(not(feature = "aws"))]
+pub const ENV_SQS_QUEUE_URL: &str = "STEPQ_SQS_QUEUE_URL";
 pub use stepq_worker::service::settings::ENV_WORKER_HEALTH_INTERVAL_SECONDS;
 
 /// Why a configuration could not be loaded or used.
@@ -81,6 +93,14 @@ pub enum ConfigError {
         key: String,
         /// What is wrong.
         reason: String,
+    },
+    /// The config asks for the distributed setup (SQS + S3), but this build of the `stepq`
+    /// crate has no AWS support: it was built without its feature `aws`.
+    #[error("`{key}` is set, but this build of stepq has no AWS support (SQS + S3): build the `stepq` crate with its feature `aws` (on by default), or remove `{key}` to run on the embedded default")]
+    NoAwsSupport {
+        /// What asks for AWS: a dotted key (`sqs.queue_url`, `s3.bucket`) or a section
+        /// (`[sqs]`), naming the environment variable when it was set there.
+        key: String,
     },
     /// Building a component from the config failed (e.g. the SQS client).
     #[error("cannot build {component} from the config: {message}")]
@@ -114,9 +134,12 @@ pub struct StepqConfig {
     pub enable_cancellation: bool,
     /// Directory of local state (runs, outputs, results) for the embedded default.
     pub state_dir: PathBuf,
-    /// The SQS broker (`stepq-aws`).
+    /// The SQS broker (`stepq-aws`; feature `aws`).
+    #[cfg(feature = "aws")]
     pub sqs: SqsSettings,
-    /// The S3 result backend, output, run, heartbeat and cancel-marker stores (`stepq-aws`).
+    /// The S3 result backend, output, run, heartbeat and cancel-marker stores (`stepq-aws`;
+    /// feature `aws`).
+    #[cfg(feature = "aws")]
     pub s3: S3Settings,
     /// The orchestration loop (`stepq-executor`).
     pub executor: ExecutorSettings,
@@ -130,7 +153,9 @@ impl Default for StepqConfig {
             task_always_eager: false,
             enable_cancellation: true,
             state_dir: PathBuf::from(".stepq"),
+            #[cfg(feature = "aws")]
             sqs: SqsSettings::default(),
+            #[cfg(feature = "aws")]
             s3: S3Settings::default(),
             executor: ExecutorSettings::default(),
             worker: WorkerSettings::default(),
@@ -143,7 +168,8 @@ impl Default for StepqConfig {
 pub enum Mode {
     /// In-memory broker, local-directory backends, in-process workers.
     Embedded,
-    /// SQS broker, S3 backends, separate worker processes.
+    /// SQS broker, S3 backends, separate worker processes. Only a build with feature `aws`
+    /// selects it.
     Distributed,
 }
 
@@ -154,25 +180,31 @@ impl StepqConfig {
             path: origin.to_path_buf(),
             message,
         };
-        let config: StepqConfig =
-            toml::from_str(text).map_err(|e| parse_error(e.to_string().trim_end().to_string()))?;
-        // The broker's option type accepts unknown keys; a typo there must not pass silently.
-        let table: toml::Table =
-            toml::from_str(text).map_err(|e| parse_error(e.to_string().trim_end().to_string()))?;
-        if let Some(given) = table
-            .get("sqs")
-            .and_then(|s| s.get("config_source"))
-            .and_then(|c| c.as_table())
+        let toml_error = |e: toml::de::Error| parse_error(e.to_string().trim_end().to_string());
+        // The whole file as a table, for the checks the typed sections cannot make themselves.
+        let table: toml::Table = toml::from_str(text).map_err(toml_error)?;
+        #[cfg(feature = "aws")]
         {
-            let expected = known_config_source_keys();
-            if let Some(unknown) = given.keys().find(|k| !expected.contains(*k)) {
-                return Err(parse_error(format!(
-                    "unknown field `sqs.config_source.{unknown}`, expected one of {}",
-                    expected.join(", ")
-                )));
+            let config: StepqConfig = toml::from_str(text).map_err(toml_error)?;
+            // The broker's option type accepts unknown keys; a typo there must not pass silently.
+            check_config_source_keys(&table).map_err(parse_error)?;
+            Ok(config)
+        }
+        #[cfg(not(feature = "aws"))]
+        {
+            if let Some(key) = aws_key(&table) {
+                return Err(ConfigError::NoAwsSupport { key });
+            }
+            // An empty `[sqs]` / `[s3]` header asks for nothing: it is dropped (this build has
+            // no such fields). Without one, the text itself is parsed, for errors with lines.
+            let mut table = table;
+            let headers = [table.remove("sqs"), table.remove("s3")];
+            if headers.iter().any(Option::is_some) {
+                table.try_into().map_err(toml_error)
+            } else {
+                toml::from_str(text).map_err(toml_error)
             }
         }
-        Ok(config)
     }
 
     /// Reads a TOML file. Does not validate.
@@ -203,17 +235,30 @@ impl StepqConfig {
 
     /// Applies the environment overrides. An empty variable counts as unset.
     pub fn apply_env(&mut self, env: &BTreeMap<String, String>) -> Result<(), ConfigError> {
+        #[cfg(feature = "aws")]
         stepq_aws::settings::apply_env(&mut self.sqs, &mut self.s3, env);
+        // Only the queue URL selects the distributed setup; the other AWS variables (a region,
+        // a bucket) ask for nothing on their own, so they are left alone here.
+        #[cfg(not(feature = "aws"))]
+        if env
+            .get(ENV_SQS_QUEUE_URL)
+            .is_some_and(|v| !v.trim().is_empty())
+        {
+            return Err(ConfigError::NoAwsSupport {
+                key: format!("sqs.queue_url (by {ENV_SQS_QUEUE_URL})"),
+            });
+        }
         self.worker.apply_env(env).map_err(worker_error)
     }
 
-    /// The mode this config selects: embedded when `task_always_eager` or no queue URL.
+    /// The mode this config selects: embedded when `task_always_eager` or no queue URL
+    /// (always, without feature `aws`).
     pub fn mode(&self) -> Mode {
-        if self.task_always_eager || self.sqs.queue_url.is_none() {
-            Mode::Embedded
-        } else {
-            Mode::Distributed
+        #[cfg(feature = "aws")]
+        if !self.task_always_eager && self.sqs.queue_url.is_some() {
+            return Mode::Distributed;
         }
+        Mode::Embedded
     }
 
     /// Checks every value (each section by its own crate's check); the first problem is
@@ -222,10 +267,14 @@ impl StepqConfig {
         if self.state_dir.as_os_str().is_empty() {
             return Err(ConfigError::invalid("state_dir", "must not be empty"));
         }
-        self.s3.validate()?;
-        self.sqs.validate(&self.s3)?;
+        #[cfg(feature = "aws")]
+        {
+            self.s3.validate()?;
+            self.sqs.validate(&self.s3)?;
+        }
         self.executor.validate().map_err(executor_error)?;
         self.worker.validate().map_err(worker_error)?;
+        #[cfg(feature = "aws")]
         if self.mode() == Mode::Distributed && self.s3.bucket.is_none() {
             return Err(ConfigError::invalid(
                 "s3.bucket",
@@ -238,6 +287,7 @@ impl StepqConfig {
     }
 
     /// The broker's SQS config, when a queue URL is set (see [`SqsSettings::sqs_config`]).
+    #[cfg(feature = "aws")]
     pub fn sqs_config(&self) -> Option<SqsConfig> {
         self.sqs.sqs_config(&self.s3)
     }
@@ -274,6 +324,46 @@ impl StepqConfig {
     }
 }
 
+/// The broker's option type accepts unknown keys: an unknown key of `sqs.config_source` is
+/// named here.
+#[cfg(feature = "aws")]
+fn check_config_source_keys(table: &toml::Table) -> Result<(), String> {
+    let Some(given) = table
+        .get("sqs")
+        .and_then(|s| s.get("config_source"))
+        .and_then(|c| c.as_table())
+    else {
+        return Ok(());
+    };
+    let expected = known_config_source_keys();
+    match given.keys().find(|k| !expected.contains(*k)) {
+        Some(unknown) => Err(format!(
+            "unknown field `sqs.config_source.{unknown}`, expected one of {}",
+            expected.join(", ")
+        )),
+        None => Ok(()),
+    }
+}
+
+/// The first key of a non-empty `[sqs]` or `[s3]` section (e.g. `sqs.queue_url`), or the
+/// section when it is not a table: what a build without feature `aws` refuses.
+#[cfg(not(feature = "aws"))]
+fn aws_key(table: &toml::Table) -> Option<String> {
+    ["sqs", "s3"].into_iter().find_map(|section| {
+        let value = table.get(section)?;
+        match value.as_table() {
+            // `queue_url` first: it is what selects the distributed setup.
+            Some(keys) => keys
+                .keys()
+                .find(|k| *k == "queue_url")
+                .or_else(|| keys.keys().next())
+                .map(|k| format!("{section}.{k}")),
+            None => Some(section.to_string()),
+        }
+    })
+}
+
+#[cfg(feature = "aws")]
 impl From<InvalidSetting> for ConfigError {
     fn from(e: InvalidSetting) -> Self {
         ConfigError::Invalid {
@@ -336,6 +426,7 @@ mod tests {
         assert_eq!(c.state_dir, PathBuf::from(".stepq"));
     }
 
+    #[cfg(feature = "aws")]
     #[test]
     fn full_file_parses() {
         let c = parse(
@@ -375,6 +466,7 @@ mod tests {
         assert_eq!(c.grace_period(), std::time::Duration::from_millis(2500));
     }
 
+    #[cfg(feature = "aws")]
     #[test]
     fn results_are_reply_only_unless_store_results() {
         assert!(!parse("").unwrap().s3.store_results);
@@ -384,6 +476,7 @@ mod tests {
         assert!(err.to_string().contains("store_result"), "{err}");
     }
 
+    #[cfg(feature = "aws")]
     #[test]
     fn task_always_eager_forces_embedded() {
         let c = parse(
@@ -414,8 +507,11 @@ mod tests {
         assert!(msg.contains("max_in_flght"), "{msg}");
         let msg = parse("[worker]\nthreads = 3").unwrap_err().to_string();
         assert!(msg.contains("threads"), "{msg}");
-        let msg = parse("[s3]\nbuckett = \"x\"").unwrap_err().to_string();
-        assert!(msg.contains("buckett"), "{msg}");
+        #[cfg(feature = "aws")]
+        {
+            let msg = parse("[s3]\nbuckett = \"x\"").unwrap_err().to_string();
+            assert!(msg.contains("buckett"), "{msg}");
+        }
     }
 
     #[test]
@@ -477,6 +573,7 @@ mod tests {
         assert_eq!(invalid_key("state_dir = \"\""), "state_dir");
     }
 
+    #[cfg(feature = "aws")]
     #[test]
     fn bad_urls_regions_and_buckets_name_their_key() {
         assert_eq!(
@@ -504,6 +601,7 @@ mod tests {
         );
     }
 
+    #[cfg(feature = "aws")]
     #[test]
     fn sqs_options_are_the_brokers() {
         let c = parse(
@@ -530,6 +628,7 @@ mod tests {
         assert_eq!(StepqConfig::default().sqs_config(), None);
     }
 
+    #[cfg(feature = "aws")]
     #[test]
     fn out_of_range_sqs_options_name_their_key() {
         assert_eq!(
@@ -546,6 +645,7 @@ mod tests {
         );
     }
 
+    #[cfg(feature = "aws")]
     #[test]
     fn unknown_sqs_option_is_named() {
         let msg = parse("[sqs]\nconfig_source = { wait_time_secs = 3 }")
@@ -557,6 +657,7 @@ mod tests {
         assert!(msg.contains("queue"), "{msg}");
     }
 
+    #[cfg(feature = "aws")]
     #[test]
     fn distributed_without_bucket_is_an_error() {
         assert_eq!(
@@ -565,6 +666,7 @@ mod tests {
         );
     }
 
+    #[cfg(feature = "aws")]
     #[test]
     fn env_overrides_the_file() {
         let mut c = StepqConfig::from_toml_str(
@@ -596,6 +698,7 @@ mod tests {
         assert_eq!(c.mode(), Mode::Distributed);
     }
 
+    #[cfg(feature = "aws")]
     #[test]
     fn empty_env_values_do_not_override() {
         let mut c = StepqConfig::default();
@@ -606,6 +709,7 @@ mod tests {
         assert_eq!(c.mode(), Mode::Embedded);
     }
 
+    #[cfg(feature = "aws")]
     #[test]
     fn env_values_are_validated() {
         let err = StepqConfig::load(None, &env(&[(ENV_SQS_QUEUE_URL, "not a url")])).unwrap_err();
@@ -615,6 +719,7 @@ mod tests {
         );
     }
 
+    #[cfg(feature = "aws")]
     #[test]
     fn env_alone_selects_distributed() {
         let c = StepqConfig::load(
@@ -679,6 +784,7 @@ mod tests {
 
     /// docs/configuration.md's reference block is `StepqConfig::default()` as TOML: one
     /// default per setting, written down once. `STEPQ_BLESS=1 cargo test -p stepq` rewrites it.
+    #[cfg(feature = "aws")]
     #[test]
     fn the_documented_defaults_are_the_codes() {
         let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../docs/configuration.md");
@@ -712,6 +818,7 @@ mod tests {
     }
 
     /// Every key of docs/configuration.md's example file exists and its values are valid.
+    #[cfg(feature = "aws")]
     #[test]
     fn the_documented_example_is_a_valid_config() {
         let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../docs/configuration.md");
@@ -725,5 +832,54 @@ mod tests {
         let config = StepqConfig::from_toml_str(&doc[start..stop], &path).unwrap();
         config.validate().unwrap();
         assert_eq!(config.mode(), Mode::Distributed);
+    }
+
+    /// Without feature `aws`, whatever asks for SQS or S3 is refused by name, and the other
+    /// sections keep their checks.
+    #[cfg(not(feature = "aws"))]
+    #[test]
+    fn without_aws_a_distributed_config_is_refused_by_name() {
+        let refused = |text: &str| match StepqConfig::from_toml_str(text, Path::new("stepq.toml")) {
+            Err(ConfigError::NoAwsSupport { key }) => key,
+            other => panic!("expected NoAwsSupport, got {other:?}"),
+        };
+        assert_eq!(
+            refused("[sqs]\nregion_name = \"us-east-1\"\nqueue_url = \"https://sqs.us-east-1.amazonaws.com/1/q\""),
+            "sqs.queue_url"
+        );
+        assert_eq!(refused("[s3]\nbucket = \"b-1\""), "s3.bucket");
+        assert_eq!(
+            refused("task_always_eager = true\n[sqs]\nqueue_url = \"https://q\""),
+            "sqs.queue_url"
+        );
+        assert_eq!(refused("sqs = 1"), "sqs");
+        let err = StepqConfig::load(
+            None,
+            &env(&[(ENV_SQS_QUEUE_URL, "https://sqs.us-east-1.amazonaws.com/1/q")]),
+        )
+        .unwrap_err();
+        let msg = err.to_string();
+        assert!(matches!(err, ConfigError::NoAwsSupport { .. }), "{err:?}");
+        assert!(msg.contains(ENV_SQS_QUEUE_URL), "{msg}");
+        assert!(msg.contains("feature `aws`"), "{msg}");
+
+        // Empty sections ask for nothing; unknown keys elsewhere are still named.
+        assert_eq!(parse("[sqs]\n[s3]\n").unwrap(), StepqConfig::default());
+        let msg = parse("[sqs]\n[executor]\nmax_in_flght = 3")
+            .unwrap_err()
+            .to_string();
+        assert!(msg.contains("max_in_flght"), "{msg}");
+        let msg = parse("task_always_eagre = true").unwrap_err().to_string();
+        assert!(msg.contains("task_always_eagre"), "{msg}");
+        // Only the queue URL selects SQS: other AWS variables are left alone.
+        let c = StepqConfig::load(
+            None,
+            &env(&[
+                ("AWS_DEFAULT_REGION", "eu-west-1"),
+                (ENV_SQS_QUEUE_URL, " "),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(c.mode(), Mode::Embedded);
     }
 }
