@@ -1,6 +1,7 @@
 //! Project automation (`cargo xtask ...`).
 //!
-//! - `test`: the offline tests of the workspace, then `localstack-test` (what CI runs).
+//! - `test`: the offline tests of the workspace, then those of the `stepq` facade without its
+//!   feature `aws`, then `localstack-test` (what CI runs).
 //! - `localstack-test [--keep] [-- CARGO_TEST_ARGS]`: starts LocalStack (Docker when an engine
 //!   answers, else natively from a venv under `target/`), creates the smoke queues and bucket,
 //!   runs the LocalStack-gated (`#[ignore = "localstack"]`) tests against it, and stops it —
@@ -46,7 +47,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Offline tests of the whole workspace, then the LocalStack suite.
+    /// Offline tests of the whole workspace, then the facade without AWS, then the LocalStack
+    /// suite.
     Test {
         /// Arguments for the LocalStack suite's `cargo test` (after `--`).
         #[arg(last = true)]
@@ -110,6 +112,13 @@ async fn run(command: Command) -> Result<u8> {
         Command::Test { args } => {
             println!("== offline tests: cargo test --workspace");
             let code = cargo_test(&root, &["--workspace".to_string()], &[], None).await?;
+            if code != 0 {
+                return Ok(code);
+            }
+            // The facade without its feature `aws`: the embedded default alone, no AWS SDK.
+            println!("== offline tests: cargo test -p stepq --no-default-features");
+            let no_aws = ["-p", "stepq", "--no-default-features"].map(String::from);
+            let code = cargo_test(&root, &no_aws, &[], None).await?;
             if code != 0 {
                 return Ok(code);
             }

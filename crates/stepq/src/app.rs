@@ -28,34 +28,31 @@
 //! over a STARTED run without `force` when its orchestrator's heartbeat is lost
 //! ([`App::check_takeover`]).
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use std::time::Duration;
 
+#[cfg(feature = "aws")]
 use stepq_aws::sqs::QueueDepth;
-use stepq_broker::{BrokerError, TaskContext, TaskHandler, TaskQueue};
+use stepq_broker::{BrokerError, TaskQueue};
 use stepq_cancel::{CancelError, Canceller, DEFAULT_CANCEL_GRACE};
 pub use stepq_executor::control::orchestrator_name;
 use stepq_executor::control::{ControlError, LostOrchestrator, ProcessProbe, RunControl};
 pub use stepq_executor::launcher::CANCEL_WATCH_MAX_DELAY;
-use stepq_executor::launcher::{create_run, RecordedRun, RunLauncher, SubmittedRun};
-use stepq_executor::storage::{
-    HeartbeatStore, RunRecord, RunStatus as StoredStatus, RunStore, StatusChange, StorageError,
-};
-use stepq_executor::{
-    protocol, CancelHook, Executor, ExecutorConfig, ExecutorError, LaunchError, RunRequest,
-    RunResult,
-};
-use stepq_plan::{Event, Job};
+use stepq_executor::storage::{HeartbeatStore, RunRecord, RunStore, StorageError};
+use stepq_executor::{protocol, CancelHook, Executor, ExecutorConfig, ExecutorError, LaunchError};
 use stepq_results::OutputStore;
 use stepq_worker::service::{Backends, ServiceError, ServiceSettings, WorkerService};
 use stepq_worker::{CodeLocation, WorkerConfig, WorkerError, WorkerStats};
-use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{ConfigError, Mode, StepqConfig};
+
+mod launch;
+
+use launch::orchestration_handler;
+pub use launch::{find_job, FinishedRun, LaunchedRun, RunOptions};
 
 /// Why an app could not do what it was asked.
 #[derive(Debug, thiserror::Error)]
@@ -149,6 +146,7 @@ pub async fn make_app(config: &StepqConfig) -> Result<App, ConfigError> {
     config.validate()?;
     let backends = match config.mode() {
         Mode::Embedded => Backends::embedded(&config.state_dir, config.enable_cancellation),
+        #[cfg(feature = "aws")]
         Mode::Distributed => {
             Backends::distributed(&config.sqs, &config.s3, config.enable_cancellation)
                 .await
@@ -157,25 +155,20 @@ pub async fn make_app(config: &StepqConfig) -> Result<App, ConfigError> {
                     message: e.message,
                 })?
         }
+        // `StepqConfig::mode` never says so without the feature; a config built by hand
+        // cannot either (it has no `[sqs]`), but the refusal is the same everywhere.
+        #[cfg(not(feature = "aws"))]
+        Mode::Distributed => {
+            return Err(ConfigError::NoAwsSupport {
+                key: "sqs.queue_url".to_string(),
+            })
+        }
     };
     Ok(App {
         config: config.clone(),
         backends,
         process_probe: None,
     })
-}
-
-/// How to start a run.
-#[derive(Debug, Clone, Default)]
-pub struct RunOptions {
-    /// Run id; a fresh UUID when unset.
-    pub run_id: Option<String>,
-    /// Steps to run; every step when unset.
-    pub step_selection: Option<Vec<String>>,
-    /// Free-form run config handed to every op.
-    pub run_config: serde_json::Value,
-    /// Tags stored on the run record.
-    pub tags: BTreeMap<String, String>,
 }
 
 impl App {
@@ -268,9 +261,21 @@ impl App {
     /// times per visibility timeout: a slow step is never delivered twice, and the step of a
     /// killed worker is delivered again within one visibility timeout.
     pub fn worker_config(&self, name: impl Into<String>) -> WorkerConfig {
-        let mut config = WorkerConfig::named(name)
+        let config = WorkerConfig::named(name)
             .with_concurrency(self.config.worker_concurrency())
             .with_grace_period(self.config.grace_period());
+        self.with_sqs_visibility(config)
+    }
+
+    /// `config` as is: a build without feature `aws` has no SQS.
+    #[cfg(not(feature = "aws"))]
+    fn with_sqs_visibility(&self, config: WorkerConfig) -> WorkerConfig {
+        config
+    }
+
+    /// `config` with the SQS visibility timeout, on SQS.
+    #[cfg(feature = "aws")]
+    fn with_sqs_visibility(&self, mut config: WorkerConfig) -> WorkerConfig {
         if let Some(sqs) = self
             .config
             .sqs_config()
@@ -389,253 +394,13 @@ impl App {
     }
 
     /// The approximate depth of the SQS task queue; [`AppError::NotDistributed`] on the
-    /// embedded default.
+    /// embedded default. Feature `aws`.
+    #[cfg(feature = "aws")]
     pub async fn queue_depth(&self) -> Result<QueueDepth, AppError> {
         let sqs = self.backends.sqs.as_ref().ok_or(AppError::NotDistributed {
             what: "reading the queue depth",
         })?;
         Ok(sqs.queue_depth().await?)
-    }
-
-    /// Starts a run of `job` from `location` with `executor`, recording it (record, status
-    /// and every event) in the run store as it goes, orchestrated by this process.
-    pub async fn launch(
-        &self,
-        executor: &Executor,
-        location: &CodeLocation,
-        job: &str,
-        options: RunOptions,
-    ) -> Result<LaunchedRun, AppError> {
-        let job = find_job(location, job)?;
-        let record = new_run_record(&job, options);
-        // Plans first: a bad selection or run id is an error, not a run record.
-        create_run(self.backends.runs.as_ref(), &job, &record).await?;
-        let mut request = RunRequest::new(record.run_id.clone(), job.clone())
-            .with_run_config(record.run_config.clone());
-        request.step_selection = record.step_selection.clone();
-        let claim = StatusChange::to(StoredStatus::Starting)
-            .by(orchestrator_name())
-            .expecting(StoredStatus::Queued);
-        let run = RunLauncher::new(executor.clone(), self.backends.runs.clone())
-            .start(request, &claim)
-            .await?;
-        Ok(LaunchedRun {
-            job,
-            run,
-            taken_over_from: None,
-        })
-    }
-
-    /// Resumes run `run_id` in this process with `executor`, like [`App::launch`] starts a
-    /// run: its job (by the record's job name) from `location`, the steps that did not
-    /// succeed re-run (attempt numbers counting on), recorded in the run store, orchestrated
-    /// by this process ([`RunLauncher::resume`]). FAILURE and CANCELED runs resume; a
-    /// STARTING or STARTED run with `force`, or without it when its orchestrator's heartbeat
-    /// is lost ([`App::check_takeover`]; [`LaunchedRun::taken_over_from`] then says from
-    /// whom). Errors: [`StorageError::RunNotFound`], [`AppError::UnknownJob`],
-    /// [`AppError::TakeoverRefused`], [`LaunchError::NotResumable`] (as
-    /// [`AppError::Launch`]) for a run in another status.
-    pub async fn resume_here(
-        &self,
-        executor: &Executor,
-        location: &CodeLocation,
-        run_id: &str,
-        force: bool,
-    ) -> Result<LaunchedRun, AppError> {
-        let record = self.backends.runs.get_run(run_id).await?;
-        let job = find_job(location, &record.job_name)?;
-        let lost = self.control().check_takeover(&record, force).await?;
-        let run = RunLauncher::new(executor.clone(), self.backends.runs.clone())
-            .resume(
-                run_id,
-                &orchestrator_name(),
-                force || lost.is_some(),
-                job.clone(),
-            )
-            .await?;
-        Ok(LaunchedRun {
-            job,
-            run,
-            taken_over_from: lost,
-        })
-    }
-
-    /// The run launcher of this app: its [`executor`](App::executor) and run store.
-    pub fn launcher(&self) -> Result<RunLauncher, AppError> {
-        Ok(RunLauncher::new(
-            self.executor(None)?,
-            self.backends.runs.clone(),
-        ))
-    }
-
-    /// Submits a run of `job` as an `execute_job` task and returns at once: the run record
-    /// (QUEUED, with its tags, run config and step selection) is stored, then the task is
-    /// enqueued; a worker built by [`App::worker`] claims and orchestrates the run. An unknown
-    /// job, a bad step selection or run id fails before anything is written.
-    ///
-    /// On the embedded default the in-memory queue only reaches workers of this process.
-    pub async fn submit_run(
-        &self,
-        location: &CodeLocation,
-        job: &str,
-        options: RunOptions,
-    ) -> Result<SubmittedRun, AppError> {
-        let job = find_job(location, job)?;
-        let record = new_run_record(&job, options);
-        Ok(self.launcher()?.submit_run(&job, record).await?)
-    }
-
-    /// Submits a `resume_job` task for run `run_id`: a worker re-runs the steps that did not
-    /// succeed, reusing the stored outputs of those that did. FAILURE and CANCELED runs
-    /// resume; a STARTING or STARTED run (its orchestrator died) only with `force`. Errors:
-    /// [`StorageError::RunNotFound`], and [`LaunchError::NotResumable`] (as
-    /// [`AppError::Launch`]) for a run in another status (a SUCCESS run has nothing to resume).
-    pub async fn submit_resume(&self, run_id: &str, force: bool) -> Result<SubmittedRun, AppError> {
-        Ok(self.launcher()?.submit_resume(run_id, force).await?)
-    }
-
-    /// Runs `job` to the end on the embedded default's shape: `workers` in-process workers
-    /// (none when 0; then workers elsewhere must serve the queue), recorded in the run store.
-    pub async fn run_with_local_workers(
-        &self,
-        location: Arc<CodeLocation>,
-        job: &str,
-        options: RunOptions,
-        workers: usize,
-    ) -> Result<FinishedRun, AppError> {
-        let local = if workers > 0 {
-            Some(self.start_local_workers(location.clone(), workers)?)
-        } else {
-            None
-        };
-        let executor = self.executor(local.as_ref().map(|l| l.cancel_hook()))?;
-        let launched = self.launch(&executor, &location, job, options).await;
-        let finished = match launched {
-            Ok(run) => Ok(run.wait().await),
-            Err(e) => Err(e),
-        };
-        if let Some(local) = local {
-            local.shutdown().await?;
-        }
-        finished
-    }
-}
-
-/// Looks a job up, or says which jobs there are.
-pub fn find_job(location: &CodeLocation, name: &str) -> Result<Arc<Job>, AppError> {
-    location.job(name).ok_or_else(|| AppError::UnknownJob {
-        job: name.to_string(),
-        known: location.job_names().collect::<Vec<_>>().join(", "),
-    })
-}
-
-/// The QUEUED record of a new run of `job` with `options` (a fresh UUID unless a run id is
-/// given).
-fn new_run_record(job: &Job, options: RunOptions) -> RunRecord {
-    let run_id = options
-        .run_id
-        .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
-    let mut record = RunRecord::new(run_id, job.name(), options.run_config);
-    record.tags = options.tags;
-    record.step_selection = options.step_selection;
-    record
-}
-
-/// The handler of `execute_job` (or, with `resume`, `resume_job`) tasks on a worker named
-/// `name`: it orchestrates the run with `launcher`, looking its job up in `location`.
-fn orchestration_handler(
-    resume: bool,
-    launcher: RunLauncher,
-    location: Arc<CodeLocation>,
-    name: String,
-) -> TaskHandler {
-    Arc::new(move |task: TaskContext| {
-        let (launcher, location, name) = (launcher.clone(), location.clone(), name.clone());
-        Box::pin(async move {
-            let find = move |job: &str| location.job(job);
-            if resume {
-                launcher.resume_run_task(&name, &task.message, &find).await
-            } else {
-                launcher.execute_run_task(&name, &task.message, &find).await
-            }
-        })
-    })
-}
-
-/// A run started by [`App::launch`]: its events (also written to the run store), an
-/// interrupt, and its end.
-pub struct LaunchedRun {
-    job: Arc<Job>,
-    run: RecordedRun,
-    taken_over_from: Option<LostOrchestrator>,
-}
-
-impl std::fmt::Debug for LaunchedRun {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("LaunchedRun")
-            .field("run_id", &self.run.run_id())
-            .field("job", &self.job.name())
-            .finish_non_exhaustive()
-    }
-}
-
-/// A run that ended: its result, and whether it was fully recorded.
-#[derive(Debug)]
-pub struct FinishedRun {
-    /// The job.
-    pub job: Arc<Job>,
-    /// The run's result.
-    pub result: RunResult,
-    /// `Err` if the run store missed some of the run (its events or its final status).
-    pub recorded: Result<(), StorageError>,
-}
-
-impl LaunchedRun {
-    /// The run id.
-    pub fn run_id(&self) -> &str {
-        self.run.run_id()
-    }
-
-    /// How many steps run (for a resume, only those that run again).
-    pub fn step_count(&self) -> usize {
-        self.run.step_count()
-    }
-
-    /// For a resume that took the run over from a lost orchestrator: which, and when it was
-    /// last heard of.
-    pub fn taken_over_from(&self) -> Option<&LostOrchestrator> {
-        self.taken_over_from.as_ref()
-    }
-
-    /// The job.
-    pub fn job(&self) -> &Arc<Job> {
-        &self.job
-    }
-
-    /// Takes the event stream (`None` if taken). Read it to the end or drop it.
-    pub fn events(&mut self) -> Option<mpsc::Receiver<Event>> {
-        self.run.events()
-    }
-
-    /// A token that interrupts the run when cancelled.
-    pub fn interrupt_token(&self) -> CancellationToken {
-        self.run.interrupt_token()
-    }
-
-    /// Interrupts the run (see [`stepq_executor::RunHandle::interrupt`]).
-    pub fn interrupt(&self) {
-        self.run.interrupt();
-    }
-
-    /// Waits for the run to end, for its events to be recorded, and records its final status
-    /// (see [`RecordedRun::wait`]).
-    pub async fn wait(self) -> FinishedRun {
-        let outcome = self.run.wait().await;
-        FinishedRun {
-            job: self.job,
-            result: outcome.result,
-            recorded: outcome.recorded,
-        }
     }
 }
 
@@ -693,135 +458,4 @@ impl LocalWorkers {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::config::{RetryModeSetting, TagLimitSetting};
-    use std::time::Duration;
-    use stepq_executor::TagLimit;
-
-    fn distributed() -> StepqConfig {
-        let mut config = StepqConfig::default();
-        config.sqs.queue_url = Some("http://127.0.0.1:9/000000000000/q".into());
-        config.sqs.region_name = Some("us-east-1".into());
-        config.sqs.config_source.visibility_timeout = 12;
-        config.s3.bucket = Some("bucket-1".into());
-        config
-    }
-
-    #[tokio::test]
-    async fn embedded_default_is_memory_and_local_dirs() {
-        let dir = tempfile::tempdir().unwrap();
-        let config = StepqConfig {
-            state_dir: dir.path().into(),
-            ..StepqConfig::default()
-        };
-        let app = make_app(&config).await.unwrap();
-        assert_eq!(app.mode(), Mode::Embedded);
-        assert_eq!(app.queue().broker().kind(), "memory");
-        assert!(matches!(
-            app.queue_depth().await,
-            Err(AppError::NotDistributed { .. })
-        ));
-        let worker = app.worker_config("w");
-        assert_eq!(
-            worker.heartbeat_interval,
-            WorkerConfig::default().heartbeat_interval
-        );
-    }
-
-    #[tokio::test]
-    async fn distributed_config_builds_sqs_without_a_request() {
-        let app = make_app(&distributed()).await.unwrap();
-        assert_eq!(app.mode(), Mode::Distributed);
-        assert_eq!(app.queue().broker().kind(), "sqs");
-        let worker = app.worker_config("w");
-        assert_eq!(worker.heartbeat_extension, Duration::from_secs(12));
-        assert_eq!(worker.heartbeat_interval, Some(Duration::from_secs(4)));
-        worker.validate().unwrap();
-    }
-
-    #[tokio::test]
-    async fn cancellation_follows_the_config_in_both_modes() {
-        let app = make_app(&distributed()).await.unwrap();
-        assert!(app.canceller().is_some());
-        assert_eq!(app.queue().broker().kind(), "sqs");
-        let mut config = distributed();
-        config.enable_cancellation = false;
-        let app = make_app(&config).await.unwrap();
-        assert!(app.canceller().is_none());
-        assert!(app.cancel_hook().is_none());
-
-        let dir = tempfile::tempdir().unwrap();
-        let config = StepqConfig {
-            state_dir: dir.path().into(),
-            enable_cancellation: false,
-            ..StepqConfig::default()
-        };
-        let app = make_app(&config).await.unwrap();
-        assert!(app.canceller().is_none());
-        assert_eq!(app.queue().broker().kind(), "memory");
-    }
-
-    #[tokio::test]
-    async fn worker_cancel_grace_stays_below_the_executors() {
-        let dir = tempfile::tempdir().unwrap();
-        let mut config = StepqConfig {
-            state_dir: dir.path().into(),
-            ..StepqConfig::default()
-        };
-        let app = make_app(&config).await.unwrap();
-        assert_eq!(app.worker_cancel_grace(), DEFAULT_CANCEL_GRACE);
-        config.executor.cancel_grace_seconds = 2.0;
-        let app = make_app(&config).await.unwrap();
-        assert_eq!(app.worker_cancel_grace(), Duration::from_secs(1));
-    }
-
-    #[tokio::test]
-    async fn task_always_eager_wins_over_a_queue_url() {
-        let dir = tempfile::tempdir().unwrap();
-        let mut config = distributed();
-        config.task_always_eager = true;
-        config.state_dir = dir.path().into();
-        let app = make_app(&config).await.unwrap();
-        assert_eq!(app.queue().broker().kind(), "memory");
-    }
-
-    #[tokio::test]
-    async fn invalid_config_is_refused() {
-        let mut config = distributed();
-        config.sqs.config_source.max_number_of_messages = 11;
-        let err = make_app(&config).await.unwrap_err();
-        assert!(
-            matches!(&err, ConfigError::Invalid { key, .. } if key == "sqs.config_source.max_number_of_messages"),
-            "{err}"
-        );
-    }
-
-    #[tokio::test]
-    async fn executor_settings_come_from_the_config() {
-        let dir = tempfile::tempdir().unwrap();
-        let mut config = StepqConfig {
-            state_dir: dir.path().into(),
-            ..StepqConfig::default()
-        };
-        config.executor.max_in_flight = 7;
-        config.executor.retry_mode = RetryModeSetting::Disabled;
-        config.executor.step_timeout_seconds = Some(2.5);
-        config.executor.fail_fast = true;
-        config.executor.cancel_grace_seconds = 0.5;
-        config.executor.tag_concurrency_limits = vec![TagLimitSetting {
-            key: "db".into(),
-            value: "warehouse".into(),
-            limit: 2,
-        }];
-        let app = make_app(&config).await.unwrap();
-        let ex = app.executor_config();
-        assert_eq!(ex.max_in_flight, 7);
-        assert_eq!(ex.retry_mode, stepq_plan::RetryMode::Disabled);
-        assert_eq!(ex.step_timeout, Some(Duration::from_millis(2500)));
-        assert!(ex.fail_fast);
-        assert_eq!(ex.cancel_grace, Duration::from_millis(500));
-        assert_eq!(ex.tag_limits, vec![TagLimit::new("db", "warehouse", 2)]);
-        app.executor(None).unwrap();
-    }
-}
+mod tests;

@@ -55,6 +55,11 @@
 //! # });
 //! ```
 //!
+//! The distributed setup (SQS + S3, the `[sqs]` / `[s3]` config sections) is the feature
+//! `aws`, on by default. A user of the embedded default alone can build this crate with
+//! `default-features = false` and compile no AWS SDK; that build refuses a config asking for
+//! SQS ([`ConfigError::NoAwsSupport`]).
+//!
 //! A binary built on a code location gets the whole command line — `run`, `launch`, `status`,
 //! `logs`, `cancel`, `resume`, `worker start`, `worker list` — from `stepq_cli::main(location)`
 //! (crate `stepq-cli`).
@@ -82,7 +87,11 @@ pub use stepq_worker::{
 
 /// The lower crates, for what the re-exports above leave out.
 pub use {
-    stepq_aws as aws, stepq_broker as broker, stepq_cancel as cancel, stepq_executor as executor,
-    stepq_plan as plan, stepq_protocol as protocol, stepq_results as results, stepq_runs as runs,
+    stepq_broker as broker, stepq_cancel as cancel, stepq_executor as executor, stepq_plan as plan,
+    stepq_protocol as protocol, stepq_results as results, stepq_runs as runs,
     stepq_worker as worker,
 };
+
+/// The SQS and S3 implementations (`stepq-aws`; feature `aws`).
+#[cfg(feature = "aws")]
+pub use stepq_aws as aws;

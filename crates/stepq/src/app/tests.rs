@@ -1,0 +1,136 @@
+use super::*;
+use crate::config::{RetryModeSetting, TagLimitSetting};
+use std::time::Duration;
+use stepq_executor::TagLimit;
+
+#[cfg(feature = "aws")]
+fn distributed() -> StepqConfig {
+    let mut config = StepqConfig::default();
+    config.sqs.queue_url = Some("http://127.0.0.1:9/000000000000/q".into());
+    config.sqs.region_name = Some("us-east-1".into());
+    config.sqs.config_source.visibility_timeout = 12;
+    config.s3.bucket = Some("bucket-1".into());
+    config
+}
+
+#[tokio::test]
+async fn embedded_default_is_memory_and_local_dirs() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = StepqConfig {
+        state_dir: dir.path().into(),
+        ..StepqConfig::default()
+    };
+    let app = make_app(&config).await.unwrap();
+    assert_eq!(app.mode(), Mode::Embedded);
+    assert_eq!(app.queue().broker().kind(), "memory");
+    #[cfg(feature = "aws")]
+    assert!(matches!(
+        app.queue_depth().await,
+        Err(AppError::NotDistributed { .. })
+    ));
+    let worker = app.worker_config("w");
+    assert_eq!(
+        worker.heartbeat_interval,
+        WorkerConfig::default().heartbeat_interval
+    );
+}
+
+#[cfg(feature = "aws")]
+#[tokio::test]
+async fn distributed_config_builds_sqs_without_a_request() {
+    let app = make_app(&distributed()).await.unwrap();
+    assert_eq!(app.mode(), Mode::Distributed);
+    assert_eq!(app.queue().broker().kind(), "sqs");
+    let worker = app.worker_config("w");
+    assert_eq!(worker.heartbeat_extension, Duration::from_secs(12));
+    assert_eq!(worker.heartbeat_interval, Some(Duration::from_secs(4)));
+    worker.validate().unwrap();
+}
+
+#[cfg(feature = "aws")]
+#[tokio::test]
+async fn cancellation_follows_the_config_in_both_modes() {
+    let app = make_app(&distributed()).await.unwrap();
+    assert!(app.canceller().is_some());
+    assert_eq!(app.queue().broker().kind(), "sqs");
+    let mut config = distributed();
+    config.enable_cancellation = false;
+    let app = make_app(&config).await.unwrap();
+    assert!(app.canceller().is_none());
+    assert!(app.cancel_hook().is_none());
+
+    let dir = tempfile::tempdir().unwrap();
+    let config = StepqConfig {
+        state_dir: dir.path().into(),
+        enable_cancellation: false,
+        ..StepqConfig::default()
+    };
+    let app = make_app(&config).await.unwrap();
+    assert!(app.canceller().is_none());
+    assert_eq!(app.queue().broker().kind(), "memory");
+}
+
+#[tokio::test]
+async fn worker_cancel_grace_stays_below_the_executors() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = StepqConfig {
+        state_dir: dir.path().into(),
+        ..StepqConfig::default()
+    };
+    let app = make_app(&config).await.unwrap();
+    assert_eq!(app.worker_cancel_grace(), DEFAULT_CANCEL_GRACE);
+    config.executor.cancel_grace_seconds = 2.0;
+    let app = make_app(&config).await.unwrap();
+    assert_eq!(app.worker_cancel_grace(), Duration::from_secs(1));
+}
+
+#[cfg(feature = "aws")]
+#[tokio::test]
+async fn task_always_eager_wins_over_a_queue_url() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = distributed();
+    config.task_always_eager = true;
+    config.state_dir = dir.path().into();
+    let app = make_app(&config).await.unwrap();
+    assert_eq!(app.queue().broker().kind(), "memory");
+}
+
+#[cfg(feature = "aws")]
+#[tokio::test]
+async fn invalid_config_is_refused() {
+    let mut config = distributed();
+    config.sqs.config_source.max_number_of_messages = 11;
+    let err = make_app(&config).await.unwrap_err();
+    assert!(
+        matches!(&err, ConfigError::Invalid { key, .. } if key == "sqs.config_source.max_number_of_messages"),
+        "{err}"
+    );
+}
+
+#[tokio::test]
+async fn executor_settings_come_from_the_config() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = StepqConfig {
+        state_dir: dir.path().into(),
+        ..StepqConfig::default()
+    };
+    config.executor.max_in_flight = 7;
+    config.executor.retry_mode = RetryModeSetting::Disabled;
+    config.executor.step_timeout_seconds = Some(2.5);
+    config.executor.fail_fast = true;
+    config.executor.cancel_grace_seconds = 0.5;
+    config.executor.tag_concurrency_limits = vec![TagLimitSetting {
+        key: "db".into(),
+        value: "warehouse".into(),
+        limit: 2,
+    }];
+    let app = make_app(&config).await.unwrap();
+    let ex = app.executor_config();
+    assert_eq!(ex.max_in_flight, 7);
+    assert_eq!(ex.retry_mode, stepq_plan::RetryMode::Disabled);
+    assert_eq!(ex.step_timeout, Some(Duration::from_millis(2500)));
+    assert!(ex.fail_fast);
+    assert_eq!(ex.cancel_grace, Duration::from_millis(500));
+    assert_eq!(ex.tag_limits, vec![TagLimit::new("db", "warehouse", 2)]);
+    app.executor(None).unwrap();
+}
