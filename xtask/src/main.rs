@@ -1,7 +1,7 @@
 //! Project automation (`cargo xtask ...`).
 //!
-//! - `test`: the offline tests of the workspace, then those of the `stepq` facade without its
-//!   feature `aws`, then `localstack-test` (what CI runs).
+//! - `test`: the offline tests of the workspace, then those of the `stepq` facade, the worker
+//!   and the executor without their AWS features, then `localstack-test` (what CI runs).
 //! - `localstack-test [--keep] [-- CARGO_TEST_ARGS]`: starts LocalStack (Docker when an engine
 //!   answers, else natively from a venv under `target/`), creates the smoke queues and bucket,
 //!   runs the LocalStack-gated (`#[ignore = "localstack"]`) tests against it, and stops it —
@@ -115,12 +115,15 @@ async fn run(command: Command) -> Result<u8> {
             if code != 0 {
                 return Ok(code);
             }
-            // The facade without its feature `aws`: the embedded default alone, no AWS SDK.
-            println!("== offline tests: cargo test -p stepq --no-default-features");
-            let no_aws = ["-p", "stepq", "--no-default-features"].map(String::from);
-            let code = cargo_test(&root, &no_aws, &[], None).await?;
-            if code != 0 {
-                return Ok(code);
+            // Without the AWS features: the facade, the worker and the executor on the
+            // embedded default alone, with no AWS SDK in their build.
+            for package in ["stepq", "stepq-worker", "stepq-executor"] {
+                println!("== offline tests: cargo test -p {package} --no-default-features");
+                let no_aws = ["-p", package, "--no-default-features"].map(String::from);
+                let code = cargo_test(&root, &no_aws, &[], None).await?;
+                if code != 0 {
+                    return Ok(code);
+                }
             }
             println!("== LocalStack tests");
             localstack_test(&root, false, &args).await

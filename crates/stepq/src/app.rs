@@ -1,18 +1,20 @@
-//! The app factory: from a [`StepqConfig`] to a task queue, an output store and a run store,
-//! and what runs on them — in-process workers, and runs recorded in the run store.
+//! The app factory: from a [`StepqConfig`] to the [`Backends`] it names (a task queue, output,
+//! run and heartbeat stores), and what runs on them — worker services, in-process workers, and
+//! runs recorded in the run store.
 //!
 //! - Embedded default (`task_always_eager = true` or no `sqs.queue_url`): an in-memory broker,
 //!   and the local-directory result backend, output store and run store under `state_dir`
 //!   (`.stepq/results`, `.stepq/outputs`, `.stepq/runs`). Workers run in the same process.
-//! - Distributed: the SQS broker, and the S3 result backend, output store and run store in
-//!   `s3.bucket` under `s3.base_path`. Workers are `stepq worker start` processes anywhere.
+//! - Distributed (feature `aws`): the SQS broker, and the S3 result backend, output store and
+//!   run store in `s3.bucket` under `s3.base_path`. Workers are `stepq worker start` processes
+//!   anywhere.
 //!
 //! With `enable_cancellation = true` (the default) the broker is a
-//! [`CancellableBroker`]: cancel markers in `.stepq/cancels/`
+//! [`CancellableBroker`](stepq_cancel::CancellableBroker): cancel markers in `.stepq/cancels/`
 //! (embedded) or under `cancels/` in the bucket (distributed), wake-ups over an in-process
 //! broadcast or per-worker SQS inboxes (see `docs/cancellation.md`). The app's
-//! [`Canceller`] is the executor's cancel hook, and every worker started through
-//! [`App::run_worker`] runs a [`CancelListener`] whose gate refuses cancelled steps.
+//! [`Canceller`] is the executor's cancel hook, and every worker service built by
+//! [`App::worker_service`] runs a cancel listener whose gate refuses cancelled steps.
 //!
 //! A run launched by [`App::launch`] watches its run record: once `stepq cancel` (or anyone)
 //! moves it to CANCELING, the orchestrator interrupts its executor, which cancels the in-flight
@@ -20,7 +22,7 @@
 //! how often the record is read: [`CANCEL_WATCH_MAX_DELAY`]).
 //!
 //! Runs can also be submitted as tasks ([`App::submit_run`], `stepq launch`; [`App::submit_resume`],
-//! `stepq resume`): every worker built by [`App::worker`] also orchestrates `execute_job` and
+//! `stepq resume`): every worker service built by [`App::worker_service`] also orchestrates `execute_job` and
 //! `resume_job` tasks, without taking one of its step slots (see
 //! [`Worker::register_task_without_slot`](stepq_worker::Worker::register_task_without_slot)), so a
 //! worker of concurrency 1 runs both a run and its steps. [`App::resume_here`] resumes a run
@@ -220,7 +222,7 @@ impl App {
         self.config.executor_config().unwrap_or_default()
     }
 
-    /// The canceller of the app's [`CancellableBroker`]; `None` when
+    /// The canceller of the app's [`CancellableBroker`](stepq_cancel::CancellableBroker); `None` when
     /// `enable_cancellation = false`.
     pub fn canceller(&self) -> Option<&Canceller> {
         self.backends.canceller.as_ref()

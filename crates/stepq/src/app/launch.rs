@@ -69,7 +69,7 @@ impl App {
     /// STARTING or STARTED run with `force`, or without it when its orchestrator's heartbeat
     /// is lost ([`App::check_takeover`]; [`LaunchedRun::taken_over_from`] then says from
     /// whom). Errors: [`StorageError::RunNotFound`], [`AppError::UnknownJob`],
-    /// [`AppError::TakeoverRefused`], [`LaunchError::NotResumable`] (as
+    /// [`ControlError::TakeoverRefused`](stepq_executor::control::ControlError::TakeoverRefused) (as [`AppError::Control`]), [`LaunchError::NotResumable`] (as
     /// [`AppError::Launch`]) for a run in another status.
     pub async fn resume_here(
         &self,
@@ -106,7 +106,7 @@ impl App {
 
     /// Submits a run of `job` as an `execute_job` task and returns at once: the run record
     /// (QUEUED, with its tags, run config and step selection) is stored, then the task is
-    /// enqueued; a worker built by [`App::worker`] claims and orchestrates the run. An unknown
+    /// enqueued; a worker service built by [`App::worker_service`] claims and orchestrates the run. An unknown
     /// job, a bad step selection or run id fails before anything is written.
     ///
     /// On the embedded default the in-memory queue only reaches workers of this process.

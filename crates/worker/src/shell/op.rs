@@ -11,7 +11,7 @@ use tokio::io::AsyncWriteExt;
 use super::{EXIT_CODE_OUTPUT, INPUT_ENV_PREFIX, STDERR_TAIL_BYTES, STDOUT_OUTPUT};
 use crate::{Op, OpContext, OpError, StepInputs, StepOutputs};
 
-/// An op that runs a command (see the [module docs](self) for how inputs and outputs map).
+/// An op that runs a command (see the [module docs](super) for how inputs and outputs map).
 #[derive(Debug, Clone)]
 pub struct ShellOp {
     pub(super) argv: Vec<String>,
