@@ -289,6 +289,12 @@ async fn a_workers_result_wakes_the_orchestrator_without_reading_s3() {
         "no GetObject, HeadObject or polling"
     );
     assert_eq!(orch.results.stats().answered_inline, 1);
+    // The receive loop counts a notification just after it woke the waiter, so the count
+    // may lag the wake-up by a moment.
+    let counted = tokio::time::Instant::now() + Duration::from_secs(5);
+    while orch.replies.stats().notifications == 0 && tokio::time::Instant::now() < counted {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     assert_eq!(orch.replies.stats().notifications, 1);
 
     // The durable copy is there, with the reply address among its labels.
