@@ -18,7 +18,6 @@
 //! Requests are counted from LocalStack's request log: the lines between the start of a
 //! scenario and its end (plus a short settle, so the last acks are in).
 
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -37,6 +36,12 @@ use crate::localstack;
 use crate::requests::count_requests;
 use crate::resources::{ensure_bucket, s3_client, sdk_config, REGION};
 
+mod report;
+mod workers;
+
+use report::{render, secs, total, BrokerFigures, Requests, StepFigures};
+use workers::Workers;
+
 /// The bucket of every benchmark (each run under its own prefix).
 const BUCKET: &str = "stepq-bench";
 /// Longest a single run may take before the benchmark gives up.
@@ -51,72 +56,16 @@ const BROKER_CONCURRENCY: [usize; 2] = [0, 10];
 
 /// The arguments of `bench-run`.
 #[derive(Debug, Clone, clap::Args)]
-pub struct BenchRunArgs {
+pub(crate) struct BenchRunArgs {
     /// The benchmark options.
     #[command(flatten)]
-    pub bench: BenchArgs,
+    pub(crate) bench: BenchArgs,
     /// LocalStack's endpoint.
     #[arg(long)]
-    pub endpoint: String,
+    pub(crate) endpoint: String,
     /// The `stepq` binary the workers run; without it, in-process workers.
     #[arg(long)]
-    pub stepq_bin: Option<PathBuf>,
-}
-
-/// AWS requests by `service.Operation`.
-type Requests = BTreeMap<String, u64>;
-
-/// One step scenario's figures.
-struct StepFigures {
-    orchestrator: &'static str,
-    job: String,
-    steps: usize,
-    walls: Vec<Duration>,
-    requests: Requests,
-}
-
-impl StepFigures {
-    /// AWS requests per step, over all the measured runs.
-    fn requests_per_step(&self) -> f64 {
-        total(&self.requests) as f64 / (self.steps * self.walls.len()) as f64
-    }
-
-    /// Prints the median wall time per run and per step, and the AWS requests per step.
-    fn print_summary(&self) {
-        let m = median(&self.walls);
-        println!(
-            "   median {} ({} per step), {:.2} AWS requests per step",
-            secs(m),
-            ms(m / self.steps as u32),
-            self.requests_per_step()
-        );
-    }
-}
-
-/// One broker-alone measurement.
-struct BrokerFigures {
-    concurrency: usize,
-    tasks: usize,
-    wall: Duration,
-    requests: Requests,
-}
-
-fn total(requests: &Requests) -> u64 {
-    requests.values().sum()
-}
-
-fn median(walls: &[Duration]) -> Duration {
-    let mut sorted = walls.to_vec();
-    sorted.sort();
-    sorted[sorted.len() / 2]
-}
-
-fn ms(d: Duration) -> String {
-    format!("{:.1} ms", d.as_secs_f64() * 1000.0)
-}
-
-fn secs(d: Duration) -> String {
-    format!("{:.3} s", d.as_secs_f64())
+    pub(crate) stepq_bin: Option<PathBuf>,
 }
 
 /// The request log's current length: where a window starts.
@@ -160,7 +109,7 @@ fn short_id() -> String {
 }
 
 /// `bench-run`.
-pub async fn bench_run(root: &Path, args: &BenchRunArgs) -> Result<u8> {
+pub(crate) async fn bench_run(root: &Path, args: &BenchRunArgs) -> Result<u8> {
     args.bench.validate()?;
     let log = localstack::log_path(root);
     log_offset(&log).context(
@@ -527,260 +476,9 @@ async fn broker_alone(
     })
 }
 
-/// The two workers of the step scenarios.
-enum Workers {
-    /// `stepq worker start` processes, with their log files.
-    Processes(Vec<(tokio::process::Child, PathBuf)>),
-    /// In-process workers, each on its own app (own AWS clients).
-    InProcess {
-        stop: CancellationToken,
-        tasks: Vec<tokio::task::JoinHandle<Result<()>>>,
-        apps: Vec<App>,
-    },
-}
-
-impl Workers {
-    async fn start(
-        stepq_bin: Option<&Path>,
-        config_path: &Path,
-        config: &StepqConfig,
-        work: &Path,
-    ) -> Result<Self> {
-        match stepq_bin {
-            Some(bin) => {
-                let mut children = Vec::new();
-                for i in 0..WORKERS {
-                    let log_path = work.join(format!("worker-{i}.log"));
-                    let log = std::fs::File::create(&log_path)?;
-                    let child = tokio::process::Command::new(bin)
-                        .arg("--config")
-                        .arg(config_path)
-                        .args(["worker", "start", "--name", &format!("bench-w{i}")])
-                        .envs(aws_env())
-                        .env("RUST_LOG", "warn")
-                        .stdin(std::process::Stdio::null())
-                        .stdout(log.try_clone()?)
-                        .stderr(log)
-                        // In the measuring process's group: an interrupt stops them too.
-                        .kill_on_drop(true)
-                        .spawn()
-                        .with_context(|| format!("starting {}", bin.display()))?;
-                    children.push((child, log_path));
-                }
-                Ok(Workers::Processes(children))
-            }
-            None => {
-                let stop = CancellationToken::new();
-                let location = Arc::new(stepq_cli::demo::location());
-                let mut tasks = Vec::new();
-                let mut apps = Vec::new();
-                for i in 0..WORKERS {
-                    let app = make_app(config).await?;
-                    app.startup().await?;
-                    let worker = app.worker_service(
-                        location.clone(),
-                        app.worker_config(format!("bench-w{i}")),
-                        false,
-                    )?;
-                    let stop = stop.clone();
-                    tasks.push(tokio::spawn(async move {
-                        worker.run(stop).await?;
-                        Ok(())
-                    }));
-                    apps.push(app);
-                }
-                Ok(Workers::InProcess { stop, tasks, apps })
-            }
-        }
-    }
-
-    fn describe(&self) -> &'static str {
-        match self {
-            Workers::Processes(_) => "two `stepq worker start --config` processes (release build)",
-            Workers::InProcess { .. } => {
-                "two in-process `stepq::WorkerService`s, each with its own AWS clients"
-            }
-        }
-    }
-
-    /// The end of each worker process's log, for error reports.
-    fn log_tails(&self) -> String {
-        let Workers::Processes(children) = self else {
-            return "in-process workers".into();
-        };
-        let mut text = String::from("worker logs:");
-        for (_, path) in children {
-            let log = std::fs::read_to_string(path).unwrap_or_default();
-            let lines: Vec<&str> = log.lines().collect();
-            text.push_str(&format!(
-                "\n--- {}\n{}",
-                path.display(),
-                lines[lines.len().saturating_sub(20)..].join("\n")
-            ));
-        }
-        text
-    }
-
-    /// Stops the workers (SIGTERM, then SIGKILL after 40 s).
-    async fn stop(&mut self) {
-        match self {
-            Workers::Processes(children) => {
-                for (child, _) in children.iter() {
-                    if let Some(pid) = child.id() {
-                        let _ = std::process::Command::new("kill")
-                            .args(["-TERM", &pid.to_string()])
-                            .status();
-                    }
-                }
-                for (child, path) in children.iter_mut() {
-                    match tokio::time::timeout(Duration::from_secs(40), child.wait()).await {
-                        Ok(Ok(status)) if status.success() => {}
-                        Ok(Ok(status)) => {
-                            eprintln!("warning: a worker exited {status}; see {}", path.display())
-                        }
-                        _ => {
-                            eprintln!("warning: a worker did not stop; killing it");
-                            let _ = child.kill().await;
-                        }
-                    }
-                }
-            }
-            Workers::InProcess { stop, tasks, apps } => {
-                stop.cancel();
-                for task in tasks.drain(..) {
-                    match task.await {
-                        Ok(Ok(())) => {}
-                        Ok(Err(e)) => eprintln!("warning: a worker failed: {e:#}"),
-                        Err(e) => eprintln!("warning: a worker task failed: {e}"),
-                    }
-                }
-                for app in apps.iter() {
-                    shutdown_app(app).await;
-                }
-            }
-        }
-    }
-}
-
-/// CPU model, cores and memory of this machine.
-fn machine() -> String {
-    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
-    let model = cpuinfo
-        .lines()
-        .find_map(|l| l.strip_prefix("model name"))
-        .and_then(|l| l.split_once(':'))
-        .map_or("unknown CPU".to_string(), |(_, m)| m.trim().to_string());
-    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
-    let mem_gib = meminfo
-        .lines()
-        .find_map(|l| l.strip_prefix("MemTotal:"))
-        .and_then(|l| l.split_whitespace().next())
-        .and_then(|kb| kb.parse::<f64>().ok())
-        .map_or("?".to_string(), |kb| format!("{:.0}", kb / 1024.0 / 1024.0));
-    format!("{model}, {cores} cores available, {mem_gib} GiB RAM")
-}
-
-/// The report, as a Markdown section.
-fn render(
-    args: &BenchRunArgs,
-    steps: &[StepFigures],
-    broker: &[BrokerFigures],
-    workers: &str,
-) -> String {
-    let mut out = String::new();
-    let push = |out: &mut String, line: String| {
-        out.push_str(&line);
-        out.push('\n');
-    };
-    push(&mut out, format!("Machine: {}; LocalStack {} (native). Workers: {workers}, concurrency {} each. Orchestrators in the measuring process (release build), an `Executor` started directly (no run store): `{ORCHESTRATOR_BEFORE}` stores results in S3 before announcing them on the reply queue, sends one step per task and hands no input inline; `{ORCHESTRATOR_REPLY_ONLY}` adds `ReplyToMiddleware::with_reply_only`; `{ORCHESTRATOR_INLINE}` adds inline inputs; `{ORCHESTRATOR_APP}` is the executor `stepq::make_app` builds from the workers' config (adds fused chains). `{ORCHESTRATOR_CLI}` (with worker processes only) is `stepq run JOB --workers 0` run as a process per run: the same executor, plus the run store's records and event log, the cancel watch, the reply queue's creation and deletion, and the process start. Each job: one warm-up run, then {} measured runs.", machine(), localstack::LOCALSTACK_VERSION, args.bench.worker_concurrency, args.bench.reps));
-    push(&mut out, String::new());
-    push(&mut out, "| orchestrator | job | steps | wall per run (median) | min – max | wall per step (median) | AWS requests per step |".into());
-    push(&mut out, "|---|---|---:|---:|---:|---:|---:|".into());
-    for f in steps {
-        let m = median(&f.walls);
-        let min = f.walls.iter().min().copied().unwrap_or_default();
-        let max = f.walls.iter().max().copied().unwrap_or_default();
-        push(
-            &mut out,
-            format!(
-                "| {} | `{}` | {} | {} | {} – {} | {} | {:.2} |",
-                f.orchestrator,
-                f.job,
-                f.steps,
-                secs(m),
-                secs(min),
-                secs(max),
-                ms(m / f.steps as u32),
-                f.requests_per_step()
-            ),
-        );
-    }
-    push(&mut out, String::new());
-    push(&mut out, "AWS requests per step, by operation (all processes: orchestrator, workers, and the workers' heartbeats):".into());
-    push(&mut out, String::new());
-    let mut header = "| operation |".to_string();
-    let mut rule = "|---|".to_string();
-    for f in steps {
-        header.push_str(&format!(" `{}`, {} |", f.job, f.orchestrator));
-        rule.push_str("---:|");
-    }
-    push(&mut out, header);
-    push(&mut out, rule);
-    let mut operations: Vec<&String> = steps.iter().flat_map(|f| f.requests.keys()).collect();
-    operations.sort();
-    operations.dedup();
-    for op in operations {
-        let mut line = format!("| {op} |");
-        for f in steps {
-            let n = f.requests.get(op).copied().unwrap_or(0);
-            line.push_str(&format!(
-                " {:.2} |",
-                n as f64 / (f.steps * f.walls.len()) as f64
-            ));
-        }
-        push(&mut out, line);
-    }
-    push(&mut out, String::new());
-    push(&mut out, format!("Broker alone (`SqsBroker` + one `Receiver`, results in memory): {} no-op tasks sent in `kick_batch` calls of 100 while the worker drains them.", args.bench.broker_tasks));
-    push(&mut out, String::new());
-    push(
-        &mut out,
-        "| worker concurrency | wall | tasks/s | AWS requests per task | by operation |".into(),
-    );
-    push(&mut out, "|---:|---:|---:|---:|---|".into());
-    for b in broker {
-        let per_op: Vec<String> = b
-            .requests
-            .iter()
-            .map(|(op, n)| format!("{op} {:.2}", *n as f64 / b.tasks as f64))
-            .collect();
-        push(
-            &mut out,
-            format!(
-                "| {} | {} | {:.0} | {:.2} | {} |",
-                b.concurrency,
-                secs(b.wall),
-                b.tasks as f64 / b.wall.as_secs_f64(),
-                total(&b.requests) as f64 / b.tasks as f64,
-                per_op.join(", ")
-            ),
-        );
-    }
-    out
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn median_takes_the_middle_run() {
-        let d = Duration::from_millis;
-        assert_eq!(median(&[d(30), d(10), d(20)]), d(20));
-        assert_eq!(median(&[d(40), d(10), d(30), d(20)]), d(30));
-        assert_eq!(median(&[d(5)]), d(5));
-    }
 
     #[test]
     fn requests_are_counted_from_the_offset_and_a_shrunk_log_is_refused() {
@@ -805,46 +503,5 @@ mod tests {
         assert!(err.to_string().contains("shrank"), "{err}");
         std::fs::remove_file(&path).unwrap();
         assert!(log_offset(&path).is_err(), "a missing log is an error");
-    }
-
-    #[test]
-    fn the_report_has_a_row_per_scenario_and_per_operation() {
-        let args = BenchRunArgs {
-            bench: BenchArgs {
-                localstack: true,
-                reps: 2,
-                worker_concurrency: 8,
-                broker_tasks: 100,
-                in_process_workers: false,
-                keep: false,
-            },
-            endpoint: "http://127.0.0.1:4566".into(),
-            stepq_bin: None,
-        };
-        let steps = [StepFigures {
-            orchestrator: ORCHESTRATOR_APP,
-            job: "chain_10".into(),
-            steps: 10,
-            walls: vec![Duration::from_millis(200), Duration::from_millis(180)],
-            requests: Requests::from([("sqs.SendMessage".into(), 40), ("s3.PutObject".into(), 20)]),
-        }];
-        let broker = [BrokerFigures {
-            concurrency: 10,
-            tasks: 100,
-            wall: Duration::from_millis(100),
-            requests: Requests::from([("sqs.DeleteMessageBatch".into(), 10)]),
-        }];
-        let report = render(&args, &steps, &broker, "two test workers");
-        assert!(
-            report.contains("| make_app default (+ fused chains) | `chain_10` | 10 | 0.200 s | 0.180 s – 0.200 s | 20.0 ms | 3.00 |"),
-            "{report}"
-        );
-        assert!(report.contains("| sqs.SendMessage | 2.00 |"), "{report}");
-        assert!(report.contains("| s3.PutObject | 1.00 |"), "{report}");
-        assert!(
-            report.contains("| 10 | 0.100 s | 1000 | 0.10 | sqs.DeleteMessageBatch 0.10 |"),
-            "{report}"
-        );
-        assert!(report.contains("two test workers"));
     }
 }
