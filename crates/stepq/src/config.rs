@@ -45,7 +45,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 #[cfg(feature = "aws")]
-use stepq_aws::settings::{known_config_source_keys, InvalidSetting};
+use stepq_aws::settings::known_config_source_keys;
 #[cfg(feature = "aws")]
 use stepq_aws::sqs::SqsConfig;
 #[cfg(feature = "aws")]
@@ -65,60 +65,11 @@ pub use stepq_aws::settings::{
 pub const ENV_SQS_QUEUE_URL: &str = "STEPQ_SQS_QUEUE_URL";
 pub use stepq_worker::service::settings::ENV_WORKER_HEALTH_INTERVAL_SECONDS;
 
-/// Why a configuration could not be loaded or used.
-#[derive(Debug, thiserror::Error)]
-#[non_exhaustive]
-pub enum ConfigError {
-    /// The file could not be read.
-    #[error("cannot read config file `{path}`: {source}")]
-    Read {
-        /// The file.
-        path: PathBuf,
-        /// The I/O error.
-        #[source]
-        source: std::io::Error,
-    },
-    /// The file is not valid TOML, has an unknown key or a value of the wrong type.
-    #[error("invalid config file `{path}`: {message}")]
-    Parse {
-        /// The file (or `<string>`).
-        path: PathBuf,
-        /// The parser's message; it names the key and the line.
-        message: String,
-    },
-    /// A value is out of range or unusable; `key` is its dotted path, e.g. `worker.concurrency`.
-    #[error("invalid config value `{key}`: {reason}")]
-    Invalid {
-        /// Dotted key path.
-        key: String,
-        /// What is wrong.
-        reason: String,
-    },
-    /// The config asks for the distributed setup (SQS + S3), but this build of the `stepq`
-    /// crate has no AWS support: it was built without its feature `aws`.
-    #[error("`{key}` is set, but this build of stepq has no AWS support (SQS + S3): build the `stepq` crate with its feature `aws` (on by default), or remove `{key}` to run on the embedded default")]
-    NoAwsSupport {
-        /// What asks for AWS: a dotted key (`sqs.queue_url`, `s3.bucket`) or a section
-        /// (`[sqs]`), naming the environment variable when it was set there.
-        key: String,
-    },
-    /// Building a component from the config failed (e.g. the SQS client).
-    #[error("cannot build {component} from the config: {message}")]
-    Build {
-        /// Which component.
-        component: &'static str,
-        /// What went wrong.
-        message: String,
-    },
-}
+pub use stepq_worker::service::settings::ConfigError;
 
-impl ConfigError {
-    fn invalid(key: impl Into<String>, reason: impl Into<String>) -> Self {
-        ConfigError::Invalid {
-            key: key.into(),
-            reason: reason.into(),
-        }
-    }
+/// A config error naming the dotted `key`.
+fn invalid(key: impl Into<String>, reason: impl Into<String>) -> ConfigError {
+    ConfigError::invalid(key, reason)
 }
 
 /// The whole configuration.
@@ -265,7 +216,7 @@ impl StepqConfig {
     /// returned naming its dotted key.
     pub fn validate(&self) -> Result<(), ConfigError> {
         if self.state_dir.as_os_str().is_empty() {
-            return Err(ConfigError::invalid("state_dir", "must not be empty"));
+            return Err(invalid("state_dir", "must not be empty"));
         }
         #[cfg(feature = "aws")]
         {
@@ -276,7 +227,7 @@ impl StepqConfig {
         self.worker.validate().map_err(worker_error)?;
         #[cfg(feature = "aws")]
         if self.mode() == Mode::Distributed && self.s3.bucket.is_none() {
-            return Err(ConfigError::invalid(
+            return Err(invalid(
                 "s3.bucket",
                 format!(
                     "required when sqs.queue_url is set (results and outputs live in S3); set it or {ENV_S3_BUCKET_NAME}"
@@ -363,33 +314,19 @@ fn aws_key(table: &toml::Table) -> Option<String> {
     })
 }
 
-#[cfg(feature = "aws")]
-impl From<InvalidSetting> for ConfigError {
-    fn from(e: InvalidSetting) -> Self {
-        ConfigError::Invalid {
-            key: e.key,
-            reason: e.reason,
-        }
-    }
-}
-
 /// An `[executor]` error as a config error naming `executor.<key>`.
 fn executor_error(e: ExecutorError) -> ConfigError {
     match e {
-        ExecutorError::Config { field, reason } => {
-            ConfigError::invalid(format!("executor.{field}"), reason)
-        }
-        other => ConfigError::invalid("executor", other.to_string()),
+        ExecutorError::Config { field, reason } => invalid(format!("executor.{field}"), reason),
+        other => invalid("executor", other.to_string()),
     }
 }
 
 /// A `[worker]` error as a config error naming `worker.<key>`.
 fn worker_error(e: WorkerError) -> ConfigError {
     match e {
-        WorkerError::Config { field, reason } => {
-            ConfigError::invalid(format!("worker.{field}"), reason)
-        }
-        other => ConfigError::invalid("worker", other.to_string()),
+        WorkerError::Config { field, reason } => invalid(format!("worker.{field}"), reason),
+        other => invalid("worker", other.to_string()),
     }
 }
 

@@ -8,37 +8,8 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 use stepq_aws::{S3Settings, SqsSettings};
 
+use super::settings::ConfigError;
 use super::WorkerSettings;
-
-/// Why the worker's config could not be loaded.
-#[derive(Debug, thiserror::Error)]
-pub enum ServiceFileError {
-    /// The file could not be read.
-    #[error("cannot read config file `{path}`: {source}")]
-    Read {
-        /// The file.
-        path: PathBuf,
-        /// The I/O error.
-        #[source]
-        source: std::io::Error,
-    },
-    /// Not valid TOML, an unknown key, or a value of the wrong type.
-    #[error("invalid config file `{path}`: {message}")]
-    Parse {
-        /// The file.
-        path: PathBuf,
-        /// The parser's message (names the key and line).
-        message: String,
-    },
-    /// A value is out of range or unusable; `key` is its dotted path.
-    #[error("invalid config value `{key}`: {reason}")]
-    Invalid {
-        /// Dotted key path.
-        key: String,
-        /// What is wrong.
-        reason: String,
-    },
-}
 
 /// The sections of `stepq.toml` a worker service reads (see the [module docs](self)).
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -77,18 +48,14 @@ impl Default for ServiceFile {
 impl ServiceFile {
     /// Reads `path` (or the defaults), applies the environment overrides in `env`
     /// (`STEPQ_SQS_QUEUE_URL`, `STEPQ_S3_BUCKET_NAME`, …) and checks every section.
-    pub fn load(
-        path: Option<&Path>,
-        env: &BTreeMap<String, String>,
-    ) -> Result<Self, ServiceFileError> {
+    pub fn load(path: Option<&Path>, env: &BTreeMap<String, String>) -> Result<Self, ConfigError> {
         let mut file = match path {
             Some(path) => {
-                let text =
-                    std::fs::read_to_string(path).map_err(|source| ServiceFileError::Read {
-                        path: path.to_path_buf(),
-                        source,
-                    })?;
-                toml::from_str(&text).map_err(|e| ServiceFileError::Parse {
+                let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+                    path: path.to_path_buf(),
+                    source,
+                })?;
+                toml::from_str(&text).map_err(|e| ConfigError::Parse {
                     path: path.to_path_buf(),
                     message: e.to_string().trim_end().to_string(),
                 })?
@@ -103,22 +70,18 @@ impl ServiceFile {
 
     /// Checks every section, and that the file names a queue and a bucket: a worker process
     /// serves a shared queue, which the embedded default does not have.
-    pub fn validate(&self) -> Result<(), ServiceFileError> {
-        let invalid = |e: stepq_aws::InvalidSetting| ServiceFileError::Invalid {
-            key: e.key,
-            reason: e.reason,
-        };
-        self.s3.validate().map_err(invalid)?;
-        self.sqs.validate(&self.s3).map_err(invalid)?;
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        self.s3.validate()?;
+        self.sqs.validate(&self.s3)?;
         self.worker.validate().map_err(worker_invalid)?;
         if self.task_always_eager || self.sqs.queue_url.is_none() {
-            return Err(ServiceFileError::Invalid {
+            return Err(ConfigError::Invalid {
                 key: "sqs.queue_url".into(),
                 reason: "a worker process needs a distributed config: set `sqs.queue_url` (or STEPQ_SQS_QUEUE_URL) and `s3.bucket`, and not `task_always_eager`".into(),
             });
         }
         if self.s3.bucket.is_none() {
-            return Err(ServiceFileError::Invalid {
+            return Err(ConfigError::Invalid {
                 key: "s3.bucket".into(),
                 reason: "required when sqs.queue_url is set (results and outputs live in S3)"
                     .into(),
@@ -128,13 +91,13 @@ impl ServiceFile {
     }
 }
 
-fn worker_invalid(e: crate::WorkerError) -> ServiceFileError {
+fn worker_invalid(e: crate::WorkerError) -> ConfigError {
     match e {
-        crate::WorkerError::Config { field, reason } => ServiceFileError::Invalid {
+        crate::WorkerError::Config { field, reason } => ConfigError::Invalid {
             key: format!("worker.{field}"),
             reason,
         },
-        other => ServiceFileError::Invalid {
+        other => ConfigError::Invalid {
             key: "worker".into(),
             reason: other.to_string(),
         },
@@ -145,7 +108,7 @@ fn worker_invalid(e: crate::WorkerError) -> ServiceFileError {
 mod tests {
     use super::*;
 
-    fn load(text: &str, env: &[(&str, &str)]) -> Result<ServiceFile, ServiceFileError> {
+    fn load(text: &str, env: &[(&str, &str)]) -> Result<ServiceFile, ConfigError> {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("stepq.toml");
         std::fs::write(&path, text).unwrap();

@@ -3,6 +3,7 @@
 //! [`DEFAULT_HEALTH_INTERVAL`], and it is checked by [`WorkerConfig::validate`], so each
 //! setting has one default and one check.
 
+use std::path::PathBuf;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -35,6 +36,75 @@ impl Default for WorkerSettings {
             concurrency: None,
             grace_period_seconds: WorkerConfig::default().grace_period.as_secs_f64(),
             health_interval_seconds: DEFAULT_HEALTH_INTERVAL.as_secs_f64(),
+        }
+    }
+}
+
+/// Why `stepq.toml` (or a section of it) could not be loaded or used: the one error of
+/// every reader of the file (the worker service's [`ServiceFile`](super::file), the facade's
+/// `StepqConfig`).
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read config file `{path}`: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The I/O error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML, has an unknown key or a value of the wrong type.
+    #[error("invalid config file `{path}`: {message}")]
+    Parse {
+        /// The file (or `<string>`).
+        path: PathBuf,
+        /// The parser's message; it names the key and the line.
+        message: String,
+    },
+    /// A value is out of range or unusable; `key` is its dotted path, e.g. `worker.concurrency`.
+    #[error("invalid config value `{key}`: {reason}")]
+    Invalid {
+        /// Dotted key path.
+        key: String,
+        /// What is wrong.
+        reason: String,
+    },
+    /// The config asks for the distributed setup (SQS + S3), but this build of the `stepq`
+    /// crate has no AWS support: it was built without its feature `aws`.
+    #[error("`{key}` is set, but this build of stepq has no AWS support (SQS + S3): build the `stepq` crate with its feature `aws` (on by default), or remove `{key}` to run on the embedded default")]
+    NoAwsSupport {
+        /// What asks for AWS: a dotted key (`sqs.queue_url`, `s3.bucket`) or a section
+        /// (`[sqs]`), naming the environment variable when it was set there.
+        key: String,
+    },
+    /// Building a component from the config failed (e.g. the SQS client).
+    #[error("cannot build {component} from the config: {message}")]
+    Build {
+        /// Which component.
+        component: &'static str,
+        /// What went wrong.
+        message: String,
+    },
+}
+
+impl ConfigError {
+    /// A value out of range or unusable under the dotted `key`.
+    pub fn invalid(key: impl Into<String>, reason: impl Into<String>) -> Self {
+        ConfigError::Invalid {
+            key: key.into(),
+            reason: reason.into(),
+        }
+    }
+}
+
+#[cfg(feature = "aws")]
+impl From<stepq_aws::InvalidSetting> for ConfigError {
+    fn from(e: stepq_aws::InvalidSetting) -> Self {
+        ConfigError::Invalid {
+            key: e.key,
+            reason: e.reason,
         }
     }
 }
