@@ -130,7 +130,7 @@ pub async fn poll_for_events<S: RunStore + ?Sized>(
 
 /// One check of [`RunStore::wait_events`]' condition: the page if there are new events or the
 /// run is terminal, `None` to keep waiting.
-pub(crate) async fn check_for_events<S: RunStore + ?Sized>(
+pub async fn check_for_events<S: RunStore + ?Sized>(
     store: &S,
     run_id: &str,
     from: EventCursor,

@@ -1,0 +1,213 @@
+//! Opening the database file: pragmas, the schema, the checks that it is stepq's, and the
+//! pool of read connections.
+
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::time::Duration;
+
+use rusqlite::{Connection, OpenFlags};
+
+use crate::error::{SqliteError, SqliteErrorKind};
+
+/// `PRAGMA application_id` of a stepq database ("stpq").
+pub(crate) const APPLICATION_ID: i32 = 0x7374_7071;
+
+/// `PRAGMA user_version`: the schema version this code writes and reads.
+pub(crate) const SCHEMA_VERSION: i32 = 1;
+
+/// Read connections kept open for reuse.
+const POOL_SIZE: usize = 8;
+
+/// The schema, version 1. Records and results are JSON (readable with `sqlite3` and
+/// `json_extract`); event batches are stepq's packed bytes, as the other stores keep them.
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS runs (
+    run_id     TEXT PRIMARY KEY,
+    job_name   TEXT NOT NULL,
+    status     TEXT NOT NULL,
+    created_at INTEGER NOT NULL,
+    record     BLOB NOT NULL
+);
+CREATE INDEX IF NOT EXISTS runs_by_created ON runs (created_at DESC, run_id DESC);
+CREATE INDEX IF NOT EXISTS runs_by_status ON runs (status, created_at DESC);
+CREATE INDEX IF NOT EXISTS runs_by_job ON runs (job_name, created_at DESC);
+CREATE TABLE IF NOT EXISTS run_tags (
+    run_id TEXT NOT NULL,
+    key    TEXT NOT NULL,
+    value  TEXT NOT NULL,
+    PRIMARY KEY (run_id, key)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS run_tags_by_pair ON run_tags (key, value);
+CREATE TABLE IF NOT EXISTS events (
+    run_id TEXT NOT NULL,
+    seq    INTEGER NOT NULL,
+    batch  BLOB NOT NULL,
+    PRIMARY KEY (run_id, seq)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS results (
+    task_id    TEXT PRIMARY KEY,
+    stored_at  INTEGER NOT NULL,
+    result     BLOB NOT NULL
+);
+CREATE TABLE IF NOT EXISTS outputs (
+    run_id      TEXT NOT NULL,
+    step_key    TEXT NOT NULL,
+    output_name TEXT NOT NULL,
+    size        INTEGER NOT NULL,
+    digest      TEXT NOT NULL,
+    inline      BLOB,
+    PRIMARY KEY (run_id, step_key, output_name)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS heartbeats (
+    worker_id TEXT PRIMARY KEY,
+    heartbeat BLOB NOT NULL
+);
+CREATE TABLE IF NOT EXISTS cancels (
+    task_id TEXT PRIMARY KEY,
+    marker  BLOB NOT NULL
+);
+";
+
+/// How to open a store.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct SqliteOptions {
+    /// How long a write waits for another process's write lock before failing.
+    pub busy_timeout: Duration,
+    /// How long the writer waits for more writes after the first of a batch (zero: commit
+    /// what is queued at once; writes that arrive during a commit form the next batch).
+    pub linger: Duration,
+    /// Outputs up to this size are kept in the database; larger ones as files beside it.
+    pub inline_output_limit: usize,
+}
+
+impl Default for SqliteOptions {
+    fn default() -> Self {
+        SqliteOptions {
+            busy_timeout: Duration::from_secs(5),
+            linger: Duration::ZERO,
+            inline_output_limit: 256 * 1024,
+        }
+    }
+}
+
+/// Opens (creating if needed) the database at `path` for writing, sets it up and checks it
+/// is a stepq database of a version this code reads.
+pub(crate) fn open_writer(path: &Path, options: &SqliteOptions) -> Result<Connection, SqliteError> {
+    let conn = Connection::open(path).map_err(|e| SqliteError::sql(path, "opening", e))?;
+    configure(&conn, path, options)?;
+    let sql = |what: &'static str| move |e| SqliteError::sql(path, what, e);
+    let mode: String = conn
+        .query_row("PRAGMA journal_mode = WAL", [], |row| row.get(0))
+        .map_err(sql("switching to WAL mode"))?;
+    if !mode.eq_ignore_ascii_case("wal") {
+        return Err(SqliteError::new(
+            path,
+            SqliteErrorKind::Other,
+            format!("could not switch to WAL mode (journal mode is `{mode}`)"),
+        ));
+    }
+    check_identity(&conn, path)?;
+    conn.execute_batch(&format!(
+        "BEGIN IMMEDIATE; {SCHEMA} PRAGMA application_id = {APPLICATION_ID}; \
+         PRAGMA user_version = {SCHEMA_VERSION}; COMMIT;"
+    ))
+    .map_err(sql("creating the schema"))?;
+    Ok(conn)
+}
+
+/// Opens a read connection on an existing database.
+pub(crate) fn open_reader(path: &Path, options: &SqliteOptions) -> Result<Connection, SqliteError> {
+    let conn = Connection::open_with_flags(
+        path,
+        OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )
+    .map_err(|e| SqliteError::sql(path, "opening a read connection", e))?;
+    configure(&conn, path, options)?;
+    Ok(conn)
+}
+
+fn configure(conn: &Connection, path: &Path, options: &SqliteOptions) -> Result<(), SqliteError> {
+    conn.busy_timeout(options.busy_timeout)
+        .map_err(|e| SqliteError::sql(path, "setting the busy timeout", e))?;
+    // WAL with synchronous = NORMAL: a commit is durable against a crash of the process
+    // (it is in the OS's cache); a power loss may lose the last commits, never corrupts.
+    conn.execute_batch("PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = OFF;")
+        .map_err(|e| SqliteError::sql(path, "setting pragmas", e))?;
+    Ok(())
+}
+
+/// Fails unless the file is empty (new) or a stepq database of a readable version.
+fn check_identity(conn: &Connection, path: &Path) -> Result<(), SqliteError> {
+    let read = |pragma: &str| -> Result<i32, SqliteError> {
+        conn.query_row(&format!("PRAGMA {pragma}"), [], |row| row.get(0))
+            .map_err(|e| SqliteError::sql(path, "reading the file header", e))
+    };
+    let application_id = read("application_id")?;
+    let version = read("user_version")?;
+    let tables: i64 = conn
+        .query_row("SELECT count(*) FROM sqlite_master", [], |row| row.get(0))
+        .map_err(|e| SqliteError::sql(path, "reading the schema", e))?;
+    if application_id == 0 && tables == 0 {
+        return Ok(()); // a new file
+    }
+    if application_id != APPLICATION_ID {
+        return Err(SqliteError::new(
+            path,
+            SqliteErrorKind::Foreign,
+            format!(
+                "is a SQLite database of another program (application id {application_id:#x}, \
+                 {tables} schema objects), not stepq's; move it away or point `state_dir` elsewhere"
+            ),
+        ));
+    }
+    if version > SCHEMA_VERSION {
+        return Err(SqliteError::new(
+            path,
+            SqliteErrorKind::Foreign,
+            format!(
+                "was written by a newer stepq (schema version {version}; this one reads up to \
+                 {SCHEMA_VERSION}); upgrade stepq or point `state_dir` elsewhere"
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// Read connections, opened on demand and kept for reuse.
+#[derive(Debug)]
+pub(crate) struct ReadPool {
+    path: PathBuf,
+    options: SqliteOptions,
+    idle: Mutex<Vec<Connection>>,
+}
+
+impl ReadPool {
+    pub(crate) fn new(path: PathBuf, options: SqliteOptions) -> Self {
+        ReadPool {
+            path,
+            options,
+            idle: Mutex::new(Vec::new()),
+        }
+    }
+
+    /// Runs `read` on a pooled connection. Reads run on the calling thread: a point read of
+    /// a local WAL database takes microseconds, less than handing it to a blocking thread,
+    /// and WAL readers never wait for the writer.
+    pub(crate) fn read<T, E: From<SqliteError>>(
+        &self,
+        read: impl FnOnce(&Connection) -> Result<T, E>,
+    ) -> Result<T, E> {
+        let taken = self.idle.lock().expect("read pool lock").pop();
+        let conn = match taken {
+            Some(conn) => conn,
+            None => open_reader(&self.path, &self.options)?,
+        };
+        let outcome = read(&conn);
+        let mut idle = self.idle.lock().expect("read pool lock");
+        if idle.len() < POOL_SIZE {
+            idle.push(conn);
+        }
+        outcome
+    }
+}

@@ -1,0 +1,209 @@
+//! stepq's embedded store: one SQLite database file (`stepq.db` under a state directory)
+//! holding run records, event logs, step results, step outputs, cancel markers and worker
+//! heartbeats, behind the same traits as every other backend.
+//!
+//! - **One writer, group commit.** Every write of the process goes to one writer thread; the
+//!   writes queued while a transaction commits form the next transaction (optionally after a
+//!   short linger, [`SqliteOptions::linger`]). A write returns once committed. WAL mode with
+//!   `synchronous = NORMAL`: a committed write survives a crash of the process; a crash loses
+//!   at most the batch being committed, and never leaves a torn record.
+//! - **Readers never wait for the writer** (WAL); other processes may read and write the same
+//!   file (`stepq cancel`, `status`, `logs --follow` from another terminal); SQLite's locking
+//!   keeps their compare-and-set changes atomic.
+//! - **In-process notification**: a result or a run's events written by this process wake
+//!   its waiters at once; writes of other processes are seen by a poll (5 ms doubling to
+//!   250 ms).
+//! - **Outputs** up to [`SqliteOptions::inline_output_limit`] live in the database; larger
+//!   ones are files under `blobs/` beside it, written (to a temporary name, then renamed)
+//!   before the row that names them commits, with their size and digest checked on read.
+//!
+//! The views ([`SqliteRunStore`], [`SqliteHeartbeatStore`], [`SqliteResultBackend`],
+//! [`SqliteOutputStore`], [`SqliteCancelStore`]) share one [`SqliteStore`] and pass the
+//! workspace's conformance suites.
+//!
+//! ```
+//! use stepq_results::{OutputKey, OutputStore};
+//! use stepq_runs::{RunRecord, RunStore};
+//! use stepq_sqlite::SqliteStore;
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let dir = tempfile::tempdir()?;
+//! let store = SqliteStore::open(dir.path())?;
+//! let runs = store.runs();
+//! runs.create_run(&RunRecord::new("run-1", "diamond", serde_json::Value::Null)).await?;
+//! assert_eq!(runs.get_run("run-1").await?.job_name, "diamond");
+//! let outputs = store.outputs();
+//! let key = OutputKey::new("run-1", "a", "result");
+//! outputs.put(&key, "42".into()).await?;
+//! assert_eq!(&outputs.get(&key).await?[..], b"42");
+//! # Ok(())
+//! # }
+//! ```
+
+mod cancel;
+mod db;
+mod error;
+mod heartbeats;
+mod notify;
+mod outputs;
+mod results;
+mod runs;
+mod writer;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+pub use cancel::SqliteCancelStore;
+pub use db::SqliteOptions;
+pub use error::{SqliteError, SqliteErrorKind};
+pub use heartbeats::SqliteHeartbeatStore;
+pub use outputs::SqliteOutputStore;
+pub use results::SqliteResultBackend;
+pub use runs::SqliteRunStore;
+
+use notify::Notifier;
+pub use writer::WriteStats;
+use writer::Writer;
+
+/// File name of the database under a state directory.
+pub const DATABASE_FILE: &str = "stepq.db";
+
+/// Directory (beside the database) of outputs too large to keep in it.
+pub const BLOBS_DIR: &str = "blobs";
+
+/// One open database; cheap to clone (the clones share the writer and the read pool).
+#[derive(Debug, Clone)]
+pub struct SqliteStore {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    path: PathBuf,
+    blobs: PathBuf,
+    options: SqliteOptions,
+    writer: Writer,
+    reads: db::ReadPool,
+    results_ready: Notifier,
+    events_added: Notifier,
+}
+
+impl SqliteStore {
+    /// Opens (creating it and `state_dir` if needed) `state_dir/stepq.db` with default
+    /// options.
+    pub fn open(state_dir: &Path) -> Result<Self, SqliteError> {
+        Self::open_with(state_dir, SqliteOptions::default())
+    }
+
+    /// Opens `state_dir/stepq.db` with `options`. Fails, naming the file and what to do, when
+    /// it is not a database, is another program's, was written by a newer stepq, or cannot
+    /// be created or written.
+    pub fn open_with(state_dir: &Path, options: SqliteOptions) -> Result<Self, SqliteError> {
+        let path = state_dir.join(DATABASE_FILE);
+        std::fs::create_dir_all(state_dir).map_err(|e| {
+            SqliteError::new(
+                &path,
+                SqliteErrorKind::CannotOpen,
+                format!("cannot create the state directory: {e}"),
+            )
+        })?;
+        let conn = db::open_writer(&path, &options)?;
+        let writer = Writer::start(conn, path.clone(), options.linger)?;
+        Ok(SqliteStore {
+            inner: Arc::new(Inner {
+                reads: db::ReadPool::new(path.clone(), options.clone()),
+                blobs: state_dir.join(BLOBS_DIR),
+                path,
+                options,
+                writer,
+                results_ready: Notifier::default(),
+                events_added: Notifier::default(),
+            }),
+        })
+    }
+
+    /// The database file.
+    pub fn path(&self) -> &Path {
+        &self.inner.path
+    }
+
+    /// The run store view.
+    pub fn runs(&self) -> SqliteRunStore {
+        SqliteRunStore::new(self.clone())
+    }
+
+    /// The heartbeat store view.
+    pub fn heartbeats(&self) -> SqliteHeartbeatStore {
+        SqliteHeartbeatStore::new(self.clone())
+    }
+
+    /// The result backend view.
+    pub fn results(&self) -> SqliteResultBackend {
+        SqliteResultBackend::new(self.clone())
+    }
+
+    /// The output store view.
+    pub fn outputs(&self) -> SqliteOutputStore {
+        SqliteOutputStore::new(self.clone())
+    }
+
+    /// The cancel-marker store view.
+    pub fn cancels(&self) -> SqliteCancelStore {
+        SqliteCancelStore::new(self.clone())
+    }
+
+    /// How many writes this handle committed, in how many transactions (group commit puts
+    /// the writes of concurrent steps into one).
+    pub fn write_stats(&self) -> WriteStats {
+        self.inner.writer.stats()
+    }
+
+    /// Size of the database file and its WAL, in bytes.
+    pub fn file_size(&self) -> u64 {
+        let wal = self.inner.path.with_extension("db-wal");
+        [&self.inner.path, &wal]
+            .iter()
+            .filter_map(|p| std::fs::metadata(p).ok())
+            .map(|m| m.len())
+            .sum()
+    }
+}
+
+/// If `state_dir` holds the file layout of the local-directory stores (`runs/`, `results/`,
+/// `outputs/` directories) beside no database, a notice saying those runs are not read by
+/// the SQLite store and what to do; `None` otherwise.
+pub fn old_layout_notice(state_dir: &Path) -> Option<String> {
+    if state_dir.join(DATABASE_FILE).exists() {
+        return None;
+    }
+    let old: Vec<&str> = ["runs", "results", "outputs", "heartbeats", "cancels"]
+        .into_iter()
+        .filter(|d| state_dir.join(d).is_dir())
+        .collect();
+    if old.is_empty() {
+        return None;
+    }
+    Some(format!(
+        "{} holds runs in the old file layout ({}/); the embedded store is now the database {} \
+         and does not read them. They stay where they are: delete those directories to \
+         reclaim the space, or set `[embedded] store = \"files\"` in stepq.toml to keep using them",
+        state_dir.display(),
+        old.join("/, "),
+        state_dir.join(DATABASE_FILE).display(),
+    ))
+}
+
+/// The FNV-1a 64-bit digest of `bytes` as 16 hex digits (detects a torn output file; not a
+/// cryptographic hash).
+fn digest(bytes: &[u8]) -> String {
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in bytes {
+        hash ^= u64::from(*b);
+        hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    format!("{hash:016x}")
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,206 @@
+//! The group-commit writer: one thread owns the write connection; every write of the process
+//! is a job sent to it, and the jobs queued while a transaction commits go into the next one.
+//!
+//! Each job runs inside its own savepoint, so a job that fails (a duplicate run, a lost
+//! compare-and-set) is rolled back alone and the rest of the batch still commits. A job's
+//! caller hears back only after the transaction holding it committed, so a write that
+//! returned is durable against a crash of the process, and a crash loses at most the batch
+//! being committed — never part of a record, since a transaction is all or nothing.
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{mpsc, Arc};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use rusqlite::Connection;
+use tokio::sync::oneshot;
+
+use crate::error::{SqliteError, SqliteErrorKind};
+
+/// Most jobs in one transaction.
+const MAX_BATCH: usize = 4096;
+
+/// What the writer thread runs: applies itself to the connection (inside the batch's
+/// transaction; `Err` when the transaction could not start) and returns what to do once the
+/// batch committed or failed.
+type Job = Box<dyn FnOnce(Result<&Connection, &SqliteError>) -> Completion + Send>;
+type Completion = Box<dyn FnOnce(Result<(), &SqliteError>) + Send>;
+
+/// Sends jobs to the writer thread; dropping every handle stops the thread after the jobs
+/// already sent.
+#[derive(Debug)]
+pub(crate) struct Writer {
+    jobs: mpsc::Sender<Job>,
+    path: PathBuf,
+    stats: Arc<Counters>,
+}
+
+/// What the writer has done so far.
+#[derive(Debug, Default)]
+pub(crate) struct Counters {
+    batches: AtomicU64,
+    writes: AtomicU64,
+}
+
+/// How many writes the store committed, in how many transactions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct WriteStats {
+    /// Transactions committed (or failed).
+    pub batches: u64,
+    /// Writes applied in them.
+    pub writes: u64,
+}
+
+impl Writer {
+    /// Starts the writer thread on `conn`; `linger` is how long it waits for more jobs
+    /// after the first of a batch (zero: take what is queued and commit at once).
+    pub(crate) fn start(
+        conn: Connection,
+        path: PathBuf,
+        linger: Duration,
+    ) -> Result<Self, SqliteError> {
+        let (jobs, queue) = mpsc::channel::<Job>();
+        let thread_path = path.clone();
+        let stats = Arc::new(Counters::default());
+        let counters = stats.clone();
+        thread::Builder::new()
+            .name("stepq-sqlite-writer".into())
+            .spawn(move || run(conn, thread_path, queue, linger, &counters))
+            .map_err(|e| {
+                SqliteError::new(
+                    &path,
+                    SqliteErrorKind::Other,
+                    format!("cannot start the writer thread: {e}"),
+                )
+            })?;
+        Ok(Writer { jobs, path, stats })
+    }
+
+    /// Writes and batches so far.
+    pub(crate) fn stats(&self) -> WriteStats {
+        WriteStats {
+            batches: self.stats.batches.load(Ordering::Relaxed),
+            writes: self.stats.writes.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Runs `apply` in the next batch and returns its outcome once the batch committed.
+    /// `apply`'s error rolls back its own changes only.
+    pub(crate) async fn write<T, E>(
+        &self,
+        apply: impl FnOnce(&Connection) -> Result<T, E> + Send + 'static,
+    ) -> Result<T, E>
+    where
+        T: Send + 'static,
+        E: From<SqliteError> + Send + 'static,
+    {
+        let (reply, answer) = oneshot::channel::<Result<T, E>>();
+        let path = self.path.clone();
+        let job: Job = Box::new(
+            move |conn: Result<&Connection, &SqliteError>| -> Completion {
+                let outcome = match conn {
+                    Ok(conn) => in_savepoint(conn, &path, apply),
+                    Err(e) => Err(E::from(e.clone())),
+                };
+                Box::new(move |committed: Result<(), &SqliteError>| {
+                    let outcome = match committed {
+                        Ok(()) => outcome,
+                        Err(e) => Err(E::from(e.clone())),
+                    };
+                    let _ = reply.send(outcome);
+                })
+            },
+        );
+        if self.jobs.send(job).is_err() {
+            return Err(E::from(closed(&self.path)));
+        }
+        answer
+            .await
+            .unwrap_or_else(|_| Err(E::from(closed(&self.path))))
+    }
+}
+
+fn closed(path: &std::path::Path) -> SqliteError {
+    SqliteError::new(
+        path,
+        SqliteErrorKind::Closed,
+        "the store's writer has stopped",
+    )
+}
+
+/// Runs `apply` inside a savepoint, rolling back to it when `apply` fails.
+fn in_savepoint<T, E: From<SqliteError>>(
+    conn: &Connection,
+    path: &std::path::Path,
+    apply: impl FnOnce(&Connection) -> Result<T, E>,
+) -> Result<T, E> {
+    conn.execute_batch("SAVEPOINT job")
+        .map_err(|e| SqliteError::sql(path, "starting a savepoint", e))?;
+    let outcome = apply(conn);
+    let end = if outcome.is_ok() {
+        "RELEASE job"
+    } else {
+        "ROLLBACK TO job; RELEASE job"
+    };
+    conn.execute_batch(end)
+        .map_err(|e| SqliteError::sql(path, "ending a savepoint", e))?;
+    outcome
+}
+
+/// The writer thread: take a batch, run it in one transaction, commit, answer.
+fn run(
+    conn: Connection,
+    path: PathBuf,
+    queue: mpsc::Receiver<Job>,
+    linger: Duration,
+    counters: &Counters,
+) {
+    let mut batch: Vec<Job> = Vec::new();
+    while let Ok(first) = queue.recv() {
+        batch.push(first);
+        let deadline = Instant::now() + linger;
+        while batch.len() < MAX_BATCH {
+            match queue.try_recv() {
+                Ok(job) => batch.push(job),
+                Err(mpsc::TryRecvError::Disconnected) => break,
+                Err(mpsc::TryRecvError::Empty) => {
+                    let left = deadline.saturating_duration_since(Instant::now());
+                    if left.is_zero() {
+                        break;
+                    }
+                    match queue.recv_timeout(left) {
+                        Ok(job) => batch.push(job),
+                        Err(_) => break,
+                    }
+                }
+            }
+        }
+        counters.batches.fetch_add(1, Ordering::Relaxed);
+        counters
+            .writes
+            .fetch_add(batch.len() as u64, Ordering::Relaxed);
+        commit_batch(&conn, &path, &mut batch);
+    }
+    tracing::debug!(path = %path.display(), "sqlite writer stopped");
+}
+
+fn commit_batch(conn: &Connection, path: &std::path::Path, batch: &mut Vec<Job>) {
+    if let Err(e) = conn.execute_batch("BEGIN IMMEDIATE") {
+        let e = SqliteError::sql(path, "starting a write transaction", e);
+        for job in batch.drain(..) {
+            job(Err(&e))(Err(&e));
+        }
+        return;
+    }
+    let completions: Vec<Completion> = batch.drain(..).map(|job| job(Ok(conn))).collect();
+    let committed = conn
+        .execute_batch("COMMIT")
+        .map_err(|e| SqliteError::sql(path, "committing a batch of writes", e));
+    if committed.is_err() {
+        let _ = conn.execute_batch("ROLLBACK");
+    }
+    for complete in completions {
+        complete(committed.as_ref().map(|_| ()));
+    }
+}
