@@ -63,20 +63,23 @@ mod dispatch;
 mod failure;
 mod follow;
 mod jobs;
+mod json;
 mod launch;
 mod logs;
 mod run_job;
 mod runs;
 mod status;
 mod table;
+mod timestamps;
 mod worker;
 
 pub use args::{
-    CancelArgs, Cli, Command, LaunchArgs, LogFormat, LogsArgs, ResumeArgs, RunArgs, WorkerCommand,
-    WorkerStartArgs,
+    CancelArgs, Cli, Command, LaunchArgs, LogFormat, LogsArgs, ResumeArgs, RunArgs, RunsArgs,
+    WorkerCommand, WorkerStartArgs,
 };
 pub use dispatch::{main, main_from, run};
 pub(crate) use table::simple_table;
+pub use timestamps::{ParseSinceError, Since};
 
 pub use crate::report::format_timestamp;
 
