@@ -30,13 +30,16 @@
 //!   orchestrator died; without it, such a run is taken over only when its orchestrator's
 //!   worker heartbeat is LOST (said on stderr). Exits 2 for an unknown run, 1 for a run that
 //!   cannot be resumed (SUCCESS, still running without `--force`).
-//! - `stepq logs RUN_ID [--follow]`: the run's event log, one line per event; `--follow`
-//!   keeps printing until the run ends.
-//! - `stepq jobs`: the jobs of the code location and the jobs files.
-//! - `stepq status RUN_ID`: a run from the run store, step by step, with the worker holding
-//!   each in-flight step (from the workers' health heartbeats) and a line for each step that
-//!   sits on a lost worker.
-//! - `stepq runs [--limit N]`: the latest runs.
+//! - `stepq logs RUN_ID [--follow] [--json]`: the run's event log, one line per event (JSON
+//!   lines with `--json`); `--follow` keeps printing until the run ends.
+//! - `stepq jobs [--json]`: the jobs of the code location and the jobs files.
+//! - `stepq status RUN_ID [--json]`: a run from the run store, step by step, with the worker
+//!   holding each in-flight step (from the workers' health heartbeats) and a line for each
+//!   step that sits on a lost worker.
+//! - `stepq runs [--status S,...] [--job NAME] [--tag K=V]... [--since 2h|RFC3339] [--limit
+//!   N] [--json]`: the latest runs (20 by default) that meet every filter given
+//!   ([`stepq_runs::RunFilter`]): any of the statuses, the job, every tag, created since a
+//!   duration ago or a time.
 //! - `stepq cancel RUN_ID [--wait SECONDS]`: asks for a run to be canceled, from any terminal
 //!   or machine sharing its run store (the same `.stepq/` directory, or the same bucket). The
 //!   run goes CANCELING; its orchestrator (the `stepq run` process, which watches the run's
@@ -47,8 +50,13 @@
 //!   `--force`, a run stuck CANCELING (its orchestrator died) ends CANCELED at once.
 //! - `stepq worker start [--concurrency N] [--name NAME]`: a worker service (distributed
 //!   config); stops gracefully on SIGTERM or Ctrl-C and exits 0.
-//! - `stepq worker list`: queue depth of the task queue (distributed), and every worker with a
-//!   health heartbeat: live, or LOST once silent for three `worker.health_interval_seconds`.
+//! - `stepq worker list [--json]`: queue depth of the task queue (distributed), and every
+//!   worker with a health heartbeat: live, or LOST once silent for three
+//!   `worker.health_interval_seconds`.
+//!
+//! `--json` prints one JSON document on stdout (JSON lines for `logs`), in the shapes of
+//! `docs/operations.md` ("Machine-readable output"); errors stay on stderr with the same exit
+//! codes.
 //!
 //! Exit code 2 means the command could not start (bad arguments, config, jobs file, unknown
 //! job or run).
@@ -63,20 +71,23 @@ mod dispatch;
 mod failure;
 mod follow;
 mod jobs;
+mod json;
 mod launch;
 mod logs;
 mod run_job;
 mod runs;
 mod status;
 mod table;
+mod timestamps;
 mod worker;
 
 pub use args::{
-    CancelArgs, Cli, Command, LaunchArgs, LogFormat, LogsArgs, ResumeArgs, RunArgs, WorkerCommand,
-    WorkerStartArgs,
+    CancelArgs, Cli, Command, LaunchArgs, LogFormat, LogsArgs, ResumeArgs, RunArgs, RunsArgs,
+    WorkerCommand, WorkerStartArgs,
 };
 pub use dispatch::{main, main_from, run};
 pub(crate) use table::simple_table;
+pub use timestamps::{ParseSinceError, Since};
 
 pub use crate::report::format_timestamp;
 

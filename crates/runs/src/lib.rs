@@ -36,6 +36,7 @@
 #![warn(missing_docs)]
 
 pub mod error;
+pub mod filter;
 pub mod heartbeat;
 pub mod local;
 pub mod memory;
@@ -50,6 +51,7 @@ pub mod conformance;
 pub use stepq_results::{__conformance_tests, __run_checks};
 
 pub use error::{check_id, StorageError};
+pub use filter::RunFilter;
 pub use heartbeat::{
     classify_workers, HeartbeatStore, RunningTask, WorkerHealth, WorkerHeartbeat, WorkerState,
     LOST_AFTER_INTERVALS,

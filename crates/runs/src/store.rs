@@ -10,6 +10,7 @@ use serde::{Deserialize, Serialize};
 use stepq_plan::Event;
 
 use crate::error::StorageError;
+use crate::filter::RunFilter;
 use crate::record::{RunRecord, RunStatus, StatusChange};
 
 /// How many times a store retries a status compare-and-set that lost to other writers before
@@ -71,6 +72,20 @@ pub trait RunStore: Send + Sync + 'static {
 
     /// Up to `limit` runs, newest (`created_at`) first; ties newest run id first.
     async fn list_runs(&self, limit: usize) -> Result<Vec<RunRecord>, StorageError>;
+
+    /// The runs `filter` matches, newest (`created_at`) first, ties newest run id first, at
+    /// most `filter.limit` of them.
+    ///
+    /// The default implementation lists every run ([`list_runs`](RunStore::list_runs)) and
+    /// filters them in memory ([`RunFilter::select`]); a store that can query (a database)
+    /// overrides it.
+    async fn list_runs_matching(&self, filter: &RunFilter) -> Result<Vec<RunRecord>, StorageError> {
+        if filter.limit == Some(0) {
+            return Ok(Vec::new());
+        }
+        let runs = self.list_runs(usize::MAX).await?;
+        Ok(filter.select(runs))
+    }
 
     /// Applies `change` atomically (see [`RunRecord::apply`]) and returns the new record.
     async fn change_status(

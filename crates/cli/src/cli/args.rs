@@ -5,8 +5,10 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
+use stepq_runs::{RunFilter, RunStatus};
 
 use super::failure::Failure;
+use super::timestamps::Since;
 
 /// The `stepq` command line.
 #[derive(Debug, Parser)]
@@ -52,18 +54,21 @@ pub enum Command {
     /// Print a run's event log.
     Logs(LogsArgs),
     /// List the jobs of the code location and the jobs files.
-    Jobs,
+    Jobs {
+        /// Print one JSON document instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
     /// Show a run, step by step, from the run store.
     Status {
         /// The run id.
         run_id: String,
+        /// Print one JSON document instead of text.
+        #[arg(long)]
+        json: bool,
     },
-    /// List the latest runs.
-    Runs {
-        /// How many.
-        #[arg(long, default_value_t = 20)]
-        limit: usize,
-    },
+    /// List the latest runs, optionally only those of given statuses, job, tags or age.
+    Runs(RunsArgs),
     /// Cancel a run: it goes CANCELING, its orchestrator cancels its steps, it ends CANCELED.
     Cancel(CancelArgs),
     /// Run or inspect workers.
@@ -118,6 +123,54 @@ pub struct LogsArgs {
     /// Keep printing new events until the run ends.
     #[arg(long, short)]
     pub follow: bool,
+    /// Print one JSON object per event per line (JSON lines) instead of text.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Arguments of `stepq runs`: which runs (every condition given must hold), how many, and how
+/// to print them.
+#[derive(Debug, Args)]
+pub struct RunsArgs {
+    /// Only runs in this status (repeatable, or comma-separated: any of them; any case), e.g.
+    /// `--status failure,canceled`.
+    #[arg(long = "status", value_delimiter = ',', value_name = "STATUS")]
+    pub statuses: Vec<RunStatus>,
+    /// Only runs of this job.
+    #[arg(long, value_name = "NAME")]
+    pub job: Option<String>,
+    /// Only runs with this tag (repeatable: every one must match).
+    #[arg(long = "tag", value_name = "KEY=VALUE", value_parser = parse_tag)]
+    pub tags: Vec<(String, String)>,
+    /// Only runs created since then: a duration back from now (`30m`, `2h`, `7d`, `1h30m`)
+    /// or an RFC 3339 time (`2026-05-01T12:00:00Z`, or a date, `2026-05-01`).
+    #[arg(long, value_name = "DURATION|TIME")]
+    pub since: Option<Since>,
+    /// How many runs at most (the newest).
+    #[arg(long, default_value_t = 20)]
+    pub limit: usize,
+    /// Print one JSON document instead of a table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+impl RunsArgs {
+    /// The run-store filter these arguments ask for, `now_us` being now (for `--since`).
+    pub fn filter(&self, now_us: u64) -> RunFilter {
+        let mut filter = RunFilter::new()
+            .with_statuses(self.statuses.iter().copied())
+            .with_limit(self.limit);
+        if let Some(job) = &self.job {
+            filter = filter.with_job(job);
+        }
+        for (key, value) in &self.tags {
+            filter = filter.with_tag(key, value);
+        }
+        if let Some(since) = self.since {
+            filter = filter.created_since(since.resolve(now_us));
+        }
+        filter
+    }
 }
 
 /// Arguments of `stepq cancel`.
@@ -160,7 +213,11 @@ pub enum WorkerCommand {
     /// Run a worker until SIGTERM or Ctrl-C.
     Start(WorkerStartArgs),
     /// Show the task queue's depth and the workers' heartbeats.
-    List,
+    List {
+        /// Print one JSON document instead of tables.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 /// Arguments of `stepq worker start`.
@@ -189,15 +246,20 @@ pub(super) fn parse_run_config(text: Option<&str>) -> Result<serde_json::Value, 
         .map_err(|e| Failure::usage(format!("--run-config is not valid JSON: {e}")))
 }
 
+/// One `KEY=VALUE` tag (the value may hold `=`; the key is trimmed and not empty).
+fn parse_tag(tag: &str) -> Result<(String, String), String> {
+    match tag.split_once('=') {
+        Some((key, value)) if !key.trim().is_empty() => {
+            Ok((key.trim().to_string(), value.to_string()))
+        }
+        _ => Err(format!("`{tag}` is not KEY=VALUE")),
+    }
+}
+
 /// `KEY=VALUE` tags.
 pub(super) fn parse_tags(tags: &[String]) -> Result<BTreeMap<String, String>, Failure> {
     tags.iter()
-        .map(|tag| match tag.split_once('=') {
-            Some((key, value)) if !key.trim().is_empty() => {
-                Ok((key.trim().to_string(), value.to_string()))
-            }
-            _ => Err(Failure::usage(format!("--tag `{tag}` is not KEY=VALUE"))),
-        })
+        .map(|tag| parse_tag(tag).map_err(|e| Failure::usage(format!("--tag {e}"))))
         .collect()
 }
 
@@ -365,6 +427,104 @@ mod tests {
         assert!(matches!(
             cli.command,
             Command::Logs(LogsArgs { follow: true, .. })
+        ));
+    }
+
+    #[test]
+    fn runs_filter_arguments_parse_into_a_run_filter() {
+        let cli = Cli::parse_from([
+            "stepq",
+            "runs",
+            "--status",
+            "failure,CANCELED",
+            "--status",
+            "Success",
+            "--job",
+            "diamond",
+            "--tag",
+            "owner=me",
+            "--tag",
+            "team=data=eng",
+            "--since",
+            "2h",
+            "--limit",
+            "5",
+            "--json",
+        ]);
+        let Command::Runs(args) = cli.command else {
+            panic!("not runs")
+        };
+        assert!(args.json);
+        let now = 10 * 3_600 * 1_000_000;
+        let filter = args.filter(now);
+        assert_eq!(
+            filter.statuses,
+            [RunStatus::Failure, RunStatus::Canceled, RunStatus::Success]
+        );
+        assert_eq!(filter.job_name.as_deref(), Some("diamond"));
+        assert_eq!(
+            filter.tags,
+            [
+                ("owner".to_string(), "me".to_string()),
+                ("team".to_string(), "data=eng".to_string())
+            ]
+        );
+        assert_eq!(filter.created_since, Some(8 * 3_600 * 1_000_000));
+        assert_eq!(filter.limit, Some(5));
+
+        let Command::Runs(args) = Cli::parse_from(["stepq", "runs"]).command else {
+            panic!("not runs")
+        };
+        let filter = args.filter(now);
+        assert_eq!(
+            filter,
+            RunFilter::new().with_limit(20),
+            "the default limit stays 20"
+        );
+        assert!(!args.json);
+        let Command::Runs(args) =
+            Cli::parse_from(["stepq", "runs", "--since", "2026-05-01T12:00:00Z"]).command
+        else {
+            panic!("not runs")
+        };
+        assert_eq!(args.filter(now).created_since, Some(1_777_636_800_000_000));
+    }
+
+    #[test]
+    fn bad_runs_filter_values_are_refused_by_the_parser() {
+        for args in [
+            ["stepq", "runs", "--status", "running"],
+            ["stepq", "runs", "--tag", "nokey"],
+            ["stepq", "runs", "--since", "5x"],
+            ["stepq", "runs", "--since", "2026-02-30"],
+            ["stepq", "runs", "--limit", "-1"],
+        ] {
+            let e = Cli::try_parse_from(args).unwrap_err();
+            assert_eq!(e.exit_code(), 2, "{args:?}");
+        }
+    }
+
+    #[test]
+    fn json_flags_parse_on_every_listing_command() {
+        assert!(matches!(
+            Cli::parse_from(["stepq", "status", "r1", "--json"]).command,
+            Command::Status { json: true, .. }
+        ));
+        assert!(matches!(
+            Cli::parse_from(["stepq", "jobs", "--json"]).command,
+            Command::Jobs { json: true }
+        ));
+        assert!(matches!(
+            Cli::parse_from(["stepq", "worker", "list", "--json"]).command,
+            Command::Worker(WorkerCommand::List { json: true })
+        ));
+        assert!(matches!(
+            Cli::parse_from(["stepq", "logs", "r1", "--follow", "--json"]).command,
+            Command::Logs(LogsArgs {
+                follow: true,
+                json: true,
+                ..
+            })
         ));
     }
 }

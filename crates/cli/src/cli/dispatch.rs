@@ -99,20 +99,17 @@ async fn dispatch(cli: Cli, base: CodeLocation) -> Result<u8, Failure> {
     }
     let location = Arc::new(location);
     match cli.command {
-        Command::Jobs => {
-            print_jobs(&base, &files);
-            Ok(0)
-        }
+        Command::Jobs { json } => print_jobs(&base, &files, json),
         command => {
             let app = make_app(&config)
                 .await
                 .map_err(Failure::usage)?
                 .with_process_probe(Arc::new(crate::process::process_runs));
             match command {
-                Command::Jobs => unreachable!("handled above"),
+                Command::Jobs { .. } => unreachable!("handled above"),
                 Command::Run(args) => run_job(&app, location, args).await,
-                Command::Status { run_id } => show_status(&app, &run_id).await,
-                Command::Runs { limit } => list_runs(&app, limit).await,
+                Command::Status { run_id, json } => show_status(&app, &run_id, json).await,
+                Command::Runs(args) => list_runs(&app, &args).await,
                 Command::Cancel(args) => cancel_run(&app, args).await,
                 Command::Launch(args) => launch_run(&app, &location, args).await,
                 Command::Resume(args) => resume_run(&app, location, args).await,
@@ -120,7 +117,7 @@ async fn dispatch(cli: Cli, base: CodeLocation) -> Result<u8, Failure> {
                 Command::Worker(WorkerCommand::Start(args)) => {
                     start_worker(&app, location, args).await
                 }
-                Command::Worker(WorkerCommand::List) => list_workers(&app).await,
+                Command::Worker(WorkerCommand::List { json }) => list_workers(&app, json).await,
             }
         }
     }

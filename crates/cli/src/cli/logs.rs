@@ -1,9 +1,11 @@
-//! `stepq logs`: a run's event log, one line per event, optionally followed to the run's end.
+//! `stepq logs`: a run's event log, one line per event (text, or JSON lines with `--json`),
+//! optionally followed to the run's end.
 
 use stepq::app::{App, AppError};
 use stepq_runs::EventCursor;
 
 use super::failure::Failure;
+use super::json::{print_line, EventJson};
 use super::LogsArgs;
 use crate::report::format_timestamp;
 
@@ -16,6 +18,16 @@ fn log_line(event: &stepq_plan::Event) -> String {
     )
 }
 
+/// Prints one event as text or as a JSON line.
+fn print_event(event: &stepq_plan::Event, json: bool) -> Result<(), Failure> {
+    if json {
+        print_line(&EventJson::from(event))
+    } else {
+        println!("{}", log_line(event));
+        Ok(())
+    }
+}
+
 pub(super) async fn show_logs(app: &App, args: LogsArgs) -> Result<u8, Failure> {
     use futures::StreamExt;
     let run_id = args.run_id.as_str();
@@ -26,7 +38,7 @@ pub(super) async fn show_logs(app: &App, args: LogsArgs) -> Result<u8, Failure> 
             .await
             .map_err(AppError::from)?;
         for event in &events {
-            println!("{}", log_line(event));
+            print_event(event, args.json)?;
         }
         return Ok(0);
     }
@@ -38,9 +50,12 @@ pub(super) async fn show_logs(app: &App, args: LogsArgs) -> Result<u8, Failure> 
     ));
     while let Some(event) = events.next().await {
         let event = event.map_err(|e| Failure::runtime(AppError::from(e)))?;
-        println!("{}", log_line(&event));
+        print_event(&event, args.json)?;
     }
-    let ended = app.runs().get_run(run_id).await.unwrap_or(record);
-    println!("run {run_id} {}", ended.status);
+    // JSON lines are events only: the run's last event says how it ended.
+    if !args.json {
+        let ended = app.runs().get_run(run_id).await.unwrap_or(record);
+        println!("run {run_id} {}", ended.status);
+    }
     Ok(0)
 }

@@ -7,7 +7,8 @@ use stepq::app::{App, AppError};
 use stepq_runs::RunRecord;
 
 use super::failure::Failure;
-use crate::report::{format_timestamp, human_duration, render_table, rows_from_events};
+use super::json::{print_document, RunJson, StatusDocument, StepJson};
+use crate::report::{format_timestamp, human_duration, render_table, rows_from_events, StepRow};
 
 /// Wall time of a recorded run (start to end), if both are known.
 pub(super) async fn finished_elapsed(app: &App, run_id: &str) -> Option<Duration> {
@@ -21,11 +22,21 @@ pub(super) fn record_duration(record: &RunRecord) -> Option<Duration> {
     Some(Duration::from_micros(end.saturating_sub(start)))
 }
 
-pub(super) async fn show_status(app: &App, run_id: &str) -> Result<u8, Failure> {
+pub(super) async fn show_status(app: &App, run_id: &str, json: bool) -> Result<u8, Failure> {
     let record = app.runs().get_run(run_id).await.map_err(AppError::from)?;
     let events = stepq_executor::launcher::read_all_events(app.runs().as_ref(), run_id)
         .await
         .map_err(AppError::from)?;
+    let mut rows = rows_from_events(&events);
+    let placed = place_steps(app, &record, &mut rows).await;
+    if json {
+        print_document(&StatusDocument {
+            run: RunJson::from(&record),
+            steps: rows.iter().map(StepJson::from).collect(),
+            notes: placed,
+        })?;
+        return Ok(0);
+    }
     println!("run:          {}", record.run_id);
     println!("job:          {}", record.job_name);
     println!("status:       {}", record.status);
@@ -40,12 +51,22 @@ pub(super) async fn show_status(app: &App, run_id: &str) -> Result<u8, Failure> 
         println!("steps:        {}", steps.join(", "));
     }
     println!();
-    let mut rows = rows_from_events(&events);
-    let placed = match crate::health::worker_states(app).await {
+    print!("{}", render_table(&rows));
+    if !placed.is_empty() {
+        println!();
+        placed.iter().for_each(|line| println!("{line}"));
+    }
+    Ok(0)
+}
+
+/// Places the run's in-flight steps on the workers holding them (from their heartbeats) and
+/// returns the lines about them; a heartbeat store that cannot be read is a warning on stderr.
+async fn place_steps(app: &App, record: &RunRecord, rows: &mut [StepRow]) -> Vec<String> {
+    match crate::health::worker_states(app).await {
         Ok(workers) => crate::health::place_in_flight(
-            run_id,
+            &record.run_id,
             record.status.is_terminal(),
-            &mut rows,
+            rows,
             &workers,
             app.config().health_interval(),
             crate::health::visibility_timeout(app),
@@ -54,11 +75,5 @@ pub(super) async fn show_status(app: &App, run_id: &str) -> Result<u8, Failure> 
             eprintln!("warning: cannot read the workers' heartbeats: {e}");
             Vec::new()
         }
-    };
-    print!("{}", render_table(&rows));
-    if !placed.is_empty() {
-        println!();
-        placed.iter().for_each(|line| println!("{line}"));
     }
-    Ok(0)
 }

@@ -9,6 +9,7 @@ use stepq_worker::service::host_name;
 use stepq_worker::CodeLocation;
 
 use super::failure::Failure;
+use super::json::{print_document, QueueJson, WorkerJson, WorkersDocument};
 use super::table::simple_table;
 use super::WorkerStartArgs;
 
@@ -41,7 +42,10 @@ pub(super) async fn start_worker(
     }
 }
 
-pub(super) async fn list_workers(app: &App) -> Result<u8, Failure> {
+pub(super) async fn list_workers(app: &App, json: bool) -> Result<u8, Failure> {
+    if json {
+        return list_workers_json(app).await;
+    }
     if app.mode() == Mode::Embedded {
         println!("task queue: in memory, inside each `stepq run` process (embedded default)");
     } else {
@@ -73,5 +77,36 @@ pub(super) async fn list_workers(app: &App) -> Result<u8, Failure> {
             app.config().health_interval()
         )
     );
+    Ok(0)
+}
+
+/// `stepq worker list --json`: the queue (distributed) and the workers as one document.
+async fn list_workers_json(app: &App) -> Result<u8, Failure> {
+    let (mode, queue) = match app.mode() {
+        Mode::Embedded => ("embedded", None),
+        Mode::Distributed => {
+            let depth = app.queue_depth().await?;
+            let queue = QueueJson {
+                url: app.config().sqs.queue_url.clone().unwrap_or_default(),
+                visible: depth.visible,
+                not_visible: depth.not_visible,
+                delayed: depth.delayed,
+            };
+            ("distributed", Some(queue))
+        }
+    };
+    let workers = crate::health::worker_states(app)
+        .await
+        .map_err(AppError::from)?;
+    let interval = app.config().health_interval();
+    print_document(&WorkersDocument {
+        mode,
+        queue,
+        health_interval_us: u64::try_from(interval.as_micros()).unwrap_or(u64::MAX),
+        workers: workers
+            .iter()
+            .map(|w| WorkerJson::new(w, interval))
+            .collect(),
+    })?;
     Ok(0)
 }

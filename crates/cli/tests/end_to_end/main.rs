@@ -1,6 +1,6 @@
 //! The end-to-end scenarios of the `stepq` command line and the app it drives: the CLI
 //! binary against the embedded default ([`cli`], [`demo_jobs`], [`launch`], [`resume`],
-//! [`cancel`], [`cancel_force`], [`health`]) and, gated with `#[ignore = "localstack"]`,
+//! [`cancel`], [`cancel_force`], [`health`], [`json`]) and, gated with `#[ignore = "localstack"]`,
 //! against SQS + S3 on LocalStack with several `stepq worker start` processes
 //! ([`localstack`], [`localstack_health`], [`localstack_launch`]; run them with
 //! `cargo xtask localstack-test`). One test binary, so they link once.
@@ -12,6 +12,7 @@ mod cancel_force;
 mod cli;
 mod demo_jobs;
 mod health;
+mod json;
 mod launch;
 mod localstack;
 mod localstack_health;

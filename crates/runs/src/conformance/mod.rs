@@ -36,6 +36,7 @@
 //! [`HeartbeatStore`]: crate::HeartbeatStore
 
 mod heartbeat_store;
+mod run_filter;
 mod run_store;
 
 use std::time::Duration;
@@ -45,6 +46,7 @@ pub use heartbeat_store::{
     check_heartbeats_reject_invalid_ids, check_heartbeats_survive_a_new_store_instance,
     run_heartbeat_store_suite, HeartbeatStoreFactory,
 };
+pub use run_filter::check_list_runs_matching_filters_newest_first;
 pub use run_store::{
     check_concurrent_appends_lose_nothing, check_concurrent_terminal_transitions_have_one_winner,
     check_create_get_and_list_newest_first, check_data_survives_a_new_store_instance,
@@ -64,6 +66,7 @@ macro_rules! __run_store_checks {
     ($callback:ident $($args:tt)*) => {
         $crate::$callback! { $($args)* [
             check_create_get_and_list_newest_first,
+            check_list_runs_matching_filters_newest_first,
             check_duplicate_create_is_rejected,
             check_unknown_and_invalid_ids_are_errors,
             check_lifecycle_transitions_are_validated,

@@ -12,6 +12,7 @@ use serde_json::json;
 use stepq_plan::{Event, EventKind};
 use tokio::sync::Barrier;
 
+use super::run_filter::check_list_runs_matching_filters_newest_first;
 use super::CASE_STEP_TIMEOUT;
 use crate::{
     follow_events, EventCursor, RunRecord, RunStatus, RunStore, StatusChange, StorageError,
