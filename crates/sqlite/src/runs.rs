@@ -6,8 +6,8 @@ use rusqlite::{params, Connection, OptionalExtension};
 use stepq_plan::Event;
 use stepq_runs::store::check_batch;
 use stepq_runs::{
-    check_for_events, check_id, EventCursor, EventPage, RunRecord, RunStore, StatusChange,
-    StorageError, MAX_BATCHES_PER_READ,
+    check_for_events, check_id, EventCursor, EventPage, RunFilter, RunRecord, RunStore,
+    StatusChange, StorageError, MAX_BATCHES_PER_READ,
 };
 
 use crate::error::SqliteError;
@@ -30,7 +30,7 @@ impl SqliteRunStore {
     }
 }
 
-fn sql<'a>(
+fn sql_error<'a>(
     store: &'a SqliteStore,
     what: &'static str,
 ) -> impl Fn(rusqlite::Error) -> StorageError + 'a {
@@ -58,7 +58,7 @@ fn load(conn: &Connection, store: &SqliteStore, run_id: &str) -> Result<RunRecor
     let bytes: Option<Vec<u8>> = conn
         .prepare_cached("SELECT record FROM runs WHERE run_id = ?1")
         .and_then(|mut s| s.query_row([run_id], |row| row.get(0)).optional())
-        .map_err(sql(store, "reading a run"))?;
+        .map_err(sql_error(store, "reading a run"))?;
     match bytes {
         Some(bytes) => decode(run_id, &bytes),
         None => Err(StorageError::RunNotFound {
@@ -70,7 +70,7 @@ fn load(conn: &Connection, store: &SqliteStore, run_id: &str) -> Result<RunRecor
 fn exists(conn: &Connection, store: &SqliteStore, run_id: &str) -> Result<bool, StorageError> {
     conn.prepare_cached("SELECT 1 FROM runs WHERE run_id = ?1")
         .and_then(|mut s| s.exists([run_id]))
-        .map_err(sql(store, "looking a run up"))
+        .map_err(sql_error(store, "looking a run up"))
 }
 
 #[async_trait]
@@ -102,13 +102,13 @@ impl RunStore for SqliteRunStore {
                         bytes
                     ])
                 })
-                .map_err(sql(&store, "storing a run"))?;
+                .map_err(sql_error(&store, "storing a run"))?;
                 let mut tag = conn
                     .prepare_cached("INSERT INTO run_tags (run_id, key, value) VALUES (?1, ?2, ?3)")
-                    .map_err(sql(&store, "storing a run's tags"))?;
+                    .map_err(sql_error(&store, "storing a run's tags"))?;
                 for (key, value) in &record.tags {
                     tag.execute(params![record.run_id, key, value])
-                        .map_err(sql(&store, "storing a run's tags"))?;
+                        .map_err(sql_error(&store, "storing a run's tags"))?;
                 }
                 Ok(())
             })
@@ -124,21 +124,58 @@ impl RunStore for SqliteRunStore {
     }
 
     async fn list_runs(&self, limit: usize) -> Result<Vec<RunRecord>, StorageError> {
-        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        self.list_runs_matching(&RunFilter::new().with_limit(limit))
+            .await
+    }
+
+    /// One indexed query: statuses, job, creation time and each tag pair are conditions of
+    /// the `SELECT`, newest first, limited in SQL.
+    async fn list_runs_matching(&self, filter: &RunFilter) -> Result<Vec<RunRecord>, StorageError> {
+        let mut sql = String::from("SELECT run_id, record FROM runs WHERE 1 = 1");
+        let mut values: Vec<rusqlite::types::Value> = Vec::new();
+        if !filter.statuses.is_empty() {
+            let marks = vec!["?"; filter.statuses.len()].join(", ");
+            sql.push_str(&format!(" AND status IN ({marks})"));
+            values.extend(
+                filter
+                    .statuses
+                    .iter()
+                    .map(|s| s.as_str().to_string().into()),
+            );
+        }
+        if let Some(job) = &filter.job_name {
+            sql.push_str(" AND job_name = ?");
+            values.push(job.clone().into());
+        }
+        if let Some(since) = filter.created_since {
+            sql.push_str(" AND created_at >= ?");
+            values.push(i64::try_from(since).unwrap_or(i64::MAX).into());
+        }
+        for (key, value) in &filter.tags {
+            sql.push_str(
+                " AND EXISTS (SELECT 1 FROM run_tags t \
+                 WHERE t.run_id = runs.run_id AND t.key = ? AND t.value = ?)",
+            );
+            values.push(key.clone().into());
+            values.push(value.clone().into());
+        }
+        sql.push_str(" ORDER BY created_at DESC, run_id DESC LIMIT ?");
+        let limit = filter
+            .limit
+            .map_or(i64::MAX, |l| i64::try_from(l).unwrap_or(i64::MAX));
+        values.push(limit.into());
         self.store.inner.reads.read(|conn| {
             let mut stmt = conn
-                .prepare_cached(
-                    "SELECT run_id, record FROM runs ORDER BY created_at DESC, run_id DESC LIMIT ?1",
-                )
-                .map_err(sql(&self.store, "listing runs"))?;
+                .prepare_cached(&sql)
+                .map_err(sql_error(&self.store, "listing runs"))?;
             let rows = stmt
-                .query_map([limit], |row| {
+                .query_map(rusqlite::params_from_iter(values), |row| {
                     Ok((row.get::<_, String>(0)?, row.get::<_, Vec<u8>>(1)?))
                 })
-                .map_err(sql(&self.store, "listing runs"))?;
+                .map_err(sql_error(&self.store, "listing runs"))?;
             let mut runs = Vec::new();
             for row in rows {
-                let (run_id, bytes) = row.map_err(sql(&self.store, "listing runs"))?;
+                let (run_id, bytes) = row.map_err(sql_error(&self.store, "listing runs"))?;
                 runs.push(decode(&run_id, &bytes)?);
             }
             Ok(runs)
@@ -166,7 +203,7 @@ impl RunStore for SqliteRunStore {
                 let bytes = encode(&next)?;
                 conn.prepare_cached("UPDATE runs SET status = ?2, record = ?3 WHERE run_id = ?1")
                     .and_then(|mut s| s.execute(params![run_id, next.status.as_str(), bytes]))
-                    .map_err(sql(&store, "changing a run's status"))?;
+                    .map_err(sql_error(&store, "changing a run's status"))?;
                 Ok(next)
             })
             .await?;
@@ -217,7 +254,7 @@ impl RunStore for SqliteRunStore {
                      (SELECT COALESCE(MAX(seq) + 1, 0) FROM events WHERE run_id = ?1), ?2)",
                 )
                 .and_then(|mut s| s.execute(params![owned, batch]))
-                .map_err(sql(&store, "appending events"))?;
+                .map_err(sql_error(&store, "appending events"))?;
                 Ok(())
             })
             .await?;
@@ -242,19 +279,19 @@ impl RunStore for SqliteRunStore {
                     "SELECT seq, batch FROM events WHERE run_id = ?1 AND seq >= ?2 \
                      ORDER BY seq LIMIT ?3",
                 )
-                .map_err(sql(&self.store, "reading events"))?;
+                .map_err(sql_error(&self.store, "reading events"))?;
             let rows = stmt
                 .query_map(
                     params![run_id, from.batch() as i64, MAX_BATCHES_PER_READ as i64],
                     |row| Ok((row.get::<_, i64>(0)?, row.get::<_, Vec<u8>>(1)?)),
                 )
-                .map_err(sql(&self.store, "reading events"))?;
+                .map_err(sql_error(&self.store, "reading events"))?;
             let mut page = EventPage {
                 events: Vec::new(),
                 next: from,
             };
             for row in rows {
-                let (seq, bytes) = row.map_err(sql(&self.store, "reading events"))?;
+                let (seq, bytes) = row.map_err(sql_error(&self.store, "reading events"))?;
                 let batch: Vec<Event> =
                     stepq_plan::unpack(&bytes).map_err(|e| StorageError::Corrupt {
                         location: format!("{DATABASE}: events/{run_id}/{seq}"),

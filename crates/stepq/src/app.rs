@@ -3,14 +3,14 @@
 //! runs recorded in the run store.
 //!
 //! - Embedded default (`task_always_eager = true` or no `sqs.queue_url`): an in-memory broker,
-//!   and the local-directory result backend, output store and run store under `state_dir`
-//!   (`.stepq/results`, `.stepq/outputs`, `.stepq/runs`). Workers run in the same process.
+//!   and every store in one SQLite database under `state_dir` (`.stepq/stepq.db`; or, with
+//!   `state_store = "files"`, the local-directory stores). Workers run in the same process.
 //! - Distributed (feature `aws`): the SQS broker, and the S3 result backend, output store and
 //!   run store in `s3.bucket` under `s3.base_path`. Workers are `stepq worker start` processes
 //!   anywhere.
 //!
 //! With `enable_cancellation = true` (the default) the broker is a
-//! [`CancellableBroker`](stepq_cancel::CancellableBroker): cancel markers in `.stepq/cancels/`
+//! [`CancellableBroker`](stepq_cancel::CancellableBroker): cancel markers in the state directory
 //! (embedded) or under `cancels/` in the bucket (distributed), wake-ups over an in-process
 //! broadcast or per-worker SQS inboxes (see `docs/cancellation.md`). The app's
 //! [`Canceller`] is the executor's cancel hook, and every worker service built by
@@ -147,7 +147,15 @@ impl std::fmt::Debug for App {
 pub async fn make_app(config: &StepqConfig) -> Result<App, ConfigError> {
     config.validate()?;
     let backends = match config.mode() {
-        Mode::Embedded => Backends::embedded(&config.state_dir, config.enable_cancellation),
+        Mode::Embedded => Backends::embedded(
+            &config.state_dir,
+            config.state_store,
+            config.enable_cancellation,
+        )
+        .map_err(|e| ConfigError::Build {
+            component: e.component,
+            message: e.message,
+        })?,
         #[cfg(feature = "aws")]
         Mode::Distributed => {
             Backends::distributed(&config.sqs, &config.s3, config.enable_cancellation)

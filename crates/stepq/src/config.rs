@@ -1,13 +1,14 @@
 //! `stepq.toml`: the configuration of an app (broker, backends, executor and worker settings).
 //!
 //! Every section and key is optional; an empty file (or no file) gives the embedded default:
-//! an in-memory broker and local-directory backends under `.stepq/`. Setting `sqs.queue_url`
+//! an in-memory broker and one SQLite database of state under `.stepq/`. Setting `sqs.queue_url`
 //! (and `s3.bucket`) switches to SQS + S3 unless `task_always_eager = true`.
 //!
 //! ```toml
 //! task_always_eager = false     # true forces the embedded default
 //! enable_cancellation = true
 //! state_dir = ".stepq"          # local runs, outputs and results (embedded default)
+//! state_store = "sqlite"        # sqlite (one database, stepq.db) | files (the old layout)
 //!
 //! [sqs]
 //! queue_url = "https://sqs.us-east-1.amazonaws.com/123456789012/stepq"
@@ -52,7 +53,7 @@ use stepq_aws::sqs::SqsConfig;
 use stepq_aws::{S3Settings, SqsSettings};
 pub use stepq_executor::config::{RetryModeSetting, TagLimitSetting};
 use stepq_executor::{ExecutorConfig, ExecutorError, ExecutorSettings};
-pub use stepq_worker::service::{default_parallelism, WorkerSettings};
+pub use stepq_worker::service::{default_parallelism, StateStore, WorkerSettings};
 use stepq_worker::WorkerError;
 
 #[cfg(feature = "aws")]
@@ -85,6 +86,9 @@ pub struct StepqConfig {
     pub enable_cancellation: bool,
     /// Directory of local state (runs, outputs, results) for the embedded default.
     pub state_dir: PathBuf,
+    /// How the embedded default keeps its state there: `sqlite` (one database, `stepq.db`;
+    /// default) or `files` (one file per record, the layout before the database).
+    pub state_store: StateStore,
     /// The SQS broker (`stepq-aws`; feature `aws`).
     #[cfg(feature = "aws")]
     pub sqs: SqsSettings,
@@ -104,6 +108,7 @@ impl Default for StepqConfig {
             task_always_eager: false,
             enable_cancellation: true,
             state_dir: PathBuf::from(".stepq"),
+            state_store: StateStore::default(),
             #[cfg(feature = "aws")]
             sqs: SqsSettings::default(),
             #[cfg(feature = "aws")]

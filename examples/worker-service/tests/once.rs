@@ -4,14 +4,14 @@
 use std::sync::Arc;
 
 use stepq_executor::{Executor, ExecutorConfig, RunRequest, RunStatus};
-use stepq_worker::service::{Backends, ServiceSettings, WorkerService};
+use stepq_worker::service::{Backends, ServiceSettings, StateStore, WorkerService};
 use stepq_worker::WorkerConfig;
 use tokio_util::sync::CancellationToken;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_example_worker_service_runs_its_job_once() {
     let state = tempfile::tempdir().unwrap();
-    let backends = Backends::embedded(state.path(), true);
+    let backends = Backends::embedded(state.path(), StateStore::Sqlite, true).unwrap();
     let settings = ServiceSettings::new(WorkerConfig::named("example-worker"));
     let location = Arc::new(example_worker_service::location());
     let service =

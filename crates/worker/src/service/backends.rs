@@ -2,9 +2,10 @@
 //! from settings — the embedded set in a local directory, or (feature `aws`, default) SQS +
 //! S3.
 //!
-//! - [`Backends::embedded`]: an in-memory broker, and local-directory result, output, run,
-//!   heartbeat and cancel-marker stores under a state directory. Only workers of the same
-//!   process can serve its queue.
+//! - [`Backends::embedded`]: an in-memory broker, and the result, output, run, heartbeat and
+//!   cancel-marker stores under a state directory: by default one SQLite database
+//!   (`stepq-sqlite`, [`StateStore::Sqlite`]), or the older one-file-per-record directories
+//!   ([`StateStore::Files`]). Only workers of the same process can serve its queue.
 //! - [`Backends::distributed`]: the SQS broker and S3 stores in one bucket under one base
 //!   path. Results are stored in S3 and announced on the sending process's reply queue
 //!   (`stepq_aws::sqs::reply`): workers notify, an orchestrator waits without polling S3.
@@ -17,7 +18,8 @@ use std::path::Path;
 use std::sync::Arc;
 
 use stepq_broker::{InMemoryBroker, TaskQueue};
-use stepq_cancel::{CancellableBroker, Canceller, LocalDirCancelStore};
+use stepq_cancel::{CancelStore, CancellableBroker, Canceller, LocalDirCancelStore};
+use stepq_sqlite::SqliteStore;
 use stepq_results::{LocalDirOutputStore, LocalDirResultBackend, OutputStore, ResultBackend};
 use stepq_runs::{HeartbeatStore, LocalDirHeartbeatStore, LocalDirRunStore, RunStore};
 
@@ -31,6 +33,20 @@ pub struct BackendsError {
     pub component: &'static str,
     /// What went wrong.
     pub message: String,
+}
+
+/// How the embedded default keeps its state under the state directory (`state_store` in
+/// `stepq.toml`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+#[non_exhaustive]
+pub enum StateStore {
+    /// One SQLite database, `stepq.db` (default).
+    #[default]
+    Sqlite,
+    /// One file per record in `runs/`, `results/`, `outputs/`, … (the layout before the
+    /// database; slower, kept for state directories written by it).
+    Files,
 }
 
 /// The queue and stores of one process (see the [module docs](self)).
@@ -61,14 +77,48 @@ impl std::fmt::Debug for Backends {
 }
 
 impl Backends {
-    /// The embedded set under `state_dir` (see the [module docs](self)). Makes no I/O.
-    pub fn embedded(state_dir: &Path, cancellation: bool) -> Self {
-        let results: Arc<dyn ResultBackend> = Arc::new(LocalDirResultBackend::new(state_dir));
-        let (queue, canceller) = if cancellation {
-            let broker = CancellableBroker::in_memory(
-                InMemoryBroker::new(),
+    /// The embedded set under `state_dir`, its stores as `store` says (see the [module
+    /// docs](self)). Opens (creating it if needed) the database of [`StateStore::Sqlite`];
+    /// fails naming the file when it cannot be used. A state directory of the old file
+    /// layout with no database gets a warning saying its runs are not read.
+    pub fn embedded(
+        state_dir: &Path,
+        store: StateStore,
+        cancellation: bool,
+    ) -> Result<Self, BackendsError> {
+        let (results, outputs, runs, heartbeats, cancels): (
+            Arc<dyn ResultBackend>,
+            Arc<dyn OutputStore>,
+            Arc<dyn RunStore>,
+            Arc<dyn HeartbeatStore>,
+            Arc<dyn CancelStore>,
+        ) = match store {
+            StateStore::Sqlite => {
+                if let Some(notice) = stepq_sqlite::old_layout_notice(state_dir) {
+                    tracing::warn!("{notice}");
+                }
+                let db = SqliteStore::open(state_dir).map_err(|e| BackendsError {
+                    component: "the embedded store",
+                    message: e.to_string(),
+                })?;
+                (
+                    Arc::new(db.results()),
+                    Arc::new(db.outputs()),
+                    Arc::new(db.runs()),
+                    Arc::new(db.heartbeats()),
+                    Arc::new(db.cancels()),
+                )
+            }
+            StateStore::Files => (
+                Arc::new(LocalDirResultBackend::new(state_dir)),
+                Arc::new(LocalDirOutputStore::new(state_dir)),
+                Arc::new(LocalDirRunStore::new(state_dir)),
+                Arc::new(LocalDirHeartbeatStore::new(state_dir)),
                 Arc::new(LocalDirCancelStore::new(state_dir)),
-            );
+            ),
+        };
+        let (queue, canceller) = if cancellation {
+            let broker = CancellableBroker::in_memory(InMemoryBroker::new(), cancels);
             let canceller = broker.canceller().clone();
             (TaskQueue::new(Arc::new(broker), results), Some(canceller))
         } else {
@@ -77,15 +127,15 @@ impl Backends {
                 None,
             )
         };
-        Backends {
+        Ok(Backends {
             queue,
-            outputs: Arc::new(LocalDirOutputStore::new(state_dir)),
-            runs: Arc::new(LocalDirRunStore::new(state_dir)),
-            heartbeats: Arc::new(LocalDirHeartbeatStore::new(state_dir)),
+            outputs,
+            runs,
+            heartbeats,
             canceller,
             #[cfg(feature = "aws")]
             sqs: None,
-        }
+        })
     }
 
     /// SQS + S3 as `sqs` and `s3` say (a queue URL and a bucket are required; validate the
@@ -169,11 +219,11 @@ mod tests {
     #[test]
     fn the_embedded_set_follows_the_cancellation_switch() {
         let dir = tempfile::tempdir().unwrap();
-        let on = Backends::embedded(dir.path(), true);
+        let on = Backends::embedded(dir.path(), StateStore::Sqlite, true).unwrap();
         assert!(on.canceller.is_some());
         assert_eq!(on.queue.broker().kind(), "memory");
         assert!(on.service_parts(true).heartbeats.is_some());
-        let off = Backends::embedded(dir.path(), false);
+        let off = Backends::embedded(dir.path(), StateStore::Files, false).unwrap();
         assert!(off.canceller.is_none());
         assert!(off.service_parts(false).heartbeats.is_none());
         assert!(off.service_parts(false).canceller.is_none());

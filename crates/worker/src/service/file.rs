@@ -21,6 +21,8 @@ pub struct ServiceFile {
     pub enable_cancellation: bool,
     /// Local state directory (embedded default only).
     pub state_dir: PathBuf,
+    /// How the embedded default keeps its state (embedded default only).
+    pub state_store: super::StateStore,
     /// `[sqs]`.
     pub sqs: SqsSettings,
     /// `[s3]`.
@@ -37,6 +39,7 @@ impl Default for ServiceFile {
             task_always_eager: false,
             enable_cancellation: true,
             state_dir: PathBuf::from(".stepq"),
+            state_store: super::StateStore::default(),
             sqs: SqsSettings::default(),
             s3: S3Settings::default(),
             worker: WorkerSettings::default(),

@@ -56,7 +56,7 @@ use tokio_util::sync::CancellationToken;
 use crate::health::{HealthError, HealthWriter, DEFAULT_HEALTH_INTERVAL};
 use crate::{step_canceled_result, CodeLocation, Worker, WorkerConfig, WorkerError, WorkerStats};
 
-pub use backends::{Backends, BackendsError};
+pub use backends::{Backends, BackendsError, StateStore};
 pub use settings::{default_parallelism, WorkerSettings};
 
 /// Why a worker service could not start or stopped on an error.
