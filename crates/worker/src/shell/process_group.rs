@@ -106,6 +106,11 @@ impl ProcessGroup {
     /// is left (sooner if nothing is), and reaps the leader.
     pub(super) async fn terminate(&mut self) {
         self.signal(Sig::Term);
+        self.kill_after_grace().await;
+    }
+
+    /// The part of [`terminate`](Self::terminate) after SIGTERM was sent.
+    async fn kill_after_grace(&mut self) {
         let deadline = Instant::now() + self.grace;
         // Elsewhere the zombie leader counts as a member: wait for it first (which reaps it).
         #[cfg(not(target_os = "linux"))]
@@ -172,9 +177,10 @@ impl Drop for ProcessGroup {
                     armed: true,
                     handed_off: true,
                 };
-                // Dropped unfinished (a runtime shutting down drops its tasks), this copy
-                // kills at once.
-                runtime.spawn(async move { group.terminate().await });
+                // SIGTERM now, so it is sent even if the runtime never runs the task. Dropped
+                // unfinished (a runtime shutting down drops its tasks), the copy kills at once.
+                group.signal(Sig::Term);
+                runtime.spawn(async move { group.kill_after_grace().await });
                 return;
             }
         }
