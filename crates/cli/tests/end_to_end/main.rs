@@ -1,9 +1,10 @@
 //! The end-to-end scenarios of the `stepq` command line and the app it drives: the CLI
 //! binary against the embedded default ([`cli`], [`demo_jobs`], [`launch`], [`resume`],
-//! [`cancel`], [`cancel_force`], [`health`], [`json`]) and, gated with `#[ignore = "localstack"]`,
-//! against SQS + S3 on LocalStack with several `stepq worker start` processes
-//! ([`localstack`], [`localstack_health`], [`localstack_launch`]; run them with
-//! `cargo xtask localstack-test`). One test binary, so they link once.
+//! [`cancel`], [`cancel_force`], [`health`], [`json`], [`shell_processes`]) and, gated with
+//! `#[ignore = "localstack"]`, against SQS + S3 on LocalStack with several
+//! `stepq worker start` processes ([`localstack`], [`localstack_health`],
+//! [`localstack_launch`]; run them with `cargo xtask localstack-test`). One test binary, so
+//! they link once.
 
 mod common;
 
@@ -18,3 +19,4 @@ mod localstack;
 mod localstack_health;
 mod localstack_launch;
 mod resume;
+mod shell_processes;

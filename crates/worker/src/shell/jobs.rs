@@ -9,7 +9,7 @@ use std::time::Duration;
 use serde::Deserialize;
 use stepq_plan::{Backoff, Job, RetryPolicy, StepDef};
 
-use super::{ShellOp, EXIT_CODE_OUTPUT, INPUT_ENV_PREFIX, STDOUT_OUTPUT};
+use super::{ShellOp, DEFAULT_KILL_GRACE, EXIT_CODE_OUTPUT, INPUT_ENV_PREFIX, STDOUT_OUTPUT};
 use crate::{CodeLocation, CodeLocationBuilder, LocationErrors, Op};
 
 /// Why a jobs file could not be loaded. Every variant names the file.
@@ -98,6 +98,8 @@ struct StepSpec {
     working_dir: Option<PathBuf>,
     #[serde(default)]
     timeout_seconds: Option<f64>,
+    #[serde(default)]
+    kill_grace_seconds: Option<f64>,
     #[serde(default)]
     inputs: BTreeMap<String, String>,
     #[serde(default)]
@@ -306,6 +308,10 @@ fn build_step(
         Some(t) if t > 0.0 => Some(seconds("timeout_seconds", t).map_err(fail)?),
         Some(t) => return Err(fail(format!("`timeout_seconds` must be positive, got {t}"))),
     };
+    let kill_grace = match spec.kill_grace_seconds {
+        None => DEFAULT_KILL_GRACE,
+        Some(g) => seconds("kill_grace_seconds", g).map_err(fail)?,
+    };
     let mut def = StepDef::new(key.clone(), shell_op_name(job, &key))
         .output(STDOUT_OUTPUT)
         .output(EXIT_CODE_OUTPUT);
@@ -374,6 +380,7 @@ fn build_step(
         timeout,
         stdin_input: spec.stdin,
         success_exit_codes: spec.success_exit_codes.unwrap_or_else(|| vec![0]),
+        kill_grace,
     };
     Ok((def, op))
 }
@@ -415,6 +422,7 @@ mod tests {
         inputs = { lines = "unique.stdout" }
         stdin = "lines"
         timeout_seconds = 5
+        kill_grace_seconds = 0.5
         working_dir = "sub"
     "#;
 
@@ -447,6 +455,14 @@ mod tests {
             .1;
         assert_eq!(count_op.working_dir.as_deref(), Some(Path::new("/tmp/sub")));
         assert_eq!(count_op.timeout, Some(Duration::from_secs(5)));
+        assert_eq!(count_op.kill_grace, Duration::from_millis(500));
+        let emit_op = &jobs
+            .ops
+            .iter()
+            .find(|(n, _)| n == "shell:words/emit")
+            .unwrap()
+            .1;
+        assert_eq!(emit_op.kill_grace, DEFAULT_KILL_GRACE);
     }
 
     #[test]
@@ -536,6 +552,10 @@ mod tests {
         let msg =
             err("[jobs.a]\n[[jobs.a.steps]]\nkey = \"s\"\nargv = [\"true\"]\ntimeout_seconds = 0");
         assert!(msg.contains("timeout_seconds"), "{msg}");
+        let msg = err(
+            "[jobs.a]\n[[jobs.a.steps]]\nkey = \"s\"\nargv = [\"true\"]\nkill_grace_seconds = -1",
+        );
+        assert!(msg.contains("kill_grace_seconds"), "{msg}");
         let msg = err("[jobs.a]\n[[jobs.a.steps]]\nkey = \"s\"\nargv = [\"true\"]\nretry = { max_attempts = 0 }");
         assert!(msg.contains("retry"), "{msg}");
         let msg = err("[jobs.a]\n[[jobs.a.steps]]\nkey = \"s\"\nargv = [\"true\"]\nretry = { max_attempts = 2, delay_seconds = -1 }");

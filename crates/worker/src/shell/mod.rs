@@ -25,6 +25,7 @@
 //! stdin = "lines"
 //! env = { LC_ALL = "C" }
 //! timeout_seconds = 10
+//! kill_grace_seconds = 2
 //! tags = { kind = "coreutils" }
 //! retry = { max_attempts = 3, delay_seconds = 0.5 }
 //! ```
@@ -37,7 +38,9 @@
 //!   `STEPQ_RUN_ID`, `STEPQ_JOB_NAME`, `STEPQ_STEP_KEY` and `STEPQ_ATTEMPT`.
 //! - `working_dir`: where the command runs; a relative path is relative to the directory of
 //!   the jobs file. Default: the worker's current directory.
-//! - `timeout_seconds`: the command is killed after this long and the step fails (`timeout`).
+//! - `timeout_seconds`: the command is stopped after this long and the step fails (`timeout`).
+//! - `kill_grace_seconds`: how long the command's processes get between SIGTERM and SIGKILL
+//!   when the step is stopped (default 5, [`DEFAULT_KILL_GRACE`]; 0 kills at once).
 //! - `inputs`: `{ name = "upstream_step.output" }`. Each input is passed as the environment
 //!   variable `STEPQ_INPUT_<NAME>` (name upper-cased), except the one named by `stdin`, which
 //!   is written to the command's standard input instead (so large texts go through a pipe).
@@ -47,12 +50,22 @@
 //! - `tags`, `retry` (`max_attempts`, `delay_seconds`, `multiplier`, `max_delay_seconds`,
 //!   `jitter`).
 //!
+//! Every command runs as the leader of a process group of its own, and no process of it is
+//! left behind: on timeout, cancel, a worker stopping (past its grace period) or the op's
+//! future being dropped, the whole group gets SIGTERM, then SIGKILL after
+//! `kill_grace_seconds`; when the command exits, whatever it left running in its group
+//! (`cmd &` without `wait`) is stopped the same way before the step reports. On Linux the
+//! command also gets SIGKILL if its worker dies, even SIGKILLed (`PR_SET_PDEATHSIG`); that
+//! does not reach the command's own children (see `docs/cancellation.md`, "Step processes").
+//! A process that leaves the group (`setsid`, `setpgid`) is not followed.
+//!
 //! Every step has two outputs: `stdout` (the standard output, as text, unchanged) and
 //! `exit_code` (an integer). A failing command (other exit code, killed by a signal, timed out,
 //! not startable) fails the step with the tail of its standard error in the error.
 
 mod jobs;
 mod op;
+mod process_group;
 
 pub use jobs::{copy_location, shell_op_name, ShellJob, ShellJobs, TomlJobsError};
 pub use op::ShellOp;
@@ -63,5 +76,8 @@ pub const STDOUT_OUTPUT: &str = "stdout";
 pub const EXIT_CODE_OUTPUT: &str = "exit_code";
 /// Prefix of the environment variables carrying inputs.
 pub const INPUT_ENV_PREFIX: &str = "STEPQ_INPUT_";
+/// How long a command's processes get between SIGTERM and SIGKILL by default
+/// ([`ShellOp::with_kill_grace`], `kill_grace_seconds` in a jobs file).
+pub const DEFAULT_KILL_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
 /// How much of standard error a failure carries (the end of it).
 pub(crate) const STDERR_TAIL_BYTES: usize = 2048;

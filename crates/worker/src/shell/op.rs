@@ -6,9 +6,12 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use super::{EXIT_CODE_OUTPUT, INPUT_ENV_PREFIX, STDERR_TAIL_BYTES, STDOUT_OUTPUT};
+use super::process_group::ProcessGroup;
+use super::{
+    DEFAULT_KILL_GRACE, EXIT_CODE_OUTPUT, INPUT_ENV_PREFIX, STDERR_TAIL_BYTES, STDOUT_OUTPUT,
+};
 use crate::{Op, OpContext, OpError, StepInputs, StepOutputs};
 
 /// An op that runs a command (see the [module docs](super) for how inputs and outputs map).
@@ -20,10 +23,12 @@ pub struct ShellOp {
     pub(super) timeout: Option<Duration>,
     pub(super) stdin_input: Option<String>,
     pub(super) success_exit_codes: Vec<i32>,
+    pub(super) kill_grace: Duration,
 }
 
 impl ShellOp {
-    /// An op running `argv` with no extra environment, no timeout and no standard input.
+    /// An op running `argv` with no extra environment, no timeout, no standard input and
+    /// [`DEFAULT_KILL_GRACE`] between SIGTERM and SIGKILL.
     pub fn new(argv: Vec<String>) -> Self {
         ShellOp {
             argv,
@@ -32,10 +37,19 @@ impl ShellOp {
             timeout: None,
             stdin_input: None,
             success_exit_codes: vec![0],
+            kill_grace: DEFAULT_KILL_GRACE,
         }
     }
 
-    /// Kills the command after `timeout`.
+    /// How long the command's processes get between SIGTERM and SIGKILL when the step is
+    /// cancelled, times out or is dropped, and what the command leaves running when it exits
+    /// (default [`DEFAULT_KILL_GRACE`]; zero kills at once).
+    pub fn with_kill_grace(mut self, grace: Duration) -> Self {
+        self.kill_grace = grace;
+        self
+    }
+
+    /// Stops the command (its whole process group) after `timeout`.
     pub fn with_timeout(mut self, timeout: Duration) -> Self {
         self.timeout = Some(timeout);
         self
@@ -73,6 +87,42 @@ fn input_text(inputs: &StepInputs, name: &str) -> Result<String, OpError> {
     })
 }
 
+/// How the wait for a command ended.
+enum Ended {
+    Exited(std::io::Result<std::process::ExitStatus>),
+    TimedOut,
+    Canceled,
+}
+
+/// Reads a pipe to its end on a task of its own (an absent pipe reads as empty).
+fn read_all<R>(pipe: Option<R>) -> tokio::task::JoinHandle<std::io::Result<Vec<u8>>>
+where
+    R: tokio::io::AsyncRead + Unpin + Send + 'static,
+{
+    tokio::spawn(async move {
+        let mut bytes = Vec::new();
+        if let Some(mut pipe) = pipe {
+            pipe.read_to_end(&mut bytes).await?;
+        }
+        Ok(bytes)
+    })
+}
+
+/// What a [`read_all`] task read, or why it could not.
+async fn collected(
+    reading: tokio::task::JoinHandle<std::io::Result<Vec<u8>>>,
+    program: &str,
+) -> Result<Vec<u8>, OpError> {
+    let error = match reading.await {
+        Ok(Ok(bytes)) => return Ok(bytes),
+        Ok(Err(e)) => OpError::from(e),
+        Err(e) => OpError::new("wait_error", e.to_string()),
+    };
+    Err(error
+        .context(format!("reading the output of `{program}` failed"))
+        .with_kind("wait_error"))
+}
+
 /// The last `STDERR_TAIL_BYTES` of standard error, as text.
 fn stderr_tail(stderr: &[u8]) -> String {
     let start = stderr.len().saturating_sub(STDERR_TAIL_BYTES);
@@ -96,8 +146,7 @@ impl Op for ShellOp {
             .env("STEPQ_STEP_KEY", ctx.step_key())
             .env("STEPQ_ATTEMPT", ctx.attempt().to_string())
             .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .kill_on_drop(true);
+            .stderr(Stdio::piped());
         if let Some(dir) = &self.working_dir {
             cmd.current_dir(dir);
         }
@@ -124,11 +173,12 @@ impl Op for ShellOp {
         } else {
             Stdio::null()
         });
-        let mut child = cmd.spawn().map_err(|e| {
+        let mut group = ProcessGroup::spawn(&mut cmd, self.kill_grace).map_err(|e| {
             OpError::from(e)
                 .context(format!("cannot start `{}`", self.program()))
                 .with_kind("spawn_error")
         })?;
+        let child = group.child_mut();
         if let (Some(text), Some(mut stdin)) = (stdin_text, child.stdin.take()) {
             // Written concurrently with reading the output, so a command that writes before it
             // has read all its input cannot deadlock; a command that exits without reading
@@ -138,36 +188,60 @@ impl Op for ShellOp {
                 let _ = stdin.shutdown().await;
             });
         }
-        let finished = child.wait_with_output();
-        let output = tokio::select! {
-            out = async {
-                match self.timeout {
-                    Some(t) => tokio::time::timeout(t, finished).await.ok(),
-                    None => Some(finished.await),
-                }
-            } => match out {
-                Some(r) => r.map_err(|e| {
-                    OpError::from(e)
-                        .context(format!("waiting for `{}` failed", self.program()))
-                        .with_kind("wait_error")
-                })?,
-                None => {
-                    return Err(OpError::new(
-                        "timeout",
-                        format!(
-                            "`{}` did not finish within {:?} and was killed",
-                            self.program(),
-                            self.timeout.unwrap_or_default()
-                        ),
-                    ))
-                }
-            },
-            _ = ctx.cancelled() => {
+        // Read on tasks of their own, so the pipes drain while the command runs; they end when
+        // the last process holding a pipe does (the group is taken down below, in every case).
+        let stdout = read_all(child.stdout.take());
+        let stderr = read_all(child.stderr.take());
+        let ended = {
+            let exited = group.wait();
+            tokio::select! {
+                out = async {
+                    match self.timeout {
+                        Some(t) => tokio::time::timeout(t, exited).await.ok(),
+                        None => Some(exited.await),
+                    }
+                } => match out {
+                    Some(status) => Ended::Exited(status),
+                    None => Ended::TimedOut,
+                },
+                _ = ctx.cancelled() => Ended::Canceled,
+            }
+        };
+        let status = match ended {
+            Ended::Exited(Ok(status)) => {
+                // What the command left running in its group goes too.
+                group.finish().await;
+                status
+            }
+            Ended::Exited(Err(e)) => {
+                group.terminate().await;
+                return Err(OpError::from(e)
+                    .context(format!("waiting for `{}` failed", self.program()))
+                    .with_kind("wait_error"));
+            }
+            Ended::TimedOut => {
+                group.terminate().await;
+                return Err(OpError::new(
+                    "timeout",
+                    format!(
+                        "`{}` did not finish within {:?} and was killed",
+                        self.program(),
+                        self.timeout.unwrap_or_default()
+                    ),
+                ));
+            }
+            Ended::Canceled => {
+                group.terminate().await;
                 return Err(OpError::new(
                     "canceled",
                     format!("`{}` was killed: the step was canceled", self.program()),
-                ))
+                ));
             }
+        };
+        let output = std::process::Output {
+            status,
+            stdout: collected(stdout, self.program()).await?,
+            stderr: collected(stderr, self.program()).await?,
         };
         let tail = stderr_tail(&output.stderr);
         let code = match output.status.code() {
