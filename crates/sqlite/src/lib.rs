@@ -171,12 +171,9 @@ impl SqliteStore {
 }
 
 /// If `state_dir` holds the file layout of the local-directory stores (`runs/`, `results/`,
-/// `outputs/` directories) beside no database, a notice saying those runs are not read by
-/// the SQLite store and what to do; `None` otherwise.
+/// `outputs/` … directories), a notice saying those runs are not read by the SQLite store and
+/// what to do; `None` otherwise.
 pub fn old_layout_notice(state_dir: &Path) -> Option<String> {
-    if state_dir.join(DATABASE_FILE).exists() {
-        return None;
-    }
     let old: Vec<&str> = ["runs", "results", "outputs", "heartbeats", "cancels"]
         .into_iter()
         .filter(|d| state_dir.join(d).is_dir())
@@ -187,7 +184,7 @@ pub fn old_layout_notice(state_dir: &Path) -> Option<String> {
     Some(format!(
         "{} holds runs in the old file layout ({}/); the embedded store is now the database {} \
          and does not read them. They stay where they are: delete those directories to \
-         reclaim the space, or set `[embedded] store = \"files\"` in stepq.toml to keep using them",
+         reclaim the space, or set `state_store = \"files\"` in stepq.toml to keep using them",
         state_dir.display(),
         old.join("/, "),
         state_dir.join(DATABASE_FILE).display(),

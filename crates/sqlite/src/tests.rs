@@ -251,9 +251,11 @@ fn the_old_file_layout_gets_a_notice() {
         "{notice}"
     );
     drop(SqliteStore::open(dir.path()).unwrap());
-    assert_eq!(
-        old_layout_notice(dir.path()),
-        None,
-        "once the database exists"
+    assert!(
+        old_layout_notice(dir.path()).is_some(),
+        "until they are gone"
     );
+    std::fs::remove_dir(dir.path().join("runs")).unwrap();
+    std::fs::remove_dir(dir.path().join("results")).unwrap();
+    assert_eq!(old_layout_notice(dir.path()), None);
 }

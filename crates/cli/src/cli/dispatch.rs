@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use clap::Parser;
 use stepq::app::make_app;
-use stepq::config::StepqConfig;
+use stepq::config::{Mode, StateStore, StepqConfig};
 use stepq_worker::shell::ShellJobs;
 use stepq_worker::CodeLocation;
 
@@ -101,6 +101,12 @@ async fn dispatch(cli: Cli, base: CodeLocation) -> Result<u8, Failure> {
     match cli.command {
         Command::Jobs { json } => print_jobs(&base, &files, json),
         command => {
+            if config.mode() == Mode::Embedded && config.state_store == StateStore::Sqlite {
+                // Said on every run until the old directories are gone or kept on purpose.
+                if let Some(notice) = stepq_sqlite::old_layout_notice(&config.state_dir) {
+                    eprintln!("warning: {notice}");
+                }
+            }
             let app = make_app(&config)
                 .await
                 .map_err(Failure::usage)?

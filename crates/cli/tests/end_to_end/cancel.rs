@@ -57,9 +57,16 @@ async fn make_app_wires_the_cancellable_broker_by_default() {
     let app = app_with(dir.path(), |_| {}).await;
     let canceller = app.canceller().expect("cancellation is on by default");
     assert!(app.cancel_hook().is_some());
-    // Markers go under the state dir, where other processes on this machine see them.
+    // Markers go into the state dir's database, where other processes on this machine see
+    // them.
     canceller.cancel_task("task-1").await.unwrap();
-    assert!(dir.path().join("cancels").is_dir());
+    let other_process = stepq_sqlite::SqliteStore::open(dir.path())
+        .unwrap()
+        .cancels();
+    assert!(stepq_cancel::CancelStore::get(&other_process, "task-1")
+        .await
+        .unwrap()
+        .is_some());
     assert!(canceller.is_cancelled("task-1").await.unwrap());
 
     let off = app_with(dir.path(), |c| c.enable_cancellation = false).await;

@@ -28,7 +28,11 @@ fn run_diamond_succeeds_with_a_summary() {
     }
     assert!(text.contains("subtract.result = -1"), "{text}");
     assert!(text.contains("SUCCESS"), "{text}");
-    assert!(dir.path().join(".stepq/runs").is_dir());
+    assert!(dir.path().join(".stepq/stepq.db").is_file());
+    assert!(
+        !dir.path().join(".stepq/runs").exists(),
+        "no file-per-record layout"
+    );
 }
 
 #[test]
@@ -351,4 +355,60 @@ fn output_into_a_closed_pipe_ends_quietly() {
         const SIGPIPE: i32 = 13;
         assert_eq!(out.status.signal(), Some(SIGPIPE), "{:?} {err}", out.status);
     }
+}
+
+#[test]
+fn an_old_file_layout_state_dir_gets_a_notice_and_state_store_files_keeps_it() {
+    let dir = tempfile::tempdir().unwrap();
+    // A state dir as the file-per-record stores left it.
+    std::fs::create_dir_all(dir.path().join(".stepq/runs/old-run")).unwrap();
+    let out = run(dir.path(), &["run", "diamond"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let err = stderr(&out);
+    assert!(
+        err.contains("old file layout") && err.contains("state_store"),
+        "the old layout is named, with what to do: {err}"
+    );
+    assert!(dir.path().join(".stepq/stepq.db").is_file());
+    assert!(
+        dir.path().join(".stepq/runs/old-run").is_dir(),
+        "left in place"
+    );
+
+    let files = tempfile::tempdir().unwrap();
+    std::fs::write(files.path().join("stepq.toml"), "state_store = \"files\"\n").unwrap();
+    let out = run(files.path(), &["--config", "stepq.toml", "run", "diamond"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert!(files.path().join(".stepq/runs").is_dir());
+    assert!(!files.path().join(".stepq/stepq.db").exists());
+    let out = run(files.path(), &["--config", "stepq.toml", "runs"]);
+    assert!(stdout(&out).contains("diamond"), "{}", stdout(&out));
+
+    std::fs::write(
+        files.path().join("bad.toml"),
+        "state_store = \"postgres\"\n",
+    )
+    .unwrap();
+    let out = run(files.path(), &["--config", "bad.toml", "runs"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stderr(&out).contains("state_store"), "{}", stderr(&out));
+}
+
+#[test]
+fn a_state_dir_database_that_is_not_a_database_is_an_error_naming_it() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(dir.path().join(".stepq")).unwrap();
+    std::fs::write(dir.path().join(".stepq/stepq.db"), vec![b'x'; 4096]).unwrap();
+    let out = run(dir.path(), &["run", "diamond"]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    let err = stderr(&out);
+    assert!(
+        err.contains(".stepq/stepq.db") && err.contains("move it away"),
+        "{err}"
+    );
+    assert_eq!(
+        std::fs::read(dir.path().join(".stepq/stepq.db")).unwrap(),
+        vec![b'x'; 4096],
+        "nothing overwritten"
+    );
 }
