@@ -8,9 +8,11 @@
 //! - `orchestration`: executor + in-memory broker + in-memory result backend + receivers that
 //!   answer each step at once: the orchestration cost per step, without any op or output I/O.
 //! - `embedded_memory`: real workers running the no-op ops, in-memory results and outputs.
-//! - `embedded_local_dir`: the embedded default as `stepq run` sets it up: real workers,
-//!   local-directory results and outputs, and every event appended to the local run store
-//!   (in a temporary directory under `target/stepq-bench`, or `$STEPQ_BENCH_DIR`).
+//! - `embedded_sqlite`: the embedded default as `stepq run` sets it up: real workers, and
+//!   results, outputs and every event in one SQLite database (`stepq-sqlite`, in a temporary
+//!   directory under `target/stepq-bench`, or `$STEPQ_BENCH_DIR`); the summary line adds the
+//!   database's size per step.
+//! - `embedded_local_dir`: the same on the file-per-record stores (`state_store = "files"`).
 //!
 //! Workers: as many as cores, one step at a time each (as `stepq run`). Every iteration is a
 //! fresh run id; its outputs and event log are deleted afterwards, outside the timing. After
@@ -71,6 +73,7 @@ fn group(c: &mut Criterion, name: &str, backends: Backends, workers: Workers, ti
         .warm_up_time(Duration::from_secs(1))
         .measurement_time(time);
     let mut summaries = Vec::new();
+    let mut steps_run = 0u64;
     for (shape, job) in &jobs {
         let steps = job.steps().len();
         let totals = Mutex::new(RunTimes::default());
@@ -86,6 +89,7 @@ fn group(c: &mut Criterion, name: &str, backends: Backends, workers: Workers, ti
             });
         });
         let totals = totals.into_inner().expect("totals lock");
+        steps_run += totals.runs * steps as u64;
         summaries.push(summary(
             &format!("{name}/{}/{steps}", shape.name()),
             steps,
@@ -93,6 +97,17 @@ fn group(c: &mut Criterion, name: &str, backends: Backends, workers: Workers, ti
         ));
     }
     group.finish();
+    if let Some(db) = &stack.sqlite {
+        // Run records, event logs and results stay; outputs are deleted after each run.
+        let bytes = db.file_size();
+        summaries.push(format!(
+            "summary {name}: database {bytes} bytes after {steps_run} steps: {:.0} bytes/step \
+             (records, events, results; outputs deleted per run); {} writes in {} commits",
+            bytes as f64 / steps_run.max(1) as f64,
+            db.write_stats().writes,
+            db.write_stats().batches,
+        ));
+    }
     rt.block_on(stack.shutdown());
     for line in summaries {
         println!("{line}");
@@ -149,5 +164,22 @@ fn embedded_local_dir(c: &mut Criterion) {
     );
 }
 
-criterion_group!(benches, orchestration, embedded_memory, embedded_local_dir);
+fn embedded_sqlite(c: &mut Criterion) {
+    let workers = Workers::Real { count: cores() };
+    group(
+        c,
+        "embedded_sqlite",
+        Backends::Sqlite,
+        workers,
+        Duration::from_secs(10),
+    );
+}
+
+criterion_group!(
+    benches,
+    orchestration,
+    embedded_memory,
+    embedded_sqlite,
+    embedded_local_dir
+);
 criterion_main!(benches);

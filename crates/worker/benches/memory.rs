@@ -141,7 +141,7 @@ impl Options {
         match (&self.sizes, backends) {
             (Some(sizes), _) => sizes.clone(),
             (None, Backends::Memory) => vec![1_000, 10_000, 50_000],
-            (None, Backends::LocalDir) => vec![1_000, 10_000],
+            (None, Backends::LocalDir | Backends::Sqlite) => vec![1_000, 10_000],
         }
     }
 }
@@ -157,7 +157,7 @@ fn options() -> Options {
     let mut o = Options {
         sizes: None,
         shapes: vec![Shape::FanOut, Shape::Chain],
-        backends: vec![Backends::Memory, Backends::LocalDir],
+        backends: vec![Backends::Memory, Backends::Sqlite, Backends::LocalDir],
         workers: "real".into(),
         visibility: Duration::from_secs(30),
         runs: 2,
@@ -190,6 +190,7 @@ fn options() -> Options {
                 o.backends = list(&value(&mut args), |v| match v {
                     "memory" => Some(Backends::Memory),
                     "local_dir" => Some(Backends::LocalDir),
+                    "sqlite" => Some(Backends::Sqlite),
                     _ => None,
                 })
             }

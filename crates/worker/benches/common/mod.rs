@@ -109,9 +109,13 @@ pub(crate) fn location_with_logs(jobs: &[Arc<Job>], logs: usize) -> Arc<CodeLoca
 pub(crate) enum Backends {
     /// In-memory result backend and output store; events are read and dropped.
     Memory,
-    /// The embedded default: local-directory result backend, output store and run store
-    /// (every event appended to the run's log), in a temporary directory.
+    /// The file-per-record stores (`state_store = "files"`): local-directory result
+    /// backend, output store and run store (every event appended to the run's log), in a
+    /// temporary directory.
     LocalDir,
+    /// The embedded default: one SQLite database (`stepq-sqlite`) holding results, outputs
+    /// and the run store (every event appended to the run's log), in a temporary directory.
+    Sqlite,
 }
 
 impl Backends {
@@ -120,6 +124,7 @@ impl Backends {
         match self {
             Backends::Memory => "memory",
             Backends::LocalDir => "local_dir",
+            Backends::Sqlite => "sqlite",
         }
     }
 }
@@ -147,8 +152,10 @@ pub(crate) struct Stack {
     /// The executor runs are started on.
     pub executor: Executor,
     outputs: Arc<dyn OutputStore>,
-    runs: Option<LocalDirRunStore>,
+    runs: Option<Arc<dyn RunStore>>,
     dir: Option<tempfile::TempDir>,
+    /// The database of [`Backends::Sqlite`].
+    pub sqlite: Option<stepq_sqlite::SqliteStore>,
     stop: CancellationToken,
     workers: Vec<JoinHandle<()>>,
 }
@@ -185,30 +192,49 @@ impl Stack {
         location: Arc<CodeLocation>,
         config: ExecutorConfig,
     ) -> Stack {
-        let (results, outputs, runs, dir): (Arc<dyn ResultBackend>, Arc<dyn OutputStore>, _, _) =
-            match backends {
-                Backends::Memory => (
-                    Arc::new(InMemoryResultBackend::new()),
-                    Arc::new(InMemoryOutputStore::new()),
-                    None,
-                    None,
-                ),
-                Backends::LocalDir => {
-                    let parent = state_parent();
-                    std::fs::create_dir_all(&parent).expect("create the benchmark state directory");
-                    let dir = tempfile::Builder::new()
-                        .prefix("stepq-")
-                        .tempdir_in(&parent)
-                        .expect("a temporary state directory");
-                    let root = dir.path().to_path_buf();
-                    (
-                        Arc::new(LocalDirResultBackend::new(&root)),
-                        Arc::new(LocalDirOutputStore::new(&root)),
-                        Some(LocalDirRunStore::new(&root)),
-                        Some(dir),
-                    )
-                }
-            };
+        let temp_dir = || {
+            let parent = state_parent();
+            std::fs::create_dir_all(&parent).expect("create the benchmark state directory");
+            tempfile::Builder::new()
+                .prefix("stepq-")
+                .tempdir_in(&parent)
+                .expect("a temporary state directory")
+        };
+        let mut sqlite = None;
+        let (results, outputs, runs, dir): (
+            Arc<dyn ResultBackend>,
+            Arc<dyn OutputStore>,
+            Option<Arc<dyn RunStore>>,
+            _,
+        ) = match backends {
+            Backends::Memory => (
+                Arc::new(InMemoryResultBackend::new()),
+                Arc::new(InMemoryOutputStore::new()),
+                None,
+                None,
+            ),
+            Backends::LocalDir => {
+                let dir = temp_dir();
+                let root = dir.path().to_path_buf();
+                (
+                    Arc::new(LocalDirResultBackend::new(&root)),
+                    Arc::new(LocalDirOutputStore::new(&root)),
+                    Some(Arc::new(LocalDirRunStore::new(&root))),
+                    Some(dir),
+                )
+            }
+            Backends::Sqlite => {
+                let dir = temp_dir();
+                let db = stepq_sqlite::SqliteStore::open(dir.path()).expect("open the database");
+                sqlite = Some(db.clone());
+                (
+                    Arc::new(db.results()),
+                    Arc::new(db.outputs()),
+                    Some(Arc::new(db.runs())),
+                    Some(dir),
+                )
+            }
+        };
         let queue = TaskQueue::new(Arc::new(broker), results);
         queue.startup().await.expect("queue startup");
         let stop = CancellationToken::new();
@@ -242,6 +268,7 @@ impl Stack {
             outputs,
             runs,
             dir,
+            sqlite,
             stop,
             workers: handles,
         }
