@@ -51,39 +51,43 @@ fn throughput(c: &mut Criterion) {
     for writers in [1usize, 8, 64] {
         group.throughput(Throughput::Elements(RESULTS_PER_ITERATION as u64));
         let before = store.write_stats();
-        group.bench_with_input(BenchmarkId::new("writers", writers), &writers, |b, &writers| {
-            b.to_async(&rt).iter_custom(|iters| {
-                let (results, result) = (results.clone(), result.clone());
-                let base = next;
-                next += iters * RESULTS_PER_ITERATION as u64;
-                async move {
-                    let per_writer = RESULTS_PER_ITERATION / writers;
-                    let started = Instant::now();
-                    for iter in 0..iters {
-                        let tasks: Vec<_> = (0..writers)
-                            .map(|w| {
-                                let (results, result) = (results.clone(), result.clone());
-                                let first = base
-                                    + iter * RESULTS_PER_ITERATION as u64
-                                    + (w * per_writer) as u64;
-                                tokio::spawn(async move {
-                                    for i in 0..per_writer as u64 {
-                                        results
-                                            .set_result(&format!("task-{}", first + i), &result)
-                                            .await
-                                            .expect("store a result");
-                                    }
+        group.bench_with_input(
+            BenchmarkId::new("writers", writers),
+            &writers,
+            |b, &writers| {
+                b.to_async(&rt).iter_custom(|iters| {
+                    let (results, result) = (results.clone(), result.clone());
+                    let base = next;
+                    next += iters * RESULTS_PER_ITERATION as u64;
+                    async move {
+                        let per_writer = RESULTS_PER_ITERATION / writers;
+                        let started = Instant::now();
+                        for iter in 0..iters {
+                            let tasks: Vec<_> = (0..writers)
+                                .map(|w| {
+                                    let (results, result) = (results.clone(), result.clone());
+                                    let first = base
+                                        + iter * RESULTS_PER_ITERATION as u64
+                                        + (w * per_writer) as u64;
+                                    tokio::spawn(async move {
+                                        for i in 0..per_writer as u64 {
+                                            results
+                                                .set_result(&format!("task-{}", first + i), &result)
+                                                .await
+                                                .expect("store a result");
+                                        }
+                                    })
                                 })
-                            })
-                            .collect();
-                        for task in tasks {
-                            task.await.expect("writer task");
+                                .collect();
+                            for task in tasks {
+                                task.await.expect("writer task");
+                            }
                         }
+                        started.elapsed()
                     }
-                    started.elapsed()
-                }
-            });
-        });
+                });
+            },
+        );
         let after = store.write_stats();
         let writes = after.writes - before.writes;
         let batches = (after.batches - before.batches).max(1);
