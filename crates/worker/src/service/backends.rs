@@ -49,6 +49,15 @@ pub enum StateStore {
     Files,
 }
 
+/// Result backend, output, run, heartbeat and cancel-marker stores of the embedded set.
+type EmbeddedStores = (
+    Arc<dyn ResultBackend>,
+    Arc<dyn OutputStore>,
+    Arc<dyn RunStore>,
+    Arc<dyn HeartbeatStore>,
+    Arc<dyn CancelStore>,
+);
+
 /// The queue and stores of one process (see the [module docs](self)).
 #[derive(Clone)]
 pub struct Backends {
@@ -86,13 +95,7 @@ impl Backends {
         store: StateStore,
         cancellation: bool,
     ) -> Result<Self, BackendsError> {
-        let (results, outputs, runs, heartbeats, cancels): (
-            Arc<dyn ResultBackend>,
-            Arc<dyn OutputStore>,
-            Arc<dyn RunStore>,
-            Arc<dyn HeartbeatStore>,
-            Arc<dyn CancelStore>,
-        ) = match store {
+        let (results, outputs, runs, heartbeats, cancels): EmbeddedStores = match store {
             StateStore::Sqlite => {
                 if let Some(notice) = stepq_sqlite::old_layout_notice(state_dir) {
                     tracing::warn!("{notice}");
