@@ -147,6 +147,15 @@ pub(crate) enum Workers {
     },
 }
 
+/// Result backend, output store, run store (when events are recorded) and the temporary
+/// directory holding them.
+type BenchStores = (
+    Arc<dyn ResultBackend>,
+    Arc<dyn OutputStore>,
+    Option<Arc<dyn RunStore>>,
+    Option<tempfile::TempDir>,
+);
+
 /// The broker, backends, executor and workers of one benchmark.
 pub(crate) struct Stack {
     /// The executor runs are started on.
@@ -201,12 +210,7 @@ impl Stack {
                 .expect("a temporary state directory")
         };
         let mut sqlite = None;
-        let (results, outputs, runs, dir): (
-            Arc<dyn ResultBackend>,
-            Arc<dyn OutputStore>,
-            Option<Arc<dyn RunStore>>,
-            _,
-        ) = match backends {
+        let (results, outputs, runs, dir): BenchStores = match backends {
             Backends::Memory => (
                 Arc::new(InMemoryResultBackend::new()),
                 Arc::new(InMemoryOutputStore::new()),
