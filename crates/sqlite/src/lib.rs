@@ -10,9 +10,9 @@
 //! - **Readers never wait for the writer** (WAL); other processes may read and write the same
 //!   file (`stepq cancel`, `status`, `logs --follow` from another terminal); SQLite's locking
 //!   keeps their compare-and-set changes atomic.
-//! - **In-process notification**: a result or a run's events written by this process wake
-//!   its waiters at once; writes of other processes are seen by a poll (5 ms doubling to
-//!   250 ms).
+//! - **Notification, not polling**: a result or a run's events written by this process wake
+//!   its waiters at once (a result is handed over in memory); commits of other processes wake
+//!   every waiter within 50 ms (the writer thread watches `PRAGMA data_version`).
 //! - **Outputs** up to [`SqliteOptions::inline_output_limit`] live in the database; larger
 //!   ones are files under `blobs/` beside it, written (to a temporary name, then renamed)
 //!   before the row that names them commits, with their size and digest checked on read.
@@ -51,8 +51,9 @@ mod results;
 mod runs;
 mod writer;
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 pub use cancel::SqliteCancelStore;
 pub use db::SqliteOptions;
@@ -85,8 +86,11 @@ struct Inner {
     options: SqliteOptions,
     writer: Writer,
     reads: db::ReadPool,
-    results_ready: Notifier,
-    events_added: Notifier,
+    results_ready: Arc<Notifier>,
+    events_added: Arc<Notifier>,
+    /// Results stored by this process for a waiter of this process, handed over without a
+    /// read of the database (taken by the waiter, or dropped by `delete_result`).
+    handoff: Mutex<HashMap<String, stepq_results::TaskResult>>,
 }
 
 impl SqliteStore {
@@ -109,7 +113,18 @@ impl SqliteStore {
             )
         })?;
         let conn = db::open_writer(&path, &options)?;
-        let writer = Writer::start(conn, path.clone(), options.linger)?;
+        let results_ready = Arc::new(Notifier::default());
+        let events_added = Arc::new(Notifier::default());
+        let wake = (results_ready.clone(), events_added.clone());
+        let writer = Writer::start(
+            conn,
+            path.clone(),
+            options.linger,
+            Box::new(move || {
+                wake.0.wake_all();
+                wake.1.wake_all();
+            }),
+        )?;
         Ok(SqliteStore {
             inner: Arc::new(Inner {
                 reads: db::ReadPool::new(path.clone(), options.clone()),
@@ -117,8 +132,9 @@ impl SqliteStore {
                 path,
                 options,
                 writer,
-                results_ready: Notifier::default(),
-                events_added: Notifier::default(),
+                results_ready,
+                events_added,
+                handoff: Mutex::new(HashMap::new()),
             }),
         })
     }

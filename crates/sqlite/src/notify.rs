@@ -1,7 +1,9 @@
-//! In-process wake-ups: a waiter for a key (a task's result, a run's log) registers before it
-//! reads the database, and the write that changes the key wakes it after its commit, so a
-//! waiter in the writing process never polls. Writes of other processes are seen by a poll
-//! with capped backoff beside the wake-up.
+//! Wake-ups: a waiter for a key (a task's result, a run's log) registers before it reads the
+//! database, and the write that changes the key wakes it after its commit, so a waiter in the
+//! writing process never polls. Commits of other processes (or other handles on the file)
+//! wake every waiter: the writer thread sees them within [`EXTERNAL_CHECK`] through
+//! `PRAGMA data_version` (see `writer.rs`). A slow safety poll ([`SAFETY_POLL`]) bounds the
+//! wait should a wake-up ever be missed.
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -10,10 +12,10 @@ use std::time::Duration;
 
 use tokio::sync::Notify;
 
-/// First delay of the poll that catches other processes' writes.
-pub(crate) const POLL_INITIAL: Duration = Duration::from_millis(5);
-/// Longest delay of that poll.
-pub(crate) const POLL_MAX: Duration = Duration::from_millis(250);
+/// How often the idle writer thread checks for commits of other connections.
+pub(crate) const EXTERNAL_CHECK: Duration = Duration::from_millis(50);
+/// How often a waiter re-checks on its own, whatever the wake-ups say.
+pub(crate) const SAFETY_POLL: Duration = Duration::from_secs(5);
 
 /// Wake-ups by key.
 #[derive(Debug, Default)]
@@ -29,8 +31,23 @@ impl Notifier {
         }
     }
 
+    /// Wakes every waiter (another connection committed: any key may have changed).
+    pub(crate) fn wake_all(&self) {
+        for notify in self.waiting.lock().expect("notifier lock").values() {
+            notify.notify_waiters();
+        }
+    }
+
+    /// Whether anyone waits on `key`.
+    pub(crate) fn is_waited_on(&self, key: &str) -> bool {
+        self.waiting
+            .lock()
+            .expect("notifier lock")
+            .contains_key(key)
+    }
+
     /// Calls `check` until it returns `Some`, waiting between calls for a wake-up on `key`
-    /// or the next poll (5 ms doubling to 250 ms).
+    /// (or every [`SAFETY_POLL`]).
     pub(crate) async fn wait_for<T, E, F, Fut>(&self, key: &str, mut check: F) -> Result<T, E>
     where
         F: FnMut() -> Fut,
@@ -48,7 +65,6 @@ impl Notifier {
             key,
             notify: &notify,
         };
-        let mut delay = POLL_INITIAL;
         loop {
             let woken = notify.notified();
             tokio::pin!(woken);
@@ -58,7 +74,7 @@ impl Notifier {
             }
             tokio::select! {
                 _ = woken => {}
-                _ = tokio::time::sleep(delay) => delay = (delay * 2).min(POLL_MAX),
+                _ = tokio::time::sleep(SAFETY_POLL) => {}
             }
         }
     }

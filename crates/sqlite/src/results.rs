@@ -73,7 +73,18 @@ impl ResultBackend for SqliteResultBackend {
                 Ok(())
             })
             .await?;
-        self.store.inner.results_ready.wake(task_id);
+        let notifier = &self.store.inner.results_ready;
+        if notifier.is_waited_on(task_id) {
+            let mut handed = result.clone();
+            handed.log = None;
+            self.store
+                .inner
+                .handoff
+                .lock()
+                .expect("handoff lock")
+                .insert(task_id.to_string(), handed);
+        }
+        notifier.wake(task_id);
         Ok(())
     }
 
@@ -104,6 +115,10 @@ impl ResultBackend for SqliteResultBackend {
     ) -> Result<TaskResult, ResultError> {
         check_segment(task_id)?;
         let wait = self.store.inner.results_ready.wait_for(task_id, || async {
+            let handed = (self.store.inner.handoff.lock().expect("handoff lock")).remove(task_id);
+            if let Some(result) = handed {
+                return Ok(Some(result));
+            }
             match self.read_result(task_id)? {
                 Some(bytes) => self.decoded(task_id, &bytes, false).map(Some),
                 None => Ok(None),
@@ -122,6 +137,7 @@ impl ResultBackend for SqliteResultBackend {
 
     async fn delete_result(&self, task_id: &str) -> Result<(), ResultError> {
         check_segment(task_id)?;
+        (self.store.inner.handoff.lock().expect("handoff lock")).remove(task_id);
         let (owned, path) = (task_id.to_string(), self.store.inner.path.clone());
         self.store
             .inner

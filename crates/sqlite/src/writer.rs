@@ -17,6 +17,7 @@ use rusqlite::Connection;
 use tokio::sync::oneshot;
 
 use crate::error::{SqliteError, SqliteErrorKind};
+use crate::notify::EXTERNAL_CHECK;
 
 /// Most jobs in one transaction.
 const MAX_BATCH: usize = 4096;
@@ -55,10 +56,15 @@ pub struct WriteStats {
 impl Writer {
     /// Starts the writer thread on `conn`; `linger` is how long it waits for more jobs
     /// after the first of a batch (zero: take what is queued and commit at once).
+    ///
+    /// `on_external_commit` is called (on the writer thread) when another connection — another
+    /// process, or another handle on the same file — committed since the last check; the
+    /// thread checks after each batch and every [`EXTERNAL_CHECK`] while idle.
     pub(crate) fn start(
         conn: Connection,
         path: PathBuf,
         linger: Duration,
+        on_external_commit: Box<dyn Fn() + Send>,
     ) -> Result<Self, SqliteError> {
         let (jobs, queue) = mpsc::channel::<Job>();
         let thread_path = path.clone();
@@ -66,7 +72,16 @@ impl Writer {
         let counters = stats.clone();
         thread::Builder::new()
             .name("stepq-sqlite-writer".into())
-            .spawn(move || run(conn, thread_path, queue, linger, &counters))
+            .spawn(move || {
+                run(
+                    conn,
+                    thread_path,
+                    queue,
+                    linger,
+                    &counters,
+                    on_external_commit,
+                )
+            })
             .map_err(|e| {
                 SqliteError::new(
                     &path,
@@ -155,9 +170,21 @@ fn run(
     queue: mpsc::Receiver<Job>,
     linger: Duration,
     counters: &Counters,
+    on_external_commit: Box<dyn Fn() + Send>,
 ) {
     let mut batch: Vec<Job> = Vec::new();
-    while let Ok(first) = queue.recv() {
+    let mut seen = ExternalCommits::new(&conn);
+    loop {
+        let first = match queue.recv_timeout(EXTERNAL_CHECK) {
+            Ok(job) => job,
+            Err(mpsc::RecvTimeoutError::Timeout) => {
+                if seen.changed(&conn) {
+                    on_external_commit();
+                }
+                continue;
+            }
+            Err(mpsc::RecvTimeoutError::Disconnected) => break,
+        };
         batch.push(first);
         let deadline = Instant::now() + linger;
         while batch.len() < MAX_BATCH {
@@ -181,8 +208,38 @@ fn run(
             .writes
             .fetch_add(batch.len() as u64, Ordering::Relaxed);
         commit_batch(&conn, &path, &mut batch);
+        if seen.changed(&conn) {
+            on_external_commit();
+        }
     }
     tracing::debug!(path = %path.display(), "sqlite writer stopped");
+}
+
+/// `PRAGMA data_version` of the writer's connection: it changes when any *other* connection
+/// commits (its own commits leave it as it is).
+struct ExternalCommits {
+    version: Option<i64>,
+}
+
+impl ExternalCommits {
+    fn new(conn: &Connection) -> Self {
+        ExternalCommits {
+            version: data_version(conn),
+        }
+    }
+
+    /// Whether another connection committed since the last call.
+    fn changed(&mut self, conn: &Connection) -> bool {
+        let now = data_version(conn);
+        let changed = now.is_some() && now != self.version;
+        self.version = now;
+        changed
+    }
+}
+
+fn data_version(conn: &Connection) -> Option<i64> {
+    conn.query_row("PRAGMA data_version", [], |row| row.get(0))
+        .ok()
 }
 
 fn commit_batch(conn: &Connection, path: &std::path::Path, batch: &mut Vec<Job>) {

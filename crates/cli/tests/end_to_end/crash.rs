@@ -130,5 +130,8 @@ async fn stepq_run_killed_20_times_resumes_without_rerunning_committed_steps() {
     }
     // The scenario is real only if kills landed mid-run with successes committed.
     assert!(committed_total > 0, "no step had committed before any kill");
-    assert!(cut_short >= 10, "only {cut_short} of 20 kills landed mid-run");
+    assert!(
+        cut_short >= 10,
+        "only {cut_short} of 20 kills landed mid-run"
+    );
 }
