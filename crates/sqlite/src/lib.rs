@@ -214,6 +214,22 @@ pub fn compact_database(path: &Path) -> Result<Compaction, SqliteError> {
     })
 }
 
+/// The fraction of the database file's pages that are free (deleted rows' pages not yet
+/// returned by [`compact_database`]): `freelist_count / page_count`, 0 for an empty file.
+pub fn free_fraction(path: &Path) -> Result<f64, SqliteError> {
+    let conn = db::open_reader(path, &SqliteOptions::default())?;
+    let pragma = |name: &str| -> Result<i64, SqliteError> {
+        conn.query_row(&format!("PRAGMA {name}"), [], |row| row.get(0))
+            .map_err(|e| SqliteError::sql(path, "reading the page counts", e))
+    };
+    let (free, pages) = (pragma("freelist_count")?, pragma("page_count")?);
+    Ok(if pages == 0 {
+        0.0
+    } else {
+        free as f64 / pages as f64
+    })
+}
+
 /// If `state_dir` holds the file layout of the local-directory stores (`runs/`, `results/`,
 /// `outputs/` … directories), a notice saying those runs are not read by the SQLite store and
 /// what to do; `None` otherwise.
