@@ -13,8 +13,7 @@ use crate::heartbeat::{HeartbeatStore, WorkerHeartbeat};
 use crate::record::{RunRecord, RunStatus, StatusChange};
 use crate::store::{
     check_batch, check_deletable, check_for_events, newest_first, DeletedRun, EventCursor,
-    EventPage, RunStore,
-    MAX_BATCHES_PER_READ, MAX_POLL_DELAY,
+    EventPage, RunStore, MAX_BATCHES_PER_READ, MAX_POLL_DELAY,
 };
 
 struct MemRun {

@@ -11,9 +11,12 @@ async fn finished_run(runs: &impl RunStore, run_id: &str) {
         .unwrap();
     for n in 0..20 {
         let message = format!("{run_id} {n} {}", "x".repeat(2_000));
-        runs.append_events(run_id, &[Event::run(run_id, EventKind::EngineEvent { message })])
-            .await
-            .unwrap();
+        runs.append_events(
+            run_id,
+            &[Event::run(run_id, EventKind::EngineEvent { message })],
+        )
+        .await
+        .unwrap();
     }
     for status in [RunStatus::Starting, RunStatus::Started, RunStatus::Success] {
         runs.update_status(run_id, status).await.unwrap();
@@ -39,7 +42,10 @@ async fn compaction_after_deletes_shrinks_the_file_and_keeps_the_rest() {
         compacted.reclaimed() > 500_000,
         "29 runs of ~40 KB of events each: {compacted:?}"
     );
-    assert!(compacted.bytes_after < untouched.bytes_after / 4, "{untouched:?} {compacted:?}");
+    assert!(
+        compacted.bytes_after < untouched.bytes_after / 4,
+        "{untouched:?} {compacted:?}"
+    );
     assert_eq!(read_all_events(&runs, "r0").await.unwrap().len(), 20);
     // The open store still writes and reads.
     finished_run(&runs, "after").await;

@@ -232,7 +232,10 @@ pub async fn check_delete_run_racing_a_resume_has_one_winner<F: RunStoreFactory>
                 deletes += 1;
                 assert_eq!(d.event_batches, 2, "round {round}");
                 assert!(is_not_found(&first.get_run(&run_id).await), "round {round}");
-                assert!(is_not_found(&second.get_run(&run_id).await), "round {round}");
+                assert!(
+                    is_not_found(&second.get_run(&run_id).await),
+                    "round {round}"
+                );
             }
             (Err(StorageError::UnexpectedStatus { found, .. }), Ok(r)) => {
                 resumes += 1;

@@ -136,7 +136,10 @@ impl Location {
 
 impl Location {
     /// Every object under `prefix` with its size in bytes, in key order.
-    pub(super) async fn list_sized(&self, prefix: &str) -> Result<Vec<(String, u64)>, StorageError> {
+    pub(super) async fn list_sized(
+        &self,
+        prefix: &str,
+    ) -> Result<Vec<(String, u64)>, StorageError> {
         let mut found = Vec::new();
         let mut token: Option<String> = None;
         loop {

@@ -298,7 +298,10 @@ impl RunStore for S3RunStore {
                 .expect("known_runs lock")
                 .remove(run_id);
             self.next_seq.lock().expect("next_seq lock").remove(run_id);
-            let batches = self.location.list_sized(&self.events_prefix(run_id)).await?;
+            let batches = self
+                .location
+                .list_sized(&self.events_prefix(run_id))
+                .await?;
             let batch_bytes: u64 = batches.iter().map(|(_, size)| size).sum();
             let count = batches.len() as u64;
             self.location
