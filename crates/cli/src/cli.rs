@@ -70,6 +70,7 @@ mod cancel;
 mod dispatch;
 mod failure;
 mod follow;
+mod gc;
 mod jobs;
 mod json;
 mod launch;
@@ -82,8 +83,8 @@ mod timestamps;
 mod worker;
 
 pub use args::{
-    CancelArgs, Cli, Command, LaunchArgs, LogFormat, LogsArgs, ResumeArgs, RunArgs, RunsArgs,
-    WorkerCommand, WorkerStartArgs,
+    CancelArgs, Cli, Command, GcArgs, LaunchArgs, LogFormat, LogsArgs, ResumeArgs, RunArgs,
+    RunsArgs, WorkerCommand, WorkerStartArgs,
 };
 pub use dispatch::{main, main_from, run};
 pub(crate) use table::simple_table;

@@ -91,6 +91,21 @@ pub enum StorageError {
         /// Encoder message.
         message: String,
     },
+    /// A run may only be deleted from a terminal status (SUCCESS, FAILURE, CANCELED); the
+    /// caller asked to delete it expecting another one.
+    #[error("run `{run_id}`: only a run in a terminal status can be deleted, not one expected {expected}")]
+    NotDeletable {
+        /// Run id.
+        run_id: String,
+        /// The non-terminal status the caller expected.
+        expected: RunStatus,
+    },
+    /// The store cannot do this (e.g. a wrapper store that does not delete runs).
+    #[error("this run store does not support {operation}")]
+    Unsupported {
+        /// What was asked.
+        operation: &'static str,
+    },
     /// Local filesystem failure.
     #[error("I/O error on `{path}`: {source}")]
     Io {

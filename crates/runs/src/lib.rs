@@ -60,6 +60,6 @@ pub use local::{LocalDirHeartbeatStore, LocalDirRunStore};
 pub use memory::{InMemoryHeartbeatStore, InMemoryRunStore};
 pub use record::{config_digest, ParseRunStatusError, RunRecord, RunStatus, StatusChange};
 pub use store::{
-    check_for_events, follow_events, poll_for_events, read_all_events, EventCursor, EventPage,
-    RunStore, MAX_BATCHES_PER_READ, MAX_CAS_ATTEMPTS, MAX_POLL_DELAY,
+    check_deletable, check_for_events, follow_events, poll_for_events, read_all_events, DeletedRun,
+    EventCursor, EventPage, RunStore, MAX_BATCHES_PER_READ, MAX_CAS_ATTEMPTS, MAX_POLL_DELAY,
 };

@@ -10,10 +10,10 @@ use tokio::sync::watch;
 
 use crate::error::{check_id, StorageError};
 use crate::heartbeat::{HeartbeatStore, WorkerHeartbeat};
-use crate::record::{RunRecord, StatusChange};
+use crate::record::{RunRecord, RunStatus, StatusChange};
 use crate::store::{
-    check_batch, check_for_events, newest_first, EventCursor, EventPage, RunStore,
-    MAX_BATCHES_PER_READ, MAX_POLL_DELAY,
+    check_batch, check_deletable, check_for_events, newest_first, DeletedRun, EventCursor,
+    EventPage, RunStore, MAX_BATCHES_PER_READ, MAX_POLL_DELAY,
 };
 
 struct MemRun {
@@ -171,6 +171,38 @@ impl RunStore for InMemoryRunStore {
         })?;
         self.inner.changes.bump();
         Ok(next)
+    }
+
+    /// Checks the status and removes the run under the one lock every change takes.
+    async fn delete_run(
+        &self,
+        run_id: &str,
+        expected: RunStatus,
+    ) -> Result<DeletedRun, StorageError> {
+        check_deletable(run_id, expected)?;
+        check_id(run_id)?;
+        let removed = {
+            let mut runs = self.inner.runs.lock().expect("runs lock");
+            let Some(run) = runs.get(run_id) else {
+                return Err(StorageError::RunNotFound {
+                    run_id: run_id.to_string(),
+                });
+            };
+            if run.record.status != expected {
+                return Err(StorageError::UnexpectedStatus {
+                    run_id: run_id.to_string(),
+                    expected,
+                    found: run.record.status,
+                });
+            }
+            runs.remove(run_id).expect("the run just found")
+        };
+        self.inner.changes.bump();
+        Ok(DeletedRun::new(
+            removed.record,
+            removed.batches.len() as u64,
+            None,
+        ))
     }
 
     async fn append_events(&self, run_id: &str, events: &[Event]) -> Result<(), StorageError> {

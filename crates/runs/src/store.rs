@@ -13,6 +13,43 @@ use crate::error::StorageError;
 use crate::filter::RunFilter;
 use crate::record::{RunRecord, RunStatus, StatusChange};
 
+/// What [`RunStore::delete_run`] removed.
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub struct DeletedRun {
+    /// The record as it was when it was deleted (in the expected terminal status).
+    pub record: RunRecord,
+    /// Event batches removed with it.
+    pub event_batches: u64,
+    /// Bytes of the stored record and event log removed, where the store can tell (files,
+    /// objects); `None` for a database, whose file shrinks only when it is compacted.
+    pub bytes: Option<u64>,
+}
+
+impl DeletedRun {
+    /// What a store removed: `record`, `event_batches` batches, `bytes` if known.
+    pub fn new(record: RunRecord, event_batches: u64, bytes: Option<u64>) -> Self {
+        DeletedRun {
+            record,
+            event_batches,
+            bytes,
+        }
+    }
+}
+
+/// Fails with [`StorageError::NotDeletable`] unless `expected` is terminal: what every
+/// [`RunStore::delete_run`] checks first.
+pub fn check_deletable(run_id: &str, expected: RunStatus) -> Result<(), StorageError> {
+    if expected.is_terminal() {
+        Ok(())
+    } else {
+        Err(StorageError::NotDeletable {
+            run_id: run_id.to_string(),
+            expected,
+        })
+    }
+}
+
 /// How many times a store retries a status compare-and-set that lost to other writers before
 /// giving up with [`StorageError::Contention`].
 pub const MAX_CAS_ATTEMPTS: u32 = 64;
@@ -93,6 +130,30 @@ pub trait RunStore: Send + Sync + 'static {
         run_id: &str,
         change: &StatusChange,
     ) -> Result<RunRecord, StorageError>;
+
+    /// Removes the run's record and its event log, only if the run is still in `expected`,
+    /// which must be terminal ([`StorageError::NotDeletable`] otherwise, before anything is
+    /// read). A run found in another status is left alone with
+    /// [`StorageError::UnexpectedStatus`]; an unknown run is [`StorageError::RunNotFound`].
+    ///
+    /// The check and the removal are one compare-and-set against status changes: a resume
+    /// that moves the run out of `expected` concurrently either lands first (the delete is
+    /// refused) or finds the run gone (its change fails with `RunNotFound`), never a run
+    /// half-deleted under it. Outputs, results and cancel markers are other stores' (see
+    /// `OutputStore::delete_run`, `ResultBackend::delete_result`).
+    ///
+    /// The default implementation refuses ([`StorageError::Unsupported`]), so a wrapper store
+    /// that does not forward it deletes nothing.
+    async fn delete_run(
+        &self,
+        run_id: &str,
+        expected: RunStatus,
+    ) -> Result<DeletedRun, StorageError> {
+        let _ = (run_id, expected);
+        Err(StorageError::Unsupported {
+            operation: "deleting runs",
+        })
+    }
 
     /// Moves the run to `to` if its lifecycle allows it; returns the new record.
     async fn update_status(&self, run_id: &str, to: RunStatus) -> Result<RunRecord, StorageError> {

@@ -186,6 +186,66 @@ impl SqliteStore {
     }
 }
 
+/// The size of a database file (with its WAL) before and after [`compact_database`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Compaction {
+    /// Bytes of `stepq.db` and `stepq.db-wal` before.
+    pub bytes_before: u64,
+    /// Bytes of both after.
+    pub bytes_after: u64,
+}
+
+impl Compaction {
+    /// Bytes the file shrank by (0 if it grew).
+    pub fn reclaimed(&self) -> u64 {
+        self.bytes_before.saturating_sub(self.bytes_after)
+    }
+}
+
+/// Compacts the database file at `path` (`state_dir/stepq.db`): `VACUUM`, which rewrites it
+/// without the pages deleted rows freed, then `PRAGMA wal_checkpoint(TRUNCATE)`, which
+/// copies the rewrite into the file and empties the WAL. On its own connection, so it can run
+/// beside an open [`SqliteStore`] of this or another process (it waits up to the default busy
+/// timeout for their writes). Blocking: it reads and writes the whole file once, and needs
+/// free disk space of about the database's size while it runs.
+pub fn compact_database(path: &Path) -> Result<Compaction, SqliteError> {
+    let size = || {
+        let wal = path.with_extension("db-wal");
+        [path, wal.as_path()]
+            .iter()
+            .filter_map(|p| std::fs::metadata(p).ok())
+            .map(|m| m.len())
+            .sum::<u64>()
+    };
+    let bytes_before = size();
+    let conn = db::open_reader(path, &SqliteOptions::default())?;
+    conn.execute_batch("VACUUM")
+        .map_err(|e| SqliteError::sql(path, "compacting (VACUUM)", e))?;
+    conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))
+        .map_err(|e| SqliteError::sql(path, "checkpointing the WAL", e))?;
+    drop(conn);
+    Ok(Compaction {
+        bytes_before,
+        bytes_after: size(),
+    })
+}
+
+/// The fraction of the database file's pages that are free (deleted rows' pages not yet
+/// returned by [`compact_database`]): `freelist_count / page_count`, 0 for an empty file.
+pub fn free_fraction(path: &Path) -> Result<f64, SqliteError> {
+    let conn = db::open_reader(path, &SqliteOptions::default())?;
+    let pragma = |name: &str| -> Result<i64, SqliteError> {
+        conn.query_row(&format!("PRAGMA {name}"), [], |row| row.get(0))
+            .map_err(|e| SqliteError::sql(path, "reading the page counts", e))
+    };
+    let (free, pages) = (pragma("freelist_count")?, pragma("page_count")?);
+    Ok(if pages == 0 {
+        0.0
+    } else {
+        free as f64 / pages as f64
+    })
+}
+
 /// If `state_dir` holds the file layout of the local-directory stores (`runs/`, `results/`,
 /// `outputs/` … directories), a notice saying those runs are not read by the SQLite store and
 /// what to do; `None` otherwise.

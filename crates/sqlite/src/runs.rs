@@ -6,8 +6,8 @@ use rusqlite::{params, Connection, OptionalExtension};
 use stepq_plan::Event;
 use stepq_runs::store::check_batch;
 use stepq_runs::{
-    check_for_events, check_id, EventCursor, EventPage, RunFilter, RunRecord, RunStore,
-    StatusChange, StorageError, MAX_BATCHES_PER_READ,
+    check_deletable, check_for_events, check_id, DeletedRun, EventCursor, EventPage, RunFilter,
+    RunRecord, RunStatus, RunStore, StatusChange, StorageError, MAX_BATCHES_PER_READ,
 };
 
 use crate::error::SqliteError;
@@ -212,6 +212,49 @@ impl RunStore for SqliteRunStore {
             self.store.inner.events_added.wake(&key);
         }
         Ok(record)
+    }
+
+    /// One write job (a savepoint of the writer's transaction, holding the write lock): reads
+    /// the status, and only if it is still `expected` deletes the run's row, its tags and its
+    /// event batches, so a concurrent status change is either before it (refused) or after
+    /// it (`RunNotFound`). The freed pages stay in the file until it is compacted
+    /// ([`compact_database`](crate::compact_database)): `bytes` is `None`.
+    async fn delete_run(
+        &self,
+        run_id: &str,
+        expected: RunStatus,
+    ) -> Result<DeletedRun, StorageError> {
+        check_deletable(run_id, expected)?;
+        check_id(run_id)?;
+        let store = self.store.clone();
+        let owned = run_id.to_string();
+        let deleted = self
+            .store
+            .inner
+            .writer
+            .write(move |conn| -> Result<DeletedRun, StorageError> {
+                let current = load(conn, &store, &owned)?;
+                if current.status != expected {
+                    return Err(StorageError::UnexpectedStatus {
+                        run_id: owned,
+                        expected,
+                        found: current.status,
+                    });
+                }
+                let delete = |sql: &str| {
+                    conn.prepare_cached(sql)
+                        .and_then(|mut s| s.execute([&owned]))
+                        .map_err(sql_error(&store, "deleting a run"))
+                };
+                let batches = delete("DELETE FROM events WHERE run_id = ?1")?;
+                delete("DELETE FROM run_tags WHERE run_id = ?1")?;
+                delete("DELETE FROM runs WHERE run_id = ?1")?;
+                Ok(DeletedRun::new(current, batches as u64, None))
+            })
+            .await?;
+        // A log waiter re-checks and finds the run gone.
+        self.store.inner.events_added.wake(run_id);
+        Ok(deleted)
     }
 
     async fn append_events(&self, run_id: &str, events: &[Event]) -> Result<(), StorageError> {

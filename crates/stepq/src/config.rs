@@ -30,6 +30,10 @@
 //! concurrency = 8
 //! grace_period_seconds = 30
 //! health_interval_seconds = 10  # worker health heartbeat; lost after 3 missed
+//!
+//! [retention]                   # stepq run collects finished runs at its end (embedded)
+//! keep_days = 30
+//! keep_last = 1000
 //! ```
 //!
 //! Environment variables override the file: `STEPQ_SQS_QUEUE_URL`, `STEPQ_SQS_ENDPOINT_URL`,
@@ -55,6 +59,8 @@ pub use stepq_executor::config::{RetryModeSetting, TagLimitSetting};
 use stepq_executor::{ExecutorConfig, ExecutorError, ExecutorSettings};
 pub use stepq_worker::service::{default_parallelism, StateStore, WorkerSettings};
 use stepq_worker::WorkerError;
+
+pub use crate::retention::RetentionSettings;
 
 #[cfg(feature = "aws")]
 pub use stepq_aws::settings::{
@@ -100,6 +106,9 @@ pub struct StepqConfig {
     pub executor: ExecutorSettings,
     /// Worker services (`stepq-worker`).
     pub worker: WorkerSettings,
+    /// Automatic retention of finished runs, applied by `stepq run` at its end (embedded
+    /// default; see [`crate::retention`]). Unset: none.
+    pub retention: RetentionSettings,
 }
 
 impl Default for StepqConfig {
@@ -115,6 +124,7 @@ impl Default for StepqConfig {
             s3: S3Settings::default(),
             executor: ExecutorSettings::default(),
             worker: WorkerSettings::default(),
+            retention: RetentionSettings::default(),
         }
     }
 }
@@ -230,6 +240,7 @@ impl StepqConfig {
         }
         self.executor.validate().map_err(executor_error)?;
         self.worker.validate().map_err(worker_error)?;
+        self.retention.validate()?;
         #[cfg(feature = "aws")]
         if self.mode() == Mode::Distributed && self.s3.bucket.is_none() {
             return Err(invalid(

@@ -68,6 +68,7 @@
 
 pub mod app;
 pub mod config;
+pub mod retention;
 
 pub use app::{make_app, App, AppError, FinishedRun, LaunchedRun, LocalWorkers, RunOptions};
 pub use config::{ConfigError, Mode, StepqConfig};

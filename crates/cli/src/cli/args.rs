@@ -71,6 +71,9 @@ pub enum Command {
     Runs(RunsArgs),
     /// Cancel a run: it goes CANCELING, its orchestrator cancels its steps, it ends CANCELED.
     Cancel(CancelArgs),
+    /// Delete finished runs (record, events, outputs, step results) and report the space
+    /// reclaimed; runs not finished are never touched.
+    Gc(GcArgs),
     /// Run or inspect workers.
     #[command(subcommand)]
     Worker(WorkerCommand),
@@ -171,6 +174,55 @@ impl RunsArgs {
         }
         filter
     }
+}
+
+/// Arguments of `stepq gc`: which finished runs to delete (every condition given must hold;
+/// at least one must be given).
+#[derive(Debug, Args)]
+pub struct GcArgs {
+    /// Only runs that ended longer ago than this (`30m`, `2h`, `7d`, `1w`; `0s`: any age).
+    #[arg(long, value_name = "DURATION", value_parser = parse_age)]
+    pub older_than: Option<std::time::Duration>,
+    /// Keep the N newest runs (of any status), whatever their age.
+    #[arg(long, value_name = "N")]
+    pub keep_last: Option<usize>,
+    /// Only runs in this status (repeatable, or comma-separated; SUCCESS, FAILURE or
+    /// CANCELED, any case).
+    #[arg(long = "status", value_delimiter = ',', value_name = "STATUS")]
+    pub statuses: Vec<RunStatus>,
+    /// Report what would be deleted; delete nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Print one JSON document instead of text.
+    #[arg(long)]
+    pub json: bool,
+}
+
+impl GcArgs {
+    /// The policy these arguments ask for; a usage failure when none is given or a status
+    /// is not a terminal one.
+    pub(super) fn policy(&self) -> Result<stepq::retention::GcPolicy, Failure> {
+        if let Some(status) = self.statuses.iter().find(|s| !s.is_terminal()) {
+            return Err(Failure::usage(format!(
+                "--status {status}: only finished runs (SUCCESS, FAILURE, CANCELED) are collected"
+            )));
+        }
+        if self.older_than.is_none() && self.keep_last.is_none() && self.statuses.is_empty() {
+            return Err(Failure::usage(
+                "say which runs: --older-than DURATION, --keep-last N and/or --status S \
+                 (--older-than 0s for every finished run)",
+            ));
+        }
+        Ok(stepq::retention::GcPolicy {
+            older_than: self.older_than,
+            keep_last: self.keep_last,
+            statuses: self.statuses.clone(),
+        })
+    }
+}
+
+fn parse_age(text: &str) -> Result<std::time::Duration, String> {
+    super::timestamps::parse_duration(text)
 }
 
 /// Arguments of `stepq cancel`.

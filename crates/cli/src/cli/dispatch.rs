@@ -13,6 +13,7 @@ use stepq_worker::CodeLocation;
 
 use super::cancel::cancel_run;
 use super::failure::Failure;
+use super::gc::collect_runs;
 use super::jobs::print_jobs;
 use super::launch::{launch_run, resume_run};
 use super::logs::show_logs;
@@ -117,6 +118,7 @@ async fn dispatch(cli: Cli, base: CodeLocation) -> Result<u8, Failure> {
                 Command::Status { run_id, json } => show_status(&app, &run_id, json).await,
                 Command::Runs(args) => list_runs(&app, &args).await,
                 Command::Cancel(args) => cancel_run(&app, args).await,
+                Command::Gc(args) => collect_runs(&app, &args).await,
                 Command::Launch(args) => launch_run(&app, &location, args).await,
                 Command::Resume(args) => resume_run(&app, location, args).await,
                 Command::Logs(args) => show_logs(&app, args).await,

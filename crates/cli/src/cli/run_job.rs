@@ -74,5 +74,7 @@ pub(super) async fn run_job(
         }
     };
     let where_ = follow::where_steps_run(app, workers);
-    Ok(follow::follow_run(app, run, local, "run", &where_).await)
+    let code = follow::follow_run(app, run, local, "run", &where_).await;
+    super::gc::apply_retention(app).await;
+    Ok(code)
 }

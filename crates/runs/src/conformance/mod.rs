@@ -35,12 +35,18 @@
 //! [`RunStore`]: crate::RunStore
 //! [`HeartbeatStore`]: crate::HeartbeatStore
 
+mod delete_run;
 mod heartbeat_store;
 mod run_filter;
 mod run_store;
 
 use std::time::Duration;
 
+pub use delete_run::{
+    check_delete_run_racing_a_resume_has_one_winner,
+    check_delete_run_refuses_non_terminal_and_changed_runs,
+    check_delete_run_removes_the_record_and_its_log,
+};
 pub use heartbeat_store::{
     check_heartbeats_classify_live_and_lost, check_heartbeats_put_replace_list_remove,
     check_heartbeats_reject_invalid_ids, check_heartbeats_survive_a_new_store_instance,
@@ -76,6 +82,9 @@ macro_rules! __run_store_checks {
             check_wait_wakes_on_append,
             check_follow_ends_when_run_is_terminal,
             check_data_survives_a_new_store_instance,
+            check_delete_run_removes_the_record_and_its_log,
+            check_delete_run_refuses_non_terminal_and_changed_runs,
+            check_delete_run_racing_a_resume_has_one_winner,
         ] }
     };
 }

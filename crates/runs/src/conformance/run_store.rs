@@ -12,6 +12,11 @@ use serde_json::json;
 use stepq_plan::{Event, EventKind};
 use tokio::sync::Barrier;
 
+use super::delete_run::{
+    check_delete_run_racing_a_resume_has_one_winner,
+    check_delete_run_refuses_non_terminal_and_changed_runs,
+    check_delete_run_removes_the_record_and_its_log,
+};
 use super::run_filter::check_list_runs_matching_filters_newest_first;
 use super::CASE_STEP_TIMEOUT;
 use crate::{
@@ -36,7 +41,7 @@ pub async fn run_run_store_suite<F: RunStoreFactory>(factory: &F) {
     crate::__run_store_checks!(__run_checks factory);
 }
 
-async fn bounded<T>(what: &str, fut: impl Future<Output = T>) -> T {
+pub(super) async fn bounded<T>(what: &str, fut: impl Future<Output = T>) -> T {
     match tokio::time::timeout(CASE_STEP_TIMEOUT, fut).await {
         Ok(value) => value,
         Err(_) => panic!("{what}: no answer within {CASE_STEP_TIMEOUT:?}"),

@@ -17,7 +17,9 @@
 //! can be left behind by a killed process. An event writer that loses a sequence number takes
 //! the next one; a batch is only published after its predecessor exists, so the log has no
 //! gaps and every reader sees the same order. Old revisions are kept: they are the run's status
-//! history. Files are not fsync'ed: a killed process loses nothing, a power cut may.
+//! history. Deleting a finished run publishes an empty revision after the one it checked (a
+//! tombstone: the run reads as not found from then on, and no status change can follow it),
+//! then removes `runs/<run_id>/`. Files are not fsync'ed: a killed process loses nothing, a power cut may.
 
 mod files;
 mod heartbeat_store;

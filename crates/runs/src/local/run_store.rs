@@ -13,10 +13,10 @@ use stepq_plan::Event;
 use super::files::{max_seq, run_blocking, TempFile};
 use crate::error::{check_id, StorageError};
 use crate::memory::ChangeCounter;
-use crate::record::{RunRecord, StatusChange};
+use crate::record::{RunRecord, RunStatus, StatusChange};
 use crate::store::{
-    check_batch, newest_first, rescan_due, seq_name, EventCursor, EventPage, RunStore,
-    MAX_BATCHES_PER_READ, MAX_CAS_ATTEMPTS,
+    check_batch, check_deletable, newest_first, rescan_due, seq_name, DeletedRun, EventCursor,
+    EventPage, RunStore, MAX_BATCHES_PER_READ, MAX_CAS_ATTEMPTS,
 };
 
 /// Most sequence numbers an event writer tries before giving up with
@@ -110,7 +110,16 @@ impl LocalInner {
 
     fn read_record(&self, run_id: &str, rev: u64) -> Result<RunRecord, StorageError> {
         let path = self.record_path(run_id, rev);
-        let bytes = fs::read(&path).map_err(|e| StorageError::io(&path, e))?;
+        let bytes = match fs::read(&path) {
+            Ok(bytes) => bytes,
+            // Removed by a delete since it was listed.
+            Err(e) if e.kind() == ErrorKind::NotFound => return Err(not_found(run_id)),
+            Err(e) => return Err(StorageError::io(&path, e)),
+        };
+        if bytes.is_empty() {
+            // The tombstone of a deleted run (see `delete`).
+            return Err(not_found(run_id));
+        }
         serde_json::from_slice(&bytes).map_err(|e| StorageError::Corrupt {
             location: path.display().to_string(),
             message: e.to_string(),
@@ -147,6 +156,40 @@ impl LocalInner {
             if tmp.publish(&self.record_path(run_id, rev + 1))? {
                 return Ok(next);
             }
+        }
+        Err(StorageError::Contention {
+            run_id: run_id.to_string(),
+            attempts: MAX_CAS_ATTEMPTS,
+        })
+    }
+
+    /// Deletes the run if it is still `expected`: publishes an empty record revision (a
+    /// tombstone) after the one read, by the same compare-and-set every status change makes,
+    /// then removes the run's directory. The tombstone is the commit point: a change racing
+    /// it either published that revision first (the delete re-reads and is refused) or finds
+    /// the tombstone and fails with `RunNotFound`. A process killed between the tombstone and
+    /// the removal leaves a directory that reads as no run.
+    fn delete(&self, run_id: &str, expected: RunStatus) -> Result<DeletedRun, StorageError> {
+        for _ in 0..MAX_CAS_ATTEMPTS {
+            let (rev, current) = self.get(run_id)?;
+            if current.status != expected {
+                return Err(StorageError::UnexpectedStatus {
+                    run_id: run_id.to_string(),
+                    expected,
+                    found: current.status,
+                });
+            }
+            let tombstone = TempFile::write(&self.tmp_dir(run_id), b"")?;
+            if !tombstone.publish(&self.record_path(run_id, rev + 1))? {
+                continue; // a change landed: re-read and re-check
+            }
+            drop(tombstone);
+            let dir = self.run_dir(run_id);
+            let bytes = dir_size(&dir)?;
+            let batches = max_seq(&dir.join("events"), ".bin")?.map_or(0, |seq| seq + 1);
+            fs::remove_dir_all(&dir).map_err(|e| StorageError::io(&dir, e))?;
+            self.next_seq.lock().expect("next_seq lock").remove(run_id);
+            return Ok(DeletedRun::new(current, batches, Some(bytes)));
         }
         Err(StorageError::Contention {
             run_id: run_id.to_string(),
@@ -244,12 +287,21 @@ impl LocalInner {
             if check_id(&run_id).is_err() || !self.exists(&run_id)? {
                 continue;
             }
-            created.push(self.read_record(&run_id, 0)?);
+            match self.read_record(&run_id, 0) {
+                Ok(record) => created.push(record),
+                Err(StorageError::RunNotFound { .. }) => continue, // deleted meanwhile
+                Err(e) => return Err(e),
+            }
         }
-        newest_first(created, limit)
-            .into_iter()
-            .map(|first| self.get(&first.run_id).map(|(_, record)| record))
-            .collect()
+        let mut runs = Vec::new();
+        for first in newest_first(created, limit) {
+            match self.get(&first.run_id) {
+                Ok((_, record)) => runs.push(record),
+                Err(StorageError::RunNotFound { .. }) => {} // deleted (a tombstone)
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(runs)
     }
 }
 
@@ -284,6 +336,21 @@ impl RunStore for LocalDirRunStore {
             .await?;
         self.inner.changes.bump();
         Ok(next)
+    }
+
+    async fn delete_run(
+        &self,
+        run_id: &str,
+        expected: RunStatus,
+    ) -> Result<DeletedRun, StorageError> {
+        check_deletable(run_id, expected)?;
+        check_id(run_id)?;
+        let owned = run_id.to_string();
+        let deleted = self
+            .blocking(move |inner| inner.delete(&owned, expected))
+            .await?;
+        self.inner.changes.bump();
+        Ok(deleted)
     }
 
     async fn append_events(&self, run_id: &str, events: &[Event]) -> Result<(), StorageError> {
@@ -331,6 +398,26 @@ fn encode_record(record: &RunRecord) -> Result<Vec<u8>, StorageError> {
         what: "run record",
         message: e.to_string(),
     })
+}
+
+/// Total size of the files under `dir`, recursively.
+fn dir_size(dir: &Path) -> Result<u64, StorageError> {
+    let entries = match fs::read_dir(dir) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == ErrorKind::NotFound => return Ok(0),
+        Err(e) => return Err(StorageError::io(dir, e)),
+    };
+    let mut total = 0;
+    for entry in entries {
+        let entry = entry.map_err(|e| StorageError::io(dir, e))?;
+        let kind = entry.file_type().map_err(|e| StorageError::io(dir, e))?;
+        if kind.is_dir() {
+            total += dir_size(&entry.path())?;
+        } else if let Ok(meta) = entry.metadata() {
+            total += meta.len();
+        }
+    }
+    Ok(total)
 }
 
 /// The sequence number after the last batch in `events_dir`.

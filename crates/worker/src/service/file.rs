@@ -31,6 +31,8 @@ pub struct ServiceFile {
     pub worker: WorkerSettings,
     /// `[executor]`: read by orchestrators, not by workers.
     pub executor: Option<toml::Table>,
+    /// `[retention]`: read by `stepq run` (the facade's `RetentionSettings`), not by workers.
+    pub retention: Option<toml::Table>,
 }
 
 impl Default for ServiceFile {
@@ -44,6 +46,7 @@ impl Default for ServiceFile {
             s3: S3Settings::default(),
             worker: WorkerSettings::default(),
             executor: None,
+            retention: None,
         }
     }
 }
@@ -125,7 +128,7 @@ mod tests {
     #[test]
     fn a_distributed_file_loads_and_its_executor_section_is_left_alone() {
         let file = load(
-            "[sqs]\nqueue_url = \"https://sqs.us-east-1.amazonaws.com/1/q\"\n[s3]\nbucket = \"b-1\"\n[executor]\nmax_in_flight = 3\n[worker]\nconcurrency = 2\n",
+            "[sqs]\nqueue_url = \"https://sqs.us-east-1.amazonaws.com/1/q\"\n[s3]\nbucket = \"b-1\"\n[executor]\nmax_in_flight = 3\n[retention]\nkeep_days = 7\n[worker]\nconcurrency = 2\n",
             &[],
         )
         .unwrap();

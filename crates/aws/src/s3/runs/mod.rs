@@ -19,6 +19,9 @@
 //! - an event batch is a `PutObject` of `events/<seq>` with `If-None-Match: *`; on 412 the
 //!   writer takes the next number, on 409 it retries the same one. A batch is only written
 //!   after its predecessor exists, so the log has no gaps and every reader sees one order.
+//! - deleting a finished run (`delete_run`) overwrites `run.json` with a tombstone under
+//!   `If-Match: <etag>` of the record it checked (the commit point, racing status changes
+//!   like one), then deletes the event batches, then `run.json`.
 //!
 //! Both conditions need a store that honours them (AWS S3 since 2024, LocalStack 4, MinIO);
 //! one that ignores them silently degrades to last-writer-wins, which the conformance suite

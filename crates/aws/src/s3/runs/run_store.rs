@@ -18,11 +18,15 @@ use super::location::{
 use super::s3_client;
 use crate::s3::S3Object;
 use stepq_runs::error::{check_id, StorageError};
-use stepq_runs::record::{RunRecord, StatusChange};
+use stepq_runs::record::{RunRecord, RunStatus, StatusChange};
 use stepq_runs::store::{
-    check_batch, newest_first, parse_seq, rescan_due, seq_name, EventCursor, EventPage, RunStore,
-    MAX_BATCHES_PER_READ, MAX_CAS_ATTEMPTS,
+    check_batch, check_deletable, newest_first, parse_seq, rescan_due, seq_name, DeletedRun,
+    EventCursor, EventPage, RunStore, MAX_BATCHES_PER_READ, MAX_CAS_ATTEMPTS,
 };
+
+/// What `run.json` holds between a delete's commit point and the removal of its objects: no
+/// record decodes from it, every read of it is `RunNotFound`.
+const TOMBSTONE: &[u8] = b"{\"stepq_deleted_run\":true}";
 
 /// Most conflicts an event writer accepts before giving up with [`StorageError::Contention`].
 const MAX_SEQ_CONFLICTS: u32 = 10_000;
@@ -34,7 +38,8 @@ pub struct S3RunStore {
     location: Location,
     /// Next event sequence number to try, per run (a hint; conflicts are resolved by S3).
     next_seq: Arc<Mutex<HashMap<String, u64>>>,
-    /// Runs known to exist (runs are never deleted), to skip a request per append.
+    /// Runs known to exist (forgotten when this handle deletes one), to skip a request per
+    /// append.
     known_runs: Arc<Mutex<HashSet<String>>>,
 }
 
@@ -96,6 +101,11 @@ impl S3RunStore {
                 run_id: run_id.to_string(),
             });
         };
+        if bytes[..] == *TOMBSTONE {
+            return Err(StorageError::RunNotFound {
+                run_id: run_id.to_string(),
+            });
+        }
         self.remember(run_id);
         let record = decode_json(&key, &bytes)?;
         let etag = etag.ok_or_else(|| {
@@ -240,6 +250,69 @@ impl RunStore for S3RunStore {
                 PutOutcome::Written => return Ok(next),
                 PutOutcome::PreconditionFailed | PutOutcome::Conflict => continue,
             }
+        }
+        Err(StorageError::Contention {
+            run_id: run_id.to_string(),
+            attempts: MAX_CAS_ATTEMPTS,
+        })
+    }
+
+    /// Overwrites `run.json` with a tombstone by the same `If-Match` compare-and-set a status
+    /// change makes (the commit point: a change racing it either wrote first, and the delete
+    /// re-reads and is refused, or re-reads the tombstone and fails with `RunNotFound`), then
+    /// deletes the event batches, then `run.json` last. A process killed in between leaves
+    /// objects under `runs/<run_id>/` that read as no run.
+    async fn delete_run(
+        &self,
+        run_id: &str,
+        expected: RunStatus,
+    ) -> Result<DeletedRun, StorageError> {
+        check_deletable(run_id, expected)?;
+        check_id(run_id)?;
+        let key = self.record_key(run_id);
+        for _ in 0..MAX_CAS_ATTEMPTS {
+            let (current, etag) = self.get_with_etag(run_id).await?;
+            if current.status != expected {
+                return Err(StorageError::UnexpectedStatus {
+                    run_id: run_id.to_string(),
+                    expected,
+                    found: current.status,
+                });
+            }
+            let record_bytes = encode_json("run record", &current)?.len() as u64;
+            match self
+                .location
+                .put(
+                    &key,
+                    TOMBSTONE.to_vec(),
+                    "application/json",
+                    Condition::Matches(&etag),
+                )
+                .await?
+            {
+                PutOutcome::Written => {}
+                PutOutcome::PreconditionFailed | PutOutcome::Conflict => continue,
+            }
+            self.known_runs
+                .lock()
+                .expect("known_runs lock")
+                .remove(run_id);
+            self.next_seq.lock().expect("next_seq lock").remove(run_id);
+            let batches = self
+                .location
+                .list_sized(&self.events_prefix(run_id))
+                .await?;
+            let batch_bytes: u64 = batches.iter().map(|(_, size)| size).sum();
+            let count = batches.len() as u64;
+            self.location
+                .delete_keys(batches.into_iter().map(|(k, _)| k).collect())
+                .await?;
+            self.location.delete_keys(vec![key]).await?;
+            return Ok(DeletedRun::new(
+                current,
+                count,
+                Some(record_bytes + batch_bytes),
+            ));
         }
         Err(StorageError::Contention {
             run_id: run_id.to_string(),
