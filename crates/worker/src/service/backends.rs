@@ -19,9 +19,9 @@ use std::sync::Arc;
 
 use stepq_broker::{InMemoryBroker, TaskQueue};
 use stepq_cancel::{CancelStore, CancellableBroker, Canceller, LocalDirCancelStore};
-use stepq_sqlite::SqliteStore;
 use stepq_results::{LocalDirOutputStore, LocalDirResultBackend, OutputStore, ResultBackend};
 use stepq_runs::{HeartbeatStore, LocalDirHeartbeatStore, LocalDirRunStore, RunStore};
+use stepq_sqlite::SqliteStore;
 
 use super::ServiceParts;
 
