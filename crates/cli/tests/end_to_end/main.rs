@@ -20,3 +20,4 @@ mod localstack_health;
 mod localstack_launch;
 mod resume;
 mod shell_processes;
+mod tables;
