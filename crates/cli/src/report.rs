@@ -411,6 +411,45 @@ mod tests {
     }
 
     #[test]
+    fn a_step_queued_in_a_fused_task_and_never_started_counts_no_attempt() {
+        let queued = |us, attempt| {
+            at(
+                us,
+                "m",
+                EventKind::StepQueued {
+                    attempt,
+                    task_id: "t1".into(),
+                },
+            )
+        };
+        let skipped = at(
+            300,
+            "m",
+            EventKind::StepSkipped {
+                reason: SkipReason::UpstreamNotSucceeded {
+                    upstream: "h".into(),
+                },
+            },
+        );
+        let rows = rows_from_events(&[queued(100, 1), skipped]);
+        assert_eq!((rows[0].status.as_str(), rows[0].attempts), ("SKIPPED", 0));
+        let rows = rows_from_events(&[queued(100, 1)]);
+        assert_eq!((rows[0].status.as_str(), rows[0].attempts), ("QUEUED", 1));
+        let start = at(
+            200,
+            "m",
+            EventKind::StepStart {
+                attempt: 1,
+                worker: "w".into(),
+            },
+        );
+        let rows = rows_from_events(&[queued(100, 1), start]);
+        assert_eq!(rows[0].status, "RUNNING");
+        assert_eq!(rows[0].worker.as_deref(), Some("w"));
+        assert_eq!(rows[0].queue_wait, Some(Duration::from_micros(100)));
+    }
+
+    #[test]
     fn table_is_aligned_with_details_below() {
         let rows = vec![
             StepRow {
