@@ -1,5 +1,5 @@
-//! What a run did, step by step, as rows of a table: built from a finished run's
-//! [`RunResult`] or from a stored event log (for `stepq status` in another process).
+//! What a run did, step by step, as rows of a table: built from the run's event log, for
+//! `stepq run`'s summary and `stepq status` alike.
 
 use std::collections::HashMap;
 use std::fmt::Write as _;
@@ -44,39 +44,26 @@ impl StepRow {
     }
 }
 
-/// Rows of a finished run, in the job's topological order; steps not part of the run are
-/// left out.
-pub fn rows_from_result(job: &Job, result: &RunResult) -> Vec<StepRow> {
-    job.topological_order()
-        .filter_map(|key| {
-            let s = result.step(key)?;
-            if s.state == StepRunState::NotRun {
-                return None;
-            }
-            let detail = match (&s.error, &s.skip_reason) {
-                (Some(e), _) if s.state != StepRunState::Succeeded => Some(e.to_string()),
-                (_, Some(reason)) => Some(reason.to_string()),
-                _ => None,
-            };
-            Some(StepRow {
-                step: key.to_string(),
-                status: s.state.to_string(),
-                attempts: s.attempts,
-                worker: s.worker.clone(),
-                queue_wait: s.queue_wait,
-                duration: s.duration,
-                detail,
-            })
-        })
-        .collect()
-}
-
-/// Rows rebuilt from a run's event log, in the order steps first appear in it.
+/// A run's per-step table, rebuilt from its event log: the one source of the rows `stepq
+/// run` prints at the end, `stepq status` prints and `--json` writes, so they agree. Steps
+/// come in the order they first appear in the log (the order they were scheduled); a step
+/// the log does not name was not part of the run.
+///
+/// Per step, its last attempt: status (`QUEUED` from its `StepQueued`, `RUNNING` from its
+/// `StepStart` — a worker's start notification, recorded when the step starts —, then
+/// `SUCCEEDED` / `FAILED` / `RETRYING` / `SKIPPED` / `CANCELED`), the worker and queue wait
+/// of its start, its duration (the op's time on success, start to failure on failure, none
+/// when canceled), and the error or skip reason. `attempts` is the highest attempt number
+/// that started (counting earlier runs of the same run id), or for a step queued and not
+/// started yet the attempt queued; a step sent in a fused task that never started counts
+/// none.
 pub fn rows_from_events(events: &[Event]) -> Vec<StepRow> {
     let mut order: Vec<String> = Vec::new();
     let mut rows: HashMap<String, StepRow> = HashMap::new();
     // (queued at, started at) of each step's current attempt, µs since the epoch.
     let mut times: HashMap<String, (Option<u64>, Option<u64>)> = HashMap::new();
+    // Highest attempt that started, per step.
+    let mut started: HashMap<String, u32> = HashMap::new();
     for event in events {
         let Some(key) = &event.step_key else { continue };
         let row = rows.entry(key.clone()).or_insert_with(|| {
@@ -90,9 +77,12 @@ pub fn rows_from_events(events: &[Event]) -> Vec<StepRow> {
                 row.status = "QUEUED".into();
                 *t = (Some(event.timestamp_us), None);
             }
-            EventKind::StepStart { worker, .. } => {
+            EventKind::StepStart { worker, attempt } => {
+                let s = started.entry(key.clone()).or_insert(0);
+                *s = (*s).max(*attempt);
                 row.status = "RUNNING".into();
                 row.worker = Some(worker.clone());
+                row.duration = None;
                 t.1 = Some(event.timestamp_us);
                 row.queue_wait =
                     t.0.map(|q| Duration::from_micros(event.timestamp_us.saturating_sub(q)));
@@ -117,7 +107,16 @@ pub fn rows_from_events(events: &[Event]) -> Vec<StepRow> {
             _ => {}
         }
     }
-    order.into_iter().filter_map(|k| rows.remove(&k)).collect()
+    order
+        .into_iter()
+        .filter_map(|k| {
+            let mut row = rows.remove(&k)?;
+            if row.status != "QUEUED" {
+                row.attempts = started.get(&k).copied().unwrap_or(0);
+            }
+            Some(row)
+        })
+        .collect()
 }
 
 /// Steps of a finished run that succeeded and whose outputs no other step of the run
@@ -409,6 +408,45 @@ mod tests {
         assert_eq!(rows[2].duration, Some(Duration::from_micros(1000)));
         assert!(rows[2].detail.as_deref().unwrap().contains("bad"));
         assert_eq!(rows[3].status, "CANCELED");
+    }
+
+    #[test]
+    fn a_step_queued_in_a_fused_task_and_never_started_counts_no_attempt() {
+        let queued = |us, attempt| {
+            at(
+                us,
+                "m",
+                EventKind::StepQueued {
+                    attempt,
+                    task_id: "t1".into(),
+                },
+            )
+        };
+        let skipped = at(
+            300,
+            "m",
+            EventKind::StepSkipped {
+                reason: SkipReason::UpstreamNotSucceeded {
+                    upstream: "h".into(),
+                },
+            },
+        );
+        let rows = rows_from_events(&[queued(100, 1), skipped]);
+        assert_eq!((rows[0].status.as_str(), rows[0].attempts), ("SKIPPED", 0));
+        let rows = rows_from_events(&[queued(100, 1)]);
+        assert_eq!((rows[0].status.as_str(), rows[0].attempts), ("QUEUED", 1));
+        let start = at(
+            200,
+            "m",
+            EventKind::StepStart {
+                attempt: 1,
+                worker: "w".into(),
+            },
+        );
+        let rows = rows_from_events(&[queued(100, 1), start]);
+        assert_eq!(rows[0].status, "RUNNING");
+        assert_eq!(rows[0].worker.as_deref(), Some("w"));
+        assert_eq!(rows[0].queue_wait, Some(Duration::from_micros(100)));
     }
 
     #[test]

@@ -17,9 +17,18 @@
 //! the previous one, reading only from it) goes out as one task whose head step is admitted,
 //! awaited and released like a single step, while its other steps ("members", phase
 //! `Fused`) get their own events, attempts and outcomes from the task's reports.
+//!
+//! With `ExecutorConfig::step_progress` (default on), each message asks its worker for
+//! progress entries (`stepq_protocol::progress_key`): while a task's result is awaited, its
+//! entries are awaited one after the other (each read, handed to the scheduler, deleted),
+//! so a step's start and a fused task's finished steps are recorded when they happen. The
+//! result ends the task's progress wait (entries not read yet are deleted).
 
 mod scheduler;
 
+mod progress;
+
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -40,6 +49,7 @@ use crate::error::CancelHookError;
 use crate::outcome::RunResult;
 use crate::protocol;
 
+use progress::{wait_for_progress, ProgressWake};
 use scheduler::{Answer, Decision, Scheduler, StepTask};
 
 /// Something the loop was waiting for happened.
@@ -102,6 +112,11 @@ struct Runner {
     waits: FuturesUnordered<BoxFuture<'static, Wake>>,
     /// Cancel requests on their way.
     cancels: FuturesUnordered<BoxFuture<'static, Result<(), CancelHookError>>>,
+    /// Waits for the next progress entry of each awaited task (and clean-ups of entries not
+    /// read).
+    progress: FuturesUnordered<BoxFuture<'static, ProgressWake>>,
+    /// Ends the progress wait of a task, by task id, once its result arrived.
+    progress_stops: HashMap<String, CancellationToken>,
     /// The event stream, until its consumer goes away.
     events: Option<mpsc::Sender<Event>>,
     /// When the cancel grace period ends, once the run is stopping.
@@ -132,6 +147,8 @@ impl RunLoop {
             scheduler,
             waits: FuturesUnordered::new(),
             cancels: FuturesUnordered::new(),
+            progress: FuturesUnordered::new(),
+            progress_stops: HashMap::new(),
             events: Some(events),
             grace_deadline: None,
         };
@@ -174,6 +191,9 @@ impl Runner {
                 Some(result) = self.cancels.next() => {
                     self.on_cancel_result(result).await;
                 }
+                Some(wake) = self.progress.next() => {
+                    self.on_progress(wake).await;
+                }
             }
         }
         self.finish().await
@@ -188,13 +208,28 @@ impl Runner {
                     step,
                     task_id,
                     timeout,
-                } => self.waits.push(wait_for_result(
-                    self.results.clone(),
-                    step,
-                    task_id,
-                    timeout,
-                    self.config.result_wait.clone(),
-                )),
+                    steps,
+                } => {
+                    if self.config.step_progress {
+                        let stop = CancellationToken::new();
+                        self.progress_stops.insert(task_id.clone(), stop.clone());
+                        self.progress.push(wait_for_progress(
+                            self.results.clone(),
+                            step,
+                            task_id.clone(),
+                            1,
+                            u32::try_from(steps).unwrap_or(u32::MAX),
+                            stop,
+                        ));
+                    }
+                    self.waits.push(wait_for_result(
+                        self.results.clone(),
+                        step,
+                        task_id,
+                        timeout,
+                        self.config.result_wait.clone(),
+                    ))
+                }
                 Decision::RetryAfter { step, delay } => self.waits.push(
                     tokio::time::sleep(delay)
                         .map(move |()| Wake::RetryDue { step })
@@ -225,7 +260,11 @@ impl Runner {
             // Packing plan values into an envelope cannot fail for these types; should it
             // ever, a future reports it as a submission failure of this step.
             match protocol::step_message(&args) {
-                Ok(message) => {
+                Ok(mut message) => {
+                    if self.config.step_progress {
+                        message = message
+                            .with_label(protocol::PROGRESS_LABEL, args.step_keys.len().to_string());
+                    }
                     messages.push(message);
                     steps.push((step, attempt));
                 }
@@ -285,6 +324,9 @@ impl Runner {
                 outcome,
                 delete_error,
             } => {
+                if let Some(stop) = self.progress_stops.remove(&task_id) {
+                    stop.cancel();
+                }
                 let answer = match outcome {
                     Ok(result) => Answer::Result(result),
                     Err(ResultError::Timeout { .. }) => Answer::TimedOut,
@@ -323,9 +365,63 @@ impl Runner {
         }
     }
 
+    /// Hands a task's progress entry to the scheduler and waits for the next one while the
+    /// task is awaited; once it is not, deletes the entries not read.
+    async fn on_progress(&mut self, wake: ProgressWake) {
+        let ProgressWake {
+            step,
+            task_id,
+            seq,
+            steps,
+            stop,
+            outcome,
+        } = wake;
+        match outcome {
+            None => return,
+            Some(Err(e)) => {
+                tracing::warn!(run_id = %self.run_id, %task_id, seq, error = %e, "waiting for a progress entry failed; the task's result will tell");
+                return;
+            }
+            Some(Ok(result)) => match protocol::read_progress(&result.return_value) {
+                Ok(progress) => {
+                    let decisions = self.scheduler.on_progress(step, &task_id, progress);
+                    self.carry_out(decisions).await;
+                }
+                Err(e) => {
+                    tracing::warn!(run_id = %self.run_id, %task_id, seq, error = %e, "a progress entry does not decode; skipping it");
+                }
+            },
+        }
+        if seq >= steps {
+            return;
+        }
+        if !self.scheduler.awaits(step, &task_id) {
+            // The result came first: what is left is only deleted.
+            stop.cancel();
+        }
+        self.progress.push(wait_for_progress(
+            self.results.clone(),
+            step,
+            task_id,
+            seq + 1,
+            steps,
+            stop,
+        ));
+    }
+
     /// Lets cancel requests still on their way finish (within the grace period), then emits
     /// the run's final event and returns its result.
     async fn finish(mut self) -> RunResult {
+        for stop in self.progress_stops.values() {
+            stop.cancel();
+        }
+        if !self.progress.is_empty() {
+            let mut progress = std::mem::take(&mut self.progress);
+            let _ = tokio::time::timeout(self.config.cancel_grace, async {
+                while progress.next().await.is_some() {}
+            })
+            .await;
+        }
         if !self.cancels.is_empty() {
             let grace = self.config.cancel_grace;
             let mut cancels = std::mem::take(&mut self.cancels);

@@ -152,6 +152,23 @@ pub struct StepReport {
     pub inline_outputs: Vec<InlineValue>,
 }
 
+/// What a worker says about a task while it runs (when the message asks for it): one entry
+/// right before each of its steps starts, carrying that step's `StepStart` event and, in a
+/// fused task, the reports of the steps of the task that succeeded since the entry before.
+/// The orchestrator records them as they come, so a step shows RUNNING while it runs and a
+/// fused task's finished steps are recorded before the task ends. The task's result still
+/// carries every report; these entries only bring parts of it forward.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TaskProgress {
+    /// Reports of steps of the task that succeeded since the last entry, in order (their
+    /// outputs are stored; `inline_outputs` left empty).
+    #[serde(default)]
+    pub finished: Vec<StepReport>,
+    /// The `StepStart` event of the step starting now, stamped by the worker.
+    #[serde(default)]
+    pub started: Option<Event>,
+}
+
 /// Serde adapter writing a `Vec<u8>` as one MessagePack `bin` value (not an array of
 /// integers); reads `bin`, strings' bytes, or a sequence of integers.
 mod raw_bytes {

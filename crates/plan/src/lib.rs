@@ -27,6 +27,7 @@ pub mod state;
 
 pub use args::{
     ExecuteRunArgs, ExecuteStepArgs, InlineValue, ResumeRunArgs, RetryMode, StepReport, StepStatus,
+    TaskProgress,
 };
 pub use events::{ErrorInfo, Event, EventKind, SkipReason};
 pub use job::{

@@ -119,6 +119,7 @@ packable! {
     crate::args::ExecuteRunArgs => "ExecuteRunArgs",
     crate::args::ResumeRunArgs => "ResumeRunArgs",
     crate::args::StepReport => "StepReport",
+    crate::args::TaskProgress => "TaskProgress",
     crate::events::Event => "Event",
     Vec<crate::events::Event> => "EventBatch",
     crate::state::KnownState => "KnownState",

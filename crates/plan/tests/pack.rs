@@ -6,7 +6,7 @@ use std::time::Duration;
 use stepq_plan::{
     pack, unpack, ErrorInfo, Event, EventKind, ExecuteRunArgs, ExecuteStepArgs, InlineValue,
     KnownState, PackError, Packable, ResumeRunArgs, RetryMode, SkipReason, StepReport, StepStatus,
-    PACK_VERSION,
+    TaskProgress, PACK_VERSION,
 };
 
 const RUN: &str = "run-0001";
@@ -606,4 +606,47 @@ fn golden_event_batch() {
 #[test]
 fn golden_known_state() {
     check_golden("known_state.bin", &known_state());
+}
+
+fn task_progress() -> Vec<TaskProgress> {
+    let events = every_event();
+    let start = events
+        .iter()
+        .find(|e| matches!(e.kind, EventKind::StepStart { .. }))
+        .cloned()
+        .expect("a StepStart sample");
+    vec![
+        TaskProgress {
+            finished: Vec::new(),
+            started: Some(start.clone()),
+        },
+        TaskProgress {
+            finished: vec![step_reports()[0].clone()],
+            started: Some(start),
+        },
+    ]
+}
+
+#[test]
+fn task_progress_round_trips_and_reads_without_its_fields() {
+    for progress in task_progress() {
+        round_trip(&progress);
+    }
+    // Both fields default: an entry of a later version without them still reads.
+    let empty: TaskProgress =
+        rmp_serde::from_slice(&rmp_serde::to_vec_named(&serde_json::json!({})).unwrap()).unwrap();
+    assert_eq!(
+        empty,
+        TaskProgress {
+            finished: Vec::new(),
+            started: None
+        }
+    );
+}
+
+#[test]
+fn golden_task_progress() {
+    for (i, progress) in task_progress().iter().enumerate() {
+        check_golden(&format!("task_progress_{i}.bin"), progress);
+    }
 }

@@ -30,6 +30,14 @@
 //!   emits the orchestration events itself (`StepQueued`, `StepSuccess`, `StepFailure` with
 //!   `will_retry`, `StepRetry`, `StepSkipped`, `StepCanceled`, run events) and drops any of
 //!   those a report carries.
+//! - Progress (when the message is labelled [`PROGRESS_LABEL`]): right before each step of
+//!   the task starts, the worker stores a [`TaskProgress`] in the result backend under
+//!   [`progress_key`]`(task_id, n)`, `n` = 1, 2, … (entry `n` before the task's `n`-th step):
+//!   that step's `StepStart` and the reports of the steps that succeeded since entry `n - 1`.
+//!   They go out in order, all before the task's result. The executor waits for entry `n`,
+//!   records it, deletes it and waits for `n + 1` until the task's result arrives. A worker
+//!   that does not know the label writes none (the result still carries everything); an
+//!   orchestrator that does not set it gets none.
 //! - A worker-side failure to run the task at all (unknown job or step, undecodable args) is a
 //!   failed task result (`is_err`); the executor records it as a failure of the step.
 
@@ -37,6 +45,7 @@ use base64::Engine;
 use stepq_broker::{TaskMessage, NO_REPLY_LABEL};
 use stepq_plan::{
     pack, unpack, ExecuteRunArgs, ExecuteStepArgs, PackError, Packable, ResumeRunArgs, StepReport,
+    TaskProgress,
 };
 
 /// Task name of a step execution.
@@ -79,6 +88,12 @@ pub enum ProtocolError {
     /// A result's return value has the wrong shape.
     #[error("result return value is not a list of packed step reports: {reason}")]
     BadReturnValue {
+        /// What is wrong.
+        reason: String,
+    },
+    /// A progress entry's return value has the wrong shape.
+    #[error("progress entry is not a packed string: {reason}")]
+    BadProgress {
         /// What is wrong.
         reason: String,
     },
@@ -133,6 +148,28 @@ pub const STEP_KEY_LABEL: &str = "step_key";
 /// keys, in order, as a JSON array of strings encoded in the label's string (a step key may
 /// contain any character).
 pub const STEP_KEYS_LABEL: &str = "step_keys";
+
+/// Label of an `execute_plan` message asking its worker for progress entries (see the
+/// [crate docs](crate)); its value is the number of steps of the task.
+pub const PROGRESS_LABEL: &str = "progress";
+
+/// Key in the result backend of progress entry `seq` (1-based) of task `task_id`.
+pub fn progress_key(task_id: &str, seq: u32) -> String {
+    format!("{task_id}.progress.{seq}")
+}
+
+/// Encodes a progress entry as a result return value: one packed string.
+pub fn progress_value(progress: &TaskProgress) -> Result<serde_json::Value, PackError> {
+    pack_b64(progress).map(serde_json::Value::String)
+}
+
+/// Decodes a progress entry from a result return value.
+pub fn read_progress(value: &serde_json::Value) -> Result<TaskProgress, ProtocolError> {
+    let text = value.as_str().ok_or_else(|| ProtocolError::BadProgress {
+        reason: format!("got {}", json_kind(value)),
+    })?;
+    unpack_b64("progress entry", text)
+}
 
 /// Builds an `execute_plan` message for `args`, labelled with run, job and first step key, and
 /// with all its step keys ([`STEP_KEYS_LABEL`]) when it has more than one.
@@ -251,6 +288,19 @@ mod tests {
             run_config: serde_json::Value::Null,
             inline_inputs: Vec::new(),
         }
+    }
+
+    #[test]
+    fn progress_entries_round_trip_under_their_own_keys() {
+        let progress = TaskProgress {
+            finished: Vec::new(),
+            started: None,
+        };
+        let value = progress_value(&progress).unwrap();
+        assert_eq!(read_progress(&value).unwrap(), progress);
+        assert!(read_progress(&serde_json::json!([1])).is_err());
+        assert_eq!(progress_key("t-1", 2), "t-1.progress.2");
+        assert_ne!(progress_key("t-1", 1), progress_key("t-1", 2));
     }
 
     #[test]

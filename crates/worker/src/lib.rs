@@ -70,6 +70,7 @@ pub mod health;
 pub mod io;
 pub mod location;
 pub mod op;
+mod progress;
 pub mod service;
 pub mod shell;
 pub mod worker;

@@ -10,12 +10,13 @@ use stepq_broker::{
 };
 use stepq_plan::{ExecuteStepArgs, FailureKind, StepReport, StepStatus};
 use stepq_protocol as protocol;
-use stepq_results::{OutputStore, TaskError};
+use stepq_results::{OutputStore, ResultBackend, TaskError};
 use tokio_util::sync::CancellationToken;
 
 use crate::execute::{run_step, InlineInputs, InlineOptions};
 use crate::health::WorkerActivity;
 use crate::location::CodeLocation;
+use crate::progress::ProgressWriter;
 
 /// Error kind of a task whose step arguments do not decode (or name no step).
 pub const INVALID_STEP_ARGS: FailureKind = FailureKind::InvalidStepArgs;
@@ -187,6 +188,8 @@ struct StepCounters {
 struct StepRunner {
     location: Arc<CodeLocation>,
     outputs: Arc<dyn OutputStore>,
+    /// Where progress entries go: the task queue's result backend.
+    results: Arc<dyn ResultBackend>,
     worker_name: String,
     inline: InlineOptions,
     counters: StepCounters,
@@ -197,10 +200,13 @@ impl StepRunner {
     /// are stored too). Stops after the first step that does not succeed, and before a step
     /// that reads an output an earlier step of the task did not emit: the steps after that
     /// get no report (not run), and the orchestrator schedules or skips them itself.
+    ///
+    /// With `progress`, each step's start and each success are told to it as they happen.
     async fn run_steps(
         &self,
         args: &ExecuteStepArgs,
         cancel: &CancellationToken,
+        progress: Option<&ProgressWriter>,
     ) -> Vec<StepReport> {
         let mut inline = InlineInputs::from_args(args);
         let job = self.location.job(&args.job_name);
@@ -244,6 +250,7 @@ impl StepRunner {
                 cancel,
                 &inline,
                 self.inline,
+                progress,
             )
             .await;
             let succeeded = matches!(executed.report.status, StepStatus::Success { .. });
@@ -253,6 +260,11 @@ impl StepRunner {
                 StepStatus::Canceled => &self.counters.canceled,
             };
             counter.fetch_add(1, Ordering::Relaxed);
+            if let (true, Some(progress)) = (succeeded, progress) {
+                if i + 1 < args.step_keys.len() {
+                    progress.finished(&executed.report);
+                }
+            }
             reports.push(executed.report);
             if !succeeded {
                 break;
@@ -299,7 +311,19 @@ impl StepRunner {
                 "running a redelivered step task"
             );
         }
-        let reports = self.run_steps(&args, &task.cancel).await;
+        // Progress entries only when the orchestrator asked (it waits for them, and deletes
+        // them); an older one does not.
+        let progress = message.label(protocol::PROGRESS_LABEL).map(|_| {
+            ProgressWriter::start(
+                self.results.clone(),
+                message.task_id.clone(),
+                message.labels.clone(),
+            )
+        });
+        let reports = self.run_steps(&args, &task.cancel, progress.as_ref()).await;
+        if let Some(progress) = progress {
+            progress.finish().await;
+        }
         protocol::reports_value(&reports).map_err(|e| TaskError {
             kind: REPORT_ENCODE_ERROR,
             message: format!(
@@ -337,6 +361,7 @@ impl Worker {
         let runner = Arc::new(StepRunner {
             location,
             outputs,
+            results: queue.results().clone(),
             worker_name: config.name.clone(),
             inline: InlineOptions::up_to(config.inline_output_limit),
             counters: StepCounters::default(),

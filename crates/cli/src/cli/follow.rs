@@ -13,7 +13,7 @@ use super::run_job::spawn_interrupt_handler;
 use super::status::finished_elapsed;
 use super::{ResumeArgs, EXIT_FAILURE, EXIT_INTERRUPTED, SUMMARY_MAX_ROWS};
 use crate::progress::Progress;
-use crate::report::{final_steps, human_duration, output_lines, render_table, rows_from_result};
+use crate::report::{final_steps, human_duration, output_lines, render_table, rows_from_events};
 use stepq::app::{App, LaunchedRun, LocalWorkers};
 use stepq::config::{default_parallelism, Mode};
 
@@ -64,9 +64,12 @@ pub(super) async fn follow_run(
         if steps == 1 { "" } else { "s" }
     );
     let mut progress = Progress::new(steps, std::io::stdout().is_terminal());
+    // What this process saw, for the summary should the run's log not be readable.
+    let mut seen = Vec::new();
     if let Some(mut events) = run.events() {
         while let Some(event) = events.recv().await {
             progress.on_event(&event);
+            seen.push(event);
         }
     }
     progress.finish();
@@ -81,7 +84,21 @@ pub(super) async fn follow_run(
     let result = &finished.result;
     let elapsed = finished_elapsed(app, &result.run_id).await;
     println!();
-    let rows = rows_from_result(&finished.job, result);
+    // The table `stepq status` shows: rows from the run's log (earlier attempts of a resumed
+    // run included).
+    let events = match stepq_executor::launcher::read_all_events(
+        app.runs().as_ref(),
+        &result.run_id,
+    )
+    .await
+    {
+        Ok(events) => events,
+        Err(e) => {
+            eprintln!("warning: cannot read the run's events back ({e}); the summary shows this process's");
+            seen
+        }
+    };
+    let rows = rows_from_events(&events);
     if rows.len() <= SUMMARY_MAX_ROWS {
         print!("{}", render_table(&rows));
     } else {

@@ -22,3 +22,4 @@ mod localstack_health;
 mod localstack_launch;
 mod resume;
 mod shell_processes;
+mod tables;

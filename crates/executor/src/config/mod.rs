@@ -113,6 +113,12 @@ pub struct ExecutorConfig {
     /// Most steps one fused task carries (at least 1; 1 is the same as `fuse_chains = false`).
     /// Default 16.
     pub max_fused_steps: usize,
+    /// Ask workers for progress entries (`stepq_protocol::PROGRESS_LABEL`): one stored in the
+    /// result backend right before each step of a task starts, so the run's events record a
+    /// step's `StepStart` when it starts and, in a fused task, each step's `StepSuccess` when
+    /// it ends (a resume after an orchestrator crash then knows them). One more result
+    /// written, read and deleted per step. Default `true`.
+    pub step_progress: bool,
 }
 
 impl Default for ExecutorConfig {
@@ -135,6 +141,7 @@ impl Default for ExecutorConfig {
             inline_inputs_per_message: 64 * 1024,
             fuse_chains: true,
             max_fused_steps: 16,
+            step_progress: true,
         }
     }
 }

@@ -80,6 +80,10 @@ pub struct ExecutorSettings {
     /// round trip for the run instead of one per step. Events, attempts and retries stay per
     /// step.
     pub fuse_chains: bool,
+    /// Workers report each step's start (and a fused chain's finished steps) when it
+    /// happens, through the result backend, so `stepq status` shows RUNNING and a resume
+    /// after an orchestrator crash knows the finished steps. One more result per step.
+    pub step_progress: bool,
 }
 
 impl Default for ExecutorSettings {
@@ -94,6 +98,7 @@ impl Default for ExecutorSettings {
             fail_fast: config.fail_fast,
             cancel_grace_seconds: config.cancel_grace.as_secs_f64(),
             fuse_chains: config.fuse_chains,
+            step_progress: config.step_progress,
         }
     }
 }
@@ -136,6 +141,7 @@ impl ExecutorSettings {
             fail_fast: self.fail_fast,
             cancel_grace: seconds("cancel_grace_seconds", self.cancel_grace_seconds)?,
             fuse_chains: self.fuse_chains,
+            step_progress: self.step_progress,
             ..base
         };
         if let Some(t) = self

@@ -14,10 +14,13 @@
 //!   what happens when a batch was sent.
 //! - [`inline`]: the inline values of succeeded steps and which unsent steps still read them.
 //! - [`reports`]: results and step reports: success, retries, failures, fused members.
+//! - [`progress`]: a task's progress entries: a step's start, and a fused task's successes,
+//!   recorded before its result.
 //! - [`stopping`]: interrupt, fail fast, the cancel grace period, a stalled loop, and how the
 //!   run ended.
 
 mod inline;
+mod progress;
 mod reports;
 mod stopping;
 mod tasks;
@@ -36,6 +39,7 @@ use crate::config::ExecutorConfig;
 use crate::outcome::{StepRunState, StepSummary};
 
 use inline::InlineValues;
+use progress::EarlyProgress;
 
 /// Something the driver must do. A call's decisions are carried out in the order given.
 #[derive(Debug, Clone, PartialEq)]
@@ -51,6 +55,8 @@ pub(crate) enum Decision {
         task_id: String,
         /// How long to wait; `None` waits as long as it takes.
         timeout: Option<Duration>,
+        /// Steps the task carries: at most this many progress entries come for it.
+        steps: usize,
     },
     /// Wait `delay`, then call [`Scheduler::on_retry_due`] for `step`.
     RetryAfter {
@@ -129,6 +135,8 @@ struct StepTrack {
     chain: Vec<usize>,
     /// What the run result will say about it.
     summary: StepSummary,
+    /// What the current attempt's task told before its result.
+    early: EarlyProgress,
 }
 
 /// Why the run stopped submitting.
@@ -190,6 +198,7 @@ impl Scheduler {
                 queued_us: 0,
                 chain: Vec::new(),
                 summary: StepSummary::new(StepRunState::NotRun),
+                early: EarlyProgress::default(),
             })
             .collect();
         let inline = InlineValues::new(progress.plan(), config.inline_inputs_per_message);

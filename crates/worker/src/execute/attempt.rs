@@ -5,7 +5,7 @@
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use stepq_plan::{EventKind, InlineValue, RetryMode, StepDef, StepReport, StepStatus};
+use stepq_plan::{Event, EventKind, InlineValue, RetryMode, StepDef, StepReport, StepStatus};
 use stepq_results::OutputStore;
 use tokio_util::sync::CancellationToken;
 
@@ -25,10 +25,18 @@ impl StepAttempt<'_> {
         cancel: &CancellationToken,
         options: InlineOptions,
     ) -> ExecutedStep {
-        self.event(EventKind::StepStart {
-            attempt: self.attempt,
-            worker: self.worker_name.to_string(),
-        });
+        let start = Event::step(
+            &self.args.run_id,
+            self.step_key,
+            EventKind::StepStart {
+                attempt: self.attempt,
+                worker: self.worker_name.to_string(),
+            },
+        );
+        if let Some(progress) = self.progress {
+            progress.started(&start);
+        }
+        self.sink.push(start);
         tracing::info!(worker = self.worker_name, "step started");
         let mut step_def = None;
         let outcome = self.attempt(location, outputs, cancel, &mut step_def).await;

@@ -22,6 +22,7 @@ use tracing::Instrument;
 use crate::context::EventSink;
 use crate::error::OpError;
 use crate::location::CodeLocation;
+use crate::progress::ProgressWriter;
 
 /// Failure kind: the job is not in the code location.
 pub const UNKNOWN_JOB: FailureKind = FailureKind::UnknownJob;
@@ -82,6 +83,7 @@ pub async fn execute_step(
         cancel,
         &inline,
         InlineOptions::none(),
+        None,
     )
     .await
     .report
@@ -163,7 +165,8 @@ pub(crate) struct ExecutedStep {
 }
 
 /// [`execute_step`] with inputs taken from `inline` first, outputs copied into the report per
-/// `options`, and the stored outputs handed back (for the next step of a multi-step task).
+/// `options`, the stored outputs handed back (for the next step of a multi-step task), and
+/// the step's start told to `progress` as it happens.
 #[allow(clippy::too_many_arguments)]
 pub(crate) async fn run_step(
     location: &CodeLocation,
@@ -174,6 +177,7 @@ pub(crate) async fn run_step(
     cancel: &CancellationToken,
     inline: &InlineInputs,
     options: InlineOptions,
+    progress: Option<&ProgressWriter>,
 ) -> ExecutedStep {
     let attempt_number = args.attempt_of(step_key);
     let span = tracing::info_span!(
@@ -191,6 +195,7 @@ pub(crate) async fn run_step(
         worker_name,
         sink,
         inline,
+        progress,
     };
     attempt
         .run(location, outputs, cancel, options)
@@ -207,6 +212,8 @@ struct StepAttempt<'a> {
     worker_name: &'a str,
     sink: Arc<EventSink>,
     inline: &'a InlineInputs,
+    /// Told when the step starts, if the task's progress is reported.
+    progress: Option<&'a ProgressWriter>,
 }
 
 /// Why an attempt stopped before the end.

@@ -9,6 +9,7 @@ use stepq_plan::{ErrorInfo, Event, EventKind, StepOutcome, StepReport, StepState
 use crate::protocol;
 use crate::retry::{self, RetryDecision};
 
+use super::progress::failure;
 use super::{Answer, Decision, Phase, Scheduler, Stop};
 
 impl Scheduler {
@@ -72,12 +73,14 @@ impl Scheduler {
                         "no result for attempt {attempt} of step `{key}` ({task}) within {timeout:?}"
                     ),
                 );
-                self.decide(Decision::Cancel { task_id });
-                self.attempt_failed(step, error, None);
+                self.decide(Decision::Cancel {
+                    task_id: task_id.clone(),
+                });
+                self.no_result(step, &task_id, chain, failure(error));
                 return;
             }
             Answer::Failed(error) => {
-                self.attempt_failed(step, error, None);
+                self.no_result(step, &task_id, chain, failure(error));
                 return;
             }
         };
@@ -90,7 +93,7 @@ impl Scheduler {
                 .is_some_and(|e| e.kind == stepq_broker::receiver::kinds::CANCELED);
             if canceled {
                 // A worker's cancellation gate answered the task without running it.
-                self.cancel_step(step);
+                self.no_result(step, &task_id, chain, StepStatus::Canceled);
                 return;
             }
             let error = match result.error {
@@ -103,10 +106,10 @@ impl Scheduler {
                     "worker reported a failed task without an error",
                 ),
             };
-            self.attempt_failed(step, error, None);
+            self.no_result(step, &task_id, chain, failure(error));
             return;
         }
-        let mut reports = match protocol::read_reports(&result.return_value) {
+        let reports = match protocol::read_reports(&result.return_value) {
             Err(e) => {
                 self.steps[step].summary.duration = task_time;
                 let error = ErrorInfo::from_error("bad_report", &e);
@@ -115,6 +118,22 @@ impl Scheduler {
             }
             Ok(reports) => reports,
         };
+        // A fused task's own time is not one step's: each step has its op time.
+        let task_time = task_time.filter(|_| chain.is_empty());
+        self.take_reports(step, &task_id, chain, reports, task_time);
+    }
+
+    /// A task's steps' reports, from its result or (see [`no_result`](Self::no_result)) from
+    /// its progress: the head's first, then its fused members'.
+    fn take_reports(
+        &mut self,
+        step: usize,
+        task_id: &str,
+        chain: Vec<usize>,
+        mut reports: Vec<StepReport>,
+        task_time: Option<Duration>,
+    ) {
+        let key = self.key(step);
         let Some(at) = reports.iter().position(|r| r.step_key == key) else {
             self.steps[step].summary.duration = task_time;
             let error = ErrorInfo::new(
@@ -125,11 +144,32 @@ impl Scheduler {
             return;
         };
         let report = reports.swap_remove(at);
-        // A fused task's own time is not one step's: each step has its op time.
-        let task_time = task_time.filter(|_| chain.is_empty());
         self.on_report(step, report, task_time);
         if !chain.is_empty() {
-            self.on_members(step, &task_id, chain, reports);
+            self.on_members(step, task_id, chain, reports);
+        }
+    }
+
+    /// `step`'s task ended without reports: its steps heard to succeed (progress) are taken
+    /// up as succeeded and the next one ends with `tail`; with none heard, the head does.
+    pub(super) fn no_result(
+        &mut self,
+        step: usize,
+        task_id: &str,
+        chain: Vec<usize>,
+        tail: StepStatus,
+    ) {
+        if let Some(reports) = self.early_reports(step, &chain, tail.clone()) {
+            self.take_reports(step, task_id, chain, reports, None);
+            return;
+        }
+        match tail {
+            StepStatus::Canceled => self.cancel_step(step),
+            StepStatus::Failure {
+                error,
+                retry_requested,
+            } => self.attempt_failed(step, error, retry_requested),
+            StepStatus::Success { .. } => unreachable!("a task without a result did not succeed"),
         }
     }
 
@@ -164,6 +204,12 @@ impl Scheduler {
                 let succeeded = matches!(report.status, StepStatus::Success { .. });
                 if !succeeded || !self.progress.reopen_canceled(&key) {
                     break;
+                }
+                if self.steps[m].early.success_emitted {
+                    // Recorded as succeeded when its worker said so, before the run stopped.
+                    self.take_up_member(m, queued_us, report);
+                    prev = m;
+                    continue;
                 }
                 self.emit(Event::step(
                     &self.run_id,
@@ -211,19 +257,19 @@ impl Scheduler {
         let key = self.key(step);
         let inline_outputs = std::mem::take(&mut report.inline_outputs);
         let mut op_time = None;
+        // Events already emitted from the task's progress are not emitted again.
+        let early = self.steps[step].early.success_emitted;
         for event in report.events {
             match &event.kind {
-                EventKind::StepStart { .. } => {
-                    let queued = self.steps[step].queued_us;
-                    self.steps[step].summary.queue_wait = Some(Duration::from_micros(
-                        event.timestamp_us.saturating_sub(queued),
-                    ));
-                    self.emit(event);
-                }
+                EventKind::StepStart { .. } => self.emit_start(step, event),
                 EventKind::StepSuccess { duration } => op_time = Some(*duration),
                 EventKind::StepInputLoaded { .. }
                 | EventKind::StepOutputHandled { .. }
-                | EventKind::EngineEvent { .. } => self.emit(event),
+                | EventKind::EngineEvent { .. } => {
+                    if !early {
+                        self.emit(event);
+                    }
+                }
                 other => {
                     tracing::debug!(run_id = %self.run_id, step = %key, kind = ?other, "dropping an orchestrator-owned event kind from a step report");
                 }
@@ -255,11 +301,13 @@ impl Scheduler {
                 track.summary.duration = Some(duration);
                 track.summary.error = None;
                 track.phase = Phase::Done;
-                self.emit(Event::step(
-                    &self.run_id,
-                    &key,
-                    EventKind::StepSuccess { duration },
-                ));
+                if !early {
+                    self.emit(Event::step(
+                        &self.run_id,
+                        &key,
+                        EventKind::StepSuccess { duration },
+                    ));
+                }
                 self.inline.remember(&self.job, step, inline_outputs);
                 self.progress
                     .complete(&key, StepOutcome::Success { emitted });

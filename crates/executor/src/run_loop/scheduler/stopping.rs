@@ -6,7 +6,7 @@
 
 use std::collections::BTreeMap;
 
-use stepq_plan::{ErrorInfo, Event, EventKind, StepState};
+use stepq_plan::{ErrorInfo, Event, EventKind, StepState, StepStatus};
 
 use crate::outcome::{RunResult, RunStatus, StepRunState};
 
@@ -44,6 +44,12 @@ impl Scheduler {
             let step = self.index(&key);
             self.steps[step].phase = Phase::Done;
             self.inline.mark_consumed(step);
+            if self.steps[step].early.success_emitted {
+                // A step of an in-flight fused task that its worker said succeeded (recorded
+                // so): its task's result, or the end of the grace period, takes it up as
+                // succeeded.
+                continue;
+            }
             self.emit(Event::step(&self.run_id, &key, EventKind::StepCanceled));
         }
         for step in self.admission.drain_waiting() {
@@ -76,7 +82,16 @@ impl Scheduler {
         tracing::warn!(run_id = %self.run_id, "{message}");
         self.emit(Event::run(&self.run_id, EventKind::EngineEvent { message }));
         for step in left {
-            self.cancel_step(step);
+            if self.steps[step].phase == Phase::InFlight && self.steps[step].early.success.is_some()
+            {
+                // Steps of its task said to have succeeded stay so; the next one is canceled.
+                let task_id = self.steps[step].task_id.take().unwrap_or_default();
+                self.admission.release(step);
+                let chain = self.release_chain(step);
+                self.no_result(step, &task_id, chain, StepStatus::Canceled);
+            } else {
+                self.cancel_step(step);
+            }
         }
         self.decisions()
     }

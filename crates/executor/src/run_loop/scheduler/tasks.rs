@@ -27,6 +27,7 @@ impl Scheduler {
             track.phase = Phase::Submitting;
             track.attempt = attempt;
             track.attempts += 1;
+            track.early = Default::default();
             let mut known_state = self.known_state_for(step);
             let inline_inputs = self.inline.inputs_for(&self.job, step);
             self.inline.mark_consumed(step);
@@ -39,6 +40,7 @@ impl Scheduler {
                 known_state.attempts.insert(member_key.clone(), planned);
                 self.steps[member].phase = Phase::Fused;
                 self.steps[member].attempt = planned;
+                self.steps[member].early = Default::default();
                 step_keys.push(member_key);
             }
             self.steps[step].chain = chain;
@@ -104,6 +106,7 @@ impl Scheduler {
                         step,
                         task_id: task_id.clone(),
                         timeout: self.task_timeout(self.steps[step].chain.len()),
+                        steps: 1 + self.steps[step].chain.len(),
                     });
                     if self.stop.is_some() {
                         self.decide(Decision::Cancel { task_id });

@@ -17,6 +17,7 @@ use crate::outcome::{RunStatus, StepRunState};
 use crate::protocol;
 
 mod fusion;
+mod progress;
 mod stopping;
 
 // ---- helpers -------------------------------------------------------------------------------
