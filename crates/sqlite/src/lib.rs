@@ -13,6 +13,10 @@
 //! - **Notification, not polling**: a result or a run's events written by this process wake
 //!   its waiters at once (a result is handed over in memory); commits of other processes wake
 //!   every waiter within 50 ms (the writer thread watches `PRAGMA data_version`).
+//! - **Step results and outputs are written behind**: their write returns once queued (this
+//!   process reads them at once); the writer commits in send order, so a committed step
+//!   success implies its output and result are committed. [`SqliteStore::flush`] (and the
+//!   result backend's `shutdown`) waits for the queue; dropping the last handle commits it.
 //! - **Outputs** up to [`SqliteOptions::inline_output_limit`] live in the database; larger
 //!   ones are files under `blobs/` beside it, written (to a temporary name, then renamed)
 //!   before the row that names them commits, with their size and digest checked on read.
@@ -47,6 +51,7 @@ mod error;
 mod heartbeats;
 mod notify;
 mod outputs;
+mod pending;
 mod results;
 mod runs;
 mod writer;
@@ -64,6 +69,7 @@ pub use results::SqliteResultBackend;
 pub use runs::SqliteRunStore;
 
 use notify::Notifier;
+use pending::{Pending, PendingKey, PendingValue};
 pub use writer::WriteStats;
 use writer::Writer;
 
@@ -91,6 +97,8 @@ struct Inner {
     /// Results stored by this process for a waiter of this process, handed over without a
     /// read of the database (taken by the waiter, or dropped by `delete_result`).
     handoff: Mutex<HashMap<String, stepq_results::TaskResult>>,
+    /// Result and output writes queued but not yet committed (see `pending.rs`).
+    pending: Arc<Pending>,
 }
 
 impl SqliteStore {
@@ -135,6 +143,7 @@ impl SqliteStore {
                 results_ready,
                 events_added,
                 handoff: Mutex::new(HashMap::new()),
+                pending: Arc::new(Pending::default()),
             }),
         })
     }
@@ -167,6 +176,37 @@ impl SqliteStore {
     /// The cancel-marker store view.
     pub fn cancels(&self) -> SqliteCancelStore {
         SqliteCancelStore::new(self.clone())
+    }
+
+    /// Waits until every write made through this handle so far is committed; fails if a
+    /// batch of queued result or output writes failed to commit.
+    pub async fn flush(&self) -> Result<(), SqliteError> {
+        self.inner.writer.flush().await?;
+        self.inner.pending.check()
+    }
+
+    /// Queues a result or output write (see `pending.rs`): readers of this process see
+    /// `value` at once; the write commits with the next batch.
+    fn write_behind(
+        &self,
+        key: PendingKey,
+        value: PendingValue,
+        apply: impl FnOnce(&rusqlite::Connection) -> Result<(), SqliteError> + Send + 'static,
+    ) -> Result<(), SqliteError> {
+        self.inner.pending.check()?;
+        let pending = self.inner.pending.clone();
+        let seq = pending.record(key.clone(), value);
+        let settle = pending.clone();
+        let queued = self.inner.writer.enqueue(apply, move |outcome| {
+            if let Err(e) = outcome {
+                settle.fail(e);
+            }
+            settle.settle(&key, seq);
+        });
+        if let Err(e) = &queued {
+            pending.fail(e.clone());
+        }
+        queued
     }
 
     /// How many writes this handle committed, in how many transactions (group commit puts

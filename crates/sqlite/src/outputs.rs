@@ -15,7 +15,7 @@ use rusqlite::{params, OptionalExtension};
 use stepq_results::{OutputKey, OutputStore, ResultError};
 
 use crate::error::SqliteError;
-use crate::SqliteStore;
+use crate::{PendingKey, PendingValue, SqliteStore};
 
 /// The output store of a [`SqliteStore`].
 #[derive(Debug, Clone)]
@@ -36,6 +36,14 @@ impl SqliteOutputStore {
     fn sql(&self, what: &'static str) -> impl Fn(rusqlite::Error) -> ResultError + '_ {
         move |e| SqliteError::sql(&self.store.inner.path, what, e).into()
     }
+}
+
+fn pending_key(key: &OutputKey) -> PendingKey {
+    PendingKey::Output(
+        key.run_id.clone(),
+        key.step_key.clone(),
+        key.output_name.clone(),
+    )
 }
 
 fn io_error(path: &Path, source: std::io::Error) -> ResultError {
@@ -82,34 +90,46 @@ impl OutputStore for SqliteOutputStore {
                 })??;
             digest
         };
-        let (key, path) = (key.clone(), self.store.inner.path.clone());
+        let pending_key = PendingKey::Output(
+            key.run_id.clone(),
+            key.step_key.clone(),
+            key.output_name.clone(),
+        );
+        let (key, path, row) = (key.clone(), self.store.inner.path.clone(), value.clone());
         self.store
-            .inner
-            .writer
-            .write(move |conn| -> Result<(), ResultError> {
+            .write_behind(pending_key, PendingValue::Put(value), move |conn| {
                 conn.prepare_cached(
                     "INSERT OR REPLACE INTO outputs \
-                     (run_id, step_key, output_name, size, digest, inline) \
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                 (run_id, step_key, output_name, size, digest, inline) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
                 )
                 .and_then(|mut s| {
                     s.execute(params![
                         key.run_id,
                         key.step_key,
                         key.output_name,
-                        value.len() as i64,
+                        row.len() as i64,
                         digest,
-                        inline.then_some(&value[..]),
+                        inline.then_some(&row[..]),
                     ])
                 })
-                .map_err(|e| ResultError::from(SqliteError::sql(&path, "storing an output", e)))?;
+                .map_err(|e| SqliteError::sql(&path, "storing an output", e))?;
                 Ok(())
-            })
-            .await
+            })?;
+        Ok(())
     }
 
     async fn get(&self, key: &OutputKey) -> Result<Bytes, ResultError> {
         let relative = key.relative_path()?;
+        match self.store.inner.pending.lookup(&pending_key(key)) {
+            Some(PendingValue::Put(bytes)) => return Ok(bytes),
+            Some(PendingValue::Deleted) => {
+                return Err(ResultError::OutputNotFound {
+                    key: key.to_string(),
+                })
+            }
+            None => {}
+        }
         type Row = (i64, String, Option<Vec<u8>>);
         let row: Option<Row> = self.store.inner.reads.read(|conn| {
             conn.prepare_cached(
@@ -153,6 +173,11 @@ impl OutputStore for SqliteOutputStore {
 
     async fn exists(&self, key: &OutputKey) -> Result<bool, ResultError> {
         key.relative_path()?;
+        match self.store.inner.pending.lookup(&pending_key(key)) {
+            Some(PendingValue::Put(_)) => return Ok(true),
+            Some(PendingValue::Deleted) => return Ok(false),
+            None => {}
+        }
         self.store.inner.reads.read(|conn| {
             conn.prepare_cached(
                 "SELECT 1 FROM outputs WHERE run_id = ?1 AND step_key = ?2 AND output_name = ?3",

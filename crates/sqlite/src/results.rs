@@ -9,7 +9,7 @@ use stepq_results::local::check_segment;
 use stepq_results::{ResultBackend, ResultError, TaskResult};
 
 use crate::error::SqliteError;
-use crate::SqliteStore;
+use crate::{PendingKey, PendingValue, SqliteStore};
 
 /// The result backend of a [`SqliteStore`].
 #[derive(Debug, Clone)]
@@ -28,6 +28,16 @@ impl SqliteResultBackend {
     }
 
     fn read_result(&self, task_id: &str) -> Result<Option<Vec<u8>>, ResultError> {
+        match self
+            .store
+            .inner
+            .pending
+            .lookup(&PendingKey::Result(task_id.to_string()))
+        {
+            Some(PendingValue::Put(bytes)) => return Ok(Some(bytes.to_vec())),
+            Some(PendingValue::Deleted) => return Ok(None),
+            None => {}
+        }
         let path = &self.store.inner.path;
         self.store.inner.reads.read(|conn| {
             conn.prepare_cached("SELECT result FROM results WHERE task_id = ?1")
@@ -57,22 +67,26 @@ impl SqliteResultBackend {
 impl ResultBackend for SqliteResultBackend {
     async fn set_result(&self, task_id: &str, result: &TaskResult) -> Result<(), ResultError> {
         check_segment(task_id)?;
-        let bytes = result.to_json();
-        let (owned, path) = (task_id.to_string(), self.store.inner.path.clone());
-        self.store
-            .inner
-            .writer
-            .write(move |conn| -> Result<(), ResultError> {
+        let bytes = bytes::Bytes::from(result.to_json());
+        let (owned, path, row) = (
+            task_id.to_string(),
+            self.store.inner.path.clone(),
+            bytes.clone(),
+        );
+        self.store.write_behind(
+            PendingKey::Result(task_id.to_string()),
+            PendingValue::Put(bytes),
+            move |conn| {
                 conn.prepare_cached(
                     "INSERT OR REPLACE INTO results (task_id, stored_at, result) VALUES (?1, ?2, ?3)",
                 )
                 .and_then(|mut s| {
-                    s.execute(params![owned, stepq_plan::events::now_us() as i64, bytes])
+                    s.execute(params![owned, stepq_plan::events::now_us() as i64, &row[..]])
                 })
-                .map_err(|e| ResultError::from(SqliteError::sql(&path, "storing a result", e)))?;
+                .map_err(|e| SqliteError::sql(&path, "storing a result", e))?;
                 Ok(())
-            })
-            .await?;
+            },
+        )?;
         let notifier = &self.store.inner.results_ready;
         if notifier.is_waited_on(task_id) {
             let mut handed = result.clone();
@@ -90,6 +104,16 @@ impl ResultBackend for SqliteResultBackend {
 
     async fn is_result_ready(&self, task_id: &str) -> Result<bool, ResultError> {
         check_segment(task_id)?;
+        match self
+            .store
+            .inner
+            .pending
+            .lookup(&PendingKey::Result(task_id.to_string()))
+        {
+            Some(PendingValue::Put(_)) => return Ok(true),
+            Some(PendingValue::Deleted) => return Ok(false),
+            None => {}
+        }
         let path = &self.store.inner.path;
         self.store.inner.reads.read(|conn| {
             conn.prepare_cached("SELECT 1 FROM results WHERE task_id = ?1")
@@ -135,21 +159,24 @@ impl ResultBackend for SqliteResultBackend {
         }
     }
 
+    async fn shutdown(&self) -> Result<(), ResultError> {
+        Ok(self.store.flush().await?)
+    }
+
     async fn delete_result(&self, task_id: &str) -> Result<(), ResultError> {
         check_segment(task_id)?;
         (self.store.inner.handoff.lock().expect("handoff lock")).remove(task_id);
         let (owned, path) = (task_id.to_string(), self.store.inner.path.clone());
-        self.store
-            .inner
-            .writer
-            .write(move |conn| -> Result<(), ResultError> {
+        self.store.write_behind(
+            PendingKey::Result(task_id.to_string()),
+            PendingValue::Deleted,
+            move |conn| {
                 conn.prepare_cached("DELETE FROM results WHERE task_id = ?1")
                     .and_then(|mut s| s.execute([owned]))
-                    .map_err(|e| {
-                        ResultError::from(SqliteError::sql(&path, "deleting a result", e))
-                    })?;
+                    .map_err(|e| SqliteError::sql(&path, "deleting a result", e))?;
                 Ok(())
-            })
-            .await
+            },
+        )?;
+        Ok(())
     }
 }

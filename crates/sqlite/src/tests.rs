@@ -100,8 +100,9 @@ async fn concurrent_writes_share_transactions_and_all_commit() {
     for w in writes {
         w.await.unwrap().unwrap();
     }
+    store.flush().await.unwrap();
     let stats = store.write_stats();
-    assert_eq!(stats.writes, 500);
+    assert_eq!(stats.writes, 501, "500 results and the flush");
     assert!(
         stats.batches < 500,
         "500 concurrent writes took {} transactions: no group commit",
@@ -258,4 +259,23 @@ fn the_old_file_layout_gets_a_notice() {
     std::fs::remove_dir(dir.path().join("runs")).unwrap();
     std::fs::remove_dir(dir.path().join("results")).unwrap();
     assert_eq!(old_layout_notice(dir.path()), None);
+}
+
+#[tokio::test]
+async fn a_written_behind_output_is_read_at_once_and_committed_before_a_later_waited_write() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = SqliteStore::open(dir.path()).unwrap();
+    let (outputs, runs) = (store.outputs(), store.runs());
+    runs.create_run(&record("r")).await.unwrap();
+    let key = OutputKey::new("r", "a", "result");
+    outputs.put(&key, "42".into()).await.unwrap();
+    assert_eq!(&outputs.get(&key).await.unwrap()[..], b"42", "read at once");
+    // A write that waits for its commit, sent after the output: once it returns, the output
+    // is committed too (the writer commits in send order).
+    let event = stepq_plan::Event::run("r", stepq_plan::EventKind::RunStarted);
+    runs.append_events("r", &[event]).await.unwrap();
+    let other = SqliteStore::open(dir.path()).unwrap().outputs();
+    assert_eq!(&other.get(&key).await.unwrap()[..], b"42", "committed in order");
+    outputs.delete_run("r").await.unwrap();
+    assert!(!other.exists(&key).await.unwrap());
 }

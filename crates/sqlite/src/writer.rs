@@ -35,6 +35,21 @@ pub(crate) struct Writer {
     jobs: mpsc::Sender<Job>,
     path: PathBuf,
     stats: Arc<Counters>,
+    thread: Option<thread::JoinHandle<()>>,
+}
+
+impl Drop for Writer {
+    /// Lets the thread commit what was queued, and waits for it (unless the last handle is
+    /// dropped on the writer thread itself, by a job that held it).
+    fn drop(&mut self) {
+        let (closed, _) = mpsc::channel();
+        drop(std::mem::replace(&mut self.jobs, closed));
+        if let Some(handle) = self.thread.take() {
+            if handle.thread().id() != thread::current().id() {
+                let _ = handle.join();
+            }
+        }
+    }
 }
 
 /// What the writer has done so far.
@@ -70,7 +85,7 @@ impl Writer {
         let thread_path = path.clone();
         let stats = Arc::new(Counters::default());
         let counters = stats.clone();
-        thread::Builder::new()
+        let handle = thread::Builder::new()
             .name("stepq-sqlite-writer".into())
             .spawn(move || {
                 run(
@@ -89,7 +104,12 @@ impl Writer {
                     format!("cannot start the writer thread: {e}"),
                 )
             })?;
-        Ok(Writer { jobs, path, stats })
+        Ok(Writer {
+            jobs,
+            path,
+            stats,
+            thread: Some(handle),
+        })
     }
 
     /// Writes and batches so far.
@@ -98,6 +118,36 @@ impl Writer {
             batches: self.stats.batches.load(Ordering::Relaxed),
             writes: self.stats.writes.load(Ordering::Relaxed),
         }
+    }
+
+    /// Queues `apply` for the next batch and returns at once; `settled` runs on the writer
+    /// thread once the batch committed (`Ok`) or failed (`Err`, or `apply`'s own error).
+    pub(crate) fn enqueue(
+        &self,
+        apply: impl FnOnce(&Connection) -> Result<(), SqliteError> + Send + 'static,
+        settled: impl FnOnce(Result<(), SqliteError>) + Send + 'static,
+    ) -> Result<(), SqliteError> {
+        let path = self.path.clone();
+        let job: Job = Box::new(
+            move |conn: Result<&Connection, &SqliteError>| -> Completion {
+                let outcome = match conn {
+                    Ok(conn) => in_savepoint(conn, &path, apply),
+                    Err(e) => Err(e.clone()),
+                };
+                Box::new(move |committed: Result<(), &SqliteError>| {
+                    settled(match committed {
+                        Ok(()) => outcome,
+                        Err(e) => Err(e.clone()),
+                    })
+                })
+            },
+        );
+        self.jobs.send(job).map_err(|_| closed(&self.path))
+    }
+
+    /// Waits until every job sent before this call committed (or failed).
+    pub(crate) async fn flush(&self) -> Result<(), SqliteError> {
+        self.write(|_| Ok::<(), SqliteError>(())).await
     }
 
     /// Runs `apply` in the next batch and returns its outcome once the batch committed.

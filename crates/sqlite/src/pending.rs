@@ -1,0 +1,109 @@
+//! Writes that returned before their commit: step results and outputs are queued to the
+//! writer and their callers go on at once (the write is on the path of every step, the
+//! commit is not); until the batch holding them commits, reads of this process see them here.
+//!
+//! Why this loses nothing that matters: the writer commits jobs in the order they were sent,
+//! so every commit holds a prefix of what the process wrote. A step's success reaches the run's
+//! event log (a write that waits for its commit) only after its output and result were queued,
+//! so a committed success implies its output is committed too. A crash loses a suffix of
+//! queued writes — steps whose success was not committed either, which a resume runs again —
+//! and never part of a record. A batch that fails to commit (a full disk) fails the store: the
+//! error is logged and every later write and [`flush`](crate::SqliteStore::flush) returns it.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+
+use bytes::Bytes;
+
+use crate::error::SqliteError;
+
+/// What a pending write is about.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub(crate) enum PendingKey {
+    /// A task's result.
+    Result(String),
+    /// A step output: run, step, output name.
+    Output(String, String, String),
+}
+
+/// What the pending write leaves once committed.
+#[derive(Debug, Clone)]
+pub(crate) enum PendingValue {
+    /// These bytes are stored.
+    Put(Bytes),
+    /// Nothing is stored.
+    Deleted,
+}
+
+/// The pending writes of one store, and the failure of a batch if one failed.
+#[derive(Debug, Default)]
+pub(crate) struct Pending {
+    entries: Mutex<HashMap<PendingKey, (u64, PendingValue)>>,
+    next: AtomicU64,
+    failed: Mutex<Option<SqliteError>>,
+}
+
+impl Pending {
+    /// Records a queued write; returns its number, for [`settle`](Pending::settle).
+    pub(crate) fn record(&self, key: PendingKey, value: PendingValue) -> u64 {
+        let seq = self.next.fetch_add(1, Ordering::Relaxed);
+        self.entries
+            .lock()
+            .expect("pending lock")
+            .insert(key, (seq, value));
+        seq
+    }
+
+    /// The write numbered `seq` committed (or failed): forget it unless a later write of the
+    /// same key is pending.
+    pub(crate) fn settle(&self, key: &PendingKey, seq: u64) {
+        let mut entries = self.entries.lock().expect("pending lock");
+        if entries.get(key).is_some_and(|(s, _)| *s == seq) {
+            entries.remove(key);
+        }
+    }
+
+    /// What a read must see for `key` while a write of it is pending.
+    pub(crate) fn lookup(&self, key: &PendingKey) -> Option<PendingValue> {
+        self.entries
+            .lock()
+            .expect("pending lock")
+            .get(key)
+            .map(|(_, v)| v.clone())
+    }
+
+    /// A batch holding queued writes failed to commit.
+    pub(crate) fn fail(&self, error: SqliteError) {
+        tracing::error!(error = %error, "a batch of step results or outputs was not committed; the store refuses further writes");
+        let mut failed = self.failed.lock().expect("failed lock");
+        if failed.is_none() {
+            *failed = Some(error);
+        }
+    }
+
+    /// The failure of an earlier batch, if any.
+    pub(crate) fn check(&self) -> Result<(), SqliteError> {
+        match &*self.failed.lock().expect("failed lock") {
+            Some(e) => Err(e.clone()),
+            None => Ok(()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_later_write_of_the_same_key_outlives_the_earlier_ones_settling() {
+        let pending = Pending::default();
+        let key = PendingKey::Result("t".into());
+        let first = pending.record(key.clone(), PendingValue::Put(Bytes::from_static(b"1")));
+        let second = pending.record(key.clone(), PendingValue::Deleted);
+        pending.settle(&key, first);
+        assert!(matches!(pending.lookup(&key), Some(PendingValue::Deleted)));
+        pending.settle(&key, second);
+        assert!(pending.lookup(&key).is_none());
+    }
+}
