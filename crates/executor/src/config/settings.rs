@@ -83,7 +83,9 @@ pub struct ExecutorSettings {
     /// Workers report each step's start (and a fused chain's finished steps) when it
     /// happens, through the result backend, so `stepq status` shows RUNNING and a resume
     /// after an orchestrator crash knows the finished steps. One more result per step.
-    pub step_progress: bool,
+    /// Unset: [`ExecutorConfig::default`]'s (on); the facade turns it off on SQS + S3,
+    /// whose reply queue does not carry progress entries yet.
+    pub step_progress: Option<bool>,
 }
 
 impl Default for ExecutorSettings {
@@ -98,7 +100,7 @@ impl Default for ExecutorSettings {
             fail_fast: config.fail_fast,
             cancel_grace_seconds: config.cancel_grace.as_secs_f64(),
             fuse_chains: config.fuse_chains,
-            step_progress: config.step_progress,
+            step_progress: None,
         }
     }
 }
@@ -141,7 +143,7 @@ impl ExecutorSettings {
             fail_fast: self.fail_fast,
             cancel_grace: seconds("cancel_grace_seconds", self.cancel_grace_seconds)?,
             fuse_chains: self.fuse_chains,
-            step_progress: self.step_progress,
+            step_progress: self.step_progress.unwrap_or(base.step_progress),
             ..base
         };
         if let Some(t) = self

@@ -134,3 +134,17 @@ async fn executor_settings_come_from_the_config() {
     assert_eq!(ex.tag_limits, vec![TagLimit::new("db", "warehouse", 2)]);
     app.executor(None).unwrap();
 }
+
+#[tokio::test]
+async fn step_progress_is_on_embedded_off_on_sqs_unless_set() {
+    let dir = tempfile::tempdir().unwrap();
+    let embedded = StepqConfig {
+        state_dir: dir.path().into(),
+        ..StepqConfig::default()
+    };
+    assert!(embedded.executor_config().unwrap().step_progress);
+    let mut sqs = distributed();
+    assert!(!sqs.executor_config().unwrap().step_progress);
+    sqs.executor.step_progress = Some(true);
+    assert!(sqs.executor_config().unwrap().step_progress, "set explicitly");
+}
