@@ -340,6 +340,73 @@ async fn a_stopped_listeners_last_long_poll_is_released_at_once() {
     fresh.cancel();
 }
 
+/// A receiver of `concurrency` on `broker` whose `long` tasks report their start and run until
+/// `release` is notified.
+fn long_task_receiver(
+    broker: &SqsBroker,
+    concurrency: usize,
+    started: tokio::sync::mpsc::UnboundedSender<String>,
+    release: Arc<tokio::sync::Notify>,
+) -> stepq_broker::Receiver {
+    let queue = stepq_broker::TaskQueue::new(
+        Arc::new(broker.clone()),
+        Arc::new(stepq_results::InMemoryResultBackend::new()),
+    );
+    let mut receiver =
+        stepq_broker::Receiver::new(queue).with_config(stepq_broker::ReceiverConfig {
+            concurrency,
+            ..stepq_broker::ReceiverConfig::default()
+        });
+    let handler: stepq_broker::TaskHandler = Arc::new(move |ctx: stepq_broker::TaskContext| {
+        let (started, release) = (started.clone(), Arc::clone(&release));
+        Box::pin(async move {
+            let _ = started.send(ctx.message.task_id.clone());
+            release.notified().await;
+            Ok(serde_json::json!(null))
+        })
+    });
+    receiver.register("long", handler);
+    receiver
+}
+
+#[tokio::test]
+#[ignore = "localstack"]
+async fn idle_workers_start_ready_tasks_within_one_receive() {
+    // Visibility 10 s (the default): a message a busy worker held back would reach the idle
+    // one only after it, far beyond the bound below.
+    let visibility = Duration::from_secs(10);
+    let url = fresh_queue(false, visibility).await;
+    let (first, second) = (
+        broker(config(&url, visibility)).await,
+        broker(config(&url, visibility)).await,
+    );
+    for _ in 0..2 {
+        first.kick(&TaskMessage::new("long")).await.unwrap();
+    }
+    let (tx, mut started) = tokio::sync::mpsc::unbounded_channel();
+    let release = Arc::new(tokio::sync::Notify::new());
+    let stop = CancellationToken::new();
+    let busy = long_task_receiver(&first, 1, tx.clone(), Arc::clone(&release));
+    let busy = tokio::spawn(busy.run(stop.clone()));
+    let one = tokio::time::timeout(MUST_ARRIVE, started.recv())
+        .await
+        .expect("the first task starts")
+        .unwrap();
+    let idle = long_task_receiver(&second, 1, tx, Arc::clone(&release));
+    let idle = tokio::spawn(idle.run(stop.clone()));
+    let two = tokio::time::timeout(Duration::from_secs(5), started.recv())
+        .await
+        .expect("the second task starts on the idle worker within one receive")
+        .unwrap();
+    assert_ne!(one, two);
+    release.notify_waiters();
+    stop.cancel();
+    let (a, b) = (busy.await.unwrap().unwrap(), idle.await.unwrap().unwrap());
+    assert_eq!((a.succeeded, b.succeeded), (1, 1));
+    first.shutdown().await.unwrap();
+    second.shutdown().await.unwrap();
+}
+
 #[tokio::test]
 #[ignore = "localstack"]
 async fn messages_received_but_not_yielded_are_released_on_stop() {
