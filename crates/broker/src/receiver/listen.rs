@@ -124,6 +124,11 @@ impl Receiver {
         }
         drop(stream);
 
+        // Tasks that ended while the loop waited for the broker are not running: reap them
+        // so the count below is only what the grace period waits for.
+        while let Some(done) = tasks.try_join_next() {
+            log_join(done);
+        }
         let grace = shared.config.grace_period;
         if !tasks.is_empty() {
             tracing::info!(
@@ -309,6 +314,88 @@ mod tests {
         release.notify_waiters();
         stop.cancel();
         assert_eq!(worker.await.unwrap().unwrap().succeeded, 2);
+    }
+
+    /// Captures the log lines of the current thread (a current-thread test runtime runs every
+    /// spawned task on it).
+    #[derive(Clone, Default)]
+    struct Logs(Arc<std::sync::Mutex<Vec<u8>>>);
+
+    impl std::io::Write for Logs {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    impl Logs {
+        fn install(&self) -> tracing::subscriber::DefaultGuard {
+            let logs = self.clone();
+            let subscriber = tracing_subscriber::fmt()
+                .with_writer(move || logs.clone())
+                .with_ansi(false)
+                .finish();
+            tracing::subscriber::set_default(subscriber)
+        }
+        fn text(&self) -> String {
+            String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned()
+        }
+    }
+
+    #[tokio::test]
+    async fn an_idle_receiver_stops_at_once_and_waits_for_no_finished_task() {
+        let logs = Logs::default();
+        let _guard = logs.install();
+        let broker = InMemoryBroker::new();
+        let queue = TaskQueue::new(
+            Arc::new(broker.clone()),
+            Arc::new(InMemoryResultBackend::new()),
+        );
+        let quick: TaskHandler = Arc::new(|_ctx: TaskContext| Box::pin(async { Ok(json!(1)) }));
+        let mut receiver = Receiver::new(queue.clone()).with_config(ReceiverConfig {
+            concurrency: 1,
+            heartbeat_interval: None,
+            ..ReceiverConfig::default()
+        });
+        receiver.register("quick", quick);
+        let sent = queue.kick(TaskMessage::new("quick")).await.unwrap();
+        let stop = CancellationToken::new();
+        let worker = tokio::spawn(receiver.run(stop.clone()));
+        let handle = crate::TaskHandle::<serde_json::Value>::new(
+            queue.clone(),
+            sent.task_id.clone(),
+            sent.task_name.clone(),
+        );
+        handle
+            .wait_result(Some(Duration::from_secs(5)))
+            .await
+            .unwrap();
+        let acked = async {
+            while broker.in_flight() > 0 {
+                tokio::task::yield_now().await;
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(5), acked)
+            .await
+            .unwrap();
+
+        // The loop now waits on the broker with the finished task not yet reaped.
+        stop.cancel();
+        let stats = tokio::time::timeout(Duration::from_secs(5), worker)
+            .await
+            .expect("an idle receiver stops at once")
+            .unwrap()
+            .unwrap();
+        assert_eq!(stats.succeeded, 1);
+        let text = logs.text();
+        assert!(text.contains("receiver stopped"), "{text}");
+        assert!(
+            !text.contains("waiting for running tasks"),
+            "nothing was running: {text}"
+        );
     }
 
     #[tokio::test]
