@@ -399,6 +399,56 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_failed_task_is_logged_with_its_id_name_and_reason() {
+        let logs = Logs::default();
+        let _guard = logs.install();
+        let broker = InMemoryBroker::new();
+        let queue = TaskQueue::new(
+            Arc::new(broker.clone()),
+            Arc::new(InMemoryResultBackend::new()),
+        );
+        let refuse: TaskHandler = Arc::new(|_ctx: TaskContext| {
+            Box::pin(async {
+                Err(stepq_results::TaskError {
+                    kind: stepq_results::FailureKind::InvalidStepArgs,
+                    message: "unreadable step arguments: bad magic".into(),
+                })
+            })
+        });
+        let mut receiver = Receiver::new(queue.clone()).with_config(ReceiverConfig {
+            heartbeat_interval: None,
+            ..ReceiverConfig::default()
+        });
+        receiver.register("refuse", refuse);
+        let sent = queue.kick(TaskMessage::new("refuse")).await.unwrap();
+        let stop = CancellationToken::new();
+        let worker = tokio::spawn(receiver.run(stop.clone()));
+        let handle = crate::TaskHandle::<serde_json::Value>::new(
+            queue.clone(),
+            sent.task_id.clone(),
+            sent.task_name.clone(),
+        );
+        let failed = handle.wait_result(Some(Duration::from_secs(5))).await;
+        assert!(failed.is_err(), "the failed result is still stored");
+        stop.cancel();
+        assert_eq!(worker.await.unwrap().unwrap().failed, 1);
+        let text = logs.text();
+        let line = text
+            .lines()
+            .find(|l| l.contains("task failed"))
+            .unwrap_or_else(|| panic!("no failure logged: {text}"));
+        assert!(line.contains("ERROR"), "{line}");
+        for needle in [
+            sent.task_id.as_str(),
+            "refuse",
+            "InvalidStepArgs",
+            "bad magic",
+        ] {
+            assert!(line.contains(needle), "{needle} missing: {line}");
+        }
+    }
+
+    #[tokio::test]
     async fn no_delivery_is_taken_from_the_broker_while_every_slot_is_busy() {
         let broker = InMemoryBroker::new();
         let queue = TaskQueue::new(
