@@ -259,7 +259,14 @@ impl Broker for SqsBroker {
             .await
             .map_err(|e| sqs_error("GetQueueAttributes", e))?;
         if let Some(bucket) = &self.inner.settings.bucket {
-            head_bucket(&self.inner.s3, bucket, "extended payload bucket").await?;
+            let setting = self
+                .inner
+                .config
+                .payload_bucket_setting
+                .as_deref()
+                .unwrap_or("config_source.s3_extended_bucket_name");
+            let what = format!("the `{setting}` bucket (extended payloads)");
+            head_bucket(&self.inner.s3, bucket, &what).await?;
         }
         Ok(())
     }
