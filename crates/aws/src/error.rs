@@ -2,6 +2,7 @@
 //! a message, whether retrying can help ([`ErrorClass`]), and the SDK error itself as the
 //! source. Every S3 and SQS implementation in this crate wraps it in its layer's error type.
 
+use aws_credential_types::provider::error::CredentialsError;
 use aws_sdk_s3::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
 use stepq_results::{ErrorClass, ServiceError};
 
@@ -29,6 +30,29 @@ const TEMPORARY_CODES: &[&str] = &[
     "RequestTimeTooSkewed",
     "ConditionalRequestConflict",
 ];
+
+/// Error code of a call that could not be signed because no credentials were found.
+pub const NO_CREDENTIALS_CODE: &str = "NoCredentials";
+
+/// What a user must do when no credentials provider of aws-config's chain found any.
+const NO_CREDENTIALS_HELP: &str =
+    "no credentials found: set AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, \
+     AWS_PROFILE, or run on an instance role";
+
+/// The credentials-provider failure in `err`'s source chain, if the call failed for want of
+/// credentials (the SDK reports it as a dispatch failure carrying the whole provider chain).
+fn credentials_failure<'a>(
+    err: &'a (dyn std::error::Error + 'static),
+) -> Option<&'a CredentialsError> {
+    let mut next = Some(err);
+    while let Some(e) = next {
+        if let Some(found) = e.downcast_ref::<CredentialsError>() {
+            return Some(found);
+        }
+        next = e.source();
+    }
+    None
+}
 
 /// What kind of failure an AWS SDK call ended in, before any response code is known.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -78,6 +102,12 @@ pub fn aws_error<E>(service: &'static str, operation: &str, err: SdkError<E>) ->
 where
     E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
 {
+    if let Some(credentials) = credentials_failure(&err) {
+        // The provider's own short text; the long chain (IMDS ...) stays in the source.
+        let message = format!("{operation}: {NO_CREDENTIALS_HELP} ({credentials})");
+        return ServiceError::new(service, NO_CREDENTIALS_CODE, message, ErrorClass::Permanent)
+            .with_source(err);
+    }
     let status = err.raw_response().map(|r| r.status().as_u16());
     let (kind, fallback_code) = match &err {
         SdkError::ServiceError(_) => (AwsFailureKind::Service, None),
@@ -210,6 +240,45 @@ mod tests {
         let e = aws_error("s3", "GetObject", built);
         assert_eq!(e.code, "ConstructionFailure");
         assert_eq!(e.class, ErrorClass::Permanent);
+    }
+
+    #[test]
+    fn missing_credentials_get_a_short_message_and_keep_the_source() {
+        use aws_sdk_sqs::error::ConnectorError;
+        use aws_sdk_sqs::operation::receive_message::ReceiveMessageError;
+        use std::error::Error as _;
+        let imds = std::io::Error::other("failed to load IMDS session token: dispatch failure");
+        let chain = CredentialsError::provider_error(imds);
+        let sdk: SdkError<ReceiveMessageError> =
+            SdkError::dispatch_failure(ConnectorError::other(Box::new(chain), None));
+        let e = aws_error("sqs", "ReceiveMessage", sdk);
+        assert_eq!(e.code, NO_CREDENTIALS_CODE);
+        assert_eq!(e.class, ErrorClass::Permanent);
+        assert!(
+            e.message
+                .starts_with("ReceiveMessage: no credentials found: set AWS_ACCESS_KEY_ID"),
+            "{}",
+            e.message
+        );
+        assert!(e
+            .message
+            .contains("AWS_PROFILE, or run on an instance role"));
+        assert!(
+            !e.message.contains("IMDS"),
+            "the long chain stays out: {}",
+            e.message
+        );
+        let source = e.source().expect("the SDK error is kept");
+        assert!(credentials_failure(source).is_some());
+
+        // A plain network failure is not mistaken for one.
+        let refused: SdkError<ReceiveMessageError> = SdkError::dispatch_failure(
+            ConnectorError::io(Box::new(std::io::Error::other("connection refused"))),
+        );
+        assert_eq!(
+            aws_error("sqs", "ReceiveMessage", refused).code,
+            "DispatchFailure"
+        );
     }
 
     #[test]

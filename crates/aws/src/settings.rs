@@ -87,14 +87,17 @@ impl SqsSettings {
 
     fn sqs_config_unchecked(&self, s3: &S3Settings) -> SqsConfig {
         let mut config_source = self.config_source.clone();
+        let mut payload_bucket_setting = "sqs.config_source.s3_extended_bucket_name";
         if config_source.s3_extended_bucket_name.is_none() {
             config_source.s3_extended_bucket_name = s3.bucket.clone();
+            payload_bucket_setting = "s3.bucket";
         }
         SqsConfig {
             queue_url: self.queue_url.clone().unwrap_or_default(),
             region_name: self.region_name.clone(),
             endpoint_url: self.endpoint_url.clone(),
             config_source,
+            payload_bucket_setting: Some(payload_bucket_setting.to_string()),
         }
     }
 
@@ -311,6 +314,16 @@ mod tests {
         assert_eq!(
             config.config_source.s3_extended_bucket_name.as_deref(),
             Some("results")
+        );
+        // A missing bucket is then reported under the setting that named it.
+        assert_eq!(config.payload_bucket_setting.as_deref(), Some("s3.bucket"));
+        sqs.config_source.s3_extended_bucket_name = Some("payloads".into());
+        assert_eq!(
+            sqs.sqs_config(&s3)
+                .unwrap()
+                .payload_bucket_setting
+                .as_deref(),
+            Some("sqs.config_source.s3_extended_bucket_name")
         );
         assert!(known_config_source_keys().contains(&"wait_time_seconds".to_string()));
     }

@@ -305,39 +305,99 @@ async fn a_missing_extended_payload_bucket_fails_startup() {
 
 #[tokio::test]
 #[ignore = "localstack"]
-async fn a_stopped_listeners_last_long_poll_is_released_at_once() {
-    // Visibility 30 s: if the stale poll's message were not released, it would stay hidden
-    // far longer than this test waits.
-    let visibility = Duration::from_secs(30);
+async fn a_stopped_listener_does_not_wait_out_its_long_poll() {
+    // A short visibility: a message SQS hands to the aborted poll comes back soon.
+    let visibility = Duration::from_secs(2);
     let url = fresh_queue(false, visibility).await;
     let broker = broker(config(&url, visibility)).await;
     let stop = CancellationToken::new();
     let mut stream = broker.listen(stop.clone()).await.unwrap();
     let waiting = tokio::spawn(async move { stream.next().await.is_none() });
-    // Let the long poll reach the queue, then stop: the poll is left outstanding.
+    // Let the long poll (20 s) reach the queue, then stop with the poll outstanding.
     tokio::time::sleep(Duration::from_millis(300)).await;
     stop.cancel();
     assert!(waiting.await.unwrap(), "a stopped stream must end");
-    let sent = TaskMessage::new("stepq.after-stop");
-    broker.kick(&sent).await.unwrap();
-    // The outstanding poll takes the message; shutdown waits until it is released.
-    tokio::time::timeout(Duration::from_secs(25), broker.shutdown())
+    tokio::time::timeout(Duration::from_secs(5), broker.shutdown())
         .await
-        .expect("shutdown waits at most one long poll")
+        .expect("shutdown does not wait out the 20 s long poll")
         .unwrap();
 
+    let sent = TaskMessage::new("stepq.after-stop");
+    broker.kick(&sent).await.unwrap();
     let other = SqsBroker::connect(config(&url, visibility)).await.unwrap();
     let fresh = CancellationToken::new();
     let mut stream = other.listen(fresh.clone()).await.unwrap();
-    let d = next_delivery(&mut stream, "the message the stale poll took").await;
+    let d = next_delivery(&mut stream, "the message sent after the stop").await;
     assert_eq!(d.message().unwrap(), sent);
-    assert_eq!(
-        d.receive_count(),
-        2,
-        "the stale long poll should have received it once before the release"
-    );
     d.ack().await.unwrap();
     fresh.cancel();
+}
+
+/// A receiver of `concurrency` on `broker` whose `long` tasks report their start and run until
+/// `release` is notified.
+fn long_task_receiver(
+    broker: &SqsBroker,
+    concurrency: usize,
+    started: tokio::sync::mpsc::UnboundedSender<String>,
+    release: Arc<tokio::sync::Notify>,
+) -> stepq_broker::Receiver {
+    let queue = stepq_broker::TaskQueue::new(
+        Arc::new(broker.clone()),
+        Arc::new(stepq_results::InMemoryResultBackend::new()),
+    );
+    let mut receiver =
+        stepq_broker::Receiver::new(queue).with_config(stepq_broker::ReceiverConfig {
+            concurrency,
+            ..stepq_broker::ReceiverConfig::default()
+        });
+    let handler: stepq_broker::TaskHandler = Arc::new(move |ctx: stepq_broker::TaskContext| {
+        let (started, release) = (started.clone(), Arc::clone(&release));
+        Box::pin(async move {
+            let _ = started.send(ctx.message.task_id.clone());
+            release.notified().await;
+            Ok(serde_json::json!(null))
+        })
+    });
+    receiver.register("long", handler);
+    receiver
+}
+
+#[tokio::test]
+#[ignore = "localstack"]
+async fn idle_workers_start_ready_tasks_within_one_receive() {
+    // Visibility 10 s (the default): a message a busy worker held back would reach the idle
+    // one only after it, far beyond the bound below.
+    let visibility = Duration::from_secs(10);
+    let url = fresh_queue(false, visibility).await;
+    let (first, second) = (
+        broker(config(&url, visibility)).await,
+        broker(config(&url, visibility)).await,
+    );
+    for _ in 0..2 {
+        first.kick(&TaskMessage::new("long")).await.unwrap();
+    }
+    let (tx, mut started) = tokio::sync::mpsc::unbounded_channel();
+    let release = Arc::new(tokio::sync::Notify::new());
+    let stop = CancellationToken::new();
+    let busy = long_task_receiver(&first, 1, tx.clone(), Arc::clone(&release));
+    let busy = tokio::spawn(busy.run(stop.clone()));
+    let one = tokio::time::timeout(MUST_ARRIVE, started.recv())
+        .await
+        .expect("the first task starts")
+        .unwrap();
+    let idle = long_task_receiver(&second, 1, tx, Arc::clone(&release));
+    let idle = tokio::spawn(idle.run(stop.clone()));
+    let two = tokio::time::timeout(Duration::from_secs(5), started.recv())
+        .await
+        .expect("the second task starts on the idle worker within one receive")
+        .unwrap();
+    assert_ne!(one, two);
+    release.notify_waiters();
+    stop.cancel();
+    let (a, b) = (busy.await.unwrap().unwrap(), idle.await.unwrap().unwrap());
+    assert_eq!((a.succeeded, b.succeeded), (1, 1));
+    first.shutdown().await.unwrap();
+    second.shutdown().await.unwrap();
 }
 
 #[tokio::test]

@@ -1,5 +1,7 @@
 //! The `Broker` trait.
 
+use std::sync::Arc;
+
 use async_trait::async_trait;
 use futures::stream::BoxStream;
 use tokio_util::sync::CancellationToken;
@@ -10,6 +12,48 @@ use crate::message::TaskMessage;
 
 /// A stream of deliveries from a broker.
 pub type DeliveryStream = BoxStream<'static, Result<Delivery, BrokerError>>;
+
+/// How many deliveries a consumer could start right now, asked by a broker before it takes
+/// messages from its transport: counts the delivery being asked for, so it is at least 1
+/// whenever the consumer polls the stream. A broker that receives in batches (SQS) takes at
+/// most this many per receive and hands back at once what it took but can no longer deliver.
+///
+/// ```
+/// use stepq_broker::broker::Demand;
+///
+/// assert_eq!(Demand::fixed(3).get(), 3);
+/// assert_eq!(Demand::from_fn(|| 0).get(), 1); // a poll always asks for one
+/// ```
+#[derive(Clone)]
+pub struct Demand(Arc<dyn Fn() -> usize + Send + Sync>);
+
+impl std::fmt::Debug for Demand {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_tuple("Demand").field(&self.get()).finish()
+    }
+}
+
+impl Demand {
+    /// A demand read from `free` at each receive (values below 1 count as 1).
+    pub fn from_fn(free: impl Fn() -> usize + Send + Sync + 'static) -> Self {
+        Demand(Arc::new(free))
+    }
+
+    /// A constant demand of `n` (at least 1).
+    pub fn fixed(n: usize) -> Self {
+        Demand::from_fn(move || n)
+    }
+
+    /// No bound: the broker takes as many per receive as its own config allows.
+    pub fn unbounded() -> Self {
+        Demand::fixed(usize::MAX)
+    }
+
+    /// The deliveries the consumer could start now, at least 1.
+    pub fn get(&self) -> usize {
+        (self.0)().max(1)
+    }
+}
 
 /// A message transport: sends task messages and delivers them to listeners at least once.
 #[async_trait]
@@ -40,6 +84,19 @@ pub trait Broker: Send + Sync + 'static {
     /// broker's visibility timeout. When `stop` fires, the stream ends and every message the
     /// broker received but did not yield is released at once.
     async fn listen(&self, stop: CancellationToken) -> Result<DeliveryStream, BrokerError>;
+
+    /// [`Broker::listen`] for a consumer with bounded room: the broker takes from its
+    /// transport at most `demand` messages at a time, so it never holds messages invisible that
+    /// the consumer cannot start (other consumers get them instead). The default ignores
+    /// `demand`, which is right for brokers that take one message per stream poll.
+    async fn listen_with_demand(
+        &self,
+        stop: CancellationToken,
+        demand: Demand,
+    ) -> Result<DeliveryStream, BrokerError> {
+        let _ = demand;
+        self.listen(stop).await
+    }
 
     /// Short name for logs, e.g. `memory`, `sqs`.
     fn kind(&self) -> &'static str;

@@ -35,7 +35,7 @@ pub mod error;
 pub mod message;
 pub mod middleware;
 
-pub use broker::{Broker, DeliveryStream};
+pub use broker::{Broker, DeliveryStream, Demand};
 pub use delivery::{Delivery, DeliveryHandle};
 pub use error::{BrokerError, ErrorClass, ServiceError};
 pub use message::{TaskMessage, NO_REPLY_LABEL};

@@ -3,7 +3,7 @@
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use stepq_broker::{Broker, BrokerError, DeliveryStream, ServiceError, TaskMessage};
+use stepq_broker::{Broker, BrokerError, DeliveryStream, Demand, ServiceError, TaskMessage};
 use tokio_util::sync::CancellationToken;
 
 use crate::canceller::{CancelStream, Canceller};
@@ -153,6 +153,14 @@ impl<B: Broker> Broker for CancellableBroker<B> {
 
     async fn listen(&self, stop: CancellationToken) -> Result<DeliveryStream, BrokerError> {
         self.inner.listen(stop).await
+    }
+
+    async fn listen_with_demand(
+        &self,
+        stop: CancellationToken,
+        demand: Demand,
+    ) -> Result<DeliveryStream, BrokerError> {
+        self.inner.listen_with_demand(stop, demand).await
     }
 
     fn kind(&self) -> &'static str {

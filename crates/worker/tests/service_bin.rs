@@ -40,7 +40,7 @@ fn the_embedded_default_and_broken_files_are_refused_by_name() {
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("jobs.toml"), JOBS).unwrap();
     let (code, err) = stepq_worker(dir.path(), &["--jobs-file", "jobs.toml"]);
-    assert_eq!(code, Some(1), "{err}");
+    assert_eq!(code, Some(2), "{err}");
     assert!(err.contains("sqs.queue_url"), "{err}");
 
     std::fs::write(
@@ -53,6 +53,34 @@ fn the_embedded_default_and_broken_files_are_refused_by_name() {
         dir.path(),
         &["--config", "stepq.toml", "--jobs-file", "bad.toml"],
     );
-    assert_eq!(code, Some(1), "{err}");
+    assert_eq!(code, Some(2), "{err}");
     assert!(err.contains("bad.toml"), "{err}");
+}
+
+#[test]
+fn a_queue_that_cannot_be_reached_at_start_exits_2() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("jobs.toml"), JOBS).unwrap();
+    // Nothing listens on port 9 of the loopback: the startup check of the queue fails.
+    std::fs::write(
+        dir.path().join("stepq.toml"),
+        "[sqs]\nqueue_url = \"http://127.0.0.1:9/000000000000/q\"\n\
+         endpoint_url = \"http://127.0.0.1:9\"\nregion_name = \"us-east-1\"\n\
+         [s3]\nbucket = \"b-1\"\n",
+    )
+    .unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_stepq-worker"))
+        .args(["--config", "stepq.toml", "--jobs-file", "jobs.toml"])
+        .current_dir(dir.path())
+        .env_remove("STEPQ_SQS_QUEUE_URL")
+        .env_remove("STEPQ_S3_BUCKET_NAME")
+        .env_remove("STEPQ_CONFIG")
+        .env("AWS_ACCESS_KEY_ID", "test")
+        .env("AWS_SECRET_ACCESS_KEY", "test")
+        .env("AWS_EC2_METADATA_DISABLED", "true")
+        .output()
+        .expect("stepq-worker starts");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("could not start"), "{err}");
 }

@@ -132,6 +132,47 @@ fn garbage_message(kwarg_value: serde_json::Value) -> TaskMessage {
     message
 }
 
+/// Log lines of the current thread (the test runtime runs the worker's tasks on it).
+#[derive(Clone, Default)]
+struct Logs(Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for Logs {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+#[tokio::test]
+async fn garbage_step_args_are_logged_as_errors_with_the_task_and_reason() {
+    let logs = Logs::default();
+    let writer = logs.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_writer(move || writer.clone())
+        .with_ansi(false)
+        .finish();
+    let _guard = tracing::subscriber::set_default(subscriber);
+    let h = Harness::lab().await;
+    let message = garbage_message(serde_json::json!("aGVsbG8gd29ybGQ="));
+    let task_id = h.queue.kick(message).await.unwrap().task_id;
+    assert!(
+        h.result(&task_id).await.is_err,
+        "the failed result is still stored"
+    );
+    h.stop().await;
+    let text = String::from_utf8_lossy(&logs.0.lock().unwrap()).into_owned();
+    let line = text
+        .lines()
+        .find(|l| l.contains("ERROR") && l.contains(&task_id))
+        .unwrap_or_else(|| panic!("the failure is not logged at error level: {text}"));
+    for needle in [protocol::EXECUTE_PLAN, "InvalidStepArgs", "magic"] {
+        assert!(line.contains(needle), "{needle} missing: {line}");
+    }
+}
+
 #[tokio::test]
 async fn undecodable_payloads_get_failed_results_and_the_worker_goes_on() {
     let h = Harness::lab().await;

@@ -15,7 +15,7 @@ use tokio_util::sync::CancellationToken;
 use super::config::SqsConfig;
 use super::error::sqs_error;
 use super::send::{prepare, send_batch, send_one, SendSettings};
-use stepq_broker::broker::{Broker, DeliveryStream};
+use stepq_broker::broker::{Broker, DeliveryStream, Demand};
 use stepq_broker::error::BrokerError;
 use stepq_broker::message::TaskMessage;
 
@@ -62,12 +62,13 @@ impl Inner {
 /// A [`Broker`] on an AWS SQS queue (standard or FIFO), with S3 extended payloads.
 ///
 /// - sends one message with SendMessage and several with SendMessageBatch (10 per call);
-/// - receives up to `max_number_of_messages` per long poll, acks with DeleteMessage(Batch) (acks
+/// - receives up to `max_number_of_messages` per long poll, and never more than the consumer can
+///   start ([`Broker::listen_with_demand`]; a receiver passes its free slots), acks with DeleteMessage(Batch) (acks
 ///   pending at the same moment share a call), nacks by making the message visible at once, and
 ///   extends visibility for heartbeats;
-/// - on stop, the stream ends at once; the outstanding long poll finishes in the background and
-///   whatever it returns, with anything received but not yielded, is made visible again at once.
-///   [`Broker::shutdown`] waits for that.
+/// - on stop, the stream ends at once and a long poll still waiting is aborted; anything
+///   received but not yielded is made visible again at once. [`Broker::shutdown`] waits for
+///   that.
 ///
 /// ```no_run
 /// # async fn demo() -> Result<(), stepq_broker::BrokerError> {
@@ -258,7 +259,14 @@ impl Broker for SqsBroker {
             .await
             .map_err(|e| sqs_error("GetQueueAttributes", e))?;
         if let Some(bucket) = &self.inner.settings.bucket {
-            head_bucket(&self.inner.s3, bucket, "extended payload bucket").await?;
+            let setting = self
+                .inner
+                .config
+                .payload_bucket_setting
+                .as_deref()
+                .unwrap_or("config_source.s3_extended_bucket_name");
+            let what = format!("the `{setting}` bucket (extended payloads)");
+            head_bucket(&self.inner.s3, bucket, &what).await?;
         }
         Ok(())
     }
@@ -301,7 +309,17 @@ impl Broker for SqsBroker {
     }
 
     async fn listen(&self, stop: CancellationToken) -> Result<DeliveryStream, BrokerError> {
-        Ok(super::listen::listen(Arc::clone(&self.inner), stop))
+        self.listen_with_demand(stop, Demand::unbounded()).await
+    }
+
+    /// Receives at most `min(max_number_of_messages, demand)` messages per long poll and hands
+    /// buffered messages beyond `demand` back at once (visibility 0).
+    async fn listen_with_demand(
+        &self,
+        stop: CancellationToken,
+        demand: Demand,
+    ) -> Result<DeliveryStream, BrokerError> {
+        Ok(super::listen::listen(Arc::clone(&self.inner), stop, demand))
     }
 
     fn kind(&self) -> &'static str {

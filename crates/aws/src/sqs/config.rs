@@ -45,6 +45,11 @@ pub struct SqsConfig {
     /// Broker options.
     #[serde(default)]
     pub config_source: SqsConfigSource,
+    /// The setting that named `config_source.s3_extended_bucket_name`, for error messages
+    /// (e.g. `s3.bucket` when the bucket is inherited from it); unset means
+    /// `config_source.s3_extended_bucket_name`. Not part of the file form.
+    #[serde(skip)]
+    pub payload_bucket_setting: Option<String>,
 }
 
 /// Broker options (dagster-taskiq's `config_source`).
@@ -172,6 +177,7 @@ impl SqsConfig {
             region_name: None,
             endpoint_url: None,
             config_source: SqsConfigSource::default(),
+            payload_bucket_setting: None,
         }
     }
 

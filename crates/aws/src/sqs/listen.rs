@@ -18,7 +18,7 @@ use super::broker::Inner;
 use super::error::{all_failed, entry_outcomes, numbered_entries, sqs_error};
 use super::owned_queue;
 use super::payload::{S3Pointer, EXTENDED_MESSAGE_ATTRIBUTE};
-use stepq_broker::broker::DeliveryStream;
+use stepq_broker::broker::{DeliveryStream, Demand};
 use stepq_broker::delivery::{Delivery, DeliveryHandle};
 use stepq_broker::error::{BrokerError, ErrorClass, ServiceError};
 
@@ -38,14 +38,22 @@ struct Received {
     received_at: Instant,
 }
 
-/// One long poll.
-async fn receive(inner: Arc<Inner>) -> Result<Vec<Received>, BrokerError> {
+/// Messages one receive asks for: the configured `max_number_of_messages`, but never more than
+/// the consumer can start (`demand`).
+fn receive_limit(configured: u32, demand: usize) -> u32 {
+    configured
+        .min(u32::try_from(demand).unwrap_or(u32::MAX))
+        .max(1)
+}
+
+/// One long poll for at most `max` messages.
+async fn receive(inner: Arc<Inner>, max: u32) -> Result<Vec<Received>, BrokerError> {
     let c = &inner.config.config_source;
     let out = inner
         .sqs
         .receive_message()
         .queue_url(&inner.config.queue_url)
-        .max_number_of_messages(c.max_number_of_messages as i32)
+        .max_number_of_messages(max as i32)
         .wait_time_seconds(c.wait_time_seconds as i32)
         .visibility_timeout(c.visibility_timeout as i32)
         .message_system_attribute_names(MessageSystemAttributeName::ApproximateReceiveCount)
@@ -228,10 +236,13 @@ impl DeliveryHandle for SqsDelivery {
     }
 }
 
-/// One listener: a lazy stream that long-polls only when it has nothing buffered.
+/// One listener: a lazy stream that long-polls only when it has nothing buffered, for no more
+/// messages than its consumer can start.
 struct Listener {
     inner: Arc<Inner>,
     stop: CancellationToken,
+    /// How many deliveries the consumer could start now.
+    demand: Demand,
     buffer: VecDeque<Received>,
     /// The long poll in flight, if any (a task, so a stopped listener can hand it over).
     poll: Option<JoinHandle<Result<Vec<Received>, BrokerError>>>,
@@ -246,6 +257,7 @@ impl Listener {
             if self.stop.is_cancelled() {
                 return None;
             }
+            self.hand_back_excess();
             if let Some(message) = self.buffer.front() {
                 // Popped only once handed out: if this future is dropped meanwhile (the
                 // consumer stopped), the message is still released by `Drop`.
@@ -262,10 +274,17 @@ impl Listener {
                     _ = tokio::time::sleep(delay) => {}
                 }
             }
+            if self.stop.is_cancelled() {
+                return None;
+            }
             let inner = Arc::clone(&self.inner);
+            let max = receive_limit(
+                self.inner.config.config_source.max_number_of_messages,
+                self.demand.get(),
+            );
             let poll = self
                 .poll
-                .get_or_insert_with(|| tokio::spawn(receive(inner)));
+                .get_or_insert_with(|| tokio::spawn(receive(inner, max)));
             let outcome = tokio::select! {
                 biased;
                 _ = self.stop.cancelled() => return None,
@@ -297,6 +316,25 @@ impl Listener {
                 }
             }
         }
+    }
+
+    /// Makes buffered messages beyond what the consumer can start visible again at once (in
+    /// the background; `shutdown` waits for it), so another worker takes them rather than
+    /// finding them hidden by a busy one.
+    fn hand_back_excess(&mut self) {
+        let room = self.demand.get();
+        if self.buffer.len() <= room {
+            return;
+        }
+        let excess: Vec<String> = self.buffer.drain(room..).map(|m| m.receipt).collect();
+        tracing::debug!(
+            count = excess.len(),
+            room,
+            "handing back received messages this worker cannot start now"
+        );
+        let inner = Arc::clone(&self.inner);
+        let handle = tokio::spawn(async move { release(&inner, excess).await });
+        self.inner.track_drain(handle);
     }
 
     /// Turns a received message into a delivery: renews its visibility if it waited in the
@@ -360,11 +398,21 @@ impl Listener {
 }
 
 impl Drop for Listener {
-    /// Hands what the listener still holds (buffered messages, the outstanding long poll) to a
-    /// background task that makes it visible again at once; `shutdown` waits for it.
+    /// Hands what the listener still holds (buffered messages, a long poll that has already
+    /// answered) to a background task that makes it visible again at once; `shutdown` waits
+    /// for it. A long poll still waiting is aborted, so a stop never waits out the poll's
+    /// `wait_time_seconds`: a message SQS returned to it at that very moment comes back
+    /// after its visibility timeout.
     fn drop(&mut self) {
         let buffered: Vec<String> = self.buffer.drain(..).map(|m| m.receipt).collect();
-        let poll = self.poll.take();
+        let poll = self.poll.take().and_then(|poll| {
+            if poll.is_finished() {
+                Some(poll)
+            } else {
+                poll.abort();
+                None
+            }
+        });
         if buffered.is_empty() && poll.is_none() {
             return;
         }
@@ -395,12 +443,13 @@ impl Drop for Listener {
 }
 
 /// The delivery stream of one listener.
-pub(crate) fn listen(inner: Arc<Inner>, stop: CancellationToken) -> DeliveryStream {
+pub(crate) fn listen(inner: Arc<Inner>, stop: CancellationToken, demand: Demand) -> DeliveryStream {
     let (acks, requests) = mpsc::unbounded_channel();
     tokio::spawn(run_ack_batcher(Arc::clone(&inner), requests));
     let listener = Listener {
         inner,
         stop,
+        demand,
         buffer: VecDeque::new(),
         poll: None,
         backoff: None,
@@ -411,4 +460,18 @@ pub(crate) fn listen(inner: Arc<Inner>, stop: CancellationToken) -> DeliveryStre
         Some((item, listener))
     })
     .boxed()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::receive_limit;
+
+    #[test]
+    fn a_receive_asks_for_no_more_than_the_consumer_can_start() {
+        assert_eq!(receive_limit(10, 1), 1);
+        assert_eq!(receive_limit(10, 3), 3);
+        assert_eq!(receive_limit(10, 25), 10);
+        assert_eq!(receive_limit(4, usize::MAX), 4);
+        assert_eq!(receive_limit(10, 0), 1);
+    }
 }

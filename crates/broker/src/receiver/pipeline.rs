@@ -9,7 +9,7 @@ use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 
 use futures::FutureExt;
-use stepq_results::TaskResult;
+use stepq_results::{FailureKind, TaskError, TaskResult};
 use tokio::sync::OwnedSemaphorePermit;
 use tokio::time::{Instant, MissedTickBehavior};
 use tokio_util::sync::CancellationToken;
@@ -146,7 +146,10 @@ impl Shared {
         let seconds = started.elapsed().as_secs_f64();
         Some(match outcome {
             Ok(Ok(value)) => TaskResult::ok(value, seconds),
-            Ok(Err(e)) => TaskResult::err(e.kind, e.message, seconds),
+            Ok(Err(e)) => {
+                log_failure(message, &e);
+                TaskResult::err(e.kind, e.message, seconds)
+            }
             Err(payload) => {
                 let text = format!(
                     "task `{}` panicked: {}",
@@ -180,6 +183,21 @@ impl Shared {
                 );
             }
         }
+    }
+}
+
+/// Logs a task its handler failed, so the reason is on the worker's log and not only in the
+/// stored result: at error level, but a cancelled task at info and a task whose run another
+/// orchestrator already holds (a redelivered launch) at warn.
+fn log_failure(message: &TaskMessage, error: &TaskError) {
+    let (task, task_id, kind) = (&message.task_name, &message.task_id, &error.kind);
+    let reason = &error.message;
+    match error.kind {
+        FailureKind::Canceled => tracing::info!(%task, %task_id, %kind, %reason, "task canceled"),
+        FailureKind::RunAlreadyClaimed => {
+            tracing::warn!(%task, %task_id, %kind, %reason, "task refused")
+        }
+        _ => tracing::error!(%task, %task_id, %kind, %reason, "task failed"),
     }
 }
 

@@ -36,8 +36,10 @@ pub(super) async fn start_worker(
         .map_err(Failure::usage)?;
     // Health heartbeats until the worker has stopped (its grace period included); the queue's
     // shutdown also ends the cancel subscription (deleting the worker's SQS inbox).
+    // A worker that could not start (missing queue or bucket, no credentials) exits 2.
     match stepq_worker::service::serve(service).await {
         Ok(_) => Ok(0),
+        Err(e) if e.could_not_start() => Err(Failure::usage(e)),
         Err(e) => Err(Failure::runtime(e)),
     }
 }

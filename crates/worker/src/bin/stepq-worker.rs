@@ -71,7 +71,19 @@ fn parse_args(mut args: impl Iterator<Item = String>) -> Result<Args, String> {
     Ok(parsed)
 }
 
-async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
+/// Why the worker exited: it could not start (exit 2) or it failed while running (exit 1).
+enum Exit {
+    NotStarted(Box<dyn std::error::Error>),
+    Failed(Box<dyn std::error::Error>),
+}
+
+impl<E: Into<Box<dyn std::error::Error>>> From<E> for Exit {
+    fn from(e: E) -> Self {
+        Exit::NotStarted(e.into())
+    }
+}
+
+async fn run(args: Args) -> Result<(), Exit> {
     let env: BTreeMap<String, String> = std::env::vars().collect();
     let config_path = args
         .config
@@ -98,8 +110,11 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     }
     let service = WorkerService::new(Arc::new(location), backends.service_parts(true), settings)?;
     tracing::info!(worker = service.name(), "serving steps");
-    serve(service).await?;
-    Ok(())
+    match serve(service).await {
+        Ok(_) => Ok(()),
+        Err(e) if e.could_not_start() => Err(Exit::NotStarted(e.into())),
+        Err(e) => Err(Exit::Failed(e.into())),
+    }
 }
 
 fn main() -> ExitCode {
@@ -129,7 +144,11 @@ fn main() -> ExitCode {
     };
     match runtime.block_on(run(args)) {
         Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
+        Err(Exit::NotStarted(e)) => {
+            eprintln!("stepq-worker: could not start: {e}");
+            ExitCode::from(2)
+        }
+        Err(Exit::Failed(e)) => {
             eprintln!("stepq-worker: {e}");
             ExitCode::FAILURE
         }

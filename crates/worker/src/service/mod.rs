@@ -76,6 +76,18 @@ pub enum ServiceError {
     Broker(#[from] BrokerError),
 }
 
+impl ServiceError {
+    /// Whether the service could not start (a bad setting, a missing queue or bucket, missing
+    /// credentials, a first heartbeat or cancel subscription that failed), as opposed to a
+    /// worker that ran and then failed (its broker's delivery stream ended).
+    pub fn could_not_start(&self) -> bool {
+        !matches!(
+            self,
+            ServiceError::Worker(WorkerError::Broker(BrokerError::Closed))
+        )
+    }
+}
+
 /// What a worker service runs on: a queue and output store, and optionally a heartbeat store
 /// (health) and a canceller (cancellation).
 #[derive(Clone)]
@@ -319,5 +331,21 @@ pub async fn shutdown_signal() {
     #[cfg(not(unix))]
     {
         let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_a_broker_stream_ending_at_run_time_is_a_failure_after_start() {
+        let missing = ServiceError::Broker(BrokerError::Config {
+            field: "queue_url",
+            reason: "no such queue".into(),
+        });
+        assert!(missing.could_not_start());
+        let ended = ServiceError::Worker(WorkerError::Broker(BrokerError::Closed));
+        assert!(!ended.could_not_start());
     }
 }
