@@ -1,6 +1,7 @@
 //! The SQLite store's own write throughput: committed step results per second with 1, 8 and
-//! 64 concurrent writers (each writer stores results one after another, waiting for each to
-//! commit, as a worker slot does).
+//! 64 concurrent writers (each writer stores results one after another, as a worker slot
+//! does; results are written behind, so each iteration ends with a flush that waits for
+//! their commit, inside the timing).
 //!
 //! `cargo bench -p stepq-sqlite --bench throughput` (criterion prints results/s as
 //! throughput; the summary line adds results per commit, which shows the group commit).
