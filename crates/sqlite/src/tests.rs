@@ -170,6 +170,7 @@ async fn large_outputs_are_files_and_a_torn_one_is_reported() {
     );
     assert!(!dir.path().join(BLOBS_DIR).join("r/a/small").exists());
     assert_eq!(&outputs.get(&small).await.unwrap()[..], b"tiny");
+    store.flush().await.unwrap(); // committed: reads now go to the database and the file
     std::fs::write(&file, b"a value longer").unwrap(); // torn: half of it
     match outputs.get(&large).await {
         Err(ResultError::Corrupt { message, .. }) => {
@@ -275,7 +276,11 @@ async fn a_written_behind_output_is_read_at_once_and_committed_before_a_later_wa
     let event = stepq_plan::Event::run("r", stepq_plan::EventKind::RunStarted);
     runs.append_events("r", &[event]).await.unwrap();
     let other = SqliteStore::open(dir.path()).unwrap().outputs();
-    assert_eq!(&other.get(&key).await.unwrap()[..], b"42", "committed in order");
+    assert_eq!(
+        &other.get(&key).await.unwrap()[..],
+        b"42",
+        "committed in order"
+    );
     outputs.delete_run("r").await.unwrap();
     assert!(!other.exists(&key).await.unwrap());
 }

@@ -146,5 +146,8 @@ async fn step_progress_is_on_embedded_off_on_sqs_unless_set() {
     let mut sqs = distributed();
     assert!(!sqs.executor_config().unwrap().step_progress);
     sqs.executor.step_progress = Some(true);
-    assert!(sqs.executor_config().unwrap().step_progress, "set explicitly");
+    assert!(
+        sqs.executor_config().unwrap().step_progress,
+        "set explicitly"
+    );
 }
