@@ -172,6 +172,20 @@ impl RunLauncher {
             }
             Err(e) => return Err(e.into()),
         }
+        // STARTED is recorded before the first step is sent, so a step that runs is never
+        // seen under a STARTING run; canceled while starting (or the store failed): the run
+        // does not go on.
+        if let Err(e) = self
+            .runs
+            .update_status(&run_id, StoredStatus::Started)
+            .await
+        {
+            let _ = self
+                .runs
+                .update_status(&run_id, StoredStatus::Canceled)
+                .await;
+            return Err(e.into());
+        }
         let handle = match self.executor.start(request) {
             Ok(handle) => handle,
             Err(e) => {
@@ -189,20 +203,6 @@ impl RunLauncher {
                 return Err(e.into());
             }
         };
-        if let Err(e) = self
-            .runs
-            .update_status(&run_id, StoredStatus::Started)
-            .await
-        {
-            // Canceled while starting (or the store failed): the run does not go on.
-            handle.interrupt();
-            let _ = handle.wait().await;
-            let _ = self
-                .runs
-                .update_status(&run_id, StoredStatus::Canceled)
-                .await;
-            return Err(e.into());
-        }
         Ok(RecordedRun::record(
             self.runs.clone(),
             run_id,
