@@ -135,6 +135,7 @@ async fn executor_settings_come_from_the_config() {
     app.executor(None).unwrap();
 }
 
+#[cfg(feature = "aws")]
 #[tokio::test]
 async fn step_progress_is_on_embedded_off_on_sqs_unless_set() {
     let dir = tempfile::tempdir().unwrap();
