@@ -305,30 +305,37 @@ async fn a_missing_extended_payload_bucket_fails_startup() {
 
 #[tokio::test]
 #[ignore = "localstack"]
-async fn a_stopped_listener_does_not_wait_out_its_long_poll() {
-    // A short visibility: a message SQS hands to the aborted poll comes back soon.
-    let visibility = Duration::from_secs(2);
+async fn a_stopped_listeners_last_long_poll_is_released_at_once() {
+    // Visibility 30 s: if the stale poll's message were not released, it would stay hidden
+    // far longer than this test waits.
+    let visibility = Duration::from_secs(30);
     let url = fresh_queue(false, visibility).await;
     let broker = broker(config(&url, visibility)).await;
     let stop = CancellationToken::new();
     let mut stream = broker.listen(stop.clone()).await.unwrap();
     let waiting = tokio::spawn(async move { stream.next().await.is_none() });
-    // Let the long poll (20 s) reach the queue, then stop with the poll outstanding.
+    // Let the long poll reach the queue, then stop: the poll is left outstanding.
     tokio::time::sleep(Duration::from_millis(300)).await;
     stop.cancel();
     assert!(waiting.await.unwrap(), "a stopped stream must end");
-    tokio::time::timeout(Duration::from_secs(5), broker.shutdown())
-        .await
-        .expect("shutdown does not wait out the 20 s long poll")
-        .unwrap();
-
     let sent = TaskMessage::new("stepq.after-stop");
     broker.kick(&sent).await.unwrap();
+    // The outstanding poll takes the message; shutdown waits until it is released.
+    tokio::time::timeout(Duration::from_secs(25), broker.shutdown())
+        .await
+        .expect("shutdown waits at most one long poll")
+        .unwrap();
+
     let other = SqsBroker::connect(config(&url, visibility)).await.unwrap();
     let fresh = CancellationToken::new();
     let mut stream = other.listen(fresh.clone()).await.unwrap();
-    let d = next_delivery(&mut stream, "the message sent after the stop").await;
+    let d = next_delivery(&mut stream, "the message the stale poll took").await;
     assert_eq!(d.message().unwrap(), sent);
+    assert_eq!(
+        d.receive_count(),
+        2,
+        "the stale long poll should have received it once before the release"
+    );
     d.ack().await.unwrap();
     fresh.cancel();
 }

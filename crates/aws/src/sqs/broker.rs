@@ -66,9 +66,9 @@ impl Inner {
 ///   start ([`Broker::listen_with_demand`]; a receiver passes its free slots), acks with DeleteMessage(Batch) (acks
 ///   pending at the same moment share a call), nacks by making the message visible at once, and
 ///   extends visibility for heartbeats;
-/// - on stop, the stream ends at once and a long poll still waiting is aborted; anything
-///   received but not yielded is made visible again at once. [`Broker::shutdown`] waits for
-///   that.
+/// - on stop, the stream ends at once; the outstanding long poll finishes in the background and
+///   whatever it returns, with anything received but not yielded, is made visible again at once.
+///   [`Broker::shutdown`] waits for that.
 ///
 /// ```no_run
 /// # async fn demo() -> Result<(), stepq_broker::BrokerError> {

@@ -398,21 +398,11 @@ impl Listener {
 }
 
 impl Drop for Listener {
-    /// Hands what the listener still holds (buffered messages, a long poll that has already
-    /// answered) to a background task that makes it visible again at once; `shutdown` waits
-    /// for it. A long poll still waiting is aborted, so a stop never waits out the poll's
-    /// `wait_time_seconds`: a message SQS returned to it at that very moment comes back
-    /// after its visibility timeout.
+    /// Hands what the listener still holds (buffered messages, the outstanding long poll) to a
+    /// background task that makes it visible again at once; `shutdown` waits for it.
     fn drop(&mut self) {
         let buffered: Vec<String> = self.buffer.drain(..).map(|m| m.receipt).collect();
-        let poll = self.poll.take().and_then(|poll| {
-            if poll.is_finished() {
-                Some(poll)
-            } else {
-                poll.abort();
-                None
-            }
-        });
+        let poll = self.poll.take();
         if buffered.is_empty() && poll.is_none() {
             return;
         }
