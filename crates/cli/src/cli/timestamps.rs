@@ -6,6 +6,8 @@ use std::fmt;
 use std::str::FromStr;
 use std::time::Duration;
 
+use stepq_plan::events::civil_from_days;
+
 const US_PER_SEC: u64 = 1_000_000;
 const SECS_PER_DAY: u64 = 86_400;
 
@@ -22,19 +24,6 @@ pub(crate) fn rfc3339(us: u64) -> String {
         rem % 60,
         us % US_PER_SEC
     )
-}
-
-/// Civil date (year, month, day) of days since 1970-01-01 (Howard Hinnant's algorithm).
-fn civil_from_days(days: i64) -> (i64, u32, u32) {
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1_460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = (doy - (153 * mp + 2) / 5 + 1) as u32;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
-    (yoe + era * 400 + i64::from(month <= 2), month, day)
 }
 
 /// Days since 1970-01-01 of a civil date (the inverse of [`civil_from_days`]).
