@@ -315,7 +315,8 @@ pub fn config_digest(config: &serde_json::Value) -> String {
     format!("{:016x}", fnv1a64(text.as_bytes()))
 }
 
-fn fnv1a64(bytes: &[u8]) -> u64 {
+/// The 64-bit FNV-1a hash of `bytes` (a checksum, not a cryptographic hash).
+pub fn fnv1a64(bytes: &[u8]) -> u64 {
     const OFFSET_BASIS: u64 = 0xcbf2_9ce4_8422_2325;
     const PRIME: u64 = 0x0000_0100_0000_01b3;
     bytes.iter().fold(OFFSET_BASIS, |hash, byte| {

@@ -310,12 +310,7 @@ pub fn old_layout_notice(state_dir: &Path) -> Option<String> {
 /// The FNV-1a 64-bit digest of `bytes` as 16 hex digits (detects a torn output file; not a
 /// cryptographic hash).
 fn digest(bytes: &[u8]) -> String {
-    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in bytes {
-        hash ^= u64::from(*b);
-        hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
-    }
-    format!("{hash:016x}")
+    format!("{:016x}", stepq_runs::record::fnv1a64(bytes))
 }
 
 #[cfg(test)]
