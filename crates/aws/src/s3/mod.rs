@@ -24,6 +24,7 @@
 //! ```
 
 pub mod cancel;
+mod delete;
 mod outputs;
 mod results;
 pub mod runs;

@@ -2,14 +2,13 @@
 
 use async_trait::async_trait;
 use aws_sdk_s3::primitives::ByteStream;
-use aws_sdk_s3::types::{Delete, ObjectIdentifier};
 use bytes::Bytes;
-use stepq_results::error::{ErrorClass, ResultError, ServiceError};
+use stepq_results::error::ResultError;
 
-use crate::error::{classify_aws_failure, AwsFailureKind};
 use stepq_results::local::check_segment;
 use stepq_results::output::{OutputKey, OutputStore};
 
+use super::delete::delete_objects;
 use super::{
     check_bucket, get_object_bytes, join_key, normalize_base, object_exists, s3_client, s3_error,
 };
@@ -21,9 +20,6 @@ pub struct S3OutputStore {
     bucket: String,
     base: String,
 }
-
-/// DeleteObjects accepts at most this many keys per call.
-const DELETE_OBJECTS_LIMIT: usize = 1000;
 
 impl S3OutputStore {
     /// A store on `bucket` under `base_path`, with a client built from `sdk`.
@@ -67,49 +63,6 @@ impl S3OutputStore {
         check_segment(run_id)?;
         Ok(join_key(&self.base, &format!("outputs/{run_id}/")))
     }
-
-    /// Deletes up to [`DELETE_OBJECTS_LIMIT`] keys; any per-key failure is an error naming it.
-    async fn delete_keys(&self, keys: Vec<String>) -> Result<(), ResultError> {
-        let count = keys.len();
-        let objects = keys
-            .into_iter()
-            .map(|k| ObjectIdentifier::builder().key(k).build())
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(construction_failure)?;
-        let delete = Delete::builder()
-            .set_objects(Some(objects))
-            .quiet(true)
-            .build()
-            .map_err(construction_failure)?;
-        let out = self
-            .client
-            .delete_objects()
-            .bucket(&self.bucket)
-            .delete(delete)
-            .send()
-            .await
-            .map_err(|e| s3_error("DeleteObjects", e))?;
-        if let Some(first) = out.errors().first() {
-            let code = first.code().unwrap_or("Unknown").to_string();
-            let class = classify_aws_failure(AwsFailureKind::Service, Some(&code), None);
-            let message = format!(
-                "DeleteObjects: {} of {count} keys failed, first `{}`: {}",
-                out.errors().len(),
-                first.key().unwrap_or("?"),
-                first.message().unwrap_or("")
-            );
-            return Err(ServiceError::new("s3", code, message, class).into());
-        }
-        Ok(())
-    }
-}
-
-/// A DeleteObjects request that could not be built (a bug or bad input on our side).
-fn construction_failure(e: aws_sdk_s3::error::BuildError) -> ResultError {
-    let message = format!("DeleteObjects: {e}");
-    ServiceError::new("s3", "ConstructionFailure", message, ErrorClass::Permanent)
-        .with_source(e)
-        .into()
 }
 
 #[async_trait]
@@ -159,10 +112,7 @@ impl OutputStore for S3OutputStore {
                     .filter_map(|o| o.key().map(str::to_string)),
             );
         }
-        for chunk in keys.chunks(DELETE_OBJECTS_LIMIT) {
-            self.delete_keys(chunk.to_vec()).await?;
-        }
-        Ok(())
+        Ok(delete_objects(&self.client, &self.bucket, &keys).await?)
     }
 }
 

@@ -3,18 +3,12 @@
 
 use std::sync::Arc;
 
+use crate::s3::delete::delete_objects;
 use crate::s3::{aws_error, get_object, join_key, S3Object};
 use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_s3::primitives::ByteStream;
-use aws_sdk_s3::types::{Delete, ObjectIdentifier};
 use aws_sdk_s3::Client;
-use stepq_results::{ErrorClass, ServiceError};
 use stepq_runs::error::StorageError;
-
-use crate::error::{classify_aws_failure, AwsFailureKind};
-
-/// Most keys one `DeleteObjects` request takes.
-const DELETE_OBJECTS_LIMIT: usize = 1000;
 
 /// Objects fetched at once when reading a log or listing runs.
 pub(super) const FETCH_CONCURRENCY: usize = 8;
@@ -166,48 +160,8 @@ impl Location {
     /// Deletes `keys` (`DeleteObjects`, 1000 a request); a key that fails is an error naming
     /// it.
     pub(super) async fn delete_keys(&self, keys: Vec<String>) -> Result<(), StorageError> {
-        for chunk in keys.chunks(DELETE_OBJECTS_LIMIT) {
-            let objects = chunk
-                .iter()
-                .map(|k| ObjectIdentifier::builder().key(k).build())
-                .collect::<Result<Vec<_>, _>>()
-                .map_err(construction_failure)?;
-            let delete = Delete::builder()
-                .set_objects(Some(objects))
-                .quiet(true)
-                .build()
-                .map_err(construction_failure)?;
-            let out = self
-                .client
-                .delete_objects()
-                .bucket(&*self.bucket)
-                .delete(delete)
-                .send()
-                .await
-                .map_err(|e| s3_error("DeleteObjects", e))?;
-            if let Some(first) = out.errors().first() {
-                let code = first.code().unwrap_or("Unknown").to_string();
-                let class = classify_aws_failure(AwsFailureKind::Service, Some(&code), None);
-                let message = format!(
-                    "DeleteObjects: {} of {} keys failed, first `{}`: {}",
-                    out.errors().len(),
-                    chunk.len(),
-                    first.key().unwrap_or("?"),
-                    first.message().unwrap_or("")
-                );
-                return Err(ServiceError::new("s3", code, message, class).into());
-            }
-        }
-        Ok(())
+        Ok(delete_objects(&self.client, &self.bucket, &keys).await?)
     }
-}
-
-/// A `DeleteObjects` request that could not be built (a bug on our side).
-fn construction_failure(e: aws_sdk_s3::error::BuildError) -> StorageError {
-    let message = format!("DeleteObjects: {e}");
-    ServiceError::new("s3", "ConstructionFailure", message, ErrorClass::Permanent)
-        .with_source(e)
-        .into()
 }
 
 /// The condition of a conditional `PutObject`.
