@@ -152,8 +152,10 @@ impl LocalInner {
         for _ in 0..MAX_CAS_ATTEMPTS {
             let (rev, current) = self.get(run_id)?;
             let next = current.apply(change, stepq_plan::events::now_us())?;
-            let tmp = TempFile::write(&self.tmp_dir(run_id), &encode_record(&next)?)?;
-            if tmp.publish(&self.record_path(run_id, rev + 1))? {
+            let published = TempFile::write(&self.tmp_dir(run_id), &encode_record(&next)?)
+                .and_then(|tmp| tmp.publish(&self.record_path(run_id, rev + 1)))
+                .map_err(|e| vanished(run_id, e))?;
+            if published {
                 return Ok(next);
             }
         }
@@ -187,7 +189,19 @@ impl LocalInner {
             let dir = self.run_dir(run_id);
             let bytes = dir_size(&dir)?;
             let batches = max_seq(&dir.join("events"), ".bin")?.map_or(0, |seq| seq + 1);
-            fs::remove_dir_all(&dir).map_err(|e| StorageError::io(&dir, e))?;
+            // Move the directory aside in one rename before removing it: a writer racing the
+            // delete may create a temp file in the run's directory at any moment, which would
+            // make removing it in place fail half-way ("directory not empty"). Once renamed,
+            // nothing new lands in the trash; a racing writer finds no run (see `vanished`)
+            // and at most re-creates an empty `tmp/`, removed below if still there.
+            let trash = self
+                .root
+                .join("runs")
+                .join(format!(".deleted-{}", uuid::Uuid::new_v4()));
+            fs::rename(&dir, &trash).map_err(|e| StorageError::io(&dir, e))?;
+            fs::remove_dir_all(&trash).map_err(|e| StorageError::io(&trash, e))?;
+            let _ = fs::remove_dir(self.tmp_dir(run_id));
+            let _ = fs::remove_dir(&dir);
             self.next_seq.lock().expect("next_seq lock").remove(run_id);
             return Ok(DeletedRun::new(current, batches, Some(bytes)));
         }
@@ -357,8 +371,12 @@ impl RunStore for LocalDirRunStore {
         check_id(run_id)?;
         check_batch(run_id, events)?;
         let (run_id, events) = (run_id.to_string(), events.to_vec());
-        self.blocking(move |inner| inner.append(&run_id, &events))
-            .await?;
+        self.blocking(move |inner| {
+            inner
+                .append(&run_id, &events)
+                .map_err(|e| vanished(&run_id, e))
+        })
+        .await?;
         self.inner.changes.bump();
         Ok(())
     }
@@ -384,6 +402,16 @@ impl RunStore for LocalDirRunStore {
             .changes
             .wait_events(self, run_id, from, true)
             .await
+    }
+}
+
+/// A path of the run that disappeared under a write means a delete removed the run.
+fn vanished(run_id: &str, error: StorageError) -> StorageError {
+    match &error {
+        StorageError::Io { source, .. } if source.kind() == ErrorKind::NotFound => {
+            not_found(run_id)
+        }
+        _ => error,
     }
 }
 
