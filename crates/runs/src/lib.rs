@@ -41,6 +41,7 @@ pub mod heartbeat;
 pub mod local;
 pub mod memory;
 pub mod record;
+pub mod retention;
 pub mod store;
 
 #[cfg(feature = "conformance")]

@@ -4,26 +4,12 @@
 
 use std::path::{Path, PathBuf};
 
-use stepq_plan::{Event, EventKind};
 use stepq_runs::{read_all_events, StorageError};
 use stepq_worker::service::StateStore;
 
-use super::{CollectedRun, GcOptions, GcReport, Reclaimed, SkippedRun};
+use super::{step_task_ids, CollectedRun, GcOptions, GcReport, Reclaimed, SkippedRun};
 use crate::app::{App, AppError};
 use crate::config::Mode;
-
-/// The task ids of a run's steps, in log order, each once.
-pub(super) fn step_task_ids(events: &[Event]) -> Vec<String> {
-    let mut ids: Vec<String> = Vec::new();
-    for event in events {
-        if let EventKind::StepQueued { task_id, .. } = &event.kind {
-            if !ids.contains(task_id) {
-                ids.push(task_id.clone());
-            }
-        }
-    }
-    ids
-}
 
 /// Where the space of this app's state is measured.
 enum Space {
@@ -241,34 +227,4 @@ async fn measure_dir(dir: PathBuf) -> u64 {
     tokio::task::spawn_blocking(move || walk(&dir))
         .await
         .unwrap_or(0)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn task_ids_come_from_step_queued_events_once_each_in_order() {
-        let queued = |step: &str, attempt, task: &str| {
-            Event::step(
-                "r",
-                step,
-                EventKind::StepQueued {
-                    attempt,
-                    task_id: task.into(),
-                },
-            )
-        };
-        let events = vec![
-            Event::run("r", EventKind::RunStarted),
-            queued("a", 1, "t-a1"),
-            queued("b", 1, "t-b1"),
-            // A fused step shares its task; a retry gets a new one.
-            queued("c", 1, "t-b1"),
-            queued("a", 2, "t-a2"),
-            Event::run("r", EventKind::RunSuccess),
-        ];
-        assert_eq!(step_task_ids(&events), ["t-a1", "t-b1", "t-a2"]);
-        assert!(step_task_ids(&[]).is_empty());
-    }
 }
