@@ -77,6 +77,12 @@ pub struct SqliteOptions {
     /// How long the writer waits for more writes after the first of a batch (zero: commit
     /// what is queued at once; writes that arrive during a commit form the next batch).
     pub linger: Duration,
+    /// How long a batch holding only writes that nobody waits for (step results and
+    /// outputs, which return before their commit) waits for more: the writes of consecutive
+    /// steps then share one commit, and a result the orchestrator has already read and
+    /// deleted meanwhile is never written at all. A crash of the process may lose this much
+    /// more of them (steps a resume runs again; see the crate docs).
+    pub write_behind_linger: Duration,
     /// Outputs up to this size are kept in the database; larger ones as files beside it.
     pub inline_output_limit: usize,
 }
@@ -86,6 +92,7 @@ impl Default for SqliteOptions {
         SqliteOptions {
             busy_timeout: Duration::from_secs(5),
             linger: Duration::ZERO,
+            write_behind_linger: Duration::from_millis(2),
             inline_output_limit: 256 * 1024,
         }
     }

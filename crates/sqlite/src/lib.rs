@@ -128,6 +128,7 @@ impl SqliteStore {
             conn,
             path.clone(),
             options.linger,
+            options.write_behind_linger,
             Box::new(move || {
                 wake.0.wake_all();
                 wake.1.wake_all();
@@ -197,6 +198,15 @@ impl SqliteStore {
         let pending = self.inner.pending.clone();
         let seq = pending.record(key.clone(), value);
         let settle = pending.clone();
+        let (latest, written) = (pending.clone(), key.clone());
+        let apply = move |conn: &rusqlite::Connection| match latest.superseded(&written, seq) {
+            // A later write of the key is queued behind this one: it decides what is stored.
+            true => {
+                latest.count_superseded();
+                Ok(())
+            }
+            false => apply(conn),
+        };
         let queued = self.inner.writer.enqueue(apply, move |outcome| {
             if let Err(e) = outcome {
                 settle.fail(e);
@@ -212,7 +222,10 @@ impl SqliteStore {
     /// How many writes this handle committed, in how many transactions (group commit puts
     /// the writes of concurrent steps into one).
     pub fn write_stats(&self) -> WriteStats {
-        self.inner.writer.stats()
+        WriteStats {
+            superseded: self.inner.pending.superseded_count(),
+            ..self.inner.writer.stats()
+        }
     }
 
     /// Size of the database file and its WAL, in bytes.

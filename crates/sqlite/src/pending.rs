@@ -41,6 +41,7 @@ pub(crate) enum PendingValue {
 pub(crate) struct Pending {
     entries: Mutex<HashMap<PendingKey, (u64, PendingValue)>>,
     next: AtomicU64,
+    superseded: AtomicU64,
     failed: Mutex<Option<SqliteError>>,
 }
 
@@ -62,6 +63,28 @@ impl Pending {
         if entries.get(key).is_some_and(|(s, _)| *s == seq) {
             entries.remove(key);
         }
+    }
+
+    /// Whether a later write of `key` than the one numbered `seq` was recorded: the later
+    /// one is queued to the writer too, and what it leaves is what the overlay shows, so the
+    /// earlier one need not run. (The entry of `seq` stays until `seq` settles; if it is gone
+    /// or holds another number, a later write replaced it.)
+    pub(crate) fn superseded(&self, key: &PendingKey, seq: u64) -> bool {
+        self.entries
+            .lock()
+            .expect("pending lock")
+            .get(key)
+            .is_none_or(|(s, _)| *s != seq)
+    }
+
+    /// A superseded write was skipped.
+    pub(crate) fn count_superseded(&self) {
+        self.superseded.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Writes skipped as superseded so far.
+    pub(crate) fn superseded_count(&self) -> u64 {
+        self.superseded.load(Ordering::Relaxed)
     }
 
     /// What a read must see for `key` while a write of it is pending.
@@ -105,5 +128,24 @@ mod tests {
         assert!(matches!(pending.lookup(&key), Some(PendingValue::Deleted)));
         pending.settle(&key, second);
         assert!(pending.lookup(&key).is_none());
+    }
+
+    #[test]
+    fn only_the_latest_write_of_a_key_is_not_superseded() {
+        let pending = Pending::default();
+        let (key, other) = (
+            PendingKey::Result("t".into()),
+            PendingKey::Result("u".into()),
+        );
+        let first = pending.record(key.clone(), PendingValue::Put(Bytes::from_static(b"1")));
+        let unrelated = pending.record(other.clone(), PendingValue::Deleted);
+        assert!(!pending.superseded(&key, first));
+        let second = pending.record(key.clone(), PendingValue::Deleted);
+        assert!(pending.superseded(&key, first));
+        assert!(!pending.superseded(&key, second));
+        assert!(!pending.superseded(&other, unrelated));
+        // Once the later write settled, the earlier one is still superseded.
+        pending.settle(&key, second);
+        assert!(pending.superseded(&key, first));
     }
 }

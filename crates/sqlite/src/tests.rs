@@ -116,6 +116,41 @@ async fn concurrent_writes_share_transactions_and_all_commit() {
 }
 
 #[tokio::test]
+async fn a_result_deleted_within_the_write_behind_linger_is_never_written() {
+    let dir = tempfile::tempdir().unwrap();
+    // Long enough that the put and the delete below are queued in the same batch.
+    let options = SqliteOptions {
+        write_behind_linger: Duration::from_millis(300),
+        ..SqliteOptions::default()
+    };
+    let store = SqliteStore::open_with(dir.path(), options).unwrap();
+    let results = store.results();
+    let value = TaskResult::ok(serde_json::json!("v"), 0.0);
+    results
+        .set_result("read-then-deleted", &value)
+        .await
+        .unwrap();
+    results.set_result("kept", &value).await.unwrap();
+    // Seen at once in this process, before any commit.
+    let read = results
+        .get_result("read-then-deleted", false)
+        .await
+        .unwrap();
+    assert_eq!(read.return_value, value.return_value);
+    results.delete_result("read-then-deleted").await.unwrap();
+    store.flush().await.unwrap();
+    let stats = store.write_stats();
+    assert_eq!(stats.superseded, 1, "{stats:?}");
+    assert_eq!(stats.batches, 1, "one commit for all four: {stats:?}");
+    let reopened = SqliteStore::open(dir.path()).unwrap().results();
+    assert!(reopened.get_result("kept", false).await.is_ok());
+    assert!(matches!(
+        reopened.get_result("read-then-deleted", false).await,
+        Err(ResultError::NotFound { .. })
+    ));
+}
+
+#[tokio::test]
 async fn a_failed_write_rolls_back_alone() {
     let dir = tempfile::tempdir().unwrap();
     // A linger long enough that the three writes below land in one transaction.

@@ -25,8 +25,16 @@ const MAX_BATCH: usize = 4096;
 /// What the writer thread runs: applies itself to the connection (inside the batch's
 /// transaction; `Err` when the transaction could not start) and returns what to do once the
 /// batch committed or failed.
-type Job = Box<dyn FnOnce(Result<&Connection, &SqliteError>) -> Completion + Send>;
+type Apply = Box<dyn FnOnce(Result<&Connection, &SqliteError>) -> Completion + Send>;
 type Completion = Box<dyn FnOnce(Result<(), &SqliteError>) + Send>;
+
+/// A queued write, and whether a caller waits for its commit.
+struct Job {
+    apply: Apply,
+    /// Sent by [`Writer::write`] (someone waits): its batch commits after `linger` at most.
+    /// A write-behind job ([`Writer::enqueue`]) may wait up to `behind_linger`.
+    waited: bool,
+}
 
 /// Sends jobs to the writer thread; dropping every handle stops the thread after the jobs
 /// already sent.
@@ -44,6 +52,7 @@ impl Drop for Writer {
     fn drop(&mut self) {
         let (closed, _) = mpsc::channel();
         drop(std::mem::replace(&mut self.jobs, closed));
+        self.wake();
         if let Some(handle) = self.thread.take() {
             if handle.thread().id() != thread::current().id() {
                 let _ = handle.join();
@@ -66,11 +75,17 @@ pub struct WriteStats {
     pub batches: u64,
     /// Writes applied in them.
     pub writes: u64,
+    /// Of those, write-behind writes skipped because a later write of the same key (a
+    /// result the orchestrator read and deleted) was queued behind them.
+    pub superseded: u64,
 }
 
 impl Writer {
     /// Starts the writer thread on `conn`; `linger` is how long it waits for more jobs
-    /// after the first of a batch (zero: take what is queued and commit at once).
+    /// after the first of a batch that someone waits for (zero: take what is queued and
+    /// commit at once), `behind_linger` how long a batch of write-behind jobs only may wait
+    /// for more (so that the writes of consecutive steps share a commit, and a write that a
+    /// later one of the same key supersedes meanwhile is skipped).
     ///
     /// `on_external_commit` is called (on the writer thread) when another connection — another
     /// process, or another handle on the same file — committed since the last check; the
@@ -79,6 +94,7 @@ impl Writer {
         conn: Connection,
         path: PathBuf,
         linger: Duration,
+        behind_linger: Duration,
         on_external_commit: Box<dyn Fn() + Send>,
     ) -> Result<Self, SqliteError> {
         let (jobs, queue) = mpsc::channel::<Job>();
@@ -92,7 +108,10 @@ impl Writer {
                     conn,
                     thread_path,
                     queue,
-                    linger,
+                    Lingers {
+                        waited: linger,
+                        behind: behind_linger,
+                    },
                     &counters,
                     on_external_commit,
                 )
@@ -112,26 +131,35 @@ impl Writer {
         })
     }
 
+    /// Ends the writer thread's linger, if it is in one (see `collect_batch`).
+    fn wake(&self) {
+        if let Some(handle) = &self.thread {
+            handle.thread().unpark();
+        }
+    }
+
     /// Writes and batches so far.
     pub(crate) fn stats(&self) -> WriteStats {
         WriteStats {
             batches: self.stats.batches.load(Ordering::Relaxed),
             writes: self.stats.writes.load(Ordering::Relaxed),
+            superseded: 0,
         }
     }
 
-    /// Queues `apply` for the next batch and returns at once; `settled` runs on the writer
+    /// Queues `apply` for a coming batch and returns at once; `settled` runs on the writer
     /// thread once the batch committed (`Ok`) or failed (`Err`, or `apply`'s own error).
+    /// `apply` runs without a savepoint of its own: it must be one statement (which SQLite
+    /// undoes whole when it fails) or otherwise leave nothing behind when it fails.
     pub(crate) fn enqueue(
         &self,
         apply: impl FnOnce(&Connection) -> Result<(), SqliteError> + Send + 'static,
         settled: impl FnOnce(Result<(), SqliteError>) + Send + 'static,
     ) -> Result<(), SqliteError> {
-        let path = self.path.clone();
-        let job: Job = Box::new(
+        let job: Apply = Box::new(
             move |conn: Result<&Connection, &SqliteError>| -> Completion {
                 let outcome = match conn {
-                    Ok(conn) => in_savepoint(conn, &path, apply),
+                    Ok(conn) => apply(conn),
                     Err(e) => Err(e.clone()),
                 };
                 Box::new(move |committed: Result<(), &SqliteError>| {
@@ -142,7 +170,12 @@ impl Writer {
                 })
             },
         );
-        self.jobs.send(job).map_err(|_| closed(&self.path))
+        self.jobs
+            .send(Job {
+                apply: job,
+                waited: false,
+            })
+            .map_err(|_| closed(&self.path))
     }
 
     /// Waits until every job sent before this call committed (or failed).
@@ -162,7 +195,7 @@ impl Writer {
     {
         let (reply, answer) = oneshot::channel::<Result<T, E>>();
         let path = self.path.clone();
-        let job: Job = Box::new(
+        let job: Apply = Box::new(
             move |conn: Result<&Connection, &SqliteError>| -> Completion {
                 let outcome = match conn {
                     Ok(conn) => in_savepoint(conn, &path, apply),
@@ -177,9 +210,14 @@ impl Writer {
                 })
             },
         );
+        let job = Job {
+            apply: job,
+            waited: true,
+        };
         if self.jobs.send(job).is_err() {
             return Err(E::from(closed(&self.path)));
         }
+        self.wake();
         answer
             .await
             .unwrap_or_else(|_| Err(E::from(closed(&self.path))))
@@ -200,17 +238,40 @@ fn in_savepoint<T, E: From<SqliteError>>(
     path: &std::path::Path,
     apply: impl FnOnce(&Connection) -> Result<T, E>,
 ) -> Result<T, E> {
-    conn.execute_batch("SAVEPOINT job")
+    run_cached(conn, "SAVEPOINT job")
         .map_err(|e| SqliteError::sql(path, "starting a savepoint", e))?;
     let outcome = apply(conn);
-    let end = if outcome.is_ok() {
-        "RELEASE job"
-    } else {
-        "ROLLBACK TO job; RELEASE job"
+    let ended = match outcome.is_ok() {
+        true => run_cached(conn, "RELEASE job"),
+        false => run_cached(conn, "ROLLBACK TO job").and_then(|()| run_cached(conn, "RELEASE job")),
     };
-    conn.execute_batch(end)
-        .map_err(|e| SqliteError::sql(path, "ending a savepoint", e))?;
+    ended.map_err(|e| SqliteError::sql(path, "ending a savepoint", e))?;
     outcome
+}
+
+/// Runs one statement without parameters, prepared once per connection (the writer runs
+/// these several times per job; parsing them each time showed in profiles).
+fn run_cached(conn: &Connection, sql: &str) -> rusqlite::Result<()> {
+    conn.prepare_cached(sql)?.execute([]).map(|_| ())
+}
+
+/// How long the writer waits for more jobs after the first of a batch.
+#[derive(Debug, Clone, Copy)]
+struct Lingers {
+    /// When a job of the batch is waited for.
+    waited: Duration,
+    /// When every job of the batch is write-behind.
+    behind: Duration,
+}
+
+impl Lingers {
+    fn of(&self, job: &Job) -> Duration {
+        if job.waited {
+            self.waited
+        } else {
+            self.behind
+        }
+    }
 }
 
 /// The writer thread: take a batch, run it in one transaction, commit, answer.
@@ -218,7 +279,7 @@ fn run(
     conn: Connection,
     path: PathBuf,
     queue: mpsc::Receiver<Job>,
-    linger: Duration,
+    lingers: Lingers,
     counters: &Counters,
     on_external_commit: Box<dyn Fn() + Send>,
 ) {
@@ -235,24 +296,7 @@ fn run(
             }
             Err(mpsc::RecvTimeoutError::Disconnected) => break,
         };
-        batch.push(first);
-        let deadline = Instant::now() + linger;
-        while batch.len() < MAX_BATCH {
-            match queue.try_recv() {
-                Ok(job) => batch.push(job),
-                Err(mpsc::TryRecvError::Disconnected) => break,
-                Err(mpsc::TryRecvError::Empty) => {
-                    let left = deadline.saturating_duration_since(Instant::now());
-                    if left.is_zero() {
-                        break;
-                    }
-                    match queue.recv_timeout(left) {
-                        Ok(job) => batch.push(job),
-                        Err(_) => break,
-                    }
-                }
-            }
-        }
+        collect_batch(&queue, first, lingers, &mut batch);
         counters.batches.fetch_add(1, Ordering::Relaxed);
         counters
             .writes
@@ -263,6 +307,39 @@ fn run(
         }
     }
     tracing::debug!(path = %path.display(), "sqlite writer stopped");
+}
+
+/// Fills `batch`, starting with `first`, until the first job's linger is up or sooner when a
+/// job someone waits for arrives (its own linger from then), or the batch is full.
+///
+/// While lingering the thread sleeps (parks) instead of waiting on the queue: a write-behind
+/// job is sent without waking it (one wake-up per batch, not per job), and [`Writer::write`]
+/// unparks it so that a waited-for write never waits for a write-behind linger.
+fn collect_batch(queue: &mpsc::Receiver<Job>, first: Job, lingers: Lingers, batch: &mut Vec<Job>) {
+    let mut deadline = Instant::now() + lingers.of(&first);
+    batch.push(first);
+    loop {
+        loop {
+            match queue.try_recv() {
+                Ok(job) => {
+                    if job.waited {
+                        deadline = deadline.min(Instant::now() + lingers.waited);
+                    }
+                    batch.push(job);
+                    if batch.len() >= MAX_BATCH {
+                        return;
+                    }
+                }
+                Err(mpsc::TryRecvError::Empty) => break,
+                Err(mpsc::TryRecvError::Disconnected) => return,
+            }
+        }
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return;
+        }
+        thread::park_timeout(left);
+    }
 }
 
 /// `PRAGMA data_version` of the writer's connection: it changes when any *other* connection
@@ -288,21 +365,21 @@ impl ExternalCommits {
 }
 
 fn data_version(conn: &Connection) -> Option<i64> {
-    conn.query_row("PRAGMA data_version", [], |row| row.get(0))
+    conn.prepare_cached("PRAGMA data_version")
+        .and_then(|mut s| s.query_row([], |row| row.get(0)))
         .ok()
 }
 
 fn commit_batch(conn: &Connection, path: &std::path::Path, batch: &mut Vec<Job>) {
-    if let Err(e) = conn.execute_batch("BEGIN IMMEDIATE") {
+    if let Err(e) = run_cached(conn, "BEGIN IMMEDIATE") {
         let e = SqliteError::sql(path, "starting a write transaction", e);
         for job in batch.drain(..) {
-            job(Err(&e))(Err(&e));
+            (job.apply)(Err(&e))(Err(&e));
         }
         return;
     }
-    let completions: Vec<Completion> = batch.drain(..).map(|job| job(Ok(conn))).collect();
-    let committed = conn
-        .execute_batch("COMMIT")
+    let completions: Vec<Completion> = batch.drain(..).map(|job| (job.apply)(Ok(conn))).collect();
+    let committed = run_cached(conn, "COMMIT")
         .map_err(|e| SqliteError::sql(path, "committing a batch of writes", e));
     if committed.is_err() {
         let _ = conn.execute_batch("ROLLBACK");

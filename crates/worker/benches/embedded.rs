@@ -102,10 +102,12 @@ fn group(c: &mut Criterion, name: &str, backends: Backends, workers: Workers, ti
         let bytes = db.file_size();
         summaries.push(format!(
             "summary {name}: database {bytes} bytes after {steps_run} steps: {:.0} bytes/step \
-             (records, events, results; outputs deleted per run); {} writes in {} commits",
+             (records, events, results; outputs deleted per run); {} writes in {} commits, \
+             {} of them superseded (not run)",
             bytes as f64 / steps_run.max(1) as f64,
             db.write_stats().writes,
             db.write_stats().batches,
+            db.write_stats().superseded,
         ));
     }
     rt.block_on(stack.shutdown());
