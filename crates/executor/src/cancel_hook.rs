@@ -15,6 +15,12 @@ pub trait CancelHook: Send + Sync + 'static {
     /// Asks for `task_id` to be cancelled. Returns once the request is on its way; the task's
     /// CANCELED result (if it was running) arrives through the result backend.
     async fn cancel_task(&self, task_id: &str) -> Result<(), CancelHookError>;
+
+    /// Whether [`cancel_task`](CancelHook::cancel_task) reaches workers at all (`false` only
+    /// for [`NoopCancelHook`]), so what is said about a cancel is true.
+    fn reaches_workers(&self) -> bool {
+        true
+    }
 }
 
 /// A cancel hook that does nothing.
@@ -25,6 +31,10 @@ pub struct NoopCancelHook;
 impl CancelHook for NoopCancelHook {
     async fn cancel_task(&self, _task_id: &str) -> Result<(), CancelHookError> {
         Ok(())
+    }
+
+    fn reaches_workers(&self) -> bool {
+        false
     }
 }
 

@@ -120,6 +120,11 @@ impl Executor {
         self
     }
 
+    /// The cancel hook (see [`Executor::with_cancel_hook`]; [`NoopCancelHook`] by default).
+    pub fn cancel_hook(&self) -> &Arc<dyn CancelHook> {
+        &self.hook
+    }
+
     /// The config.
     pub fn config(&self) -> &ExecutorConfig {
         &self.config

@@ -4,7 +4,7 @@
 //!
 //! - **One writer, group commit.** Every write of the process goes to one writer thread; the
 //!   writes queued while a transaction commits form the next transaction (optionally after a
-//!   short linger, [`SqliteOptions::linger`]). A write returns once committed. WAL mode with
+//!   short linger, [`SqliteOptions::linger`]). A waited write returns once committed. WAL mode with
 //!   `synchronous = NORMAL`: a committed write survives a crash of the process; a crash loses
 //!   at most the batch being committed, and never leaves a torn record.
 //! - **Readers never wait for the writer** (WAL); other processes may read and write the same
@@ -15,8 +15,12 @@
 //!   every waiter within 50 ms (the writer thread watches `PRAGMA data_version`).
 //! - **Step results and outputs are written behind**: their write returns once queued (this
 //!   process reads them at once); the writer commits in send order, so a committed step
-//!   success implies its output and result are committed. [`SqliteStore::flush`] (and the
-//!   result backend's `shutdown`) waits for the queue; dropping the last handle commits it.
+//!   success implies its output and result are committed. A batch of such writes alone waits
+//!   up to [`SqliteOptions::write_behind_linger`] (2 ms) for more, so consecutive steps share
+//!   a commit, and a write that a later one of the same key supersedes before it runs (a
+//!   result or progress entry the orchestrator read and deleted) is skipped. A write someone
+//!   waits for (a run's events, a status change) ends the linger. [`SqliteStore::flush`] (and
+//!   the result backend's `shutdown`) waits for the queue; dropping the last handle commits it.
 //! - **Outputs** up to [`SqliteOptions::inline_output_limit`] live in the database; larger
 //!   ones are files under `blobs/` beside it, written (to a temporary name, then renamed)
 //!   before the row that names them commits, with their size and digest checked on read.

@@ -1,4 +1,5 @@
-//! What a run's event log says it completed: the [`KnownState`] a resume starts from.
+//! What a run's event log says it completed: the [`KnownState`] a resume starts from, and the
+//! tasks it left unfinished ([`unfinished_tasks`]), which a resume asks to stop.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -52,6 +53,44 @@ pub fn known_state_from_events(events: &[Event]) -> KnownState {
         }
     }
     known
+}
+
+/// The task ids of a run's event log that may still be queued or running: for every step, the
+/// task of its last `StepQueued` unless an outcome (`StepSuccess`, `StepFailure`,
+/// `StepSkipped`, `StepCanceled`) followed it. A fused task counts while any of its steps
+/// has none. Each once, in log order.
+///
+/// A resume asks these to stop before it queues its own steps: their orchestrator is gone
+/// (or ended the run without hearing from them), so nobody waits for them, and a worker still
+/// running one would run the step twice, beside the resume's attempt.
+pub fn unfinished_tasks(events: &[Event]) -> Vec<String> {
+    let mut open: BTreeMap<&str, (usize, &str)> = BTreeMap::new();
+    for (i, event) in events.iter().enumerate() {
+        let Some(step) = event.step_key.as_deref() else {
+            continue;
+        };
+        match &event.kind {
+            EventKind::StepQueued { task_id, .. } => {
+                open.insert(step, (i, task_id.as_str()));
+            }
+            EventKind::StepSuccess { .. }
+            | EventKind::StepFailure { .. }
+            | EventKind::StepSkipped { .. }
+            | EventKind::StepCanceled => {
+                open.remove(step);
+            }
+            _ => {}
+        }
+    }
+    // Each open task once, at the earliest of its open steps' queueing.
+    let mut first: BTreeMap<&str, usize> = BTreeMap::new();
+    for (i, task) in open.into_values() {
+        let at = first.entry(task).or_insert(i);
+        *at = (*at).min(i);
+    }
+    let mut tasks: Vec<(usize, &str)> = first.into_iter().map(|(t, i)| (i, t)).collect();
+    tasks.sort_unstable();
+    tasks.into_iter().map(|(_, t)| t.to_string()).collect()
 }
 
 #[cfg(test)]
@@ -184,5 +223,54 @@ mod tests {
         let known = known_state_from_events(&events);
         assert!(known.is_completed("x"));
         assert_eq!(known.attempts_of("x"), 2);
+    }
+
+    #[test]
+    fn unfinished_tasks_are_those_with_a_step_without_outcome() {
+        let queued_in = |step: &str, task: &str| {
+            ev(
+                step,
+                EventKind::StepQueued {
+                    attempt: 1,
+                    task_id: task.into(),
+                },
+            )
+        };
+        let events = vec![
+            Event::run("r1", EventKind::RunStarted),
+            // Done, failed for good, canceled: nothing to stop.
+            queued_in("done", "t-done"),
+            success("done"),
+            queued_in("failed", "t-failed"),
+            failure("failed", false),
+            queued_in("canceled", "t-canceled"),
+            ev("canceled", EventKind::StepCanceled),
+            // Failed and queued again: only the second attempt's task is open.
+            queued_in("retried", "t-retry-1"),
+            failure("retried", true),
+            queued_in("retried", "t-retry-2"),
+            // A fused task whose first step succeeded: its second step still runs in it.
+            queued_in("head", "t-fused"),
+            queued_in("tail", "t-fused"),
+            success("head"),
+            // Queued, never heard of again.
+            queued_in("waiting", "t-waiting"),
+            // Skipped: its task (sent with its upstream) is done.
+            queued_in("skipped", "t-skipped"),
+            ev(
+                "skipped",
+                EventKind::StepSkipped {
+                    reason: stepq_plan::SkipReason::UpstreamNotSucceeded {
+                        upstream: "failed".into(),
+                    },
+                },
+            ),
+        ];
+        assert_eq!(
+            unfinished_tasks(&events),
+            ["t-retry-2", "t-fused", "t-waiting"]
+        );
+        assert!(unfinished_tasks(&events[..3]).is_empty());
+        assert!(unfinished_tasks(&[]).is_empty());
     }
 }

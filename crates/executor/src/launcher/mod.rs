@@ -19,7 +19,11 @@
 //! - A resume rebuilds the run's [`KnownState`] from its event log
 //!   ([`known_state_from_events`]): steps that succeeded keep their stored outputs (same run
 //!   id, same output keys) and are not run again; the others run again, their attempt numbers
-//!   counting on from the log.
+//!   counting on from the log. Tasks of the attempt it replaces that the log shows queued
+//!   without an outcome ([`unfinished_tasks`]; their orchestrator died, or ended the run
+//!   without hearing from them) are asked to stop through the executor's [`CancelHook`]
+//!   before the resume queues anything, so a worker still running one does not run its step
+//!   beside the new attempt; an `EngineEvent` in the run's log says how many.
 //!
 //! Run stores shared between processes (a local directory, S3) cannot notify another process,
 //! so the cancel watch re-reads the record with a backoff from 25 ms doubling to
@@ -64,7 +68,7 @@ use crate::storage::{RunRecord, RunStatus as StoredStatus, RunStore, StatusChang
 // Lives in `storage` (it is a plain log read); kept here for existing callers.
 pub use crate::storage::read_all_events;
 pub use error::{LaunchError, INVALID_RUN_ARGS, RUN_ALREADY_CLAIMED, RUN_NOT_STARTED};
-pub use known_state::known_state_from_events;
+pub use known_state::{known_state_from_events, unfinished_tasks};
 pub use recorded::{
     RecordedOutcome, RecordedRun, CANCEL_WATCH_MAX_DELAY, DEFAULT_EVENT_LINGER,
     MAX_EVENTS_PER_BATCH,
@@ -155,6 +159,18 @@ impl RunLauncher {
         request: RunRequest,
         claim: &StatusChange,
     ) -> Result<RecordedRun, LaunchError> {
+        self.start_replacing(request, claim, &[]).await
+    }
+
+    /// [`RunLauncher::start`], asking `stale_tasks` (tasks of an earlier attempt of the run
+    /// that may still be queued or running, see [`unfinished_tasks`]) to stop once the claim
+    /// is won and before the executor queues its first step.
+    async fn start_replacing(
+        &self,
+        request: RunRequest,
+        claim: &StatusChange,
+        stale_tasks: &[String],
+    ) -> Result<RecordedRun, LaunchError> {
         let run_id = request.run_id.clone();
         match self.runs.change_status(&run_id, claim).await {
             Ok(_) => {}
@@ -185,6 +201,9 @@ impl RunLauncher {
                 .update_status(&run_id, StoredStatus::Canceled)
                 .await;
             return Err(e.into());
+        }
+        if !stale_tasks.is_empty() {
+            self.stop_stale_tasks(&run_id, stale_tasks).await;
         }
         let handle = match self.executor.start(request) {
             Ok(handle) => handle,
