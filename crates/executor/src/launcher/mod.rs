@@ -21,7 +21,7 @@
 //!   id, same output keys) and are not run again; the others run again, their attempt numbers
 //!   counting on from the log. Tasks of the attempt it replaces that the log shows queued
 //!   without an outcome ([`unfinished_tasks`]; their orchestrator died, or ended the run
-//!   without hearing from them) are asked to stop through the executor's [`CancelHook`]
+//!   without hearing from them) are asked to stop through the executor's [`CancelHook`](crate::CancelHook)
 //!   before the resume queues anything, so a worker still running one does not run its step
 //!   beside the new attempt; an `EngineEvent` in the run's log says how many.
 //!

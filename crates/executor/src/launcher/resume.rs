@@ -4,9 +4,13 @@
 
 use std::sync::Arc;
 
-use stepq_plan::Job;
+use futures::StreamExt;
+use stepq_plan::{Event, EventKind, Job};
 
-use super::{known_state_from_events, read_all_events, LaunchError, RecordedRun, RunLauncher};
+use super::{
+    known_state_from_events, read_all_events, unfinished_tasks, LaunchError, RecordedRun,
+    RunLauncher,
+};
 use crate::executor::RunRequest;
 use crate::storage::{RunRecord, RunStatus as StoredStatus, StatusChange};
 
@@ -36,7 +40,7 @@ impl RunLauncher {
                 job: record.job_name,
             });
         }
-        let (request, claim) = self
+        let resume = self
             .resume_request(
                 &record,
                 job,
@@ -46,12 +50,19 @@ impl RunLauncher {
                 record.orchestrator.clone(),
             )
             .await?;
-        self.start(request, &claim).await
+        self.start_resume(resume).await
+    }
+
+    /// Claims and starts a resume, asking the tasks its log left unfinished to stop first.
+    pub(super) async fn start_resume(&self, resume: Resume) -> Result<RecordedRun, LaunchError> {
+        self.start_replacing(resume.request, &resume.claim, &resume.stale_tasks)
+            .await
     }
 
     /// The request and claim of a resume of `record` by `orchestrator`: the run's known
     /// state from its event log, its step selection, `run_config`; claimed from status
-    /// `from` (and, for a takeover of a STARTING / STARTED run, from orchestrator `held_by`).
+    /// `from` (and, for a takeover of a STARTING / STARTED run, from orchestrator `held_by`);
+    /// the log's [`unfinished_tasks`], which the resume asks to stop.
     pub(super) async fn resume_request(
         &self,
         record: &RunRecord,
@@ -60,7 +71,7 @@ impl RunLauncher {
         orchestrator: &str,
         from: StoredStatus,
         held_by: Option<String>,
-    ) -> Result<(RunRequest, StatusChange), LaunchError> {
+    ) -> Result<Resume, LaunchError> {
         let mut claim = StatusChange::to(StoredStatus::Starting)
             .by(orchestrator)
             .expecting(from);
@@ -72,8 +83,98 @@ impl RunLauncher {
             .with_run_config(run_config)
             .with_known_state(known_state_from_events(&events));
         request.step_selection = record.step_selection.clone();
-        Ok((request, claim))
+        Ok(Resume {
+            request,
+            claim,
+            stale_tasks: unfinished_tasks(&events),
+        })
     }
+
+    /// Asks `tasks`, left unfinished in run `run_id`'s log by the attempt a resume replaces,
+    /// to stop through the executor's cancel hook (what an interrupt of their own
+    /// orchestrator would have done: a cancel marker and a wake-up of the workers), a few at a
+    /// time, and appends an `EngineEvent` saying how many were asked. A cancel that fails is
+    /// logged and named in the event; the resume goes on either way.
+    pub(super) async fn stop_stale_tasks(&self, run_id: &str, tasks: &[String]) {
+        let hook = self.executor.cancel_hook().clone();
+        let message = if hook.reaches_workers() {
+            let results: Vec<_> = futures::stream::iter(tasks)
+                .map(|task_id| {
+                    let hook = hook.clone();
+                    async move { hook.cancel_task(task_id).await }
+                })
+                .buffered(STALE_CANCELS_AT_ONCE)
+                .collect()
+                .await;
+            let failed: Vec<_> = results.into_iter().filter_map(Result::err).collect();
+            for e in &failed {
+                tracing::warn!(%run_id, task_id = %e.task_id, error = %e.message, "cannot ask a task of the replaced attempt to stop");
+            }
+            let asked = tasks.len() - failed.len();
+            let mut message = format!(
+                "resume: asked {asked} {} of the attempt it replaces to stop ({})",
+                tasks_word(asked),
+                listed(tasks.iter().filter(|t| !failed.iter().any(|e| &e.task_id == *t)))
+            );
+            if !failed.is_empty() {
+                message.push_str(&format!(
+                    "; {} could not be asked and may still run: {}",
+                    failed.len(),
+                    listed(failed.iter().map(|e| format!("{}: {}", e.task_id, e.message)))
+                ));
+            }
+            message
+        } else {
+            format!(
+                "resume: {} {} of the attempt it replaces may still run on their workers, cancellation is off ({})",
+                tasks.len(),
+                tasks_word(tasks.len()),
+                listed(tasks.iter())
+            )
+        };
+        tracing::info!(%run_id, "{message}");
+        let event = Event::run(run_id, EventKind::EngineEvent { message });
+        if let Err(e) = self.runs.append_events(run_id, &[event]).await {
+            tracing::warn!(%run_id, error = %e, "cannot record the stop of the replaced attempt's tasks");
+        }
+    }
+}
+
+/// What a resume claims and runs: its request, its claim, and the tasks of the attempt it
+/// replaces to stop once the claim is won.
+pub(super) struct Resume {
+    pub(super) request: RunRequest,
+    pub(super) claim: StatusChange,
+    pub(super) stale_tasks: Vec<String>,
+}
+
+/// How many cancels of a replaced attempt's tasks are on their way at once.
+const STALE_CANCELS_AT_ONCE: usize = 16;
+
+/// Most task ids an engine event lists.
+const LISTED_TASKS: usize = 10;
+
+fn tasks_word(n: usize) -> &'static str {
+    if n == 1 {
+        "task"
+    } else {
+        "tasks"
+    }
+}
+
+/// Up to [`LISTED_TASKS`] items, comma-separated, then how many more.
+fn listed(items: impl Iterator<Item = impl std::fmt::Display>) -> String {
+    let items: Vec<String> = items.map(|i| i.to_string()).collect();
+    let mut text = items
+        .iter()
+        .take(LISTED_TASKS)
+        .cloned()
+        .collect::<Vec<_>>()
+        .join(", ");
+    if items.len() > LISTED_TASKS {
+        text.push_str(&format!(" and {} more", items.len() - LISTED_TASKS));
+    }
+    text
 }
 
 /// FAILURE and CANCELED runs resume; a STARTING or STARTED run only with `force` (its

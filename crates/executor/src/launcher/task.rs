@@ -8,6 +8,7 @@ use stepq_broker::{TaskMessage, TaskOutcome};
 use stepq_plan::{Event, EventKind, Job};
 use stepq_results::{FailureKind, TaskError};
 
+use super::resume::Resume;
 use super::{
     LaunchError, RunLauncher, RunTaskOutcome, INVALID_RUN_ARGS, RESUME_FROM_LABEL,
     RESUME_ORCHESTRATOR_LABEL, RUN_ALREADY_CLAIMED, RUN_NOT_STARTED,
@@ -42,7 +43,12 @@ impl RunLauncher {
         let claim = StatusChange::to(StoredStatus::Starting)
             .by(orchestrator)
             .expecting(StoredStatus::Queued);
-        self.orchestrate(orchestrator, request, &claim).await
+        let start = Resume {
+            request,
+            claim,
+            stale_tasks: Vec::new(),
+        };
+        self.orchestrate(orchestrator, start).await
     }
 
     /// Runs a `resume_job` task as `orchestrator`: rebuilds the run's [`KnownState`] from its
@@ -78,7 +84,7 @@ impl RunLauncher {
             .label(RESUME_ORCHESTRATOR_LABEL)
             .map(str::to_string)
             .or(record.orchestrator.clone());
-        let (request, claim) = self
+        let resume = self
             .resume_request(
                 &record,
                 job,
@@ -89,23 +95,18 @@ impl RunLauncher {
             )
             .await
             .map_err(not_started)?;
-        self.orchestrate(orchestrator, request, &claim).await
+        self.orchestrate(orchestrator, resume).await
     }
 
-    /// Claims and runs a run; the task outcome says how it ended. The run goes on in its own
-    /// tokio task, so a handler dropped at shutdown does not tear it down half-recorded.
-    async fn orchestrate(
-        &self,
-        orchestrator: &str,
-        request: RunRequest,
-        claim: &StatusChange,
-    ) -> TaskOutcome {
-        let run_id = request.run_id.clone();
+    /// Claims and runs a run (stopping the tasks left by the attempt it replaces, if any);
+    /// the task outcome says how it ended. The run goes on in its own tokio task, so a
+    /// handler dropped at shutdown does not tear it down half-recorded.
+    async fn orchestrate(&self, orchestrator: &str, start: Resume) -> TaskOutcome {
+        let run_id = start.request.run_id.clone();
         let launcher = self.clone();
-        let claim = claim.clone();
         let orchestrator = orchestrator.to_string();
         let run = tokio::spawn(async move {
-            let run = match launcher.start(request, &claim).await {
+            let run = match launcher.start_resume(start).await {
                 Ok(run) => run,
                 Err(e @ LaunchError::AlreadyClaimed { .. }) => {
                     tracing::warn!(%run_id, error = %e, "not orchestrating the run");
