@@ -98,10 +98,10 @@ impl RunLauncher {
     pub(super) async fn stop_stale_tasks(&self, run_id: &str, tasks: &[String]) {
         let hook = self.executor.cancel_hook().clone();
         let message = if hook.reaches_workers() {
-            let results: Vec<_> = futures::stream::iter(tasks)
+            let results: Vec<_> = futures::stream::iter(tasks.to_vec())
                 .map(|task_id| {
                     let hook = hook.clone();
-                    async move { hook.cancel_task(task_id).await }
+                    async move { hook.cancel_task(&task_id).await }
                 })
                 .buffered(STALE_CANCELS_AT_ONCE)
                 .collect()
@@ -114,13 +114,21 @@ impl RunLauncher {
             let mut message = format!(
                 "resume: asked {asked} {} of the attempt it replaces to stop ({})",
                 tasks_word(asked),
-                listed(tasks.iter().filter(|t| !failed.iter().any(|e| &e.task_id == *t)))
+                listed(
+                    tasks
+                        .iter()
+                        .filter(|t| !failed.iter().any(|e| &e.task_id == *t))
+                )
             );
             if !failed.is_empty() {
                 message.push_str(&format!(
                     "; {} could not be asked and may still run: {}",
                     failed.len(),
-                    listed(failed.iter().map(|e| format!("{}: {}", e.task_id, e.message)))
+                    listed(
+                        failed
+                            .iter()
+                            .map(|e| format!("{}: {}", e.task_id, e.message))
+                    )
                 ));
             }
             message
@@ -205,7 +213,7 @@ mod tests {
     use stepq_plan::{Event, EventKind};
 
     use crate::executor::Executor;
-    use crate::storage::{InMemoryRunStore, RunStore, StorageError};
+    use crate::storage::{read_all_events, InMemoryRunStore, RunStore, StorageError};
 
     fn launcher_on(store: &Arc<InMemoryRunStore>) -> RunLauncher {
         let queue = TaskQueue::new(
@@ -310,5 +318,151 @@ mod tests {
             assert_eq!(record.status, StoredStatus::Success, "{run_id}");
             assert_eq!(record.orchestrator.as_deref(), Some("me"), "{run_id}");
         }
+    }
+
+    /// A cancel hook recording each task id with the broker's pending messages at the time.
+    struct Recording {
+        broker: Arc<stepq_broker::InMemoryBroker>,
+        calls: std::sync::Mutex<Vec<(String, usize)>>,
+    }
+
+    #[async_trait::async_trait]
+    impl crate::CancelHook for Recording {
+        async fn cancel_task(&self, task_id: &str) -> Result<(), crate::CancelHookError> {
+            let pending = self.broker.pending();
+            self.calls
+                .lock()
+                .unwrap()
+                .push((task_id.to_string(), pending));
+            Ok(())
+        }
+    }
+
+    fn engine_messages(events: &[Event]) -> Vec<String> {
+        events
+            .iter()
+            .filter_map(|e| match &e.kind {
+                EventKind::EngineEvent { message } => Some(message.clone()),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn a_takeover_asks_the_replaced_attempts_tasks_to_stop_before_queueing() {
+        let store = Arc::new(InMemoryRunStore::new());
+        let broker = Arc::new(stepq_broker::InMemoryBroker::new());
+        let queue = TaskQueue::new(
+            broker.clone(),
+            Arc::new(stepq_results::InMemoryResultBackend::new()),
+        );
+        let outputs = Arc::new(stepq_results::InMemoryOutputStore::new());
+        let hook = Arc::new(Recording {
+            broker: broker.clone(),
+            calls: Default::default(),
+        });
+        // Nobody answers the interrupt's cancel: the run ends once the grace is over.
+        let config = crate::config::ExecutorConfig {
+            cancel_grace: Duration::from_millis(10),
+            ..Default::default()
+        };
+        let executor = Executor::new(queue, outputs, config)
+            .unwrap()
+            .with_cancel_hook(hook.clone());
+        let launcher = RunLauncher::new(executor, store.clone());
+        // `a` succeeded; `b` was queued as task `t-b` by the dead orchestrator, no outcome.
+        recorded(&store, "r", StoredStatus::Started).await;
+        let queued_b = Event::step(
+            "r",
+            "b",
+            EventKind::StepQueued {
+                attempt: 1,
+                task_id: "t-b".into(),
+            },
+        );
+        store.append_events("r", &[queued_b]).await.unwrap();
+        let job = Arc::new(
+            Job::builder("j")
+                .step(stepq_plan::StepDef::new("a", "op").output("result"))
+                .step(stepq_plan::StepDef::new("b", "op"))
+                .build()
+                .unwrap(),
+        );
+
+        let mut run = launcher.resume("r", "me", true, job).await.unwrap();
+        assert_eq!(run.step_count(), 1);
+        // Nobody serves the queue: wait until `b`'s new attempt is sent, then stop the run.
+        let mut events = run.events().unwrap();
+        let new_task = loop {
+            let event = events.recv().await.expect("b is queued again");
+            if let EventKind::StepQueued { attempt, task_id } = event.kind {
+                assert_eq!(attempt, 2);
+                break task_id;
+            }
+        };
+        assert_ne!(new_task, "t-b");
+        run.interrupt();
+        drop(events);
+        run.wait().await;
+
+        let calls = hook.calls.lock().unwrap().clone();
+        assert_eq!(
+            calls.first(),
+            Some(&("t-b".to_string(), 0)),
+            "the old task is asked to stop before anything is queued: {calls:?}"
+        );
+        let log = read_all_events(store.as_ref(), "r").await.unwrap();
+        let said = engine_messages(&log);
+        assert!(
+            said.iter()
+                .any(|m| m == "resume: asked 1 task of the attempt it replaces to stop (t-b)"),
+            "{said:?}"
+        );
+        let engine_at = log
+            .iter()
+            .position(|e| matches!(&e.kind, EventKind::EngineEvent { message } if message.contains("t-b")))
+            .unwrap();
+        let requeued_at = log
+            .iter()
+            .position(|e| matches!(&e.kind, EventKind::StepQueued { attempt: 2, .. }))
+            .unwrap();
+        assert!(engine_at < requeued_at, "{log:?}");
+    }
+
+    #[tokio::test]
+    async fn without_cancellation_the_log_says_old_tasks_may_still_run() {
+        let store = Arc::new(InMemoryRunStore::new());
+        let launcher = launcher_on(&store);
+        recorded(&store, "r", StoredStatus::Canceled).await;
+        let queued = |step: &str, task: &str| {
+            Event::step(
+                "r",
+                step,
+                EventKind::StepQueued {
+                    attempt: 1,
+                    task_id: task.into(),
+                },
+            )
+        };
+        store
+            .append_events("r", &[queued("b", "t-b"), queued("c", "t-c")])
+            .await
+            .unwrap();
+        let job = Arc::new(
+            Job::builder("j")
+                .step(stepq_plan::StepDef::new("a", "op").output("result"))
+                .build()
+                .unwrap(),
+        );
+        // `b` and `c` are no steps of the job any more: nothing runs, but their tasks may.
+        let run = launcher.resume("r", "me", false, job).await.unwrap();
+        assert_eq!(run.wait().await.result.status, crate::RunStatus::Success);
+        let log = read_all_events(store.as_ref(), "r").await.unwrap();
+        assert!(
+            engine_messages(&log).contains(
+                &"resume: 2 tasks of the attempt it replaces may still run on their workers, cancellation is off (t-b, t-c)".to_string()
+            ),
+            "{log:?}"
+        );
     }
 }
