@@ -1,6 +1,6 @@
 //! The end-to-end scenarios of the `stepq` command line and the app it drives: the CLI
 //! binary against the embedded default ([`cli`], [`demo_jobs`], [`launch`], [`resume`],
-//! [`cancel`], [`cancel_force`], [`crash`], [`gc`], [`health`], [`json`], [`shell_processes`]) and, gated with
+//! [`cancel`], [`cancel_force`], [`crash`], [`gc`], [`health`], [`json`], [`shell_processes`], [`takeover`]) and, gated with
 //! `#[ignore = "localstack"]`, against SQS + S3 on LocalStack with several
 //! `stepq worker start` processes ([`localstack`], [`localstack_health`],
 //! [`localstack_launch`]; run them with `cargo xtask localstack-test`). One test binary, so
@@ -23,3 +23,4 @@ mod localstack_launch;
 mod resume;
 mod shell_processes;
 mod tables;
+mod takeover;
