@@ -115,7 +115,7 @@ pub(crate) async fn bench(root: &Path, args: &BenchArgs) -> Result<u8> {
     };
 
     // From here on LocalStack is stopped on every way out (see `localstack`).
-    let mut ls = LocalStack::start_or_reuse(root).await?;
+    let mut ls = LocalStack::start_or_reuse(root, args.keep).await?;
     let outcome = run_measurer(root, &measurer, &ls.endpoint, stepq_bin.as_deref(), args).await;
     ls.keep_or_stop(args.keep)?;
     outcome

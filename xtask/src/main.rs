@@ -130,7 +130,7 @@ async fn run(command: Command) -> Result<u8> {
         }
         Command::LocalstackTest { keep, args } => localstack_test(&root, keep, &args).await,
         Command::LocalstackUp => {
-            let mut ls = LocalStack::start_or_reuse(&root).await?;
+            let mut ls = LocalStack::start_or_reuse(&root, true).await?;
             let res = TestResources::create(&ls.endpoint).await?;
             ls.keep()?;
             println!("LocalStack is running at {}. To use it:\n", ls.endpoint);
@@ -187,7 +187,7 @@ async fn localstack_test(root: &Path, keep: bool, args: &[String]) -> Result<u8>
 
     // From here on LocalStack is stopped on every way out: normal return, error (`?`), panic
     // (Drop) and Ctrl-C / SIGTERM (the signal watcher).
-    let mut ls = LocalStack::start_or_reuse(root).await?;
+    let mut ls = LocalStack::start_or_reuse(root, keep).await?;
     let outcome = async {
         let res = TestResources::create(&ls.endpoint)
             .await
