@@ -170,8 +170,9 @@ impl RunControl {
     /// orchestrator: appends an `EngineEvent` saying so (naming `by`, who forces it) and a
     /// `RunCanceled` event, then moves the run CANCELING -> CANCELED with a compare-and-set on
     /// its status and orchestrator (what `stepq cancel --force` does). Steps the dead
-    /// orchestrator had in flight are not cancelled on their workers. Returns the record after
-    /// the change.
+    /// orchestrator had in flight are not cancelled on their workers here (run control has no
+    /// cancel hook); a later resume of the run asks them to stop before it queues anything
+    /// (see [`crate::launcher`]). Returns the record after the change.
     ///
     /// Errors: [`StorageError::RunNotFound`] for an unknown run, [`ControlError::RunEnded`]
     /// for a run that already ended, [`ControlError::NotCanceling`] for any other status.
