@@ -83,6 +83,13 @@ pub struct SqliteOptions {
     /// deleted meanwhile is never written at all. A crash of the process may lose this much
     /// more of them (steps a resume runs again; see the crate docs).
     pub write_behind_linger: Duration,
+    /// How long the row of a step result (or progress entry) may be held back from the
+    /// database. The orchestrator that reads a result deletes it right after, usually within
+    /// this time, and then the row is never written; another process sees a result at most
+    /// this much later (it already learns of commits by polling, every 50 ms). A crash within
+    /// it loses the result, not the step's success or outputs: those are in the run's events
+    /// and the outputs table, which commit in order.
+    pub result_hold: Duration,
     /// Outputs up to this size are kept in the database; larger ones as files beside it.
     pub inline_output_limit: usize,
 }
@@ -93,6 +100,7 @@ impl Default for SqliteOptions {
             busy_timeout: Duration::from_secs(5),
             linger: Duration::ZERO,
             write_behind_linger: Duration::from_millis(2),
+            result_hold: Duration::from_millis(250),
             inline_output_limit: 256 * 1024,
         }
     }

@@ -15,7 +15,9 @@
 //!   every waiter within 50 ms (the writer thread watches `PRAGMA data_version`).
 //! - **Step results and outputs are written behind**: their write returns once queued (this
 //!   process reads them at once); the writer commits in send order, so a committed step
-//!   success implies its output and result are committed. A batch of such writes alone waits
+//!   success implies its output is committed. A result's row is held back up to
+//!   [`SqliteOptions::result_hold`] (250 ms): the orchestrator reading it deletes it right
+//!   after, and then it is never written. A batch of such writes alone waits
 //!   up to [`SqliteOptions::write_behind_linger`] (2 ms) for more, so consecutive steps share
 //!   a commit, and a write that a later one of the same key supersedes before it runs (a
 //!   result or progress entry the orchestrator read and deleted) is skipped. A write someone
@@ -198,6 +200,18 @@ impl SqliteStore {
         value: PendingValue,
         apply: impl FnOnce(&rusqlite::Connection) -> Result<(), SqliteError> + Send + 'static,
     ) -> Result<(), SqliteError> {
+        self.write_behind_held(None, key, value, apply)
+    }
+
+    /// [`write_behind`](Self::write_behind) of a write the writer may hold back for `hold`
+    /// (see `Writer::enqueue`).
+    fn write_behind_held(
+        &self,
+        hold: Option<std::time::Duration>,
+        key: PendingKey,
+        value: PendingValue,
+        apply: impl FnOnce(&rusqlite::Connection) -> Result<(), SqliteError> + Send + 'static,
+    ) -> Result<(), SqliteError> {
         self.inner.pending.check()?;
         let pending = self.inner.pending.clone();
         let seq = pending.record(key.clone(), value);
@@ -211,7 +225,7 @@ impl SqliteStore {
             }
             false => apply(conn),
         };
-        let queued = self.inner.writer.enqueue(apply, move |outcome| {
+        let queued = self.inner.writer.enqueue(hold, apply, move |outcome| {
             if let Err(e) = outcome {
                 settle.fail(e);
             }

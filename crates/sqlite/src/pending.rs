@@ -3,7 +3,10 @@
 //! commit is not); until the batch holding them commits, reads of this process see them here.
 //!
 //! Why this loses nothing that matters: the writer commits jobs in the order they were sent,
-//! so every commit holds a prefix of what the process wrote. A step's success reaches the run's
+//! so every commit holds a prefix of what the process wrote (the one exception: a step
+//! result's row may be held back up to `SqliteOptions::result_hold`, since its reader, the
+//! orchestrator, usually deletes it within that time, and then it is never written; a resume
+//! needs the events and outputs, not the results). A step's success reaches the run's
 //! event log (a write that waits for its commit) only after its output and result were queued,
 //! so a committed success implies its output is committed too. A crash loses a suffix of
 //! queued writes — steps whose success was not committed either, which a resume runs again —

@@ -73,7 +73,12 @@ impl ResultBackend for SqliteResultBackend {
             self.store.inner.path.clone(),
             bytes.clone(),
         );
-        self.store.write_behind(
+        let notifier = &self.store.inner.results_ready;
+        let handed_over = notifier.is_waited_on(task_id);
+        // The orchestrator reading a result deletes it right after: hold its row back, so
+        // that it is then never written (see `pending.rs`).
+        self.store.write_behind_held(
+            Some(self.store.inner.options.result_hold),
             PendingKey::Result(task_id.to_string()),
             PendingValue::Put(bytes),
             move |conn| {
@@ -87,8 +92,7 @@ impl ResultBackend for SqliteResultBackend {
                 Ok(())
             },
         )?;
-        let notifier = &self.store.inner.results_ready;
-        if notifier.is_waited_on(task_id) {
+        if handed_over {
             let mut handed = result.clone();
             handed.log = None;
             self.store

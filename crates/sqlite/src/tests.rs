@@ -151,6 +151,92 @@ async fn a_result_deleted_within_the_write_behind_linger_is_never_written() {
 }
 
 #[tokio::test]
+async fn a_result_handed_over_in_memory_is_held_back_and_deleted_unwritten_or_committed_later() {
+    let dir = tempfile::tempdir().unwrap();
+    let options = SqliteOptions {
+        write_behind_linger: Duration::ZERO,
+        result_hold: Duration::from_millis(300),
+        ..SqliteOptions::default()
+    };
+    let store = SqliteStore::open_with(dir.path(), options).unwrap();
+    let (results, runs) = (store.results(), store.runs());
+    let value = TaskResult::ok(serde_json::json!("v"), 0.0);
+    for task in ["consumed", "kept"] {
+        let waiter = {
+            let results = results.clone();
+            tokio::spawn(async move { results.wait_result(task, None).await })
+        };
+        while !store.inner.results_ready.is_waited_on(task) {
+            tokio::task::yield_now().await;
+        }
+        results.set_result(task, &value).await.unwrap();
+        let got = waiter.await.unwrap().unwrap();
+        assert_eq!(got.return_value, value.return_value);
+    }
+    results.delete_result("consumed").await.unwrap();
+    // A waited write commits at once, and does not take the held results with it.
+    runs.create_run(&record("r1")).await.unwrap();
+    let other = SqliteStore::open(dir.path()).unwrap().results();
+    assert!(matches!(
+        other.get_result("kept", false).await,
+        Err(ResultError::NotFound { .. })
+    ));
+    // Once its hold is over, the result nobody deleted is committed; the other never was.
+    let kept = other
+        .wait_result("kept", Some(Duration::from_secs(10)))
+        .await
+        .unwrap();
+    assert_eq!(kept.return_value, value.return_value);
+    assert_eq!(store.write_stats().superseded, 1);
+    assert!(matches!(
+        other.get_result("consumed", false).await,
+        Err(ResultError::NotFound { .. })
+    ));
+}
+
+#[tokio::test]
+async fn a_flush_commits_held_results() {
+    let dir = tempfile::tempdir().unwrap();
+    let options = SqliteOptions {
+        result_hold: Duration::from_secs(3600),
+        ..SqliteOptions::default()
+    };
+    let store = SqliteStore::open_with(dir.path(), options).unwrap();
+    let results = store.results();
+    let waiter = {
+        let results = results.clone();
+        tokio::spawn(async move { results.wait_result("t", None).await })
+    };
+    while !store.inner.results_ready.is_waited_on("t") {
+        tokio::task::yield_now().await;
+    }
+    results
+        .set_result("t", &TaskResult::ok(serde_json::json!(1), 0.0))
+        .await
+        .unwrap();
+    waiter.await.unwrap().unwrap();
+    store.flush().await.unwrap();
+    let other = SqliteStore::open(dir.path()).unwrap().results();
+    assert!(other.get_result("t", false).await.is_ok());
+    // Dropping the last handle commits what is still held too.
+    let waiter = {
+        let results = results.clone();
+        tokio::spawn(async move { results.wait_result("u", None).await })
+    };
+    while !store.inner.results_ready.is_waited_on("u") {
+        tokio::task::yield_now().await;
+    }
+    results
+        .set_result("u", &TaskResult::ok(serde_json::json!(2), 0.0))
+        .await
+        .unwrap();
+    waiter.await.unwrap().unwrap();
+    drop(results);
+    drop(store);
+    assert!(other.get_result("u", false).await.is_ok());
+}
+
+#[tokio::test]
 async fn a_failed_write_rolls_back_alone() {
     let dir = tempfile::tempdir().unwrap();
     // A linger long enough that the three writes below land in one transaction.

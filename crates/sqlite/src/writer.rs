@@ -7,6 +7,7 @@
 //! returned is durable against a crash of the process, and a crash loses at most the batch
 //! being committed — never part of a record, since a transaction is all or nothing.
 
+use std::collections::VecDeque;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{mpsc, Arc};
@@ -34,6 +35,11 @@ struct Job {
     /// Sent by [`Writer::write`] (someone waits): its batch commits after `linger` at most.
     /// A write-behind job ([`Writer::enqueue`]) may wait up to `behind_linger`.
     waited: bool,
+    /// Sent by [`Writer::flush`]: every job sent before it runs in its batch, held ones too.
+    flush: bool,
+    /// A write-behind job that may be held back until then even when its batch commits
+    /// earlier ([`Writer::enqueue`] with a hold).
+    hold_until: Option<Instant>,
 }
 
 /// Sends jobs to the writer thread; dropping every handle stops the thread after the jobs
@@ -151,8 +157,15 @@ impl Writer {
     /// thread once the batch committed (`Ok`) or failed (`Err`, or `apply`'s own error).
     /// `apply` runs without a savepoint of its own: it must be one statement (which SQLite
     /// undoes whole when it fails) or otherwise leave nothing behind when it fails.
+    ///
+    /// With `hold`, the write may run up to `hold` later than the batch it arrives in, and
+    /// after writes sent after it: for a write that a later one of the same key will likely
+    /// supersede soon (a result handed over in memory, which its reader deletes), so that it
+    /// is never run at all. Nothing may depend on its commit order; a
+    /// [`flush`](Writer::flush) or the writer stopping runs it at once.
     pub(crate) fn enqueue(
         &self,
+        hold: Option<Duration>,
         apply: impl FnOnce(&Connection) -> Result<(), SqliteError> + Send + 'static,
         settled: impl FnOnce(Result<(), SqliteError>) + Send + 'static,
     ) -> Result<(), SqliteError> {
@@ -174,19 +187,33 @@ impl Writer {
             .send(Job {
                 apply: job,
                 waited: false,
+                flush: false,
+                hold_until: hold.map(|h| Instant::now() + h),
             })
             .map_err(|_| closed(&self.path))
     }
 
     /// Waits until every job sent before this call committed (or failed).
     pub(crate) async fn flush(&self) -> Result<(), SqliteError> {
-        self.write(|_| Ok::<(), SqliteError>(())).await
+        self.send_waited(true, |_| Ok::<(), SqliteError>(())).await
     }
 
     /// Runs `apply` in the next batch and returns its outcome once the batch committed.
     /// `apply`'s error rolls back its own changes only.
     pub(crate) async fn write<T, E>(
         &self,
+        apply: impl FnOnce(&Connection) -> Result<T, E> + Send + 'static,
+    ) -> Result<T, E>
+    where
+        T: Send + 'static,
+        E: From<SqliteError> + Send + 'static,
+    {
+        self.send_waited(false, apply).await
+    }
+
+    async fn send_waited<T, E>(
+        &self,
+        flush: bool,
         apply: impl FnOnce(&Connection) -> Result<T, E> + Send + 'static,
     ) -> Result<T, E>
     where
@@ -213,6 +240,8 @@ impl Writer {
         let job = Job {
             apply: job,
             waited: true,
+            flush,
+            hold_until: None,
         };
         if self.jobs.send(job).is_err() {
             return Err(E::from(closed(&self.path)));
@@ -284,19 +313,34 @@ fn run(
     on_external_commit: Box<dyn Fn() + Send>,
 ) {
     let mut batch: Vec<Job> = Vec::new();
+    // Jobs held back (see `Writer::enqueue`), oldest first: their due times are in
+    // send order.
+    let mut held: VecDeque<Job> = VecDeque::new();
     let mut seen = ExternalCommits::new(&conn);
     loop {
-        let first = match queue.recv_timeout(EXTERNAL_CHECK) {
-            Ok(job) => job,
+        let due = held.front().and_then(|job| job.hold_until);
+        let wait = due.map_or(EXTERNAL_CHECK, |due| {
+            due.saturating_duration_since(Instant::now())
+                .min(EXTERNAL_CHECK)
+        });
+        let mut stopping = false;
+        match queue.recv_timeout(wait) {
+            Ok(first) => collect_batch(&queue, first, lingers, &mut batch),
             Err(mpsc::RecvTimeoutError::Timeout) => {
                 if seen.changed(&conn) {
                     on_external_commit();
                 }
-                continue;
+                if due.is_none_or(|due| due > Instant::now()) {
+                    continue;
+                }
             }
-            Err(mpsc::RecvTimeoutError::Disconnected) => break,
-        };
-        collect_batch(&queue, first, lingers, &mut batch);
+            Err(mpsc::RecvTimeoutError::Disconnected) if held.is_empty() => break,
+            Err(mpsc::RecvTimeoutError::Disconnected) => stopping = true,
+        }
+        release_held(&mut batch, &mut held, stopping);
+        if batch.is_empty() {
+            continue;
+        }
         counters.batches.fetch_add(1, Ordering::Relaxed);
         counters
             .writes
@@ -307,6 +351,27 @@ fn run(
         }
     }
     tracing::debug!(path = %path.display(), "sqlite writer stopped");
+}
+
+/// Moves the jobs of `batch` that may still be held into `held`, and the held jobs now due
+/// (all of them on a flush or when `stopping`) into `batch`, ahead of the rest.
+fn release_held(batch: &mut Vec<Job>, held: &mut VecDeque<Job>, stopping: bool) {
+    let now = Instant::now();
+    let everything = stopping || batch.iter().any(|job| job.flush);
+    let mut run = Vec::with_capacity(batch.len());
+    while held
+        .front()
+        .is_some_and(|job| everything || job.hold_until.is_none_or(|due| due <= now))
+    {
+        run.extend(held.pop_front());
+    }
+    for job in batch.drain(..) {
+        match job.hold_until {
+            Some(due) if !everything && due > now => held.push_back(job),
+            _ => run.push(job),
+        }
+    }
+    *batch = run;
 }
 
 /// Fills `batch`, starting with `first`, until the first job's linger is up or sooner when a
