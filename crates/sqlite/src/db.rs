@@ -92,6 +92,9 @@ pub struct SqliteOptions {
     pub result_hold: Duration,
     /// Outputs up to this size are kept in the database; larger ones as files beside it.
     pub inline_output_limit: usize,
+    /// Caps the database file at this many pages (of 4 KiB): a write that would grow it
+    /// further fails as on a full disk (a quota for the state directory; `None`: no cap).
+    pub max_database_pages: Option<u64>,
 }
 
 impl Default for SqliteOptions {
@@ -102,6 +105,7 @@ impl Default for SqliteOptions {
             write_behind_linger: Duration::from_millis(2),
             result_hold: Duration::from_millis(250),
             inline_output_limit: 256 * 1024,
+            max_database_pages: None,
         }
     }
 }
@@ -128,6 +132,10 @@ pub(crate) fn open_writer(path: &Path, options: &SqliteOptions) -> Result<Connec
          PRAGMA user_version = {SCHEMA_VERSION}; COMMIT;"
     ))
     .map_err(sql("creating the schema"))?;
+    if let Some(pages) = options.max_database_pages {
+        conn.query_row(&format!("PRAGMA max_page_count = {pages}"), [], |_| Ok(()))
+            .map_err(sql("capping the database size"))?;
+    }
     Ok(conn)
 }
 

@@ -9,6 +9,19 @@ use stepq_cancel::CancelError;
 use stepq_results::{ErrorClass, ResultError, ServiceError};
 use stepq_runs::StorageError;
 
+thread_local! {
+    /// The last error [`SqliteError::sql`] made on this thread. The writer thread reads it
+    /// when SQLite rolled a whole transaction back during a job (a full disk, an I/O error):
+    /// the job's own error may have been converted into another crate's error type by then,
+    /// but the batch's other writers must hear the cause too.
+    static LAST_SQL_ERROR: std::cell::RefCell<Option<SqliteError>> = const { std::cell::RefCell::new(None) };
+}
+
+/// Takes the last error [`SqliteError::sql`] made on this thread, if any.
+pub(crate) fn take_last_sql_error() -> Option<SqliteError> {
+    LAST_SQL_ERROR.with(|last| last.borrow_mut().take())
+}
+
 /// What kind of failure a [`SqliteError`] is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
@@ -88,12 +101,14 @@ impl SqliteError {
         } else {
             format!("{what}: {e} ({advice})")
         };
-        SqliteError {
+        let error = SqliteError {
             path: path.to_path_buf(),
             kind,
             message,
             source: Some(Arc::new(e)),
-        }
+        };
+        LAST_SQL_ERROR.with(|last| *last.borrow_mut() = Some(error.clone()));
+        error
     }
 
     /// Whether retrying may help: a held lock or a full disk may clear; the rest will not.

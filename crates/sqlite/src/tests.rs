@@ -237,6 +237,60 @@ async fn a_flush_commits_held_results() {
 }
 
 #[tokio::test]
+async fn a_full_database_names_the_file_refuses_writes_and_loses_nothing_committed() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = SqliteStore::open(dir.path()).unwrap();
+    store.runs().create_run(&record("before")).await.unwrap();
+    store.flush().await.unwrap();
+    let pages: u64 = store
+        .inner
+        .reads
+        .read(|conn| {
+            conn.query_row("PRAGMA page_count", [], |row| row.get(0))
+                .map_err(|e| SqliteError::sql(store.path(), "page count", e))
+        })
+        .unwrap();
+    drop(store);
+    // Room for a few more pages only: the results below need many.
+    let options = SqliteOptions {
+        max_database_pages: Some(pages + 4),
+        ..SqliteOptions::default()
+    };
+    let store = SqliteStore::open_with(dir.path(), options).unwrap();
+    let results = store.results();
+    let big = TaskResult::ok(serde_json::json!("x".repeat(64 * 1024)), 0.0);
+    for i in 0..64 {
+        if results.set_result(&format!("t{i}"), &big).await.is_err() {
+            break;
+        }
+    }
+    let full = store.flush().await.expect_err("the database is full");
+    assert_eq!(full.kind, SqliteErrorKind::Full, "{full}");
+    let text = full.to_string();
+    assert!(text.contains("stepq.db"), "names the file: {text}");
+    assert!(text.contains("disk is full"), "says what happened: {text}");
+    assert!(full.class().is_retryable(), "{full}");
+    // Later writes are refused with the same error, waited ones too.
+    assert!(results.set_result("late", &big).await.is_err());
+    assert!(store.runs().create_run(&record("after")).await.is_err());
+    drop((results, store));
+    // What was committed before is all there.
+    let reopened = SqliteStore::open(dir.path()).unwrap();
+    let runs = reopened.runs();
+    assert_eq!(runs.get_run("before").await.unwrap().run_id, "before");
+    assert!(matches!(
+        runs.get_run("after").await,
+        Err(StorageError::RunNotFound { .. })
+    ));
+    reopened
+        .results()
+        .set_result("room again", &big)
+        .await
+        .unwrap();
+    reopened.flush().await.unwrap();
+}
+
+#[tokio::test]
 async fn a_failed_write_rolls_back_alone() {
     let dir = tempfile::tempdir().unwrap();
     // A linger long enough that the three writes below land in one transaction.

@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 use rusqlite::Connection;
 use tokio::sync::oneshot;
 
-use crate::error::{SqliteError, SqliteErrorKind};
+use crate::error::{take_last_sql_error, SqliteError, SqliteErrorKind};
 use crate::notify::EXTERNAL_CHECK;
 
 /// Most jobs in one transaction.
@@ -26,7 +26,9 @@ const MAX_BATCH: usize = 4096;
 /// What the writer thread runs: applies itself to the connection (inside the batch's
 /// transaction; `Err` when the transaction could not start) and returns what to do once the
 /// batch committed or failed.
-type Apply = Box<dyn FnOnce(Result<&Connection, &SqliteError>) -> Completion + Send>;
+/// Besides its completion, a job says whether it was a write-behind write that failed: its
+/// caller has returned long ago, so no later write may commit after it (see `commit_batch`).
+type Apply = Box<dyn FnOnce(Result<&Connection, &SqliteError>) -> (Completion, bool) + Send>;
 type Completion = Box<dyn FnOnce(Result<(), &SqliteError>) + Send>;
 
 /// A queued write, and whether a caller waits for its commit.
@@ -170,17 +172,19 @@ impl Writer {
         settled: impl FnOnce(Result<(), SqliteError>) + Send + 'static,
     ) -> Result<(), SqliteError> {
         let job: Apply = Box::new(
-            move |conn: Result<&Connection, &SqliteError>| -> Completion {
+            move |conn: Result<&Connection, &SqliteError>| -> (Completion, bool) {
                 let outcome = match conn {
                     Ok(conn) => apply(conn),
                     Err(e) => Err(e.clone()),
                 };
-                Box::new(move |committed: Result<(), &SqliteError>| {
+                let failed = outcome.is_err();
+                let complete: Completion = Box::new(move |committed: Result<(), &SqliteError>| {
                     settled(match committed {
                         Ok(()) => outcome,
                         Err(e) => Err(e.clone()),
                     })
-                })
+                });
+                (complete, failed)
             },
         );
         self.jobs
@@ -223,18 +227,19 @@ impl Writer {
         let (reply, answer) = oneshot::channel::<Result<T, E>>();
         let path = self.path.clone();
         let job: Apply = Box::new(
-            move |conn: Result<&Connection, &SqliteError>| -> Completion {
+            move |conn: Result<&Connection, &SqliteError>| -> (Completion, bool) {
                 let outcome = match conn {
                     Ok(conn) => in_savepoint(conn, &path, apply),
                     Err(e) => Err(E::from(e.clone())),
                 };
-                Box::new(move |committed: Result<(), &SqliteError>| {
+                let complete: Completion = Box::new(move |committed: Result<(), &SqliteError>| {
                     let outcome = match committed {
                         Ok(()) => outcome,
                         Err(e) => Err(E::from(e.clone())),
                     };
                     let _ = reply.send(outcome);
-                })
+                });
+                (complete, false)
             },
         );
         let job = Job {
@@ -270,6 +275,10 @@ fn in_savepoint<T, E: From<SqliteError>>(
     run_cached(conn, "SAVEPOINT job")
         .map_err(|e| SqliteError::sql(path, "starting a savepoint", e))?;
     let outcome = apply(conn);
+    if conn.is_autocommit() {
+        // SQLite rolled the transaction back (see `commit_batch`): no savepoint is left.
+        return outcome;
+    }
     let ended = match outcome.is_ok() {
         true => run_cached(conn, "RELEASE job"),
         false => run_cached(conn, "ROLLBACK TO job").and_then(|()| run_cached(conn, "RELEASE job")),
@@ -317,6 +326,8 @@ fn run(
     // send order.
     let mut held: VecDeque<Job> = VecDeque::new();
     let mut seen = ExternalCommits::new(&conn);
+    // The failure of a write-behind write, once one failed (see `commit_batch`).
+    let mut failed: Option<SqliteError> = None;
     loop {
         let due = held.front().and_then(|job| job.hold_until);
         let wait = due.map_or(EXTERNAL_CHECK, |due| {
@@ -345,7 +356,7 @@ fn run(
         counters
             .writes
             .fetch_add(batch.len() as u64, Ordering::Relaxed);
-        commit_batch(&conn, &path, &mut batch);
+        commit_batch(&conn, &path, &mut batch, &mut failed);
         if seen.changed(&conn) {
             on_external_commit();
         }
@@ -435,19 +446,70 @@ fn data_version(conn: &Connection) -> Option<i64> {
         .ok()
 }
 
-fn commit_batch(conn: &Connection, path: &std::path::Path, batch: &mut Vec<Job>) {
-    if let Err(e) = run_cached(conn, "BEGIN IMMEDIATE") {
-        let e = SqliteError::sql(path, "starting a write transaction", e);
+/// Runs `batch` in one transaction and completes its jobs. `failed` is the failure of an
+/// earlier write-behind write: once set, no job runs any more (each fails with it), since a
+/// later write committing — a step's success among a run's events — could claim what the
+/// lost write held.
+fn commit_batch(
+    conn: &Connection,
+    path: &std::path::Path,
+    batch: &mut Vec<Job>,
+    failed: &mut Option<SqliteError>,
+) {
+    if let Some(e) = failed.clone() {
         for job in batch.drain(..) {
-            (job.apply)(Err(&e))(Err(&e));
+            (job.apply)(Err(&e)).0(Err(&e));
         }
         return;
     }
-    let completions: Vec<Completion> = batch.drain(..).map(|job| (job.apply)(Ok(conn))).collect();
-    let committed = run_cached(conn, "COMMIT")
-        .map_err(|e| SqliteError::sql(path, "committing a batch of writes", e));
-    if committed.is_err() {
+    let any_behind = batch.iter().any(|job| !job.waited);
+    if let Err(e) = run_cached(conn, "BEGIN IMMEDIATE") {
+        let e = SqliteError::sql(path, "starting a write transaction", e);
+        for job in batch.drain(..) {
+            (job.apply)(Err(&e)).0(Err(&e));
+        }
+        return;
+    }
+    // On some failures (a full disk, an I/O error) SQLite rolls the whole transaction back
+    // by itself: then no later job may run (outside a transaction, each statement would
+    // commit alone while its caller hears of a failure), and every job of the batch fails
+    // with the cause.
+    let mut ended: Option<SqliteError> = None;
+    let mut completions: Vec<Completion> = Vec::with_capacity(batch.len());
+    for job in batch.drain(..) {
+        match ended.as_ref().or(failed.as_ref()) {
+            Some(e) => completions.push((job.apply)(Err(e)).0),
+            None => {
+                let _ = take_last_sql_error();
+                let (complete, behind_failed) = (job.apply)(Ok(conn));
+                completions.push(complete);
+                if behind_failed && !conn.is_autocommit() {
+                    *failed = Some(take_last_sql_error().unwrap_or_else(|| {
+                        SqliteError::new(path, SqliteErrorKind::Other, "a queued write failed")
+                    }));
+                }
+                if conn.is_autocommit() {
+                    ended = Some(take_last_sql_error().unwrap_or_else(|| {
+                        SqliteError::new(
+                            path,
+                            SqliteErrorKind::Other,
+                            "the write transaction ended during a write",
+                        )
+                    }));
+                }
+            }
+        }
+    }
+    let committed = match ended {
+        Some(e) => Err(e),
+        None => run_cached(conn, "COMMIT")
+            .map_err(|e| SqliteError::sql(path, "committing a batch of writes", e)),
+    };
+    if committed.is_err() && !conn.is_autocommit() {
         let _ = conn.execute_batch("ROLLBACK");
+    }
+    if let (Err(e), true) = (&committed, any_behind) {
+        failed.get_or_insert_with(|| e.clone());
     }
     for complete in completions {
         complete(committed.as_ref().map(|_| ()));
