@@ -6,15 +6,14 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::common::app::{app_in, orphan_run, FIXABLE_JOBS};
+use crate::common::app::{app_in, heartbeat_of, orphan_run, FIXABLE_JOBS};
 use crate::common::cli::{run, stderr, stdout, text};
 use stepq::app::{App, AppError};
 use stepq_cli::demo;
 use stepq_executor::control::{ControlError, TakeoverRefused};
 use stepq_executor::launcher::{known_state_from_events, read_all_events};
-use stepq_executor::storage::{RunStatus as StoredStatus, WorkerHeartbeat};
+use stepq_executor::storage::RunStatus as StoredStatus;
 use stepq_executor::LaunchError;
-use stepq_plan::events::now_us;
 use stepq_results::OutputKey;
 use stepq_worker::decode_value;
 
@@ -90,18 +89,7 @@ async fn embedded_resume_reruns_what_did_not_succeed_here() {
 
 /// A heartbeat of worker `id` last written `ago` ago.
 async fn heartbeat(app: &App, id: &str, ago: Duration) {
-    let at = now_us() - ago.as_micros() as u64;
-    let beat = WorkerHeartbeat {
-        worker_id: id.into(),
-        host: "elsewhere".into(),
-        pid: 1,
-        started_at: at,
-        last_seen: at,
-        tasks_running: 1,
-        tasks_done: 0,
-        running_tasks: Vec::new(),
-    };
-    app.heartbeats().put_heartbeat(&beat).await.unwrap();
+    heartbeat_of(app.heartbeats().as_ref(), id, ago).await;
 }
 
 async fn orphan_in(dir: &Path, heartbeat_ago: Option<Duration>) -> App {

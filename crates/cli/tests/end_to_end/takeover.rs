@@ -12,14 +12,12 @@ use std::time::Duration;
 use stepq::app::App;
 use stepq_executor::launcher::{create_run, read_all_events, RunLauncher};
 use stepq_executor::storage::{EventCursor, RunRecord, RunStatus as StoredStatus, StatusChange};
-use stepq_executor::storage::{HeartbeatStore, WorkerHeartbeat};
 use stepq_executor::{RunRequest, RunStatus};
-use stepq_plan::events::now_us;
 use stepq_plan::{EventKind, Job, StepDef, StepReport, StepStatus};
 use stepq_worker::{op_output, CodeLocation};
 use tokio::sync::mpsc;
 
-use crate::common::app::app_in;
+use crate::common::app::{app_in, heartbeat_of};
 
 const RUN: &str = "taken-over";
 
@@ -100,22 +98,6 @@ async fn queued_task(app: &App) -> String {
     }
 }
 
-/// A heartbeat of `dead-worker` an hour old: the run's orchestrator is LOST.
-async fn lost_heartbeat(heartbeats: &dyn HeartbeatStore) {
-    let at = now_us() - 3_600_000_000;
-    let beat = WorkerHeartbeat {
-        worker_id: "dead-worker".into(),
-        host: "elsewhere".into(),
-        pid: 1,
-        started_at: at,
-        last_seen: at,
-        tasks_running: 1,
-        tasks_done: 0,
-        running_tasks: Vec::new(),
-    };
-    heartbeats.put_heartbeat(&beat).await.unwrap();
-}
-
 /// `future`'s output, or a panic naming `what` after 30 s.
 async fn within<T>(what: &str, future: impl std::future::Future<Output = T>) -> T {
     tokio::time::timeout(Duration::from_secs(30), future)
@@ -138,7 +120,13 @@ async fn a_takeover_stops_the_dead_orchestrators_task_on_its_worker() {
     let old_task = within("the step's StepQueued in the log", queued_task(&app)).await;
     // The orchestrator dies; its worker keeps running the step.
     orchestrator.shutdown_background();
-    lost_heartbeat(app.heartbeats().as_ref()).await;
+    // The run's orchestrator, `dead-worker`, was last seen an hour ago: it is LOST.
+    heartbeat_of(
+        app.heartbeats().as_ref(),
+        "dead-worker",
+        Duration::from_secs(3_600),
+    )
+    .await;
     let canceller = app.canceller().expect("cancellation is on by default");
     assert!(!canceller.is_cancelled(&old_task).await.unwrap());
 

@@ -118,3 +118,24 @@ pub(crate) async fn orphan_run(app: &App, orchestrator: &str) {
     ];
     app.runs().append_events("orphan", &log).await.unwrap();
 }
+
+/// Writes a heartbeat of worker `id` (host `elsewhere`, one task running) last written `ago`
+/// ago: an hour makes it LOST, zero live.
+pub(crate) async fn heartbeat_of(
+    heartbeats: &dyn stepq_executor::storage::HeartbeatStore,
+    id: &str,
+    ago: Duration,
+) {
+    let at = stepq_plan::events::now_us() - ago.as_micros() as u64;
+    let beat = stepq_executor::storage::WorkerHeartbeat {
+        worker_id: id.into(),
+        host: "elsewhere".into(),
+        pid: 1,
+        started_at: at,
+        last_seen: at,
+        tasks_running: 1,
+        tasks_done: 0,
+        running_tasks: Vec::new(),
+    };
+    heartbeats.put_heartbeat(&beat).await.unwrap();
+}
