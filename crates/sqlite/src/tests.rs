@@ -150,8 +150,23 @@ async fn a_result_deleted_within_the_write_behind_linger_is_never_written() {
     ));
 }
 
+/// Stores `value` as `task`'s result while a waiter of this process waits for it, and
+/// returns what the waiter got (handed over in memory).
+async fn hand_over(store: &SqliteStore, task: &'static str, value: &TaskResult) -> TaskResult {
+    let results = store.results();
+    let waiter = {
+        let results = results.clone();
+        tokio::spawn(async move { results.wait_result(task, None).await })
+    };
+    while !store.inner.results_ready.is_waited_on(task) {
+        tokio::task::yield_now().await;
+    }
+    results.set_result(task, value).await.unwrap();
+    waiter.await.unwrap().unwrap()
+}
+
 #[tokio::test]
-async fn a_result_handed_over_in_memory_is_held_back_and_deleted_unwritten_or_committed_later() {
+async fn a_result_is_held_back_and_deleted_unwritten_or_committed_later() {
     let dir = tempfile::tempdir().unwrap();
     let options = SqliteOptions {
         write_behind_linger: Duration::ZERO,
@@ -162,15 +177,7 @@ async fn a_result_handed_over_in_memory_is_held_back_and_deleted_unwritten_or_co
     let (results, runs) = (store.results(), store.runs());
     let value = TaskResult::ok(serde_json::json!("v"), 0.0);
     for task in ["consumed", "kept"] {
-        let waiter = {
-            let results = results.clone();
-            tokio::spawn(async move { results.wait_result(task, None).await })
-        };
-        while !store.inner.results_ready.is_waited_on(task) {
-            tokio::task::yield_now().await;
-        }
-        results.set_result(task, &value).await.unwrap();
-        let got = waiter.await.unwrap().unwrap();
+        let got = hand_over(&store, task, &value).await;
         assert_eq!(got.return_value, value.return_value);
     }
     results.delete_result("consumed").await.unwrap();
@@ -203,34 +210,18 @@ async fn a_flush_commits_held_results() {
     };
     let store = SqliteStore::open_with(dir.path(), options).unwrap();
     let results = store.results();
-    let waiter = {
-        let results = results.clone();
-        tokio::spawn(async move { results.wait_result("t", None).await })
-    };
-    while !store.inner.results_ready.is_waited_on("t") {
-        tokio::task::yield_now().await;
-    }
     results
         .set_result("t", &TaskResult::ok(serde_json::json!(1), 0.0))
         .await
         .unwrap();
-    waiter.await.unwrap().unwrap();
     store.flush().await.unwrap();
     let other = SqliteStore::open(dir.path()).unwrap().results();
     assert!(other.get_result("t", false).await.is_ok());
     // Dropping the last handle commits what is still held too.
-    let waiter = {
-        let results = results.clone();
-        tokio::spawn(async move { results.wait_result("u", None).await })
-    };
-    while !store.inner.results_ready.is_waited_on("u") {
-        tokio::task::yield_now().await;
-    }
     results
         .set_result("u", &TaskResult::ok(serde_json::json!(2), 0.0))
         .await
         .unwrap();
-    waiter.await.unwrap().unwrap();
     drop(results);
     drop(store);
     assert!(other.get_result("u", false).await.is_ok());
