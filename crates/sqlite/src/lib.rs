@@ -188,8 +188,7 @@ impl SqliteStore {
     /// Waits until every write made through this handle so far is committed; fails if a
     /// batch of queued result or output writes failed to commit.
     pub async fn flush(&self) -> Result<(), SqliteError> {
-        self.inner.writer.flush().await?;
-        self.inner.pending.check()
+        self.inner.writer.flush().await
     }
 
     /// Queues a result or output write (see `pending.rs`): readers of this process see
@@ -212,7 +211,9 @@ impl SqliteStore {
         value: PendingValue,
         apply: impl FnOnce(&rusqlite::Connection) -> Result<(), SqliteError> + Send + 'static,
     ) -> Result<(), SqliteError> {
-        self.inner.pending.check()?;
+        if let Some(failure) = self.inner.writer.failure() {
+            return Err(failure);
+        }
         let pending = self.inner.pending.clone();
         let seq = pending.record(key.clone(), value);
         let settle = pending.clone();
@@ -225,16 +226,10 @@ impl SqliteStore {
             }
             false => apply(conn),
         };
-        let queued = self.inner.writer.enqueue(hold, apply, move |outcome| {
-            if let Err(e) = outcome {
-                settle.fail(e);
-            }
-            settle.settle(&key, seq);
-        });
-        if let Err(e) = &queued {
-            pending.fail(e.clone());
-        }
-        queued
+        // A failure stops the writer, which then reports it (`Writer::failure`).
+        self.inner
+            .writer
+            .enqueue(hold, apply, move |_| settle.settle(&key, seq))
     }
 
     /// How many writes this handle committed, in how many transactions (group commit puts

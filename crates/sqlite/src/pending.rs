@@ -10,16 +10,15 @@
 //! event log (a write that waits for its commit) only after its output and result were queued,
 //! so a committed success implies its output is committed too. A crash loses a suffix of
 //! queued writes — steps whose success was not committed either, which a resume runs again —
-//! and never part of a record. A batch that fails to commit (a full disk) fails the store: the
-//! error is logged and every later write and [`flush`](crate::SqliteStore::flush) returns it.
+//! and never part of a record. A queued write that fails (a full disk) stops the writer: the
+//! error is logged, and every later write and [`flush`](crate::SqliteStore::flush) returns it
+//! (see `writer.rs`'s `commit_batch`).
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 
 use bytes::Bytes;
-
-use crate::error::SqliteError;
 
 /// What a pending write is about.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -39,13 +38,12 @@ pub(crate) enum PendingValue {
     Deleted,
 }
 
-/// The pending writes of one store, and the failure of a batch if one failed.
+/// The pending writes of one store.
 #[derive(Debug, Default)]
 pub(crate) struct Pending {
     entries: Mutex<HashMap<PendingKey, (u64, PendingValue)>>,
     next: AtomicU64,
     superseded: AtomicU64,
-    failed: Mutex<Option<SqliteError>>,
 }
 
 impl Pending {
@@ -97,23 +95,6 @@ impl Pending {
             .expect("pending lock")
             .get(key)
             .map(|(_, v)| v.clone())
-    }
-
-    /// A batch holding queued writes failed to commit.
-    pub(crate) fn fail(&self, error: SqliteError) {
-        tracing::error!(error = %error, "a batch of step results or outputs was not committed; the store refuses further writes");
-        let mut failed = self.failed.lock().expect("failed lock");
-        if failed.is_none() {
-            *failed = Some(error);
-        }
-    }
-
-    /// The failure of an earlier batch, if any.
-    pub(crate) fn check(&self) -> Result<(), SqliteError> {
-        match &*self.failed.lock().expect("failed lock") {
-            Some(e) => Err(e.clone()),
-            None => Ok(()),
-        }
     }
 }
 

@@ -51,6 +51,8 @@ pub(crate) struct Writer {
     jobs: mpsc::Sender<Job>,
     path: PathBuf,
     stats: Arc<Counters>,
+    /// The failure that stopped the writer, if one did (see `commit_batch`).
+    failure: Arc<std::sync::Mutex<Option<SqliteError>>>,
     thread: Option<thread::JoinHandle<()>>,
 }
 
@@ -109,6 +111,8 @@ impl Writer {
         let thread_path = path.clone();
         let stats = Arc::new(Counters::default());
         let counters = stats.clone();
+        let failure = Arc::new(std::sync::Mutex::new(None));
+        let stopped_by = failure.clone();
         let handle = thread::Builder::new()
             .name("stepq-sqlite-writer".into())
             .spawn(move || {
@@ -121,6 +125,7 @@ impl Writer {
                         behind: behind_linger,
                     },
                     &counters,
+                    &stopped_by,
                     on_external_commit,
                 )
             })
@@ -135,8 +140,15 @@ impl Writer {
             jobs,
             path,
             stats,
+            failure,
             thread: Some(handle),
         })
+    }
+
+    /// The failure of a queued write that stopped the writer, if one did: every later write
+    /// fails with it.
+    pub(crate) fn failure(&self) -> Option<SqliteError> {
+        self.failure.lock().expect("failure lock").clone()
     }
 
     /// Ends the writer thread's linger, if it is in one (see `collect_batch`).
@@ -162,7 +174,7 @@ impl Writer {
     ///
     /// With `hold`, the write may run up to `hold` later than the batch it arrives in, and
     /// after writes sent after it: for a write that a later one of the same key will likely
-    /// supersede soon (a result handed over in memory, which its reader deletes), so that it
+    /// supersede soon (a step result, which the orchestrator deletes once read), so that it
     /// is never run at all. Nothing may depend on its commit order; a
     /// [`flush`](Writer::flush) or the writer stopping runs it at once.
     pub(crate) fn enqueue(
@@ -319,6 +331,7 @@ fn run(
     queue: mpsc::Receiver<Job>,
     lingers: Lingers,
     counters: &Counters,
+    stopped_by: &std::sync::Mutex<Option<SqliteError>>,
     on_external_commit: Box<dyn Fn() + Send>,
 ) {
     let mut batch: Vec<Job> = Vec::new();
@@ -326,8 +339,6 @@ fn run(
     // send order.
     let mut held: VecDeque<Job> = VecDeque::new();
     let mut seen = ExternalCommits::new(&conn);
-    // The failure of a write-behind write, once one failed (see `commit_batch`).
-    let mut failed: Option<SqliteError> = None;
     loop {
         let due = held.front().and_then(|job| job.hold_until);
         let wait = due.map_or(EXTERNAL_CHECK, |due| {
@@ -356,7 +367,7 @@ fn run(
         counters
             .writes
             .fetch_add(batch.len() as u64, Ordering::Relaxed);
-        commit_batch(&conn, &path, &mut batch, &mut failed);
+        commit_batch(&conn, &path, &mut batch, stopped_by);
         if seen.changed(&conn) {
             on_external_commit();
         }
@@ -446,25 +457,34 @@ fn data_version(conn: &Connection) -> Option<i64> {
         .ok()
 }
 
-/// Runs `batch` in one transaction and completes its jobs. `failed` is the failure of an
-/// earlier write-behind write: once set, no job runs any more (each fails with it), since a
-/// later write committing — a step's success among a run's events — could claim what the
-/// lost write held.
+/// Runs `batch` in one transaction and completes its jobs. `failure` is the failure of a
+/// write-behind write, set here when one fails: once set, no job runs any more (each fails
+/// with it), since a later write committing — a step's success among a run's events — could
+/// claim what the lost write held.
 fn commit_batch(
     conn: &Connection,
     path: &std::path::Path,
     batch: &mut Vec<Job>,
-    failed: &mut Option<SqliteError>,
+    failure: &std::sync::Mutex<Option<SqliteError>>,
 ) {
-    if let Some(e) = failed.clone() {
+    let mut failed = failure.lock().expect("failure lock").clone();
+    if let Some(e) = failed {
         for job in batch.drain(..) {
             (job.apply)(Err(&e)).0(Err(&e));
         }
         return;
     }
+    // Recorded before any caller hears of the failure, so that its next write sees it.
+    let stop = |e: &SqliteError| {
+        tracing::error!(error = %e, "a queued write (a step result or output) was not committed; the store refuses every later write");
+        *failure.lock().expect("failure lock") = Some(e.clone());
+    };
     let any_behind = batch.iter().any(|job| !job.waited);
     if let Err(e) = run_cached(conn, "BEGIN IMMEDIATE") {
         let e = SqliteError::sql(path, "starting a write transaction", e);
+        if any_behind {
+            stop(&e);
+        }
         for job in batch.drain(..) {
             (job.apply)(Err(&e)).0(Err(&e));
         }
@@ -484,7 +504,7 @@ fn commit_batch(
                 let (complete, behind_failed) = (job.apply)(Ok(conn));
                 completions.push(complete);
                 if behind_failed && !conn.is_autocommit() {
-                    *failed = Some(take_last_sql_error().unwrap_or_else(|| {
+                    failed = Some(take_last_sql_error().unwrap_or_else(|| {
                         SqliteError::new(path, SqliteErrorKind::Other, "a queued write failed")
                     }));
                 }
@@ -510,6 +530,9 @@ fn commit_batch(
     }
     if let (Err(e), true) = (&committed, any_behind) {
         failed.get_or_insert_with(|| e.clone());
+    }
+    if let Some(e) = &failed {
+        stop(e);
     }
     for complete in completions {
         complete(committed.as_ref().map(|_| ()));
