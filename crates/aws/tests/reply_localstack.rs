@@ -732,3 +732,91 @@ async fn a_no_reply_task_makes_no_reply_queue_and_its_result_is_stored() {
     worker.await.unwrap().unwrap();
     orch.queue.shutdown().await.unwrap();
 }
+
+/// A companion of a task (a key made of its id, a `.` and more: a progress entry) travels the
+/// reply queue like its result, while that result is still to come: kept when it arrives
+/// before its waiter, woken when it arrives after, no S3 request for either with reply-only
+/// results; once the task's own result was claimed, a later companion is dropped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "localstack"]
+async fn companions_of_a_task_travel_the_reply_queue_while_its_result_is_to_come() {
+    let queue_url = fresh_queue().await;
+    let prefix = fresh_prefix();
+    let orch = orchestrator_with(&queue_url, &prefix, SLOW, true).await;
+    let worker_broker = broker(&queue_url).await;
+    let worker_results = reply::notifying(&worker_broker, Counting::new(s3_results(&prefix).await));
+
+    let mut message = TaskMessage::new("double");
+    message.args = vec![serde_json::json!(5)];
+    let sent = orch.queue.kick(message).await.unwrap();
+    let first = format!("{}.progress.1", sent.task_id);
+    let second = format!("{}.progress.2", sent.task_id);
+
+    // Notified before anyone waits: kept.
+    worker_results
+        .set_result(&first, &result_for(&sent, serde_json::json!("one")))
+        .await
+        .unwrap();
+    let got = orch
+        .results
+        .wait_result(&first, Some(MUST_ARRIVE))
+        .await
+        .unwrap();
+    assert_eq!(got.return_value, serde_json::json!("one"));
+    orch.results.delete_result(&first).await.unwrap();
+
+    // Waited for first: woken by the notification.
+    let waiting = {
+        let results = orch.results.clone();
+        let key = second.clone();
+        tokio::spawn(async move { results.wait_result(&key, Some(MUST_ARRIVE)).await })
+    };
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    worker_results
+        .set_result(&second, &result_for(&sent, serde_json::json!("two")))
+        .await
+        .unwrap();
+    let got = waiting.await.unwrap().unwrap();
+    assert_eq!(got.return_value, serde_json::json!("two"));
+    orch.results.delete_result(&second).await.unwrap();
+
+    // The task's own result, then a late companion: dropped by the dispatch.
+    worker_results
+        .set_result(&sent.task_id, &result_for(&sent, serde_json::json!(10)))
+        .await
+        .unwrap();
+    let got = orch
+        .results
+        .wait_result(&sent.task_id, Some(MUST_ARRIVE))
+        .await
+        .unwrap();
+    assert_eq!(got.return_value, serde_json::json!(10));
+    orch.results.delete_result(&sent.task_id).await.unwrap();
+    let late = format!("{}.progress.3", sent.task_id);
+    worker_results
+        .set_result(&late, &result_for(&sent, serde_json::json!("late")))
+        .await
+        .unwrap();
+    let deadline = std::time::Instant::now() + MUST_ARRIVE;
+    while orch.replies.stats().unexpected == 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{:?}",
+            orch.replies.stats()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    let stats = orch.results.stats();
+    assert_eq!(
+        (stats.fallback_reads, stats.durable_waits),
+        (0, 0),
+        "{stats:?}"
+    );
+    assert_eq!(stats.answered_inline, 3, "{stats:?}");
+    assert_eq!(orch.replies.stats().notifications, 3);
+    assert_eq!(worker_results.durable().writes(), (0, 0), "no PutObject");
+    assert_eq!(orch.results.durable().reads(), (0, 0, 0), "no S3 read");
+    assert_eq!(orch.results.durable().writes(), (0, 0), "no DeleteObject");
+    orch.queue.shutdown().await.unwrap();
+}

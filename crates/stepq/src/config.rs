@@ -260,16 +260,8 @@ impl StepqConfig {
     }
 
     /// The executor config of `[executor]` (its other fields at their defaults).
-    ///
-    /// `executor.step_progress` unset means on for the embedded default and off for SQS +
-    /// S3: the reply queue does not carry progress entries yet, so on SQS they would only
-    /// cost S3 requests (see docs/configuration.md).
     pub fn executor_config(&self) -> Result<ExecutorConfig, ConfigError> {
-        let mut config = self.executor.to_config().map_err(executor_error)?;
-        if self.executor.step_progress.is_none() && self.mode() == Mode::Distributed {
-            config.step_progress = false;
-        }
-        Ok(config)
+        self.executor.to_config().map_err(executor_error)
     }
 
     /// `executor.step_timeout_seconds` as a duration.

@@ -3,7 +3,7 @@
 //! [`cancel`], [`cancel_force`], [`crash`], [`gc`], [`health`], [`json`], [`shell_processes`], [`takeover`]) and, gated with
 //! `#[ignore = "localstack"]`, against SQS + S3 on LocalStack with several
 //! `stepq worker start` processes ([`localstack`], [`localstack_health`],
-//! [`localstack_launch`]; run them with `cargo xtask localstack-test`). One test binary, so
+//! [`localstack_launch`], [`localstack_progress`]; run them with `cargo xtask localstack-test`). One test binary, so
 //! they link once.
 
 mod common;
@@ -20,6 +20,7 @@ mod launch;
 mod localstack;
 mod localstack_health;
 mod localstack_launch;
+mod localstack_progress;
 mod resume;
 mod shell_processes;
 mod tables;

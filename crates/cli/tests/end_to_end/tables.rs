@@ -13,7 +13,7 @@ use crate::common::cli::{run, stdout, stepq, text};
 /// `chain`: three shell steps in a line (fused) and one on its own; `retried` fails its
 /// first attempt; `blocks` runs until the file `go` exists; `long`: a chain of shell steps
 /// each logging its run to `calls`, the fourth waiting for `go`.
-const JOBS: &str = r#"
+pub(crate) const JOBS: &str = r#"
 [[jobs.chain.steps]]
 key = "a"
 argv = ["echo", "1"]
@@ -73,7 +73,7 @@ fn jobs<'a>(args: &[&'a str]) -> Vec<&'a str> {
 }
 
 /// The step table in a command's output: from its `STEP` header to the next blank line.
-fn table(out: &str) -> Vec<String> {
+pub(crate) fn table(out: &str) -> Vec<String> {
     out.lines()
         .skip_while(|l| !l.starts_with("STEP "))
         .take_while(|l| !l.trim().is_empty())

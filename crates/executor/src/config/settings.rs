@@ -83,8 +83,7 @@ pub struct ExecutorSettings {
     /// Workers report each step's start (and a fused chain's finished steps) when it
     /// happens, through the result backend, so `stepq status` shows RUNNING and a resume
     /// after an orchestrator crash knows the finished steps. One more result per step.
-    /// Unset: [`ExecutorConfig::default`]'s (on); the facade turns it off on SQS + S3,
-    /// whose reply queue does not carry progress entries yet.
+    /// Unset: [`ExecutorConfig::default`]'s (on).
     pub step_progress: Option<bool>,
 }
 

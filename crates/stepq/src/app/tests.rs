@@ -137,7 +137,7 @@ async fn executor_settings_come_from_the_config() {
 
 #[cfg(feature = "aws")]
 #[tokio::test]
-async fn step_progress_is_on_embedded_off_on_sqs_unless_set() {
+async fn step_progress_is_on_embedded_and_on_sqs_unless_set() {
     let dir = tempfile::tempdir().unwrap();
     let embedded = StepqConfig {
         state_dir: dir.path().into(),
@@ -145,10 +145,10 @@ async fn step_progress_is_on_embedded_off_on_sqs_unless_set() {
     };
     assert!(embedded.executor_config().unwrap().step_progress);
     let mut sqs = distributed();
-    assert!(!sqs.executor_config().unwrap().step_progress);
-    sqs.executor.step_progress = Some(true);
+    assert!(sqs.executor_config().unwrap().step_progress);
+    sqs.executor.step_progress = Some(false);
     assert!(
-        sqs.executor_config().unwrap().step_progress,
-        "set explicitly"
+        !sqs.executor_config().unwrap().step_progress,
+        "turned off explicitly"
     );
 }

@@ -20,6 +20,11 @@
 //!    an inline result is returned without touching S3; a by-reference one costs one GetObject.
 //!    A slow poll of the durable backend ([`FallbackPoll`]: after 2 s, doubling to 30 s)
 //!    races it, so a lost notification delays a step, never loses it.
+//! 5. A *companion* of a task — a key made of its task id, a `.` and more, such as the
+//!    progress entry `<task id>.progress.1` a worker stores as a step starts — is sent and
+//!    awaited the same way while the task's own result is still to come (the worker copies
+//!    the message's labels onto it); once the result was claimed, later companions are
+//!    dropped, since the result carries what they would have said.
 //!
 //! Reply-only results (opt-in, [`ReplyToMiddleware::with_reply_only`]): the orchestrator also
 //! labels its messages [`REPLY_ONLY_LABEL`], and a worker whose result fits inline sends it in

@@ -6,6 +6,12 @@
 //! awaits it) → gone (a notification woke the waiters), or `Expected` → `Arrived` (notified
 //! before anyone asked) → gone (claimed by the first waiter). Notifications for ids not
 //! expected here (a duplicate after the first was claimed, a foreign message) are dropped.
+//!
+//! A *companion* of an expected task is expected with it: a key made of the task id, a `.`
+//! and more (a progress entry `<task id>.progress.1` a worker stores while the task runs).
+//! Its notification is kept, and its waiter registered, while the task itself still has a
+//! slot here; once the task's own result was claimed, later companions are dropped (the
+//! result carries what they would have said).
 //! Unclaimed entries are bounded: the oldest are forgotten past [`MAX_UNCLAIMED`] entries or
 //! [`MAX_UNCLAIMED_BYTES`] of inline results, and a wait for a forgotten id simply reads the
 //! durable backend.
@@ -88,6 +94,12 @@ pub(crate) struct Dispatch {
 }
 
 impl State {
+    /// Whether `key` is a companion of a task that has a slot: that task's id, a `.` and more.
+    fn is_companion(&self, key: &str) -> bool {
+        key.match_indices('.')
+            .any(|(at, _)| at > 0 && self.slots.contains_key(&key[..at]))
+    }
+
     fn push_unclaimed(&mut self, task_id: &str) -> u64 {
         self.next_seq += 1;
         let seq = self.next_seq;
@@ -163,6 +175,15 @@ impl Dispatch {
     pub(crate) fn deliver(&self, task_id: &str, reply: Reply, bytes: usize) -> Delivered {
         let mut state = self.lock();
         match state.slots.remove(task_id) {
+            None if state.is_companion(task_id) => {
+                let seq = state.push_unclaimed(task_id);
+                state.unclaimed_bytes += bytes;
+                state
+                    .slots
+                    .insert(task_id.to_string(), Slot::Arrived { seq, reply, bytes });
+                state.evict();
+                Delivered::Kept
+            }
             None => Delivered::Unexpected,
             Some(Slot::Waiting(senders)) => {
                 let mut woken = false;
@@ -215,6 +236,11 @@ impl Dispatch {
             return Claim::Ready(reply);
         }
         let (tx, rx) = oneshot::channel();
+        if !state.slots.contains_key(task_id) && state.is_companion(task_id) {
+            state
+                .slots
+                .insert(task_id.to_string(), Slot::Waiting(Vec::new()));
+        }
         match state.slots.get_mut(task_id) {
             None => return Claim::NotExpected,
             Some(Slot::Waiting(list)) => {
@@ -415,6 +441,42 @@ mod tests {
         assert_eq!(d.counts(), (0, 0, 0));
         // A duplicate notification after removal is unexpected.
         assert_eq!(d.deliver("t1", inline(1), 500), Delivered::Unexpected);
+    }
+
+    #[tokio::test]
+    async fn companions_of_an_expected_task_are_expected_while_it_is() {
+        let d = Dispatch::default();
+        d.expect("t1");
+        // Arrived before its waiter: kept.
+        assert_eq!(d.deliver("t1.progress.1", inline(1), 10), Delivered::Kept);
+        assert!(matches!(d.register("t1.progress.1"), Claim::Ready(r) if r == inline(1)));
+        // Waited for first: woken.
+        let Claim::Pending(mut pending) = d.register("t1.progress.2") else {
+            panic!("a companion's waiter is registered")
+        };
+        assert_eq!(d.deliver("t1.progress.2", inline(2), 10), Delivered::Woken);
+        assert_eq!(pending.recv().await, Some(inline(2)));
+        drop(pending);
+        // A key that only starts like the task id, or has no `.` after it, is not one.
+        assert!(matches!(d.register("t1x.progress.1"), Claim::NotExpected));
+        assert_eq!(
+            d.deliver("t1progress", inline(3), 10),
+            Delivered::Unexpected
+        );
+        assert_eq!(d.deliver(".t1", inline(3), 10), Delivered::Unexpected);
+        // An unclaimed companion is forgotten with its deletion.
+        d.deliver("t1.progress.3", inline(3), 10);
+        d.remove("t1.progress.3");
+        assert_eq!(d.counts(), (1, 0, 1), "only the task itself is left");
+        // Once the task's own result was claimed, its companions are dropped.
+        d.deliver("t1", inline(9), 10);
+        assert!(matches!(d.register("t1"), Claim::Ready(_)));
+        assert_eq!(
+            d.deliver("t1.progress.4", inline(4), 10),
+            Delivered::Unexpected
+        );
+        assert!(matches!(d.register("t1.progress.4"), Claim::NotExpected));
+        assert_eq!(d.counts(), (0, 0, 0));
     }
 
     #[test]
