@@ -414,6 +414,14 @@ impl Drop for Listener {
             );
             return;
         };
+        if poll.is_some() {
+            tracing::info!(
+                queue = %self.inner.config.queue_url,
+                wait_time_seconds = self.inner.config.config_source.wait_time_seconds,
+                "waiting for the pending long poll to end (SQS cannot cancel one), so a message \
+                 it brings is made visible again at once"
+            );
+        }
         let inner = Arc::clone(&self.inner);
         let drain = runtime.spawn(async move {
             let mut receipts = buffered;

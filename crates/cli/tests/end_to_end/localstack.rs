@@ -251,3 +251,47 @@ async fn localstack_stepq_cancel_ends_a_distributed_run_canceled() {
     );
     queue.delete().await;
 }
+
+/// An idle worker stopped by SIGTERM waits for its pending long poll (SQS cannot cancel one)
+/// and says so; a second SIGTERM stops it at once, exiting 1.
+#[tokio::test]
+#[ignore = "localstack"]
+async fn localstack_an_idle_worker_stops_at_once_on_a_second_sigterm() {
+    let ls = localstack();
+    let queue = TestQueue::create(&ls, false).await;
+    let dir = config_dir(&ls, &queue);
+    let path = dir.path().join("stepq.toml");
+    let config = std::fs::read_to_string(&path).unwrap();
+    let long_polls = config.replace("wait_time_seconds = 2", "wait_time_seconds = 20");
+    assert_ne!(config, long_polls, "the test config sets wait_time_seconds");
+    std::fs::write(&path, long_polls).unwrap();
+    let mut worker = WorkerProcess::start(dir.path(), "w-idle");
+    worker.wait_for("receiver started", Duration::from_secs(60));
+    let term = |child: &std::process::Child| {
+        let ok = std::process::Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "kill -TERM");
+    };
+    // Its first 20 s long poll is under way by now.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    term(&worker.child);
+    worker.wait_for("waiting for the pending long poll", Duration::from_secs(10));
+    let second = std::time::Instant::now();
+    term(&worker.child);
+    let code = loop {
+        if let Some(status) = worker.child.try_wait().unwrap() {
+            break status.code();
+        }
+        assert!(
+            second.elapsed() < Duration::from_secs(5),
+            "the worker did not stop within 5 s of a second SIGTERM"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!(code, Some(1));
+    worker.wait_for("stopping at once", Duration::from_secs(5));
+    queue.delete().await;
+}

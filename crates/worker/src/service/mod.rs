@@ -74,6 +74,10 @@ pub enum ServiceError {
     /// The queue could not start.
     #[error(transparent)]
     Broker(#[from] BrokerError),
+    /// A second SIGTERM or Ctrl-C stopped the service at once, without waiting for in-flight
+    /// steps or a pending receive (their messages come back after their visibility timeout).
+    #[error("stopped at once by a second signal: in-flight steps were ended, and their messages come back after their visibility timeout")]
+    Forced,
 }
 
 impl ServiceError {
@@ -83,7 +87,7 @@ impl ServiceError {
     pub fn could_not_start(&self) -> bool {
         !matches!(
             self,
-            ServiceError::Worker(WorkerError::Broker(BrokerError::Closed))
+            ServiceError::Worker(WorkerError::Broker(BrokerError::Closed)) | ServiceError::Forced
         )
     }
 }
@@ -292,23 +296,52 @@ impl WorkerService {
 
 /// Runs `service` as a process's worker: starts its queue (checking that the queue and bucket
 /// exist), runs until SIGTERM or Ctrl-C, lets in-flight steps finish within the grace period,
-/// and shuts the queue down.
+/// and shuts the queue down — which, on SQS, waits for a pending long poll to end (SQS cannot
+/// cancel one, and a message it brings is then made visible again at once instead of staying
+/// hidden for its visibility timeout): up to `wait_time_seconds` for an idle worker.
+///
+/// A second SIGTERM or Ctrl-C stops at once: in-flight steps are ended (their process groups
+/// signalled as when cancelled) and [`ServiceError::Forced`] is returned; their messages, and
+/// any a pending receive brings, come back after their visibility timeout.
 pub async fn serve(service: WorkerService) -> Result<WorkerStats, ServiceError> {
     let queue = service.queue().clone();
     queue.startup().await?;
     let stop = CancellationToken::new();
-    let signal_stop = stop.clone();
-    let signals = tokio::spawn(async move {
-        shutdown_signal().await;
-        tracing::info!("stopping: finishing in-flight steps within the grace period");
-        signal_stop.cancel();
+    let force = CancellationToken::new();
+    let signals = tokio::spawn({
+        let (stop, force) = (stop.clone(), force.clone());
+        async move {
+            shutdown_signal().await;
+            tracing::info!(
+                "stopping: finishing in-flight steps within the grace period (a second SIGTERM \
+                 or Ctrl-C stops at once)"
+            );
+            stop.cancel();
+            shutdown_signal().await;
+            tracing::warn!(
+                "stopping at once: in-flight steps are ended; their messages come back after \
+                 their visibility timeout"
+            );
+            force.cancel();
+        }
     });
-    let outcome = service.run(stop).await;
-    signals.abort();
-    if let Err(e) = queue.shutdown().await {
-        tracing::warn!(error = %e, "cannot shut the broker down cleanly");
+    let outcome = tokio::select! {
+        outcome = service.run(stop) => outcome,
+        _ = force.cancelled() => Err(ServiceError::Forced),
+    };
+    if !force.is_cancelled() {
+        tokio::select! {
+            shut = queue.shutdown() => if let Err(e) = shut {
+                tracing::warn!(error = %e, "cannot shut the broker down cleanly");
+            },
+            _ = force.cancelled() => {}
+        }
     }
-    outcome
+    signals.abort();
+    match outcome {
+        Ok(_) if force.is_cancelled() => Err(ServiceError::Forced),
+        other => other,
+    }
 }
 
 /// Resolves when SIGTERM or Ctrl-C arrives.
