@@ -14,6 +14,18 @@ use crate::common::cli::{run_configured, stdout, stepq_configured, text};
 use crate::common::localstack::*;
 use crate::tables::{table, JOBS};
 
+/// A `stepq` process SIGKILLed (and reaped) when dropped, so a failed test leaves none behind.
+struct KilledOnDrop(Option<Child>);
+
+impl Drop for KilledOnDrop {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.0.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
 fn with_jobs<'a>(args: &[&'a str]) -> Vec<&'a str> {
     let mut all = vec!["--jobs-file", "jobs.toml"];
     all.extend_from_slice(args);
@@ -62,7 +74,7 @@ async fn localstack_a_running_step_shows_running_on_its_worker() {
     let dir = config_dir(&ls, &queue);
     std::fs::write(dir.path().join("jobs.toml"), JOBS).unwrap();
     let worker = WorkerProcess::start_with(dir.path(), "w-prog", &["--jobs-file", "jobs.toml"]);
-    let child = spawn_run(dir.path(), "blocks", "running");
+    let mut child = KilledOnDrop(Some(spawn_run(dir.path(), "blocks", "running")));
     let words = wait_for_row(dir.path(), "running", "wait", "RUNNING");
     assert_eq!(
         words.last().map(String::as_str),
@@ -70,7 +82,7 @@ async fn localstack_a_running_step_shows_running_on_its_worker() {
         "{words:?}"
     );
     std::fs::write(dir.path().join("go"), "").unwrap();
-    let out = child.wait_with_output().unwrap();
+    let out = child.0.take().unwrap().wait_with_output().unwrap();
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
     assert_eq!(worker.stop(), Some(0));
     queue.delete().await;
@@ -84,11 +96,10 @@ async fn localstack_a_killed_fused_chain_resumes_rerunning_only_the_step_in_flig
     let dir = config_dir(&ls, &queue);
     std::fs::write(dir.path().join("jobs.toml"), JOBS).unwrap();
     let worker = WorkerProcess::start_with(dir.path(), "w-chain", &["--jobs-file", "jobs.toml"]);
-    let mut orchestrator = spawn_run(dir.path(), "long", "killed");
+    let orchestrator = KilledOnDrop(Some(spawn_run(dir.path(), "long", "killed")));
     // s0-s2 finished inside the fused task, s3 waits for `go`: recorded as they happened.
     wait_for_row(dir.path(), "killed", "s3", "RUNNING");
-    orchestrator.kill().unwrap();
-    let _ = orchestrator.wait();
+    drop(orchestrator); // SIGKILL
     let out = run_configured(dir.path(), &with_jobs(&["status", "killed"]));
     let rows = table(&stdout(&out));
     for step in ["s0", "s1", "s2"] {
@@ -100,15 +111,17 @@ async fn localstack_a_killed_fused_chain_resumes_rerunning_only_the_step_in_flig
     }
 
     // The resume stops the dead orchestrator's task on the worker before queueing its own.
-    let resume = stepq_configured(dir.path())
-        .args(with_jobs(&["resume", "killed", "--here", "--force"]))
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut resume = KilledOnDrop(Some(
+        stepq_configured(dir.path())
+            .args(with_jobs(&["resume", "killed", "--here", "--force"]))
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    ));
     worker.wait_for("step canceled", Duration::from_secs(60));
     std::fs::write(dir.path().join("go"), "").unwrap();
-    let out = resume.wait_with_output().unwrap();
+    let out = resume.0.take().unwrap().wait_with_output().unwrap();
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
     let calls = std::fs::read_to_string(dir.path().join("calls")).unwrap();
     let mut calls: Vec<&str> = calls.lines().collect();
