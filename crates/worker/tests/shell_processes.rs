@@ -19,10 +19,17 @@ use tokio_util::sync::CancellationToken;
 /// How long processes may take to go.
 const DEADLINE: Duration = Duration::from_secs(5);
 
-/// A command with two background children; it writes its group id (its pid: it leads its
-/// group) to `$DIR/pgid` once they run.
-const TWO_IN_BACKGROUND: &str =
-    r#"sleep 60 & sleep 60 & echo $$ > "$DIR/pgid.tmp"; mv "$DIR/pgid.tmp" "$DIR/pgid"; wait"#;
+/// Shell that writes the group id of the shell running it to `$DIR/pgid` (the fifth field of
+/// `/proc/$$/stat`: the command is a member of the step's group, not its leader, which is the
+/// supervising shell).
+macro_rules! write_pgid {
+    () => {
+        r#"cut -d " " -f 5 /proc/$$/stat > "$DIR/pgid.tmp"; mv "$DIR/pgid.tmp" "$DIR/pgid""#
+    };
+}
+/// A command with two background children; it writes its group id to `$DIR/pgid` once they
+/// run.
+const TWO_IN_BACKGROUND: &str = concat!("sleep 60 & sleep 60 & ", write_pgid!(), "; wait");
 
 /// `(state, pgrp)` of a process, from `/proc/PID/stat`.
 fn stat(pid: u32) -> Option<(char, u32)> {
@@ -70,6 +77,19 @@ async fn pid_in(dir: &Path, name: &str) -> u32 {
         .unwrap()
 }
 
+/// The step's group id the command wrote to `dir/pgid`, once the group has its supervisor and
+/// command alive (so a test cannot pass by watching a group that never existed).
+async fn group_in(dir: &Path) -> u32 {
+    let pgid = pid_in(dir, "pgid").await;
+    let members = live_members(pgid);
+    assert!(members.len() >= 2, "group {pgid}: {members:?}");
+    assert!(
+        members.contains(&pgid),
+        "the supervisor leads group {pgid}: {members:?}"
+    );
+    pgid
+}
+
 /// Waits until group `pgid` has no live process left.
 async fn group_gone(pgid: u32) {
     until(&format!("group {pgid} is gone"), || {
@@ -95,7 +115,7 @@ async fn cancel_takes_down_the_whole_group() {
     let token = CancellationToken::new();
     let ctx = ctx().with_cancellation(token.clone());
     let run = tokio::spawn(async move { op.run(&ctx, StepInputs::new()).await });
-    let pgid = pid_in(dir.path(), "pgid").await;
+    let pgid = group_in(dir.path()).await;
     assert!(live_members(pgid).len() >= 3, "{:?}", live_members(pgid));
     let asked = Instant::now();
     token.cancel();
@@ -118,7 +138,7 @@ async fn timeout_takes_down_the_whole_group() {
     let dir = tempfile::tempdir().unwrap();
     let op = script(dir.path(), TWO_IN_BACKGROUND).with_timeout(Duration::from_millis(500));
     let run = tokio::spawn(async move { op.run(&ctx(), StepInputs::new()).await });
-    let pgid = pid_in(dir.path(), "pgid").await;
+    let pgid = group_in(dir.path()).await;
     let e = run.await.unwrap().unwrap_err();
     assert_eq!(e.kind(), "timeout");
     assert_eq!(live_members(pgid), Vec::<u32>::new());
@@ -131,13 +151,13 @@ async fn a_command_ignoring_sigterm_is_killed_after_the_grace() {
     // `sleep` inherits the ignored SIGTERM.
     let op = script(
         dir.path(),
-        r#"trap "" TERM; echo $$ > "$DIR/pgid.tmp"; mv "$DIR/pgid.tmp" "$DIR/pgid"; sleep 60"#,
+        concat!(r#"trap "" TERM; "#, write_pgid!(), "; sleep 60"),
     )
     .with_kill_grace(grace);
     let token = CancellationToken::new();
     let ctx = ctx().with_cancellation(token.clone());
     let run = tokio::spawn(async move { op.run(&ctx, StepInputs::new()).await });
-    let pgid = pid_in(dir.path(), "pgid").await;
+    let pgid = group_in(dir.path()).await;
     let asked = Instant::now();
     token.cancel();
     let e = run.await.unwrap().unwrap_err();
@@ -156,12 +176,16 @@ async fn a_background_child_ignoring_sigterm_outlives_its_leader_only_for_the_gr
     // The leader dies of SIGTERM; its background child ignores it.
     let op = script(
         dir.path(),
-        r#"(trap "" TERM; exec sleep 60) & echo $! > "$DIR/bg"; echo $$ > "$DIR/pgid.tmp"; mv "$DIR/pgid.tmp" "$DIR/pgid"; wait"#,
+        concat!(
+            r#"(trap "" TERM; exec sleep 60) & echo $! > "$DIR/bg"; "#,
+            write_pgid!(),
+            "; wait"
+        ),
     )
     .with_timeout(Duration::from_millis(300))
     .with_kill_grace(grace);
     let run = tokio::spawn(async move { op.run(&ctx(), StepInputs::new()).await });
-    let pgid = pid_in(dir.path(), "pgid").await;
+    let pgid = group_in(dir.path()).await;
     let background = pid_in(dir.path(), "bg").await;
     assert!(is_alive(background));
     let e = run.await.unwrap().unwrap_err();
@@ -195,7 +219,7 @@ async fn dropping_the_op_takes_down_the_group() {
     let dir = tempfile::tempdir().unwrap();
     let op = script(dir.path(), TWO_IN_BACKGROUND);
     let run = tokio::spawn(async move { op.run(&ctx(), StepInputs::new()).await });
-    let pgid = pid_in(dir.path(), "pgid").await;
+    let pgid = group_in(dir.path()).await;
     assert!(!live_members(pgid).is_empty());
     run.abort();
     assert!(run.await.unwrap_err().is_cancelled());
@@ -207,11 +231,11 @@ async fn dropping_the_op_kills_what_ignores_sigterm_after_the_grace() {
     let dir = tempfile::tempdir().unwrap();
     let op = script(
         dir.path(),
-        r#"trap "" TERM; echo $$ > "$DIR/pgid.tmp"; mv "$DIR/pgid.tmp" "$DIR/pgid"; sleep 60"#,
+        concat!(r#"trap "" TERM; "#, write_pgid!(), "; sleep 60"),
     )
     .with_kill_grace(Duration::from_millis(200));
     let run = tokio::spawn(async move { op.run(&ctx(), StepInputs::new()).await });
-    let pgid = pid_in(dir.path(), "pgid").await;
+    let pgid = group_in(dir.path()).await;
     run.abort();
     let _ = run.await;
     group_gone(pgid).await;
@@ -235,7 +259,7 @@ async fn a_worker_stopping_past_its_grace_takes_down_its_steps_processes() {
     let config = WorkerConfig::named("w").with_grace_period(Duration::from_millis(100));
     let h = Harness::start(background_location(dir.path()), config).await;
     h.send(&args("run-1", "bg", &["wait"])).await;
-    let pgid = pid_in(dir.path(), "pgid").await;
+    let pgid = group_in(dir.path()).await;
     assert!(live_members(pgid).len() >= 3);
     h.stop.cancel();
     let stats = h.running.await.unwrap().unwrap();
@@ -251,7 +275,7 @@ async fn a_cancelled_step_on_a_worker_takes_down_its_processes() {
     let dir = tempfile::tempdir().unwrap();
     let h = Harness::start(background_location(dir.path()), WorkerConfig::named("w")).await;
     let task_id = h.send(&args("run-1", "bg", &["wait"])).await;
-    let pgid = pid_in(dir.path(), "pgid").await;
+    let pgid = group_in(dir.path()).await;
     assert!(h.cancel.cancel(&task_id));
     let reports = h.reports(&task_id).await;
     assert_eq!(reports[0].status, stepq_plan::StepStatus::Canceled);
@@ -264,13 +288,14 @@ async fn a_cancelled_step_on_a_worker_takes_down_its_processes() {
 const KILLED_WORKER_DIR: &str = "STEPQ_TEST_KILLED_WORKER_DIR";
 
 #[test]
-fn a_sigkilled_worker_takes_its_command_along() {
+fn a_sigkilled_worker_takes_its_command_and_its_children_along() {
+    const NAME: &str = "a_sigkilled_worker_takes_its_command_and_its_children_along";
     if let Some(dir) = std::env::var_os(KILLED_WORKER_DIR) {
         run_and_get_killed(Path::new(&dir));
     }
     let dir = tempfile::tempdir().unwrap();
     let status = Command::new(std::env::current_exe().unwrap())
-        .args(["--exact", "a_sigkilled_worker_takes_its_command_along"])
+        .args(["--exact", NAME])
         .args(["--nocapture", "--test-threads", "1"])
         .env(KILLED_WORKER_DIR, dir.path())
         .status()
@@ -281,27 +306,31 @@ fn a_sigkilled_worker_takes_its_command_along() {
         Some(9),
         "the helper killed itself: {status:?}"
     );
-    let pid: u32 = std::fs::read_to_string(dir.path().join("pid"))
-        .unwrap()
-        .trim()
-        .parse()
-        .unwrap();
+    let read = |name: &str| -> u32 {
+        std::fs::read_to_string(dir.path().join(name))
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap()
+    };
+    // The command, a child of it ignoring SIGTERM, and a plain child.
+    let pids = [read("pid"), read("stubborn"), read("plain")];
     let start = Instant::now();
-    while is_alive(pid) && start.elapsed() < DEADLINE {
+    while pids.iter().any(|&p| is_alive(p)) && start.elapsed() < DEADLINE {
         std::thread::sleep(Duration::from_millis(10));
     }
-    let alive = is_alive(pid);
-    if alive {
+    let alive: Vec<u32> = pids.into_iter().filter(|&p| is_alive(p)).collect();
+    for pid in &alive {
         let _ = Command::new("kill").arg("-9").arg(pid.to_string()).status();
     }
     assert!(
-        !alive,
-        "the step command {pid} outlived its SIGKILLed worker"
+        alive.is_empty(),
+        "step processes {alive:?} outlived their SIGKILLed worker"
     );
 }
 
-/// The helper's part: starts a step command (which `exec`s into a long `sleep`, so the direct
-/// child is the one that must die), then SIGKILLs itself.
+/// The helper's part: starts a step command with two background children (one ignoring
+/// SIGTERM), then SIGKILLs itself.
 fn run_and_get_killed(dir: &Path) -> ! {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -310,7 +339,11 @@ fn run_and_get_killed(dir: &Path) -> ! {
     runtime.block_on(async {
         let op = script(
             dir,
-            r#"echo $$ > "$DIR/pid.tmp"; mv "$DIR/pid.tmp" "$DIR/pid"; exec sleep 60"#,
+            concat!(
+                r#"(trap "" TERM; exec sleep 60) & echo $! > "$DIR/stubborn"; "#,
+                r#"sleep 60 & echo $! > "$DIR/plain"; "#,
+                r#"echo $$ > "$DIR/pid.tmp"; mv "$DIR/pid.tmp" "$DIR/pid"; wait"#
+            ),
         );
         let _running = tokio::spawn(async move { op.run(&ctx(), StepInputs::new()).await });
         pid_in(dir, "pid").await;

@@ -1,6 +1,8 @@
 //! A shell step's background processes do not outlive the step: `stepq run` of a TOML job on
 //! the embedded default, stopped by `stepq cancel` from a second process or by the step's
-//! `timeout_seconds`. Processes are observed in `/proc` (Linux only), polled up to a deadline.
+//! `timeout_seconds`; and on LocalStack, a `stepq worker start` process SIGKILLed while its
+//! step runs takes the step's children along (one of them ignoring SIGTERM). Processes are
+//! observed in `/proc` (Linux only), polled up to a deadline.
 #![cfg(target_os = "linux")]
 
 use std::path::Path;
@@ -18,6 +20,12 @@ key = "wait"
 argv = ["sh", "-c", 'sleep 60 & echo $! > bg.tmp; mv bg.tmp bg.pid; wait']
 working_dir = "."
 kill_grace_seconds = 1
+
+[jobs.stubborn]
+[[jobs.stubborn.steps]]
+key = "wait"
+argv = ["sh", "-c", '(trap "" TERM; exec sleep 60) & echo $! > st.tmp; mv st.tmp stubborn.pid; sleep 60 & echo $! > bg.tmp; mv bg.tmp bg.pid; wait']
+working_dir = "."
 
 [jobs.background_timeout]
 [[jobs.background_timeout.steps]]
@@ -144,4 +152,36 @@ fn a_timed_out_shell_step_leaves_no_background_process() {
         .parse()
         .unwrap();
     assert_gone(pid);
+}
+
+#[tokio::test]
+#[ignore = "localstack"]
+async fn localstack_a_sigkilled_workers_step_leaves_no_process() {
+    use crate::common::cli::stepq_configured;
+    use crate::common::localstack::{config_dir, localstack, TestQueue, WorkerProcess};
+
+    let ls = localstack();
+    let queue = TestQueue::create(&ls, false).await;
+    let dir = config_dir(&ls, &queue);
+    std::fs::write(dir.path().join("jobs.toml"), JOBS).unwrap();
+    let worker = WorkerProcess::start_with(dir.path(), "w-doomed", &["--jobs-file", "jobs.toml"]);
+    let mut orchestrator = stepq_configured(dir.path())
+        .args(["--jobs-file", "jobs.toml", "run", "stubborn"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let plain = background_pid(dir.path(), &mut orchestrator);
+    let stubborn: u32 = std::fs::read_to_string(dir.path().join("stubborn.pid"))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    assert!(is_alive(plain) && is_alive(stubborn));
+    worker.kill();
+    assert_gone(plain);
+    assert_gone(stubborn);
+    let _ = orchestrator.kill();
+    let _ = orchestrator.wait();
+    queue.delete().await;
 }

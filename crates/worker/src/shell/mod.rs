@@ -55,9 +55,10 @@
 //! future being dropped, the whole group gets SIGTERM, then SIGKILL after
 //! `kill_grace_seconds`; when the command exits, whatever it left running in its group
 //! (`cmd &` without `wait`) is stopped the same way before the step reports. On Linux the
-//! command also gets SIGKILL if its worker dies, even SIGKILLed (`PR_SET_PDEATHSIG`); that
-//! does not reach the command's own children (see `docs/cancellation.md`, "Step processes").
-//! A process that leaves the group (`setsid`, `setpgid`) is not followed.
+//! group also goes if its worker dies, even SIGKILLed: the command runs under a supervising
+//! `/bin/sh` whose parent-death signal makes it SIGKILL the whole group (see `supervisor.rs`
+//! and `docs/cancellation.md`, "Step processes"). A process that leaves the group (`setsid`,
+//! `setpgid`) is not followed.
 //!
 //! Every step has two outputs: `stdout` (the standard output, as text, unchanged) and
 //! `exit_code` (an integer). A failing command (other exit code, killed by a signal, timed out,
@@ -66,6 +67,7 @@
 mod jobs;
 mod op;
 mod process_group;
+mod supervisor;
 
 pub use jobs::{copy_location, shell_op_name, ShellJob, ShellJobs, TomlJobsError};
 pub use op::ShellOp;

@@ -10,9 +10,10 @@
 //!   hands the group to a task of its own that does the same, or, without a runtime to run it
 //!   on (or when that task is dropped in turn, as a runtime shutting down does), sends SIGKILL
 //!   to the group at once.
-//! - The worker dies (even SIGKILLed): on Linux the command gets SIGKILL from the kernel
-//!   (`PR_SET_PDEATHSIG`). Its own children are not covered by that (see
-//!   `docs/cancellation.md`, "Step processes").
+//! - The worker dies (even SIGKILLed): on Linux the group's leader gets a parent-death signal
+//!   from the kernel (`PR_SET_PDEATHSIG`): the supervising shell of `supervisor.rs` traps
+//!   SIGUSR1 and SIGKILLs the whole group; a command started without it gets SIGKILL, which
+//!   does not reach its own children (see `docs/cancellation.md`, "Step processes").
 //!
 //! Signalling a group by its id is safe from hitting an unrelated group while its leader is
 //! not reaped: a zombie keeps its pid, so the id cannot be reused. [`ProcessGroup::terminate`]
@@ -56,14 +57,17 @@ pub(super) struct ProcessGroup {
 }
 
 impl ProcessGroup {
-    /// Starts `cmd` as the leader of a new process group (and, on Linux, with SIGKILL as its
-    /// parent-death signal). `grace` is how long SIGTERM is given before SIGKILL.
-    pub(super) fn spawn(cmd: &mut Command, grace: Duration) -> io::Result<Self> {
+    /// Starts `cmd` as the leader of a new process group, on Linux with a parent-death
+    /// signal: SIGUSR1 for a `supervised` command (the supervising shell, which traps it),
+    /// else SIGKILL. `grace` is how long SIGTERM is given before SIGKILL.
+    pub(super) fn spawn(cmd: &mut Command, supervised: bool, grace: Duration) -> io::Result<Self> {
         cmd.kill_on_drop(true);
         #[cfg(unix)]
         cmd.process_group(0);
         #[cfg(target_os = "linux")]
-        linux::die_with_parent(cmd);
+        linux::die_with_parent(cmd, supervised);
+        #[cfg(not(target_os = "linux"))]
+        let _ = supervised;
         let child = cmd.spawn()?;
         let pgid = child
             .id()
@@ -218,8 +222,10 @@ pub(crate) mod linux {
 
     use tokio::process::Command;
 
-    /// Makes the command get SIGKILL when the thread that spawned it exits, and exit at once
-    /// if the worker is gone before that could be set.
+    /// Makes the command get SIGUSR1 (`supervised`: the supervising shell traps it) or
+    /// SIGKILL when the thread that spawned it exits, and exit at once if the worker is gone
+    /// before that could be set. The signal's disposition is reset to its default, so one the
+    /// worker ignores is not ignored by the shell (which could then not trap it).
     ///
     /// The signal fires when the spawning *thread* exits, not the process. `ShellOp` spawns on
     /// the task that runs the op (`tokio::process::Command::spawn` runs `fork`/`exec` right
@@ -227,24 +233,33 @@ pub(crate) mod linux {
     /// as the runtime, so in practice this is the worker's death. Do not move the spawn onto a
     /// blocking thread: those exit when idle, and would take the command with them.
     ///
-    /// Only the command itself is covered: the setting is cleared in its own children (`fork`
-    /// clears it), so `sh -c 'sleep 60 & wait'` leaves the `sleep` behind if the worker is
-    /// SIGKILLed. Cancel, timeout and a worker stopping normally take the whole group down.
+    /// Only the leader itself gets the signal (`fork` clears the setting in its children):
+    /// that is why a step's command runs under the supervising shell, which passes it on to
+    /// the whole group as SIGKILL.
     #[allow(unsafe_code)]
-    pub(super) fn die_with_parent(cmd: &mut Command) {
+    pub(super) fn die_with_parent(cmd: &mut Command, supervised: bool) {
         use nix::sys::prctl::set_pdeathsig;
-        use nix::sys::signal::Signal;
+        use nix::sys::signal::{signal, SigHandler, Signal};
         use nix::unistd::getppid;
 
         let parent = nix::unistd::getpid();
+        let death = if supervised {
+            Signal::SIGUSR1
+        } else {
+            Signal::SIGKILL
+        };
         // SAFETY: the hook runs in the forked child before `exec`, where only
-        // async-signal-safe calls are allowed. It makes two system calls, prctl(2) and
-        // getppid(2), both async-signal-safe, and builds its error with
-        // `io::Error::from_raw_os_error`, which does not allocate. It takes no lock and touches
-        // no state shared with other threads of the parent.
+        // async-signal-safe calls are allowed. It makes three system calls, sigaction(2) (via
+        // `signal`, setting the default disposition, no handler), prctl(2) and getppid(2), all
+        // async-signal-safe, and builds its error with `io::Error::from_raw_os_error`, which
+        // does not allocate. It takes no lock and touches no state shared with other threads
+        // of the parent.
         unsafe {
             cmd.pre_exec(move || {
-                set_pdeathsig(Signal::SIGKILL).map_err(std::io::Error::from)?;
+                if supervised {
+                    signal(death, SigHandler::SigDfl).map_err(std::io::Error::from)?;
+                }
+                set_pdeathsig(death).map_err(std::io::Error::from)?;
                 // The parent may have died before the prctl took effect: then the child was
                 // re-parented already and no signal will come. Fail the exec (the child exits).
                 if getppid() != parent {
