@@ -100,4 +100,10 @@ pub trait Broker: Send + Sync + 'static {
 
     /// Short name for logs, e.g. `memory`, `sqs`.
     fn kind(&self) -> &'static str;
+
+    /// Where this broker keeps dead letters, to list, redrive and purge them; `None` if it
+    /// has no dead-letter place.
+    fn dead_letters(&self) -> Option<Arc<dyn crate::dead_letter::DeadLetters>> {
+        None
+    }
 }

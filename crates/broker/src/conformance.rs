@@ -45,6 +45,9 @@ use crate::broker::{Broker, DeliveryStream};
 use crate::delivery::Delivery;
 use crate::message::TaskMessage;
 
+mod dead_letters;
+pub use dead_letters::check_dead_letter_moves_aside_and_redrive_brings_back;
+
 /// Makes brokers for the checks. The checks need no second handle on one queue, so unlike
 /// the run store factories there is no `reopen`.
 #[async_trait]
@@ -82,6 +85,7 @@ macro_rules! __broker_checks {
             check_extend_visibility_keeps_hidden,
             check_ack_is_final,
             check_stop_ends_the_stream,
+            check_dead_letter_moves_aside_and_redrive_brings_back,
         ] }
     };
 }

@@ -17,6 +17,13 @@ pub trait DeliveryHandle: Send + Sync + 'static {
     async fn nack(&self) -> Result<(), BrokerError>;
     /// Keep the message invisible for `by` more, counted from now (a heartbeat).
     async fn extend_visibility(&self, by: Duration) -> Result<(), BrokerError>;
+    /// Move the message to the broker's dead-letter place with `reason` (and the delivery's
+    /// `receive_count`), removing it from the queue. The default: the broker has none
+    /// ([`BrokerError::NoDeadLetters`]; the caller keeps the message or acks it knowingly).
+    async fn dead_letter(&self, reason: &str, receive_count: u32) -> Result<(), BrokerError> {
+        let _ = (reason, receive_count);
+        Err(BrokerError::NoDeadLetters)
+    }
 }
 
 /// One delivery of a message: the raw body (it may not even decode) and its handle.
@@ -73,5 +80,11 @@ impl Delivery {
     /// Keeps the message invisible for `by` more (heartbeat of a long task).
     pub async fn extend_visibility(&self, by: Duration) -> Result<(), BrokerError> {
         self.handle.extend_visibility(by).await
+    }
+
+    /// Moves the message to the broker's dead-letter place with `reason` (see
+    /// [`DeliveryHandle::dead_letter`]).
+    pub async fn dead_letter(&self, reason: &str) -> Result<(), BrokerError> {
+        self.handle.dead_letter(reason, self.receive_count).await
     }
 }

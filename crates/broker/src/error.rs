@@ -52,6 +52,9 @@ pub enum BrokerError {
     /// The broker was shut down.
     #[error("broker is closed")]
     Closed,
+    /// The broker has no dead-letter place (see [`crate::dead_letter`]).
+    #[error("this broker has no dead-letter place")]
+    NoDeadLetters,
 }
 
 impl BrokerError {

@@ -30,12 +30,14 @@
 #![warn(missing_docs)]
 
 pub mod broker;
+pub mod dead_letter;
 pub mod delivery;
 pub mod error;
 pub mod message;
 pub mod middleware;
 
 pub use broker::{Broker, DeliveryStream, Demand};
+pub use dead_letter::{DeadLetter, DeadLetters, DEFAULT_MAX_RECEIVE_COUNT};
 pub use delivery::{Delivery, DeliveryHandle};
 pub use error::{BrokerError, ErrorClass, ServiceError};
 pub use message::{TaskMessage, NO_REPLY_LABEL};

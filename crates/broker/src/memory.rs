@@ -20,6 +20,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::broker::{Broker, DeliveryStream};
+use crate::dead_letter::{DeadLetter, DeadLetters};
 use crate::delivery::{Delivery, DeliveryHandle};
 use crate::error::{BrokerError, ErrorClass, ServiceError};
 use crate::message::TaskMessage;
@@ -78,6 +79,10 @@ struct State {
     /// `(deadline, id, receipt)` of leases; entries whose lease changed since are skipped.
     deadlines: BinaryHeap<Reverse<(Instant, u64, u64)>>,
     in_flight: usize,
+    /// Dead-lettered messages, oldest first.
+    dead: VecDeque<DeadLetter>,
+    /// Dead letters so far (for their ids).
+    dead_count: u64,
 }
 
 impl State {
@@ -280,8 +285,54 @@ impl Broker for InMemoryBroker {
         Ok(stream.boxed())
     }
 
+    fn dead_letters(&self) -> Option<Arc<dyn DeadLetters>> {
+        Some(Arc::new(self.clone()))
+    }
+
     fn kind(&self) -> &'static str {
         "memory"
+    }
+}
+
+/// The broker's dead letters, in memory.
+#[async_trait]
+impl DeadLetters for InMemoryBroker {
+    async fn list(&self, limit: usize) -> Result<Vec<DeadLetter>, BrokerError> {
+        Ok(self
+            .shared
+            .lock()
+            .dead
+            .iter()
+            .take(limit)
+            .cloned()
+            .collect())
+    }
+
+    /// Moves them back as new messages (their receive count starts again).
+    async fn redrive(&self, ids: Option<&[String]>) -> Result<usize, BrokerError> {
+        let moved = {
+            let mut state = self.shared.lock();
+            let (back, kept): (Vec<DeadLetter>, Vec<DeadLetter>) = state
+                .dead
+                .drain(..)
+                .partition(|d| ids.is_none_or(|ids| ids.contains(&d.id)));
+            state.dead = kept.into();
+            for letter in &back {
+                state.push(letter.body.clone());
+            }
+            back.len()
+        };
+        if moved > 0 {
+            self.shared.changed.notify_waiters();
+        }
+        Ok(moved)
+    }
+
+    async fn purge(&self) -> Result<usize, BrokerError> {
+        let mut state = self.shared.lock();
+        let purged = state.dead.len();
+        state.dead.clear();
+        Ok(purged)
     }
 }
 
@@ -323,6 +374,33 @@ impl DeliveryHandle for MemoryHandle {
             state.in_flight -= 1;
         }
         self.shared.changed.notify_waiters();
+        Ok(())
+    }
+
+    /// Moves the message to the broker's dead letters (kept as long as the broker lives).
+    async fn dead_letter(&self, reason: &str, receive_count: u32) -> Result<(), BrokerError> {
+        let mut state = self.shared.lock();
+        if state.leased(self.id, self.receipt).is_none() {
+            tracing::debug!(
+                message = self.id,
+                "dead-lettering a stale delivery ignored: the message was acked, nacked or \
+                 redelivered"
+            );
+            return Ok(());
+        }
+        let stored = state
+            .messages
+            .remove(&self.id)
+            .expect("a leased message is stored");
+        state.in_flight -= 1;
+        state.dead_count += 1;
+        let id = format!("dl-{}", state.dead_count);
+        state.dead.push_back(DeadLetter {
+            id,
+            body: stored.body,
+            reason: reason.to_string(),
+            receive_count,
+        });
         Ok(())
     }
 

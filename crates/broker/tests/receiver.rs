@@ -30,6 +30,7 @@ fn config(concurrency: usize) -> ReceiverConfig {
         heartbeat_extension: Duration::from_secs(30),
         heartbeat_interval: Some(Duration::from_secs(10)),
         worker_name: "test-worker".into(),
+        ..ReceiverConfig::default()
     }
 }
 
@@ -116,7 +117,7 @@ async fn runs_typed_tasks_and_stores_labelled_results() {
 }
 
 #[tokio::test]
-async fn malformed_message_without_task_id_is_logged_acked_and_skipped() {
+async fn malformed_message_without_task_id_is_logged_dead_lettered_and_skipped() {
     let (queue, broker, _) = memory_queue(Duration::from_secs(30));
     let mut receiver = Receiver::new(queue.clone()).with_config(config(1));
     arithmetic(&mut receiver);
@@ -126,8 +127,19 @@ async fn malformed_message_without_task_id_is_logged_acked_and_skipped() {
     let handle = queue.task::<i64, i64>("double").kiq(&1).await.unwrap();
     assert_eq!(handle.wait_result(WAIT).await.unwrap(), 2);
     let stats = worker.stop().await;
-    assert_eq!((stats.succeeded, stats.failed), (1, 1));
+    assert_eq!(
+        (stats.succeeded, stats.failed, stats.dead_lettered),
+        (1, 1, 1)
+    );
     assert_empty(&broker);
+    let letters = broker.dead_letters().unwrap().list(10).await.unwrap();
+    assert_eq!(letters.len(), 1, "{letters:?}");
+    assert_eq!(&letters[0].body[..], b"this is not json");
+    assert!(
+        letters[0].reason.starts_with("MalformedMessage: "),
+        "{}",
+        letters[0].reason
+    );
 }
 
 #[tokio::test]
@@ -146,7 +158,67 @@ async fn malformed_message_with_a_task_id_gets_a_failed_result() {
         error.message
     );
     let stats = worker.stop().await;
-    assert_eq!(stats.failed, 1);
+    assert_eq!((stats.failed, stats.dead_lettered), (1, 1));
+    assert_empty(&broker);
+    let letters = broker.dead_letters().unwrap().list(10).await.unwrap();
+    assert!(letters[0].reason.contains("empty task_name"), "{letters:?}");
+}
+
+#[tokio::test]
+async fn a_message_delivered_too_often_is_dead_lettered_with_a_failed_result() {
+    let (queue, broker, results) = memory_queue(Duration::from_secs(30));
+    let handle = queue.task::<i64, i64>("double").kiq(&21).await.unwrap();
+    // Two deliveries that never finished (their worker died): taken and handed back.
+    let stop = CancellationToken::new();
+    let mut stream = broker.listen(stop.clone()).await.unwrap();
+    for _ in 0..2 {
+        let d = stream.next().await.unwrap().unwrap();
+        d.nack().await.unwrap();
+    }
+    stop.cancel();
+    drop(stream);
+    let capped = |receiver: Receiver| {
+        receiver.with_config(ReceiverConfig {
+            max_receive_count: Some(2),
+            ..config(1)
+        })
+    };
+    let mut receiver = capped(Receiver::new(queue.clone()));
+    arithmetic(&mut receiver);
+    let worker = Worker::start(receiver);
+    let stored = results.wait_result(handle.task_id(), WAIT).await.unwrap();
+    let error = stored.error.expect("a failed result");
+    assert_eq!(error.kind, kinds::DEAD_LETTERED);
+    assert!(
+        error
+            .message
+            .starts_with("dead-lettered after 3 deliveries")
+            && error.message.contains("max_receive_count (2)"),
+        "{}",
+        error.message
+    );
+    assert_eq!(stored.labels[WORKER_NAME_LABEL], "test-worker");
+    let stats = worker.stop().await;
+    assert_eq!(
+        (stats.succeeded, stats.failed, stats.dead_lettered),
+        (0, 1, 1)
+    );
+    assert_empty(&broker);
+    let letters = broker.dead_letters().unwrap();
+    let listed = letters.list(10).await.unwrap();
+    assert_eq!(listed.len(), 1);
+    assert_eq!(listed[0].receive_count, 3);
+    assert_eq!(listed[0].message().unwrap().task_id, handle.task_id());
+
+    // Redriven once the cause is fixed, it runs (its receive count starts again).
+    results.delete_result(handle.task_id()).await.unwrap();
+    assert_eq!(letters.redrive(None).await.unwrap(), 1);
+    assert!(letters.list(10).await.unwrap().is_empty());
+    let mut receiver = capped(Receiver::new(queue.clone()));
+    arithmetic(&mut receiver);
+    let worker = Worker::start(receiver);
+    assert_eq!(handle.wait_result(WAIT).await.unwrap(), 42);
+    assert_eq!(worker.stop().await.succeeded, 1);
     assert_empty(&broker);
 }
 

@@ -31,6 +31,7 @@ fn config() -> ReceiverConfig {
         heartbeat_extension: Duration::from_secs(30),
         heartbeat_interval: Some(Duration::from_secs(10)),
         worker_name: "gate-worker".into(),
+        ..ReceiverConfig::default()
     }
 }
 

@@ -166,6 +166,10 @@ impl<B: Broker> Broker for CancellableBroker<B> {
     fn kind(&self) -> &'static str {
         self.inner.kind()
     }
+
+    fn dead_letters(&self) -> Option<std::sync::Arc<dyn stepq_broker::dead_letter::DeadLetters>> {
+        self.inner.dead_letters()
+    }
 }
 
 #[cfg(test)]

@@ -68,6 +68,7 @@ use std::time::Duration;
 mod args;
 mod cancel;
 mod dispatch;
+mod dlq;
 mod failure;
 mod follow;
 mod gc;
@@ -83,8 +84,8 @@ mod timestamps;
 mod worker;
 
 pub use args::{
-    CancelArgs, Cli, Command, GcArgs, LaunchArgs, LogFormat, LogsArgs, ResumeArgs, RunArgs,
-    RunsArgs, WorkerCommand, WorkerStartArgs,
+    CancelArgs, Cli, Command, DlqCommand, GcArgs, LaunchArgs, LogFormat, LogsArgs, ResumeArgs,
+    RunArgs, RunsArgs, WorkerCommand, WorkerStartArgs,
 };
 pub use dispatch::{main, main_from, run};
 pub(crate) use table::simple_table;

@@ -66,6 +66,10 @@ failure_kinds! {
     MalformedMessage = "MalformedMessage",
     /// No handler is registered under the message's task name.
     UnknownTask = "UnknownTask",
+    /// The message was delivered more than the receiver's `max_receive_count` times without
+    /// its task finishing (its worker died or was stopped each time) and was moved to the
+    /// broker's dead-letter place instead of being run again.
+    DeadLettered = "DeadLettered",
     /// A task handler or an op panicked.
     Panic = "Panic" | "panic",
     /// A `pre_execute` middleware failed, so the handler did not run.
@@ -269,6 +273,7 @@ mod tests {
     const SPELLINGS: &[(FailureKind, &str)] = &[
         (FailureKind::MalformedMessage, "MalformedMessage"),
         (FailureKind::UnknownTask, "UnknownTask"),
+        (FailureKind::DeadLettered, "DeadLettered"),
         (FailureKind::Panic, "Panic"),
         (FailureKind::MiddlewareError, "MiddlewareError"),
         (FailureKind::InvalidArguments, "InvalidArguments"),

@@ -53,6 +53,9 @@ pub struct WorkerConfig {
     /// output is stored either way. Default [`DEFAULT_INLINE_OUTPUT_LIMIT`] (8 KiB); 0 turns
     /// copies off.
     pub inline_output_limit: usize,
+    /// Deliveries of one message without its task finishing after which it is dead-lettered
+    /// instead of run again ([`ReceiverConfig::max_receive_count`]; default 5, `None`: never).
+    pub max_receive_count: Option<u32>,
 }
 
 /// Default [`WorkerConfig::inline_output_limit`]: 8 KiB.
@@ -72,6 +75,7 @@ impl Default for WorkerConfig {
             heartbeat_extension: r.heartbeat_extension,
             heartbeat_interval: r.heartbeat_interval,
             inline_output_limit: DEFAULT_INLINE_OUTPUT_LIMIT,
+            max_receive_count: r.max_receive_count,
         }
         .with_visibility_timeout(DEFAULT_VISIBILITY_TIMEOUT)
     }
@@ -133,6 +137,7 @@ impl WorkerConfig {
             heartbeat_extension: self.heartbeat_extension,
             heartbeat_interval: self.heartbeat_interval,
             worker_name: self.name.clone(),
+            max_receive_count: self.max_receive_count,
         }
     }
 }

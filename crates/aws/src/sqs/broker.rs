@@ -48,6 +48,8 @@ pub(crate) struct Inner {
     pub settings: SendSettings,
     /// Background releases of stopped listeners (their last long poll and buffered messages).
     pub drains: Mutex<Vec<JoinHandle<()>>>,
+    /// The default dead-letter queue's URL, once it is known to exist.
+    pub dead_letter_queue: std::sync::OnceLock<String>,
 }
 
 impl Inner {
@@ -173,6 +175,7 @@ impl SqsBroker {
                 config,
                 settings,
                 drains: Mutex::new(Vec::new()),
+                dead_letter_queue: std::sync::OnceLock::new(),
             }),
         })
     }
@@ -324,6 +327,13 @@ impl Broker for SqsBroker {
 
     fn kind(&self) -> &'static str {
         "sqs"
+    }
+
+    /// The dead-letter queue (see [`dead_letters`](super::dead_letters)).
+    fn dead_letters(&self) -> Option<Arc<dyn stepq_broker::dead_letter::DeadLetters>> {
+        Some(Arc::new(super::dead_letters::SqsDeadLetters::new(
+            Arc::clone(&self.inner),
+        )))
     }
 }
 

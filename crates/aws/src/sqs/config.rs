@@ -75,6 +75,10 @@ pub struct SqsConfigSource {
     pub s3_extended_bucket_name: Option<String>,
     /// Bodies larger than this many bytes go to S3, 1 byte - 1 MiB (default 256 KiB).
     pub payload_size_threshold: usize,
+    /// Queue for messages that can never succeed (see [`stepq_broker::dead_letter`]); unset
+    /// means `<queue>-dlq` (`<name>-dlq.fifo` for a FIFO queue) beside the task queue,
+    /// created on the first dead letter.
+    pub dead_letter_queue_url: Option<String>,
 }
 
 impl Default for SqsConfigSource {
@@ -88,6 +92,7 @@ impl Default for SqsConfigSource {
             visibility_timeout: DEFAULT_VISIBILITY_TIMEOUT,
             s3_extended_bucket_name: None,
             payload_size_threshold: DEFAULT_PAYLOAD_SIZE_THRESHOLD,
+            dead_letter_queue_url: None,
         }
     }
 }
@@ -200,6 +205,21 @@ impl SqsConfig {
             check_url("endpoint_url", endpoint)?;
         }
         let c = &self.config_source;
+        if let Some(dlq) = &c.dead_letter_queue_url {
+            check_url("config_source.dead_letter_queue_url", dlq)?;
+            if dlq.trim_end_matches('/') == self.queue_url.trim_end_matches('/') {
+                return Err(config_error(
+                    "config_source.dead_letter_queue_url",
+                    "is the task queue itself: dead letters would be delivered again",
+                ));
+            }
+            if dlq.ends_with(".fifo") != self.is_fifo() {
+                return Err(config_error(
+                    "config_source.dead_letter_queue_url",
+                    "must be a FIFO queue exactly when the task queue is one",
+                ));
+            }
+        }
         check_range(
             "config_source.wait_time_seconds",
             c.wait_time_seconds.into(),

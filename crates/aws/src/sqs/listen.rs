@@ -15,6 +15,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::broker::Inner;
+use super::dead_letters::{self, RawMessage};
 use super::error::{all_failed, entry_outcomes, numbered_entries, sqs_error};
 use super::owned_queue;
 use super::payload::{S3Pointer, EXTENDED_MESSAGE_ATTRIBUTE};
@@ -36,6 +37,10 @@ struct Received {
     receive_count: u32,
     extended: bool,
     received_at: Instant,
+    /// SQS's message id (a dead letter's deduplication id on FIFO queues).
+    message_id: String,
+    /// The message group on a FIFO queue.
+    group_id: Option<String>,
 }
 
 /// Messages one receive asks for: the configured `max_number_of_messages`, but never more than
@@ -57,6 +62,7 @@ async fn receive(inner: Arc<Inner>, max: u32) -> Result<Vec<Received>, BrokerErr
         .wait_time_seconds(c.wait_time_seconds as i32)
         .visibility_timeout(c.visibility_timeout as i32)
         .message_system_attribute_names(MessageSystemAttributeName::ApproximateReceiveCount)
+        .message_system_attribute_names(MessageSystemAttributeName::MessageGroupId)
         .message_attribute_names(EXTENDED_MESSAGE_ATTRIBUTE)
         .send()
         .await
@@ -75,12 +81,18 @@ async fn receive(inner: Arc<Inner>, max: u32) -> Result<Vec<Received>, BrokerErr
             let extended = m
                 .message_attributes()
                 .is_some_and(|a| a.contains_key(EXTENDED_MESSAGE_ATTRIBUTE));
+            let group_id = m
+                .attributes()
+                .and_then(|a| a.get(&MessageSystemAttributeName::MessageGroupId))
+                .cloned();
             Some(Received {
                 receipt: m.receipt_handle?,
+                message_id: m.message_id.unwrap_or_default(),
                 body: m.body.unwrap_or_default(),
                 receive_count,
                 extended,
                 received_at,
+                group_id,
             })
         })
         .collect())
@@ -199,6 +211,9 @@ async fn delete_one(inner: &Inner, receipt: &str) -> Result<(), BrokerError> {
 struct SqsDelivery {
     inner: Arc<Inner>,
     receipt: String,
+    /// The message as it is on the queue (an extended payload's pointer, not its body), for
+    /// the dead-letter queue.
+    raw: RawMessage,
     /// The S3 object of an extended payload, deleted once the message is acked.
     pointer: Option<S3Pointer>,
     acks: mpsc::UnboundedSender<AckRequest>,
@@ -233,6 +248,13 @@ impl DeliveryHandle for SqsDelivery {
     async fn extend_visibility(&self, by: Duration) -> Result<(), BrokerError> {
         let seconds = by.as_secs_f64().ceil().clamp(0.0, 43_200.0) as i32;
         change_visibility(&self.inner, &self.receipt, seconds).await
+    }
+
+    /// Sends the message as it is (an extended payload's S3 object stays) to the dead-letter
+    /// queue, then deletes it from the task queue.
+    async fn dead_letter(&self, reason: &str, receive_count: u32) -> Result<(), BrokerError> {
+        dead_letters::move_to_dead_letters(&self.inner, &self.raw, reason, receive_count).await?;
+        delete_one(&self.inner, &self.receipt).await
     }
 }
 
@@ -386,6 +408,12 @@ impl Listener {
         let handle = SqsDelivery {
             inner: Arc::clone(&self.inner),
             receipt: message.receipt.clone(),
+            raw: RawMessage {
+                body: message.body.clone(),
+                extended: message.extended,
+                message_id: message.message_id.clone(),
+                group_id: message.group_id.clone(),
+            },
             pointer,
             acks: self.acks.clone(),
         };

@@ -16,6 +16,7 @@
 mod broker;
 pub mod cancel_channel;
 mod config;
+pub mod dead_letters;
 mod error;
 mod listen;
 pub mod owned_queue;

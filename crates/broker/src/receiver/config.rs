@@ -19,6 +19,13 @@ pub struct ReceiverConfig {
     pub heartbeat_interval: Option<Duration>,
     /// Name written into logs and results.
     pub worker_name: String,
+    /// A message delivered more often than this without its task finishing (its worker died
+    /// or was stopped each time) is not run again: it gets a failed result of kind
+    /// `DeadLettered` and moves to the broker's dead-letter place (see
+    /// [`dead_letter`](crate::dead_letter)). Graceful hand-backs (a worker stopping, excess
+    /// prefetch) count as deliveries on SQS. `None`: delivered forever. Default
+    /// [`DEFAULT_MAX_RECEIVE_COUNT`](crate::DEFAULT_MAX_RECEIVE_COUNT) (5).
+    pub max_receive_count: Option<u32>,
 }
 
 impl Default for ReceiverConfig {
@@ -33,6 +40,7 @@ impl Default for ReceiverConfig {
             heartbeat_extension: Duration::from_secs(10),
             heartbeat_interval: Some(Duration::from_secs(10) / 3),
             worker_name: default_worker_name(),
+            max_receive_count: Some(crate::DEFAULT_MAX_RECEIVE_COUNT),
         }
     }
 }

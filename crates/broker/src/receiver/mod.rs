@@ -43,6 +43,8 @@ pub mod kinds {
     pub const MALFORMED_MESSAGE: FailureKind = FailureKind::MalformedMessage;
     /// No handler is registered under the message's task name.
     pub const UNKNOWN_TASK: FailureKind = FailureKind::UnknownTask;
+    /// Delivered more than `max_receive_count` times without finishing: dead-lettered.
+    pub const DEAD_LETTERED: FailureKind = FailureKind::DeadLettered;
     /// The handler panicked.
     pub const PANIC: FailureKind = FailureKind::Panic;
     /// A `pre_execute` middleware failed, so the handler did not run.
@@ -56,8 +58,9 @@ pub mod kinds {
 }
 
 /// Runs registered tasks: decode, pre_execute, run, post_execute / on_error, save result,
-/// post_save, then ack. Malformed messages and unknown task names get a failed result (when a
-/// task id can be salvaged), are logged, and are acked; the receiver keeps going.
+/// post_save, then ack. Malformed messages, unknown task names and messages delivered more
+/// than `max_receive_count` times get a failed result (when a task id can be salvaged), are
+/// logged, and move to the broker's dead-letter place; the receiver keeps going.
 ///
 /// - A message is acked only once its result is saved. A result that cannot be saved (after
 ///   retrying temporary backend errors) is logged and the message nacked, so the task runs

@@ -45,6 +45,11 @@ pub(super) struct Shared {
 /// Handles one delivery from decoding to ack.
 pub(super) async fn process(shared: Arc<Shared>, delivery: Delivery, permit: OwnedSemaphorePermit) {
     let mut permit = Some(permit);
+    if let Some(max) = shared.config.max_receive_count {
+        if delivery.receive_count() > max {
+            return shared.dead_letter_overdelivered(delivery, max).await;
+        }
+    }
     let message = match delivery.message() {
         Ok(message) => message,
         Err(e) => return shared.reject_malformed(delivery, e).await,

@@ -19,6 +19,9 @@ pub struct ReceiverStats {
     pub hook_errors: u64,
     /// Acks that failed after the result was saved (the message will be delivered again).
     pub ack_errors: u64,
+    /// Messages moved to the broker's dead-letter place (delivered too often, malformed, or
+    /// naming no registered task).
+    pub dead_lettered: u64,
 }
 
 /// The running counts behind [`ReceiverStats`], shared by every delivery's task.
@@ -36,6 +39,8 @@ pub(super) struct Counters {
     pub(super) hook_errors: AtomicU64,
     /// See [`ReceiverStats::ack_errors`].
     pub(super) ack_errors: AtomicU64,
+    /// See [`ReceiverStats::dead_lettered`].
+    pub(super) dead_lettered: AtomicU64,
 }
 
 impl Counters {
@@ -53,6 +58,7 @@ impl Counters {
             unsaved: self.unsaved.load(Ordering::Relaxed),
             hook_errors: self.hook_errors.load(Ordering::Relaxed),
             ack_errors: self.ack_errors.load(Ordering::Relaxed),
+            dead_lettered: self.dead_lettered.load(Ordering::Relaxed),
         }
     }
 }
@@ -72,6 +78,7 @@ mod tests {
         bump(&counters.unsaved, 4);
         bump(&counters.hook_errors, 5);
         bump(&counters.ack_errors, 6);
+        bump(&counters.dead_lettered, 7);
         let expected = ReceiverStats {
             succeeded: 1,
             failed: 2,
@@ -79,6 +86,7 @@ mod tests {
             unsaved: 4,
             hook_errors: 5,
             ack_errors: 6,
+            dead_lettered: 7,
         };
         assert_eq!(counters.snapshot(), expected);
         assert_eq!(Counters::default().snapshot(), ReceiverStats::default());

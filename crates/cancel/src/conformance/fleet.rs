@@ -128,6 +128,7 @@ impl RunningWorker {
             heartbeat_extension: Duration::from_secs(30),
             heartbeat_interval: Some(Duration::from_secs(10)),
             worker_name: name.into(),
+            ..ReceiverConfig::default()
         });
         register_tasks(&mut receiver, name, tasks);
         let listener = CancelListener::new(

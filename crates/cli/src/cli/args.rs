@@ -77,6 +77,38 @@ pub enum Command {
     /// Run or inspect workers.
     #[command(subcommand)]
     Worker(WorkerCommand),
+    /// The task queue's dead letters: messages workers moved aside because they can never
+    /// succeed (delivered too often, malformed, naming no known task).
+    #[command(subcommand)]
+    Dlq(DlqCommand),
+}
+
+/// `stepq dlq ...`.
+#[derive(Debug, Subcommand)]
+pub enum DlqCommand {
+    /// List dead letters: id, deliveries, task and reason.
+    List {
+        /// Show at most this many.
+        #[arg(long, default_value_t = 100)]
+        limit: usize,
+        /// Print one JSON document (`{"dead_letters": [...]}`) instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Move dead letters back to the task queue, as they were (after fixing the cause).
+    Redrive {
+        /// Ids from `stepq dlq list`.
+        ids: Vec<String>,
+        /// Every dead letter.
+        #[arg(long, conflicts_with = "ids")]
+        all: bool,
+    },
+    /// Delete every dead letter for good.
+    Purge {
+        /// Confirm.
+        #[arg(long)]
+        yes: bool,
+    },
 }
 
 /// Arguments of `stepq launch`.

@@ -126,6 +126,7 @@ async fn dispatch(cli: Cli, base: CodeLocation) -> Result<u8, Failure> {
                     start_worker(&app, location, args).await
                 }
                 Command::Worker(WorkerCommand::List { json }) => list_workers(&app, json).await,
+                Command::Dlq(command) => super::dlq::dlq(&app, command).await,
             }
         }
     }

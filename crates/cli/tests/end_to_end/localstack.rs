@@ -295,3 +295,69 @@ async fn localstack_an_idle_worker_stops_at_once_on_a_second_sigterm() {
     worker.wait_for("stopping at once", Duration::from_secs(5));
     queue.delete().await;
 }
+
+/// A malformed message goes to the dead-letter queue (`<queue>-dlq`, created on the first
+/// one), where `stepq dlq list` shows it with its reason; `redrive --all` sends it back (the
+/// worker dead-letters it again) and `purge --yes` empties the queue.
+#[tokio::test]
+#[ignore = "localstack"]
+async fn localstack_dead_letters_are_listed_redriven_and_purged() {
+    let ls = localstack();
+    let queue = TestQueue::create(&ls, false).await;
+    let dir = config_dir(&ls, &queue);
+    let worker = WorkerProcess::start(dir.path(), "w-dlq");
+    let listed = |dir: &std::path::Path| -> serde_json::Value {
+        let out = run_configured(dir, &["dlq", "list", "--json"]);
+        assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+        serde_json::from_slice(&out.stdout).unwrap()
+    };
+    let out = run_configured(dir.path(), &["dlq", "list"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("no dead letters"));
+
+    queue.send_raw("poison: not a task message").await;
+    worker.wait_for("moved to the dead-letter place", Duration::from_secs(60));
+    let doc = listed(dir.path());
+    let letters = doc["dead_letters"].as_array().unwrap();
+    assert_eq!(letters.len(), 1, "{doc}");
+    assert_eq!(letters[0]["body"], "poison: not a task message");
+    assert!(
+        letters[0]["reason"]
+            .as_str()
+            .unwrap()
+            .starts_with("MalformedMessage: "),
+        "{doc}"
+    );
+    assert_eq!(letters[0]["receive_count"], 1);
+    assert!(letters[0]["task_id"].is_null());
+
+    let out = run_configured(dir.path(), &["dlq", "redrive", "--all"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stdout).starts_with("1 dead letter(s) moved back"),
+        "{}",
+        text(&out)
+    );
+    worker.wait_for("moved to the dead-letter place", Duration::from_secs(60));
+
+    let refused = run_configured(dir.path(), &["dlq", "purge"]);
+    assert_eq!(refused.status.code(), Some(2), "{}", text(&refused));
+    let out = run_configured(dir.path(), &["dlq", "purge", "--yes"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while !listed(dir.path())["dead_letters"]
+        .as_array()
+        .unwrap()
+        .is_empty()
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "purged letters still listed"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(worker.stop(), Some(0));
+    let dlq = format!("{}-dlq", queue.url);
+    let _ = queue.client.delete_queue().queue_url(dlq).send().await;
+    queue.delete().await;
+}

@@ -26,6 +26,10 @@ pub struct WorkerSettings {
     /// three of these old, so every process sharing the store should agree on it. Not the SQS
     /// visibility heartbeat, which follows the queue's visibility timeout.
     pub health_interval_seconds: f64,
+    /// Deliveries of one message without its task finishing (its worker died or was stopped
+    /// each time) after which the message is dead-lettered instead of run again (at least 1;
+    /// 0 turns the cap off). Default 5.
+    pub max_receive_count: u32,
 }
 
 impl Default for WorkerSettings {
@@ -36,6 +40,7 @@ impl Default for WorkerSettings {
             concurrency: None,
             grace_period_seconds: WorkerConfig::default().grace_period.as_secs_f64(),
             health_interval_seconds: DEFAULT_HEALTH_INTERVAL.as_secs_f64(),
+            max_receive_count: stepq_broker::DEFAULT_MAX_RECEIVE_COUNT,
         }
     }
 }
@@ -172,9 +177,10 @@ impl WorkerSettings {
     /// The worker config of a worker named `name` with these settings, checked by
     /// [`WorkerConfig::validate`].
     pub fn worker_config(&self, name: impl Into<String>) -> Result<WorkerConfig, WorkerError> {
-        let config = WorkerConfig::named(name)
+        let mut config = WorkerConfig::named(name)
             .with_concurrency(self.concurrency())
             .with_grace_period(self.grace_period()?);
+        config.max_receive_count = (self.max_receive_count > 0).then_some(self.max_receive_count);
         config.validate().map_err(|e| match e {
             WorkerError::Config { field, reason } => WorkerError::Config {
                 field: match field {

@@ -1,7 +1,8 @@
 //! How a delivery ends: its result is labelled, passed to the `on_error` / `post_execute`
 //! hooks, saved (retrying temporary backend errors) and the message acked, or nacked when the
-//! result cannot be saved or the task was cut off at shutdown. Malformed messages and unknown
-//! task names are rejected here with a failed result.
+//! result cannot be saved or the task was cut off at shutdown. Malformed messages, unknown
+//! task names and messages delivered too often are rejected here with a failed result and
+//! moved to the broker's dead-letter place.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -55,11 +56,73 @@ impl Shared {
         self.ack(delivery, &message.task_id).await;
     }
 
-    /// Saves a result of a message rejected before running, then acks.
+    /// Saves the failed result of a message rejected before running, then moves the message
+    /// to the dead-letter place, the result's error as the reason.
     async fn finish_rejected(&self, delivery: Delivery, task_id: &str, result: TaskResult) {
         if let Some(delivery) = self.save_or_nack(delivery, task_id, &result).await {
             Counters::bump(&self.stats.failed);
-            self.ack(delivery, task_id).await;
+            let reason = match &result.error {
+                Some(e) => format!("{}: {}", e.kind, e.message),
+                None => "rejected".to_string(),
+            };
+            self.move_to_dead_letters(delivery, task_id, &reason).await;
+        }
+    }
+
+    /// A message delivered more than `max` times: a failed result of kind `DeadLettered`
+    /// (so its orchestrator stops waiting), then the dead-letter place. A malformed one is
+    /// rejected as such.
+    pub(super) async fn dead_letter_overdelivered(&self, delivery: Delivery, max: u32) {
+        let count = delivery.receive_count();
+        let message = match delivery.message() {
+            Ok(message) => message,
+            Err(e) => return self.reject_malformed(delivery, e).await,
+        };
+        let text = format!(
+            "dead-lettered after {count} deliveries: task `{}` was delivered more than \
+             max_receive_count ({max}) times without finishing (its worker died or was stopped \
+             each time)",
+            message.task_name
+        );
+        tracing::error!(task_id = %message.task_id, receive_count = count, "{text}");
+        let mut result = TaskResult::err(kinds::DEAD_LETTERED, text, 0.0);
+        result.labels = self.result_labels(&message.labels);
+        self.finish_rejected(delivery, &message.task_id, result)
+            .await;
+    }
+
+    /// Moves a rejected message to the broker's dead-letter place. A broker without one gets
+    /// the message acked (its failed result is stored, and the error log says it was dropped);
+    /// a move that fails leaves the message to come back after its visibility timeout, when
+    /// the move is tried again.
+    async fn move_to_dead_letters(&self, delivery: Delivery, task_id: &str, reason: &str) {
+        match delivery.dead_letter(reason).await {
+            Ok(()) => {
+                Counters::bump(&self.stats.dead_lettered);
+                tracing::warn!(
+                    task_id,
+                    receive_count = delivery.receive_count(),
+                    reason,
+                    "message moved to the dead-letter place"
+                );
+            }
+            Err(BrokerError::NoDeadLetters) => {
+                tracing::error!(
+                    task_id,
+                    reason,
+                    "this broker has no dead-letter place: the message is dropped (its failed \
+                     result is stored where one could be)"
+                );
+                self.ack(delivery, task_id).await;
+            }
+            Err(e) => {
+                tracing::error!(
+                    task_id,
+                    error = %e,
+                    "could not move a rejected message to the dead-letter place; it comes back \
+                     after its visibility timeout and the move is tried again"
+                );
+            }
         }
     }
 
@@ -154,7 +217,8 @@ impl Shared {
     }
 
     /// Rejects a body that is not a task message: a failed result if a task id can be
-    /// salvaged from it, then ack; without a task id it is only logged and acked.
+    /// salvaged from it, then the dead-letter place; without a task id it is logged and
+    /// dead-lettered.
     pub(super) async fn reject_malformed(&self, delivery: Delivery, error: BrokerError) {
         let body = excerpt(delivery.body());
         match TaskMessage::salvage_task_id(delivery.body()) {
@@ -168,16 +232,17 @@ impl Shared {
                 tracing::error!(
                     %error,
                     %body,
-                    "dropping a malformed message: it has no task id to store a failed result under"
+                    "rejecting a malformed message: it has no task id to store a failed result under"
                 );
                 Counters::bump(&self.stats.failed);
-                self.ack(delivery, "<none>").await;
+                let reason = format!("{}: {error}", kinds::MALFORMED_MESSAGE);
+                self.move_to_dead_letters(delivery, "<none>", &reason).await;
             }
         }
     }
 
     /// Rejects a message no handler is registered for: a failed result naming the known
-    /// tasks, then ack.
+    /// tasks, then the dead-letter place (redrive it once a worker knows the task).
     pub(super) async fn reject_unknown(&self, delivery: Delivery, message: TaskMessage) {
         let known = if self.known.is_empty() {
             "none".to_string()
