@@ -55,8 +55,8 @@
 //! future being dropped, the whole group gets SIGTERM, then SIGKILL after
 //! `kill_grace_seconds`; when the command exits, whatever it left running in its group
 //! (`cmd &` without `wait`) is stopped the same way before the step reports. On Linux the
-//! group also goes if its worker dies, even SIGKILLed: the command runs under a supervising
-//! `/bin/sh` whose parent-death signal makes it SIGKILL the whole group (see `supervisor.rs`
+//! group also goes if its worker dies, even SIGKILLed: the command runs under a supervisor
+//! process whose parent-death signal makes it SIGKILL the whole group (see `supervisor.rs`
 //! and `docs/cancellation.md`, "Step processes"). A process that leaves the group (`setsid`,
 //! `setpgid`) is not followed.
 //!
@@ -67,6 +67,7 @@
 mod jobs;
 mod op;
 mod process_group;
+#[cfg(target_os = "linux")]
 mod supervisor;
 
 pub use jobs::{copy_location, shell_op_name, ShellJob, ShellJobs, TomlJobsError};

@@ -9,7 +9,6 @@ use async_trait::async_trait;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use super::process_group::ProcessGroup;
-use super::supervisor::{step_command, StepCommand};
 use super::{
     DEFAULT_KILL_GRACE, EXIT_CODE_OUTPUT, INPUT_ENV_PREFIX, STDERR_TAIL_BYTES, STDOUT_OUTPUT,
 };
@@ -139,22 +138,9 @@ fn stderr_tail(stderr: &[u8]) -> String {
 #[async_trait]
 impl Op for ShellOp {
     async fn run(&self, ctx: &OpContext, inputs: StepInputs) -> Result<StepOutputs, OpError> {
-        let spawn_error = |e: std::io::Error| {
-            OpError::from(e)
-                .context(format!("cannot start `{}`", self.program()))
-                .with_kind("spawn_error")
-        };
-        let StepCommand {
-            command: mut cmd,
-            supervised,
-        } = step_command(
-            self.program(),
-            &self.argv[1..],
-            self.env.get("PATH").map(std::ffi::OsStr::new),
-            self.working_dir.as_deref(),
-        )
-        .map_err(spawn_error)?;
-        cmd.envs(&self.env)
+        let mut cmd = tokio::process::Command::new(self.program());
+        cmd.args(&self.argv[1..])
+            .envs(&self.env)
             .env("STEPQ_RUN_ID", ctx.run_id())
             .env("STEPQ_JOB_NAME", ctx.job_name())
             .env("STEPQ_STEP_KEY", ctx.step_key())
@@ -187,8 +173,11 @@ impl Op for ShellOp {
         } else {
             Stdio::null()
         });
-        let mut group =
-            ProcessGroup::spawn(&mut cmd, supervised, self.kill_grace).map_err(spawn_error)?;
+        let mut group = ProcessGroup::spawn(&mut cmd, self.kill_grace).map_err(|e| {
+            OpError::from(e)
+                .context(format!("cannot start `{}`", self.program()))
+                .with_kind("spawn_error")
+        })?;
         let child = group.child_mut();
         if let (Some(text), Some(mut stdin)) = (stdin_text, child.stdin.take()) {
             // Written concurrently with reading the output, so a command that writes before it

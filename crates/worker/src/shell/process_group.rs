@@ -10,10 +10,9 @@
 //!   hands the group to a task of its own that does the same, or, without a runtime to run it
 //!   on (or when that task is dropped in turn, as a runtime shutting down does), sends SIGKILL
 //!   to the group at once.
-//! - The worker dies (even SIGKILLed): on Linux the group's leader gets a parent-death signal
-//!   from the kernel (`PR_SET_PDEATHSIG`): the supervising shell of `supervisor.rs` traps
-//!   SIGUSR1 and SIGKILLs the whole group; a command started without it gets SIGKILL, which
-//!   does not reach its own children (see `docs/cancellation.md`, "Step processes").
+//! - The worker dies (even SIGKILLed): on Linux the group's leader is a supervisor process
+//!   whose parent-death signal (`PR_SET_PDEATHSIG`) makes it SIGKILL the whole group
+//!   (`supervisor.rs`; see `docs/cancellation.md`, "Step processes").
 //!
 //! Signalling a group by its id is safe from hitting an unrelated group while its leader is
 //! not reaped: a zombie keeps its pid, so the id cannot be reused. [`ProcessGroup::terminate`]
@@ -57,17 +56,15 @@ pub(super) struct ProcessGroup {
 }
 
 impl ProcessGroup {
-    /// Starts `cmd` as the leader of a new process group, on Linux with a parent-death
-    /// signal: SIGUSR1 for a `supervised` command (the supervising shell, which traps it),
-    /// else SIGKILL. `grace` is how long SIGTERM is given before SIGKILL.
-    pub(super) fn spawn(cmd: &mut Command, supervised: bool, grace: Duration) -> io::Result<Self> {
+    /// Starts `cmd` as a new process group, on Linux under a supervisor that leads it and
+    /// SIGKILLs the whole group if the worker dies (`supervisor.rs`). `grace` is how long
+    /// SIGTERM is given before SIGKILL.
+    pub(super) fn spawn(cmd: &mut Command, grace: Duration) -> io::Result<Self> {
         cmd.kill_on_drop(true);
         #[cfg(unix)]
         cmd.process_group(0);
         #[cfg(target_os = "linux")]
-        linux::die_with_parent(cmd, supervised);
-        #[cfg(not(target_os = "linux"))]
-        let _ = supervised;
+        super::supervisor::supervise(cmd);
         let child = cmd.spawn()?;
         let pgid = child
             .id()
@@ -218,57 +215,7 @@ fn has_live_members(_pgid: u32) -> bool {
 
 #[cfg(target_os = "linux")]
 pub(crate) mod linux {
-    //! Linux only: the parent-death signal and reading process groups from `/proc`.
-
-    use tokio::process::Command;
-
-    /// Makes the command get SIGUSR1 (`supervised`: the supervising shell traps it) or
-    /// SIGKILL when the thread that spawned it exits, and exit at once if the worker is gone
-    /// before that could be set. The signal's disposition is reset to its default, so one the
-    /// worker ignores is not ignored by the shell (which could then not trap it).
-    ///
-    /// The signal fires when the spawning *thread* exits, not the process. `ShellOp` spawns on
-    /// the task that runs the op (`tokio::process::Command::spawn` runs `fork`/`exec` right
-    /// there, not on a `spawn_blocking` thread), and the runtime's worker threads live as long
-    /// as the runtime, so in practice this is the worker's death. Do not move the spawn onto a
-    /// blocking thread: those exit when idle, and would take the command with them.
-    ///
-    /// Only the leader itself gets the signal (`fork` clears the setting in its children):
-    /// that is why a step's command runs under the supervising shell, which passes it on to
-    /// the whole group as SIGKILL.
-    #[allow(unsafe_code)]
-    pub(super) fn die_with_parent(cmd: &mut Command, supervised: bool) {
-        use nix::sys::prctl::set_pdeathsig;
-        use nix::sys::signal::{signal, SigHandler, Signal};
-        use nix::unistd::getppid;
-
-        let parent = nix::unistd::getpid();
-        let death = if supervised {
-            Signal::SIGUSR1
-        } else {
-            Signal::SIGKILL
-        };
-        // SAFETY: the hook runs in the forked child before `exec`, where only
-        // async-signal-safe calls are allowed. It makes three system calls, sigaction(2) (via
-        // `signal`, setting the default disposition, no handler), prctl(2) and getppid(2), all
-        // async-signal-safe, and builds its error with `io::Error::from_raw_os_error`, which
-        // does not allocate. It takes no lock and touches no state shared with other threads
-        // of the parent.
-        unsafe {
-            cmd.pre_exec(move || {
-                if supervised {
-                    signal(death, SigHandler::SigDfl).map_err(std::io::Error::from)?;
-                }
-                set_pdeathsig(death).map_err(std::io::Error::from)?;
-                // The parent may have died before the prctl took effect: then the child was
-                // re-parented already and no signal will come. Fail the exec (the child exits).
-                if getppid() != parent {
-                    return Err(std::io::Error::from_raw_os_error(nix::libc::ESRCH));
-                }
-                Ok(())
-            });
-        }
-    }
+    //! Linux only: reading process groups from `/proc`.
 
     /// The pids of the live (not zombie) processes of group `pgid`, read from `/proc`.
     pub(crate) fn live_members(pgid: u32) -> Vec<u32> {

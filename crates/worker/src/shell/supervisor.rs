@@ -1,211 +1,264 @@
-//! How a shell step's command is started: on Linux, under a supervising `/bin/sh` that takes
-//! the step's whole process group down when its worker dies, even SIGKILLed.
+//! Linux only: a shell step's command runs under a supervisor process that takes the step's
+//! whole process group down when its worker dies, even SIGKILLed.
 //!
 //! The kernel's parent-death signal (`PR_SET_PDEATHSIG`) reaches only the worker's direct
 //! child, and SIGKILL cannot be acted upon, so with the command as that child a SIGKILLed
 //! worker took the command along but left the command's own children (`sh -c 'sleep 60 &
-//! wait'`) running. So the direct child is a small shell, leader of the step's process group,
-//! whose parent-death signal is SIGUSR1 and which traps it by sending SIGKILL to its whole
-//! group; it runs the command in the background of that group (standard input passed on),
-//! waits for it and ends as the command did: with its exit code, or killed by the same signal
-//! when a terminating signal killed it. Everything else about the group (SIGTERM, grace,
-//! SIGKILL on cancel, timeout and drop; leftovers taken down when the command exits) is as
-//! before, since the supervisor is a member of it that dies on SIGTERM.
+//! wait'`) running. So the child the worker spawns forks once more, before `exec`:
 //!
-//! Without `/bin/sh` (a distroless image) the command is started directly, as on other
-//! systems, with SIGKILL as its parent-death signal; a warning says once that its children
-//! are then not covered. The program is looked up in `PATH` before the shell is started, so a
-//! missing program is still a spawn error naming it rather than a `not found` exit of 127.
+//! - The **command** (the new process) goes on to `exec` as usual, with its signal
+//!   dispositions as std leaves them (nothing ignored), SIGKILL as its own parent-death signal,
+//!   and its exec errors reported to the worker's `spawn` as before.
+//! - The **supervisor** (the worker's child, leader of the step's group) never `exec`s: it
+//!   closes every file descriptor (so the worker's `spawn` and the step's pipes see no extra
+//!   holder), ignores the signals meant for the command (SIGTERM, SIGINT, SIGQUIT, SIGHUP and
+//!   the like, which cancel and timeout send to the whole group), waits for the command and
+//!   ends as it did: its exit code, or the same signal re-raised (core dumps off). Its
+//!   parent-death signal is SIGUSR1, whose handler sends SIGKILL to the whole group once the
+//!   worker is really gone (a SIGUSR1 from anyone else is ignored).
+//!
+//! Everything else about the group (SIGTERM, grace, SIGKILL on cancel, timeout and drop;
+//! leftovers taken down when the command exits) is unchanged: the supervisor is one more
+//! member, which SIGKILL ends. What users see differently: the command is not the group's
+//! leader (`$$` of a shell command is not the group id, so `kill -- -$$` finds no group, and a
+//! direct `setsid()` succeeds and leaves the group).
+//!
+//! Only async-signal-safe system calls run between `fork` and `exec` (and in the supervisor,
+//! which is a fork of a multi-threaded process): `prctl`, `getpid`, `getppid`, `clone` (the
+//! raw system call, so no `pthread_atfork` handlers run), `sigaction`, `sigprocmask`,
+//! `close_range` / `close`, `waitpid`, `setrlimit`, `kill`, `_exit`; no allocation, no lock.
+//! That is why this module allows `unsafe` (the crate denies it elsewhere): each block says
+//! what it relies on.
+#![allow(unsafe_code)]
 
-use std::ffi::OsStr;
-#[cfg(target_os = "linux")]
-use std::ffi::OsString;
 use std::io;
-use std::path::Path;
-#[cfg(target_os = "linux")]
-use std::path::PathBuf;
+use std::sync::atomic::{AtomicI32, Ordering};
 
+use nix::libc;
 use tokio::process::Command;
 
-/// The supervising shell (run as `sh -c SCRIPT stepq-step PROGRAM ARGS...`).
-///
-/// The trap comes first: a SIGUSR1 before it ends the shell before the command started. A
-/// command killed by a terminating signal whose default does not stop the shell (SIGSTOP,
-/// SIGTSTP ... are not listed) is re-raised on the shell, core dumps off, so the worker sees
-/// the signal; a command exiting with such a status by itself is reported as killed by it.
-pub(super) const SCRIPT: &str = r#"trap 'kill -s KILL 0' USR1
-exec 3<&0
-"$@" <&3 3<&- &
-wait "$!"
-s=$?
-case $s in
-129|130|131|132|133|134|135|136|137|139|140|141|142|143)
-  trap - USR1; ulimit -c 0 2>/dev/null; kill -$((s - 128)) $$ ;;
-esac
-exit "$s"
-"#;
+/// The worker's pid, for the supervisor's SIGUSR1 handler (set in the supervisor only).
+static WORKER: AtomicI32 = AtomicI32::new(0);
 
-/// The shell that supervises.
-const SHELL: &str = "/bin/sh";
-
-/// A step command ready for its options (arguments, environment, pipes) to be set on it.
-pub(super) struct StepCommand {
-    /// The command to spawn: the supervisor, or the program itself.
-    pub(super) command: Command,
-    /// Whether [`command`](Self::command) is the supervising shell (its parent-death signal
-    /// is then SIGUSR1, which it traps; else SIGKILL).
-    pub(super) supervised: bool,
-}
-
-/// The command that runs `program` with `args`: supervised on Linux when `/bin/sh` exists.
-/// `path` is the command's own `PATH` if it sets one, `dir` its working directory.
-pub(super) fn step_command(
-    program: &str,
-    args: &[String],
-    path: Option<&OsStr>,
-    dir: Option<&Path>,
-) -> io::Result<StepCommand> {
-    #[cfg(target_os = "linux")]
-    if Path::new(SHELL).is_file() {
-        find_program(program, path, dir)?;
-        let mut command = Command::new(SHELL);
-        command
-            .arg("-c")
-            .arg(SCRIPT)
-            .arg("stepq-step")
-            .arg(program)
-            .args(args);
-        return Ok(StepCommand {
-            command,
-            supervised: true,
-        });
-    }
-    #[cfg(not(target_os = "linux"))]
-    let _ = (path, dir);
-    #[cfg(target_os = "linux")]
-    {
-        static WARNED: std::sync::Once = std::sync::Once::new();
-        WARNED.call_once(|| {
-            tracing::warn!(
-                "no {SHELL}: shell steps run unsupervised, so the children of a step's \
-                 command outlive a SIGKILLed worker (see docs/cancellation.md)"
-            )
-        });
-    }
-    let mut command = Command::new(program);
-    command.args(args);
-    Ok(StepCommand {
-        command,
-        supervised: false,
-    })
-}
-
-#[cfg(target_os = "linux")]
-/// Checks that `program` is an executable file, as `exec` would find it: a path with a `/`
-/// (relative to `dir`), else the first match in `path` (else this process's `PATH`).
-fn find_program(program: &str, path: Option<&OsStr>, dir: Option<&Path>) -> io::Result<()> {
-    let here = dir.unwrap_or(Path::new("."));
-    if program.contains('/') {
-        return check_executable(&here.join(program));
-    }
-    let search: OsString = path
-        .map(OsString::from)
-        .or_else(|| std::env::var_os("PATH"))
-        .unwrap_or_else(|| "/usr/local/bin:/usr/bin:/bin".into());
-    let mut found_unexecutable = None;
-    for entry in std::env::split_paths(&search) {
-        let candidate = if entry.as_os_str().is_empty() {
-            here.join(program)
-        } else {
-            entry.join(program)
-        };
-        match check_executable(&candidate) {
-            Ok(()) => return Ok(()),
-            Err(e) if e.kind() == io::ErrorKind::PermissionDenied => {
-                found_unexecutable.get_or_insert(e);
-            }
-            Err(_) => {}
+/// The supervisor's SIGUSR1 handler: if the worker is gone (the signal is its parent-death
+/// signal), SIGKILL to the whole group.
+extern "C" fn on_worker_death(_: libc::c_int) {
+    // SAFETY: getppid(2) and kill(2) are async-signal-safe and take no pointer.
+    unsafe {
+        if libc::getppid() != WORKER.load(Ordering::Relaxed) {
+            libc::kill(0, libc::SIGKILL);
         }
     }
-    Err(found_unexecutable.unwrap_or_else(|| {
-        io::Error::new(
-            io::ErrorKind::NotFound,
-            format!("no executable `{program}` in PATH"),
-        )
-    }))
 }
 
-#[cfg(target_os = "linux")]
-/// `Ok` if `file` is a regular file with an execute bit.
-fn check_executable(file: &PathBuf) -> io::Result<()> {
-    use std::os::unix::fs::PermissionsExt;
-    let meta = std::fs::metadata(file)
-        .map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", file.display())))?;
-    if meta.is_file() && meta.permissions().mode() & 0o111 != 0 {
-        Ok(())
-    } else {
-        Err(io::Error::new(
-            io::ErrorKind::PermissionDenied,
-            format!("{} is not an executable file", file.display()),
-        ))
+/// The last OS error, without allocating.
+fn last_error() -> io::Error {
+    // SAFETY: reads this thread's errno.
+    io::Error::from_raw_os_error(unsafe { *libc::__errno_location() })
+}
+
+/// Makes `cmd` start under a supervisor (see the [module docs](self)). `cmd` must lead a new
+/// process group (`process_group(0)`).
+pub(super) fn supervise(cmd: &mut Command) {
+    let worker = std::process::id() as libc::pid_t;
+    // SAFETY: the hook runs in the child std forked, before `exec`, where only
+    // async-signal-safe calls are allowed: it makes only the system calls listed in the
+    // module docs, takes no lock, allocates nothing (errors are built from raw OS codes), and
+    // touches no state shared with the parent's other threads. The supervisor branch never
+    // returns from it (it ends with `_exit`), so std's code after the hook runs only in the
+    // command.
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::prctl(
+                libc::PR_SET_PDEATHSIG,
+                libc::SIGUSR1 as libc::c_ulong,
+                0,
+                0,
+                0,
+            ) != 0
+            {
+                return Err(last_error());
+            }
+            // The worker may have died before the prctl took effect: no signal would come.
+            if libc::getppid() != worker {
+                return Err(io::Error::from_raw_os_error(libc::ESRCH));
+            }
+            let supervisor = libc::getpid();
+            // A plain fork without the atfork handlers glibc's fork() would run.
+            let command = libc::syscall(libc::SYS_clone, libc::SIGCHLD as libc::c_long, 0, 0, 0, 0);
+            if command < 0 {
+                return Err(last_error());
+            }
+            if command == 0 {
+                // The command: dies with its supervisor, then goes on to exec.
+                if libc::prctl(
+                    libc::PR_SET_PDEATHSIG,
+                    libc::SIGKILL as libc::c_ulong,
+                    0,
+                    0,
+                    0,
+                ) != 0
+                {
+                    return Err(last_error());
+                }
+                if libc::getppid() != supervisor {
+                    return Err(io::Error::from_raw_os_error(libc::ESRCH));
+                }
+                return Ok(());
+            }
+            run_supervisor(worker, command as libc::pid_t)
+        });
     }
 }
 
-#[cfg(all(test, target_os = "linux"))]
+/// The supervisor's life: see the [module docs](self). Never returns.
+///
+/// # Safety
+/// Only in the supervisor, the child std forked, before anything else runs there.
+unsafe fn run_supervisor(worker: libc::pid_t, command: libc::pid_t) -> ! {
+    WORKER.store(worker, Ordering::Relaxed);
+    for sig in [
+        libc::SIGTERM,
+        libc::SIGINT,
+        libc::SIGQUIT,
+        libc::SIGHUP,
+        libc::SIGPIPE,
+        libc::SIGALRM,
+        libc::SIGUSR2,
+        libc::SIGTSTP,
+        libc::SIGTTIN,
+        libc::SIGTTOU,
+    ] {
+        libc::signal(sig, libc::SIG_IGN);
+    }
+    let mut action: libc::sigaction = std::mem::zeroed();
+    action.sa_sigaction = on_worker_death as *const () as libc::sighandler_t;
+    libc::sigemptyset(&mut action.sa_mask);
+    libc::sigaction(libc::SIGUSR1, &action, std::ptr::null_mut());
+    if libc::getppid() != worker {
+        libc::kill(0, libc::SIGKILL);
+    }
+    // Nothing held open: std's exec-error pipe (the worker's spawn reads it to its end) and
+    // the step's standard streams are the command's alone.
+    if libc::syscall(libc::SYS_close_range, 0, libc::c_uint::MAX, 0) != 0 {
+        for fd in 0..1024 {
+            libc::close(fd);
+        }
+    }
+    let mut status: libc::c_int = 0;
+    loop {
+        let waited = libc::waitpid(command, &mut status, 0);
+        if waited == command {
+            break;
+        }
+        if waited < 0 && *libc::__errno_location() != libc::EINTR {
+            libc::_exit(127);
+        }
+    }
+    if libc::WIFEXITED(status) {
+        libc::_exit(libc::WEXITSTATUS(status));
+    }
+    if libc::WIFSIGNALED(status) {
+        let sig = libc::WTERMSIG(status);
+        let no_core = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        libc::setrlimit(libc::RLIMIT_CORE, &no_core);
+        libc::signal(sig, libc::SIG_DFL);
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::sigaddset(&mut set, sig);
+        libc::sigprocmask(libc::SIG_UNBLOCK, &set, std::ptr::null_mut());
+        libc::kill(libc::getpid(), sig);
+        libc::_exit(128 + sig);
+    }
+    libc::_exit(127)
+}
+
+#[cfg(test)]
 mod tests {
+    use std::os::unix::process::ExitStatusExt;
+    use std::process::Stdio;
+
+    use tokio::io::AsyncWriteExt;
+
     use super::*;
 
-    #[test]
-    fn programs_are_found_as_exec_would() {
-        assert!(find_program("sh", None, None).is_ok());
-        assert!(find_program("/bin/sh", None, None).is_ok());
-        let missing = find_program("no-such-program-here", None, None).unwrap_err();
-        assert_eq!(missing.kind(), io::ErrorKind::NotFound);
-        assert!(
-            missing.to_string().contains("no-such-program-here"),
-            "{missing}"
-        );
-        // The command's own PATH is the one searched.
-        let nowhere = find_program("sh", Some(OsStr::new("/nonexistent")), None).unwrap_err();
-        assert_eq!(nowhere.kind(), io::ErrorKind::NotFound);
-        // A relative path is taken from the working directory.
-        let dir = tempfile::tempdir().unwrap();
-        std::fs::write(dir.path().join("data.txt"), "x").unwrap();
-        let e = find_program("./data.txt", None, Some(dir.path())).unwrap_err();
-        assert_eq!(e.kind(), io::ErrorKind::PermissionDenied, "{e}");
-        assert!(find_program("./absent", None, Some(dir.path())).is_err());
+    async fn run(script: &str, input: &'static str) -> std::process::Output {
+        let mut command = Command::new("sh");
+        command.arg("-c").arg(script).process_group(0);
+        supervise(&mut command);
+        let mut child = command
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut stdin = child.stdin.take().unwrap();
+        stdin.write_all(input.as_bytes()).await.unwrap();
+        drop(stdin);
+        child.wait_with_output().await.unwrap()
     }
 
     #[tokio::test]
     async fn the_supervisor_passes_input_exit_codes_and_signals_on() {
-        use std::os::unix::process::ExitStatusExt;
-        use std::process::Stdio;
-        use tokio::io::AsyncWriteExt;
-
-        let run = |script: &str, input: &'static str| {
-            let script = script.to_string();
-            async move {
-                let mut step = step_command("sh", &["-c".into(), script], None, None).unwrap();
-                assert!(step.supervised);
-                let mut child = step
-                    .command
-                    .stdin(Stdio::piped())
-                    .stdout(Stdio::piped())
-                    .spawn()
-                    .unwrap();
-                let mut stdin = child.stdin.take().unwrap();
-                stdin.write_all(input.as_bytes()).await.unwrap();
-                drop(stdin);
-                child.wait_with_output().await.unwrap()
-            }
-        };
         let out = run("read x; echo \"got $x\"", "hello\n").await;
         assert_eq!(String::from_utf8_lossy(&out.stdout), "got hello\n");
         assert_eq!(out.status.code(), Some(0));
         assert_eq!(run("exit 3", "").await.status.code(), Some(3));
+        assert_eq!(run("exit 143", "").await.status.code(), Some(143));
         let killed = run("kill -TERM $$", "").await;
         assert_eq!(killed.status.signal(), Some(15), "{:?}", killed.status);
-        // A status that only looks like a stop signal's is passed on as an exit code.
-        assert_eq!(run("exit 147", "").await.status.code(), Some(147));
+        let segv = run("kill -SEGV $$", "").await;
+        assert_eq!(segv.status.signal(), Some(11), "{:?}", segv.status);
+        assert!(
+            segv.stderr.is_empty(),
+            "no supervisor noise: {:?}",
+            segv.stderr
+        );
+    }
+
+    #[tokio::test]
+    async fn the_command_keeps_default_signal_dispositions() {
+        // SigIgn of the command: none of the signals the supervisor ignores (a shell's
+        // background job would ignore SIGINT and SIGQUIT).
+        let out = run("grep SigIgn /proc/$$/status", "").await;
+        let text = String::from_utf8_lossy(&out.stdout);
+        let mask = u64::from_str_radix(text.trim().trim_start_matches("SigIgn:").trim(), 16)
+            .unwrap_or_else(|e| panic!("{text}: {e}"));
+        for sig in [
+            libc::SIGINT,
+            libc::SIGQUIT,
+            libc::SIGTERM,
+            libc::SIGHUP,
+            libc::SIGUSR1,
+        ] {
+            assert_eq!(mask & (1 << (sig - 1)), 0, "signal {sig} ignored: {text}");
+        }
+        let interrupted = run("kill -INT $$; sleep 5", "").await;
+        assert_eq!(
+            interrupted.status.signal(),
+            Some(2),
+            "{:?}",
+            interrupted.status
+        );
+    }
+
+    #[tokio::test]
+    async fn a_missing_program_is_a_spawn_error() {
+        let mut command = Command::new("no-such-program-here");
+        command.process_group(0);
+        supervise(&mut command);
+        let e = command.spawn().unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::NotFound, "{e}");
+    }
+
+    #[tokio::test]
+    async fn a_sigusr1_from_anyone_but_the_kernel_is_ignored() {
+        // The supervisor is the group's leader: $PPID of the command.
+        let out = run("kill -USR1 $PPID; sleep 0.2; echo alive", "").await;
+        assert_eq!(String::from_utf8_lossy(&out.stdout), "alive\n");
+        assert_eq!(out.status.code(), Some(0));
     }
 }
