@@ -17,7 +17,7 @@ use crate::message::TaskMessage;
 
 /// Delivered more than this many times without finishing, a message is dead-lettered
 /// (`ReceiverConfig::max_receive_count`'s default).
-pub const DEFAULT_MAX_RECEIVE_COUNT: u32 = 5;
+pub const DEFAULT_MAX_RECEIVE_COUNT: u32 = 10;
 
 /// A dead-lettered message, as [`DeadLetters::list`] shows it.
 #[derive(Debug, Clone, PartialEq)]
@@ -42,15 +42,14 @@ impl DeadLetter {
 /// A broker's dead-letter place: list, move back, purge.
 #[async_trait]
 pub trait DeadLetters: Send + Sync {
-    /// Up to `limit` dead letters, oldest first where the broker knows the order. On SQS this
-    /// is a look without taking them (a receive with visibility 0), so a listing of a large
-    /// queue may not show every message.
+    /// Up to `limit` dead letters, oldest first where the broker knows the order. On SQS the
+    /// listing holds them for a moment (a receive that hides them) and then makes them visible
+    /// again; none is taken.
     async fn list(&self, limit: usize) -> Result<Vec<DeadLetter>, BrokerError>;
 
     /// Moves the dead letters with these ids back to the task queue, as they were; returns how
-    /// many moved. With `None`, those there when it starts (on SQS: at most as many as the
-    /// dead-letter queue's approximate count then), so a message dead-lettered again at once
-    /// is not moved round and round.
+    /// many moved. With `None`, those there when it starts (on SQS up to 10,000, all held
+    /// before any moves), so a message dead-lettered again at once is not moved twice.
     async fn redrive(&self, ids: Option<&[String]>) -> Result<usize, BrokerError>;
 
     /// Deletes every dead letter; returns how many there were (approximately, on SQS).

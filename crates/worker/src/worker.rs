@@ -54,7 +54,7 @@ pub struct WorkerConfig {
     /// copies off.
     pub inline_output_limit: usize,
     /// Deliveries of one message without its task finishing after which it is dead-lettered
-    /// instead of run again ([`ReceiverConfig::max_receive_count`]; default 5, `None`: never).
+    /// instead of run again ([`ReceiverConfig::max_receive_count`]; default 10, `None`: never).
     pub max_receive_count: Option<u32>,
 }
 

@@ -16,7 +16,6 @@
 //! task's failed result, so the orchestrator marks the step FAILED instead of waiting. A
 //! RedrivePolicy on the task queue can still be set as a backstop with a higher count.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 
 use async_trait::async_trait;
@@ -40,10 +39,13 @@ pub const GROUP_ATTRIBUTE: &str = "stepq_dead_letter_group_id";
 const MAX_REASON_BYTES: usize = 4096;
 /// How long a dead letter is kept: SQS's maximum, 14 days.
 const RETENTION_SECONDS: &str = "1209600";
-/// How long a redrive holds the dead letters it looks at.
-const REDRIVE_VISIBILITY: i32 = 30;
-/// Receives that bring nothing new after which a listing or redrive stops.
+/// How long a listing or redrive holds the dead letters it looks at (they are made visible
+/// again as soon as it is done).
+const HOLD_SECONDS: i32 = 60;
+/// Receives that bring nothing after which a listing or redrive has seen the whole queue.
 const EMPTY_ROUNDS: u32 = 2;
+/// Most dead letters one redrive of all looks at.
+const MAX_REDRIVE: usize = 10_000;
 
 /// What the dead-letter queue needs of a received message.
 #[derive(Debug, Clone)]
@@ -81,6 +83,19 @@ async fn ensure_queue(inner: &Inner) -> Result<String, BrokerError> {
         return Ok(known.clone());
     }
     let name = url.rsplit('/').next().unwrap_or_default().to_string();
+    // An existing queue (made by hand or by Terraform, perhaps with other attributes) is
+    // used as it is: CreateQueue would refuse different attributes.
+    match inner.sqs.get_queue_url().queue_name(&name).send().await {
+        Ok(out) => {
+            let existing = out.queue_url.unwrap_or(url);
+            let _ = inner.dead_letter_queue.set(existing.clone());
+            return Ok(existing);
+        }
+        Err(e) => match sqs_error("GetQueueUrl", e) {
+            BrokerError::Service(e) if is_missing_queue(&e) => {}
+            other => return Err(other),
+        },
+    }
     let mut create = inner.sqs.create_queue().queue_name(&name).attributes(
         QueueAttributeName::MessageRetentionPeriod,
         RETENTION_SECONDS,
@@ -140,8 +155,9 @@ pub(super) async fn move_to_dead_letters(
         if let Some(group) = &message.group_id {
             send = send.message_attributes(GROUP_ATTRIBUTE, string_attribute(group)?);
         }
+        // A group per letter, so a listing is not held up behind one group's head.
         send = send
-            .message_group_id("stepq-dead-letters")
+            .message_group_id(&message.message_id)
             .message_deduplication_id(&message.message_id);
     }
     send.send().await.map_err(|e| sqs_error("SendMessage", e))?;
@@ -175,7 +191,8 @@ impl SqsDeadLetters {
             .receive_message()
             .queue_url(self.queue_url())
             .max_number_of_messages(10)
-            .wait_time_seconds(0)
+            // A short long poll asks every SQS server, where a wait of 0 samples some.
+            .wait_time_seconds(1)
             .visibility_timeout(visibility)
             .message_attribute_names("All")
             .send()
@@ -208,85 +225,43 @@ fn letter(message: &aws_sdk_sqs::types::Message) -> DeadLetter {
 
 #[async_trait]
 impl DeadLetters for SqsDeadLetters {
-    /// Looks without taking (receives with visibility 0) until `limit` are seen or receives
-    /// bring nothing new.
+    /// Holds up to `limit` letters for a moment (a receive that hides them), then makes them
+    /// visible again: each listed once, none taken.
     async fn list(&self, limit: usize) -> Result<Vec<DeadLetter>, BrokerError> {
-        let mut seen: HashMap<String, DeadLetter> = HashMap::new();
-        let mut order = Vec::new();
-        let mut empty = 0;
-        while seen.len() < limit && empty < EMPTY_ROUNDS {
-            let Some(messages) = self.receive(0).await? else {
-                break;
-            };
-            let before = seen.len();
-            for m in &messages {
-                let l = letter(m);
-                if !seen.contains_key(&l.id) {
-                    order.push(l.id.clone());
-                    seen.insert(l.id.clone(), l);
-                }
-            }
-            if seen.len() == before {
-                empty += 1;
-            }
-        }
-        Ok(order
-            .into_iter()
-            .take(limit)
-            .filter_map(|id| seen.remove(&id))
-            .collect())
+        let held = self.hold(limit).await?;
+        let listed = held.iter().map(letter).collect();
+        self.release(&held).await;
+        Ok(listed)
     }
 
-    /// With `None`, moves at most as many as the queue held when it started (its approximate
-    /// count), so a message that a worker dead-letters again at once is not moved round and
-    /// round; run it again for letters that arrived meanwhile.
+    /// Holds the letters first (all of them with `None`, up to 10,000), then moves the ones
+    /// asked for and releases the rest: a letter dead-lettered again meanwhile is a new
+    /// message, not among those held, so nothing moves twice.
     async fn redrive(&self, ids: Option<&[String]>) -> Result<usize, BrokerError> {
-        let wanted = match ids {
-            Some(ids) => ids.len(),
-            None => match self.approximate_count().await? {
-                Some(count) => count,
-                None => return Ok(0),
-            },
-        };
+        let held = self.hold(MAX_REDRIVE).await?;
+        let (asked, others): (Vec<_>, Vec<_>) = held.into_iter().partition(|m| {
+            let id = m.message_id().unwrap_or_default();
+            ids.is_none_or(|ids| ids.iter().any(|i| i == id))
+        });
+        self.release(&others).await;
         let mut moved = 0;
-        let mut empty = 0;
-        while empty < EMPTY_ROUNDS && moved < wanted {
-            let Some(messages) = self.receive(REDRIVE_VISIBILITY).await? else {
-                break;
-            };
-            let mut any = false;
-            for m in &messages {
-                let receipt = m.receipt_handle().unwrap_or_default();
-                let id = m.message_id().unwrap_or_default();
-                let asked = ids.is_none_or(|ids| ids.iter().any(|i| i == id));
-                if !asked || moved == wanted {
-                    // Not asked for: visible again at once.
-                    self.inner
-                        .sqs
-                        .change_message_visibility()
-                        .queue_url(self.queue_url())
-                        .receipt_handle(receipt)
-                        .visibility_timeout(0)
-                        .send()
-                        .await
-                        .map_err(|e| sqs_error("ChangeMessageVisibility", e))?;
-                    continue;
-                }
-                any = true;
-                self.send_back(m).await?;
+        for (n, m) in asked.iter().enumerate() {
+            let sent = self.send_back(m).await.and(
                 self.inner
                     .sqs
                     .delete_message()
                     .queue_url(self.queue_url())
-                    .receipt_handle(receipt)
+                    .receipt_handle(m.receipt_handle().unwrap_or_default())
                     .send()
                     .await
-                    .map_err(|e| sqs_error("DeleteMessage", e))?;
-                moved += 1;
+                    .map(|_| ())
+                    .map_err(|e| sqs_error("DeleteMessage", e)),
+            );
+            if let Err(e) = sent {
+                self.release(&asked[n..]).await;
+                return Err(e);
             }
-            if !any {
-                empty += 1;
-            }
+            moved += 1;
         }
         Ok(moved)
     }
@@ -307,6 +282,46 @@ impl DeadLetters for SqsDeadLetters {
 }
 
 impl SqsDeadLetters {
+    /// Receives (and so hides for [`HOLD_SECONDS`]) up to `limit` dead letters, until
+    /// receives bring nothing more.
+    async fn hold(&self, limit: usize) -> Result<Vec<aws_sdk_sqs::types::Message>, BrokerError> {
+        let mut held = Vec::new();
+        let mut empty = 0;
+        while held.len() < limit && empty < EMPTY_ROUNDS {
+            let Some(messages) = self.receive(HOLD_SECONDS).await? else {
+                break;
+            };
+            if messages.is_empty() {
+                empty += 1;
+            }
+            held.extend(messages);
+        }
+        if held.len() > limit {
+            let extra = held.split_off(limit);
+            self.release(&extra).await;
+        }
+        Ok(held)
+    }
+
+    /// Makes held letters visible again at once; a failure leaves them hidden until their
+    /// hold ends (logged).
+    async fn release(&self, held: &[aws_sdk_sqs::types::Message]) {
+        for m in held {
+            let released = self
+                .inner
+                .sqs
+                .change_message_visibility()
+                .queue_url(self.queue_url())
+                .receipt_handle(m.receipt_handle().unwrap_or_default())
+                .visibility_timeout(0)
+                .send()
+                .await;
+            if let Err(e) = released {
+                tracing::warn!(error = %sqs_error("ChangeMessageVisibility", e), "a dead letter stays hidden until its hold ends");
+            }
+        }
+    }
+
     /// Dead letters held, visible or not (SQS's approximate counts); `None` if the queue does
     /// not exist.
     async fn approximate_count(&self) -> Result<Option<usize>, BrokerError> {

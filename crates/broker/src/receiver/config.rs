@@ -23,8 +23,9 @@ pub struct ReceiverConfig {
     /// or was stopped each time) is not run again: it gets a failed result of kind
     /// `DeadLettered` and moves to the broker's dead-letter place (see
     /// [`dead_letter`](crate::dead_letter)). Graceful hand-backs (a worker stopping, excess
-    /// prefetch) count as deliveries on SQS. `None`: delivered forever. Default
-    /// [`DEFAULT_MAX_RECEIVE_COUNT`](crate::DEFAULT_MAX_RECEIVE_COUNT) (5).
+    /// prefetch, a result that could not be saved) count as deliveries on SQS. `None`:
+    /// delivered forever. Default [`DEFAULT_MAX_RECEIVE_COUNT`](crate::DEFAULT_MAX_RECEIVE_COUNT)
+    /// (10).
     pub max_receive_count: Option<u32>,
 }
 

@@ -28,7 +28,7 @@ pub struct WorkerSettings {
     pub health_interval_seconds: f64,
     /// Deliveries of one message without its task finishing (its worker died or was stopped
     /// each time) after which the message is dead-lettered instead of run again (at least 1;
-    /// 0 turns the cap off). Default 5.
+    /// 0 turns the cap off). Default 10.
     pub max_receive_count: u32,
 }
 

@@ -57,16 +57,33 @@ impl Shared {
     }
 
     /// Saves the failed result of a message rejected before running, then moves the message
-    /// to the dead-letter place, the result's error as the reason.
+    /// to the dead-letter place, the result's error as the reason. A result that cannot be
+    /// saved for good (a task id no backend accepts) does not keep the message cycling: it is
+    /// dead-lettered all the same, the save error in its reason; a temporary save failure
+    /// returns it to the queue as for any task.
     async fn finish_rejected(&self, delivery: Delivery, task_id: &str, result: TaskResult) {
-        if let Some(delivery) = self.save_or_nack(delivery, task_id, &result).await {
-            Counters::bump(&self.stats.failed);
-            let reason = match &result.error {
-                Some(e) => format!("{}: {}", e.kind, e.message),
-                None => "rejected".to_string(),
-            };
-            self.move_to_dead_letters(delivery, task_id, &reason).await;
+        let mut reason = match &result.error {
+            Some(e) => format!("{}: {}", e.kind, e.message),
+            None => "rejected".to_string(),
+        };
+        match self.save(task_id, &result).await {
+            Ok(()) => {}
+            Err(e) if !e.is_temporary() => {
+                Counters::bump(&self.stats.unsaved);
+                tracing::error!(task_id, error = %e, "the failed result of a rejected message cannot be saved");
+                reason.push_str(&format!(" (its failed result could not be saved: {e})"));
+            }
+            Err(e) => {
+                Counters::bump(&self.stats.unsaved);
+                tracing::error!(task_id, error = %e, "could not save the failed result of a rejected message; returning it to the queue");
+                if let Err(nack) = delivery.nack().await {
+                    tracing::error!(task_id, error = %nack, "could not return the message; it comes back after its visibility timeout");
+                }
+                return;
+            }
         }
+        Counters::bump(&self.stats.failed);
+        self.move_to_dead_letters(delivery, task_id, &reason).await;
     }
 
     /// A message delivered more than `max` times: a failed result of kind `DeadLettered`
@@ -80,8 +97,8 @@ impl Shared {
         };
         let text = format!(
             "dead-lettered after {count} deliveries: task `{}` was delivered more than \
-             max_receive_count ({max}) times without finishing (its worker died or was stopped \
-             each time)",
+             max_receive_count ({max}) times without a result (each time its worker died, was \
+             stopped, handed it back, or could not store the result)",
             message.task_name
         );
         tracing::error!(task_id = %message.task_id, receive_count = count, "{text}");
@@ -340,6 +357,46 @@ mod tests {
         async fn delete_result(&self, _: &str) -> Result<(), ResultError> {
             Ok(())
         }
+    }
+
+    /// A result backend that refuses every key for good.
+    struct Refusing;
+
+    #[async_trait::async_trait]
+    impl ResultBackend for Refusing {
+        async fn set_result(&self, task_id: &str, _: &TaskResult) -> Result<(), ResultError> {
+            Err(ResultError::InvalidKey {
+                key: task_id.into(),
+                reason: "contains `/`",
+            })
+        }
+        async fn is_result_ready(&self, _: &str) -> Result<bool, ResultError> {
+            Ok(false)
+        }
+        async fn get_result(&self, task_id: &str, _: bool) -> Result<TaskResult, ResultError> {
+            Err(ResultError::NotFound {
+                task_id: task_id.into(),
+            })
+        }
+        async fn delete_result(&self, _: &str) -> Result<(), ResultError> {
+            Ok(())
+        }
+    }
+
+    #[tokio::test]
+    async fn a_rejected_message_whose_result_can_never_be_saved_is_not_cycled() {
+        let (mut shared, _) = shared(Registry::default());
+        let queue =
+            crate::TaskQueue::new(Arc::new(crate::InMemoryBroker::new()), Arc::new(Refusing));
+        Arc::get_mut(&mut shared).expect("not shared yet").queue = queue;
+        let (delivery, settled) =
+            super::super::tests::delivery(r#"{"task_id": "a/b", "task_name": 7}"#);
+        shared.reject_malformed(delivery, BrokerError::Closed).await;
+        // No dead-letter place on the test delivery: acked (dropped, logged), never nacked.
+        use std::sync::atomic::Ordering;
+        assert_eq!(settled.acks.load(Ordering::SeqCst), 1);
+        assert_eq!(settled.nacks.load(Ordering::SeqCst), 0);
+        assert_eq!(shared.stats.snapshot().unsaved, 1);
     }
 
     #[tokio::test]
