@@ -23,8 +23,9 @@
 //! 5. A *companion* of a task — a key made of its task id, a `.` and more, such as the
 //!    progress entry `<task id>.progress.1` a worker stores as a step starts — is sent and
 //!    awaited the same way while the task's own result is still to come (the worker copies
-//!    the message's labels onto it); once the result was claimed, later companions are
-//!    dropped, since the result carries what they would have said.
+//!    the message's labels onto it), but without the fallback poll: the result carries what
+//!    a companion would have said, so a lost one only comes late (and a long step's wait makes
+//!    no S3 request); once the result was claimed, later companions are dropped.
 //!
 //! Reply-only results (opt-in, [`ReplyToMiddleware::with_reply_only`]): the orchestrator also
 //! labels its messages [`REPLY_ONLY_LABEL`], and a worker whose result fits inline sends it in

@@ -236,7 +236,8 @@ impl Dispatch {
             return Claim::Ready(reply);
         }
         let (tx, rx) = oneshot::channel();
-        if !state.slots.contains_key(task_id) && state.is_companion(task_id) {
+        let companion = !state.slots.contains_key(task_id) && state.is_companion(task_id);
+        if companion {
             state
                 .slots
                 .insert(task_id.to_string(), Slot::Waiting(Vec::new()));
@@ -259,6 +260,7 @@ impl Dispatch {
             dispatch: self,
             task_id: task_id.to_string(),
             rx,
+            companion,
         })
     }
 
@@ -322,6 +324,8 @@ pub(crate) struct Pending<'a> {
     dispatch: &'a Dispatch,
     task_id: String,
     rx: oneshot::Receiver<Reply>,
+    /// Registered as a companion of an expected task (not sent with our address itself).
+    companion: bool,
 }
 
 impl std::fmt::Debug for Pending<'_> {
@@ -333,6 +337,11 @@ impl std::fmt::Debug for Pending<'_> {
 }
 
 impl Pending<'_> {
+    /// Whether this waits for a companion of an expected task (see the module docs).
+    pub(crate) fn is_companion(&self) -> bool {
+        self.companion
+    }
+
     /// The notification; `None` if the reply queue went away first.
     pub(crate) async fn recv(&mut self) -> Option<Reply> {
         (&mut self.rx).await.ok()
@@ -454,6 +463,7 @@ mod tests {
         let Claim::Pending(mut pending) = d.register("t1.progress.2") else {
             panic!("a companion's waiter is registered")
         };
+        assert!(pending.is_companion());
         assert_eq!(d.deliver("t1.progress.2", inline(2), 10), Delivered::Woken);
         assert_eq!(pending.recv().await, Some(inline(2)));
         drop(pending);

@@ -49,6 +49,17 @@ impl<B: ResultBackend> NotifyingResultBackend<B> {
             Claim::Pending(pending) => pending,
             Claim::NotExpected | Claim::Lost => return self.wait_durable(task_id, None).await,
         };
+        if pending.is_companion() {
+            // No fallback poll for a companion (a progress entry): its task's result carries
+            // what it would say, so a lost one costs nothing but lateness, and a long step's
+            // wait makes no S3 request.
+            let reply = pending.recv().await;
+            drop(pending);
+            return match reply {
+                Some(reply) => self.answer(task_id, reply).await,
+                None => self.wait_durable(task_id, None).await,
+            };
+        }
         let mut delay = self.fallback.first;
         loop {
             tokio::select! {
@@ -209,6 +220,43 @@ mod tests {
         let backend = NotifyingResultBackend::new(Counting::default(), unreachable_client())
             .with_reply_queue(replies.clone());
         (Arc::new(backend), replies)
+    }
+
+    #[tokio::test]
+    async fn a_companion_is_awaited_by_its_notification_only() {
+        let (backend, replies) = orchestrator();
+        let backend = Arc::new(
+            Arc::into_inner(backend)
+                .expect("one handle")
+                .with_fallback_poll(FAST),
+        );
+        replies.dispatch().expect("t1");
+        // Long past the fallback's first read: no durable read for a companion.
+        let waited = backend
+            .wait_result("t1.progress.1", Some(Duration::from_millis(200)))
+            .await;
+        assert!(
+            matches!(waited, Err(ResultError::Timeout { .. })),
+            "{waited:?}"
+        );
+        assert_eq!(backend.durable().reads(), 0);
+        assert_eq!(backend.stats().fallback_reads, 0);
+        // Its notification answers it.
+        let waiter = {
+            let backend = backend.clone();
+            tokio::spawn(async move {
+                backend
+                    .wait_result("t1.progress.2", Some(Duration::from_secs(10)))
+                    .await
+            })
+        };
+        tokio::task::yield_now().await;
+        let entry = TaskResult::ok(serde_json::json!("entry"), 0.0);
+        replies
+            .dispatch()
+            .deliver("t1.progress.2", Reply::Inline(entry.clone()), 10);
+        assert_eq!(waiter.await.unwrap().unwrap(), entry);
+        assert_eq!(backend.durable().reads(), 0);
     }
 
     #[tokio::test]
