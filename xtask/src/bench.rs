@@ -34,6 +34,17 @@ pub(crate) struct BenchArgs {
     /// instead of as two `stepq worker start` processes.
     #[arg(long)]
     pub in_process_workers: bool,
+    /// Instead of the throughput scenarios, the fault benchmark (issue #16): how long a
+    /// SIGKILLed `stepq worker start`'s step takes to start again elsewhere, how fast ready
+    /// steps start on idle workers, and the idle workers' request rate (`bench_run/faults.rs`).
+    #[arg(long)]
+    pub faults: bool,
+    /// With `--faults`: kills that hit a running step to collect (runs repeat until then).
+    #[arg(long, default_value_t = 20)]
+    pub kills: usize,
+    /// With `--faults`: rounds of the prefetch scenario.
+    #[arg(long, default_value_t = 10)]
+    pub prefetch_rounds: usize,
     /// Leave LocalStack running afterwards (stop it with `cargo xtask localstack-down`).
     #[arg(long)]
     pub keep: bool,
@@ -53,6 +64,11 @@ impl BenchArgs {
         if self.in_process_workers {
             args.push("--in-process-workers".into());
         }
+        if self.faults {
+            args.push("--faults".into());
+            args.push(format!("--kills={}", self.kills));
+            args.push(format!("--prefetch-rounds={}", self.prefetch_rounds));
+        }
         args
     }
 
@@ -66,6 +82,14 @@ impl BenchArgs {
         }
         if self.reps == 0 || self.worker_concurrency == 0 || self.broker_tasks == 0 {
             bail!("--reps, --worker-concurrency and --broker-tasks must be at least 1");
+        }
+        if self.faults && self.in_process_workers {
+            bail!(
+                "--faults kills `stepq worker start` processes: it cannot use --in-process-workers"
+            );
+        }
+        if self.faults && (self.kills == 0 || self.prefetch_rounds == 0) {
+            bail!("--kills and --prefetch-rounds must be at least 1");
         }
         Ok(())
     }
@@ -170,6 +194,9 @@ mod tests {
             worker_concurrency: 4,
             broker_tasks: 100,
             in_process_workers: true,
+            faults: false,
+            kills: 20,
+            prefetch_rounds: 10,
             keep: true,
         }
     }
@@ -201,5 +228,29 @@ mod tests {
         let mut a = args();
         a.reps = 0;
         assert!(a.validate().is_err());
+        let mut a = args();
+        a.faults = true;
+        assert!(a.validate().is_err(), "faults need worker processes");
+        a.in_process_workers = false;
+        a.validate().unwrap();
+        a.kills = 0;
+        assert!(a.validate().is_err());
+    }
+
+    #[test]
+    fn fault_options_are_passed_on_with_faults() {
+        let mut a = args();
+        a.in_process_workers = false;
+        a.faults = true;
+        a.kills = 25;
+        assert_eq!(
+            a.to_args()[3..],
+            [
+                "--localstack",
+                "--faults",
+                "--kills=25",
+                "--prefetch-rounds=10"
+            ]
+        );
     }
 }

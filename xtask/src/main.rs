@@ -14,6 +14,9 @@
 //!   `bench`) and the `stepq` binary in release, starts LocalStack, and measures a 10-step
 //!   chain and a 1→50→1 fan-out with two workers, and the broker alone; prints a Markdown
 //!   report (figures for docs/benchmarks.md) and writes it under `target/stepq-bench/`.
+//!   With `--faults [--kills N] [--prefetch-rounds N]` it measures faults instead (issue #16):
+//!   how long a SIGKILLed `stepq worker start`'s step takes to start again, how fast ready
+//!   steps start on idle workers, and the idle workers' request rate.
 
 mod bench;
 #[cfg(feature = "bench")]

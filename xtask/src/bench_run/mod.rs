@@ -15,6 +15,9 @@
 //!    store's records and event log, and each run's reply queue set-up), when the workers are
 //!    processes too.
 //!
+//! With `--faults`, the fault benchmark instead (`faults.rs`): recovery after a SIGKILLed
+//! worker, prefetch on idle workers, idle request rate.
+//!
 //! Requests are counted from LocalStack's request log: the lines between the start of a
 //! scenario and its end (plus a short settle, so the last acks are in).
 
@@ -31,11 +34,12 @@ use stepq::results::{InMemoryResultBackend, ResultBackend};
 use stepq::{make_app, App, Job, RunRequest, RunStatus, StepqConfig};
 use tokio_util::sync::CancellationToken;
 
-use crate::bench::{aws_env, BenchArgs};
+use crate::bench::BenchArgs;
 use crate::localstack;
 use crate::requests::count_requests;
 use crate::resources::{ensure_bucket, s3_client, sdk_config, REGION};
 
+mod faults;
 mod report;
 mod workers;
 
@@ -104,6 +108,30 @@ async fn delete_queue(sqs: &aws_sdk_sqs::Client, url: &str) {
     }
 }
 
+/// Writes `WORK/stepq.toml` for LocalStack: the task queue, S3 under `bench-ID` in
+/// [`BUCKET`], and `worker.concurrency` if given (else every other setting at its default).
+fn write_config(
+    work: &Path,
+    endpoint: &str,
+    task_queue: &str,
+    id: &str,
+    concurrency: Option<usize>,
+) -> Result<(PathBuf, StepqConfig)> {
+    let config_path = work.join("stepq.toml");
+    let mut config_text = format!(
+        "[sqs]\nqueue_url = \"{task_queue}\"\nendpoint_url = \"{endpoint}\"\n\
+         region_name = \"{REGION}\"\n\n[s3]\nbucket = \"{BUCKET}\"\nbase_path = \"bench-{id}\"\n\
+         endpoint_url = \"{endpoint}\"\n",
+    );
+    if let Some(concurrency) = concurrency {
+        config_text.push_str(&format!("\n[worker]\nconcurrency = {concurrency}\n"));
+    }
+    std::fs::write(&config_path, &config_text)
+        .with_context(|| format!("writing {}", config_path.display()))?;
+    let config = StepqConfig::from_toml_str(&config_text, &config_path)?;
+    Ok((config_path, config))
+}
+
 fn short_id() -> String {
     uuid::Uuid::new_v4().simple().to_string()[..8].to_string()
 }
@@ -120,6 +148,9 @@ pub(crate) async fn bench_run(root: &Path, args: &BenchRunArgs) -> Result<u8> {
     let sqs = aws_sdk_sqs::Client::new(&sdk);
     let s3 = s3_client(&sdk);
     ensure_bucket(&s3, BUCKET).await?;
+    if args.bench.faults {
+        return faults::bench_faults(root, args, &sqs, &log).await;
+    }
     let id = short_id();
     let work = root.join(format!("target/stepq-bench/localstack-{id}"));
     std::fs::create_dir_all(&work).with_context(|| format!("creating {}", work.display()))?;
@@ -153,17 +184,13 @@ pub(crate) async fn bench_run(root: &Path, args: &BenchRunArgs) -> Result<u8> {
     }
 
     let task_queue = create_queue(&sqs, &format!("stepq-bench-{id}")).await?;
-    let config_path = work.join("stepq.toml");
-    let config_text = format!(
-        "[sqs]\nqueue_url = \"{task_queue}\"\nendpoint_url = \"{endpoint}\"\n\
-         region_name = \"{REGION}\"\n\n[s3]\nbucket = \"{BUCKET}\"\nbase_path = \"bench-{id}\"\n\
-         endpoint_url = \"{endpoint}\"\n\n[worker]\nconcurrency = {concurrency}\n",
-        endpoint = args.endpoint,
-        concurrency = args.bench.worker_concurrency,
-    );
-    std::fs::write(&config_path, &config_text)
-        .with_context(|| format!("writing {}", config_path.display()))?;
-    let config = StepqConfig::from_toml_str(&config_text, &config_path)?;
+    let (config_path, config) = write_config(
+        &work,
+        &args.endpoint,
+        &task_queue,
+        &id,
+        Some(args.bench.worker_concurrency),
+    )?;
 
     let mut workers =
         Workers::start(args.stepq_bin.as_deref(), &config_path, &config, &work).await?;
@@ -346,18 +373,9 @@ async fn measure_cli(
 ) -> Result<StepFigures> {
     let run_once = || async {
         let log_path = work.join(format!("stepq-run-{}.log", job.name()));
-        let out = std::fs::File::create(&log_path)?;
         let started = Instant::now();
-        let mut child = tokio::process::Command::new(bin)
-            .arg("--config")
-            .arg(config_path)
+        let mut child = workers::stepq_command(bin, config_path, &log_path)?
             .args(["run", job.name(), "--workers", "0"])
-            .envs(aws_env())
-            .env("RUST_LOG", "warn")
-            .stdin(std::process::Stdio::null())
-            .stdout(out.try_clone()?)
-            .stderr(out)
-            .kill_on_drop(true)
             .spawn()
             .with_context(|| format!("starting {}", bin.display()))?;
         let status = tokio::time::timeout(RUN_TIMEOUT, child.wait())

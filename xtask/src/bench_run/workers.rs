@@ -12,6 +12,52 @@ use tokio_util::sync::CancellationToken;
 use super::{shutdown_app, WORKERS};
 use crate::bench::aws_env;
 
+/// A `stepq --config CONFIG` command (add its subcommand) with the LocalStack environment,
+/// warnings only in its log, stdout and stderr to `log_path`, killed when dropped. It stays
+/// in the measuring process's group: an interrupt stops it too.
+pub(super) fn stepq_command(
+    bin: &Path,
+    config_path: &Path,
+    log_path: &Path,
+) -> Result<tokio::process::Command> {
+    let log = std::fs::File::create(log_path)
+        .with_context(|| format!("creating {}", log_path.display()))?;
+    let mut command = tokio::process::Command::new(bin);
+    command
+        .arg("--config")
+        .arg(config_path)
+        .envs(aws_env())
+        .env("RUST_LOG", "warn")
+        .stdin(std::process::Stdio::null())
+        .stdout(log.try_clone()?)
+        .stderr(log)
+        .kill_on_drop(true);
+    Ok(command)
+}
+
+/// Stops worker processes: SIGTERM to all, then waits for each (SIGKILL after 40 s).
+pub(super) async fn stop_processes(children: &mut [(tokio::process::Child, PathBuf)]) {
+    for (child, _) in children.iter() {
+        if let Some(pid) = child.id() {
+            let _ = std::process::Command::new("kill")
+                .args(["-TERM", &pid.to_string()])
+                .status();
+        }
+    }
+    for (child, path) in children.iter_mut() {
+        match tokio::time::timeout(Duration::from_secs(40), child.wait()).await {
+            Ok(Ok(status)) if status.success() => {}
+            Ok(Ok(status)) => {
+                eprintln!("warning: a worker exited {status}; see {}", path.display())
+            }
+            _ => {
+                eprintln!("warning: a worker did not stop; killing it");
+                let _ = child.kill().await;
+            }
+        }
+    }
+}
+
 /// The two workers of the step scenarios.
 pub(super) enum Workers {
     /// `stepq worker start` processes, with their log files.
@@ -36,18 +82,8 @@ impl Workers {
                 let mut children = Vec::new();
                 for i in 0..WORKERS {
                     let log_path = work.join(format!("worker-{i}.log"));
-                    let log = std::fs::File::create(&log_path)?;
-                    let child = tokio::process::Command::new(bin)
-                        .arg("--config")
-                        .arg(config_path)
+                    let child = stepq_command(bin, config_path, &log_path)?
                         .args(["worker", "start", "--name", &format!("bench-w{i}")])
-                        .envs(aws_env())
-                        .env("RUST_LOG", "warn")
-                        .stdin(std::process::Stdio::null())
-                        .stdout(log.try_clone()?)
-                        .stderr(log)
-                        // In the measuring process's group: an interrupt stops them too.
-                        .kill_on_drop(true)
                         .spawn()
                         .with_context(|| format!("starting {}", bin.display()))?;
                     children.push((child, log_path));
@@ -109,27 +145,7 @@ impl Workers {
     /// Stops the workers (SIGTERM, then SIGKILL after 40 s).
     pub(super) async fn stop(&mut self) {
         match self {
-            Workers::Processes(children) => {
-                for (child, _) in children.iter() {
-                    if let Some(pid) = child.id() {
-                        let _ = std::process::Command::new("kill")
-                            .args(["-TERM", &pid.to_string()])
-                            .status();
-                    }
-                }
-                for (child, path) in children.iter_mut() {
-                    match tokio::time::timeout(Duration::from_secs(40), child.wait()).await {
-                        Ok(Ok(status)) if status.success() => {}
-                        Ok(Ok(status)) => {
-                            eprintln!("warning: a worker exited {status}; see {}", path.display())
-                        }
-                        _ => {
-                            eprintln!("warning: a worker did not stop; killing it");
-                            let _ = child.kill().await;
-                        }
-                    }
-                }
-            }
+            Workers::Processes(children) => stop_processes(children).await,
             Workers::InProcess { stop, tasks, apps } => {
                 stop.cancel();
                 for task in tasks.drain(..) {
