@@ -84,10 +84,11 @@ mod timestamps;
 mod worker;
 
 pub use args::{
-    CancelArgs, Cli, Command, DlqCommand, GcArgs, LaunchArgs, LogFormat, LogsArgs, ResumeArgs,
-    RunArgs, RunsArgs, WorkerCommand, WorkerStartArgs,
+    CancelArgs, Cli, Command, GcArgs, LaunchArgs, LogFormat, LogsArgs, ResumeArgs, RunArgs,
+    RunsArgs, WorkerCommand, WorkerStartArgs,
 };
 pub use dispatch::{main, main_from, run};
+pub use dlq::DlqCommand;
 pub(crate) use table::simple_table;
 pub use timestamps::{ParseSinceError, Since};
 

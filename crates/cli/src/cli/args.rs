@@ -1,6 +1,7 @@
 //! The command line's shape: the clap types (`Cli`, `Command`, the `*Args` of each command)
 //! and the parsing of argument values that clap leaves as text (`--run-config`, `--tag`).
 
+use super::dlq::DlqCommand;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
@@ -81,34 +82,6 @@ pub enum Command {
     /// succeed (delivered too often, malformed, naming no known task).
     #[command(subcommand)]
     Dlq(DlqCommand),
-}
-
-/// `stepq dlq ...`.
-#[derive(Debug, Subcommand)]
-pub enum DlqCommand {
-    /// List dead letters: id, deliveries, task and reason.
-    List {
-        /// Show at most this many.
-        #[arg(long, default_value_t = 100)]
-        limit: usize,
-        /// Print one JSON document (`{"dead_letters": [...]}`) instead of a table.
-        #[arg(long)]
-        json: bool,
-    },
-    /// Move dead letters back to the task queue, as they were (after fixing the cause).
-    Redrive {
-        /// Ids from `stepq dlq list`.
-        ids: Vec<String>,
-        /// Every dead letter.
-        #[arg(long, conflicts_with = "ids")]
-        all: bool,
-    },
-    /// Delete every dead letter for good.
-    Purge {
-        /// Confirm.
-        #[arg(long)]
-        yes: bool,
-    },
 }
 
 /// Arguments of `stepq launch`.

@@ -8,7 +8,35 @@ use stepq::config::Mode;
 
 use super::failure::Failure;
 use super::table::simple_table;
-use super::DlqCommand;
+use clap::Subcommand;
+
+/// `stepq dlq ...`.
+#[derive(Debug, Subcommand)]
+pub enum DlqCommand {
+    /// List dead letters: id, deliveries, task and reason.
+    List {
+        /// Show at most this many.
+        #[arg(long, default_value_t = 100)]
+        limit: usize,
+        /// Print one JSON document (`{"dead_letters": [...]}`) instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Move dead letters back to the task queue, as they were (after fixing the cause).
+    Redrive {
+        /// Ids from `stepq dlq list`.
+        ids: Vec<String>,
+        /// Every dead letter.
+        #[arg(long, conflicts_with = "ids")]
+        all: bool,
+    },
+    /// Delete every dead letter for good.
+    Purge {
+        /// Confirm.
+        #[arg(long)]
+        yes: bool,
+    },
+}
 
 /// The dead letters of the app's task queue.
 fn dead_letters(app: &App) -> Result<std::sync::Arc<dyn DeadLetters>, Failure> {
