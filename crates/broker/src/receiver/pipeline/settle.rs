@@ -57,9 +57,9 @@ impl Shared {
     }
 
     /// Saves the failed result of a message rejected before running, then moves the message
-    /// to the dead-letter place, the result's error as the reason. A result that cannot be
-    /// saved for good (a task id no backend accepts) does not keep the message cycling: it is
-    /// dead-lettered all the same, the save error in its reason; a temporary save failure
+    /// to the dead-letter place, the result's error as the reason. A result that can never be
+    /// saved (a task id the backend refuses as a key) does not keep the message cycling: it is
+    /// dead-lettered all the same, the save error in its reason; any other save failure
     /// returns it to the queue as for any task.
     async fn finish_rejected(&self, delivery: Delivery, task_id: &str, result: TaskResult) {
         let mut reason = match &result.error {
@@ -68,14 +68,14 @@ impl Shared {
         };
         match self.save(task_id, &result).await {
             Ok(()) => {}
-            Err(e) if !e.is_temporary() => {
+            Err(e @ ResultError::InvalidKey { .. }) => {
                 Counters::bump(&self.stats.unsaved);
                 tracing::error!(task_id, error = %e, "the failed result of a rejected message cannot be saved");
                 reason.push_str(&format!(" (its failed result could not be saved: {e})"));
             }
             Err(e) => {
                 Counters::bump(&self.stats.unsaved);
-                tracing::error!(task_id, error = %e, "could not save the failed result of a rejected message; returning it to the queue");
+                tracing::error!(task_id, error = %e, class = %e.class(), "could not save the failed result of a rejected message; returning it to the queue");
                 if let Err(nack) = delivery.nack().await {
                     tracing::error!(task_id, error = %nack, "could not return the message; it comes back after its visibility timeout");
                 }
