@@ -19,8 +19,8 @@ use super::{Decision, Phase, Scheduler};
 /// What the current attempt of a step told before its task's result.
 #[derive(Debug, Clone, Default)]
 pub(super) struct EarlyProgress {
-    /// Its `StepStart` was emitted.
-    pub(super) start_emitted: bool,
+    /// The `(worker, timestamp)` of the `StepStart` emitted last for this attempt.
+    pub(super) start_emitted: Option<(String, u64)>,
     /// Its success report, heard before the result.
     pub(super) success: Option<StepReport>,
     /// Its events and `StepSuccess` were emitted from that report.
@@ -88,19 +88,29 @@ impl Scheduler {
         (m == head && phase == Phase::InFlight) || (m != head && phase == Phase::Fused)
     }
 
-    /// Emits step `m`'s `StepStart` (once per attempt) and notes its queue wait and worker.
+    /// Emits step `m`'s `StepStart` and notes its queue wait and worker: once per attempt,
+    /// and again when the attempt started anew — its message redelivered after its worker
+    /// died, so another worker (or the same one later) runs it — so the log shows who runs it
+    /// now. The same start heard twice (a progress entry, then the result) is emitted once.
     pub(super) fn emit_start(&mut self, m: usize, event: Event) {
+        let EventKind::StepStart { worker, .. } = &event.kind else {
+            return;
+        };
+        let start = (worker.clone(), event.timestamp_us);
         let track = &mut self.steps[m];
+        let anew = match &track.early.start_emitted {
+            None => true,
+            Some((w, at)) => *w != start.0 || start.1 > *at,
+        };
+        if !anew {
+            return;
+        }
         track.summary.queue_wait = Some(std::time::Duration::from_micros(
             event.timestamp_us.saturating_sub(track.queued_us),
         ));
-        if let EventKind::StepStart { worker, .. } = &event.kind {
-            track.summary.worker = Some(worker.clone());
-        }
-        if !track.early.start_emitted {
-            track.early.start_emitted = true;
-            self.emit(event);
-        }
+        track.summary.worker = Some(start.0.clone());
+        track.early.start_emitted = Some(start);
+        self.emit(event);
     }
 
     /// Step `m` of an awaited task succeeded on its worker: keeps the report and, if the step

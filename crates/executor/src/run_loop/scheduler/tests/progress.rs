@@ -76,6 +76,29 @@ fn a_fused_tasks_steps_are_recorded_as_they_start_and_end_and_not_again_from_its
 }
 
 #[test]
+fn a_redelivered_task_started_on_another_worker_is_recorded_again() {
+    let mut s = started(chain(1), ExecutorConfig::default());
+    let task = send_one(&mut s);
+    assert_eq!(
+        progress(&mut s, &task, entry(&[], Some("s0"))),
+        ["s0:start"]
+    );
+    // Its worker died; the message came back and another worker started the same attempt:
+    // its result carries that start, which the log gets too (the table shows who ran it).
+    let mut report = ok_with_events("s0");
+    report.worker = "survivor".into();
+    report.events[0].timestamp_us = 9000;
+    report.events[0].kind = EventKind::StepStart {
+        attempt: 1,
+        worker: "survivor".into(),
+    };
+    assert_eq!(result(&mut s, &task, &[report]), ["s0:start", "s0:success"]);
+    let (_, status, steps) = finish(s);
+    assert_eq!(status, RunStatus::Success);
+    assert_eq!(steps["s0"], (StepRunState::Succeeded, 1));
+}
+
+#[test]
 fn successes_out_of_order_or_of_another_attempt_are_not_recorded_early() {
     let mut s = started(chain(3), ExecutorConfig::default());
     let task = send_one(&mut s);
