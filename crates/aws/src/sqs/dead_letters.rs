@@ -50,8 +50,8 @@ const MAX_REDRIVE: usize = 10_000;
 /// What the dead-letter queue needs of a received message.
 #[derive(Debug, Clone)]
 pub(super) struct RawMessage {
-    /// The body as it is on the queue.
-    pub(super) body: String,
+    /// The body as it is on the queue (SQS bodies are text).
+    pub(super) body: Bytes,
     /// Whether it is an extended payload's pointer.
     pub(super) extended: bool,
     /// SQS's message id.
@@ -138,7 +138,7 @@ pub(super) async fn move_to_dead_letters(
         .sqs
         .send_message()
         .queue_url(&queue)
-        .message_body(&message.body)
+        .message_body(String::from_utf8_lossy(&message.body))
         .message_attributes(REASON_ATTRIBUTE, string_attribute(&reason[..cut])?)
         .message_attributes(
             RECEIVE_COUNT_ATTRIBUTE,

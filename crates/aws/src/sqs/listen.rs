@@ -385,6 +385,9 @@ impl Listener {
                 return None;
             }
         }
+        // The body as it is on the queue: the delivery's body too unless it points to S3, and
+        // what a dead letter keeps (one copy of the received text, shared).
+        let raw = Bytes::from(message.body.clone());
         let mut pointer = None;
         let body = if message.extended {
             match S3Pointer::from_body(&message.body) {
@@ -399,17 +402,17 @@ impl Listener {
                 Err(e) => {
                     // Not a pointer: hand the raw body over, the receiver reports it malformed.
                     tracing::warn!(error = %e, "an extended-payload message has no valid pointer");
-                    Bytes::from(message.body.clone())
+                    raw.clone()
                 }
             }
         } else {
-            Bytes::from(message.body.clone())
+            raw.clone()
         };
         let handle = SqsDelivery {
             inner: Arc::clone(&self.inner),
             receipt: message.receipt.clone(),
             raw: RawMessage {
-                body: message.body.clone(),
+                body: raw,
                 extended: message.extended,
                 message_id: message.message_id.clone(),
                 group_id: message.group_id.clone(),

@@ -57,6 +57,21 @@ fn last_error() -> io::Error {
     io::Error::from_raw_os_error(unsafe { *libc::__errno_location() })
 }
 
+/// Makes this process get `signal` when its parent (`parent`) dies; an error if the parent is
+/// gone already (the signal would never come). Async-signal-safe: prctl(2), getppid(2).
+fn die_with_parent(signal: libc::c_int, parent: libc::pid_t) -> io::Result<()> {
+    // SAFETY: two system calls without pointers.
+    unsafe {
+        if libc::prctl(libc::PR_SET_PDEATHSIG, signal as libc::c_ulong, 0, 0, 0) != 0 {
+            return Err(last_error());
+        }
+        if libc::getppid() != parent {
+            return Err(io::Error::from_raw_os_error(libc::ESRCH));
+        }
+    }
+    Ok(())
+}
+
 /// Makes `cmd` start under a supervisor (see the [module docs](self)). `cmd` must lead a new
 /// process group (`process_group(0)`).
 pub(super) fn supervise(cmd: &mut Command) {
@@ -69,20 +84,7 @@ pub(super) fn supervise(cmd: &mut Command) {
     // command.
     unsafe {
         cmd.pre_exec(move || {
-            if libc::prctl(
-                libc::PR_SET_PDEATHSIG,
-                libc::SIGUSR1 as libc::c_ulong,
-                0,
-                0,
-                0,
-            ) != 0
-            {
-                return Err(last_error());
-            }
-            // The worker may have died before the prctl took effect: no signal would come.
-            if libc::getppid() != worker {
-                return Err(io::Error::from_raw_os_error(libc::ESRCH));
-            }
+            die_with_parent(libc::SIGUSR1, worker)?;
             let supervisor = libc::getpid();
             // A plain fork without the atfork handlers glibc's fork() would run.
             let command = libc::syscall(libc::SYS_clone, libc::SIGCHLD as libc::c_long, 0, 0, 0, 0);
@@ -91,20 +93,7 @@ pub(super) fn supervise(cmd: &mut Command) {
             }
             if command == 0 {
                 // The command: dies with its supervisor, then goes on to exec.
-                if libc::prctl(
-                    libc::PR_SET_PDEATHSIG,
-                    libc::SIGKILL as libc::c_ulong,
-                    0,
-                    0,
-                    0,
-                ) != 0
-                {
-                    return Err(last_error());
-                }
-                if libc::getppid() != supervisor {
-                    return Err(io::Error::from_raw_os_error(libc::ESRCH));
-                }
-                return Ok(());
+                return die_with_parent(libc::SIGKILL, supervisor);
             }
             run_supervisor(worker, command as libc::pid_t)
         });

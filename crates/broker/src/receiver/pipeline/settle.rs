@@ -337,38 +337,26 @@ mod tests {
         assert_eq!(labels[WORKER_NAME_LABEL], json!("producer-chosen"));
     }
 
-    /// A result backend whose every write fails with a temporary (throttling) error.
-    struct Throttled;
+    /// A result backend whose every write fails with `error` (made from the key).
+    struct Failing(fn(&str) -> ResultError);
 
-    #[async_trait::async_trait]
-    impl ResultBackend for Throttled {
-        async fn set_result(&self, _: &str, _: &TaskResult) -> Result<(), ResultError> {
-            let slow = ServiceError::new("s3", "SlowDown", "PutObject", ErrorClass::Temporary);
-            Err(slow.into())
-        }
-        async fn is_result_ready(&self, _: &str) -> Result<bool, ResultError> {
-            Ok(false)
-        }
-        async fn get_result(&self, task_id: &str, _: bool) -> Result<TaskResult, ResultError> {
-            Err(ResultError::NotFound {
-                task_id: task_id.into(),
-            })
-        }
-        async fn delete_result(&self, _: &str) -> Result<(), ResultError> {
-            Ok(())
+    /// Every write throttled (a temporary error).
+    fn throttled(_: &str) -> ResultError {
+        ServiceError::new("s3", "SlowDown", "PutObject", ErrorClass::Temporary).into()
+    }
+
+    /// Every key refused for good.
+    fn refused(key: &str) -> ResultError {
+        ResultError::InvalidKey {
+            key: key.into(),
+            reason: "contains `/`",
         }
     }
 
-    /// A result backend that refuses every key for good.
-    struct Refusing;
-
     #[async_trait::async_trait]
-    impl ResultBackend for Refusing {
+    impl ResultBackend for Failing {
         async fn set_result(&self, task_id: &str, _: &TaskResult) -> Result<(), ResultError> {
-            Err(ResultError::InvalidKey {
-                key: task_id.into(),
-                reason: "contains `/`",
-            })
+            Err((self.0)(task_id))
         }
         async fn is_result_ready(&self, _: &str) -> Result<bool, ResultError> {
             Ok(false)
@@ -386,8 +374,10 @@ mod tests {
     #[tokio::test]
     async fn a_rejected_message_whose_result_can_never_be_saved_is_not_cycled() {
         let (mut shared, _) = shared(Registry::default());
-        let queue =
-            crate::TaskQueue::new(Arc::new(crate::InMemoryBroker::new()), Arc::new(Refusing));
+        let queue = crate::TaskQueue::new(
+            Arc::new(crate::InMemoryBroker::new()),
+            Arc::new(Failing(refused)),
+        );
         Arc::get_mut(&mut shared).expect("not shared yet").queue = queue;
         let (delivery, settled) =
             super::super::tests::delivery(r#"{"task_id": "a/b", "task_name": 7}"#);
@@ -402,8 +392,10 @@ mod tests {
     #[tokio::test]
     async fn a_save_that_keeps_failing_is_given_up_as_persistent() {
         let (mut shared, _) = shared(Registry::default());
-        let queue =
-            crate::TaskQueue::new(Arc::new(crate::InMemoryBroker::new()), Arc::new(Throttled));
+        let queue = crate::TaskQueue::new(
+            Arc::new(crate::InMemoryBroker::new()),
+            Arc::new(Failing(throttled)),
+        );
         Arc::get_mut(&mut shared).expect("not shared yet").queue = queue;
         let result = TaskResult::ok(json!(1), 0.0);
         let err = shared.save("t1", &result).await.unwrap_err();

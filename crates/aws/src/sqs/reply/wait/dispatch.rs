@@ -100,6 +100,17 @@ impl State {
             .any(|(at, _)| at > 0 && self.slots.contains_key(&key[..at]))
     }
 
+    /// Keeps `reply` for the first waiter of `task_id`: `seq` is its slot's place among the
+    /// unclaimed when it is counted there already (an `Expected` slot), else it is counted now.
+    fn keep(&mut self, task_id: &str, seq: Option<u64>, reply: Reply, bytes: usize) -> Delivered {
+        let seq = seq.unwrap_or_else(|| self.push_unclaimed(task_id));
+        self.unclaimed_bytes += bytes;
+        self.slots
+            .insert(task_id.to_string(), Slot::Arrived { seq, reply, bytes });
+        self.evict();
+        Delivered::Kept
+    }
+
     fn push_unclaimed(&mut self, task_id: &str) -> u64 {
         self.next_seq += 1;
         let seq = self.next_seq;
@@ -175,15 +186,7 @@ impl Dispatch {
     pub(crate) fn deliver(&self, task_id: &str, reply: Reply, bytes: usize) -> Delivered {
         let mut state = self.lock();
         match state.slots.remove(task_id) {
-            None if state.is_companion(task_id) => {
-                let seq = state.push_unclaimed(task_id);
-                state.unclaimed_bytes += bytes;
-                state
-                    .slots
-                    .insert(task_id.to_string(), Slot::Arrived { seq, reply, bytes });
-                state.evict();
-                Delivered::Kept
-            }
+            None if state.is_companion(task_id) => state.keep(task_id, None, reply, bytes),
             None => Delivered::Unexpected,
             Some(Slot::Waiting(senders)) => {
                 let mut woken = false;
@@ -193,22 +196,9 @@ impl Dispatch {
                 if woken {
                     return Delivered::Woken;
                 }
-                let seq = state.push_unclaimed(task_id);
-                state.unclaimed_bytes += bytes;
-                state
-                    .slots
-                    .insert(task_id.to_string(), Slot::Arrived { seq, reply, bytes });
-                state.evict();
-                Delivered::Kept
+                state.keep(task_id, None, reply, bytes)
             }
-            Some(Slot::Expected { seq }) => {
-                state.unclaimed_bytes += bytes;
-                state
-                    .slots
-                    .insert(task_id.to_string(), Slot::Arrived { seq, reply, bytes });
-                state.evict();
-                Delivered::Kept
-            }
+            Some(Slot::Expected { seq }) => state.keep(task_id, Some(seq), reply, bytes),
             Some(Slot::Arrived {
                 seq,
                 bytes: old_bytes,
