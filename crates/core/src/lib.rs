@@ -9,6 +9,7 @@
 //!   class, and the underlying error as its `source()`), wrapped by each layer's error enum.
 //! - [`FailureKind`]: the kinds of failure stored in failed task results and step errors,
 //!   with one spelling each on the wire.
+//! - Feature `fuzz`: [`fuzz`], the input mutations the decoders' fuzz harnesses share.
 //!
 //! ```
 //! use stepq_core::{ErrorClass, FailureKind, ServiceError};
@@ -27,6 +28,8 @@
 #![warn(missing_docs)]
 
 mod class;
+#[cfg(feature = "fuzz")]
+pub mod fuzz;
 mod kind;
 mod service;
 

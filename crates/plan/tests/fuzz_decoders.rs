@@ -6,6 +6,7 @@
 use std::path::PathBuf;
 
 use proptest::prelude::*;
+use stepq_core::fuzz::edited_bytes;
 use stepq_plan::{
     unpack, Event, ExecuteRunArgs, ExecuteStepArgs, KnownState, Packable, ResumeRunArgs,
     StepReport, TaskProgress,
@@ -40,28 +41,10 @@ fn decode_all(bytes: &[u8]) {
     one::<KnownState>(bytes);
 }
 
-/// A golden encoding with byte edits: `(position, value)` overwrites, then a cut.
+/// A golden encoding with byte edits (see `stepq_core::fuzz`).
 fn mutated() -> impl Strategy<Value = Vec<u8>> {
     let goldens = goldens();
-    (
-        0..goldens.len(),
-        prop::collection::vec((any::<usize>(), any::<u8>()), 0..8),
-        any::<usize>(),
-        any::<bool>(),
-    )
-        .prop_map(move |(which, edits, cut, truncate)| {
-            let mut bytes = goldens[which].clone();
-            for (at, value) in edits {
-                if !bytes.is_empty() {
-                    let at = at % bytes.len();
-                    bytes[at] = value;
-                }
-            }
-            if truncate && !bytes.is_empty() {
-                bytes.truncate(cut % bytes.len());
-            }
-            bytes
-        })
+    (0..goldens.len()).prop_flat_map(move |which| edited_bytes(goldens[which].clone()))
 }
 
 proptest! {

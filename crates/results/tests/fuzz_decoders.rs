@@ -4,6 +4,7 @@
 //! target in CI, more with `PROPTEST_CASES=N`).
 
 use proptest::prelude::*;
+use stepq_core::fuzz::edited_bytes;
 use stepq_results::{FailureKind, TaskResult};
 
 fn samples() -> Vec<Vec<u8>> {
@@ -35,18 +36,8 @@ proptest! {
 
     #[test]
     fn mutated_results_never_panic_the_decoder(
-        which in 0..2usize,
-        edits in prop::collection::vec((any::<usize>(), any::<u8>()), 0..8),
-        cut in proptest::option::of(any::<usize>()),
+        bytes in (0..2usize).prop_flat_map(|which| edited_bytes(samples()[which].clone()))
     ) {
-        let mut bytes = samples()[which].clone();
-        for (at, value) in edits {
-            let at = at % bytes.len();
-            bytes[at] = value;
-        }
-        if let Some(cut) = cut {
-            bytes.truncate(cut % bytes.len());
-        }
         check(&bytes);
     }
 }

@@ -5,6 +5,7 @@
 //! (256 cases per target in CI, more with `PROPTEST_CASES=N`).
 
 use proptest::prelude::*;
+use stepq_core::fuzz::edited_bytes;
 use stepq_runs::RunRecord;
 
 fn sample() -> Vec<u8> {
@@ -29,18 +30,7 @@ proptest! {
     }
 
     #[test]
-    fn mutated_records_never_panic_the_decoder(
-        edits in prop::collection::vec((any::<usize>(), any::<u8>()), 0..8),
-        cut in proptest::option::of(any::<usize>()),
-    ) {
-        let mut bytes = sample();
-        for (at, value) in edits {
-            let at = at % bytes.len();
-            bytes[at] = value;
-        }
-        if let Some(cut) = cut {
-            bytes.truncate(cut % bytes.len());
-        }
+    fn mutated_records_never_panic_the_decoder(bytes in edited_bytes(sample())) {
         check(&bytes);
     }
 }

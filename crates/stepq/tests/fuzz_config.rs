@@ -7,6 +7,7 @@ use std::path::Path;
 
 use proptest::prelude::*;
 use stepq::StepqConfig;
+use stepq_core::fuzz::edited_text;
 
 /// The example file of docs/configuration.md.
 fn example() -> String {
@@ -33,17 +34,8 @@ proptest! {
 
     #[test]
     fn edited_examples_never_panic_the_config_reader(
-        edits in prop::collection::vec((any::<usize>(), "[ -~\\n]"), 0..6),
-        cut in proptest::option::of(any::<usize>()),
+        text in edited_text(&example()),
     ) {
-        let mut text: Vec<char> = example().chars().collect();
-        for (at, c) in edits {
-            let at = at % text.len();
-            text[at] = c.chars().next().unwrap_or(' ');
-        }
-        if let Some(cut) = cut {
-            text.truncate(cut % text.len());
-        }
-        check(&text.into_iter().collect::<String>());
+        check(&text);
     }
 }

@@ -6,6 +6,7 @@
 use std::path::Path;
 
 use proptest::prelude::*;
+use stepq_core::fuzz::edited_text;
 use stepq_worker::shell::ShellJobs;
 use stepq_worker::CodeLocation;
 
@@ -38,18 +39,9 @@ proptest! {
 
     #[test]
     fn edited_jobs_files_never_panic_the_reader(
-        edits in prop::collection::vec((any::<usize>(), "[ -~\\n]"), 0..6),
-        cut in proptest::option::of(any::<usize>()),
+        text in edited_text(JOBS),
     ) {
-        let mut text: Vec<char> = JOBS.chars().collect();
-        for (at, c) in edits {
-            let at = at % text.len();
-            text[at] = c.chars().next().unwrap_or(' ');
-        }
-        if let Some(cut) = cut {
-            text.truncate(cut % text.len());
-        }
-        check(&text.into_iter().collect::<String>());
+        check(&text);
     }
 }
 
