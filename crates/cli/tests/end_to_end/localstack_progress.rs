@@ -8,11 +8,11 @@
 
 use std::path::Path;
 use std::process::{Child, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use crate::common::cli::{run_configured, stdout, stepq_configured, text};
 use crate::common::localstack::*;
-use crate::tables::{table, JOBS};
+use crate::tables::{jobs, sorted_calls, table, wait_for_status_with, JOBS};
 
 /// A `stepq` process SIGKILLed (and reaped) when dropped, so a failed test leaves none behind.
 struct KilledOnDrop(Option<Child>);
@@ -26,16 +26,10 @@ impl Drop for KilledOnDrop {
     }
 }
 
-fn with_jobs<'a>(args: &[&'a str]) -> Vec<&'a str> {
-    let mut all = vec!["--jobs-file", "jobs.toml"];
-    all.extend_from_slice(args);
-    all
-}
-
 /// `stepq run JOB` of `jobs.toml` on the configured queue, in the background.
 fn spawn_run(dir: &Path, job: &str, run_id: &str) -> Child {
     stepq_configured(dir)
-        .args(with_jobs(&["run", job, "--run-id", run_id]))
+        .args(jobs(&["run", job, "--run-id", run_id]))
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
@@ -45,25 +39,11 @@ fn spawn_run(dir: &Path, job: &str, run_id: &str) -> Child {
 /// Waits (a minute at most) until `stepq status RUN_ID` shows `step` as `status`; returns
 /// that row's words.
 fn wait_for_row(dir: &Path, run_id: &str, step: &str, status: &str) -> Vec<String> {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let out = run_configured(dir, &with_jobs(&["status", run_id]));
-        let row = table(&stdout(&out)).into_iter().find_map(|r| {
-            let words: Vec<String> = r.split_whitespace().map(str::to_string).collect();
-            (words.first().map(String::as_str) == Some(step)
-                && words.get(1).map(String::as_str) == Some(status))
-            .then_some(words)
-        });
-        if let Some(words) = row {
-            return words;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{step} never {status}: {}",
-            text(&out)
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    let rows = wait_for_status_with(|args| run_configured(dir, args), run_id, step, status);
+    rows.iter()
+        .map(|r| r.split_whitespace().map(str::to_string).collect::<Vec<_>>())
+        .find(|words| words.first().map(String::as_str) == Some(step))
+        .expect("the row waited for")
 }
 
 #[tokio::test]
@@ -100,7 +80,7 @@ async fn localstack_a_killed_fused_chain_resumes_rerunning_only_the_step_in_flig
     // s0-s2 finished inside the fused task, s3 waits for `go`: recorded as they happened.
     wait_for_row(dir.path(), "killed", "s3", "RUNNING");
     drop(orchestrator); // SIGKILL
-    let out = run_configured(dir.path(), &with_jobs(&["status", "killed"]));
+    let out = run_configured(dir.path(), &jobs(&["status", "killed"]));
     let rows = table(&stdout(&out));
     for step in ["s0", "s1", "s2"] {
         assert!(
@@ -113,7 +93,7 @@ async fn localstack_a_killed_fused_chain_resumes_rerunning_only_the_step_in_flig
     // The resume stops the dead orchestrator's task on the worker before queueing its own.
     let mut resume = KilledOnDrop(Some(
         stepq_configured(dir.path())
-            .args(with_jobs(&["resume", "killed", "--here", "--force"]))
+            .args(jobs(&["resume", "killed", "--here", "--force"]))
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
@@ -123,9 +103,7 @@ async fn localstack_a_killed_fused_chain_resumes_rerunning_only_the_step_in_flig
     std::fs::write(dir.path().join("go"), "").unwrap();
     let out = resume.0.take().unwrap().wait_with_output().unwrap();
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
-    let calls = std::fs::read_to_string(dir.path().join("calls")).unwrap();
-    let mut calls: Vec<&str> = calls.lines().collect();
-    calls.sort();
+    let calls = sorted_calls(dir.path());
     assert_eq!(
         calls,
         ["s0", "s1", "s2", "s3", "s3", "s4"],

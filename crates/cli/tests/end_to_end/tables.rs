@@ -66,7 +66,8 @@ argv = ["sh", "-c", "echo s4 >> calls; cat"]
 inputs = { n = "s3.stdout" }
 "#;
 
-fn jobs<'a>(args: &[&'a str]) -> Vec<&'a str> {
+/// `args` after `--jobs-file jobs.toml`.
+pub(crate) fn jobs<'a>(args: &[&'a str]) -> Vec<&'a str> {
     let mut all = vec!["--jobs-file", "jobs.toml"];
     all.extend_from_slice(args);
     all
@@ -90,9 +91,20 @@ fn status_table(dir: &Path, run_id: &str) -> Vec<String> {
 
 /// Waits until `stepq status RUN_ID` shows a row for `step` with `status`.
 fn wait_for_status(dir: &Path, run_id: &str, step: &str, status: &str) -> Vec<String> {
+    wait_for_status_with(|args| run(dir, args), run_id, step, status)
+}
+
+/// Waits (a minute at most) until `stepq status RUN_ID` of the jobs file, run by `stepq`,
+/// shows a row for `step` with `status`; returns the table.
+pub(crate) fn wait_for_status_with(
+    stepq: impl Fn(&[&str]) -> std::process::Output,
+    run_id: &str,
+    step: &str,
+    status: &str,
+) -> Vec<String> {
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
-        let out = run(dir, &jobs(&["status", run_id]));
+        let out = stepq(&jobs(&["status", run_id]));
         let rows = table(&stdout(&out));
         if rows.iter().any(|r| {
             let words: Vec<&str> = r.split_whitespace().collect();
@@ -107,6 +119,14 @@ fn wait_for_status(dir: &Path, run_id: &str, step: &str, status: &str) -> Vec<St
         );
         std::thread::sleep(Duration::from_millis(50));
     }
+}
+
+/// The steps of job `long` that ran, in `dir/calls`, sorted.
+pub(crate) fn sorted_calls(dir: &Path) -> Vec<String> {
+    let calls = std::fs::read_to_string(dir.join("calls")).unwrap();
+    let mut calls: Vec<String> = calls.lines().map(str::to_string).collect();
+    calls.sort();
+    calls
 }
 
 fn spawn_run(dir: &Path, job: &str, run_id: &str) -> Child {
@@ -190,9 +210,7 @@ fn a_killed_run_of_a_fused_chain_resumes_without_rerunning_finished_steps() {
     std::fs::write(dir.path().join("go"), "").unwrap();
     let out = run(dir.path(), &jobs(&["resume", "killed", "--force"]));
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
-    let calls = std::fs::read_to_string(dir.path().join("calls")).unwrap();
-    let mut calls: Vec<&str> = calls.lines().collect();
-    calls.sort();
+    let calls = sorted_calls(dir.path());
     // Only the step in flight when the run was killed runs again.
     assert_eq!(
         calls,
