@@ -322,7 +322,7 @@ impl SqsDeadLetters {
         }
     }
 
-    /// Dead letters held, visible or not (SQS's approximate counts); `None` if the queue does
+    /// Dead letters in the queue, visible or not (SQS's approximate counts); `None` if the queue does
     /// not exist.
     async fn approximate_count(&self) -> Result<Option<usize>, BrokerError> {
         let attributes = self
