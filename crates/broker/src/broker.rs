@@ -25,18 +25,27 @@ pub type DeliveryStream = BoxStream<'static, Result<Delivery, BrokerError>>;
 /// assert_eq!(Demand::from_fn(|| 0).get(), 1); // a poll always asks for one
 /// ```
 #[derive(Clone)]
-pub struct Demand(Arc<dyn Fn() -> usize + Send + Sync>);
+pub struct Demand {
+    free: Arc<dyn Fn() -> usize + Send + Sync>,
+    running: Option<Arc<dyn Fn() -> usize + Send + Sync>>,
+}
 
 impl std::fmt::Debug for Demand {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_tuple("Demand").field(&self.get()).finish()
+        f.debug_struct("Demand")
+            .field("free", &self.get())
+            .field("running", &self.running())
+            .finish()
     }
 }
 
 impl Demand {
     /// A demand read from `free` at each receive (values below 1 count as 1).
     pub fn from_fn(free: impl Fn() -> usize + Send + Sync + 'static) -> Self {
-        Demand(Arc::new(free))
+        Demand {
+            free: Arc::new(free),
+            running: None,
+        }
     }
 
     /// A constant demand of `n` (at least 1).
@@ -49,9 +58,32 @@ impl Demand {
         Demand::fixed(usize::MAX)
     }
 
+    /// Also tells the broker how many deliveries the consumer is running now (read at each
+    /// receive). A broker whose pending receive outlives a killed consumer (an SQS long
+    /// poll) keeps it short while deliveries run, so a killed worker's message is not taken
+    /// by its dead poll when it reappears.
+    ///
+    /// ```
+    /// use stepq_broker::broker::Demand;
+    ///
+    /// let demand = Demand::fixed(2).with_running(|| 3);
+    /// assert_eq!((demand.get(), demand.running()), (2, 3));
+    /// assert_eq!(Demand::fixed(2).running(), 0);
+    /// ```
+    pub fn with_running(mut self, running: impl Fn() -> usize + Send + Sync + 'static) -> Self {
+        self.running = Some(Arc::new(running));
+        self
+    }
+
     /// The deliveries the consumer could start now, at least 1.
     pub fn get(&self) -> usize {
-        (self.0)().max(1)
+        (self.free)().max(1)
+    }
+
+    /// The deliveries the consumer runs now (0 unless given by
+    /// [`with_running`](Demand::with_running)).
+    pub fn running(&self) -> usize {
+        self.running.as_ref().map_or(0, |running| running())
     }
 }
 

@@ -829,9 +829,10 @@ fn default_config() {
     let c = ReceiverConfig::default();
     assert!(c.concurrency >= 1);
     assert_eq!(c.grace_period, Duration::from_secs(30));
-    // Fitted to SQS's default 10 s visibility timeout: the first extension comes well before
-    // it lapses, and a killed worker's message is visible again within 10 s.
-    assert_eq!(c.heartbeat_extension, Duration::from_secs(10));
+    // Fitted to the SQS broker's default 6 s visibility timeout: the first extension comes
+    // well before it lapses, and a killed worker's message is visible again within 6 s of
+    // its last extension.
+    assert_eq!(c.heartbeat_extension, Duration::from_secs(6));
     let every = c.heartbeat_interval.expect("heartbeats are on by default");
     assert!(every * 2 < c.heartbeat_extension, "{every:?}");
     assert!(

@@ -24,8 +24,8 @@ pub const INVALID_STEP_ARGS: FailureKind = FailureKind::InvalidStepArgs;
 pub const REPORT_ENCODE_ERROR: FailureKind = FailureKind::ReportEncodeError;
 
 /// The visibility timeout [`WorkerConfig::default`] is made for: the SQS broker's default
-/// (`stepq_broker::sqs::DEFAULT_VISIBILITY_TIMEOUT`, 10 s).
-pub const DEFAULT_VISIBILITY_TIMEOUT: Duration = Duration::from_secs(10);
+/// (`stepq_aws::sqs::DEFAULT_VISIBILITY_TIMEOUT`, 6 s).
+pub const DEFAULT_VISIBILITY_TIMEOUT: Duration = Duration::from_secs(6);
 
 /// Worker settings.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -37,8 +37,8 @@ pub struct WorkerConfig {
     /// On stop, how long in-flight tasks may run before they are cancelled and returned to the
     /// queue (default 30 s).
     pub grace_period: Duration,
-    /// While a task runs, its message stays invisible for this much more ... (default 10 s,
-    /// the SQS default visibility timeout)
+    /// While a task runs, its message stays invisible for this much more ... (default 6 s,
+    /// the SQS broker's default visibility timeout)
     pub heartbeat_extension: Duration,
     /// ... renewed this often (default a third of that; must be shorter than the extension,
     /// and the first renewal must come well within the broker's visibility timeout, which a
@@ -64,7 +64,7 @@ pub const DEFAULT_INLINE_OUTPUT_LIMIT: usize = 8 * 1024;
 impl Default for WorkerConfig {
     /// Name `hostname-pid`, concurrency = cores, 30 s grace (the receiver's defaults), and
     /// visibility heartbeats safe on the SQS broker's default visibility timeout: every
-    /// 3.3 s, each keeping the message hidden 10 s more (see
+    /// 2 s, each keeping the message hidden 6 s more (see
     /// [`with_visibility_timeout`](WorkerConfig::with_visibility_timeout)).
     fn default() -> Self {
         let r = ReceiverConfig::default();

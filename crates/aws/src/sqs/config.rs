@@ -9,8 +9,10 @@ pub const DEFAULT_WAIT_TIME_SECONDS: u32 = 20;
 /// Default messages taken per receive: the SQS maximum.
 pub const DEFAULT_MAX_NUMBER_OF_MESSAGES: u32 = 10;
 /// Default visibility timeout (seconds): short, so a killed worker's task is re-run within
-/// 10 s; running tasks keep their message hidden with heartbeats.
-pub const DEFAULT_VISIBILITY_TIMEOUT: u32 = 10;
+/// about 6 s (a worker's heartbeats, every 2 s, keep a running task's message hidden; a
+/// busy worker's long polls last at most 3 s, so a killed worker's pending poll cannot take
+/// its message when it reappears).
+pub const DEFAULT_VISIBILITY_TIMEOUT: u32 = 6;
 /// Default size above which a body goes to S3: 256 KiB, the classic SQS limit.
 pub const DEFAULT_PAYLOAD_SIZE_THRESHOLD: usize = 256 * 1024;
 /// Largest body SQS accepts today (1 MiB); the threshold may not exceed it.
@@ -340,7 +342,7 @@ mod tests {
         c.validate().unwrap();
         assert_eq!(c.config_source.wait_time_seconds, 20);
         assert_eq!(c.config_source.max_number_of_messages, 10);
-        assert_eq!(c.config_source.visibility_timeout, 10);
+        assert_eq!(c.config_source.visibility_timeout, 6);
         assert_eq!(c.config_source.payload_size_threshold, 262_144);
         assert_eq!(c.queue_name(), "tasks");
         assert_eq!(c.region_from_url().as_deref(), Some("us-east-1"));

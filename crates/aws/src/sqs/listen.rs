@@ -51,15 +51,32 @@ fn receive_limit(configured: u32, demand: usize) -> u32 {
         .max(1)
 }
 
-/// One long poll for at most `max` messages.
-async fn receive(inner: Arc<Inner>, max: u32) -> Result<Vec<Received>, BrokerError> {
+/// Seconds one long poll waits: `wait_time_seconds` while the consumer runs nothing, but at
+/// most half the visibility timeout (at least 1 s) while it runs deliveries.
+///
+/// SQS cannot cancel a long poll, and a SIGKILLed worker's pending poll lives on in the queue
+/// service: when the killed worker's message reappears (at the earliest a visibility
+/// timeout less one heartbeat period, two thirds of it, after the kill) a poll still pending
+/// can take it and hide it for another timeout with nobody to run it. Only a busy worker can
+/// be killed with a step in flight, and its polls end before that message reappears; an idle
+/// worker keeps the full wait, so idle request rates do not change.
+fn poll_wait(wait_time_seconds: u32, visibility_timeout: u32, running: usize) -> u32 {
+    if running == 0 {
+        wait_time_seconds
+    } else {
+        (visibility_timeout / 2).max(1).min(wait_time_seconds)
+    }
+}
+
+/// One long poll for at most `max` messages, waiting up to `wait` seconds.
+async fn receive(inner: Arc<Inner>, max: u32, wait: u32) -> Result<Vec<Received>, BrokerError> {
     let c = &inner.config.config_source;
     let out = inner
         .sqs
         .receive_message()
         .queue_url(&inner.config.queue_url)
         .max_number_of_messages(max as i32)
-        .wait_time_seconds(c.wait_time_seconds as i32)
+        .wait_time_seconds(wait as i32)
         .visibility_timeout(c.visibility_timeout as i32)
         .message_system_attribute_names(MessageSystemAttributeName::ApproximateReceiveCount)
         .message_system_attribute_names(MessageSystemAttributeName::MessageGroupId)
@@ -304,9 +321,15 @@ impl Listener {
                 self.inner.config.config_source.max_number_of_messages,
                 self.demand.get(),
             );
+            let c = &self.inner.config.config_source;
+            let wait = poll_wait(
+                c.wait_time_seconds,
+                c.visibility_timeout,
+                self.demand.running(),
+            );
             let poll = self
                 .poll
-                .get_or_insert_with(|| tokio::spawn(receive(inner, max)));
+                .get_or_insert_with(|| tokio::spawn(receive(inner, max, wait)));
             let outcome = tokio::select! {
                 biased;
                 _ = self.stop.cancelled() => return None,
@@ -493,7 +516,29 @@ pub(crate) fn listen(inner: Arc<Inner>, stop: CancellationToken, demand: Demand)
 
 #[cfg(test)]
 mod tests {
-    use super::receive_limit;
+    use super::{poll_wait, receive_limit};
+
+    #[test]
+    fn a_busy_worker_polls_for_less_than_half_a_visibility_timeout() {
+        // Idle: the configured wait, whatever the timeout.
+        assert_eq!(poll_wait(20, 6, 0), 20);
+        assert_eq!(poll_wait(20, 1, 0), 20);
+        // Busy: half the timeout, at least a second, never above the configured wait.
+        assert_eq!(poll_wait(20, 6, 1), 3);
+        assert_eq!(poll_wait(20, 7, 4), 3);
+        assert_eq!(poll_wait(20, 1, 1), 1);
+        assert_eq!(poll_wait(20, 600, 1), 20);
+        assert_eq!(poll_wait(0, 6, 1), 0);
+        // The poll of a worker killed with a step in flight ends before that step's
+        // message reappears: a timeout less one heartbeat period (a third of it) after the
+        // last heartbeat, which came at most a period before the kill.
+        for visibility in 3..=60 {
+            assert!(
+                3 * poll_wait(20, visibility, 1) < 2 * visibility,
+                "{visibility}"
+            );
+        }
+    }
 
     #[test]
     fn a_receive_asks_for_no_more_than_the_consumer_can_start() {

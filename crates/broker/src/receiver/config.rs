@@ -30,16 +30,16 @@ pub struct ReceiverConfig {
 }
 
 impl Default for ReceiverConfig {
-    /// Concurrency = available cores, 30 s grace, heartbeats fitted to SQS's default 10 s
-    /// visibility timeout (every 10/3 s, each extending visibility by 10 s: a message is
-    /// extended well before its first timeout lapses, and a killed worker's message is
-    /// delivered again within 10 s), worker name `hostname-pid`.
+    /// Concurrency = available cores, 30 s grace, heartbeats fitted to the SQS broker's
+    /// default 6 s visibility timeout (every 2 s, each extending visibility by 6 s: a message
+    /// is extended well before its first timeout lapses, and a killed worker's message is
+    /// delivered again within 6 s of its last heartbeat), worker name `hostname-pid`.
     fn default() -> Self {
         ReceiverConfig {
             concurrency: std::thread::available_parallelism().map_or(1, |n| n.get()),
             grace_period: Duration::from_secs(30),
-            heartbeat_extension: Duration::from_secs(10),
-            heartbeat_interval: Some(Duration::from_secs(10) / 3),
+            heartbeat_extension: Duration::from_secs(6),
+            heartbeat_interval: Some(Duration::from_secs(2)),
             worker_name: default_worker_name(),
             max_receive_count: Some(crate::DEFAULT_MAX_RECEIVE_COUNT),
         }

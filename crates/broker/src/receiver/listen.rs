@@ -55,7 +55,10 @@ impl Receiver {
         // The stream is polled only while a permit is held: the free slots are that one and
         // the permits still available.
         let free = Arc::clone(&semaphore);
-        let demand = Demand::from_fn(move || free.available_permits() + 1);
+        let idle = Arc::clone(&semaphore);
+        let concurrency = shared.config.concurrency;
+        let demand = Demand::from_fn(move || free.available_permits() + 1)
+            .with_running(move || concurrency.saturating_sub(idle.available_permits() + 1));
         let listening = shared
             .queue
             .broker()
@@ -251,7 +254,7 @@ mod tests {
     /// Records the demand the receiver reports at each poll of the delivery stream.
     struct DemandProbe {
         inner: InMemoryBroker,
-        seen: Arc<std::sync::Mutex<Vec<usize>>>,
+        seen: Arc<std::sync::Mutex<Vec<(usize, usize)>>>,
     }
 
     #[async_trait::async_trait]
@@ -273,7 +276,7 @@ mod tests {
             let inner = self.inner.listen(stop).await?;
             let seen = Arc::clone(&self.seen);
             let probed = futures::stream::unfold(inner, move |mut inner| {
-                seen.lock().unwrap().push(demand.get());
+                seen.lock().unwrap().push((demand.get(), demand.running()));
                 async move { inner.next().await.map(|item| (item, inner)) }
             });
             Ok(probed.boxed())
@@ -284,7 +287,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn the_broker_is_asked_for_no_more_than_the_free_slots() {
+    async fn the_broker_is_asked_for_no_more_than_the_free_slots_and_told_how_many_run() {
         let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
         let probe = DemandProbe {
             inner: InMemoryBroker::new(),
@@ -310,7 +313,8 @@ mod tests {
         tokio::time::timeout(Duration::from_secs(5), third_poll)
             .await
             .expect("the receiver polls with listen_with_demand");
-        assert_eq!(seen.lock().unwrap()[..3], [3, 2, 1]);
+        // Each poll also said how many ran: none, then one, then two.
+        assert_eq!(seen.lock().unwrap()[..3], [(3, 0), (2, 1), (1, 2)]);
         release.notify_waiters();
         stop.cancel();
         assert_eq!(worker.await.unwrap().unwrap().succeeded, 2);
