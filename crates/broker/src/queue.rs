@@ -79,6 +79,12 @@ impl TaskQueue {
         self.middleware.push(m);
         self
     }
+    /// The same queue over `layer(broker)`: a broker wrapped in another (e.g.
+    /// [`SignedBroker`](crate::signing::SignedBroker)), results and middleware kept.
+    pub fn map_broker(mut self, layer: impl FnOnce(Arc<dyn Broker>) -> Arc<dyn Broker>) -> Self {
+        self.broker = layer(self.broker);
+        self
+    }
     /// The broker.
     pub fn broker(&self) -> &Arc<dyn Broker> {
         &self.broker

@@ -9,6 +9,9 @@
 //!   run store in `s3.bucket` under `s3.base_path`. Workers are `stepq worker start` processes
 //!   anywhere.
 //!
+//! With a `[signing]` key the broker is a [`SignedBroker`](stepq_broker::signing::SignedBroker):
+//! every task message is signed, and a worker refuses (and dead-letters) any it cannot check.
+//!
 //! With `enable_cancellation = true` (the default) the broker is a
 //! [`CancellableBroker`](stepq_cancel::CancellableBroker): cancel markers in the state directory
 //! (embedded) or under `cancels/` in the bucket (distributed), wake-ups over an in-process
@@ -142,8 +145,9 @@ impl std::fmt::Debug for App {
 }
 
 /// Builds the broker, result backend, output store and run store the config selects (see the
-/// [module docs](self)). Validates the config first. Makes no network request: a missing
-/// queue or bucket shows at [`App::startup`].
+/// [module docs](self)). Validates the config first, and reads `[signing]`'s keys from the
+/// process environment. Makes no network request: a missing queue or bucket shows at
+/// [`App::startup`].
 pub async fn make_app(config: &StepqConfig) -> Result<App, ConfigError> {
     config.validate()?;
     let backends = match config.mode() {
@@ -174,6 +178,8 @@ pub async fn make_app(config: &StepqConfig) -> Result<App, ConfigError> {
             })
         }
     };
+    let signer = config.signing.signer_from_process_env()?;
+    let backends = backends.with_signer(signer);
     Ok(App {
         config: config.clone(),
         backends,

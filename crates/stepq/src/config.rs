@@ -31,6 +31,9 @@
 //! grace_period_seconds = 30
 //! health_interval_seconds = 10  # worker health heartbeat; lost after 3 missed
 //!
+//! [signing]                     # sign task messages; refuse and dead-letter unsigned ones
+//! key_env = "STEPQ_SIGNING_KEY" # the variable holding the shared key (or key = "...")
+//!
 //! [retention]                   # stepq run collects finished runs at its end (embedded)
 //! keep_days = 30
 //! keep_last = 1000
@@ -57,7 +60,7 @@ use stepq_aws::sqs::SqsConfig;
 use stepq_aws::{S3Settings, SqsSettings};
 pub use stepq_executor::config::{RetryModeSetting, TagLimitSetting};
 use stepq_executor::{ExecutorConfig, ExecutorError, ExecutorSettings};
-pub use stepq_worker::service::{default_parallelism, StateStore, WorkerSettings};
+pub use stepq_worker::service::{default_parallelism, SigningSettings, StateStore, WorkerSettings};
 use stepq_worker::WorkerError;
 
 pub use crate::retention::RetentionSettings;
@@ -106,6 +109,8 @@ pub struct StepqConfig {
     pub executor: ExecutorSettings,
     /// Worker services (`stepq-worker`).
     pub worker: WorkerSettings,
+    /// Signed task messages (`stepq_broker::signing`); off unless a key is set.
+    pub signing: SigningSettings,
     /// Automatic retention of finished runs, applied by `stepq run` at its end (embedded
     /// default; see [`crate::retention`]). Unset: none.
     pub retention: RetentionSettings,
@@ -124,6 +129,7 @@ impl Default for StepqConfig {
             s3: S3Settings::default(),
             executor: ExecutorSettings::default(),
             worker: WorkerSettings::default(),
+            signing: SigningSettings::default(),
             retention: RetentionSettings::default(),
         }
     }
@@ -191,6 +197,8 @@ impl StepqConfig {
         };
         config.apply_env(env)?;
         config.validate()?;
+        // Keys named by environment variable are read (and checked) here as well.
+        config.signing.signer(env)?;
         Ok(config)
     }
 

@@ -23,5 +23,6 @@ mod localstack_launch;
 mod localstack_progress;
 mod resume;
 mod shell_processes;
+mod signing;
 mod tables;
 mod takeover;

@@ -101,7 +101,9 @@ async fn run(args: Args) -> Result<(), Exit> {
     if let Some(n) = args.concurrency {
         settings.worker = settings.worker.with_concurrency(n);
     }
-    let backends = Backends::distributed(&file.sqs, &file.s3, file.enable_cancellation).await?;
+    let backends = Backends::distributed(&file.sqs, &file.s3, file.enable_cancellation)
+        .await?
+        .with_signer(file.signing.signer(&env)?);
     if let Some(sqs) = &backends.sqs {
         let visibility = u64::from(sqs.config().config_source.visibility_timeout);
         settings.worker = settings

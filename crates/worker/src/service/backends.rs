@@ -10,6 +10,9 @@
 //!   path. Results are stored in S3 and announced on the sending process's reply queue
 //!   (`stepq_aws::sqs::reply`): workers notify, an orchestrator waits without polling S3.
 //!
+//! [`Backends::with_signer`] wraps the broker so task messages are signed and checked
+//! (`[signing]`).
+//!
 //! With cancellation on, the broker is a `CancellableBroker` (markers in the state directory
 //! or the bucket; wake-ups over an in-process broadcast or per-worker SQS inboxes) and
 //! [`Backends::canceller`] is set.
@@ -17,6 +20,7 @@
 use std::path::Path;
 use std::sync::Arc;
 
+use stepq_broker::signing::{MessageSigner, SignedBroker};
 use stepq_broker::{InMemoryBroker, TaskQueue};
 use stepq_cancel::{CancelStore, CancellableBroker, Canceller, LocalDirCancelStore};
 use stepq_results::{LocalDirOutputStore, LocalDirResultBackend, OutputStore, ResultBackend};
@@ -199,6 +203,17 @@ impl Backends {
             canceller,
             sqs: Some(broker),
         })
+    }
+
+    /// These backends with every task message signed and every delivery checked by
+    /// `signer` (see [`stepq_broker::signing`]); unchanged with `None`.
+    pub fn with_signer(mut self, signer: Option<MessageSigner>) -> Self {
+        if let Some(signer) = signer {
+            self.queue = self
+                .queue
+                .map_broker(|broker| Arc::new(SignedBroker::new(broker, signer)));
+        }
+        self
     }
 
     /// What a worker service needs of these: the queue, the output store, the canceller and,

@@ -29,6 +29,8 @@ pub struct ServiceFile {
     pub s3: S3Settings,
     /// `[worker]`.
     pub worker: WorkerSettings,
+    /// `[signing]`: signed task messages (off when absent).
+    pub signing: super::SigningSettings,
     /// `[executor]`: read by orchestrators, not by workers.
     pub executor: Option<toml::Table>,
     /// `[retention]`: read by `stepq run` (the facade's `RetentionSettings`), not by workers.
@@ -45,6 +47,7 @@ impl Default for ServiceFile {
             sqs: SqsSettings::default(),
             s3: S3Settings::default(),
             worker: WorkerSettings::default(),
+            signing: super::SigningSettings::default(),
             executor: None,
             retention: None,
         }
@@ -53,7 +56,8 @@ impl Default for ServiceFile {
 
 impl ServiceFile {
     /// Reads `path` (or the defaults), applies the environment overrides in `env`
-    /// (`STEPQ_SQS_QUEUE_URL`, `STEPQ_S3_BUCKET_NAME`, …) and checks every section.
+    /// (`STEPQ_SQS_QUEUE_URL`, `STEPQ_S3_BUCKET_NAME`, …) and checks every section,
+    /// `[signing]`'s keys in `env` included.
     pub fn load(path: Option<&Path>, env: &BTreeMap<String, String>) -> Result<Self, ConfigError> {
         let mut file = match path {
             Some(path) => {
@@ -71,6 +75,8 @@ impl ServiceFile {
         stepq_aws::settings::apply_env(&mut file.sqs, &mut file.s3, env);
         file.worker.apply_env(env).map_err(worker_invalid)?;
         file.validate()?;
+        // Keys named by environment variable are read (and checked) here as well.
+        file.signing.signer(env)?;
         Ok(file)
     }
 

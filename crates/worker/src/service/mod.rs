@@ -43,6 +43,7 @@ pub mod backends;
 #[cfg(feature = "aws")]
 pub mod file;
 pub mod settings;
+pub mod signing;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -58,6 +59,7 @@ use crate::{step_canceled_result, CodeLocation, Worker, WorkerConfig, WorkerErro
 
 pub use backends::{Backends, BackendsError, StateStore};
 pub use settings::{default_parallelism, WorkerSettings};
+pub use signing::SigningSettings;
 
 /// Why a worker service could not start or stopped on an error.
 #[derive(Debug, thiserror::Error)]
