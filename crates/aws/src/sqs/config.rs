@@ -10,7 +10,7 @@ pub const DEFAULT_WAIT_TIME_SECONDS: u32 = 20;
 pub const DEFAULT_MAX_NUMBER_OF_MESSAGES: u32 = 10;
 /// Default visibility timeout (seconds): short, so a killed worker's task is re-run within
 /// about 6 s (a worker's heartbeats, every 2 s, keep a running task's message hidden; a
-/// busy worker's long polls last at most 3 s, so a killed worker's pending poll cannot take
+/// busy worker's long polls last 1 s, so a killed worker's pending poll cannot take
 /// its message when it reappears).
 pub const DEFAULT_VISIBILITY_TIMEOUT: u32 = 6;
 /// Default size above which a body goes to S3: 256 KiB, the classic SQS limit.

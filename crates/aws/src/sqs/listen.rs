@@ -51,20 +51,24 @@ fn receive_limit(configured: u32, demand: usize) -> u32 {
         .max(1)
 }
 
-/// Seconds one long poll waits: `wait_time_seconds` while the consumer runs nothing, but at
-/// most half the visibility timeout (at least 1 s) while it runs deliveries.
+/// Seconds one long poll waits: `wait_time_seconds` while the consumer runs nothing, but a
+/// sixth of the visibility timeout (at least 1 s; 1 s at the default 6 s) while it runs
+/// deliveries.
 ///
 /// SQS cannot cancel a long poll, and a SIGKILLed worker's pending poll lives on in the queue
-/// service: when the killed worker's message reappears (at the earliest a visibility
-/// timeout less one heartbeat period, two thirds of it, after the kill) a poll still pending
-/// can take it and hide it for another timeout with nobody to run it. Only a busy worker can
-/// be killed with a step in flight, and its polls end before that message reappears; an idle
-/// worker keeps the full wait, so idle request rates do not change.
+/// service: a message that becomes visible while such a poll waits (a killed step's message,
+/// a timeout less one heartbeat period, two thirds of it, after the kill) can be taken by it
+/// and hidden for another timeout with nobody to run it. Only a busy worker can be killed
+/// with a step in flight: its own polls end long before its messages reappear, and the dead
+/// poll of a worker killed later has only that short window to take anyone's message. An
+/// idle worker keeps the full wait, so idle request rates do not change; under load a poll
+/// returns with messages at once, so the short wait costs requests only while a worker is
+/// busy but the queue is empty.
 fn poll_wait(wait_time_seconds: u32, visibility_timeout: u32, running: usize) -> u32 {
     if running == 0 {
         wait_time_seconds
     } else {
-        (visibility_timeout / 2).max(1).min(wait_time_seconds)
+        (visibility_timeout / 6).max(1).min(wait_time_seconds)
     }
 }
 
@@ -519,20 +523,20 @@ mod tests {
     use super::{poll_wait, receive_limit};
 
     #[test]
-    fn a_busy_worker_polls_for_less_than_half_a_visibility_timeout() {
+    fn a_busy_worker_polls_for_a_sixth_of_a_visibility_timeout() {
         // Idle: the configured wait, whatever the timeout.
         assert_eq!(poll_wait(20, 6, 0), 20);
         assert_eq!(poll_wait(20, 1, 0), 20);
-        // Busy: half the timeout, at least a second, never above the configured wait.
-        assert_eq!(poll_wait(20, 6, 1), 3);
-        assert_eq!(poll_wait(20, 7, 4), 3);
+        // Busy: a sixth of the timeout, at least a second, never above the configured wait.
+        assert_eq!(poll_wait(20, 6, 1), 1);
+        assert_eq!(poll_wait(20, 30, 4), 5);
         assert_eq!(poll_wait(20, 1, 1), 1);
         assert_eq!(poll_wait(20, 600, 1), 20);
         assert_eq!(poll_wait(0, 6, 1), 0);
         // The poll of a worker killed with a step in flight ends before that step's
         // message reappears: a timeout less one heartbeat period (a third of it) after the
         // last heartbeat, which came at most a period before the kill.
-        for visibility in 3..=60 {
+        for visibility in 2..=60 {
             assert!(
                 3 * poll_wait(20, visibility, 1) < 2 * visibility,
                 "{visibility}"
