@@ -18,6 +18,7 @@ mod health;
 mod json;
 mod launch;
 mod localstack;
+mod localstack_chaos;
 mod localstack_health;
 mod localstack_launch;
 mod localstack_progress;

@@ -1,0 +1,253 @@
+//! Chaos on LocalStack (issue #17 item 5): three `stepq worker start` processes at the
+//! default SQS settings, a 60-step run, and every 5 s a random worker that runs a step is
+//! SIGKILLed and restarted under a fresh name. The run must end SUCCESS with every step's
+//! result recorded exactly once, no killed command may outlive its worker, and a killed
+//! step must run again within a bound; the re-run delays are printed (`--nocapture`).
+//! `cargo xtask bench --localstack --faults` measures the same at length
+//! (docs/benchmarks.md); this is its bounded check in `cargo xtask localstack-test`.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Stdio};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use crate::common::cli::{run_configured, stepq_configured, text};
+use crate::common::localstack::*;
+
+const STEPS: usize = 60;
+const KILL_EVERY: Duration = Duration::from_secs(5);
+/// A killed step's next start, at most: two visibility timeouts (6 s by default) and
+/// LocalStack's 1 s re-queue ticks, with room for a slow machine.
+const RERUN_BOUND: f64 = 20.0;
+/// The whole run, at most (about 16 s without kills, 25-30 s with them).
+const RUN_BOUND: Duration = Duration::from_secs(240);
+
+fn now() -> f64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64()
+}
+
+/// `stepq.toml` at the default SQS settings (the shared test config shortens them).
+fn write_config(dir: &Path, ls: &LocalStack, queue: &TestQueue) {
+    let prefix = format!("chaos/{}", uuid::Uuid::new_v4().simple());
+    let config = format!(
+        "[sqs]\nqueue_url = \"{}\"\nendpoint_url = \"{}\"\nregion_name = \"{}\"\n\n\
+         [s3]\nbucket = \"{}\"\nbase_path = \"{prefix}\"\nendpoint_url = \"{}\"\n",
+        queue.url, ls.endpoint, ls.region, ls.bucket, ls.endpoint
+    );
+    std::fs::write(dir.join("stepq.toml"), config).unwrap();
+}
+
+/// 60 independent steps of 1.0-2.0 s, each writing a `start` and an `end` mark (step,
+/// worker, time) into `$CHAOS_MARKS`.
+fn write_jobs(dir: &Path) {
+    let mut jobs = String::from("[jobs.chaos_60]\n\n");
+    for i in 0..STEPS {
+        let mark = |kind: &str| {
+            format!(
+                "printf '{kind} %s %s %s\\\\n' \\\"$STEPQ_STEP_KEY\\\" \\\"$CHAOS_WORKER\\\" \
+                 \\\"$(date +%s.%N)\\\" >> \\\"$CHAOS_MARKS\\\""
+            )
+        };
+        let seconds = 1.0 + (i % 11) as f64 / 10.0;
+        jobs.push_str(&format!(
+            "[[jobs.chaos_60.steps]]\nkey = \"s{i:02}\"\nargv = [\"sh\", \"-c\", \"{}; sleep {seconds:.1}; {}\"]\n\n",
+            mark("start"),
+            mark("end")
+        ));
+    }
+    std::fs::write(dir.join("jobs.toml"), jobs).unwrap();
+}
+
+/// One worker process, SIGKILLed on drop.
+struct Worker {
+    name: String,
+    child: Child,
+}
+
+impl Drop for Worker {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn start_worker(dir: &Path, marks: &Path, name: String) -> Worker {
+    let child = stepq_configured(dir)
+        .args([
+            "--jobs-file",
+            "jobs.toml",
+            "worker",
+            "start",
+            "--name",
+            &name,
+        ])
+        .env("CHAOS_WORKER", &name)
+        .env("CHAOS_MARKS", marks)
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start a worker");
+    Worker { name, child }
+}
+
+/// A command mark: `start`/`end`, step, worker, time.
+#[derive(Debug, Clone)]
+struct Mark {
+    start: bool,
+    step: String,
+    worker: String,
+    at: f64,
+}
+
+fn marks(path: &Path) -> Vec<Mark> {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let mut marks: Vec<Mark> = text
+        .lines()
+        .filter_map(|line| {
+            let mut words = line.split_whitespace();
+            let kind = words.next()?;
+            Some(Mark {
+                start: kind == "start",
+                step: words.next()?.to_string(),
+                worker: words.next()?.to_string(),
+                at: words.next()?.parse().ok()?,
+            })
+        })
+        .collect();
+    marks.sort_by(|a, b| a.at.total_cmp(&b.at));
+    marks
+}
+
+/// Steps whose command started on `worker` and has not ended (per the marks so far).
+fn running_on(marks: &[Mark], worker: &str) -> Vec<String> {
+    let mut open: BTreeMap<&str, i32> = BTreeMap::new();
+    for m in marks.iter().filter(|m| m.worker == worker) {
+        *open.entry(&m.step).or_default() += if m.start { 1 } else { -1 };
+    }
+    open.into_iter()
+        .filter(|(_, n)| *n > 0)
+        .map(|(s, _)| s.to_string())
+        .collect()
+}
+
+#[tokio::test]
+#[ignore = "localstack"]
+async fn localstack_chaos_a_run_survives_a_worker_killed_every_five_seconds() {
+    let ls = localstack();
+    let queue = TestQueue::create(&ls, false).await;
+    let dir = tempfile::tempdir().unwrap();
+    write_config(dir.path(), &ls, &queue);
+    write_jobs(dir.path());
+    let marks_path: PathBuf = dir.path().join("marks");
+    let mut started = 0;
+    let mut fresh = |dir: &Path| {
+        started += 1;
+        start_worker(dir, &marks_path, format!("chaos-w{started}"))
+    };
+    let mut workers: Vec<Worker> = (0..3).map(|_| fresh(dir.path())).collect();
+    // Give the workers a moment to start polling.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+
+    let run_id = format!("chaos-{}", &uuid::Uuid::new_v4().simple().to_string()[..8]);
+    let mut run = stepq_configured(dir.path())
+        .args([
+            "--jobs-file",
+            "jobs.toml",
+            "run",
+            "chaos_60",
+            "--run-id",
+            &run_id,
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("stepq starts");
+    let began = Instant::now();
+    // (time, worker, steps it was running)
+    let mut kills: Vec<(f64, String, Vec<String>)> = Vec::new();
+    let mut seed = began.elapsed().subsec_nanos() as usize;
+    let status = loop {
+        tokio::time::sleep(KILL_EVERY).await;
+        if let Some(status) = run.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            began.elapsed() < RUN_BOUND,
+            "the run took over {RUN_BOUND:?}"
+        );
+        let seen = marks(&marks_path);
+        let busy: Vec<usize> = (0..workers.len())
+            .filter(|&i| !running_on(&seen, &workers[i].name).is_empty())
+            .collect();
+        if busy.is_empty() {
+            continue;
+        }
+        seed = seed
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        let victim = busy[(seed >> 33) % busy.len()];
+        let mut worker = workers.swap_remove(victim);
+        let at = now();
+        worker.child.kill().unwrap();
+        worker.child.wait().unwrap();
+        let hit = running_on(&marks(&marks_path), &worker.name);
+        kills.push((at, worker.name.clone(), hit));
+        workers.push(fresh(dir.path()));
+    };
+    let wall = began.elapsed();
+    let out = run.wait_with_output().unwrap();
+    assert!(status.success(), "{}", text(&out));
+    assert!(!kills.is_empty(), "no worker was killed");
+
+    // Every step's result is recorded exactly once.
+    let logs = run_configured(dir.path(), &["logs", &run_id, "--json"]);
+    assert_eq!(logs.status.code(), Some(0), "{}", text(&logs));
+    let mut successes: BTreeMap<String, usize> = BTreeMap::new();
+    for line in String::from_utf8_lossy(&logs.stdout).lines() {
+        let event: serde_json::Value = serde_json::from_str(line).unwrap();
+        if event["kind"] == "step_success" {
+            *successes
+                .entry(event["step_key"].as_str().unwrap().to_string())
+                .or_default() += 1;
+        }
+    }
+    assert_eq!(successes.len(), STEPS, "{successes:?}");
+    assert!(successes.values().all(|&n| n == 1), "{successes:?}");
+
+    // Killed commands died with their worker, and ran again within the bound.
+    let seen = marks(&marks_path);
+    let mut delays = Vec::new();
+    for (at, worker, hit) in &kills {
+        for step in hit {
+            let outlived = seen
+                .iter()
+                .any(|m| !m.start && &m.worker == worker && &m.step == step && m.at > *at);
+            assert!(!outlived, "{step} ran on after {worker} was killed");
+            let next = seen
+                .iter()
+                .find(|m| m.start && &m.step == step && m.at > *at)
+                .unwrap_or_else(|| panic!("{step} never ran again after {worker} was killed"));
+            delays.push(next.at - at);
+        }
+    }
+    delays.sort_by(f64::total_cmp);
+    println!(
+        "chaos: {} kills, {} killed steps, re-run delay min/median/max {:.1}/{:.1}/{:.1} s, wall {:.1} s",
+        kills.len(),
+        delays.len(),
+        delays.first().copied().unwrap_or(0.0),
+        delays.get(delays.len() / 2).copied().unwrap_or(0.0),
+        delays.last().copied().unwrap_or(0.0),
+        wall.as_secs_f64()
+    );
+    assert!(
+        delays.iter().all(|&d| d <= RERUN_BOUND),
+        "re-run delays over {RERUN_BOUND} s: {delays:?}"
+    );
+    drop(workers);
+    queue.delete().await;
+}
