@@ -172,3 +172,72 @@ async fn s3_honours_conditional_puts() {
         "the ETag changed with the last write"
     );
 }
+
+/// A write whose first attempt landed but whose answer was lost (the SDK retries it and gets
+/// 412) is this same write, not another writer's: an event batch is not appended twice and a
+/// run's creation does not report its own id as taken. Different bytes at the key are still
+/// another writer's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "localstack"]
+async fn a_write_whose_answer_was_lost_is_not_made_twice() {
+    use stepq_plan::{Event, EventKind};
+    use stepq_runs::EventCursor;
+
+    let localstack = LocalStack::connect().await;
+    let store = localstack.fresh().await;
+    let put_raw = |key: String, body: Vec<u8>| {
+        store
+            .client()
+            .put_object()
+            .bucket(store.bucket())
+            .key(key)
+            .body(body.into())
+            .send()
+    };
+    let record = RunRecord::new("landed", "job", serde_json::json!({}));
+    let record_key = format!("{}/runs/landed/run.json", store.base_path());
+    put_raw(record_key, serde_json::to_vec_pretty(&record).unwrap())
+        .await
+        .unwrap();
+    store.create_run(&record).await.expect("its own creation");
+    let other = RunRecord::new("landed", "another-job", serde_json::json!({}));
+    assert!(matches!(
+        store.create_run(&other).await,
+        Err(StorageError::RunExists { .. })
+    ));
+
+    let note = |n: usize| {
+        Event::run(
+            "landed",
+            EventKind::EngineEvent {
+                message: format!("note {n}"),
+            },
+        )
+    };
+    store.append_events("landed", &[note(0)]).await.unwrap();
+    // Batch 1 lands, its answer is lost; then another writer takes seq 2.
+    let batch_1 = vec![note(1), note(2)];
+    let events = |seq: u64| format!("{}/runs/landed/events/{seq:020}", store.base_path());
+    put_raw(events(1), stepq_plan::pack(&batch_1).unwrap())
+        .await
+        .unwrap();
+    put_raw(events(2), stepq_plan::pack(&vec![note(9)]).unwrap())
+        .await
+        .unwrap();
+    store.append_events("landed", &batch_1).await.unwrap();
+    store.append_events("landed", &[note(3)]).await.unwrap();
+
+    let page = store
+        .read_events("landed", EventCursor::START)
+        .await
+        .unwrap();
+    let messages: Vec<String> = page
+        .events
+        .iter()
+        .map(|e| match &e.kind {
+            EventKind::EngineEvent { message } => message.clone(),
+            other => panic!("{other:?}"),
+        })
+        .collect();
+    assert_eq!(messages, ["note 0", "note 1", "note 2", "note 9", "note 3"]);
+}

@@ -9,6 +9,10 @@
 //!   class, and the underlying error as its `source()`), wrapped by each layer's error enum.
 //! - [`FailureKind`]: the kinds of failure stored in failed task results and step errors,
 //!   with one spelling each on the wire.
+//! - [`FailureLog`]: an operation that keeps failing (an endpoint down) logged once per
+//!   period and once when it works again, instead of once per attempt.
+//! - [`Backoff`]: the growing, bounded pauses of a retry loop, and [`retry_temporary`], the
+//!   loop itself (temporary errors only, failures logged through a [`FailureLog`]).
 //! - Feature `fuzz`: [`fuzz`], the input mutations the decoders' fuzz harnesses share.
 //!
 //! ```
@@ -27,12 +31,18 @@
 
 #![warn(missing_docs)]
 
+mod backoff;
 mod class;
+mod failure_log;
 #[cfg(feature = "fuzz")]
 pub mod fuzz;
 mod kind;
+mod retry;
 mod service;
 
+pub use backoff::Backoff;
 pub use class::ErrorClass;
+pub use failure_log::{FailureLog, DEFAULT_REPEAT_EVERY};
 pub use kind::FailureKind;
+pub use retry::retry_temporary;
 pub use service::ServiceError;

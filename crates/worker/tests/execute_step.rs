@@ -467,7 +467,8 @@ impl OutputStore for BrokenStore {
     }
 }
 
-#[tokio::test]
+/// (On a paused clock: a temporary failure is retried for `OUTPUT_STORE_RETRY_FOR` first.)
+#[tokio::test(start_paused = true)]
 async fn output_store_failures_are_reported_with_retry_advice() {
     let location = lab_location();
     for (class, retry) in [

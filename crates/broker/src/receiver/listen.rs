@@ -80,6 +80,7 @@ impl Receiver {
 
         let mut tasks = JoinSet::new();
         let mut backoff = STREAM_BACKOFF_MIN;
+        let mut failing = stepq_core::FailureLog::new("receiving from the broker");
         let mut stream_ended = false;
         loop {
             while let Some(done) = tasks.try_join_next() {
@@ -101,17 +102,17 @@ impl Receiver {
             match next {
                 Some(Ok(delivery)) => {
                     backoff = STREAM_BACKOFF_MIN;
+                    failing.succeeded();
                     tasks.spawn(process(Arc::clone(&shared), delivery, permit));
                 }
                 Some(Err(e)) => {
                     drop(permit);
-                    tracing::error!(
-                        broker = shared.queue.broker().kind(),
-                        error = %e,
-                        class = %e.class(),
-                        retry_in = ?backoff,
-                        "receiving from the broker failed"
-                    );
+                    // Logged once per period while it lasts (an outage), and once it ends.
+                    failing.failed(&format_args!(
+                        "{} ({} error; retrying in {backoff:?})",
+                        e,
+                        e.class()
+                    ));
                     tokio::select! {
                         biased;
                         _ = stop.cancelled() => break,

@@ -71,7 +71,7 @@ pub use error::{LaunchError, INVALID_RUN_ARGS, RUN_ALREADY_CLAIMED, RUN_NOT_STAR
 pub use known_state::{known_state_from_events, unfinished_tasks};
 pub use recorded::{
     RecordedOutcome, RecordedRun, CANCEL_WATCH_MAX_DELAY, DEFAULT_EVENT_LINGER,
-    MAX_EVENTS_PER_BATCH,
+    MAX_EVENTS_PER_BATCH, RECORD_RETRY_FOR,
 };
 pub use submit::{RunTaskOutcome, SubmittedRun, RESUME_FROM_LABEL, RESUME_ORCHESTRATOR_LABEL};
 

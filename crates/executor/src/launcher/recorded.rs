@@ -4,6 +4,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use stepq_core::{retry_temporary, Backoff, FailureLog};
 use stepq_plan::{Event, EventKind};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
@@ -32,17 +33,33 @@ pub const CANCEL_WATCH_MAX_DELAY: Duration = Duration::from_millis(500);
 /// First pause of that watch.
 const CANCEL_WATCH_FIRST_DELAY: Duration = Duration::from_millis(25);
 
+/// How long the recorder keeps retrying one batch of events the run store refuses with a
+/// temporary error (an outage) before it gives up on it (and tries later batches once each).
+pub const RECORD_RETRY_FOR: Duration = Duration::from_secs(120);
+
+/// Pauses between those retries: from the first, doubling up to the last.
+const RECORD_RETRY_FIRST_DELAY: Duration = Duration::from_millis(100);
+const RECORD_RETRY_MAX_DELAY: Duration = Duration::from_secs(5);
+
 /// Watches run `run_id`'s record until the run ends, and cancels `interrupt` once the record
 /// is CANCELING (see the [launcher module docs](super) for why this reads the record rather
-/// than waiting for a notification). A failed read is logged and retried at the next turn.
+/// than waiting for a notification). A failed read is retried at the next turn, and logged
+/// once per period while reads keep failing ([`FailureLog`]).
 async fn watch_for_cancel(runs: Arc<dyn RunStore>, run_id: String, interrupt: CancellationToken) {
     let mut delay = CANCEL_WATCH_FIRST_DELAY;
+    let mut failing = FailureLog::new(format!(
+        "reading the status of run {run_id} (watching for a cancel)"
+    ));
     loop {
         tokio::select! {
             _ = interrupt.cancelled() => return,
             _ = tokio::time::sleep(delay) => {}
         }
-        match runs.get_run(&run_id).await {
+        let read = runs.get_run(&run_id).await;
+        if read.is_ok() {
+            failing.succeeded();
+        }
+        match read {
             Ok(record) if record.status == StoredStatus::Canceling => {
                 tracing::info!(%run_id, "the run is being canceled: interrupting it");
                 interrupt.cancel();
@@ -50,7 +67,9 @@ async fn watch_for_cancel(runs: Arc<dyn RunStore>, run_id: String, interrupt: Ca
             }
             Ok(record) if record.status.is_terminal() => return,
             Ok(_) => {}
-            Err(e) => tracing::warn!(%run_id, error = %e, "cannot read the run's status"),
+            Err(e) => {
+                failing.failed(&e);
+            }
         }
         delay = (delay * 2).min(CANCEL_WATCH_MAX_DELAY);
     }
@@ -60,8 +79,11 @@ async fn watch_for_cancel(runs: Arc<dyn RunStore>, run_id: String, interrupt: Ca
 /// it), and appends them to the run store in batches: a batch opens with the first event to
 /// arrive and is appended once it holds [`MAX_EVENTS_PER_BATCH`] events, once `linger` has
 /// passed since it opened ([`DEFAULT_EVENT_LINGER`]), once a run-terminal event
-/// (`RunSuccess`, `RunFailure`, `RunCanceled`) is in it, or once the stream ends. Returns the
-/// first storage error, after draining the stream so the run is never held back.
+/// (`RunSuccess`, `RunFailure`, `RunCanceled`) is in it, or once the stream ends. A batch the
+/// store refuses with a temporary error is retried for up to [`RECORD_RETRY_FOR`] (the run
+/// is held back meanwhile once the stream's buffer is full), the failure logged once per
+/// period; one it still refuses is given up and the later batches are each tried once.
+/// Returns the first storage error, after draining the stream so the run is never held back.
 async fn record_events(
     runs: Arc<dyn RunStore>,
     run_id: String,
@@ -70,6 +92,7 @@ async fn record_events(
     linger: Duration,
 ) -> Result<(), StorageError> {
     let mut first_error = None;
+    let mut failing = FailureLog::new(format!("recording the events of run {run_id}"));
     let mut forwarding = true;
     let mut batch = Vec::new();
     let mut next = stream.recv().await;
@@ -92,16 +115,68 @@ async fn record_events(
                 _ = tokio::time::sleep_until(deadline) => None,
             };
         }
-        if first_error.is_none() {
-            if let Err(e) = runs.append_events(&run_id, &batch).await {
-                tracing::error!(%run_id, error = %e, "cannot record run events");
-                first_error = Some(e);
-            }
+        let retry_for = if first_error.is_none() {
+            RECORD_RETRY_FOR
+        } else {
+            Duration::ZERO
+        };
+        if let Err(e) = append_retrying(&*runs, &run_id, &batch, retry_for, &mut failing).await {
+            tracing::error!(%run_id, error = %e, events = batch.len(), "cannot record run events: giving them up");
+            first_error.get_or_insert(e);
         }
         batch.clear();
         next = stream.recv().await;
     }
     first_error.map_or(Ok(()), Err)
+}
+
+/// Appends `batch`, retrying a temporary failure for up to `retry_for` with growing pauses;
+/// any other is returned at once.
+async fn append_retrying(
+    runs: &dyn RunStore,
+    run_id: &str,
+    batch: &[Event],
+    retry_for: Duration,
+    failing: &mut FailureLog,
+) -> Result<(), StorageError> {
+    let backoff = Backoff::new(RECORD_RETRY_FIRST_DELAY, RECORD_RETRY_MAX_DELAY, retry_for);
+    retry_temporary(backoff, failing, StorageError::class, |_| {
+        runs.append_events(run_id, batch)
+    })
+    .await
+}
+
+/// Sets the run's status to `status`, retrying a temporary failure like
+/// [`append_retrying`]. A retry that finds the run already in `status` is done: the earlier
+/// attempt landed and only its answer was lost.
+async fn update_status_retrying(
+    runs: &dyn RunStore,
+    run_id: &str,
+    status: StoredStatus,
+    failing: &mut FailureLog,
+) -> Result<(), StorageError> {
+    let backoff = Backoff::new(
+        RECORD_RETRY_FIRST_DELAY,
+        RECORD_RETRY_MAX_DELAY,
+        RECORD_RETRY_FOR,
+    );
+    retry_temporary(
+        backoff,
+        failing,
+        StorageError::class,
+        |attempt| async move {
+            match runs.update_status(run_id, status).await {
+                Ok(_) => Ok(()),
+                Err(StorageError::InvalidTransition { from, .. })
+                    if attempt > 0 && from == status =>
+                {
+                    Ok(())
+                }
+                Err(e) => Err(e),
+            }
+        },
+    )
+    .await
 }
 
 /// Whether `event` is a run's last: its batch is appended without waiting for the linger.
@@ -219,16 +294,22 @@ impl RecordedRun {
             RunStatus::Failure => StoredStatus::Failure,
             RunStatus::Canceled => StoredStatus::Canceled,
         };
-        let mut update = self.runs.update_status(&self.run_id, status).await;
+        let mut failing =
+            FailureLog::new(format!("recording the final status of run {}", self.run_id));
+        let mut update =
+            update_status_retrying(&*self.runs, &self.run_id, status, &mut failing).await;
         if let Err(StorageError::InvalidTransition {
             from: StoredStatus::Canceling,
             ..
         }) = update
         {
-            update = self
-                .runs
-                .update_status(&self.run_id, StoredStatus::Canceled)
-                .await;
+            update = update_status_retrying(
+                &*self.runs,
+                &self.run_id,
+                StoredStatus::Canceled,
+                &mut failing,
+            )
+            .await;
         }
         if let Err(e) = update {
             tracing::error!(run_id = %self.run_id, error = %e, "cannot record the run's status");

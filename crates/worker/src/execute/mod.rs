@@ -10,6 +10,8 @@ mod attempt;
 mod op_task;
 mod values;
 
+pub use values::OUTPUT_STORE_RETRY_FOR;
+
 use std::collections::HashMap;
 use std::sync::Arc;
 
@@ -38,7 +40,8 @@ pub const INPUT_LOAD_ERROR: FailureKind = FailureKind::InputLoadError;
 pub const MISSING_OUTPUT: FailureKind = FailureKind::MissingOutput;
 /// Failure kind: the op emitted an output its step does not declare.
 pub const UNKNOWN_OUTPUT: FailureKind = FailureKind::UnknownOutput;
-/// Failure kind: the output store failed while storing an output.
+/// Failure kind: the output store failed while storing an output (after retrying a
+/// temporary failure for [`OUTPUT_STORE_RETRY_FOR`]).
 pub const OUTPUT_STORE_ERROR: FailureKind = FailureKind::OutputStoreError;
 /// Failure kind: the op panicked.
 pub const PANIC: FailureKind = FailureKind::Panic;

@@ -2,8 +2,11 @@
 //! concurrently), checking the emitted outputs against the step's declaration, and storing
 //! them.
 
+use std::time::Duration;
+
 use bytes::Bytes;
 use futures::future::join_all;
+use stepq_core::{retry_temporary, Backoff, FailureLog};
 use stepq_plan::{EventKind, StepDef};
 use stepq_results::{OutputKey, OutputStore, ResultError};
 
@@ -124,7 +127,7 @@ impl StepAttempt<'_> {
                 )
             })
             .collect();
-        let stored = join_all(items.iter().map(|(k, v)| store.put(k, v.clone()))).await;
+        let stored = join_all(items.iter().map(|(k, v)| put_retrying(store, k, v))).await;
         let mut names = Vec::with_capacity(items.len());
         let mut first_error = None;
         for ((key, bytes), result) in items.into_iter().zip(stored) {
@@ -152,6 +155,33 @@ impl StepAttempt<'_> {
             )),
         }
     }
+}
+
+/// How long storing one output is retried while the store fails with a temporary error (an
+/// outage) before the step fails with [`OUTPUT_STORE_ERROR`]: a command that ran is not run
+/// again because its store blinked.
+pub const OUTPUT_STORE_RETRY_FOR: Duration = Duration::from_secs(60);
+
+/// Stores one output, retrying temporary failures for up to [`OUTPUT_STORE_RETRY_FOR`]
+/// (logged once per period).
+async fn put_retrying(
+    store: &dyn OutputStore,
+    key: &OutputKey,
+    bytes: &Bytes,
+) -> Result<(), ResultError> {
+    let backoff = Backoff::new(
+        Duration::from_millis(200),
+        Duration::from_secs(5),
+        OUTPUT_STORE_RETRY_FOR,
+    );
+    let mut failing = FailureLog::new(format!(
+        "storing output `{}` of step `{}` of run {}",
+        key.output_name, key.step_key, key.run_id
+    ));
+    retry_temporary(backoff, &mut failing, ResultError::class, |_| {
+        store.put(key, bytes.clone())
+    })
+    .await
 }
 
 /// The names, each in backquotes, comma-separated.

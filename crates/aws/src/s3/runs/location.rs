@@ -78,6 +78,32 @@ impl Location {
         }
     }
 
+    /// Creates the object at `key` (`If-None-Match: *`). A 412 whose existing object holds
+    /// exactly `body` counts as written: it is this very write, landed by an attempt whose
+    /// answer was lost (a network failure after S3 stored it; the SDK then retried), and
+    /// taking it for another writer's would write the same bytes twice (a duplicate event
+    /// batch) or report a run id taken by its own creation.
+    pub(super) async fn put_new(
+        &self,
+        key: &str,
+        body: Vec<u8>,
+        content_type: &str,
+    ) -> Result<PutOutcome, StorageError> {
+        let outcome = self
+            .put(key, body.clone(), content_type, Condition::Absent)
+            .await?;
+        if outcome != PutOutcome::PreconditionFailed {
+            return Ok(outcome);
+        }
+        match self.get(key).await? {
+            Some(existing) if existing.bytes.as_ref() == body.as_slice() => {
+                tracing::debug!(key, "an earlier attempt of this write had landed");
+                Ok(PutOutcome::Written)
+            }
+            _ => Ok(PutOutcome::PreconditionFailed),
+        }
+    }
+
     /// Every key under `prefix` after `start_after`, in key order; with a `delimiter`, the
     /// common prefixes instead. Stops after `limit` keys.
     pub(super) async fn list(

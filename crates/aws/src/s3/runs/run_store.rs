@@ -183,7 +183,7 @@ impl RunStore for S3RunStore {
         let key = self.record_key(&record.run_id);
         match self
             .location
-            .put(&key, body, "application/json", Condition::Absent)
+            .put_new(&key, body, "application/json")
             .await?
         {
             PutOutcome::Written => {
@@ -346,12 +346,7 @@ impl RunStore for S3RunStore {
             let key = self.batch_key(run_id, seq);
             let outcome = self
                 .location
-                .put(
-                    &key,
-                    body.clone(),
-                    "application/octet-stream",
-                    Condition::Absent,
-                )
+                .put_new(&key, body.clone(), "application/octet-stream")
                 .await?;
             if outcome == PutOutcome::Written {
                 break;

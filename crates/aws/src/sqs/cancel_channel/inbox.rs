@@ -84,6 +84,7 @@ impl Inbox {
         let mut resync_at = self.inner.options.resync_after.map(|d| started + d);
         let mut heartbeat_at = started + self.inner.options.inbox_heartbeat;
         let mut backoff = FIRST_BACKOFF;
+        let mut failing = stepq_core::FailureLog::new("receiving cancels");
         loop {
             let received = tokio::select! {
                 biased;
@@ -94,6 +95,7 @@ impl Inbox {
             match received {
                 Ok(messages) => {
                     backoff = FIRST_BACKOFF;
+                    failing.succeeded();
                     if !self.deliver(messages).await {
                         break;
                     }
@@ -114,7 +116,7 @@ impl Inbox {
                     }
                 }
                 Err(e) => {
-                    tracing::warn!(inbox = %self.url, error = %e, retry_in = ?backoff, "receiving cancels failed");
+                    failing.failed(&format_args!("{}: {e}", self.url));
                     if self.pause(&mut backoff).await {
                         break;
                     }

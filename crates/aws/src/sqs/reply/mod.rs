@@ -5,7 +5,7 @@
 //! least two requests per step and up to half a second of latency. Here:
 //!
 //! 1. The orchestrator process owns a [`ReplyQueue`]: a standard SQS queue named
-//!    `<task queue>-reply-<16 hex>`, created on the first send (one CreateQueue), with a 12 h
+//!    `<task queue>-reply-<16 hex>`, created on the first send (one CreateQueue), with a 30 s
 //!    visibility timeout. One background task long-polls it (20 s, up to ten messages per
 //!    call), so an idle orchestrator makes three requests a minute and a busy one receives up
 //!    to ten notifications per request.
@@ -37,10 +37,13 @@
 //! run goes on) is gone, where the durable copy would still be found. Off by default here;
 //! the `stepq` app factory turns it on unless its config sets `s3.store_results = true`.
 //!
-//! Received notifications are not deleted one by one: the 12 h visibility keeps them from
-//! coming back during a run, and the poller deletes them ten at a time (one DeleteMessageBatch
-//! per ten steps, off the critical path) so a long-lived orchestrator stays far below SQS's
-//! 120,000 in-flight limit. Everything left goes with the queue at shutdown.
+//! Received notifications are not deleted one by one: the poller deletes them ten at a time
+//! (one DeleteMessageBatch per ten steps, off the critical path), and all it holds before a
+//! long poll that could outlast their 30 s visibility timeout, so they do not come back during
+//! a run. The short visibility is for the answer of a ReceiveMessage lost on the way (a
+//! network failure after SQS handed the messages out, as in an outage): its notifications come
+//! back 30 s later instead of staying hidden — in reply-only mode they are the results' only
+//! copy. A notification that comes back anyway is dropped as a duplicate.
 //!
 //! Failure handling:
 //! - The reply queue cannot be created (no `sqs:CreateQueue` permission, SQS down): messages

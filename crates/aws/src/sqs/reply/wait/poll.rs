@@ -1,6 +1,7 @@
 //! The orchestrator half: the reply queue's poller — long-polls the queue, hands each
 //! notification to the dispatch (waking its waiter), deletes received notifications ten at a
-//! time, re-tags the queue as alive, and closes the dispatch if the queue disappears.
+//! time (or sooner, before they could become visible again), re-tags the queue as alive, and
+//! closes the dispatch if the queue disappears.
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -10,7 +11,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::dispatch::{Delivered, Reply};
-use super::queue::{bump, Shared};
+use super::queue::{bump, Shared, REPLY_VISIBILITY_TIMEOUT};
 use crate::sqs::owned_queue::{self, is_missing_queue};
 use crate::sqs::reply::wire;
 use stepq_broker::error::ServiceError;
@@ -23,17 +24,37 @@ const MAX_BACKOFF: Duration = Duration::from_secs(10);
 /// A queue younger than this that "does not exist" is waited for (AWS may take a moment to
 /// show a new queue), not given up.
 const NEW_QUEUE_SETTLE: Duration = Duration::from_secs(10);
-/// Receives notifications until stopped, hands them to the dispatch, deletes them in full
-/// batches of ten in the background (so a long-lived orchestrator stays far below SQS's
-/// 120,000 in-flight messages; fewer than ten stay in flight, hidden for 12 h, until the queue
-/// is deleted), and re-tags the queue as alive now and then. If the queue disappears, every
-/// waiter falls back to the durable backend.
+/// Room left between deleting a notification and its visibility running out.
+const DELETE_MARGIN: Duration = Duration::from_secs(5);
+
+/// Receives notifications until stopped, hands them to the dispatch, deletes them in the
+/// background in batches of ten, or all that are held before a long poll that could keep them
+/// past their visibility timeout ([`must_delete_before_polling`]), and re-tags the queue as
+/// alive now and then. If the queue disappears, every waiter falls back to the durable
+/// backend.
 pub(super) async fn poll(shared: Arc<Shared>, url: String, stop: CancellationToken) {
     let created = Instant::now();
     let mut heartbeat_at = created + shared.options.alive_heartbeat;
     let mut backoff = FIRST_BACKOFF;
     let mut receipts: Vec<String> = Vec::new();
+    // When the oldest receipt held was received.
+    let mut oldest: Option<Instant> = None;
+    let poll_for = Duration::from_secs(shared.options.wait_time_seconds.into());
+    let mut failing = stepq_core::FailureLog::new("receiving result notifications");
     loop {
+        if let Some(at) = oldest {
+            if must_delete_before_polling(at.elapsed(), poll_for) {
+                for batch in receipts.chunks(DELETE_BATCH) {
+                    tokio::spawn(delete_batch(
+                        Arc::clone(&shared),
+                        url.clone(),
+                        batch.to_vec(),
+                    ));
+                }
+                receipts.clear();
+                oldest = None;
+            }
+        }
         if Instant::now() >= heartbeat_at {
             heartbeat_at = Instant::now() + shared.options.alive_heartbeat;
             tokio::spawn(tag_alive(shared.sqs.clone(), url.clone()));
@@ -46,6 +67,10 @@ pub(super) async fn poll(shared: Arc<Shared>, url: String, stop: CancellationTok
         match received {
             Ok(messages) => {
                 backoff = FIRST_BACKOFF;
+                failing.succeeded();
+                if oldest.is_none() && !messages.is_empty() {
+                    oldest = Some(Instant::now());
+                }
                 for (receipt, body) in messages {
                     deliver(&shared, &body);
                     receipts.push(receipt);
@@ -53,6 +78,9 @@ pub(super) async fn poll(shared: Arc<Shared>, url: String, stop: CancellationTok
                 while receipts.len() >= DELETE_BATCH {
                     let batch: Vec<String> = receipts.drain(..DELETE_BATCH).collect();
                     tokio::spawn(delete_batch(Arc::clone(&shared), url.clone(), batch));
+                }
+                if receipts.is_empty() {
+                    oldest = None;
                 }
             }
             Err(e) if is_missing_queue(&e) && created.elapsed() > NEW_QUEUE_SETTLE => {
@@ -67,7 +95,7 @@ pub(super) async fn poll(shared: Arc<Shared>, url: String, stop: CancellationTok
             }
             Err(e) => {
                 bump(&shared.counters.receive_errors, 1);
-                tracing::warn!(reply_queue = %url, error = %e, retry_in = ?backoff, "receiving result notifications failed");
+                failing.failed(&format_args!("{url}: {e}"));
                 tokio::select! {
                     biased;
                     _ = stop.cancelled() => return,
@@ -77,6 +105,13 @@ pub(super) async fn poll(shared: Arc<Shared>, url: String, stop: CancellationTok
             }
         }
     }
+}
+
+/// Whether receipts held for `held` must be deleted before a long poll of `poll_for`: the
+/// poll could return after their visibility timeout (less [`DELETE_MARGIN`]) ran out, and
+/// they would be delivered again.
+fn must_delete_before_polling(held: Duration, poll_for: Duration) -> bool {
+    held + poll_for + DELETE_MARGIN >= REPLY_VISIBILITY_TIMEOUT
 }
 
 async fn receive(shared: &Shared, url: &str) -> Result<Vec<(String, String)>, ServiceError> {
@@ -112,7 +147,8 @@ fn deliver(shared: &Shared, body: &str) {
 async fn delete_batch(shared: Arc<Shared>, url: String, receipts: Vec<String>) {
     match owned_queue::delete_messages(&shared.sqs, &url, &receipts).await {
         Ok(out) => bump(&shared.counters.deleted, out.successful().len() as u64),
-        // They stay hidden for 12 h and go with the queue: only logged.
+        // They come back after the visibility timeout; the dispatch drops a notification of a
+        // task already settled, and the next receive deletes it again: only logged.
         Err(e) => tracing::debug!(error = %e, "could not delete notifications"),
     }
 }
@@ -120,5 +156,27 @@ async fn delete_batch(shared: Arc<Shared>, url: String, receipts: Vec<String>) {
 async fn tag_alive(sqs: aws_sdk_sqs::Client, url: String) {
     if let Err(e) = owned_queue::tag_alive(&sqs, &url).await {
         tracing::warn!(reply_queue = %url, error = %e, "could not re-tag the reply queue as alive");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn receipts_are_deleted_before_a_poll_could_outlast_their_visibility() {
+        let poll = Duration::from_secs(20);
+        assert!(!must_delete_before_polling(Duration::ZERO, poll));
+        assert!(!must_delete_before_polling(Duration::from_secs(4), poll));
+        assert!(must_delete_before_polling(Duration::from_secs(5), poll));
+        // A short poll lets receipts wait longer for a full batch.
+        assert!(!must_delete_before_polling(
+            Duration::from_secs(20),
+            Duration::from_secs(1)
+        ));
+        assert!(must_delete_before_polling(
+            Duration::from_secs(24),
+            Duration::from_secs(1)
+        ));
     }
 }

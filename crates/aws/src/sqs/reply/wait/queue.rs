@@ -19,9 +19,13 @@ pub use crate::sqs::owned_queue::{ALIVE_AT_TAG, ROLE_TAG};
 use crate::sqs::SqsBroker;
 use stepq_broker::error::{BrokerError, ErrorClass, ServiceError};
 
-/// Visibility timeout of a reply queue: the SQS maximum, so a received notification is never
-/// delivered again during a run and needs no DeleteMessage of its own.
-pub const REPLY_VISIBILITY_TIMEOUT: Duration = Duration::from_secs(12 * 3600);
+/// Visibility timeout of a reply queue. A received notification is deleted well within it
+/// (the poller deletes what it holds before a long poll could outlast it); if the answer of a
+/// ReceiveMessage is lost on the way (a network failure after SQS handed the messages out),
+/// the notifications come back after this long instead of staying hidden. In reply-only mode
+/// the notification is the result's only copy, so this bounds how long such a loss delays a
+/// step.
+pub const REPLY_VISIBILITY_TIMEOUT: Duration = Duration::from_secs(30);
 /// Value of [`ROLE_TAG`] on reply queues.
 pub const REPLY_ROLE: &str = "reply-queue";
 /// Tag with the process (`host-pid`) that owns a reply queue.

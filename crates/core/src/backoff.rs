@@ -1,0 +1,57 @@
+//! [`Backoff`]: the pauses of a bounded retry loop.
+
+use std::time::{Duration, Instant};
+
+/// Pauses between retries of one operation: from `first`, doubling up to `max`, until the
+/// next pause would end more than `give_up_after` after the backoff began (by the clock, or
+/// by the pauses alone: under a paused test clock the pauses still bound it).
+///
+/// ```
+/// use std::time::Duration;
+/// use stepq_core::Backoff;
+///
+/// let mut backoff = Backoff::new(
+///     Duration::from_millis(100),
+///     Duration::from_millis(400),
+///     Duration::from_secs(60),
+/// );
+/// assert_eq!(backoff.next_delay(), Some(Duration::from_millis(100)));
+/// assert_eq!(backoff.next_delay(), Some(Duration::from_millis(200)));
+/// assert_eq!(backoff.next_delay(), Some(Duration::from_millis(400)));
+/// assert_eq!(backoff.next_delay(), Some(Duration::from_millis(400)));
+/// // No retry at all:
+/// assert_eq!(Backoff::new(Duration::from_millis(1), Duration::from_millis(1), Duration::ZERO).next_delay(), None);
+/// ```
+#[derive(Debug, Clone)]
+pub struct Backoff {
+    next: Duration,
+    max: Duration,
+    give_up_after: Duration,
+    started: Instant,
+    paused: Duration,
+}
+
+impl Backoff {
+    /// A backoff starting now.
+    pub fn new(first: Duration, max: Duration, give_up_after: Duration) -> Self {
+        Backoff {
+            next: first,
+            max,
+            give_up_after,
+            started: Instant::now(),
+            paused: Duration::ZERO,
+        }
+    }
+
+    /// The pause before the next retry, or `None` once retrying is to stop.
+    pub fn next_delay(&mut self) -> Option<Duration> {
+        let delay = self.next;
+        let spent = self.started.elapsed().max(self.paused);
+        if spent + delay > self.give_up_after {
+            return None;
+        }
+        self.paused += delay;
+        self.next = (self.next * 2).min(self.max);
+        Some(delay)
+    }
+}
