@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Stdio};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use crate::common::cli::{run_configured, stepq_configured, text};
+use crate::common::cli::{recorded_successes, stepq_configured, text};
 use crate::common::localstack::*;
 
 const STEPS: usize = 60;
@@ -204,17 +204,7 @@ async fn localstack_chaos_a_run_survives_a_worker_killed_every_five_seconds() {
     assert!(!kills.is_empty(), "no worker was killed");
 
     // Every step's result is recorded exactly once.
-    let logs = run_configured(dir.path(), &["logs", &run_id, "--json"]);
-    assert_eq!(logs.status.code(), Some(0), "{}", text(&logs));
-    let mut successes: BTreeMap<String, usize> = BTreeMap::new();
-    for line in String::from_utf8_lossy(&logs.stdout).lines() {
-        let event: serde_json::Value = serde_json::from_str(line).unwrap();
-        if event["kind"] == "step_success" {
-            *successes
-                .entry(event["step_key"].as_str().unwrap().to_string())
-                .or_default() += 1;
-        }
-    }
+    let successes = recorded_successes(dir.path(), &run_id);
     assert_eq!(successes.len(), STEPS, "{successes:?}");
     assert!(successes.values().all(|&n| n == 1), "{successes:?}");
 

@@ -21,6 +21,7 @@ mod localstack;
 mod localstack_chaos;
 mod localstack_health;
 mod localstack_launch;
+mod localstack_outage;
 mod localstack_progress;
 mod resume;
 mod shell_processes;

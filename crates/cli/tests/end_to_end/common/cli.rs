@@ -70,3 +70,22 @@ pub(crate) fn row<'a>(stdout: &'a str, step: &str) -> Vec<&'a str> {
         .split_whitespace()
         .collect()
 }
+
+/// How many `step_success` events each step has in run `run_id`'s log (`stepq logs --json`).
+pub(crate) fn recorded_successes(
+    dir: &Path,
+    run_id: &str,
+) -> std::collections::BTreeMap<String, usize> {
+    let logs = run_configured(dir, &["logs", run_id, "--json"]);
+    assert_eq!(logs.status.code(), Some(0), "{}", text(&logs));
+    let mut successes = std::collections::BTreeMap::new();
+    for line in String::from_utf8_lossy(&logs.stdout).lines() {
+        let event: serde_json::Value = serde_json::from_str(line).unwrap();
+        if event["kind"] == "step_success" {
+            *successes
+                .entry(event["step_key"].as_str().unwrap().to_string())
+                .or_default() += 1;
+        }
+    }
+    successes
+}

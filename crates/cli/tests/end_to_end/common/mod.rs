@@ -9,3 +9,4 @@
 pub(crate) mod app;
 pub(crate) mod cli;
 pub(crate) mod localstack;
+pub(crate) mod outage;
