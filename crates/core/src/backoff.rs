@@ -1,10 +1,12 @@
 //! [`Backoff`]: the pauses of a bounded retry loop.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use tokio::time::Instant;
 
 /// Pauses between retries of one operation: from `first`, doubling up to `max`, until the
-/// next pause would end more than `give_up_after` after the backoff began (by the clock, or
-/// by the pauses alone: under a paused test clock the pauses still bound it).
+/// next pause would end more than `give_up_after` after the backoff began (on tokio's clock,
+/// so a paused test clock bounds it too).
 ///
 /// ```
 /// use std::time::Duration;
@@ -28,7 +30,6 @@ pub struct Backoff {
     max: Duration,
     give_up_after: Duration,
     started: Instant,
-    paused: Duration,
 }
 
 impl Backoff {
@@ -39,18 +40,15 @@ impl Backoff {
             max,
             give_up_after,
             started: Instant::now(),
-            paused: Duration::ZERO,
         }
     }
 
     /// The pause before the next retry, or `None` once retrying is to stop.
     pub fn next_delay(&mut self) -> Option<Duration> {
         let delay = self.next;
-        let spent = self.started.elapsed().max(self.paused);
-        if spent + delay > self.give_up_after {
+        if self.started.elapsed() + delay > self.give_up_after {
             return None;
         }
-        self.paused += delay;
         self.next = (self.next * 2).min(self.max);
         Some(delay)
     }

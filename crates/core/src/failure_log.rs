@@ -97,11 +97,6 @@ impl FailureLog {
     pub fn failures(&self) -> u64 {
         self.failures
     }
-
-    /// How long the operation has been failing, if it is.
-    pub fn failing_for(&self) -> Option<Duration> {
-        self.since.map(|s| s.elapsed())
-    }
 }
 
 #[cfg(test)]
@@ -117,10 +112,8 @@ mod tests {
         std::thread::sleep(Duration::from_millis(60));
         assert!(log.failed(&"e"));
         assert_eq!(log.failures(), 4);
-        assert!(log.failing_for().is_some());
         log.succeeded();
         assert_eq!(log.failures(), 0);
-        assert!(log.failing_for().is_none());
         // A new outage is logged at once.
         assert!(log.failed(&"e"));
     }

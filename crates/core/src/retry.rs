@@ -6,7 +6,7 @@ use std::future::Future;
 
 use crate::{Backoff, ErrorClass, FailureLog};
 
-/// Runs `op` (given the attempt number, from 0) until it succeeds, fails with an error whose
+/// Runs `op` until it succeeds, fails with an error whose
 /// class is not [`Temporary`](ErrorClass::Temporary) (returned at once), or `backoff` gives up
 /// (the last error is returned). Each failure goes to `failing`, which logs it once per period;
 /// a success after failures is logged there once.
@@ -18,8 +18,11 @@ use crate::{Backoff, ErrorClass, FailureLog};
 ///
 /// let backoff = Backoff::new(Duration::from_millis(1), Duration::from_millis(2), Duration::from_secs(1));
 /// let mut failing = FailureLog::new("reading the answer");
-/// let answer: Result<u32, &str> = retry_temporary(backoff, &mut failing, |_| ErrorClass::Temporary, |attempt| async move {
-///     if attempt < 2 { Err("not yet") } else { Ok(42) }
+/// let mut attempts = 0;
+/// let answer: Result<u32, &str> = retry_temporary(backoff, &mut failing, |_| ErrorClass::Temporary, || {
+///     attempts += 1;
+///     let attempt = attempts;
+///     async move { if attempt < 3 { Err("not yet") } else { Ok(42) } }
 /// })
 /// .await;
 /// assert_eq!(answer, Ok(42));
@@ -32,15 +35,14 @@ pub async fn retry_temporary<T, E, Fut>(
     mut backoff: Backoff,
     failing: &mut FailureLog,
     class: impl Fn(&E) -> ErrorClass,
-    mut op: impl FnMut(u32) -> Fut,
+    mut op: impl FnMut() -> Fut,
 ) -> Result<T, E>
 where
     Fut: Future<Output = Result<T, E>>,
     E: Display,
 {
-    let mut attempt = 0;
     loop {
-        match op(attempt).await {
+        match op().await {
             Ok(value) => {
                 failing.succeeded();
                 return Ok(value);
@@ -52,7 +54,6 @@ where
                     return Err(e);
                 };
                 tokio::time::sleep(delay).await;
-                attempt += 1;
             }
         }
     }

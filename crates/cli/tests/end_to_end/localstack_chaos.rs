@@ -8,11 +8,12 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Stdio};
+use std::process::Stdio;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use crate::common::cli::{recorded_successes, stepq_configured, text};
+use crate::common::cli::{recorded_successes, stepq_configured, text, KilledOnDrop};
 use crate::common::localstack::*;
+use crate::common::marks::{mark_command, read_marks, Mark, MARKS_ENV, WORKER_ENV};
 
 const STEPS: usize = 60;
 const KILL_EVERY: Duration = Duration::from_secs(5);
@@ -29,33 +30,15 @@ fn now() -> f64 {
         .as_secs_f64()
 }
 
-/// `stepq.toml` at the default SQS settings (the shared test config shortens them).
-fn write_config(dir: &Path, ls: &LocalStack, queue: &TestQueue) {
-    let prefix = format!("chaos/{}", uuid::Uuid::new_v4().simple());
-    let config = format!(
-        "[sqs]\nqueue_url = \"{}\"\nendpoint_url = \"{}\"\nregion_name = \"{}\"\n\n\
-         [s3]\nbucket = \"{}\"\nbase_path = \"{prefix}\"\nendpoint_url = \"{}\"\n",
-        queue.url, ls.endpoint, ls.region, ls.bucket, ls.endpoint
-    );
-    std::fs::write(dir.join("stepq.toml"), config).unwrap();
-}
-
-/// 60 independent steps of 1.0-2.0 s, each writing a `start` and an `end` mark (step,
-/// worker, time) into `$CHAOS_MARKS`.
+/// 60 independent steps of 1.0-2.0 s, each writing a `start` and an `end` mark.
 fn write_jobs(dir: &Path) {
     let mut jobs = String::from("[jobs.chaos_60]\n\n");
     for i in 0..STEPS {
-        let mark = |kind: &str| {
-            format!(
-                "printf '{kind} %s %s %s\\\\n' \\\"$STEPQ_STEP_KEY\\\" \\\"$CHAOS_WORKER\\\" \
-                 \\\"$(date +%s.%N)\\\" >> \\\"$CHAOS_MARKS\\\""
-            )
-        };
         let seconds = 1.0 + (i % 11) as f64 / 10.0;
         jobs.push_str(&format!(
             "[[jobs.chaos_60.steps]]\nkey = \"s{i:02}\"\nargv = [\"sh\", \"-c\", \"{}; sleep {seconds:.1}; {}\"]\n\n",
-            mark("start"),
-            mark("end")
+            mark_command("start"),
+            mark_command("end")
         ));
     }
     std::fs::write(dir.join("jobs.toml"), jobs).unwrap();
@@ -64,14 +47,7 @@ fn write_jobs(dir: &Path) {
 /// One worker process, SIGKILLed on drop.
 struct Worker {
     name: String,
-    child: Child,
-}
-
-impl Drop for Worker {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+    process: KilledOnDrop,
 }
 
 fn start_worker(dir: &Path, marks: &Path, name: String) -> Worker {
@@ -84,42 +60,17 @@ fn start_worker(dir: &Path, marks: &Path, name: String) -> Worker {
             "--name",
             &name,
         ])
-        .env("CHAOS_WORKER", &name)
-        .env("CHAOS_MARKS", marks)
+        .env(WORKER_ENV, &name)
+        .env(MARKS_ENV, marks)
         .env("RUST_LOG", "warn")
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
         .expect("start a worker");
-    Worker { name, child }
-}
-
-/// A command mark: `start`/`end`, step, worker, time.
-#[derive(Debug, Clone)]
-struct Mark {
-    start: bool,
-    step: String,
-    worker: String,
-    at: f64,
-}
-
-fn marks(path: &Path) -> Vec<Mark> {
-    let text = std::fs::read_to_string(path).unwrap_or_default();
-    let mut marks: Vec<Mark> = text
-        .lines()
-        .filter_map(|line| {
-            let mut words = line.split_whitespace();
-            let kind = words.next()?;
-            Some(Mark {
-                start: kind == "start",
-                step: words.next()?.to_string(),
-                worker: words.next()?.to_string(),
-                at: words.next()?.parse().ok()?,
-            })
-        })
-        .collect();
-    marks.sort_by(|a, b| a.at.total_cmp(&b.at));
-    marks
+    Worker {
+        name,
+        process: KilledOnDrop(Some(child)),
+    }
 }
 
 /// Steps whose command started on `worker` and has not ended (per the marks so far).
@@ -140,7 +91,7 @@ async fn localstack_chaos_a_run_survives_a_worker_killed_every_five_seconds() {
     let ls = localstack();
     let queue = TestQueue::create(&ls, false).await;
     let dir = tempfile::tempdir().unwrap();
-    write_config(dir.path(), &ls, &queue);
+    write_default_config(dir.path(), &ls, &queue.url, &ls.endpoint, "chaos");
     write_jobs(dir.path());
     let marks_path: PathBuf = dir.path().join("marks");
     let mut started = 0;
@@ -179,7 +130,7 @@ async fn localstack_chaos_a_run_survives_a_worker_killed_every_five_seconds() {
             began.elapsed() < RUN_BOUND,
             "the run took over {RUN_BOUND:?}"
         );
-        let seen = marks(&marks_path);
+        let seen = read_marks(&marks_path);
         let busy: Vec<usize> = (0..workers.len())
             .filter(|&i| !running_on(&seen, &workers[i].name).is_empty())
             .collect();
@@ -190,12 +141,11 @@ async fn localstack_chaos_a_run_survives_a_worker_killed_every_five_seconds() {
             .wrapping_mul(6364136223846793005)
             .wrapping_add(1442695040888963407);
         let victim = busy[(seed >> 33) % busy.len()];
-        let mut worker = workers.swap_remove(victim);
+        let Worker { name, process } = workers.swap_remove(victim);
         let at = now();
-        worker.child.kill().unwrap();
-        worker.child.wait().unwrap();
-        let hit = running_on(&marks(&marks_path), &worker.name);
-        kills.push((at, worker.name.clone(), hit));
+        drop(process); // SIGKILL, reaped
+        let hit = running_on(&read_marks(&marks_path), &name);
+        kills.push((at, name, hit));
         workers.push(fresh(dir.path()));
     };
     let wall = began.elapsed();
@@ -209,7 +159,7 @@ async fn localstack_chaos_a_run_survives_a_worker_killed_every_five_seconds() {
     assert!(successes.values().all(|&n| n == 1), "{successes:?}");
 
     // Killed commands died with their worker, and ran again within the bound.
-    let seen = marks(&marks_path);
+    let seen = read_marks(&marks_path);
     let mut delays = Vec::new();
     for (at, worker, hit) in &kills {
         for step in hit {

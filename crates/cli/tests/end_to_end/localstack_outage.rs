@@ -8,11 +8,14 @@
 use std::collections::BTreeMap;
 use std::fs::File;
 use std::path::Path;
-use std::process::{Child, Stdio};
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use crate::common::cli::{recorded_successes, run_configured, stepq_configured, text};
+use crate::common::cli::{
+    recorded_successes, run_configured, stepq_configured, text, KilledOnDrop,
+};
 use crate::common::localstack::*;
+use crate::common::marks::{mark_command, read_marks, MARKS_ENV, WORKER_ENV};
 use crate::common::outage::{Mode, OutageProxy};
 
 /// Independent steps, plus a chain of [`CHAIN`] (a fused task).
@@ -24,28 +27,10 @@ const RUN_BOUND: Duration = Duration::from_secs(180);
 /// Warning and error lines one process may write about a 10 s outage.
 const OUTAGE_LINES: usize = 12;
 
-fn write_config(dir: &Path, ls: &LocalStack, queue: &TestQueue, proxy: &OutageProxy) {
-    let prefix = format!("outage/{}", uuid::Uuid::new_v4().simple());
-    // The queue URL names the proxy too, so no request goes around it.
-    let queue_url = queue.url.replace(
-        ls.endpoint
-            .trim_start_matches("http://")
-            .trim_end_matches('/'),
-        &proxy.addr.to_string(),
-    );
-    let endpoint = proxy.url();
-    let config = format!(
-        "[sqs]\nqueue_url = \"{queue_url}\"\nendpoint_url = \"{endpoint}\"\nregion_name = \"{}\"\n\n\
-         [s3]\nbucket = \"{}\"\nbase_path = \"{prefix}\"\nendpoint_url = \"{endpoint}\"\n",
-        ls.region, ls.bucket
-    );
-    std::fs::write(dir.join("stepq.toml"), config).unwrap();
-}
-
 /// `outage`: FAN steps of 0.5-1.2 s and a CHAIN-step chain of 0.5 s steps, each writing a
-/// start mark (step, time) into `$OUTAGE_MARKS`.
+/// start mark.
 fn write_jobs(dir: &Path) {
-    let mark = "printf 'start %s %s\\\\n' \\\"$STEPQ_STEP_KEY\\\" \\\"$(date +%s.%N)\\\" >> \\\"$OUTAGE_MARKS\\\"";
+    let mark = mark_command("start");
     let mut jobs = String::from("[jobs.outage]\n\n");
     for i in 0..FAN {
         let seconds = 0.5 + (i % 8) as f64 / 10.0;
@@ -67,15 +52,8 @@ fn write_jobs(dir: &Path) {
 
 /// A process whose stderr goes to a file; SIGKILLed on drop.
 struct Logged {
-    child: Child,
+    process: KilledOnDrop,
     log: std::path::PathBuf,
-}
-
-impl Drop for Logged {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 fn spawn_logged(dir: &Path, name: &str, args: &[&str]) -> Logged {
@@ -83,13 +61,17 @@ fn spawn_logged(dir: &Path, name: &str, args: &[&str]) -> Logged {
     let child = stepq_configured(dir)
         .args(["--log-format", "json", "--jobs-file", "jobs.toml"])
         .args(args)
-        .env("OUTAGE_MARKS", dir.join("marks"))
+        .env(MARKS_ENV, dir.join("marks"))
+        .env(WORKER_ENV, name)
         .env("RUST_LOG", "info")
-        .stdout(Stdio::piped())
+        .stdout(Stdio::null())
         .stderr(File::create(&log).unwrap())
         .spawn()
         .expect("stepq starts");
-    Logged { child, log }
+    Logged {
+        process: KilledOnDrop(Some(child)),
+        log,
+    }
 }
 
 /// The WARN and ERROR lines of a JSON log.
@@ -102,15 +84,11 @@ fn problems(log: &Path) -> Vec<String> {
         .collect()
 }
 
+/// How many times each step's command started.
 fn starts(dir: &Path) -> BTreeMap<String, usize> {
     let mut seen = BTreeMap::new();
-    for line in std::fs::read_to_string(dir.join("marks"))
-        .unwrap_or_default()
-        .lines()
-    {
-        if let Some(step) = line.split_whitespace().nth(1) {
-            *seen.entry(step.to_string()).or_default() += 1;
-        }
+    for mark in read_marks(&dir.join("marks")) {
+        *seen.entry(mark.step).or_default() += 1;
     }
     seen
 }
@@ -121,7 +99,14 @@ async fn a_run_survives(mode: Mode) {
     let proxy = OutageProxy::start(&ls.endpoint);
     let dir = tempfile::tempdir().unwrap();
     let dir = dir.path();
-    write_config(dir, &ls, &queue, &proxy);
+    // The queue URL names the proxy too, so no request goes around it.
+    let queue_url = queue.url.replace(
+        ls.endpoint
+            .trim_start_matches("http://")
+            .trim_end_matches('/'),
+        &proxy.addr.to_string(),
+    );
+    write_default_config(dir, &ls, &queue_url, &proxy.url(), "outage");
     write_jobs(dir);
     let workers: Vec<Logged> = (1..=2)
         .map(|i| {
@@ -143,7 +128,7 @@ async fn a_run_survives(mode: Mode) {
     proxy.set(Mode::Up);
     let came_back = Instant::now();
     let status = loop {
-        if let Some(status) = run.child.try_wait().unwrap() {
+        if let Some(status) = run.process.child().try_wait().unwrap() {
             break status;
         }
         if began.elapsed() > RUN_BOUND {
@@ -177,7 +162,7 @@ async fn a_run_survives(mode: Mode) {
     for (i, worker) in workers.into_iter().enumerate() {
         let mut worker = worker;
         assert!(
-            worker.child.try_wait().unwrap().is_none(),
+            worker.process.child().try_wait().unwrap().is_none(),
             "worker {} exited in the outage: {:?}",
             i + 1,
             problems(&worker.log)

@@ -10,21 +10,9 @@ use std::path::Path;
 use std::process::{Child, Stdio};
 use std::time::Duration;
 
-use crate::common::cli::{run_configured, stdout, stepq_configured, text};
+use crate::common::cli::{run_configured, stdout, stepq_configured, text, KilledOnDrop};
 use crate::common::localstack::*;
 use crate::tables::{jobs, sorted_calls, table, wait_for_status_with, JOBS};
-
-/// A `stepq` process SIGKILLed (and reaped) when dropped, so a failed test leaves none behind.
-struct KilledOnDrop(Option<Child>);
-
-impl Drop for KilledOnDrop {
-    fn drop(&mut self) {
-        if let Some(mut child) = self.0.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-}
 
 /// `stepq run JOB` of `jobs.toml` on the configured queue, in the background.
 fn spawn_run(dir: &Path, job: &str, run_id: &str) -> Child {

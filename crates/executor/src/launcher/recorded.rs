@@ -140,15 +140,16 @@ async fn append_retrying(
     failing: &mut FailureLog,
 ) -> Result<(), StorageError> {
     let backoff = Backoff::new(RECORD_RETRY_FIRST_DELAY, RECORD_RETRY_MAX_DELAY, retry_for);
-    retry_temporary(backoff, failing, StorageError::class, |_| {
+    retry_temporary(backoff, failing, StorageError::class, || {
         runs.append_events(run_id, batch)
     })
     .await
 }
 
 /// Sets the run's status to `status`, retrying a temporary failure like
-/// [`append_retrying`]. A retry that finds the run already in `status` is done: the earlier
-/// attempt landed and only its answer was lost.
+/// [`append_retrying`]. A run found already in `status` is done: an earlier attempt landed
+/// and only its answer was lost (the S3 store's compare-and-set then re-reads the record and
+/// finds its own change).
 async fn update_status_retrying(
     runs: &dyn RunStore,
     run_id: &str,
@@ -160,22 +161,13 @@ async fn update_status_retrying(
         RECORD_RETRY_MAX_DELAY,
         RECORD_RETRY_FOR,
     );
-    retry_temporary(
-        backoff,
-        failing,
-        StorageError::class,
-        |attempt| async move {
-            match runs.update_status(run_id, status).await {
-                Ok(_) => Ok(()),
-                Err(StorageError::InvalidTransition { from, .. })
-                    if attempt > 0 && from == status =>
-                {
-                    Ok(())
-                }
-                Err(e) => Err(e),
-            }
-        },
-    )
+    retry_temporary(backoff, failing, StorageError::class, || async {
+        match runs.update_status(run_id, status).await {
+            Ok(_) => Ok(()),
+            Err(StorageError::InvalidTransition { from, .. }) if from == status => Ok(()),
+            Err(e) => Err(e),
+        }
+    })
     .await
 }
 
@@ -328,11 +320,13 @@ mod tests {
     use async_trait::async_trait;
     use std::sync::Mutex;
 
-    /// An in-memory run store that remembers the size of every appended batch.
+    /// An in-memory run store that remembers the size of every appended batch (attempts
+    /// included), and refuses the next `refuse_appends` appends with a temporary error.
     #[derive(Default)]
     struct CountingStore {
         inner: InMemoryRunStore,
         batches: Mutex<Vec<usize>>,
+        refuse_appends: Mutex<usize>,
     }
 
     impl CountingStore {
@@ -361,6 +355,19 @@ mod tests {
         }
         async fn append_events(&self, run_id: &str, events: &[Event]) -> Result<(), StorageError> {
             self.batches.lock().unwrap().push(events.len());
+            {
+                let mut refuse = self.refuse_appends.lock().unwrap();
+                if *refuse > 0 {
+                    *refuse -= 1;
+                    return Err(stepq_core::ServiceError::new(
+                        "s3",
+                        "DispatchFailure",
+                        "connection refused",
+                        stepq_core::ErrorClass::Temporary,
+                    )
+                    .into());
+                }
+            }
             self.inner.append_events(run_id, events).await
         }
         async fn read_events(
@@ -460,6 +467,44 @@ mod tests {
         assert_eq!(
             steps(&page.events),
             steps(&(0..20).map(queued).collect::<Vec<_>>())
+        );
+    }
+
+    /// (On a paused clock: the retries' pauses pass at once.)
+    #[tokio::test(start_paused = true)]
+    async fn a_batch_refused_during_an_outage_is_retried_until_it_is_recorded_once() {
+        let r = recorder(Duration::ZERO).await;
+        *r.store.refuse_appends.lock().unwrap() = 5;
+        for n in 0..3 {
+            r.events.send(queued(n)).await.unwrap();
+        }
+        drop(r.events);
+        r.recorder.await.unwrap().unwrap();
+        let page = r
+            .store
+            .inner
+            .read_events("r1", EventCursor::START)
+            .await
+            .unwrap();
+        assert_eq!(steps(&page.events), ["s0", "s1", "s2"]);
+        // Five refused attempts, then every batch once.
+        let attempts = r.store.batches().len();
+        assert!(attempts > 5, "{:?}", r.store.batches());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_batch_refused_for_longer_than_the_retry_bound_is_given_up_and_reported() {
+        let r = recorder(Duration::ZERO).await;
+        *r.store.refuse_appends.lock().unwrap() = usize::MAX;
+        r.events.send(queued(0)).await.unwrap();
+        drop(r.events);
+        let started = tokio::time::Instant::now();
+        let error = r.recorder.await.unwrap().unwrap_err();
+        assert!(error.to_string().contains("connection refused"), "{error}");
+        let waited = started.elapsed();
+        assert!(
+            waited <= RECORD_RETRY_FOR && waited >= RECORD_RETRY_FOR - RECORD_RETRY_MAX_DELAY,
+            "{waited:?}"
         );
     }
 

@@ -174,11 +174,9 @@ async fn put_retrying(
         Duration::from_secs(5),
         OUTPUT_STORE_RETRY_FOR,
     );
-    let mut failing = FailureLog::new(format!(
-        "storing output `{}` of step `{}` of run {}",
-        key.output_name, key.step_key, key.run_id
-    ));
-    retry_temporary(backoff, &mut failing, ResultError::class, |_| {
+    // A fixed phrase (no allocation per output): the step's span names the run and step.
+    let mut failing = FailureLog::new("storing a step output");
+    retry_temporary(backoff, &mut failing, ResultError::class, || {
         store.put(key, bytes.clone())
     })
     .await

@@ -2,7 +2,7 @@
 //! environment overrides.
 
 use std::path::Path;
-use std::process::{Command, Output};
+use std::process::{Child, Command, Output};
 
 /// Variables that would override a test's config (or its log output) in a `stepq` process.
 pub(crate) const ENV_OVERRIDES: [&str; 7] = [
@@ -88,4 +88,23 @@ pub(crate) fn recorded_successes(
         }
     }
     successes
+}
+
+/// A `stepq` process SIGKILLed (and reaped) when dropped, so a failed test leaves none behind.
+pub(crate) struct KilledOnDrop(pub Option<Child>);
+
+impl KilledOnDrop {
+    /// The process, while it is held.
+    pub(crate) fn child(&mut self) -> &mut Child {
+        self.0.as_mut().expect("the process was taken")
+    }
+}
+
+impl Drop for KilledOnDrop {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.0.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
 }

@@ -137,6 +137,25 @@ endpoint_url = "{endpoint}"
     dir
 }
 
+/// `stepq.toml` in `dir` at the default SQS settings (not shortened like [`config_dir`]'s):
+/// only the queue URL, the endpoint (LocalStack's, or a proxy in front of it), the region and
+/// a fresh S3 prefix under `prefix_root/`.
+pub(crate) fn write_default_config(
+    dir: &Path,
+    ls: &LocalStack,
+    queue_url: &str,
+    endpoint: &str,
+    prefix_root: &str,
+) {
+    let prefix = format!("{prefix_root}/{}", uuid::Uuid::new_v4().simple());
+    let config = format!(
+        "[sqs]\nqueue_url = \"{queue_url}\"\nendpoint_url = \"{endpoint}\"\nregion_name = \"{}\"\n\n\
+         [s3]\nbucket = \"{}\"\nbase_path = \"{prefix}\"\nendpoint_url = \"{endpoint}\"\n",
+        ls.region, ls.bucket
+    );
+    std::fs::write(dir.join("stepq.toml"), config).unwrap();
+}
+
 /// A `stepq worker start` process; its log lines arrive on `lines`. Killed on drop.
 pub(crate) struct WorkerProcess {
     /// The process.

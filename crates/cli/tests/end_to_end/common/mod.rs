@@ -9,4 +9,5 @@
 pub(crate) mod app;
 pub(crate) mod cli;
 pub(crate) mod localstack;
+pub(crate) mod marks;
 pub(crate) mod outage;

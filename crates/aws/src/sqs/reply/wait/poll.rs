@@ -44,14 +44,7 @@ pub(super) async fn poll(shared: Arc<Shared>, url: String, stop: CancellationTok
     loop {
         if let Some(at) = oldest {
             if must_delete_before_polling(at.elapsed(), poll_for) {
-                for batch in receipts.chunks(DELETE_BATCH) {
-                    tokio::spawn(delete_batch(
-                        Arc::clone(&shared),
-                        url.clone(),
-                        batch.to_vec(),
-                    ));
-                }
-                receipts.clear();
+                delete_in_background(&shared, &url, receipts.drain(..));
                 oldest = None;
             }
         }
@@ -75,10 +68,8 @@ pub(super) async fn poll(shared: Arc<Shared>, url: String, stop: CancellationTok
                     deliver(&shared, &body);
                     receipts.push(receipt);
                 }
-                while receipts.len() >= DELETE_BATCH {
-                    let batch: Vec<String> = receipts.drain(..DELETE_BATCH).collect();
-                    tokio::spawn(delete_batch(Arc::clone(&shared), url.clone(), batch));
-                }
+                let full = receipts.len() - receipts.len() % DELETE_BATCH;
+                delete_in_background(&shared, &url, receipts.drain(..full));
                 if receipts.is_empty() {
                     oldest = None;
                 }
@@ -141,6 +132,19 @@ fn deliver(shared: &Shared, body: &str) {
             let excerpt: String = body.chars().take(200).collect();
             tracing::warn!(%reason, body = %excerpt, "dropping a malformed message from the reply queue");
         }
+    }
+}
+
+/// Deletes `receipts` in DeleteMessageBatch calls of up to [`DELETE_BATCH`], in the
+/// background.
+fn delete_in_background(shared: &Arc<Shared>, url: &str, receipts: impl Iterator<Item = String>) {
+    let receipts: Vec<String> = receipts.collect();
+    for batch in receipts.chunks(DELETE_BATCH) {
+        tokio::spawn(delete_batch(
+            Arc::clone(shared),
+            url.to_string(),
+            batch.to_vec(),
+        ));
     }
 }
 
