@@ -13,6 +13,8 @@
 //! - [`s3`]: [`S3ResultBackend`], [`S3OutputStore`], [`S3CancelStore`], [`S3RunStore`] and
 //!   [`S3HeartbeatStore`], all under one bucket and base path.
 //! - [`error`]: [`aws_error`] and the classification every one of them uses.
+//! - [`timeouts`]: how long one call to AWS may take (connect, attempt, retries), so that
+//!   every wait on AWS ends.
 //!
 //! ```no_run
 //! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
@@ -35,6 +37,7 @@ pub mod error;
 pub mod s3;
 pub mod settings;
 pub mod sqs;
+pub mod timeouts;
 
 pub use error::{aws_error, body_read_error, classify_aws_failure, AwsFailureKind};
 pub use s3::{S3CancelStore, S3HeartbeatStore, S3OutputStore, S3ResultBackend, S3RunStore};

@@ -29,6 +29,7 @@ mod outputs;
 mod results;
 pub mod runs;
 
+use crate::timeouts;
 use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError};
 use bytes::Bytes;
 use stepq_results::error::{ErrorClass, ResultError, ServiceError};
@@ -71,15 +72,10 @@ pub async fn get_object(
         Err(e) => return Err(aws_error("s3", "GetObject", e)),
     };
     let e_tag = out.e_tag().map(str::to_string);
-    let data = out
-        .body
-        .collect()
+    let bytes = timeouts::read_body(out.body, out.content_length)
         .await
         .map_err(|e| body_read_error("s3", "GetObject", key, e))?;
-    Ok(Some(S3Object {
-        bytes: data.into_bytes(),
-        e_tag,
-    }))
+    Ok(Some(S3Object { bytes, e_tag }))
 }
 
 /// Whether a GetObject failed because the key does not exist (`NoSuchKey`, or a bare 404).

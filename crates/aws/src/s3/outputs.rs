@@ -1,5 +1,6 @@
 //! [`S3OutputStore`]: step outputs as objects in a bucket.
 
+use crate::timeouts;
 use async_trait::async_trait;
 use aws_sdk_s3::primitives::ByteStream;
 use bytes::Bytes;
@@ -69,11 +70,14 @@ impl S3OutputStore {
 impl OutputStore for S3OutputStore {
     async fn put(&self, key: &OutputKey, value: Bytes) -> Result<(), ResultError> {
         let object_key = self.output_key(key)?;
+        let transfer = timeouts::s3_transfer(value.len());
         self.client
             .put_object()
             .bucket(&self.bucket)
             .key(&object_key)
             .body(ByteStream::from(value))
+            .customize()
+            .config_override(transfer)
             .send()
             .await
             .map_err(|e| s3_error("PutObject", e))?;

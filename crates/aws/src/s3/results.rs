@@ -2,6 +2,7 @@
 
 use std::time::Duration;
 
+use crate::timeouts;
 use async_trait::async_trait;
 use aws_sdk_s3::primitives::ByteStream;
 use stepq_results::backend::ResultBackend;
@@ -64,12 +65,16 @@ impl ResultBackend for S3ResultBackend {
 
     async fn set_result(&self, task_id: &str, result: &TaskResult) -> Result<(), ResultError> {
         let key = self.result_key(task_id)?;
+        let body = result.to_json();
+        let transfer = timeouts::s3_transfer(body.len());
         self.client
             .put_object()
             .bucket(&self.bucket)
             .key(&key)
             .content_type("application/json")
-            .body(ByteStream::from(result.to_json()))
+            .body(ByteStream::from(body))
+            .customize()
+            .config_override(transfer)
             .send()
             .await
             .map_err(|e| s3_error("PutObject", e))?;

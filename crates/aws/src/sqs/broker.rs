@@ -1,12 +1,10 @@
 //! `SqsBroker`: the [`Broker`] on an SQS queue.
 
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 use crate::s3::head_bucket;
+use crate::timeouts;
 use async_trait::async_trait;
-use aws_config::retry::RetryConfig;
-use aws_config::timeout::TimeoutConfig;
 use aws_config::{BehaviorVersion, Region, SdkConfig};
 use aws_sdk_sqs::types::QueueAttributeName;
 use tokio::task::JoinHandle;
@@ -18,16 +16,6 @@ use super::send::{prepare, send_batch, send_one, SendSettings};
 use stepq_broker::broker::{Broker, DeliveryStream, Demand};
 use stepq_broker::error::BrokerError;
 use stepq_broker::message::TaskMessage;
-
-/// Attempts per AWS call (the first and up to four retries, with the SDK's exponential
-/// backoff) for throttling, 5xx, timeouts and network errors.
-pub const AWS_MAX_ATTEMPTS: u32 = 5;
-
-/// Longest wait for a connection to AWS.
-pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
-/// Longest single attempt of an AWS call: above the 20 s long poll, so only a hung connection
-/// trips it (it is then retried like any timeout).
-pub const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(45);
 
 /// Approximate message counts of a queue, as SQS reports them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -111,17 +99,12 @@ impl SqsBroker {
     }
 
     /// AWS settings for `config`: aws-config's default chain (credentials, region, profile),
-    /// the config's region and endpoint overrides, standard retries with backoff
-    /// ([`AWS_MAX_ATTEMPTS`] attempts) and timeouts ([`CONNECT_TIMEOUT`], [`ATTEMPT_TIMEOUT`]).
+    /// the config's region and endpoint overrides, standard retries with backoff and the
+    /// timeouts of [`crate::timeouts`] (every call to AWS ends within a known time).
     pub async fn load_sdk_config(config: &SqsConfig) -> SdkConfig {
         let mut loader = aws_config::defaults(BehaviorVersion::latest())
-            .retry_config(RetryConfig::standard().with_max_attempts(AWS_MAX_ATTEMPTS))
-            .timeout_config(
-                TimeoutConfig::builder()
-                    .connect_timeout(CONNECT_TIMEOUT)
-                    .operation_attempt_timeout(ATTEMPT_TIMEOUT)
-                    .build(),
-            );
+            .retry_config(timeouts::retry_config(timeouts::AWS_MAX_ATTEMPTS))
+            .timeout_config(timeouts::client_timeouts());
         if let Some(region) = &config.region_name {
             loader = loader.region(Region::new(region.clone()));
         }

@@ -28,6 +28,7 @@ use super::broker::Inner;
 use super::error::{build_error, sqs_error};
 use super::owned_queue::is_missing_queue;
 use super::payload::EXTENDED_MESSAGE_ATTRIBUTE;
+use crate::timeouts;
 
 /// Message attribute of a dead letter: why it was dead-lettered.
 pub const REASON_ATTRIBUTE: &str = "stepq_dead_letter_reason";
@@ -195,6 +196,8 @@ impl SqsDeadLetters {
             .wait_time_seconds(1)
             .visibility_timeout(visibility)
             .message_attribute_names("All")
+            .customize()
+            .config_override(timeouts::sqs_long_poll(1))
             .send()
             .await;
         match out.map_err(|e| sqs_error("ReceiveMessage", e)) {

@@ -19,6 +19,7 @@ use super::dead_letters::{self, RawMessage};
 use super::error::{all_failed, entry_outcomes, numbered_entries, sqs_error};
 use super::owned_queue;
 use super::payload::{S3Pointer, EXTENDED_MESSAGE_ATTRIBUTE};
+use crate::timeouts;
 use stepq_broker::broker::{DeliveryStream, Demand};
 use stepq_broker::delivery::{Delivery, DeliveryHandle};
 use stepq_broker::error::{BrokerError, ErrorClass, ServiceError};
@@ -85,6 +86,8 @@ async fn receive(inner: Arc<Inner>, max: u32, wait: u32) -> Result<Vec<Received>
         .message_system_attribute_names(MessageSystemAttributeName::ApproximateReceiveCount)
         .message_system_attribute_names(MessageSystemAttributeName::MessageGroupId)
         .message_attribute_names(EXTENDED_MESSAGE_ATTRIBUTE)
+        .customize()
+        .config_override(timeouts::sqs_long_poll(wait))
         .send()
         .await
         .map_err(|e| sqs_error("ReceiveMessage", e))?;

@@ -24,7 +24,7 @@ mod payload;
 pub mod reply;
 mod send;
 
-pub use broker::{QueueDepth, SqsBroker, ATTEMPT_TIMEOUT, AWS_MAX_ATTEMPTS, CONNECT_TIMEOUT};
+pub use broker::{QueueDepth, SqsBroker};
 pub use config::{
     resolve_fair_queue, SqsConfig, SqsConfigSource, DEFAULT_MAX_NUMBER_OF_MESSAGES,
     DEFAULT_PAYLOAD_SIZE_THRESHOLD, DEFAULT_VISIBILITY_TIMEOUT, DEFAULT_WAIT_TIME_SECONDS,

@@ -23,6 +23,7 @@ use aws_sdk_sqs::operation::delete_message_batch::DeleteMessageBatchOutput;
 use aws_sdk_sqs::types::{DeleteMessageBatchRequestEntry, QueueAttributeName};
 
 use super::error::{numbered_entries, sqs_service_error as sqs_error};
+use crate::timeouts;
 use stepq_broker::error::{ErrorClass, ServiceError};
 
 /// Longest SQS queue name.
@@ -148,6 +149,8 @@ pub async fn receive(
         .queue_url(url)
         .max_number_of_messages(10)
         .wait_time_seconds(wait_time_seconds as i32)
+        .customize()
+        .config_override(timeouts::sqs_long_poll(wait_time_seconds))
         .send()
         .await
         .map_err(|e| sqs_error("ReceiveMessage", e))?;

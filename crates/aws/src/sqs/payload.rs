@@ -2,6 +2,7 @@
 //! in taskiq-aio-sqs's layout (body `{"s3_bucket": .., "s3_key": ..}`, message attribute
 //! `s3_extended_message`), so Python TaskIQ consumers can read them too.
 
+use crate::timeouts;
 use aws_sdk_s3::primitives::ByteStream;
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
@@ -54,11 +55,14 @@ impl S3Pointer {
 
     /// Uploads `body` to this pointer's object.
     pub async fn upload(&self, s3: &aws_sdk_s3::Client, body: Vec<u8>) -> Result<(), BrokerError> {
+        let transfer = timeouts::s3_transfer(body.len());
         s3.put_object()
             .bucket(&self.s3_bucket)
             .key(&self.s3_key)
             .content_type("application/json")
             .body(ByteStream::from(body))
+            .customize()
+            .config_override(transfer)
             .send()
             .await
             .map_err(|e| s3_error("PutObject", e))?;
@@ -74,12 +78,9 @@ impl S3Pointer {
             .send()
             .await
             .map_err(|e| s3_error("GetObject", e))?;
-        let data = out
-            .body
-            .collect()
+        timeouts::read_body(out.body, out.content_length)
             .await
-            .map_err(|e| body_read_error("s3", "GetObject", &self.s3_key, e))?;
-        Ok(data.into_bytes())
+            .map_err(|e| body_read_error("s3", "GetObject", &self.s3_key, e).into())
     }
 
     /// Deletes the object.

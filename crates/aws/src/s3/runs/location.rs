@@ -5,6 +5,7 @@ use std::sync::Arc;
 
 use crate::s3::delete::delete_objects;
 use crate::s3::{aws_error, get_object, join_key, S3Object};
+use crate::timeouts;
 use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_s3::primitives::ByteStream;
 use aws_sdk_s3::Client;
@@ -52,6 +53,7 @@ impl Location {
         content_type: &str,
         condition: Condition<'_>,
     ) -> Result<PutOutcome, StorageError> {
+        let transfer = timeouts::s3_transfer(body.len());
         let mut request = self
             .client
             .put_object()
@@ -64,7 +66,7 @@ impl Location {
             Condition::Absent => request.if_none_match("*"),
             Condition::Matches(etag) => request.if_match(etag),
         };
-        match request.send().await {
+        match request.customize().config_override(transfer).send().await {
             Ok(_) => Ok(PutOutcome::Written),
             Err(e) if status_of(&e) == Some(412) || e.code() == Some("PreconditionFailed") => {
                 Ok(PutOutcome::PreconditionFailed)
