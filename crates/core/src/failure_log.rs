@@ -1,9 +1,21 @@
 //! [`FailureLog`]: one operation's repeated failures logged once per period, not once per
-//! attempt, and its recovery logged once.
+//! attempt, and its recovery logged once; [`SharedFailureLog`]: the same for an operation
+//! many tasks of a process do at once (storing step outputs, extending visibility), so an
+//! outage is logged once per process, not once per task.
 
 use std::borrow::Cow;
 use std::fmt::Display;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
+
+/// Where a retry loop reports its failures and its success: a [`FailureLog`] of its own or a
+/// [`SharedFailureLog`] of the process.
+pub trait FailureSink {
+    /// Notes a failure (see [`FailureLog::failed`]); returns whether it was logged.
+    fn failed(&mut self, error: &dyn Display) -> bool;
+    /// Notes a success (see [`FailureLog::succeeded`]).
+    fn succeeded(&mut self);
+}
 
 /// How often a failure that goes on is logged again, by default.
 pub const DEFAULT_REPEAT_EVERY: Duration = Duration::from_secs(30);
@@ -99,9 +111,92 @@ impl FailureLog {
     }
 }
 
+impl FailureSink for FailureLog {
+    fn failed(&mut self, error: &dyn Display) -> bool {
+        FailureLog::failed(self, error)
+    }
+
+    fn succeeded(&mut self) {
+        FailureLog::succeeded(self)
+    }
+}
+
+/// A [`FailureLog`] that many concurrent operations of one kind share (clones share it): the
+/// first failure of any of them is logged, later ones once per period, and the first success
+/// of any after them once as "works again". Ten steps failing to store their outputs during
+/// one outage write one warning, not ten.
+///
+/// ```
+/// use stepq_core::SharedFailureLog;
+///
+/// let log = SharedFailureLog::new("storing step outputs");
+/// let (a, b) = (log.clone(), log.clone());
+/// assert!(a.failed(&"connection refused")); // WARN storing step outputs fails: ...
+/// assert!(!b.failed(&"connection refused")); // debug only: the same outage
+/// b.succeeded(); // INFO storing step outputs works again after 0.0 s (2 failures)
+/// a.succeeded(); // nothing: already recovered
+/// assert_eq!(log.failures(), 0);
+/// ```
+#[derive(Debug, Clone)]
+pub struct SharedFailureLog(Arc<Mutex<FailureLog>>);
+
+impl SharedFailureLog {
+    /// A shared log for `what`, repeating every [`DEFAULT_REPEAT_EVERY`].
+    pub fn new(what: impl Into<Cow<'static, str>>) -> Self {
+        SharedFailureLog(Arc::new(Mutex::new(FailureLog::new(what))))
+    }
+
+    /// Notes a failure of any of the sharers; returns whether it was logged.
+    pub fn failed(&self, error: &dyn Display) -> bool {
+        self.0
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .failed(error)
+    }
+
+    /// Notes a success of any of the sharers; logs the recovery once.
+    pub fn succeeded(&self) {
+        self.0
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .succeeded()
+    }
+
+    /// Failures since the last success of any sharer.
+    pub fn failures(&self) -> u64 {
+        self.0
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .failures()
+    }
+}
+
+impl FailureSink for SharedFailureLog {
+    fn failed(&mut self, error: &dyn Display) -> bool {
+        SharedFailureLog::failed(self, error)
+    }
+
+    fn succeeded(&mut self) {
+        SharedFailureLog::succeeded(self)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_shared_log_logs_one_outage_once_for_all_sharers() {
+        let log = SharedFailureLog::new("x");
+        let sharers: Vec<_> = (0..4).map(|_| log.clone()).collect();
+        let logged: Vec<bool> = sharers.iter().map(|s| s.failed(&"e")).collect();
+        assert_eq!(logged, [true, false, false, false]);
+        assert_eq!(log.failures(), 4);
+        sharers[2].succeeded();
+        assert_eq!(log.failures(), 0);
+        // The next outage is logged at once, by whichever sharer meets it.
+        assert!(sharers[3].failed(&"e"));
+    }
 
     #[test]
     fn a_failure_is_logged_first_then_once_per_period() {

@@ -42,7 +42,7 @@ mod service;
 
 pub use backoff::Backoff;
 pub use class::ErrorClass;
-pub use failure_log::{FailureLog, DEFAULT_REPEAT_EVERY};
+pub use failure_log::{FailureLog, FailureSink, SharedFailureLog, DEFAULT_REPEAT_EVERY};
 pub use kind::FailureKind;
 pub use retry::retry_temporary;
 pub use service::ServiceError;

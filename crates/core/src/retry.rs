@@ -4,12 +4,13 @@
 use std::fmt::Display;
 use std::future::Future;
 
-use crate::{Backoff, ErrorClass, FailureLog};
+use crate::{Backoff, ErrorClass, FailureSink};
 
 /// Runs `op` until it succeeds, fails with an error whose
 /// class is not [`Temporary`](ErrorClass::Temporary) (returned at once), or `backoff` gives up
-/// (the last error is returned). Each failure goes to `failing`, which logs it once per period;
-/// a success after failures is logged there once.
+/// (the last error is returned). Each failure goes to `failing` (a
+/// [`FailureLog`](crate::FailureLog) of its own or a [`SharedFailureLog`](crate::SharedFailureLog)),
+/// which logs it once per period; a success after failures is logged there once.
 ///
 /// ```
 /// # tokio_test_block_on(async {
@@ -33,7 +34,7 @@ use crate::{Backoff, ErrorClass, FailureLog};
 /// ```
 pub async fn retry_temporary<T, E, Fut>(
     mut backoff: Backoff,
-    failing: &mut FailureLog,
+    failing: &mut impl FailureSink,
     class: impl Fn(&E) -> ErrorClass,
     mut op: impl FnMut() -> Fut,
 ) -> Result<T, E>

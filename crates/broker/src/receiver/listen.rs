@@ -11,10 +11,11 @@ use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-use super::pipeline::{process, Shared};
+use super::pipeline::{process, Shared, HEARTBEAT_FAILURES};
 use super::{Counters, Receiver, ReceiverStats};
 use crate::broker::Demand;
 use crate::error::BrokerError;
+use stepq_core::SharedFailureLog;
 
 /// Backoff after the broker's stream yields an error, at first ...
 const STREAM_BACKOFF_MIN: Duration = Duration::from_millis(50);
@@ -49,6 +50,7 @@ impl Receiver {
             gate,
             grace_expired: CancellationToken::new(),
             stats: Counters::default(),
+            heartbeat_failures: SharedFailureLog::new(HEARTBEAT_FAILURES),
         });
         shared.queue.middleware().startup().await?;
         let semaphore = Arc::new(Semaphore::new(shared.config.concurrency));

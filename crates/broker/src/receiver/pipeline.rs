@@ -9,6 +9,7 @@ use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 
 use futures::FutureExt;
+use stepq_core::SharedFailureLog;
 use stepq_results::{FailureKind, TaskError, TaskResult};
 use tokio::sync::OwnedSemaphorePermit;
 use tokio::time::{Instant, MissedTickBehavior};
@@ -23,6 +24,9 @@ use crate::queue::TaskQueue;
 mod settle;
 
 /// What every delivery's task shares.
+/// What a failing heartbeat is, in the receiver's log.
+pub(super) const HEARTBEAT_FAILURES: &str = "extending running tasks' visibility (heartbeat)";
+
 pub(super) struct Shared {
     /// The receiver's queue: broker, result backend and middleware.
     pub(super) queue: TaskQueue,
@@ -40,6 +44,9 @@ pub(super) struct Shared {
     pub(super) grace_expired: CancellationToken,
     /// What the receiver did so far.
     pub(super) stats: Counters,
+    /// Heartbeats failing with a temporary error (an outage), logged once per period for all
+    /// running tasks.
+    pub(super) heartbeat_failures: SharedFailureLog,
 }
 
 /// Handles one delivery from decoding to ack.
@@ -167,7 +174,10 @@ impl Shared {
         })
     }
 
-    /// Extends the delivery's visibility every heartbeat interval; never returns.
+    /// Extends the delivery's visibility every heartbeat interval; never returns. Temporary
+    /// failures go to the receiver's shared log (one warning per outage, not per task and
+    /// beat); a permanent one (the receipt is no longer valid: the message was delivered
+    /// again) is logged once and ends the extending, which cannot succeed any more.
     async fn heartbeat(&self, delivery: &Delivery, task_id: &str) {
         let Some(every) = self.config.heartbeat_interval else {
             return std::future::pending().await;
@@ -176,16 +186,25 @@ impl Shared {
         ticks.set_missed_tick_behavior(MissedTickBehavior::Delay);
         loop {
             ticks.tick().await;
-            if let Err(e) = delivery
+            match delivery
                 .extend_visibility(self.config.heartbeat_extension)
                 .await
             {
-                tracing::warn!(
-                    task_id,
-                    error = %e,
-                    "heartbeat could not extend the message's visibility; it may be delivered \
-                     again while this task runs"
-                );
+                Ok(()) => self.heartbeat_failures.succeeded(),
+                Err(e) if e.is_temporary() => {
+                    self.heartbeat_failures.failed(&format_args!(
+                        "{e}; a task's message may be delivered again while it runs"
+                    ));
+                }
+                Err(e) => {
+                    tracing::warn!(
+                        task_id,
+                        error = %e,
+                        "heartbeat could not extend the message's visibility; it may be \
+                         delivered again while this task runs"
+                    );
+                    return std::future::pending().await;
+                }
             }
         }
     }
@@ -284,6 +303,7 @@ mod tests {
             gate: None,
             grace_expired: CancellationToken::new(),
             stats: Counters::default(),
+            heartbeat_failures: SharedFailureLog::new(HEARTBEAT_FAILURES),
         };
         (Arc::new(shared), results)
     }

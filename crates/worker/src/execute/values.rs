@@ -2,11 +2,12 @@
 //! concurrently), checking the emitted outputs against the step's declaration, and storing
 //! them.
 
+use std::sync::LazyLock;
 use std::time::Duration;
 
 use bytes::Bytes;
 use futures::future::join_all;
-use stepq_core::{retry_temporary, Backoff, FailureLog};
+use stepq_core::{retry_temporary, Backoff, SharedFailureLog};
 use stepq_plan::{EventKind, StepDef};
 use stepq_results::{OutputKey, OutputStore, ResultError};
 
@@ -162,8 +163,14 @@ impl StepAttempt<'_> {
 /// again because its store blinked.
 pub const OUTPUT_STORE_RETRY_FOR: Duration = Duration::from_secs(60);
 
+/// Failures to store step outputs, shared by every step of the process: an outage that ten
+/// running steps meet is one warning (and one "works again"), not ten. The step's span names
+/// the run and step of a failure logged.
+static OUTPUT_STORE_FAILURES: LazyLock<SharedFailureLog> =
+    LazyLock::new(|| SharedFailureLog::new("storing step outputs"));
+
 /// Stores one output, retrying temporary failures for up to [`OUTPUT_STORE_RETRY_FOR`]
-/// (logged once per period).
+/// (logged once per period for the whole process: [`OUTPUT_STORE_FAILURES`]).
 async fn put_retrying(
     store: &dyn OutputStore,
     key: &OutputKey,
@@ -174,8 +181,7 @@ async fn put_retrying(
         Duration::from_secs(5),
         OUTPUT_STORE_RETRY_FOR,
     );
-    // A fixed phrase (no allocation per output): the step's span names the run and step.
-    let mut failing = FailureLog::new("storing a step output");
+    let mut failing = OUTPUT_STORE_FAILURES.clone();
     retry_temporary(backoff, &mut failing, ResultError::class, || {
         store.put(key, bytes.clone())
     })

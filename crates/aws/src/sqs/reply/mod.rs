@@ -6,9 +6,10 @@
 //!
 //! 1. The orchestrator process owns a [`ReplyQueue`]: a standard SQS queue named
 //!    `<task queue>-reply-<16 hex>`, created on the first send (one CreateQueue), with a 30 s
-//!    visibility timeout. One background task long-polls it (20 s, up to ten messages per
-//!    call), so an idle orchestrator makes three requests a minute and a busy one receives up
-//!    to ten notifications per request.
+//!    visibility timeout. One background task long-polls it (up to ten messages per call;
+//!    20 s when no result is awaited, 5 s while one is), so an idle orchestrator makes three
+//!    requests a minute, one waiting on long steps twelve, and a busy one receives up to ten
+//!    notifications per request.
 //! 2. [`ReplyToMiddleware`] labels every message it sends `reply_to = <queue URL>` and notes
 //!    the task id as expecting a reply.
 //! 3. On the worker, the [`Receiver`](stepq_broker::Receiver) copies the message labels into the
@@ -43,7 +44,10 @@
 //! a run. The short visibility is for the answer of a ReceiveMessage lost on the way (a
 //! network failure after SQS handed the messages out, as in an outage): its notifications come
 //! back 30 s later instead of staying hidden — in reply-only mode they are the results' only
-//! copy. A notification that comes back anyway is dropped as a duplicate.
+//! copy. A notification that comes back anyway is dropped as a duplicate. The 5 s wait while
+//! results are awaited keeps that rare: a long poll whose connection an outage cut may still
+//! be served by SQS to its end (LocalStack does), taking the first notifications sent after
+//! the outage; a 5 s poll has ended before an outage longer than that is over.
 //!
 //! Failure handling:
 //! - The reply queue cannot be created (no `sqs:CreateQueue` permission, SQS down): messages

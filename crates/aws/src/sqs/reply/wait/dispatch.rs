@@ -215,6 +215,14 @@ impl Dispatch {
         }
     }
 
+    /// Whether a result sent with this process's reply address is still to arrive.
+    pub(crate) fn awaits_any(&self) -> bool {
+        self.lock()
+            .slots
+            .values()
+            .any(|slot| matches!(slot, Slot::Expected { .. } | Slot::Waiting(_)))
+    }
+
     /// Registers a waiter for `task_id`.
     pub(crate) fn register(&self, task_id: &str) -> Claim<'_> {
         let mut state = self.lock();

@@ -39,9 +39,10 @@ pub(super) async fn poll(shared: Arc<Shared>, url: String, stop: CancellationTok
     let mut receipts: Vec<String> = Vec::new();
     // When the oldest receipt held was received.
     let mut oldest: Option<Instant> = None;
-    let poll_for = Duration::from_secs(shared.options.wait_time_seconds.into());
     let mut failing = stepq_core::FailureLog::new("receiving result notifications");
     loop {
+        let wait = poll_wait(&shared);
+        let poll_for = Duration::from_secs(wait.into());
         if let Some(at) = oldest {
             if must_delete_before_polling(at.elapsed(), poll_for) {
                 delete_in_background(&shared, &url, receipts.drain(..));
@@ -55,7 +56,7 @@ pub(super) async fn poll(shared: Arc<Shared>, url: String, stop: CancellationTok
         let received = tokio::select! {
             biased;
             _ = stop.cancelled() => return,
-            received = receive(&shared, &url) => received,
+            received = receive(&shared, &url, wait) => received,
         };
         match received {
             Ok(messages) => {
@@ -105,9 +106,23 @@ fn must_delete_before_polling(held: Duration, poll_for: Duration) -> bool {
     held + poll_for + DELETE_MARGIN >= REPLY_VISIBILITY_TIMEOUT
 }
 
-async fn receive(shared: &Shared, url: &str) -> Result<Vec<(String, String)>, ServiceError> {
+/// The next long poll's wait: short while a result is awaited (see
+/// [`ReplyQueueOptions::busy_wait_time_seconds`](super::ReplyQueueOptions)), long when idle.
+fn poll_wait(shared: &Shared) -> u32 {
+    if shared.dispatch.awaits_any() {
+        shared.options.busy_wait_time_seconds
+    } else {
+        shared.options.wait_time_seconds
+    }
+}
+
+async fn receive(
+    shared: &Shared,
+    url: &str,
+    wait: u32,
+) -> Result<Vec<(String, String)>, ServiceError> {
     bump(&shared.counters.receive_calls, 1);
-    owned_queue::receive(&shared.sqs, url, shared.options.wait_time_seconds).await
+    owned_queue::receive(&shared.sqs, url, wait).await
 }
 
 /// Hands one message to the dispatch.

@@ -37,6 +37,13 @@ pub struct ReplyQueueOptions {
     /// Long-poll wait of each receive, 1-20 s (default 20: an idle orchestrator makes three
     /// requests a minute, and a notification is received the moment it arrives).
     pub wait_time_seconds: u32,
+    /// Long-poll wait while a result is awaited, 1 s up to `wait_time_seconds` (default 5).
+    /// A long poll cut off by a network failure may still be served by SQS to its end,
+    /// and the notifications it takes stay hidden for the reply queue's 30 s visibility
+    /// timeout; a short wait ends such an orphaned poll before a longer outage is over, so
+    /// the results sent after it come through at once. Costs at most 12 receives a minute
+    /// while steps run and no result arrives.
+    pub busy_wait_time_seconds: u32,
     /// How often the owner re-tags its queue as alive (default 10 min).
     pub alive_heartbeat: Duration,
     /// Reply queues of this task queue not re-tagged for this long are deleted when another
@@ -50,6 +57,7 @@ impl Default for ReplyQueueOptions {
     fn default() -> Self {
         ReplyQueueOptions {
             wait_time_seconds: 20,
+            busy_wait_time_seconds: 5,
             alive_heartbeat: Duration::from_secs(600),
             stale_after: Duration::from_secs(3600),
             prune_stale: true,
@@ -65,6 +73,15 @@ impl ReplyQueueOptions {
             return bad(
                 "wait_time_seconds",
                 format!("{} is out of range 1-20", self.wait_time_seconds),
+            );
+        }
+        if !(1..=self.wait_time_seconds).contains(&self.busy_wait_time_seconds) {
+            return bad(
+                "busy_wait_time_seconds",
+                format!(
+                    "{} is out of range 1-{} (wait_time_seconds)",
+                    self.busy_wait_time_seconds, self.wait_time_seconds
+                ),
             );
         }
         if self.alive_heartbeat.is_zero() {
@@ -397,6 +414,14 @@ mod tests {
         let cases: &[(Edit, &str)] = &[
             (|o| o.wait_time_seconds = 0, "wait_time_seconds"),
             (|o| o.wait_time_seconds = 21, "wait_time_seconds"),
+            (|o| o.busy_wait_time_seconds = 0, "busy_wait_time_seconds"),
+            (
+                |o| {
+                    o.wait_time_seconds = 4;
+                    o.busy_wait_time_seconds = 5
+                },
+                "busy_wait_time_seconds",
+            ),
             (|o| o.alive_heartbeat = Duration::ZERO, "alive_heartbeat"),
             (|o| o.stale_after = o.alive_heartbeat, "stale_after"),
         ];
