@@ -5,8 +5,8 @@
 //! | --- | --- | --- |
 //! | `single` | `simple` | one op returning 1 |
 //! | `serial` | `simple` -> `add_one` | an input wired to an output: 2 |
-//! | `diamond` | `emit_values` -> `add_one`, `renamed` -> `subtract` | two outputs, an alias, a join: -1 |
-//! | `parallel` | `simple` -> `add_one_0` .. `add_one_9` | ten aliases of one op side by side |
+//! | `diamond` | `emit_values` -> `add_one`, `renamed` -> `subtract` | two outputs and a join: -1 |
+//! | `parallel` | `simple` -> `add_one_0` .. `add_one_9` | ten aliases of one string-keyed op side by side |
 //! | `nested` | 16 steps | graphs inside graphs, flattened to `outer.inner.leaf` keys: 16 |
 //! | `optional_outputs` | `optional_outputs` -> `echo_1`, `echo_2`, `echo_3` | 3 optional outputs, 1 emitted: 2 steps succeed, 2 are skipped |
 //! | `failure` | `fails` -> `should_never_execute` | a failing op; its downstream step never runs |
@@ -17,6 +17,11 @@
 //! | `chain_N` | `step_0` -> .. -> `step_{N-1}` | no-op chain (N = 10, 100, 1000) |
 //!
 //! The subset example is the diamond run with the step selection `emit_values`.
+//!
+//! `single`, `serial`, `diamond` and `retry` are [`TypedJob`]s: each step an async closure,
+//! its wiring checked by the compiler, its op registered as `job/step`. The others are
+//! string-keyed jobs over the named ops of [`ops`] (which tests may replace), checked
+//! against those ops' signatures when the location is built.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -24,8 +29,8 @@ use std::time::Duration;
 
 use stepq_plan::{Backoff, Job, RetryPolicy, StepDef};
 use stepq_worker::{
-    op_fn, op_map, op_output, CodeLocation, CodeLocationBuilder, LocationErrors, Op, OpError,
-    StepOutputs,
+    op_fn, op_map, op_output, CodeLocation, CodeLocationBuilder, LocationErrors, Op, OpContext,
+    OpError, StepOutputs, TypedJob,
 };
 
 /// Output name used by single-output example ops.
@@ -54,20 +59,6 @@ pub fn ops() -> BTreeMap<String, Arc<dyn Op>> {
         op_map("num", RESULT, |_ctx, n: i64| async move { Ok(n + 1) }),
     );
     ops.insert(
-        "emit_values".into(),
-        op_fn(|_ctx, _inputs| async {
-            StepOutputs::new()
-                .with("value_one", &1_i64)?
-                .with("value_two", &2_i64)
-        }),
-    );
-    ops.insert(
-        "subtract".into(),
-        op_output(RESULT, |_ctx, inputs| async move {
-            Ok(inputs.get::<i64>("left")? - inputs.get::<i64>("right")?)
-        }),
-    );
-    ops.insert(
         "optional_outputs".into(),
         op_fn(|_ctx, _inputs| async { StepOutputs::one("optional_1", &1_i64) }),
     );
@@ -88,20 +79,6 @@ pub fn ops() -> BTreeMap<String, Arc<dyn Op>> {
                 "must_not_run",
                 format!("should_never_execute ran with input {n}: its upstream step failed"),
             ))
-        }),
-    );
-    ops.insert(
-        "flaky".into(),
-        op_output(RESULT, |ctx, _inputs| async move {
-            if ctx.attempt() < 3 {
-                ctx.warn(format!("attempt {} fails on purpose", ctx.attempt()));
-                Err(OpError::retry(format!(
-                    "flaky fails on attempt {}, succeeds on attempt 3",
-                    ctx.attempt()
-                )))
-            } else {
-                Ok(i64::from(ctx.attempt()))
-            }
         }),
     );
     ops.insert(
@@ -136,36 +113,61 @@ fn build(builder: stepq_plan::JobBuilder) -> Job {
 }
 
 /// `single`: `simple` returns 1.
-pub fn single_job() -> Job {
-    build(Job::builder("single").step(step("simple", "simple")))
+pub fn single_job() -> TypedJob {
+    let mut job = TypedJob::new("single");
+    job.source("simple", |_ctx| async { Ok(1_i64) });
+    job
 }
 
 /// `serial`: `add_one(simple())` = 2.
-pub fn serial_job() -> Job {
-    build(
-        Job::builder("serial")
-            .step(step("simple", "simple"))
-            .step(step("add_one", "add_one").input("num", "simple", RESULT)),
-    )
+pub fn serial_job() -> TypedJob {
+    let mut job = TypedJob::new("serial");
+    let one = job.source("simple", |_ctx| async { Ok(1_i64) });
+    job.map("add_one", &one, |_ctx, n: i64| async move { Ok(n + 1) });
+    job
 }
 
 /// `diamond`: `emit_values` (1, 2) -> `add_one` (2) and `renamed` (3) -> `subtract` (-1).
-pub fn diamond_job() -> Job {
-    build(
-        Job::builder("diamond")
-            .step(
-                StepDef::new("emit_values", "emit_values")
-                    .output("value_one")
-                    .output("value_two"),
-            )
-            .step(step("add_one", "add_one").input("num", "emit_values", "value_one"))
-            .step(step("renamed", "add_one").input("num", "emit_values", "value_two"))
-            .step(
-                step("subtract", "subtract")
-                    .input("left", "add_one", RESULT)
-                    .input("right", "renamed", RESULT),
-            ),
-    )
+pub fn diamond_job() -> TypedJob {
+    let add_one = |_ctx, n: i64| async move { Ok(n + 1) };
+    let mut job = TypedJob::new("diamond");
+    let names = ["value_one", "value_two"];
+    let (one, two) = job.source2("emit_values", names, |_ctx| async { Ok((1_i64, 2_i64)) });
+    let left = job.map("add_one", &one, add_one);
+    let right = job.map("renamed", &two, add_one);
+    job.map2(
+        "subtract",
+        &left,
+        &right,
+        |_ctx, l: i64, r: i64| async move { Ok(l - r) },
+    );
+    job
+}
+
+/// `retry`: `flaky` fails twice and succeeds on attempt 3 (3 attempts allowed).
+pub fn retry_job() -> TypedJob {
+    let mut job = TypedJob::new("retry");
+    job.source("flaky", flaky);
+    job.configure("flaky", |s| s.retry(RetryPolicy::new(3, Backoff::none())));
+    job
+}
+
+/// Fails with a retry request on attempts 1 and 2; returns the attempt number on the third.
+async fn flaky(ctx: OpContext) -> Result<i64, OpError> {
+    if ctx.attempt() < 3 {
+        ctx.warn(format!("attempt {} fails on purpose", ctx.attempt()));
+        Err(OpError::retry(format!(
+            "flaky fails on attempt {}, succeeds on attempt 3",
+            ctx.attempt()
+        )))
+    } else {
+        Ok(i64::from(ctx.attempt()))
+    }
+}
+
+/// The typed example jobs: `single`, `serial`, `diamond`, `retry`.
+pub fn typed_jobs() -> Vec<TypedJob> {
+    vec![single_job(), serial_job(), diamond_job(), retry_job()]
 }
 
 /// `parallel`: `simple` then 10 aliases of `add_one` (`add_one_0` .. `add_one_9`), each 2.
@@ -238,14 +240,6 @@ pub fn failure_job() -> Job {
 }
 
 /// `retry`: `flaky` fails twice and succeeds on attempt 3 (its policy allows 3 attempts with
-/// no delay between them).
-pub fn retry_job() -> Job {
-    build(
-        Job::builder("retry")
-            .step(step("flaky", "flaky").retry(RetryPolicy::new(3, Backoff::none()))),
-    )
-}
-
 /// `slow`: four independent steps that sleep `sleep_ms` of the run config (default 2000 ms),
 /// for interrupt and concurrency checks.
 pub fn slow_job() -> Job {
@@ -287,17 +281,14 @@ pub fn chain_job(n: usize) -> Job {
     build(Job::builder(format!("chain_{n}")).steps(steps))
 }
 
-/// Every example job: the fixed ones, then the generated fan-outs and chains.
+/// Every string-keyed example job: the fixed ones, then the generated fan-outs and chains
+/// (the typed ones are [`typed_jobs`]).
 pub fn jobs() -> Vec<Job> {
     let mut jobs = vec![
-        single_job(),
-        serial_job(),
-        diamond_job(),
         parallel_job(),
         nested_job(),
         optional_outputs_job(),
         failure_job(),
-        retry_job(),
         slow_job(),
     ];
     jobs.extend(FANOUT_SIZES.iter().map(|&n| fanout_job(n)));
@@ -306,7 +297,7 @@ pub fn jobs() -> Vec<Job> {
     jobs
 }
 
-/// A builder holding `ops` and `jobs`, to add more before building.
+/// A builder holding `ops`, `jobs` and the [`typed_jobs`], to add more before building.
 pub fn builder_with(
     ops: BTreeMap<String, Arc<dyn Op>>,
     jobs: impl IntoIterator<Item = Job>,
@@ -317,6 +308,9 @@ pub fn builder_with(
     }
     for job in jobs {
         builder = builder.job(job);
+    }
+    for job in typed_jobs() {
+        builder = builder.typed_job(job);
     }
     builder
 }
@@ -336,8 +330,9 @@ mod tests {
     use super::*;
     use stepq_worker::{decode_value, encode_value, OpContext, StepInputs};
 
+    /// Runs op `name` of the example location (a named op, or `job/step` of a typed job).
     async fn run_op(name: &str, inputs: &[(&str, i64)]) -> Result<StepOutputs, OpError> {
-        let op = ops().remove(name).unwrap();
+        let op = location().op(name).unwrap();
         let inputs = inputs
             .iter()
             .map(|(n, v)| (n.to_string(), encode_value(v).unwrap()))
@@ -387,7 +382,10 @@ mod tests {
             chain_job(5).topological_order().collect::<Vec<_>>().len(),
             5
         );
-        assert_eq!(diamond_job().step("renamed").unwrap().op, "add_one");
+        assert_eq!(parallel_job().step("add_one_3").unwrap().op, "add_one");
+        let (diamond, ops) = diamond_job().build().unwrap();
+        assert_eq!(diamond.step("renamed").unwrap().op, "diamond/renamed");
+        assert_eq!(ops.len(), 4);
     }
 
     #[tokio::test]
@@ -397,12 +395,12 @@ mod tests {
             value(&run_op("add_one", &[("num", 1)]).await.unwrap(), RESULT),
             2
         );
-        let emitted = run_op("emit_values", &[]).await.unwrap();
+        let emitted = run_op("diamond/emit_values", &[]).await.unwrap();
         assert_eq!(
             (value(&emitted, "value_one"), value(&emitted, "value_two")),
             (1, 2)
         );
-        let diff = run_op("subtract", &[("left", 2), ("right", 3)])
+        let diff = run_op("diamond/subtract", &[("in0", 2), ("in1", 3)])
             .await
             .unwrap();
         assert_eq!(value(&diff, RESULT), -1);
@@ -416,7 +414,7 @@ mod tests {
 
     #[tokio::test]
     async fn flaky_succeeds_on_the_third_attempt() {
-        let op = ops().remove("flaky").unwrap();
+        let op = location().op("retry/flaky").unwrap();
         for attempt in 1..=2 {
             let ctx = OpContext::new("r", "retry", "flaky").with_attempt(attempt);
             let e = op.run(&ctx, StepInputs::new()).await.unwrap_err();

@@ -14,27 +14,18 @@
 //! ```
 //! # tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap().block_on(async {
 //! use std::sync::Arc;
-//! use stepq::{make_app, op_fn, op_map, CodeLocation, Job, RunOptions, RunStatus, StepDef,
-//!     StepOutputs, StepqConfig};
+//! use stepq::{make_app, CodeLocation, RunOptions, RunStatus, StepqConfig, TypedJob};
 //!
-//! // Ops: async closures with typed inputs and outputs.
-//! let location = CodeLocation::builder()
-//!     .op("emit_values", op_fn(|ctx, _inputs| async move {
-//!         ctx.info("emitting two values");
-//!         StepOutputs::new().with("one", &1_i64)?.with("two", &2_i64)
-//!     }))
-//!     .op("add_one", op_map("num", "result", |_ctx, n: i64| async move { Ok(n + 1) }))
-//!     // A job wires step inputs to upstream outputs; `renamed` is a second step of `add_one`.
-//!     .job(
-//!         Job::builder("fork")
-//!             .step(StepDef::new("emit_values", "emit_values").output("one").output("two"))
-//!             .step(StepDef::new("add_one", "add_one").input("num", "emit_values", "one").output("result"))
-//!             .step(StepDef::new("renamed", "add_one").input("num", "emit_values", "two").output("result"))
-//!             .build()
-//!             .unwrap(),
-//!     )
-//!     .build()
-//!     .unwrap();
+//! // A job of async closures; each step's input is the handle of an upstream output, so a
+//! // wrong wiring or a type mismatch does not compile.
+//! let mut job = TypedJob::new("fork");
+//! let (one, two) = job.source2("emit_values", ["one", "two"], |ctx| async move {
+//!     ctx.info("emitting two values");
+//!     Ok((1_i64, 2_i64))
+//! });
+//! job.map("add_one", &one, |_ctx, n: i64| async move { Ok(n + 1) });
+//! job.map("renamed", &two, |_ctx, n: i64| async move { Ok(n + 1) });
+//! let location = CodeLocation::builder().typed_job(job).build().unwrap();
 //!
 //! // The embedded default: in-memory queue, local directories for results, outputs and runs.
 //! let state = tempfile::tempdir().unwrap();
@@ -81,9 +72,10 @@ pub use stepq_plan::{
     Backoff, Event, EventKind, Job, JobBuilder, KnownState, RetryMode, RetryPolicy, StepDef,
 };
 pub use stepq_worker::{
-    decode_value, encode_value, op_fn, op_map, op_output, CodeLocation, CodeLocationBuilder, Op,
-    OpContext, OpError, OpResultExt, ShellJobs, ShellOp, StepInputs, StepOutputs, TomlJobsError,
-    Worker, WorkerConfig, WorkerService,
+    decode_value, encode_value, op_fn, op_map, op_output, op_struct, CodeLocation,
+    CodeLocationBuilder, Op, OpContext, OpError, OpResultExt, OpSignature, OutputRef, Port,
+    ShellJobs, ShellOp, StepInputs, StepOutputs, TomlJobsError, TypedJob, Worker, WorkerConfig,
+    WorkerService,
 };
 
 /// The lower crates, for what the re-exports above leave out.

@@ -60,6 +60,12 @@ impl StepInputs {
         })
     }
 
+    /// The encoded bytes of input `name`, or the `unknown_input` error [`get`](Self::get)
+    /// gives.
+    pub(crate) fn raw_or_unknown(&self, name: &str) -> Result<&Bytes, OpError> {
+        self.raw(name).ok_or_else(|| self.unknown(name))
+    }
+
     /// The encoded bytes of input `name`.
     pub fn raw(&self, name: &str) -> Option<&Bytes> {
         self.values.get(name)

@@ -1,6 +1,7 @@
 //! # stepq-worker
 //!
-//! The code side of stepq: the [`Op`] API (ops as async closures with typed inputs and outputs,
+//! The code side of stepq: jobs of typed steps ([`TypedJob`]: async closures wired by
+//! output handles the compiler checks), the [`Op`] API (ops as async closures with typed inputs and outputs,
 //! an [`OpContext`] with a logger and a cancellation signal, [`OpError`] with causes and retry
 //! requests), the [`CodeLocation`] that names a worker's ops and jobs, [`execute_step`] which
 //! runs one step against an output store, and the [`Worker`] runtime that serves
@@ -11,27 +12,20 @@
 //! ```
 //! # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
 //! use std::sync::Arc;
-//! use stepq_plan::{ExecuteStepArgs, Job, KnownState, RetryMode, StepDef, StepStatus};
+//! use stepq_plan::{ExecuteStepArgs, KnownState, RetryMode, StepStatus};
 //! use stepq_results::{InMemoryOutputStore, OutputKey, OutputStore};
-//! use stepq_worker::{decode_value, execute_step, op_map, op_output, CodeLocation};
+//! use stepq_worker::{decode_value, execute_step, CodeLocation, TypedJob};
 //! use tokio_util::sync::CancellationToken;
 //!
-//! // Two ops and a job wiring them: add_one(simple()).
-//! let location = CodeLocation::builder()
-//!     .op("simple", op_output("result", |ctx, _inputs| async move {
-//!         ctx.info("returning one");
-//!         Ok(1_i64)
-//!     }))
-//!     .op("add_one", op_map("num", "result", |_ctx, n: i64| async move { Ok(n + 1) }))
-//!     .job(
-//!         Job::builder("serial")
-//!             .step(StepDef::new("simple", "simple").output("result"))
-//!             .step(StepDef::new("add_one", "add_one").input("num", "simple", "result").output("result"))
-//!             .build()
-//!             .unwrap(),
-//!     )
-//!     .build()
-//!     .unwrap();
+//! // A job wiring two async closures: add_one(simple()). The second reads the first's
+//! // output through its handle, an `OutputRef<i64>`: the compiler checks the types.
+//! let mut job = TypedJob::new("serial");
+//! let one = job.source("simple", |ctx| async move {
+//!     ctx.info("returning one");
+//!     Ok(1_i64)
+//! });
+//! job.map("add_one", &one, |_ctx, n: i64| async move { Ok(n + 1) });
+//! let location = CodeLocation::builder().typed_job(job).build().unwrap();
 //!
 //! // Run both steps in order, as workers would when the orchestrator sends them.
 //! let store = InMemoryOutputStore::new();
@@ -73,6 +67,8 @@ pub mod op;
 mod progress;
 pub mod service;
 pub mod shell;
+pub mod signature;
+pub mod typed;
 pub mod worker;
 
 pub use canceled::step_canceled_result;
@@ -85,6 +81,8 @@ pub use location::{CodeLocation, CodeLocationBuilder, LocationError, LocationErr
 pub use op::{op_fn, op_map, op_output, Op};
 pub use service::{serve, ServiceError, ServiceParts, ServiceSettings, WorkerService};
 pub use shell::{ShellJobs, ShellOp, TomlJobsError};
+pub use signature::{OpSignature, Port};
+pub use typed::{op_struct, OutputRef, TypedJob};
 pub use worker::{
     Worker, WorkerConfig, WorkerError, WorkerStats, DEFAULT_INLINE_OUTPUT_LIMIT,
     DEFAULT_VISIBILITY_TIMEOUT,

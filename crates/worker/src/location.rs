@@ -39,6 +39,36 @@ pub enum LocationError {
         /// Names of the registered ops.
         known: Vec<String>,
     },
+    /// A typed job does not validate.
+    #[error(transparent)]
+    InvalidJob(stepq_plan::JobErrors),
+    /// A step's inputs or outputs do not match what its op declares it reads and emits
+    /// ([`Op::signature`]).
+    #[error("step `{step}` of job `{job}`: {problem}")]
+    Wiring {
+        /// Job name.
+        job: String,
+        /// Step key.
+        step: String,
+        /// What does not match, naming the input or output and the op.
+        problem: String,
+    },
+    /// A step's input is wired to an upstream output of another type.
+    #[error("step `{step}` of job `{job}`: input `{input}` reads {input_type} but is wired to `{from}`, which is {output_type}")]
+    TypeMismatch {
+        /// Job name.
+        job: String,
+        /// Step key.
+        step: String,
+        /// Input name.
+        input: String,
+        /// The type the step's op reads.
+        input_type: &'static str,
+        /// The upstream output, `step.output`.
+        from: String,
+        /// The type the upstream op emits there.
+        output_type: &'static str,
+    },
 }
 
 /// Every problem found while building a code location (never empty).
@@ -89,6 +119,7 @@ impl std::fmt::Debug for CodeLocation {
 pub struct CodeLocationBuilder {
     ops: Vec<(String, Arc<dyn Op>)>,
     jobs: Vec<Arc<Job>>,
+    invalid: Vec<stepq_plan::JobErrors>,
 }
 
 impl CodeLocation {
@@ -136,10 +167,29 @@ impl CodeLocationBuilder {
         self
     }
 
-    /// Checks that op and job names are unique and that every step's op is registered; returns
-    /// the location or every problem found.
+    /// Adds a [`TypedJob`](crate::TypedJob) and the ops of its steps (named `job/step`); a
+    /// job that does not validate (two steps with one key) is reported by
+    /// [`build`](Self::build).
+    pub fn typed_job(mut self, job: crate::TypedJob) -> Self {
+        match job.build() {
+            Ok((job, ops)) => {
+                self.ops.extend(ops);
+                self.jobs.push(Arc::new(job));
+            }
+            Err(errors) => self.invalid.push(errors),
+        }
+        self
+    }
+
+    /// Checks that op and job names are unique, that every step's op is registered and that
+    /// every step's wiring matches its op's [signature](Op::signature) (names, types and
+    /// optionality of inputs and outputs); returns the location or every problem found.
     pub fn build(self) -> Result<CodeLocation, LocationErrors> {
-        let mut errors = Vec::new();
+        let mut errors: Vec<LocationError> = self
+            .invalid
+            .into_iter()
+            .map(LocationError::InvalidJob)
+            .collect();
         let mut ops = BTreeMap::new();
         for (name, op) in self.ops {
             match ops.entry(name) {
@@ -164,6 +214,7 @@ impl CodeLocationBuilder {
                     });
                 }
             }
+            errors.extend(crate::signature::check_job(&job, &ops));
             if jobs.contains_key(job.name()) {
                 errors.push(LocationError::DuplicateJob {
                     job: job.name().to_string(),

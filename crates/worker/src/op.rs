@@ -10,6 +10,7 @@ use serde::{de::DeserializeOwned, Serialize};
 use crate::context::OpContext;
 use crate::error::OpError;
 use crate::io::{StepInputs, StepOutputs};
+use crate::signature::{OpSignature, Port};
 
 /// The code behind a step: reads its inputs, does the work, emits its outputs.
 ///
@@ -20,6 +21,13 @@ use crate::io::{StepInputs, StepOutputs};
 pub trait Op: Send + Sync + 'static {
     /// Runs one attempt of a step.
     async fn run(&self, ctx: &OpContext, inputs: StepInputs) -> Result<StepOutputs, OpError>;
+
+    /// What the op reads and emits, if it declares it: a [`CodeLocation`](crate::CodeLocation)
+    /// checks every step running it against this when it is built. `None` (the default)
+    /// leaves the step's wiring unchecked until run time.
+    fn signature(&self) -> Option<&OpSignature> {
+        None
+    }
 }
 
 /// An op made from an async closure; see [`op_fn`].
@@ -61,6 +69,7 @@ where
 /// An op that emits exactly one typed output; see [`op_output`].
 struct OutputOp<F, T> {
     output: String,
+    signature: OpSignature,
     f: F,
     _value: PhantomData<fn() -> T>,
 }
@@ -76,9 +85,15 @@ where
         let value = (self.f)(ctx.clone(), inputs).await?;
         StepOutputs::one(self.output.clone(), &value)
     }
+
+    fn signature(&self) -> Option<&OpSignature> {
+        Some(&self.signature)
+    }
 }
 
-/// An op whose closure returns one value, emitted as output `output`.
+/// An op whose closure returns one value, emitted as output `output`. It declares that
+/// output and its type (a step wired to it is type-checked), not its inputs (it reads them by
+/// name as it goes).
 ///
 /// ```
 /// use stepq_worker::{op_output, Op};
@@ -95,8 +110,10 @@ where
     Fut: Future<Output = Result<T, OpError>> + Send + 'static,
     T: Serialize + 'static,
 {
+    let output = output.into();
     Arc::new(OutputOp {
-        output: output.into(),
+        signature: OpSignature::new(None, vec![Port::of::<T>(output.clone())]),
+        output,
         f,
         _value: PhantomData,
     })
@@ -106,6 +123,7 @@ where
 struct MapOp<F, I, O> {
     input: String,
     output: String,
+    signature: OpSignature,
     f: F,
     _types: PhantomData<fn(I) -> O>,
 }
@@ -123,10 +141,14 @@ where
         let out = (self.f)(ctx.clone(), value).await?;
         StepOutputs::one(self.output.clone(), &out)
     }
+
+    fn signature(&self) -> Option<&OpSignature> {
+        Some(&self.signature)
+    }
 }
 
 /// An op that decodes input `input` as an `I`, maps it through the closure, and emits the result
-/// as output `output`.
+/// as output `output`; it declares both with their types.
 ///
 /// ```
 /// use stepq_worker::{op_map, Op};
@@ -145,9 +167,14 @@ where
     I: DeserializeOwned + 'static,
     O: Serialize + 'static,
 {
+    let (input, output) = (input.into(), output.into());
     Arc::new(MapOp {
-        input: input.into(),
-        output: output.into(),
+        signature: OpSignature::new(
+            Some(vec![Port::of::<I>(input.clone())]),
+            vec![Port::of::<O>(output.clone())],
+        ),
+        input,
+        output,
         f,
         _types: PhantomData,
     })
