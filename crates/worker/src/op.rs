@@ -68,7 +68,7 @@ where
 
 /// An op that emits exactly one typed output; see [`op_output`].
 struct OutputOp<F, T> {
-    output: String,
+    /// Its one output (the name it emits) is `signature.outputs[0]`.
     signature: OpSignature,
     f: F,
     _value: PhantomData<fn() -> T>,
@@ -83,7 +83,7 @@ where
 {
     async fn run(&self, ctx: &OpContext, inputs: StepInputs) -> Result<StepOutputs, OpError> {
         let value = (self.f)(ctx.clone(), inputs).await?;
-        StepOutputs::one(self.output.clone(), &value)
+        StepOutputs::one(self.signature.outputs[0].name.clone(), &value)
     }
 
     fn signature(&self) -> Option<&OpSignature> {
@@ -110,10 +110,8 @@ where
     Fut: Future<Output = Result<T, OpError>> + Send + 'static,
     T: Serialize + 'static,
 {
-    let output = output.into();
     Arc::new(OutputOp {
-        signature: OpSignature::new(None, vec![Port::of::<T>(output.clone())]),
-        output,
+        signature: OpSignature::new(None, vec![Port::of::<T>(output)]),
         f,
         _value: PhantomData,
     })

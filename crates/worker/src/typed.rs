@@ -175,11 +175,6 @@ impl<In: Send + 'static, Out: Send + 'static> Op for TypedOp<In, Out> {
     }
 }
 
-/// Input names of a step reading `n` values: `in0`, `in1`, ...
-fn input_names(n: usize) -> Vec<String> {
-    (0..n).map(|i| format!("in{i}")).collect()
-}
-
 impl TypedJob {
     /// An empty job named `name`.
     pub fn new(name: impl Into<String>) -> Self {
@@ -195,7 +190,19 @@ impl TypedJob {
         &self.name
     }
 
-    #[allow(clippy::too_many_arguments)]
+    /// Adds a step with one output, [`RESULT`], holding an `O`; returns its reference.
+    fn add_one_output<In: Send + 'static, O: Serialize + Send + 'static>(
+        &mut self,
+        key: &str,
+        wired: Vec<(String, &str, &str, Port)>,
+        decode: fn(&StepInputs, &[String]) -> Result<In, OpError>,
+        body: Body<In, O>,
+    ) -> OutputRef<O> {
+        let outputs = vec![Port::of::<O>(RESULT)];
+        self.add(key, wired, outputs, decode, emit_one, body);
+        OutputRef::new(key, RESULT)
+    }
+
     fn add<In: Send + 'static, Out: Send + 'static>(
         &mut self,
         key: &str,
@@ -236,15 +243,7 @@ impl TypedJob {
         O: Serialize + Send + 'static,
     {
         let body: Body<(), O> = Arc::new(move |ctx, ()| Box::pin(f(ctx)));
-        self.add(
-            key,
-            vec![],
-            vec![Port::of::<O>(RESULT)],
-            |_, _| Ok(()),
-            emit_one,
-            body,
-        );
-        OutputRef::new(key, RESULT)
+        self.add_one_output(key, vec![], |_, _| Ok(()), body)
     }
 
     /// A step with no inputs whose closure returns two outputs, named `names`.
@@ -282,15 +281,7 @@ impl TypedJob {
         let body: Body<I, O> = Arc::new(move |ctx, i| Box::pin(f(ctx, i)));
         let wired = vec![wire::<I>(0, input)];
         let decode = |inputs: &StepInputs, names: &[String]| inputs.get::<I>(&names[0]);
-        self.add(
-            key,
-            wired,
-            vec![Port::of::<O>(RESULT)],
-            decode,
-            emit_one,
-            body,
-        );
-        OutputRef::new(key, RESULT)
+        self.add_one_output(key, wired, decode, body)
     }
 
     /// A step reading `input` whose closure may return no value: its output [`RESULT`] is
@@ -339,15 +330,7 @@ impl TypedJob {
         let decode = |inputs: &StepInputs, names: &[String]| {
             Ok((inputs.get::<A>(&names[0])?, inputs.get::<B>(&names[1])?))
         };
-        self.add(
-            key,
-            wired,
-            vec![Port::of::<O>(RESULT)],
-            decode,
-            emit_one,
-            body,
-        );
-        OutputRef::new(key, RESULT)
+        self.add_one_output(key, wired, decode, body)
     }
 
     /// A step reading every one of `inputs` (a fan-in) whose closure gets their values in
@@ -373,15 +356,7 @@ impl TypedJob {
         let decode = |inputs: &StepInputs, names: &[String]| {
             names.iter().map(|n| inputs.get::<I>(n)).collect()
         };
-        self.add(
-            key,
-            wired,
-            vec![Port::of::<O>(RESULT)],
-            decode,
-            emit_one,
-            body,
-        );
-        OutputRef::new(key, RESULT)
+        self.add_one_output(key, wired, decode, body)
     }
 
     /// Changes the definition of the step `key` added before (a retry policy, tags):
@@ -402,9 +377,9 @@ impl TypedJob {
     }
 }
 
-/// Input `index` of a step, wired to `from`.
+/// Input `index` of a step (named `in0`, `in1`, ...), wired to `from`.
 fn wire<T>(index: usize, from: &OutputRef<T>) -> (String, &str, &str, Port) {
-    let name = input_names(index + 1).pop().expect("one name");
+    let name = format!("in{index}");
     let port = Port::of::<T>(name.clone());
     (name, from.step.as_str(), from.output.as_str(), port)
 }

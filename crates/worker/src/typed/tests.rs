@@ -1,3 +1,4 @@
+use bytes::Bytes;
 use serde::Deserialize;
 use stepq_plan::{Backoff, RetryPolicy};
 
@@ -17,8 +18,6 @@ fn inputs(values: &[(&str, Bytes)]) -> StepInputs {
         .map(|(n, v)| (n.to_string(), v.clone()))
         .collect()
 }
-
-use bytes::Bytes;
 
 /// Runs step `step` of `location`'s job `job` on `given`.
 async fn run(
