@@ -24,6 +24,7 @@ mod bench_run;
 mod localstack;
 mod requests;
 mod resources;
+mod taskiq;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -140,6 +141,8 @@ async fn run(command: Command) -> Result<u8> {
             for (k, v) in res.env() {
                 println!("export {k}={v}");
             }
+            let taskiq_python = taskiq::ensure_venv(&root).await?;
+            println!("export {}={}", taskiq::PYTHON_ENV, taskiq_python.display());
             println!("\nStop it with: cargo xtask localstack-down");
             Ok(0)
         }
@@ -188,6 +191,9 @@ async fn localstack_test(root: &Path, keep: bool, args: &[String]) -> Result<u8>
     ];
     test_args.extend(user_test_args);
 
+    // The Python TaskIQ packages the interop tests (crates/aws/tests/taskiq_*) run.
+    let taskiq_python = taskiq::ensure_venv(root).await?;
+
     // From here on LocalStack is stopped on every way out: normal return, error (`?`), panic
     // (Drop) and Ctrl-C / SIGTERM (the signal watcher).
     let mut ls = LocalStack::start_or_reuse(root, keep).await?;
@@ -200,7 +206,9 @@ async fn localstack_test(root: &Path, keep: bool, args: &[String]) -> Result<u8>
             cargo_args.join(" "),
             test_args.join(" ")
         );
-        cargo_test(root, &cargo_args, &test_args, Some(&res)).await
+        let mut env = res.env();
+        env.push((taskiq::PYTHON_ENV, taskiq_python.display().to_string()));
+        cargo_test(root, &cargo_args, &test_args, Some(&env)).await
     }
     .await;
     ls.keep_or_stop(keep)?;
@@ -220,7 +228,7 @@ async fn cargo_test(
     root: &Path,
     cargo_args: &[String],
     test_args: &[String],
-    resources: Option<&TestResources>,
+    env: Option<&[(&'static str, String)]>,
 ) -> Result<u8> {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let mut command = tokio::process::Command::new(cargo);
@@ -228,8 +236,8 @@ async fn cargo_test(
     if !test_args.is_empty() {
         command.arg("--").args(test_args);
     }
-    if let Some(res) = resources {
-        command.envs(res.env());
+    if let Some(env) = env {
+        command.envs(env.iter().cloned());
     }
     command.process_group(0).kill_on_drop(true);
     let mut child = command.spawn().context("starting cargo test")?;

@@ -40,7 +40,9 @@ pub mod sqs;
 pub mod timeouts;
 
 pub use error::{aws_error, body_read_error, classify_aws_failure, AwsFailureKind};
-pub use s3::{S3CancelStore, S3HeartbeatStore, S3OutputStore, S3ResultBackend, S3RunStore};
+pub use s3::{
+    ResultKeys, S3CancelStore, S3HeartbeatStore, S3OutputStore, S3ResultBackend, S3RunStore,
+};
 pub use settings::{InvalidSetting, S3Settings, SqsSettings};
 pub use sqs::cancel_channel::{cancellable_sqs_broker, SqsFanoutChannel, SqsFanoutOptions};
 pub use sqs::{SqsBroker, SqsConfig};

@@ -5,6 +5,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::s3::ResultKeys;
 use crate::sqs::{SqsConfig, SqsConfigSource};
 
 /// A setting that is out of range or unusable.
@@ -63,6 +64,11 @@ pub struct S3Settings {
     /// SQS keeps it durably, and a worker that cannot send the notification stores the S3
     /// copy instead. Step outputs are always stored in S3, whatever this says.
     pub store_results: bool,
+    /// How result objects are named: `"stepq"` (`<base_path>/results/<task_id>.json`) or
+    /// `"taskiq"` (`<base_path>/results/<task_id>`, where taskiq-aio-sqs's
+    /// `S3Backend(base_path="<base_path>/results")` looks). Set `"taskiq"` on every stepq
+    /// process of a fleet shared with Python TaskIQ producers or workers.
+    pub result_keys: ResultKeys,
 }
 
 impl Default for S3Settings {
@@ -73,6 +79,7 @@ impl Default for S3Settings {
             endpoint_url: None,
             region_name: None,
             store_results: false,
+            result_keys: ResultKeys::Stepq,
         }
     }
 }

@@ -40,7 +40,7 @@ pub use broker::{Broker, DeliveryStream, Demand};
 pub use dead_letter::{DeadLetter, DeadLetters, DEFAULT_MAX_RECEIVE_COUNT};
 pub use delivery::{Delivery, DeliveryHandle};
 pub use error::{BrokerError, ErrorClass, ServiceError};
-pub use message::{TaskMessage, NO_REPLY_LABEL};
+pub use message::{TaskMessage, LABEL_TYPE_STR, NO_REPLY_LABEL};
 pub use middleware::{Middleware, MiddlewareChain, MiddlewareError};
 pub mod memory;
 pub mod queue;

@@ -12,6 +12,11 @@ use crate::error::BrokerError;
 /// stored durably for whoever looks it up later.
 pub const NO_REPLY_LABEL: &str = "no_reply";
 
+/// TaskIQ's label type code of a string label (`taskiq.labels.LabelType.STR`; the codes are
+/// 1 any, 2 int, 3 str, 4 float, 5 bool, 6 bytes). A Python TaskIQ worker parses every label
+/// by its code before it runs a task and drops a message with a code it does not know.
+pub const LABEL_TYPE_STR: i64 = 3;
+
 /// A task message: `{task_id, task_name, labels, labels_types, args, kwargs}` as TaskIQ has it,
 /// so Python TaskIQ producers and consumers can share a queue.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -23,8 +28,9 @@ pub struct TaskMessage {
     /// Labels (free metadata; e.g. `run_id`, `step_key`).
     #[serde(default)]
     pub labels: BTreeMap<String, serde_json::Value>,
-    /// TaskIQ's label type codes (0 = str, 1 = int, 2 = str-bool ...), kept as received.
-    #[serde(default)]
+    /// TaskIQ's label type codes (see [`LABEL_TYPE_STR`]), kept as received; a TaskIQ
+    /// producer's `null` reads as none.
+    #[serde(default, deserialize_with = "null_as_empty")]
     pub labels_types: BTreeMap<String, i64>,
     /// Positional arguments.
     #[serde(default)]
@@ -32,6 +38,13 @@ pub struct TaskMessage {
     /// Keyword arguments.
     #[serde(default)]
     pub kwargs: serde_json::Map<String, serde_json::Value>,
+}
+
+/// Reads a map that TaskIQ may send as `null`.
+fn null_as_empty<'de, D: serde::Deserializer<'de>>(
+    deserializer: D,
+) -> Result<BTreeMap<String, i64>, D::Error> {
+    Ok(Option::<BTreeMap<String, i64>>::deserialize(deserializer)?.unwrap_or_default())
 }
 
 impl TaskMessage {
@@ -47,10 +60,10 @@ impl TaskMessage {
         }
     }
 
-    /// Sets a string label (TaskIQ label type 0).
+    /// Sets a string label (TaskIQ label type [`LABEL_TYPE_STR`]).
     pub fn with_label(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
         let key = key.into();
-        self.labels_types.insert(key.clone(), 0);
+        self.labels_types.insert(key.clone(), LABEL_TYPE_STR);
         self.labels
             .insert(key, serde_json::Value::String(value.into()));
         self
@@ -93,5 +106,34 @@ impl TaskMessage {
             .as_str()
             .filter(|s| !s.is_empty())
             .map(str::to_string)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A message as taskiq 0.13's kicker sends it (`taskiq.kicker.AsyncKicker`): every label
+    /// a string, with its type code; and one with `labels_types: null`, which TaskIQ allows.
+    #[test]
+    fn taskiq_messages_decode() {
+        let body = br#"{"task_id":"0b9c","task_name":"tasks:add","labels":{"retries":"3","urgent":"True"},"labels_types":{"retries":2,"urgent":5},"args":[],"kwargs":{"a":1,"b":2}}"#;
+        let m = TaskMessage::from_json(body).unwrap();
+        assert_eq!(m.label("retries"), Some("3"));
+        assert_eq!(m.labels_types["urgent"], 5);
+        assert_eq!(m.kwargs["b"], 2);
+        let body = br#"{"task_id":"0b9c","task_name":"tasks:add","labels":{},"labels_types":null,"args":[1],"kwargs":{}}"#;
+        assert!(TaskMessage::from_json(body)
+            .unwrap()
+            .labels_types
+            .is_empty());
+    }
+
+    #[test]
+    fn string_labels_carry_taskiqs_str_code() {
+        let m = TaskMessage::new("t").with_label("run_id", "r1");
+        assert_eq!(m.labels_types["run_id"], LABEL_TYPE_STR);
+        let json: serde_json::Value = serde_json::from_slice(&m.to_json()).unwrap();
+        assert_eq!(json["labels_types"]["run_id"], 3);
     }
 }

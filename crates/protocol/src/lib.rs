@@ -319,8 +319,11 @@ mod tests {
         let msg = step_message(&args(&keys)).unwrap();
         assert_eq!(msg.label(STEP_KEY_LABEL), Some("a"));
         assert_eq!(labelled_step_keys(&msg), keys);
-        // Still a string label for TaskIQ (labels_types 0), and through JSON and back.
-        assert_eq!(msg.labels_types.get(STEP_KEYS_LABEL), Some(&0));
+        // Still a string label for TaskIQ (its STR type code), and through JSON and back.
+        assert_eq!(
+            msg.labels_types.get(STEP_KEYS_LABEL),
+            Some(&stepq_broker::LABEL_TYPE_STR)
+        );
         let back = TaskMessage::from_json(&msg.to_json()).unwrap();
         assert_eq!(labelled_step_keys(&back), keys);
     }

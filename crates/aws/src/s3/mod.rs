@@ -37,7 +37,7 @@ use stepq_results::error::{ErrorClass, ResultError, ServiceError};
 pub use crate::error::{aws_error, body_read_error, classify_aws_failure, AwsFailureKind};
 pub use cancel::S3CancelStore;
 pub use outputs::S3OutputStore;
-pub use results::S3ResultBackend;
+pub use results::{ResultKeys, S3ResultBackend};
 pub use runs::{S3HeartbeatStore, S3RunStore};
 
 /// An error of an S3 operation as a [`ResultError::Service`] with its AWS error code, whether

@@ -14,7 +14,21 @@ use super::{
     check_bucket, get_object_bytes, join_key, normalize_base, object_exists, s3_client, s3_error,
 };
 
-/// Task results stored as JSON objects at `<base>/results/<task_id>.json` in an S3 bucket.
+/// How result objects are named under `<base>/results/`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ResultKeys {
+    /// `<base>/results/<task_id>.json` (the default).
+    #[default]
+    Stepq,
+    /// `<base>/results/<task_id>`: where taskiq-aio-sqs's `S3Backend(base_path =
+    /// "<base>/results")` reads and writes, for a fleet that mixes stepq and Python TaskIQ
+    /// producers or workers on one queue.
+    Taskiq,
+}
+
+/// Task results stored as JSON objects at `<base>/results/<task_id>.json` in an S3 bucket
+/// (or `<base>/results/<task_id>` with [`ResultKeys::Taskiq`]).
 ///
 /// `wait_result` polls with capped exponential backoff (see
 /// [`stepq_results::backend::poll_until_ready`]); orchestrators that want fewer requests are notified
@@ -24,6 +38,7 @@ pub struct S3ResultBackend {
     client: aws_sdk_s3::Client,
     bucket: String,
     base: String,
+    keys: ResultKeys,
 }
 
 impl S3ResultBackend {
@@ -42,7 +57,14 @@ impl S3ResultBackend {
             client,
             bucket: bucket.into(),
             base: normalize_base(base_path),
+            keys: ResultKeys::default(),
         }
+    }
+
+    /// The same backend naming its objects by `keys`.
+    pub fn with_result_keys(mut self, keys: ResultKeys) -> Self {
+        self.keys = keys;
+        self
     }
 
     /// The bucket.
@@ -53,7 +75,11 @@ impl S3ResultBackend {
     /// The object key of a task's result.
     pub fn result_key(&self, task_id: &str) -> Result<String, ResultError> {
         check_segment(task_id)?;
-        Ok(join_key(&self.base, &format!("results/{task_id}.json")))
+        let name = match self.keys {
+            ResultKeys::Stepq => format!("results/{task_id}.json"),
+            ResultKeys::Taskiq => format!("results/{task_id}"),
+        };
+        Ok(join_key(&self.base, &name))
     }
 }
 
@@ -137,6 +163,8 @@ mod tests {
         let sdk = offline_sdk(None);
         let b = S3ResultBackend::new(&sdk, "bucket", "/runs/a/");
         assert_eq!(b.result_key("t1").unwrap(), "runs/a/results/t1.json");
+        let taskiq = b.clone().with_result_keys(ResultKeys::Taskiq);
+        assert_eq!(taskiq.result_key("t1").unwrap(), "runs/a/results/t1");
         let root = S3ResultBackend::new(&sdk, "bucket", "");
         assert_eq!(root.result_key("t1").unwrap(), "results/t1.json");
     }

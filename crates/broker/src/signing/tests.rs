@@ -15,6 +15,9 @@ fn signer(secret: &str) -> MessageSigner {
 
 fn golden_message() -> TaskMessage {
     let mut message = TaskMessage::new("add").with_label("run_id", "run-1");
+    // The label type code stepq wrote before it used TaskIQ's own (3): the golden signature
+    // was computed over this message, and the canonical form must not change.
+    message.labels_types.insert("run_id".into(), 0);
     message.task_id = "00000000-0000-4000-8000-000000000001".into();
     message.args = vec![json!({"b": 3, "a": 2})];
     message.kwargs = json!({"z": 1, "m": [true, null]})
@@ -33,7 +36,10 @@ fn the_signature_of_a_known_message_is_the_golden_one() {
         signed.label(SIGNATURE_LABEL),
         Some("v1:3eb1bd439947eb76:E-d1vflBGgZbNaggWGE43F4-F2aZKVpCGdtfiF5Zles")
     );
-    assert_eq!(signed.labels_types[SIGNATURE_LABEL], 0);
+    assert_eq!(
+        signed.labels_types[SIGNATURE_LABEL],
+        crate::message::LABEL_TYPE_STR
+    );
     assert_eq!(signer(KEY).key_id(), "3eb1bd439947eb76");
 }
 

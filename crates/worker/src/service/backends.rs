@@ -176,7 +176,9 @@ impl Backends {
         let base = s3.base_path.as_str();
         // Results are stored in S3 and announced on the sending process's reply queue
         // (created on its first send, deleted by `shutdown`).
-        let reply = reply::attach(&broker, S3ResultBackend::new(&s3_sdk, bucket.clone(), base));
+        let durable =
+            S3ResultBackend::new(&s3_sdk, bucket.clone(), base).with_result_keys(s3.result_keys);
+        let reply = reply::attach(&broker, durable);
         let results: Arc<dyn ResultBackend> = reply.results;
         let (queue, canceller) = if cancellation {
             let store = Arc::new(S3CancelStore::new(&s3_sdk, bucket.clone(), base));
