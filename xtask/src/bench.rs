@@ -45,9 +45,24 @@ pub(crate) struct BenchArgs {
     /// With `--faults`: rounds of the prefetch scenario.
     #[arg(long, default_value_t = 10)]
     pub prefetch_rounds: usize,
+    /// Instead of the throughput scenarios, compare the broker alone with a peer's on the same
+    /// LocalStack: `taskiq` (taskiq-aio-sqs's SQSBroker + S3Backend, one `taskiq worker`) beside
+    /// stepq's, results in S3 and in memory (`bench_run/peer.rs`).
+    #[arg(long, value_enum)]
+    pub peer: Option<Peer>,
+    /// With `--peer`: no-op tasks of each measurement.
+    #[arg(long, default_value_t = 1000)]
+    pub peer_tasks: usize,
     /// Leave LocalStack running afterwards (stop it with `cargo xtask localstack-down`).
     #[arg(long)]
     pub keep: bool,
+}
+
+/// A peer to compare the broker with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub(crate) enum Peer {
+    /// Python TaskIQ with taskiq-aio-sqs (the packages of `xtask/taskiq-requirements.txt`).
+    Taskiq,
 }
 
 impl BenchArgs {
@@ -63,6 +78,10 @@ impl BenchArgs {
         }
         if self.in_process_workers {
             args.push("--in-process-workers".into());
+        }
+        if self.peer.is_some() {
+            args.push("--peer=taskiq".into());
+            args.push(format!("--peer-tasks={}", self.peer_tasks));
         }
         if self.faults {
             args.push("--faults".into());
@@ -87,6 +106,9 @@ impl BenchArgs {
             bail!(
                 "--faults kills `stepq worker start` processes: it cannot use --in-process-workers"
             );
+        }
+        if self.peer.is_some() && (self.faults || self.peer_tasks == 0) {
+            bail!("--peer cannot be combined with --faults, and --peer-tasks must be at least 1");
         }
         if self.faults && (self.kills == 0 || self.prefetch_rounds == 0) {
             bail!("--kills and --prefetch-rounds must be at least 1");
@@ -127,7 +149,11 @@ pub(crate) async fn bench(root: &Path, args: &BenchArgs) -> Result<u8> {
     )
     .await?;
     let measurer = target_dir(root).join("release/xtask");
-    let stepq_bin = if args.in_process_workers {
+    let taskiq_python = match args.peer {
+        Some(Peer::Taskiq) => Some(crate::taskiq::ensure_venv(root).await?),
+        None => None,
+    };
+    let stepq_bin = if args.in_process_workers || args.peer.is_some() {
         None
     } else {
         cargo(
@@ -140,7 +166,15 @@ pub(crate) async fn bench(root: &Path, args: &BenchArgs) -> Result<u8> {
 
     // From here on LocalStack is stopped on every way out (see `localstack`).
     let mut ls = LocalStack::start_or_reuse(root, args.keep).await?;
-    let outcome = run_measurer(root, &measurer, &ls.endpoint, stepq_bin.as_deref(), args).await;
+    let outcome = run_measurer(
+        root,
+        &measurer,
+        &ls.endpoint,
+        stepq_bin.as_deref(),
+        taskiq_python.as_deref(),
+        args,
+    )
+    .await;
     ls.keep_or_stop(args.keep)?;
     outcome
 }
@@ -151,6 +185,7 @@ async fn run_measurer(
     measurer: &Path,
     endpoint: &str,
     stepq_bin: Option<&Path>,
+    taskiq_python: Option<&Path>,
     args: &BenchArgs,
 ) -> Result<u8> {
     let mut command = tokio::process::Command::new(measurer);
@@ -162,6 +197,9 @@ async fn run_measurer(
         .envs(aws_env());
     if let Some(bin) = stepq_bin {
         command.arg(format!("--stepq-bin={}", bin.display()));
+    }
+    if let Some(python) = taskiq_python {
+        command.arg(format!("--taskiq-python={}", python.display()));
     }
     command.process_group(0).kill_on_drop(true);
     let mut child = command
@@ -197,8 +235,21 @@ mod tests {
             faults: false,
             kills: 20,
             prefetch_rounds: 10,
+            peer: None,
+            peer_tasks: 1000,
             keep: true,
         }
+    }
+
+    #[test]
+    fn the_peer_option_is_passed_on_and_checked() {
+        let mut a = args();
+        a.peer = Some(Peer::Taskiq);
+        assert!(a.to_args().contains(&"--peer=taskiq".to_string()));
+        assert!(a.to_args().contains(&"--peer-tasks=1000".to_string()));
+        a.validate().unwrap();
+        a.faults = true;
+        assert!(a.validate().is_err());
     }
 
     #[test]

@@ -40,6 +40,7 @@ use crate::requests::count_requests;
 use crate::resources::{ensure_bucket, s3_client, sdk_config, REGION};
 
 mod faults;
+mod peer;
 mod report;
 mod workers;
 
@@ -70,6 +71,9 @@ pub(crate) struct BenchRunArgs {
     /// The `stepq` binary the workers run; without it, in-process workers.
     #[arg(long)]
     pub(crate) stepq_bin: Option<PathBuf>,
+    /// With `--peer taskiq`: the python that has taskiq and taskiq-aio-sqs.
+    #[arg(long)]
+    pub(crate) taskiq_python: Option<PathBuf>,
 }
 
 /// The request log's current length: where a window starts.
@@ -150,6 +154,9 @@ pub(crate) async fn bench_run(root: &Path, args: &BenchRunArgs) -> Result<u8> {
     ensure_bucket(&s3, BUCKET).await?;
     if args.bench.faults {
         return faults::bench_faults(root, args, &sqs, &log).await;
+    }
+    if args.bench.peer.is_some() {
+        return peer::bench_peer(root, args, &sdk, &sqs, &log).await;
     }
     let id = short_id();
     let work = root.join(format!("target/stepq-bench/localstack-{id}"));
@@ -430,11 +437,50 @@ async fn broker_alone(
     tasks: usize,
     concurrency: usize,
 ) -> Result<BrokerFigures> {
+    broker_alone_on(
+        sdk,
+        sqs,
+        endpoint,
+        log,
+        tasks,
+        concurrency,
+        ResultsIn::Memory,
+    )
+    .await
+}
+
+/// Where the broker-alone measurement keeps results.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ResultsIn {
+    /// An `InMemoryResultBackend` shared by producer and worker; all results awaited at once.
+    Memory,
+    /// `S3ResultBackend` (one object per task, as TaskIQ's S3Backend); results awaited one
+    /// after the other in send order, as the TaskIQ peer does.
+    S3,
+}
+
+/// [`broker_alone`] with results kept `results_in`.
+async fn broker_alone_on(
+    sdk: &aws_config::SdkConfig,
+    sqs: &aws_sdk_sqs::Client,
+    endpoint: &str,
+    log: &Path,
+    tasks: usize,
+    concurrency: usize,
+    results_in: ResultsIn,
+) -> Result<BrokerFigures> {
     let url = create_queue(sqs, &format!("stepq-bench-broker-{}", short_id())).await?;
     let mut config = SqsConfig::new(&url);
     config.endpoint_url = Some(endpoint.to_string());
     config.region_name = Some(REGION.to_string());
-    let results = Arc::new(InMemoryResultBackend::new());
+    let results: Arc<dyn ResultBackend> = match results_in {
+        ResultsIn::Memory => Arc::new(InMemoryResultBackend::new()),
+        ResultsIn::S3 => Arc::new(S3ResultBackend::new(
+            sdk,
+            BUCKET,
+            &format!("bench-broker-{}", short_id()),
+        )),
+    };
     // Producer and worker each with their own clients, as two processes would have.
     let producer = TaskQueue::new(
         Arc::new(SqsBroker::from_sdk_config(config.clone(), sdk)?),
@@ -466,10 +512,24 @@ async fn broker_alone(
         }
         anyhow::Ok(())
     };
-    let wait = futures::future::join_all(
-        ids.iter()
-            .map(|id| results.wait_result(id, Some(RUN_TIMEOUT))),
-    );
+    let wait = async {
+        match results_in {
+            ResultsIn::Memory => {
+                futures::future::join_all(
+                    ids.iter()
+                        .map(|id| results.wait_result(id, Some(RUN_TIMEOUT))),
+                )
+                .await
+            }
+            ResultsIn::S3 => {
+                let mut done = Vec::with_capacity(ids.len());
+                for id in &ids {
+                    done.push(results.wait_result(id, Some(RUN_TIMEOUT)).await);
+                }
+                done
+            }
+        }
+    };
     let (sent, done) = tokio::join!(send, wait);
     let wall = started.elapsed();
     stop.cancel();

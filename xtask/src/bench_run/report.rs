@@ -202,10 +202,13 @@ mod tests {
                 faults: false,
                 kills: 20,
                 prefetch_rounds: 10,
+                peer: None,
+                peer_tasks: 1000,
                 keep: false,
             },
             endpoint: "http://127.0.0.1:4566".into(),
             stepq_bin: None,
+            taskiq_python: None,
         };
         let steps = [StepFigures {
             orchestrator: ORCHESTRATOR_APP,
