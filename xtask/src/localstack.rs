@@ -397,54 +397,20 @@ fn free_port() -> Result<u16> {
     Ok(listener.local_addr()?.port())
 }
 
-/// The venv's python with LocalStack installed, installing it on first use.
+/// The venv's python with LocalStack installed, installing it on first use (takes a few
+/// minutes).
 async fn ensure_venv(root: &Path) -> Result<PathBuf> {
-    let venv = root.join("target/localstack-venv");
-    let python = venv.join("bin/python");
-    let check = format!(
-        "import importlib.metadata as m, localstack.runtime.main; \
-         assert m.version('localstack-core') == '{LOCALSTACK_VERSION}'"
-    );
-    let works = |python: &Path| {
-        Command::new(python)
-            .args(["-c", &check])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status()
-            .is_ok_and(|s| s.success())
-    };
-    if python.exists() && works(&python) {
-        return Ok(python);
+    crate::venv::Venv {
+        dir: "target/localstack-venv",
+        holds: &format!("LocalStack {LOCALSTACK_VERSION}"),
+        check: format!(
+            "import importlib.metadata as m, localstack.runtime.main; \
+             assert m.version('localstack-core') == '{LOCALSTACK_VERSION}'"
+        ),
+        pip_args: PIP_REQUIREMENTS.iter().map(|r| r.to_string()).collect(),
     }
-    println!(
-        "installing LocalStack {LOCALSTACK_VERSION} into target/localstack-venv \
-         (first run only; takes a few minutes)"
-    );
-    if !python.exists() {
-        let status = tokio::process::Command::new("python3")
-            .arg("-m")
-            .arg("venv")
-            .arg(&venv)
-            .status()
-            .await
-            .context("running python3 -m venv (is python3 with venv installed?)")?;
-        if !status.success() {
-            bail!("python3 -m venv {} failed ({status})", venv.display());
-        }
-    }
-    let status = tokio::process::Command::new(venv.join("bin/pip"))
-        .args(["install", "--quiet", "--disable-pip-version-check"])
-        .args(PIP_REQUIREMENTS)
-        .status()
-        .await
-        .context("running pip install")?;
-    if !status.success() {
-        bail!("pip install of LocalStack failed ({status})");
-    }
-    if !works(&python) {
-        bail!("LocalStack was installed into target/localstack-venv but does not import");
-    }
-    Ok(python)
+    .ensure(root)
+    .await
 }
 
 /// Asks `GET /_localstack/health`; Ok when SQS and S3 are available.

@@ -25,6 +25,7 @@ mod localstack;
 mod requests;
 mod resources;
 mod taskiq;
+mod venv;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;

@@ -3,7 +3,6 @@
 //! `xtask/taskiq-requirements.txt` (every package pinned), installed on first use.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
 
 use anyhow::{bail, Context, Result};
 
@@ -32,8 +31,6 @@ pub(crate) async fn ensure_venv(root: &Path) -> Result<PathBuf> {
     if pins.len() != 2 {
         bail!("{REQUIREMENTS} must pin taskiq and taskiq-aio-sqs with `==`");
     }
-    let venv = root.join("target/taskiq-venv");
-    let python = venv.join("bin/python");
     let check = format!(
         "import importlib.metadata as m, taskiq, taskiq_aio_sqs; {}",
         pins.iter()
@@ -41,46 +38,14 @@ pub(crate) async fn ensure_venv(root: &Path) -> Result<PathBuf> {
             .collect::<Vec<_>>()
             .join("; ")
     );
-    let works = |python: &Path| {
-        Command::new(python)
-            .args(["-c", &check])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status()
-            .is_ok_and(|s| s.success())
-    };
-    if python.exists() && works(&python) {
-        return Ok(python);
+    crate::venv::Venv {
+        dir: "target/taskiq-venv",
+        holds: &format!("taskiq and taskiq-aio-sqs ({REQUIREMENTS})"),
+        check,
+        pip_args: vec!["-r".into(), requirements.display().to_string()],
     }
-    println!("installing taskiq and taskiq-aio-sqs ({REQUIREMENTS}) into target/taskiq-venv");
-    if !python.exists() {
-        let status = tokio::process::Command::new("python3")
-            .arg("-m")
-            .arg("venv")
-            .arg(&venv)
-            .status()
-            .await
-            .context(
-                "running python3 -m venv for the TaskIQ interop tests (is python3 with venv \
-                 installed? On Debian: apt install python3-venv)",
-            )?;
-        if !status.success() {
-            bail!("python3 -m venv {} failed ({status})", venv.display());
-        }
-    }
-    let status = tokio::process::Command::new(venv.join("bin/pip"))
-        .args(["install", "--quiet", "--disable-pip-version-check", "-r"])
-        .arg(&requirements)
-        .status()
-        .await
-        .context("running pip install for the TaskIQ packages")?;
-    if !status.success() {
-        bail!("pip install -r {REQUIREMENTS} failed ({status})");
-    }
-    if !works(&python) {
-        bail!("taskiq was installed into target/taskiq-venv but does not import");
-    }
-    Ok(python)
+    .ensure(root)
+    .await
 }
 
 #[cfg(test)]

@@ -87,18 +87,25 @@ impl Fleet {
         }
     }
 
-    /// stepq's side: the SQS broker with extended payloads in the bucket, results where
-    /// taskiq-aio-sqs's `S3Backend` reads them.
-    async fn stepq_queue(&self) -> TaskQueue {
+    /// stepq's SQS broker on the fleet's queue, extended payloads in the bucket.
+    fn broker(&self) -> SqsBroker {
         let mut config = SqsConfig::new(&self.queue_url);
         config.endpoint_url = Some(self.env.endpoint.clone());
         config.region_name = Some(self.env.region.clone());
         config.config_source.s3_extended_bucket_name = Some(self.env.bucket.clone());
         config.config_source.wait_time_seconds = 1;
-        let broker = SqsBroker::from_sdk_config(config, &self.sdk).expect("an SQS broker");
-        let results = S3ResultBackend::new(&self.sdk, self.env.bucket.clone(), &self.base)
-            .with_result_keys(ResultKeys::Taskiq);
-        let queue = TaskQueue::new(Arc::new(broker), Arc::new(results));
+        SqsBroker::from_sdk_config(config, &self.sdk).expect("an SQS broker")
+    }
+
+    /// Results where taskiq-aio-sqs's `S3Backend` reads and writes them.
+    fn results(&self) -> S3ResultBackend {
+        S3ResultBackend::new(&self.sdk, self.env.bucket.clone(), &self.base)
+            .with_result_keys(ResultKeys::Taskiq)
+    }
+
+    /// stepq's side: the broker and the results, started.
+    async fn stepq_queue(&self) -> TaskQueue {
+        let queue = TaskQueue::new(Arc::new(self.broker()), Arc::new(self.results()));
         queue.startup().await.expect("startup");
         queue
     }
@@ -106,19 +113,12 @@ impl Fleet {
     /// The same over the reply queue, as `stepq worker start` and `stepq run` wire it: the
     /// Python worker sends no notification, so results come through the fallback poll of
     /// the durable backend.
-    async fn stepq_reply_queue(&self) -> (TaskQueue, stepq_aws::sqs::reply::ReplyQueue) {
-        let plain = self.stepq_queue().await;
-        let mut config = SqsConfig::new(&self.queue_url);
-        config.endpoint_url = Some(self.env.endpoint.clone());
-        config.region_name = Some(self.env.region.clone());
-        config.config_source.s3_extended_bucket_name = Some(self.env.bucket.clone());
-        let broker = SqsBroker::from_sdk_config(config, &self.sdk).expect("an SQS broker");
-        let results = S3ResultBackend::new(&self.sdk, self.env.bucket.clone(), &self.base)
-            .with_result_keys(ResultKeys::Taskiq);
-        let wiring = reply::attach(&broker, results);
-        let queue = TaskQueue::new(plain.broker().clone(), wiring.results).with_middleware(
-            Arc::new(reply::ReplyToMiddleware::new(wiring.replies.clone())),
-        );
+    async fn stepq_reply_queue(&self) -> (TaskQueue, reply::ReplyQueue) {
+        let broker = self.broker();
+        let wiring = reply::attach(&broker, self.results());
+        let queue = TaskQueue::new(Arc::new(broker), wiring.results).with_middleware(Arc::new(
+            reply::ReplyToMiddleware::new(wiring.replies.clone()),
+        ));
         queue.startup().await.expect("startup");
         (queue, wiring.replies)
     }

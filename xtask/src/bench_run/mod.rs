@@ -180,6 +180,7 @@ pub(crate) async fn bench_run(root: &Path, args: &BenchRunArgs) -> Result<u8> {
             &log,
             args.bench.broker_tasks,
             concurrency,
+            ResultsIn::Memory,
         )
         .await?;
         println!(
@@ -427,28 +428,6 @@ where
     })
 }
 
-/// One worker (a receiver with `concurrency`) drains `tasks` no-op tasks while they are sent
-/// in batches of a hundred (ten SendMessageBatch calls each); results stay in memory.
-async fn broker_alone(
-    sdk: &aws_config::SdkConfig,
-    sqs: &aws_sdk_sqs::Client,
-    endpoint: &str,
-    log: &Path,
-    tasks: usize,
-    concurrency: usize,
-) -> Result<BrokerFigures> {
-    broker_alone_on(
-        sdk,
-        sqs,
-        endpoint,
-        log,
-        tasks,
-        concurrency,
-        ResultsIn::Memory,
-    )
-    .await
-}
-
 /// Where the broker-alone measurement keeps results.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum ResultsIn {
@@ -459,8 +438,9 @@ enum ResultsIn {
     S3,
 }
 
-/// [`broker_alone`] with results kept `results_in`.
-async fn broker_alone_on(
+/// One worker (a receiver with `concurrency`) drains `tasks` no-op tasks while they are sent
+/// in batches of a hundred (ten SendMessageBatch calls each); results are kept `results_in`.
+async fn broker_alone(
     sdk: &aws_config::SdkConfig,
     sqs: &aws_sdk_sqs::Client,
     endpoint: &str,

@@ -21,10 +21,10 @@ use std::time::Duration;
 use anyhow::{bail, Context, Result};
 use tokio::io::{AsyncBufReadExt, BufReader};
 
-use super::report::{secs, total, Requests};
+use super::report::{throughput_cells, total, Requests};
 use super::{
-    broker_alone_on, create_queue, delete_queue, log_offset, requests_since, short_id,
-    BenchRunArgs, ResultsIn, BUCKET, RUN_TIMEOUT, SETTLE,
+    broker_alone, create_queue, delete_queue, log_offset, requests_since, short_id, BenchRunArgs,
+    ResultsIn, BUCKET, RUN_TIMEOUT, SETTLE,
 };
 use crate::resources::REGION;
 
@@ -57,7 +57,7 @@ pub(super) async fn bench_peer(
     println!("== stepq broker alone: {tasks} no-op tasks, one worker");
     for (results_in, name) in [(ResultsIn::Memory, "memory"), (ResultsIn::S3, "S3")] {
         for concurrency in [cores, 10] {
-            let f = broker_alone_on(
+            let f = broker_alone(
                 sdk,
                 sqs,
                 &args.endpoint,
@@ -103,19 +103,8 @@ fn render(rows: &[PeerFigures]) -> String {
          |---|---:|---:|---:|---|\n",
     );
     for r in rows {
-        let per_op: Vec<String> = r
-            .requests
-            .iter()
-            .map(|(op, n)| format!("{op} {:.2}", *n as f64 / r.tasks as f64))
-            .collect();
-        out.push_str(&format!(
-            "| {} | {} | {:.0} | {:.2} | {} |\n",
-            r.system,
-            secs(r.wall),
-            r.tasks as f64 / r.wall.as_secs_f64(),
-            total(&r.requests) as f64 / r.tasks as f64,
-            per_op.join(", ")
-        ));
+        let cells = throughput_cells(r.tasks, r.wall, &r.requests);
+        out.push_str(&format!("| {} | {cells} |\n", r.system));
     }
     out
 }

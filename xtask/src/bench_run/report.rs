@@ -157,24 +157,32 @@ pub(super) fn render(
     );
     push(&mut out, "|---:|---:|---:|---:|---|".into());
     for b in broker {
-        let per_op: Vec<String> = b
-            .requests
-            .iter()
-            .map(|(op, n)| format!("{op} {:.2}", *n as f64 / b.tasks as f64))
-            .collect();
         push(
             &mut out,
             format!(
-                "| {} | {} | {:.0} | {:.2} | {} |",
+                "| {} | {} |",
                 b.concurrency,
-                secs(b.wall),
-                b.tasks as f64 / b.wall.as_secs_f64(),
-                total(&b.requests) as f64 / b.tasks as f64,
-                per_op.join(", ")
+                throughput_cells(b.tasks, b.wall, &b.requests)
             ),
         );
     }
     out
+}
+
+/// The cells `wall | tasks/s | AWS requests per task | by operation` of `tasks` tasks that
+/// took `wall` and made `requests`.
+pub(super) fn throughput_cells(tasks: usize, wall: Duration, requests: &Requests) -> String {
+    let per_op: Vec<String> = requests
+        .iter()
+        .map(|(op, n)| format!("{op} {:.2}", *n as f64 / tasks as f64))
+        .collect();
+    format!(
+        "{} | {:.0} | {:.2} | {}",
+        secs(wall),
+        tasks as f64 / wall.as_secs_f64(),
+        total(requests) as f64 / tasks as f64,
+        per_op.join(", ")
+    )
 }
 
 #[cfg(test)]
