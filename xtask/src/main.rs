@@ -1,6 +1,9 @@
 //! Project automation (`cargo xtask ...`).
 //!
-//! - `test`: the offline tests of the workspace, then those of the `stepq` facade, the worker
+//! - `deploy-check`: the worker image's checks that need no Docker engine: the declared
+//!   `rust-version` against every locked package, the Dockerfile against the workspace
+//!   (`deploy_check.rs`).
+//! - `test`: `deploy-check`, then the offline tests of the workspace, then those of the `stepq` facade, the worker
 //!   and the executor without their AWS features, then `localstack-test` (what CI runs).
 //! - `localstack-test [--keep] [-- CARGO_TEST_ARGS]`: starts LocalStack (Docker when an engine
 //!   answers, else natively from a venv under `target/`), creates the smoke queues and bucket,
@@ -21,6 +24,7 @@
 mod bench;
 #[cfg(feature = "bench")]
 mod bench_run;
+mod deploy_check;
 mod localstack;
 mod requests;
 mod resources;
@@ -59,6 +63,9 @@ enum Command {
         #[arg(last = true)]
         args: Vec<String>,
     },
+    /// Check the declared rust-version against Cargo.lock and the Dockerfile against the
+    /// workspace (no Docker engine needed).
+    DeployCheck,
     /// Start LocalStack, run the LocalStack-gated tests against it, stop it.
     LocalstackTest {
         /// Leave LocalStack running afterwards (stop it with `cargo xtask localstack-down`).
@@ -115,6 +122,8 @@ async fn run(command: Command) -> Result<u8> {
     localstack::watch_signals();
     match command {
         Command::Test { args } => {
+            println!("== deploy check (rust-version, Dockerfile)");
+            deploy_check::deploy_check(&root).await?;
             println!("== offline tests: cargo test --workspace");
             let code = cargo_test(&root, &["--workspace".to_string()], &[], None).await?;
             if code != 0 {
@@ -133,6 +142,7 @@ async fn run(command: Command) -> Result<u8> {
             println!("== LocalStack tests");
             localstack_test(&root, false, &args).await
         }
+        Command::DeployCheck => deploy_check::deploy_check(&root).await.map(|()| 0),
         Command::LocalstackTest { keep, args } => localstack_test(&root, keep, &args).await,
         Command::LocalstackUp => {
             let mut ls = LocalStack::start_or_reuse(&root, true).await?;
