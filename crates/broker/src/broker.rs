@@ -130,6 +130,13 @@ pub trait Broker: Send + Sync + 'static {
         self.listen(stop).await
     }
 
+    /// Whether the broker answers now, for a readiness check: a cheap request to the
+    /// transport (SQS: the queue's attributes). The default (an in-process broker) is always
+    /// ready.
+    async fn probe(&self) -> Result<(), BrokerError> {
+        Ok(())
+    }
+
     /// Short name for logs, e.g. `memory`, `sqs`.
     fn kind(&self) -> &'static str;
 

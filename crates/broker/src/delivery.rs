@@ -1,6 +1,6 @@
 //! A delivered message and its acknowledgement handle.
 
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -30,6 +30,7 @@ pub trait DeliveryHandle: Send + Sync + 'static {
 pub struct Delivery {
     body: Bytes,
     receive_count: u32,
+    sent_at: Option<SystemTime>,
     handle: Box<dyn DeliveryHandle>,
 }
 
@@ -48,8 +49,27 @@ impl Delivery {
         Delivery {
             body,
             receive_count,
+            sent_at: None,
             handle,
         }
+    }
+
+    /// This delivery, whose message was first sent at `sent_at` (by the broker's clock).
+    pub fn with_sent_at(mut self, sent_at: SystemTime) -> Self {
+        self.sent_at = Some(sent_at);
+        self
+    }
+
+    /// When the message was sent, if the broker says.
+    pub fn sent_at(&self) -> Option<SystemTime> {
+        self.sent_at
+    }
+
+    /// How long the message waited between being sent and this delivery (0 if clocks
+    /// disagree), if the broker says when it was sent.
+    pub fn queue_wait(&self) -> Option<Duration> {
+        self.sent_at
+            .map(|sent| SystemTime::now().duration_since(sent).unwrap_or_default())
     }
 
     /// The raw body.

@@ -46,6 +46,7 @@ pub mod memory;
 pub mod queue;
 pub mod receiver;
 pub mod signing;
+pub mod trace;
 
 #[cfg(feature = "conformance")]
 pub mod conformance;
@@ -57,6 +58,7 @@ pub use stepq_results::{__conformance_tests, __run_checks};
 pub use memory::InMemoryBroker;
 pub use queue::{Task, TaskHandle, TaskQueue, TaskWaitError};
 pub use receiver::{
-    CancelHandle, Receiver, ReceiverConfig, ReceiverStats, TaskContext, TaskGate, TaskHandler,
-    TaskOutcome, WORKER_NAME_LABEL,
+    CancelHandle, Receiver, ReceiverConfig, ReceiverObserver, ReceiverStats, TaskContext, TaskEnd,
+    TaskGate, TaskHandler, TaskOutcome, WORKER_NAME_LABEL,
 };
+pub use trace::{TraceParent, TRACEPARENT_LABEL};

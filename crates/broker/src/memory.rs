@@ -57,10 +57,22 @@ struct Shared {
 /// A stored message.
 struct Stored {
     body: Bytes,
+    /// When it was sent.
+    sent_at: std::time::SystemTime,
     /// Deliveries so far.
     receive_count: u32,
     /// Set while a delivery holds the message.
     lease: Option<Lease>,
+}
+
+/// A message [`State::take`] leased: its id, the lease's receipt, and what the delivery
+/// carries.
+struct Taken {
+    id: u64,
+    receipt: u64,
+    body: Bytes,
+    receive_count: u32,
+    sent_at: std::time::SystemTime,
 }
 
 #[derive(Clone, Copy)]
@@ -93,6 +105,7 @@ impl State {
             id,
             Stored {
                 body,
+                sent_at: std::time::SystemTime::now(),
                 receive_count: 0,
                 lease: None,
             },
@@ -125,7 +138,7 @@ impl State {
     }
 
     /// Leases the next visible message, if any.
-    fn take(&mut self, now: Instant, visibility: Duration) -> Option<(u64, u64, Bytes, u32)> {
+    fn take(&mut self, now: Instant, visibility: Duration) -> Option<Taken> {
         let id = self.visible.pop_front()?;
         let stored = self
             .messages
@@ -138,7 +151,13 @@ impl State {
         stored.lease = Some(Lease { receipt, deadline });
         self.deadlines.push(Reverse((deadline, id, receipt)));
         self.in_flight += 1;
-        Some((id, receipt, stored.body.clone(), stored.receive_count))
+        Some(Taken {
+            id,
+            receipt,
+            body: stored.body.clone(),
+            receive_count: stored.receive_count,
+            sent_at: stored.sent_at,
+        })
     }
 
     /// The stored message if `receipt` is its current lease.
@@ -188,13 +207,16 @@ impl Shared {
             if reclaimed {
                 self.changed.notify_waiters();
             }
-            if let Some((id, receipt, body, receive_count)) = taken {
+            if let Some(taken) = taken {
                 let handle = MemoryHandle {
                     shared: Arc::clone(self),
-                    id,
-                    receipt,
+                    id: taken.id,
+                    receipt: taken.receipt,
                 };
-                return Some(Delivery::new(body, receive_count, Box::new(handle)));
+                return Some(
+                    Delivery::new(taken.body, taken.receive_count, Box::new(handle))
+                        .with_sent_at(taken.sent_at),
+                );
             }
             tokio::select! {
                 biased;

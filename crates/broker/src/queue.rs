@@ -124,7 +124,11 @@ impl TaskQueue {
     /// A `pre_send` error aborts the send and is returned. A `post_send` error comes after the
     /// message is on the queue: it is logged with `tracing::error!` (by the chain) and does not
     /// fail the send, so a producer neither loses the task id nor sends the task twice.
+    ///
+    /// A message without a valid [`TRACEPARENT_LABEL`](crate::trace::TRACEPARENT_LABEL) gets
+    /// one (a trace of its own) before the middleware sees it.
     pub async fn kick(&self, message: TaskMessage) -> Result<TaskMessage, BrokerError> {
+        let message = crate::trace::ensure_traceparent(message);
         let message = self.middleware.pre_send(message).await?;
         self.broker.kick(&message).await?;
         // Errors are logged by the chain; see the doc comment for why they do not fail the send.
@@ -134,13 +138,15 @@ impl TaskQueue {
     /// Sends several messages (one batch where the broker allows), through middleware.
     ///
     /// `pre_send` runs on every message first; any error aborts the whole batch before anything
-    /// is sent. `post_send` errors are logged, as in [`TaskQueue::kick`].
+    /// is sent. `post_send` errors are logged, and messages get a trace context, as in
+    /// [`TaskQueue::kick`].
     pub async fn kick_batch(
         &self,
         messages: Vec<TaskMessage>,
     ) -> Result<Vec<TaskMessage>, BrokerError> {
         let mut prepared = Vec::with_capacity(messages.len());
         for m in messages {
+            let m = crate::trace::ensure_traceparent(m);
             prepared.push(self.middleware.pre_send(m).await?);
         }
         if prepared.is_empty() {

@@ -420,6 +420,10 @@ impl<B: Broker> Broker for SignedBroker<B> {
         Ok(checked(stream, Arc::clone(&self.signer), self.inner.kind()))
     }
 
+    async fn probe(&self) -> Result<(), BrokerError> {
+        self.inner.probe().await
+    }
+
     fn kind(&self) -> &'static str {
         self.inner.kind()
     }
@@ -454,6 +458,9 @@ impl Broker for Arc<dyn Broker> {
         demand: Demand,
     ) -> Result<DeliveryStream, BrokerError> {
         (**self).listen_with_demand(stop, demand).await
+    }
+    async fn probe(&self) -> Result<(), BrokerError> {
+        (**self).probe().await
     }
     fn kind(&self) -> &'static str {
         (**self).kind()

@@ -163,6 +163,10 @@ impl<B: Broker> Broker for CancellableBroker<B> {
         self.inner.listen_with_demand(stop, demand).await
     }
 
+    async fn probe(&self) -> Result<(), BrokerError> {
+        self.inner.probe().await
+    }
+
     fn kind(&self) -> &'static str {
         self.inner.kind()
     }

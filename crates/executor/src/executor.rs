@@ -183,8 +183,11 @@ impl Executor {
             interrupt: interrupt.clone(),
         };
         let step_count = plan.len();
-        tracing::info!(%run_id, steps = step_count, "starting run");
-        let task = tokio::spawn(run.run());
+        // The run's trace: the one its step tasks' `traceparent` labels carry.
+        let trace_id = stepq_broker::TraceParent::for_key(&run_id).trace_id_hex();
+        let span = tracing::info_span!("run", %run_id, %trace_id);
+        tracing::info!(parent: &span, %run_id, steps = step_count, "starting run");
+        let task = tokio::spawn(tracing::Instrument::instrument(run.run(), span));
         Ok(RunHandle::new(
             run_id,
             EventStream::new(rx),

@@ -35,7 +35,7 @@ use std::time::Duration;
 use futures::future::BoxFuture;
 use futures::stream::FuturesUnordered;
 use futures::{FutureExt, StreamExt};
-use stepq_broker::{BrokerError, TaskMessage, TaskQueue};
+use stepq_broker::{BrokerError, TaskMessage, TaskQueue, TraceParent, TRACEPARENT_LABEL};
 use stepq_plan::events::now_us;
 use stepq_plan::{ErrorInfo, Event, EventKind, Job, PlanProgress};
 use stepq_results::{ResultBackend, ResultError, TaskResult};
@@ -261,6 +261,9 @@ impl Runner {
             // ever, a future reports it as a submission failure of this step.
             match protocol::step_message(&args) {
                 Ok(mut message) => {
+                    // The run's trace (derived from its id), sent from this task's span.
+                    let trace = TraceParent::for_key(&self.run_id).child(&message.task_id);
+                    message = message.with_label(TRACEPARENT_LABEL, trace.to_string());
                     if self.config.step_progress {
                         message = message
                             .with_label(protocol::PROGRESS_LABEL, args.step_keys.len().to_string());

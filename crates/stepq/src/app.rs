@@ -305,8 +305,9 @@ impl App {
     }
 
     /// A worker service serving `location` on this app's queue and output store, with a
-    /// cancel listener when cancellation is on and, with `health`, the worker's health
-    /// heartbeat every `worker.health_interval_seconds` (see [`stepq_worker::service`]).
+    /// cancel listener when cancellation is on and, with `health` (a worker process), the
+    /// worker's health heartbeat every `worker.health_interval_seconds` and its HTTP listener
+    /// when `worker.http` is set (see [`stepq_worker::service`]).
     /// Besides steps (`execute_plan`), it orchestrates runs submitted as tasks
     /// ([`App::submit_run`], [`App::submit_resume`]) as orchestrator `config.name`, outside
     /// its step slots: an orchestration waits for steps, so holding a slot could deadlock a
@@ -319,9 +320,12 @@ impl App {
     ) -> Result<WorkerService, AppError> {
         let name = config.name.clone();
         let parts = self.backends.service_parts(health);
-        let settings = ServiceSettings::new(config)
+        let mut settings = ServiceSettings::new(config)
             .with_health_interval(self.config.health_interval())
             .with_cancel_grace(self.worker_cancel_grace());
+        if health {
+            settings.http = self.config.worker.http_address()?;
+        }
         let mut service = WorkerService::new(location.clone(), parts, settings)?;
         let launcher = self.launcher()?;
         for (task, resume) in [(protocol::EXECUTE_JOB, false), (protocol::RESUME_JOB, true)] {

@@ -6,16 +6,18 @@ use std::time::Duration;
 
 use stepq_broker::{
     BrokerError, CancelHandle, ErrorClass, Receiver, ReceiverConfig, ReceiverStats, TaskContext,
-    TaskHandler, TaskOutcome, TaskQueue,
+    TaskHandler, TaskOutcome, TaskQueue, TraceParent,
 };
 use stepq_plan::{ExecuteStepArgs, FailureKind, StepReport, StepStatus};
 use stepq_protocol as protocol;
 use stepq_results::{OutputStore, ResultBackend, TaskError};
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 use crate::execute::{run_step, InlineInputs, InlineOptions};
 use crate::health::WorkerActivity;
 use crate::location::CodeLocation;
+use crate::observe::{TaskEnd, WorkerObserver};
 use crate::progress::ProgressWriter;
 
 /// Error kind of a task whose step arguments do not decode (or name no step).
@@ -198,6 +200,8 @@ struct StepRunner {
     worker_name: String,
     inline: InlineOptions,
     counters: StepCounters,
+    /// Told about step tasks and steps, once installed.
+    observer: std::sync::OnceLock<Arc<dyn WorkerObserver>>,
 }
 
 impl StepRunner {
@@ -246,6 +250,7 @@ impl StepRunner {
                     break;
                 }
             }
+            let started = std::time::Instant::now();
             let executed = run_step(
                 &self.location,
                 self.outputs.as_ref(),
@@ -265,6 +270,14 @@ impl StepRunner {
                 StepStatus::Canceled => &self.counters.canceled,
             };
             counter.fetch_add(1, Ordering::Relaxed);
+            if let Some(observer) = self.observer.get() {
+                let end = match executed.report.status {
+                    StepStatus::Success { .. } => TaskEnd::Succeeded,
+                    StepStatus::Failure { .. } => TaskEnd::Failed,
+                    StepStatus::Canceled => TaskEnd::Canceled,
+                };
+                observer.step_finished(&args.job_name, end, started.elapsed());
+            }
             if let (true, Some(progress)) = (succeeded, progress) {
                 if i + 1 < args.step_keys.len() {
                     progress.finished(&executed.report);
@@ -309,6 +322,9 @@ impl StepRunner {
                 ),
             });
         }
+        if let Some(observer) = self.observer.get() {
+            observer.step_task_started(&args.job_name, task.queue_wait);
+        }
         if task.receive_count > 1 {
             tracing::info!(
                 task_id = %message.task_id,
@@ -325,7 +341,18 @@ impl StepRunner {
                 message.labels.clone(),
             )
         });
-        let reports = self.run_steps(&args, &task.cancel, progress.as_ref()).await;
+        // The sender's trace, so this task's log lines join it (see `stepq_broker::trace`).
+        let trace = TraceParent::of(message);
+        let span = tracing::info_span!(
+            "task",
+            task_id = %message.task_id,
+            trace_id = trace.map(|t| t.trace_id_hex()).as_deref(),
+            parent_span_id = trace.map(|t| t.span_id_hex()).as_deref(),
+        );
+        let reports = self
+            .run_steps(&args, &task.cancel, progress.as_ref())
+            .instrument(span)
+            .await;
         if let Some(progress) = progress {
             progress.finish().await;
         }
@@ -370,6 +397,7 @@ impl Worker {
             worker_name: config.name.clone(),
             inline: InlineOptions::up_to(config.inline_output_limit),
             counters: StepCounters::default(),
+            observer: std::sync::OnceLock::new(),
         });
         let mut receiver = Receiver::new(queue).with_config(config.receiver_config());
         let handler_runner = runner.clone();
@@ -409,6 +437,15 @@ impl Worker {
     /// reports it.
     pub fn activity(&self) -> &WorkerActivity {
         &self.activity
+    }
+
+    /// Installs `observer` (e.g. the service's metrics): told what the worker's receiver does
+    /// and about every step task and step. One observer per worker: a second call is
+    /// ignored.
+    pub fn set_observer(&mut self, observer: Arc<dyn WorkerObserver>) {
+        if self.runner.observer.set(observer.clone()).is_ok() {
+            self.receiver.set_observer(observer);
+        }
     }
 
     /// The underlying receiver, e.g. to register typed tasks with [`Receiver::register_fn`].

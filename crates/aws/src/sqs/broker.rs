@@ -308,6 +308,11 @@ impl Broker for SqsBroker {
         Ok(super::listen::listen(Arc::clone(&self.inner), stop, demand))
     }
 
+    /// GetQueueAttributes on the queue: answers when SQS is reachable and the queue exists.
+    async fn probe(&self) -> Result<(), BrokerError> {
+        self.queue_depth().await.map(|_| ())
+    }
+
     fn kind(&self) -> &'static str {
         "sqs"
     }

@@ -42,6 +42,8 @@ struct Received {
     message_id: String,
     /// The message group on a FIFO queue.
     group_id: Option<String>,
+    /// When SQS received it from its sender (`SentTimestamp`).
+    sent_at: Option<std::time::SystemTime>,
 }
 
 /// Messages one receive asks for: the configured `max_number_of_messages`, but never more than
@@ -85,6 +87,7 @@ async fn receive(inner: Arc<Inner>, max: u32, wait: u32) -> Result<Vec<Received>
         .visibility_timeout(c.visibility_timeout as i32)
         .message_system_attribute_names(MessageSystemAttributeName::ApproximateReceiveCount)
         .message_system_attribute_names(MessageSystemAttributeName::MessageGroupId)
+        .message_system_attribute_names(MessageSystemAttributeName::SentTimestamp)
         .message_attribute_names(EXTENDED_MESSAGE_ATTRIBUTE)
         .customize()
         .config_override(timeouts::sqs_long_poll(wait))
@@ -109,6 +112,12 @@ async fn receive(inner: Arc<Inner>, max: u32, wait: u32) -> Result<Vec<Received>
                 .attributes()
                 .and_then(|a| a.get(&MessageSystemAttributeName::MessageGroupId))
                 .cloned();
+            // Epoch milliseconds, as SQS gives them.
+            let sent_at = m
+                .attributes()
+                .and_then(|a| a.get(&MessageSystemAttributeName::SentTimestamp))
+                .and_then(|v| v.parse::<u64>().ok())
+                .map(|ms| std::time::UNIX_EPOCH + Duration::from_millis(ms));
             Some(Received {
                 receipt: m.receipt_handle?,
                 message_id: m.message_id.unwrap_or_default(),
@@ -117,6 +126,7 @@ async fn receive(inner: Arc<Inner>, max: u32, wait: u32) -> Result<Vec<Received>
                 extended,
                 received_at,
                 group_id,
+                sent_at,
             })
         })
         .collect())
@@ -450,11 +460,11 @@ impl Listener {
             pointer,
             acks: self.acks.clone(),
         };
-        Some(Ok(Delivery::new(
-            body,
-            message.receive_count,
-            Box::new(handle),
-        )))
+        let delivery = Delivery::new(body, message.receive_count, Box::new(handle));
+        Some(Ok(match message.sent_at {
+            Some(sent_at) => delivery.with_sent_at(sent_at),
+            None => delivery,
+        }))
     }
 }
 

@@ -39,6 +39,7 @@ impl Receiver {
             config,
             cancel,
             gate,
+            observer,
         } = self;
         let known = handlers.names();
         let shared = Arc::new(Shared {
@@ -48,6 +49,7 @@ impl Receiver {
             config,
             cancel,
             gate,
+            observer,
             grace_expired: CancellationToken::new(),
             stats: Counters::default(),
             heartbeat_failures: SharedFailureLog::new(HEARTBEAT_FAILURES),
@@ -109,6 +111,9 @@ impl Receiver {
                 }
                 Some(Err(e)) => {
                     drop(permit);
+                    if let Some(observer) = &shared.observer {
+                        observer.broker_error(&e);
+                    }
                     // Logged once per period while it lasts (an outage), and once it ends.
                     failing.failed(&format_args!(
                         "{} ({} error; retrying in {backoff:?})",

@@ -10,7 +10,8 @@
 //! - `pipeline`: one delivery from decoding to ack: gate, handler with its cancel token,
 //!   visibility heartbeats; its `settle` part saves the result and acks (or nacks), and rejects
 //!   malformed and unknown messages with a failed result.
-//! - `config`: [`ReceiverConfig`]; `stats`: [`ReceiverStats`]; `cancel`: [`CancelHandle`].
+//! - `config`: [`ReceiverConfig`]; `stats`: [`ReceiverStats`]; `cancel`: [`CancelHandle`];
+//!   `observe`: [`ReceiverObserver`], the hook metrics are built on.
 
 use std::sync::Arc;
 
@@ -19,12 +20,14 @@ use crate::queue::TaskQueue;
 mod cancel;
 mod config;
 mod listen;
+mod observe;
 mod pipeline;
 mod registry;
 mod stats;
 
 pub use cancel::CancelHandle;
 pub use config::{default_worker_name, ReceiverConfig};
+pub use observe::{ReceiverObserver, TaskEnd};
 use registry::Registry;
 pub use registry::{TaskContext, TaskGate, TaskHandler, TaskOutcome};
 use stats::Counters;
@@ -89,6 +92,8 @@ pub struct Receiver {
     cancel: CancelHandle,
     /// Consulted before each task starts, if installed.
     gate: Option<Arc<dyn TaskGate>>,
+    /// Told what the receiver does, if installed.
+    observer: Option<Arc<dyn ReceiverObserver>>,
 }
 
 impl Receiver {
@@ -100,6 +105,7 @@ impl Receiver {
             config: ReceiverConfig::default(),
             cancel: CancelHandle::default(),
             gate: None,
+            observer: None,
         }
     }
 }

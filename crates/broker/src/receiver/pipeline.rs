@@ -16,7 +16,10 @@ use tokio::time::{Instant, MissedTickBehavior};
 use tokio_util::sync::CancellationToken;
 
 use super::registry::{Registered, Registry};
-use super::{kinds, CancelHandle, Counters, ReceiverConfig, TaskContext, TaskGate, TaskHandler};
+use super::{
+    kinds, CancelHandle, Counters, ReceiverConfig, ReceiverObserver, TaskContext, TaskEnd,
+    TaskGate, TaskHandler,
+};
 use crate::delivery::Delivery;
 use crate::message::TaskMessage;
 use crate::queue::TaskQueue;
@@ -40,6 +43,8 @@ pub(super) struct Shared {
     pub(super) cancel: CancelHandle,
     /// Consulted before each task starts, if installed.
     pub(super) gate: Option<Arc<dyn TaskGate>>,
+    /// Told what the receiver does, if installed.
+    pub(super) observer: Option<Arc<dyn ReceiverObserver>>,
     /// Fires when the grace period after stop is over.
     pub(super) grace_expired: CancellationToken,
     /// What the receiver did so far.
@@ -110,11 +115,16 @@ impl Shared {
             }
         }
         let cancel_grace = self.gate.as_ref().and_then(|g| g.cancel_grace());
+        let queue_wait = delivery.queue_wait();
         let ctx = TaskContext {
             message: Arc::new(message.clone()),
             receive_count: delivery.receive_count(),
+            queue_wait,
             cancel: token.clone(),
         };
+        if let Some(observer) = &self.observer {
+            observer.task_started(message, delivery.receive_count(), queue_wait);
+        }
         tracing::debug!(
             task = %message.task_name,
             task_id = %message.task_id,
@@ -123,7 +133,7 @@ impl Shared {
         );
         let started = Instant::now();
         let run = AssertUnwindSafe(async move { handler(ctx).await }).catch_unwind();
-        let heartbeat = self.heartbeat(delivery, &message.task_id);
+        let heartbeat = self.heartbeat(delivery, message);
         let overdue = async {
             match cancel_grace {
                 Some(grace) => {
@@ -155,8 +165,9 @@ impl Shared {
             }
             () = &mut heartbeat => unreachable!("the heartbeat never ends"),
         };
-        let seconds = started.elapsed().as_secs_f64();
-        Some(match outcome {
+        let run_time = started.elapsed();
+        let seconds = run_time.as_secs_f64();
+        let result = match outcome {
             Ok(Ok(value)) => TaskResult::ok(value, seconds),
             Ok(Err(e)) => {
                 log_failure(message, &e);
@@ -171,14 +182,19 @@ impl Shared {
                 tracing::error!(task_id = %message.task_id, "{text}");
                 TaskResult::err(kinds::PANIC, text, seconds)
             }
-        })
+        };
+        if let Some(observer) = &self.observer {
+            observer.task_finished(message, TaskEnd::of(&result), run_time);
+        }
+        Some(result)
     }
 
     /// Extends the delivery's visibility every heartbeat interval; never returns. Temporary
     /// failures go to the receiver's shared log (one warning per outage, not per task and
     /// beat); a permanent one (the receipt is no longer valid: the message was delivered
     /// again) is logged once and ends the extending, which cannot succeed any more.
-    async fn heartbeat(&self, delivery: &Delivery, task_id: &str) {
+    async fn heartbeat(&self, delivery: &Delivery, message: &TaskMessage) {
+        let task_id = message.task_id.as_str();
         let Some(every) = self.config.heartbeat_interval else {
             return std::future::pending().await;
         };
@@ -186,10 +202,13 @@ impl Shared {
         ticks.set_missed_tick_behavior(MissedTickBehavior::Delay);
         loop {
             ticks.tick().await;
-            match delivery
+            let extended = delivery
                 .extend_visibility(self.config.heartbeat_extension)
-                .await
-            {
+                .await;
+            if let Some(observer) = &self.observer {
+                observer.visibility_extended(message, extended.as_ref().map(|_| ()));
+            }
+            match extended {
                 Ok(()) => self.heartbeat_failures.succeeded(),
                 Err(e) if e.is_temporary() => {
                     self.heartbeat_failures.failed(&format_args!(
@@ -301,6 +320,7 @@ mod tests {
             config,
             cancel: CancelHandle::default(),
             gate: None,
+            observer: None,
             grace_expired: CancellationToken::new(),
             stats: Counters::default(),
             heartbeat_failures: SharedFailureLog::new(HEARTBEAT_FAILURES),

@@ -23,6 +23,9 @@ pub struct TaskContext {
     pub message: Arc<TaskMessage>,
     /// Times the message was delivered, this one included.
     pub receive_count: u32,
+    /// How long the message waited on the queue before this delivery, if the broker says
+    /// when it was sent.
+    pub queue_wait: Option<std::time::Duration>,
     /// Cancelled when the task is cancelled (see [`Receiver::cancel_handle`]) or the receiver
     /// is shutting down past its grace period.
     pub cancel: CancellationToken,
@@ -172,6 +175,11 @@ impl Receiver {
     pub fn set_gate(&mut self, gate: Arc<dyn TaskGate>) {
         self.gate = Some(gate);
     }
+    /// Installs `observer`, told what the receiver does (tasks started and finished,
+    /// visibility extensions, broker errors, dead letters): the hook for metrics.
+    pub fn set_observer(&mut self, observer: Arc<dyn super::ReceiverObserver>) {
+        self.observer = Some(observer);
+    }
     /// Installs a [`TaskGate`]; see [`set_gate`](Receiver::set_gate).
     pub fn with_gate(mut self, gate: Arc<dyn TaskGate>) -> Self {
         self.set_gate(gate);
@@ -226,6 +234,7 @@ mod tests {
         handler(TaskContext {
             message: Arc::new(TaskMessage::new(name)),
             receive_count: 1,
+            queue_wait: None,
             cancel: CancellationToken::new(),
         })
         .await

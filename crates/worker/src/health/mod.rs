@@ -66,6 +66,7 @@ mod test_support {
         TaskContext {
             message: Arc::new(message),
             receive_count: 1,
+            queue_wait: None,
             cancel: CancellationToken::new(),
         }
     }

@@ -76,6 +76,10 @@ pub enum ServiceError {
     /// The queue could not start.
     #[error(transparent)]
     Broker(#[from] BrokerError),
+    /// The HTTP listener (`[worker] http`) could not start.
+    #[cfg(feature = "http")]
+    #[error(transparent)]
+    Http(#[from] crate::http::HttpError),
     /// A second SIGTERM or Ctrl-C stopped the service at once, without waiting for in-flight
     /// steps or a pending receive (their messages come back after their visibility timeout).
     #[error("stopped at once by a second signal: in-flight steps were ended, and their messages come back after their visibility timeout")]
@@ -153,6 +157,9 @@ pub struct ServiceSettings {
     pub cancel_grace: Duration,
     /// The host name written in the health heartbeat.
     pub host: String,
+    /// Where the HTTP listener (`/healthz`, `/readyz`, `/metrics`) listens; `None`: none.
+    /// Needs the `http` feature.
+    pub http: Option<std::net::SocketAddr>,
 }
 
 impl ServiceSettings {
@@ -163,6 +170,7 @@ impl ServiceSettings {
             health_interval: DEFAULT_HEALTH_INTERVAL,
             cancel_grace: stepq_cancel::DEFAULT_CANCEL_GRACE,
             host: host_name(),
+            http: None,
         }
     }
 
@@ -253,6 +261,22 @@ impl WorkerService {
             settings,
         } = self;
         let name = settings.worker.name.clone();
+        #[cfg(feature = "http")]
+        let http = match settings.http {
+            Some(address) => {
+                let metrics = Arc::new(crate::http::WorkerMetrics::new(worker.activity().clone()));
+                worker.set_observer(metrics.clone());
+                let listener = crate::http::HttpListener::start(
+                    address,
+                    metrics,
+                    parts.queue.broker().clone(),
+                )
+                .await?;
+                listener.drain_when(stop.clone());
+                Some(listener)
+            }
+            None => None,
+        };
         let health = match &parts.heartbeats {
             Some(store) => Some(
                 HealthWriter::new(
@@ -291,6 +315,10 @@ impl WorkerService {
             if let Err(e) = health.stop().await {
                 tracing::warn!(error = %e, worker = %name, "cannot remove the worker heartbeat");
             }
+        }
+        #[cfg(feature = "http")]
+        if let Some(http) = http {
+            http.stop().await;
         }
         Ok(outcome?)
     }

@@ -30,6 +30,11 @@ pub struct WorkerSettings {
     /// each time) after which the message is dead-lettered instead of run again (at least 1;
     /// 0 turns the cap off). Default 10.
     pub max_receive_count: u32,
+    /// Address (`host:port`) of the worker's HTTP listener: `/healthz`, `/readyz` and
+    /// `/metrics` (Prometheus); unset (the default): no listener. Needs the `http` feature of
+    /// `stepq-worker` (on in the `stepq` and `stepq-worker` binaries).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub http: Option<String>,
 }
 
 impl Default for WorkerSettings {
@@ -41,6 +46,7 @@ impl Default for WorkerSettings {
             grace_period_seconds: WorkerConfig::default().grace_period.as_secs_f64(),
             health_interval_seconds: DEFAULT_HEALTH_INTERVAL.as_secs_f64(),
             max_receive_count: stepq_broker::DEFAULT_MAX_RECEIVE_COUNT,
+            http: None,
         }
     }
 }
@@ -117,17 +123,23 @@ impl From<stepq_aws::InvalidSetting> for ConfigError {
 /// Environment variable overriding `worker.health_interval_seconds`.
 pub const ENV_WORKER_HEALTH_INTERVAL_SECONDS: &str = "STEPQ_WORKER_HEALTH_INTERVAL_SECONDS";
 
+/// Environment variable overriding `worker.http` (the HTTP listener's address).
+pub const ENV_WORKER_HTTP: &str = "STEPQ_WORKER_HTTP";
+
 fn config_error(field: &'static str, reason: String) -> WorkerError {
     WorkerError::Config { field, reason }
 }
 
 impl WorkerSettings {
-    /// Applies `STEPQ_WORKER_HEALTH_INTERVAL_SECONDS` from `env` (an empty one counts as
-    /// unset).
+    /// Applies `STEPQ_WORKER_HEALTH_INTERVAL_SECONDS` and `STEPQ_WORKER_HTTP` from `env` (an
+    /// empty one counts as unset).
     pub fn apply_env(
         &mut self,
         env: &std::collections::BTreeMap<String, String>,
     ) -> Result<(), WorkerError> {
+        if let Some(v) = env.get(ENV_WORKER_HTTP).filter(|v| !v.trim().is_empty()) {
+            self.http = Some(v.trim().to_string());
+        }
         if let Some(v) = env
             .get(ENV_WORKER_HEALTH_INTERVAL_SECONDS)
             .filter(|v| !v.trim().is_empty())
@@ -169,6 +181,28 @@ impl WorkerSettings {
         }
     }
 
+    /// `worker.http` as a socket address; `None` when unset. Fails naming the setting when it
+    /// is not `host:port` with an IP address, or when this build has no HTTP listener.
+    pub fn http_address(&self) -> Result<Option<std::net::SocketAddr>, WorkerError> {
+        let Some(text) = &self.http else {
+            return Ok(None);
+        };
+        let address = text.trim().parse().map_err(|_| {
+            config_error(
+                "http",
+                format!("`{text}` is not an address such as 127.0.0.1:9464 or 0.0.0.0:9464"),
+            )
+        })?;
+        if cfg!(feature = "http") {
+            Ok(Some(address))
+        } else {
+            Err(config_error(
+                "http",
+                "this build of stepq-worker has no HTTP listener: enable its feature `http`".into(),
+            ))
+        }
+    }
+
     /// `worker.concurrency`, or the number of cores.
     pub fn concurrency(&self) -> usize {
         self.concurrency.unwrap_or_else(default_parallelism)
@@ -199,8 +233,10 @@ impl WorkerSettings {
         &self,
         name: impl Into<String>,
     ) -> Result<ServiceSettings, WorkerError> {
-        Ok(ServiceSettings::new(self.worker_config(name)?)
-            .with_health_interval(self.health_interval()?))
+        let mut settings = ServiceSettings::new(self.worker_config(name)?)
+            .with_health_interval(self.health_interval()?);
+        settings.http = self.http_address()?;
+        Ok(settings)
     }
 
     /// Checks every setting.
@@ -256,6 +292,10 @@ mod tests {
         assert_eq!(
             field_of(&with(|s| s.health_interval_seconds = 0.0)),
             "health_interval_seconds"
+        );
+        assert_eq!(
+            field_of(&with(|s| s.http = Some("localhost".into()))),
+            "http"
         );
         assert!(toml::from_str::<WorkerSettings>("concurency = 2").is_err());
         let set: WorkerSettings =

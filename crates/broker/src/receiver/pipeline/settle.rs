@@ -116,6 +116,9 @@ impl Shared {
         match delivery.dead_letter(reason).await {
             Ok(()) => {
                 Counters::bump(&self.stats.dead_lettered);
+                if let Some(observer) = &self.observer {
+                    observer.dead_lettered(reason);
+                }
                 tracing::warn!(
                     task_id,
                     receive_count = delivery.receive_count(),
