@@ -32,6 +32,8 @@
 //!   cannot be resumed (SUCCESS, still running without `--force`).
 //! - `stepq logs RUN_ID [--follow] [--json]`: the run's event log, one line per event (JSON
 //!   lines with `--json`); `--follow` keeps printing until the run ends.
+//! - `stepq report RUN_ID [-o FILE]`: writes the run's timeline as one self-contained HTML
+//!   file (default `RUN_ID.html`; see [`crate::report_html`]) and prints its path and size.
 //! - `stepq jobs [--json]`: the jobs of the code location and the jobs files.
 //! - `stepq status RUN_ID [--json]`: a run from the run store, step by step, with the worker
 //!   holding each in-flight step (from the workers' health heartbeats) and a line for each
@@ -76,6 +78,7 @@ mod jobs;
 mod json;
 mod launch;
 mod logs;
+mod report;
 mod run_job;
 mod runs;
 mod status;
@@ -84,8 +87,8 @@ mod timestamps;
 mod worker;
 
 pub use args::{
-    CancelArgs, Cli, Command, GcArgs, LaunchArgs, LogFormat, LogsArgs, ResumeArgs, RunArgs,
-    RunsArgs, WorkerCommand, WorkerStartArgs,
+    CancelArgs, Cli, Command, GcArgs, LaunchArgs, LogFormat, LogsArgs, ReportArgs, ResumeArgs,
+    RunArgs, RunsArgs, WorkerCommand, WorkerStartArgs,
 };
 pub use dispatch::{main, main_from, run};
 pub use dlq::DlqCommand;

@@ -6,8 +6,9 @@
 //! in the `stepq-worker` crate.
 //!
 //! Besides the commands ([`cli`]), it owns what only people read: live [`progress`], run
-//! summaries and tables ([`report`]), and worker-health tables ([`health`]). It is the only
-//! crate of the workspace with `unsafe` code ([`process`]).
+//! summaries and tables ([`report`]), HTML run reports ([`report_html`]), and worker-health
+//! tables ([`health`]). It is the only crate of the workspace with `unsafe` code
+//! ([`process`]).
 
 #![warn(missing_docs)]
 
@@ -17,5 +18,6 @@ pub mod health;
 pub mod process;
 pub mod progress;
 pub mod report;
+pub mod report_html;
 
 pub use cli::{main, main_from, run, Cli};

@@ -54,6 +54,9 @@ pub enum Command {
     Resume(ResumeArgs),
     /// Print a run's event log.
     Logs(LogsArgs),
+    /// Write a run's timeline (lanes per worker, attempts, critical path, summary) as one
+    /// self-contained HTML file.
+    Report(ReportArgs),
     /// List the jobs of the code location and the jobs files.
     Jobs {
         /// Print one JSON document instead of a table.
@@ -134,6 +137,16 @@ pub struct LogsArgs {
     /// Print one JSON object per event per line (JSON lines) instead of text.
     #[arg(long)]
     pub json: bool,
+}
+
+/// Arguments of `stepq report`.
+#[derive(Debug, Args)]
+pub struct ReportArgs {
+    /// The run id.
+    pub run_id: String,
+    /// The HTML file to write (default: `RUN_ID.html` in the current directory).
+    #[arg(long, short, value_name = "FILE")]
+    pub output: Option<std::path::PathBuf>,
 }
 
 /// Arguments of `stepq runs`: which runs (every condition given must hold), how many, and how

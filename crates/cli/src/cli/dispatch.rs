@@ -17,6 +17,7 @@ use super::gc::collect_runs;
 use super::jobs::print_jobs;
 use super::launch::{launch_run, resume_run};
 use super::logs::show_logs;
+use super::report::write_run_report;
 use super::run_job::run_job;
 use super::runs::list_runs;
 use super::status::show_status;
@@ -122,6 +123,7 @@ async fn dispatch(cli: Cli, base: CodeLocation) -> Result<u8, Failure> {
                 Command::Launch(args) => launch_run(&app, &location, args).await,
                 Command::Resume(args) => resume_run(&app, location, args).await,
                 Command::Logs(args) => show_logs(&app, args).await,
+                Command::Report(args) => write_run_report(&app, &location, args).await,
                 Command::Worker(WorkerCommand::Start(args)) => {
                     start_worker(&app, location, args).await
                 }

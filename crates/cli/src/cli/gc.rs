@@ -157,7 +157,7 @@ impl From<&GcReport> for GcDocument {
 }
 
 /// `1.5 MiB`, `812 B`.
-fn human_bytes(bytes: u64) -> String {
+pub(super) fn human_bytes(bytes: u64) -> String {
     const UNITS: [&str; 4] = ["KiB", "MiB", "GiB", "TiB"];
     if bytes < 1024 {
         return format!("{bytes} B");
