@@ -9,7 +9,9 @@
 #
 # RUST_VERSION is the workspace's `rust-version` (`cargo xtask deploy-check` checks that
 # they agree and that no locked dependency needs a newer Rust). The image expects the
-# worker's HTTP listener on port 9464 (STEPQ_WORKER_HTTP=0.0.0.0:9464 is set below).
+# worker's HTTP listener on port 9464: STEPQ_WORKER_HTTP=0.0.0.0:9464 is set below, and, being
+# the environment, it wins over `worker.http` in the config file (the health check asks that
+# port).
 ARG RUST_VERSION=1.94.1
 
 FROM rust:${RUST_VERSION}-bookworm AS build
@@ -33,3 +35,7 @@ EXPOSE 9464
 STOPSIGNAL SIGTERM
 HEALTHCHECK --interval=10s --timeout=3s --start-period=30s --retries=3 CMD ["curl", "-fsS", "http://127.0.0.1:9464/healthz"]
 ENTRYPOINT ["/usr/local/bin/stepq-worker-service"]
+# For the default binary (the stepq CLI): a worker on the config in /etc/stepq/stepq.toml
+# (mount it). Another WORKER_BIN takes its own arguments: give them as the container's
+# command (`docker run IMAGE ...`, compose `command:`).
+CMD ["worker", "start", "--config", "/etc/stepq/stepq.toml"]

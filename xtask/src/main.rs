@@ -3,8 +3,9 @@
 //! - `deploy-check`: the worker image's checks that need no Docker engine: the declared
 //!   `rust-version` against every locked package, the Dockerfile against the workspace
 //!   (`deploy_check.rs`).
-//! - `test`: `deploy-check`, then the offline tests of the workspace, then those of the `stepq` facade, the worker
-//!   and the executor without their AWS features, then `localstack-test` (what CI runs).
+//! - `test`: `deploy-check`, then the offline tests of the workspace, then those of the
+//!   `stepq` facade, the worker and the executor without their AWS features, a check of the
+//!   CLI with its `otel` feature, then `localstack-test` (what CI runs).
 //! - `localstack-test [--keep] [-- CARGO_TEST_ARGS]`: starts LocalStack (Docker when an engine
 //!   answers, else natively from a venv under `target/`), creates the smoke queues and bucket,
 //!   runs the LocalStack-gated (`#[ignore = "localstack"]`) tests against it, and stops it —
@@ -139,6 +140,14 @@ async fn run(command: Command) -> Result<u8> {
                     return Ok(code);
                 }
             }
+            // The CLI with OpenTelemetry export (off by default; crate stepq-otel has its own
+            // tests in the workspace run above): it must keep compiling.
+            println!("== cargo check -p stepq-cli --features otel");
+            let code =
+                cargo_run(&root, &["check", "-p", "stepq-cli", "--features", "otel"]).await?;
+            if code != 0 {
+                return Ok(code);
+            }
             println!("== LocalStack tests");
             localstack_test(&root, false, &args).await
         }
@@ -241,19 +250,40 @@ async fn cargo_test(
     test_args: &[String],
     env: Option<&[(&'static str, String)]>,
 ) -> Result<u8> {
+    let mut args = vec!["test".to_string()];
+    args.extend(cargo_args.iter().cloned());
+    if !test_args.is_empty() {
+        args.push("--".into());
+        args.extend(test_args.iter().cloned());
+    }
+    cargo_with(root, &args, env).await
+}
+
+/// Runs `cargo ARGS` like [`cargo_test`]; returns its exit code.
+async fn cargo_run(root: &Path, args: &[&str]) -> Result<u8> {
+    let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+    cargo_with(root, &args, None).await
+}
+
+/// Runs `cargo ARGS` in its own process group (so an interrupt can stop all of it), with
+/// `env` added. Returns its exit code.
+async fn cargo_with(
+    root: &Path,
+    args: &[String],
+    env: Option<&[(&'static str, String)]>,
+) -> Result<u8> {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let mut command = tokio::process::Command::new(cargo);
-    command.current_dir(root).arg("test").args(cargo_args);
-    if !test_args.is_empty() {
-        command.arg("--").args(test_args);
-    }
+    command.current_dir(root).args(args);
     if let Some(env) = env {
         command.envs(env.iter().cloned());
     }
     command.process_group(0).kill_on_drop(true);
-    let mut child = command.spawn().context("starting cargo test")?;
+    let mut child = command
+        .spawn()
+        .with_context(|| format!("starting cargo {}", args.join(" ")))?;
     let _registered = child.id().map(localstack::ChildGroup::register);
-    let status = child.wait().await.context("waiting for cargo test")?;
+    let status = child.wait().await.context("waiting for cargo")?;
     Ok(status.code().map_or(1, |c| c.clamp(0, 255) as u8))
 }
 

@@ -6,6 +6,13 @@
 //! own. The executor sends a run's step tasks in the run's trace, whose id is derived from the
 //! run id ([`TraceParent::for_key`]), so a resumed run stays in the same trace and every
 //! worker's log lines of one run share one `trace_id`.
+//!
+//! A tracing backend that has span contexts of its own (OpenTelemetry: crate `stepq-otel`)
+//! installs a [`TracePropagator`]: then the executor sends step tasks from the current span's
+//! context ([`current_context`]), and a worker makes its task span a child of the message's
+//! ([`adopt`]), so the exported spans form one trace.
+
+use std::sync::OnceLock;
 
 use sha2::{Digest, Sha256};
 
@@ -136,13 +143,46 @@ impl std::fmt::Display for TraceParent {
     }
 }
 
-/// `message` with a `traceparent` label: kept if it has a valid one, else a trace of its own
-/// (derived from its task id).
+/// Bridges stepq's trace context to a tracing backend with span contexts of its own
+/// (OpenTelemetry); installed once per process with [`install_propagator`].
+pub trait TracePropagator: Send + Sync + 'static {
+    /// The trace context of the current span, if it has a valid one.
+    fn current(&self) -> Option<TraceParent>;
+    /// Makes `span` (not yet entered) a child of `parent`, a remote span.
+    fn adopt(&self, span: &tracing::Span, parent: TraceParent);
+}
+
+static PROPAGATOR: OnceLock<Box<dyn TracePropagator>> = OnceLock::new();
+
+/// Installs `propagator` for this process; false (and nothing changes) if one was installed
+/// before.
+pub fn install_propagator(propagator: impl TracePropagator) -> bool {
+    PROPAGATOR.set(Box::new(propagator)).is_ok()
+}
+
+/// The current span's trace context, from the installed [`TracePropagator`]; `None` without
+/// one (or outside a span it knows).
+pub fn current_context() -> Option<TraceParent> {
+    PROPAGATOR.get().and_then(|p| p.current())
+}
+
+/// Makes `span` a child of `parent` through the installed [`TracePropagator`]; without one,
+/// nothing (the ids are in the span's fields anyway).
+pub fn adopt(span: &tracing::Span, parent: TraceParent) {
+    if let Some(p) = PROPAGATOR.get() {
+        p.adopt(span, parent);
+    }
+}
+
+/// `message` with a `traceparent` label: kept if it has a valid one, else the current span's
+/// context ([`current_context`]) or a trace of its own (derived from its task id).
 pub(crate) fn ensure_traceparent(message: TaskMessage) -> TaskMessage {
     if TraceParent::of(&message).is_some() {
         return message;
     }
-    let trace = TraceParent::for_key(&message.task_id).to_string();
+    let trace = current_context()
+        .unwrap_or_else(|| TraceParent::for_key(&message.task_id))
+        .to_string();
     message.with_label(TRACEPARENT_LABEL, trace)
 }
 

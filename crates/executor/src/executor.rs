@@ -184,8 +184,9 @@ impl Executor {
         };
         let step_count = plan.len();
         // The run's trace: the one its step tasks' `traceparent` labels carry.
-        let trace_id = stepq_broker::TraceParent::for_key(&run_id).trace_id_hex();
-        let span = tracing::info_span!("run", %run_id, %trace_id);
+        let trace = stepq_broker::TraceParent::for_key(&run_id);
+        let span = tracing::info_span!("run", %run_id, trace_id = %trace.trace_id_hex());
+        stepq_broker::trace::adopt(&span, trace);
         tracing::info!(parent: &span, %run_id, steps = step_count, "starting run");
         let task = tokio::spawn(tracing::Instrument::instrument(run.run(), span));
         Ok(RunHandle::new(

@@ -261,8 +261,11 @@ impl Runner {
             // ever, a future reports it as a submission failure of this step.
             match protocol::step_message(&args) {
                 Ok(mut message) => {
-                    // The run's trace (derived from its id), sent from this task's span.
-                    let trace = TraceParent::for_key(&self.run_id).child(&message.task_id);
+                    // The run's trace (derived from its id), sent from the run's span when
+                    // a tracing backend knows it, else from a span named by the task.
+                    let trace = stepq_broker::trace::current_context().unwrap_or_else(|| {
+                        TraceParent::for_key(&self.run_id).child(&message.task_id)
+                    });
                     message = message.with_label(TRACEPARENT_LABEL, trace.to_string());
                     if self.config.step_progress {
                         message = message

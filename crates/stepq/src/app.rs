@@ -347,6 +347,17 @@ impl App {
         location: Arc<CodeLocation>,
         count: usize,
     ) -> Result<LocalWorkers, AppError> {
+        self.start_local_workers_observed(location, count, None)
+    }
+
+    /// [`start_local_workers`](App::start_local_workers), each worker told to `observer`
+    /// (e.g. the metrics of `stepq run --http`) when given.
+    pub fn start_local_workers_observed(
+        &self,
+        location: Arc<CodeLocation>,
+        count: usize,
+        observer: Option<Arc<dyn stepq_worker::WorkerObserver>>,
+    ) -> Result<LocalWorkers, AppError> {
         let stop = CancellationToken::new();
         let mut handles = Vec::with_capacity(count);
         for i in 0..count {
@@ -354,7 +365,10 @@ impl App {
                 .worker_config(format!("local-{i}"))
                 .with_concurrency(1)
                 .with_grace_period(Duration::ZERO);
-            let service = self.worker_service(location.clone(), config, false)?;
+            let mut service = self.worker_service(location.clone(), config, false)?;
+            if let Some(observer) = &observer {
+                service.set_observer(observer.clone());
+            }
             let stop = stop.clone();
             handles.push(tokio::spawn(async move {
                 service.run(stop).await.map_err(AppError::from)

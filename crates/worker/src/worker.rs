@@ -205,6 +205,15 @@ struct StepRunner {
 }
 
 impl StepRunner {
+    /// `job` if the code location has it, else `unknown`: what observers (metrics) label a
+    /// step with, so a message naming any job cannot mint new series.
+    fn job_label<'a>(&self, job: &'a str) -> &'a str {
+        match self.location.job(job) {
+            Some(_) => job,
+            None => "unknown",
+        }
+    }
+
     /// Runs the task's steps in order, handing each step's outputs to the next in memory (they
     /// are stored too). Stops after the first step that does not succeed, and before a step
     /// that reads an output an earlier step of the task did not emit: the steps after that
@@ -276,7 +285,7 @@ impl StepRunner {
                     StepStatus::Failure { .. } => TaskEnd::Failed,
                     StepStatus::Canceled => TaskEnd::Canceled,
                 };
-                observer.step_finished(&args.job_name, end, started.elapsed());
+                observer.step_finished(self.job_label(&args.job_name), end, started.elapsed());
             }
             if let (true, Some(progress)) = (succeeded, progress) {
                 if i + 1 < args.step_keys.len() {
@@ -323,7 +332,9 @@ impl StepRunner {
             });
         }
         if let Some(observer) = self.observer.get() {
-            observer.step_task_started(&args.job_name, task.queue_wait);
+            // A redelivery's wait since the first send includes its earlier attempts.
+            let wait = task.queue_wait.filter(|_| task.receive_count == 1);
+            observer.step_task_started(self.job_label(&args.job_name), wait);
         }
         if task.receive_count > 1 {
             tracing::info!(
@@ -349,6 +360,9 @@ impl StepRunner {
             trace_id = trace.map(|t| t.trace_id_hex()).as_deref(),
             parent_span_id = trace.map(|t| t.span_id_hex()).as_deref(),
         );
+        if let Some(parent) = trace {
+            stepq_broker::trace::adopt(&span, parent);
+        }
         let reports = self
             .run_steps(&args, &task.cancel, progress.as_ref())
             .instrument(span)

@@ -18,6 +18,9 @@ pub enum TaskEnd {
     Failed,
     /// It was cancelled (a failure of kind [`FailureKind::Canceled`]).
     Canceled,
+    /// It was still running when the receiver's shutdown grace period ran out: ended, and its
+    /// message returned to the queue (it runs again elsewhere).
+    Released,
 }
 
 impl TaskEnd {
@@ -42,6 +45,7 @@ impl TaskEnd {
             TaskEnd::Succeeded => "succeeded",
             TaskEnd::Failed => "failed",
             TaskEnd::Canceled => "canceled",
+            TaskEnd::Released => "released",
         }
     }
 }
@@ -61,7 +65,9 @@ pub trait ReceiverObserver: Send + Sync + 'static {
         let _ = (message, receive_count, queue_wait);
     }
 
-    /// A task's handler ended (its result is saved next) after `run_time`.
+    /// A task's handler ended after `run_time`: its result is saved next, or, when `end` is
+    /// [`TaskEnd::Released`], its message goes back to the queue. Called exactly once for
+    /// every [`task_started`](Self::task_started).
     fn task_finished(&self, message: &TaskMessage, end: TaskEnd, run_time: Duration) {
         let _ = (message, end, run_time);
     }

@@ -149,6 +149,9 @@ impl Shared {
             outcome = &mut run => outcome,
             _ = self.grace_expired.cancelled() => {
                 token.cancel();
+                if let Some(observer) = &self.observer {
+                    observer.task_finished(message, TaskEnd::Released, started.elapsed());
+                }
                 return None;
             }
             () = &mut overdue => {
@@ -161,6 +164,9 @@ impl Shared {
                 );
                 let mut result = gate.aborted_result(message);
                 result.execution_time = started.elapsed().as_secs_f64();
+                if let Some(observer) = &self.observer {
+                    observer.task_finished(message, TaskEnd::of(&result), started.elapsed());
+                }
                 return Some(result);
             }
             () = &mut heartbeat => unreachable!("the heartbeat never ends"),

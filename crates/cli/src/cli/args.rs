@@ -275,6 +275,10 @@ pub struct RunArgs {
     /// Run id (default: a fresh UUID).
     #[arg(long, value_name = "ID")]
     pub run_id: Option<String>,
+    /// While the run goes on, serve /healthz, /readyz and Prometheus /metrics of its
+    /// in-process workers on ADDR (e.g. 127.0.0.1:9465).
+    #[arg(long, value_name = "ADDR")]
+    pub http: Option<std::net::SocketAddr>,
 }
 
 /// `stepq worker ...`.

@@ -62,7 +62,8 @@ pub async fn run(cli: Cli, location: CodeLocation) -> ExitCode {
         Command::Worker(WorkerCommand::Start(_)) => "info",
         _ => "error",
     };
-    init_tracing(cli.log_format, default_filter);
+    // Held to the end, so exported spans are flushed before the process exits.
+    let _telemetry = init_tracing(cli.log_format, default_filter);
     match dispatch(cli, location).await {
         Ok(code) => ExitCode::from(code),
         Err(failure) => {
@@ -72,19 +73,49 @@ pub async fn run(cli: Cli, location: CodeLocation) -> ExitCode {
     }
 }
 
-/// Sets up tracing to stderr: the filter of RUST_LOG, else `default_filter`.
-fn init_tracing(format: LogFormat, default_filter: &str) {
-    use tracing_subscriber::EnvFilter;
+/// What keeps span export going until dropped (nothing without the `otel` feature).
+#[cfg(feature = "otel")]
+type TelemetryGuard = Option<stepq_otel::OtelGuard>;
+/// What keeps span export going until dropped (nothing without the `otel` feature).
+#[cfg(not(feature = "otel"))]
+type TelemetryGuard = Option<std::convert::Infallible>;
+
+/// Sets up tracing to stderr: the filter of RUST_LOG, else `default_filter`. Built with the
+/// `otel` feature and with `OTEL_EXPORTER_OTLP_ENDPOINT` set, spans are also exported there
+/// (OTLP/HTTP; see `stepq_otel`).
+fn init_tracing(format: LogFormat, default_filter: &str) -> TelemetryGuard {
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    use tracing_subscriber::{EnvFilter, Layer};
     let filter =
         EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_filter));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
+    let fmt = tracing_subscriber::fmt::layer()
         .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr);
-    let _ = match format {
-        LogFormat::Text => builder.try_init(),
-        LogFormat::Json => builder.json().try_init(),
+    let fmt = match format {
+        LogFormat::Text => fmt.boxed(),
+        LogFormat::Json => fmt.json().boxed(),
     };
+    let subscriber = tracing_subscriber::registry().with(filter).with(fmt);
+    #[cfg(feature = "otel")]
+    {
+        let exported = std::env::var_os(stepq_otel::ENDPOINT_ENV).is_some();
+        let (layer, guard) = match exported.then(|| stepq_otel::init("stepq")) {
+            Some(Ok((layer, guard))) => (Some(layer), Some(guard)),
+            Some(Err(e)) => {
+                eprintln!("warning: {e}; spans are not exported");
+                (None, None)
+            }
+            None => (None, None),
+        };
+        let _ = subscriber.with(layer).try_init();
+        guard
+    }
+    #[cfg(not(feature = "otel"))]
+    {
+        let _ = subscriber.try_init();
+        None
+    }
 }
 
 async fn dispatch(cli: Cli, base: CodeLocation) -> Result<u8, Failure> {

@@ -155,9 +155,19 @@ pub(super) async fn start_here(
     location: &Arc<CodeLocation>,
     workers: usize,
 ) -> Result<(Option<LocalWorkers>, stepq_executor::Executor), Failure> {
+    start_here_observed(app, location, workers, None).await
+}
+
+/// [`start_here`], the in-process workers told to `observer` when given.
+pub(super) async fn start_here_observed(
+    app: &App,
+    location: &Arc<CodeLocation>,
+    workers: usize,
+    observer: Option<Arc<dyn stepq_worker::WorkerObserver>>,
+) -> Result<(Option<LocalWorkers>, stepq_executor::Executor), Failure> {
     app.startup().await?;
     let local = if workers > 0 {
-        Some(app.start_local_workers(location.clone(), workers)?)
+        Some(app.start_local_workers_observed(location.clone(), workers, observer)?)
     } else {
         None
     };

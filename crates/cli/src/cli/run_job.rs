@@ -3,6 +3,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
+use stepq_worker::http::{HttpListener, WorkerMetrics};
 
 use stepq::app::{find_job, App, RunOptions};
 use stepq_plan::{ExecutionPlan, KnownState};
@@ -57,7 +58,25 @@ pub(super) async fn run_job(
     ExecutionPlan::new(job.clone(), args.steps.as_deref(), &KnownState::default())
         .map_err(Failure::usage)?;
     let workers = follow::in_process_workers(app, args.workers)?;
-    let (local, executor) = follow::start_here(app, &location, workers).await?;
+    let http = match args.http {
+        Some(address) => {
+            let metrics = Arc::new(WorkerMetrics::new());
+            let broker = app.queue().broker().clone();
+            let listener = HttpListener::start(address, metrics.clone(), broker)
+                .await
+                .map_err(Failure::usage)?;
+            eprintln!(
+                "serving /healthz, /readyz and /metrics on http://{}",
+                listener.address()
+            );
+            Some((metrics, listener))
+        }
+        None => None,
+    };
+    let observer = http
+        .as_ref()
+        .map(|(metrics, _)| metrics.clone() as Arc<dyn stepq_worker::WorkerObserver>);
+    let (local, executor) = follow::start_here_observed(app, &location, workers, observer).await?;
     let options = RunOptions {
         run_id: args.run_id,
         step_selection: args.steps,
@@ -75,6 +94,9 @@ pub(super) async fn run_job(
     };
     let where_ = follow::where_steps_run(app, workers);
     let code = follow::follow_run(app, run, local, "run", &where_).await;
+    if let Some((_, listener)) = http {
+        listener.stop().await;
+    }
     super::gc::apply_retention(app).await;
     Ok(code)
 }

@@ -26,6 +26,7 @@ mod localstack_outage;
 mod localstack_progress;
 mod report;
 mod resume;
+mod run_metrics;
 mod shell_processes;
 mod signing;
 mod tables;

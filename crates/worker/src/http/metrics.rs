@@ -5,9 +5,9 @@
 //! |---|---|---|
 //! | `stepq_worker_tasks_received_total` | counter | `task` |
 //! | `stepq_worker_tasks_redelivered_total` | counter | `task` (delivered before: its worker died, or it was handed back) |
-//! | `stepq_worker_tasks_finished_total` | counter | `task`, `outcome` (`succeeded`, `failed`, `canceled`) |
+//! | `stepq_worker_tasks_finished_total` | counter | `task`, `outcome` (`succeeded`, `failed`, `canceled`, `released`) |
 //! | `stepq_worker_tasks_running` | gauge | — |
-//! | `stepq_worker_task_queue_wait_seconds` | histogram | `task` (sent → delivered) |
+//! | `stepq_worker_task_queue_wait_seconds` | histogram | `task` (sent → first delivered) |
 //! | `stepq_worker_task_run_seconds` | histogram | `task` |
 //! | `stepq_worker_step_queue_wait_seconds` | histogram | `job` |
 //! | `stepq_worker_steps_finished_total` | counter | `job`, `outcome` |
@@ -15,7 +15,7 @@
 //! | `stepq_worker_visibility_extensions_total` | counter | `outcome` (`ok`, `error`) |
 //! | `stepq_worker_broker_errors_total` | counter | `class` (`temporary`, `permanent`, `persistent`) |
 //! | `stepq_worker_messages_dead_lettered_total` | counter | — |
-//! | `stepq_worker_ready` | gauge | — (1 when `/readyz` last answered ready) |
+//! | `stepq_worker_ready` | gauge | — (1 when the readiness check of the last `/readyz` or `/metrics` request found the worker ready) |
 
 use std::time::Duration;
 
@@ -27,7 +27,6 @@ use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
 use stepq_broker::{BrokerError, TaskMessage};
 
-use crate::health::WorkerActivity;
 use crate::observe::{ReceiverObserver, TaskEnd, WorkerObserver};
 
 /// Labels of per-task-name metrics.
@@ -84,7 +83,6 @@ fn histograms<L: Clone + std::hash::Hash + Eq>() -> Histograms<L> {
 /// [`Worker::set_observer`](crate::Worker::set_observer).
 pub struct WorkerMetrics {
     registry: Registry,
-    activity: WorkerActivity,
     received: Family<TaskLabels, Counter>,
     redelivered: Family<TaskLabels, Counter>,
     finished: Family<TaskOutcomeLabels, Counter>,
@@ -100,6 +98,12 @@ pub struct WorkerMetrics {
     ready: Gauge,
 }
 
+impl Default for WorkerMetrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 impl std::fmt::Debug for WorkerMetrics {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("WorkerMetrics").finish_non_exhaustive()
@@ -107,12 +111,11 @@ impl std::fmt::Debug for WorkerMetrics {
 }
 
 impl WorkerMetrics {
-    /// Metrics of a worker whose running tasks `activity` tracks (the gauge
-    /// `stepq_worker_tasks_running` is read from it at each scrape).
-    pub fn new(activity: WorkerActivity) -> Self {
+    /// No task seen yet. One set of metrics may observe several workers of a process (the
+    /// in-process workers of `stepq run --http`): it counts them together.
+    pub fn new() -> Self {
         let mut metrics = WorkerMetrics {
             registry: Registry::with_prefix("stepq_worker"),
-            activity,
             received: Family::default(),
             redelivered: Family::default(),
             finished: Family::default(),
@@ -203,8 +206,6 @@ impl WorkerMetrics {
 
     /// Every metric in the OpenMetrics text format (what Prometheus scrapes).
     pub fn encode(&self) -> String {
-        self.running
-            .set(i64::try_from(self.activity.tasks_running()).unwrap_or(i64::MAX));
         let mut text = String::new();
         prometheus_client::encoding::text::encode(&mut text, &self.registry)
             .expect("encoding into a String does not fail");
@@ -227,10 +228,13 @@ impl ReceiverObserver for WorkerMetrics {
     ) {
         let labels = task(message);
         self.received.get_or_create(&labels).inc();
+        self.running.inc();
         if receive_count > 1 {
             self.redelivered.get_or_create(&labels).inc();
         }
-        if let Some(wait) = queue_wait {
+        // A redelivery's wait since the first send includes its earlier attempts: only first
+        // deliveries are observed.
+        if let (Some(wait), 1) = (queue_wait, receive_count) {
             self.queue_wait
                 .get_or_create(&labels)
                 .observe(wait.as_secs_f64());
@@ -238,6 +242,8 @@ impl ReceiverObserver for WorkerMetrics {
     }
 
     fn task_finished(&self, message: &TaskMessage, end: TaskEnd, run_time: Duration) {
+        // Every way out of a started task reports here once (the receiver's contract).
+        self.running.dec();
         let labels = task(message);
         self.finished
             .get_or_create(&TaskOutcomeLabels {

@@ -12,9 +12,8 @@
 //! use std::sync::Arc;
 //! use stepq_broker::InMemoryBroker;
 //! use stepq_worker::http::{HttpListener, WorkerMetrics};
-//! use stepq_worker::WorkerActivity;
-//!
-//! let metrics = Arc::new(WorkerMetrics::new(WorkerActivity::new()));
+//! //!
+//! let metrics = Arc::new(WorkerMetrics::new());
 //! let listener = HttpListener::start("127.0.0.1:0".parse().unwrap(), metrics.clone(), Arc::new(InMemoryBroker::new()))
 //!     .await
 //!     .unwrap();

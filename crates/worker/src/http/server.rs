@@ -20,6 +20,9 @@ use super::metrics::WorkerMetrics;
 /// How long `/readyz` waits for the broker to answer before calling it unreachable.
 pub const READY_PROBE_TIMEOUT: Duration = Duration::from_secs(3);
 
+/// How long [`HttpListener::stop`] waits for open connections.
+const STOP_LIMIT: Duration = Duration::from_secs(2);
+
 /// The content type of the OpenMetrics text format.
 const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
@@ -133,8 +136,15 @@ impl HttpListener {
     /// too, without waiting.
     pub async fn stop(mut self) {
         self.stop.cancel();
-        if let Err(e) = (&mut self.task).await {
-            tracing::warn!(error = %e, "the HTTP listener ended abnormally");
+        // Graceful shutdown waits for open connections; a stalled client must not hold the
+        // worker's exit past its platform's grace period.
+        match tokio::time::timeout(STOP_LIMIT, &mut self.task).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::warn!(error = %e, "the HTTP listener ended abnormally"),
+            Err(_) => {
+                tracing::warn!(limit = ?STOP_LIMIT, "HTTP connections still open; closing them");
+                self.task.abort();
+            }
         }
     }
 }
@@ -150,6 +160,18 @@ async fn healthz() -> &'static str {
 }
 
 async fn readyz(State(endpoints): State<Arc<Endpoints>>) -> Response {
+    let (ready, text) = readiness(&endpoints).await;
+    let status = if ready {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (status, text).into_response()
+}
+
+/// Whether the worker is ready, and why not: not draining, and the broker answers a probe
+/// within [`READY_PROBE_TIMEOUT`]. Recorded in the `ready` gauge.
+async fn readiness(endpoints: &Endpoints) -> (bool, String) {
     let (ready, text) = if endpoints.draining.load(Ordering::Relaxed) {
         (
             false,
@@ -166,15 +188,13 @@ async fn readyz(State(endpoints): State<Arc<Endpoints>>) -> Response {
         }
     };
     endpoints.metrics.set_ready(ready);
-    let status = if ready {
-        StatusCode::OK
-    } else {
-        StatusCode::SERVICE_UNAVAILABLE
-    };
-    (status, text).into_response()
+    (ready, text)
 }
 
+/// The metrics, after a readiness check (so `stepq_worker_ready` is fresh at every scrape,
+/// whether or not anything asks `/readyz`).
 async fn metrics_text(State(endpoints): State<Arc<Endpoints>>) -> Response {
+    readiness(&endpoints).await;
     (
         [(header::CONTENT_TYPE, OPENMETRICS)],
         endpoints.metrics.encode(),
@@ -186,7 +206,6 @@ async fn metrics_text(State(endpoints): State<Arc<Endpoints>>) -> Response {
 mod tests {
     use super::*;
     use crate::observe::{ReceiverObserver, TaskEnd, WorkerObserver};
-    use crate::WorkerActivity;
     use async_trait::async_trait;
     use stepq_broker::{BrokerError, DeliveryStream, TaskMessage};
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -222,8 +241,14 @@ mod tests {
         stream.write_all(request.as_bytes()).await.unwrap();
         let mut response = String::new();
         stream.read_to_string(&mut response).await.unwrap();
-        let status = response[9..12].parse().unwrap();
-        let body = response.split_once("\r\n\r\n").unwrap().1.to_string();
+        let status = response
+            .get(9..12)
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(0);
+        let body = response
+            .split_once("\r\n\r\n")
+            .map_or("", |(_, b)| b)
+            .to_string();
         (status, body)
     }
 
@@ -232,7 +257,7 @@ mod tests {
         let broker = Arc::new(Switchable {
             down: AtomicBool::new(false),
         });
-        let metrics = Arc::new(WorkerMetrics::new(WorkerActivity::new()));
+        let metrics = Arc::new(WorkerMetrics::new());
         let any_port = "127.0.0.1:0".parse().unwrap();
         let listener = HttpListener::start(any_port, metrics.clone(), broker.clone())
             .await
@@ -295,7 +320,7 @@ mod tests {
     async fn an_address_in_use_is_named_in_the_error() {
         let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let address = taken.local_addr().unwrap();
-        let metrics = Arc::new(WorkerMetrics::new(WorkerActivity::new()));
+        let metrics = Arc::new(WorkerMetrics::new());
         let broker = Arc::new(stepq_broker::InMemoryBroker::new());
         let error = HttpListener::start(address, metrics, broker)
             .await

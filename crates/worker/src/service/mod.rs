@@ -245,6 +245,12 @@ impl WorkerService {
         &self.parts.queue
     }
 
+    /// Installs `observer` on the worker (see [`Worker::set_observer`]), e.g. metrics shared
+    /// by several in-process workers.
+    pub fn set_observer(&mut self, observer: Arc<dyn crate::WorkerObserver>) {
+        self.worker.set_observer(observer);
+    }
+
     /// Registers `handler` for task `name`, run without taking a step slot and listed in the
     /// health heartbeat (see [`Worker::register_task_without_slot`]).
     pub fn register_task_without_slot(&mut self, name: &str, handler: TaskHandler) {
@@ -264,7 +270,7 @@ impl WorkerService {
         #[cfg(feature = "http")]
         let http = match settings.http {
             Some(address) => {
-                let metrics = Arc::new(crate::http::WorkerMetrics::new(worker.activity().clone()));
+                let metrics = Arc::new(crate::http::WorkerMetrics::new());
                 worker.set_observer(metrics.clone());
                 let listener = crate::http::HttpListener::start(
                     address,
@@ -277,6 +283,15 @@ impl WorkerService {
             }
             None => None,
         };
+        #[cfg(not(feature = "http"))]
+        if settings.http.is_some() {
+            return Err(ServiceError::Worker(WorkerError::Config {
+                field: "http",
+                reason: "this build of stepq-worker has no HTTP listener: enable its feature \
+                         `http`, or unset worker.http"
+                    .into(),
+            }));
+        }
         let health = match &parts.heartbeats {
             Some(store) => Some(
                 HealthWriter::new(

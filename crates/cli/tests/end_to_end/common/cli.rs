@@ -5,13 +5,14 @@ use std::path::Path;
 use std::process::{Child, Command, Output};
 
 /// Variables that would override a test's config (or its log output) in a `stepq` process.
-pub(crate) const ENV_OVERRIDES: [&str; 7] = [
+pub(crate) const ENV_OVERRIDES: [&str; 8] = [
     "STEPQ_CONFIG",
     "STEPQ_SQS_QUEUE_URL",
     "STEPQ_SQS_ENDPOINT_URL",
     "STEPQ_S3_BUCKET_NAME",
     "STEPQ_S3_ENDPOINT_URL",
     "STEPQ_WORKER_HEALTH_INTERVAL_SECONDS",
+    "STEPQ_WORKER_HTTP",
     "RUST_LOG",
 ];
 
