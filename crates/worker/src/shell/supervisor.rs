@@ -26,7 +26,8 @@
 //! Only async-signal-safe system calls run between `fork` and `exec` (and in the supervisor,
 //! which is a fork of a multi-threaded process): `prctl`, `getpid`, `getppid`, `clone` (the
 //! raw system call, so no `pthread_atfork` handlers run), `sigaction`, `sigprocmask`,
-//! `close_range` / `close`, `waitpid`, `setrlimit`, `kill`, `_exit`; no allocation, no lock.
+//! `sigemptyset` / `sigaddset`, `close_range` / `close`, `waitpid`, `setrlimit`, `kill`,
+//! `_exit`; no allocation, no lock.
 //! That is why this module allows `unsafe` (the crate denies it elsewhere): each block says
 //! what it relies on.
 #![allow(unsafe_code)]
@@ -36,6 +37,21 @@ use std::sync::atomic::{AtomicI32, Ordering};
 
 use nix::libc;
 use tokio::process::Command;
+
+/// The signals the supervisor ignores: those meant for the command, which cancel and timeout
+/// send to the whole group.
+const IGNORED: [libc::c_int; 10] = [
+    libc::SIGTERM,
+    libc::SIGINT,
+    libc::SIGQUIT,
+    libc::SIGHUP,
+    libc::SIGPIPE,
+    libc::SIGALRM,
+    libc::SIGUSR2,
+    libc::SIGTSTP,
+    libc::SIGTTIN,
+    libc::SIGTTOU,
+];
 
 /// The worker's pid, for the supervisor's SIGUSR1 handler (set in the supervisor only).
 static WORKER: AtomicI32 = AtomicI32::new(0);
@@ -84,6 +100,20 @@ pub(super) fn supervise(cmd: &mut Command) {
     // command.
     unsafe {
         cmd.pre_exec(move || {
+            // Held (blocked) from before the fork until the supervisor's dispositions are in
+            // place: a signal that comes first (a cancel's SIGTERM to the group, a SIGUSR1)
+            // then finds them, instead of the default action ending the supervisor. The
+            // command restores the mask before it goes on to exec.
+            let mut held: libc::sigset_t = std::mem::zeroed();
+            libc::sigemptyset(&mut held);
+            for sig in IGNORED {
+                libc::sigaddset(&mut held, sig);
+            }
+            libc::sigaddset(&mut held, libc::SIGUSR1);
+            let mut before: libc::sigset_t = std::mem::zeroed();
+            if libc::sigprocmask(libc::SIG_BLOCK, &held, &mut before) != 0 {
+                return Err(last_error());
+            }
             die_with_parent(libc::SIGUSR1, worker)?;
             let supervisor = libc::getpid();
             // A plain fork without the atfork handlers glibc's fork() would run.
@@ -92,38 +122,32 @@ pub(super) fn supervise(cmd: &mut Command) {
                 return Err(last_error());
             }
             if command == 0 {
-                // The command: dies with its supervisor, then goes on to exec.
+                // The command: the signal mask it had, dies with its supervisor, then goes on
+                // to exec.
+                libc::sigprocmask(libc::SIG_SETMASK, &before, std::ptr::null_mut());
                 return die_with_parent(libc::SIGKILL, supervisor);
             }
-            run_supervisor(worker, command as libc::pid_t)
+            run_supervisor(worker, command as libc::pid_t, &before)
         });
     }
 }
 
-/// The supervisor's life: see the [module docs](self). Never returns.
+/// The supervisor's life: see the [module docs](self). Its signals arrive blocked; `mask` is
+/// the mask to restore once its dispositions are set. Never returns.
 ///
 /// # Safety
 /// Only in the supervisor, the child std forked, before anything else runs there.
-unsafe fn run_supervisor(worker: libc::pid_t, command: libc::pid_t) -> ! {
+unsafe fn run_supervisor(worker: libc::pid_t, command: libc::pid_t, mask: &libc::sigset_t) -> ! {
     WORKER.store(worker, Ordering::Relaxed);
-    for sig in [
-        libc::SIGTERM,
-        libc::SIGINT,
-        libc::SIGQUIT,
-        libc::SIGHUP,
-        libc::SIGPIPE,
-        libc::SIGALRM,
-        libc::SIGUSR2,
-        libc::SIGTSTP,
-        libc::SIGTTIN,
-        libc::SIGTTOU,
-    ] {
+    for sig in IGNORED {
         libc::signal(sig, libc::SIG_IGN);
     }
     let mut action: libc::sigaction = std::mem::zeroed();
     action.sa_sigaction = on_worker_death as *const () as libc::sighandler_t;
     libc::sigemptyset(&mut action.sa_mask);
     libc::sigaction(libc::SIGUSR1, &action, std::ptr::null_mut());
+    // What came while held is delivered now, to the dispositions above.
+    libc::sigprocmask(libc::SIG_SETMASK, mask, std::ptr::null_mut());
     if libc::getppid() != worker {
         libc::kill(0, libc::SIGKILL);
     }
