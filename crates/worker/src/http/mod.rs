@@ -12,11 +12,11 @@
 //! use std::sync::Arc;
 //! use stepq_broker::InMemoryBroker;
 //! use stepq_worker::http::{HttpListener, WorkerMetrics};
-//! //!
+//!
 //! let metrics = Arc::new(WorkerMetrics::new());
-//! let listener = HttpListener::start("127.0.0.1:0".parse().unwrap(), metrics.clone(), Arc::new(InMemoryBroker::new()))
-//!     .await
-//!     .unwrap();
+//! let address = "127.0.0.1:0".parse().unwrap(); // any free port
+//! let broker = Arc::new(InMemoryBroker::new());
+//! let listener = HttpListener::start(address, metrics.clone(), broker).await.unwrap();
 //! assert_ne!(listener.address().port(), 0);
 //! assert!(metrics.encode().contains("stepq_worker_tasks_running 0"));
 //! listener.stop().await;
