@@ -62,11 +62,14 @@ impl TraceParent {
     }
 
     /// The same trace, sent from the span named by `key` (a task id): a span id derived from
-    /// `key`.
+    /// `key` (by std's SipHash with fixed keys: cheap, and the same for the same key in one
+    /// build; span ids need to be unique, not stable across versions).
     pub fn child(self, key: &str) -> Self {
-        let bytes = digest(key);
+        use std::hash::{Hash, Hasher};
+        let mut hasher = std::hash::DefaultHasher::new();
+        key.hash(&mut hasher);
         TraceParent {
-            span_id: u64::from_be_bytes(bytes[..8].try_into().expect("8 bytes")).max(1),
+            span_id: hasher.finish().max(1),
             ..self
         }
     }

@@ -98,6 +98,8 @@ pub(crate) struct RunLoop {
 struct Runner {
     /// Run id, for logs.
     run_id: String,
+    /// The run's trace (derived from its id), for step tasks sent outside any known span.
+    trace: TraceParent,
     /// The executor's config: backend retries, the cancel grace period.
     config: Arc<ExecutorConfig>,
     /// Where step tasks are sent.
@@ -139,6 +141,7 @@ impl RunLoop {
         } = self;
         let scheduler = Scheduler::new(run_id.clone(), job, config.clone(), run_config, progress);
         let runner = Runner {
+            trace: TraceParent::for_key(&run_id),
             run_id,
             config,
             results: queue.results().clone(),
@@ -263,9 +266,8 @@ impl Runner {
                 Ok(mut message) => {
                     // The run's trace (derived from its id), sent from the run's span when
                     // a tracing backend knows it, else from a span named by the task.
-                    let trace = stepq_broker::trace::current_context().unwrap_or_else(|| {
-                        TraceParent::for_key(&self.run_id).child(&message.task_id)
-                    });
+                    let trace = stepq_broker::trace::current_context()
+                        .unwrap_or_else(|| self.trace.child(&message.task_id));
                     message = message.with_label(TRACEPARENT_LABEL, trace.to_string());
                     if self.config.step_progress {
                         message = message

@@ -41,8 +41,10 @@ impl ProgressWriter {
     pub(crate) fn start(
         results: Arc<dyn ResultBackend>,
         task_id: String,
-        labels: BTreeMap<String, serde_json::Value>,
+        mut labels: BTreeMap<String, serde_json::Value>,
     ) -> Self {
+        // As on the task's result: the sender's span is no use to the entry's reader.
+        labels.remove(stepq_broker::TRACEPARENT_LABEL);
         let (notes, mut rx) = mpsc::unbounded_channel();
         let task = tokio::spawn(async move {
             let mut seq = 1;

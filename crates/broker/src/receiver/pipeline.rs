@@ -77,12 +77,21 @@ pub(super) async fn process(shared: Arc<Shared>, delivery: Delivery, permit: Own
         // Gives the slot back: the receiver takes the next delivery at once.
         drop(permit.take());
     }
-    let (message, result) = match shared.queue.middleware().pre_execute(message.clone()).await {
+    // Without middleware the message is used as it is (no copy for a chain that cannot fail).
+    let middleware = shared.queue.middleware();
+    let prepared = match middleware.is_empty() {
+        true => Ok(message),
+        false => match middleware.pre_execute(message.clone()).await {
+            Ok(prepared) => Ok(prepared),
+            Err(e) => Err((message, e)),
+        },
+    };
+    let (message, result) = match prepared {
         Ok(prepared) => match shared.execute(&delivery, &prepared, handler).await {
             Some(result) => (prepared, result),
             None => return shared.release(delivery, &prepared).await,
         },
-        Err(e) => {
+        Err((message, e)) => {
             tracing::error!(
                 task = %message.task_name,
                 task_id = %message.task_id,

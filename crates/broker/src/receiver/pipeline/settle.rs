@@ -146,13 +146,19 @@ impl Shared {
         }
     }
 
-    /// The labels stored with a result: the message's, plus [`WORKER_NAME_LABEL`] naming this
-    /// worker unless the message already has one.
+    /// The labels stored with a result: the message's but its
+    /// [`TRACEPARENT_LABEL`](crate::trace::TRACEPARENT_LABEL) (the sender's span, no use to
+    /// a reader of the result), plus [`WORKER_NAME_LABEL`] naming this worker unless the
+    /// message already has one.
     fn result_labels(
         &self,
         labels: &BTreeMap<String, serde_json::Value>,
     ) -> BTreeMap<String, serde_json::Value> {
-        let mut labels = labels.clone();
+        let mut labels: BTreeMap<String, serde_json::Value> = labels
+            .iter()
+            .filter(|(name, _)| name.as_str() != crate::trace::TRACEPARENT_LABEL)
+            .map(|(name, value)| (name.clone(), value.clone()))
+            .collect();
         labels
             .entry(WORKER_NAME_LABEL.to_string())
             .or_insert_with(|| serde_json::Value::String(self.config.worker_name.clone()));
