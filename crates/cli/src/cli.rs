@@ -87,11 +87,12 @@ mod timestamps;
 mod worker;
 
 pub use args::{
-    CancelArgs, Cli, Command, GcArgs, LaunchArgs, LogFormat, LogsArgs, ReportArgs, ResumeArgs,
-    RunArgs, RunsArgs, WorkerCommand, WorkerStartArgs,
+    CancelArgs, Cli, Command, GcArgs, LaunchArgs, LogFormat, LogsArgs, ResumeArgs, RunArgs,
+    RunsArgs, WorkerCommand, WorkerStartArgs,
 };
 pub use dispatch::{main, main_from, run};
 pub use dlq::DlqCommand;
+pub use report::ReportArgs;
 pub(crate) use table::simple_table;
 pub use timestamps::{ParseSinceError, Since};
 

@@ -2,6 +2,7 @@
 //! and the parsing of argument values that clap leaves as text (`--run-config`, `--tag`).
 
 use super::dlq::DlqCommand;
+use super::report::ReportArgs;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
@@ -137,16 +138,6 @@ pub struct LogsArgs {
     /// Print one JSON object per event per line (JSON lines) instead of text.
     #[arg(long)]
     pub json: bool,
-}
-
-/// Arguments of `stepq report`.
-#[derive(Debug, Args)]
-pub struct ReportArgs {
-    /// The run id.
-    pub run_id: String,
-    /// The HTML file to write (default: `RUN_ID.html` in the current directory).
-    #[arg(long, short, value_name = "FILE")]
-    pub output: Option<std::path::PathBuf>,
 }
 
 /// Arguments of `stepq runs`: which runs (every condition given must hold), how many, and how

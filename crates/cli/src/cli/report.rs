@@ -3,14 +3,25 @@
 
 use std::path::PathBuf;
 
+use clap::Args;
 use stepq::app::{App, AppError};
 use stepq_worker::CodeLocation;
 
 use super::failure::Failure;
 use super::gc::human_bytes;
-use super::ReportArgs;
 use crate::report_html::{write_report, ReportError};
 
+/// Arguments of `stepq report`.
+#[derive(Debug, Args)]
+pub struct ReportArgs {
+    /// The run id.
+    pub run_id: String,
+    /// The HTML file to write (default: `RUN_ID.html` in the current directory).
+    #[arg(long, short, value_name = "FILE")]
+    pub output: Option<PathBuf>,
+}
+
+/// Runs `stepq report`.
 pub(super) async fn write_run_report(
     app: &App,
     location: &CodeLocation,
