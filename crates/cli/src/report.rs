@@ -272,16 +272,20 @@ fn one_line(text: &str) -> String {
     cut(&folded, 300)
 }
 
+/// A step event of run `r` at `us` (tests of the reports built from events).
+#[cfg(test)]
+pub(crate) fn event_at(us: u64, step: &str, kind: EventKind) -> Event {
+    let mut e = Event::step("r", step, kind);
+    e.timestamp_us = us;
+    e
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use stepq_plan::{ErrorInfo, SkipReason};
 
-    fn at(us: u64, step: &str, kind: EventKind) -> Event {
-        let mut e = Event::step("r", step, kind);
-        e.timestamp_us = us;
-        e
-    }
+    use super::event_at as at;
 
     #[test]
     fn timestamps_are_utc_dates() {

@@ -446,13 +446,9 @@ fn steps_table(t: &Timeline) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use stepq_plan::{ErrorInfo, Event, EventKind};
+    use stepq_plan::{ErrorInfo, EventKind};
 
-    fn at(us: u64, step: &str, kind: EventKind) -> Event {
-        let mut e = Event::step("r", step, kind);
-        e.timestamp_us = us;
-        e
-    }
+    use crate::report::event_at as at;
 
     #[test]
     fn placeholders_are_filled_once_and_text_is_escaped() {

@@ -6,11 +6,7 @@ use stepq_plan::{ErrorInfo, Event, EventKind, Job, SkipReason, StepDef};
 
 use super::*;
 
-fn at(us: u64, step: &str, kind: EventKind) -> Event {
-    let mut e = Event::step("r", step, kind);
-    e.timestamp_us = us;
-    e
-}
+use crate::report::event_at as at;
 
 fn queued(us: u64, step: &str, attempt: u32) -> Event {
     at(
