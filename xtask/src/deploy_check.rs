@@ -97,15 +97,23 @@ fn workspace_rust_version(manifest: &Path) -> Result<Version> {
     Version::parse(value.trim().trim_matches('"'))
 }
 
+/// The package ids of the workspace members.
+fn members(metadata: &Value) -> Vec<&str> {
+    metadata["workspace_members"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(Value::as_str)
+        .collect()
+}
+
 /// Packages declaring a newer rust-version than `declared`, and workspace members declaring
 /// none or another one.
 fn msrv_problems(metadata: &Value, declared: Version) -> Result<Vec<String>> {
-    let members: Vec<&str> = metadata["workspace_members"]
-        .as_array()
-        .context("cargo metadata has no workspace_members")?
-        .iter()
-        .filter_map(Value::as_str)
-        .collect();
+    let members = members(metadata);
+    if members.is_empty() {
+        bail!("cargo metadata lists no workspace members");
+    }
     let mut problems = Vec::new();
     for package in metadata["packages"].as_array().into_iter().flatten() {
         let name = package["name"].as_str().unwrap_or("?");
@@ -139,12 +147,7 @@ fn msrv_problems(metadata: &Value, declared: Version) -> Result<Vec<String>> {
 
 /// Binary targets of the workspace members: package name -> binary names.
 fn bin_targets(metadata: &Value) -> HashMap<String, Vec<String>> {
-    let members: Vec<&str> = metadata["workspace_members"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter_map(Value::as_str)
-        .collect();
+    let members = members(metadata);
     let mut bins = HashMap::new();
     for package in metadata["packages"].as_array().into_iter().flatten() {
         if !package["id"]

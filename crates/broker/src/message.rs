@@ -74,6 +74,17 @@ impl TaskMessage {
         self.labels.get(key).and_then(|v| v.as_str())
     }
 
+    /// The labels a result of this task carries: all of the message's but its
+    /// [`TRACEPARENT_LABEL`](crate::trace::TRACEPARENT_LABEL) (the sender's span, which no
+    /// reader of a result needs).
+    pub fn result_labels(&self) -> BTreeMap<String, serde_json::Value> {
+        self.labels
+            .iter()
+            .filter(|(name, _)| name.as_str() != crate::trace::TRACEPARENT_LABEL)
+            .map(|(name, value)| (name.clone(), value.clone()))
+            .collect()
+    }
+
     /// Encodes as JSON bytes.
     pub fn to_json(&self) -> Vec<u8> {
         serde_json::to_vec(self).expect("TaskMessage always serializes")
@@ -115,6 +126,17 @@ mod tests {
 
     /// A message as taskiq 0.13's kicker sends it (`taskiq.kicker.AsyncKicker`): every label
     /// a string, with its type code; and one with `labels_types: null`, which TaskIQ allows.
+    #[test]
+    fn results_carry_every_label_but_the_senders_trace() {
+        let message = TaskMessage::new("t").with_label("run_id", "r1").with_label(
+            crate::trace::TRACEPARENT_LABEL,
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+        );
+        let labels = message.result_labels();
+        assert_eq!(labels.len(), 1, "{labels:?}");
+        assert_eq!(labels["run_id"], "r1");
+    }
+
     #[test]
     fn taskiq_messages_decode() {
         let body = br#"{"task_id":"0b9c","task_name":"tasks:add","labels":{"retries":"3","urgent":"True"},"labels_types":{"retries":2,"urgent":5},"args":[],"kwargs":{"a":1,"b":2}}"#;

@@ -36,15 +36,13 @@ pub(crate) struct ProgressWriter {
 }
 
 impl ProgressWriter {
-    /// A writer of task `task_id`'s entries to `results`, labelled `labels` (the message's,
-    /// so a notifying backend sends them where the task's result goes).
+    /// A writer of task `task_id`'s entries to `results`, labelled `labels` (those of the
+    /// task's result, so a notifying backend sends them where the task's result goes).
     pub(crate) fn start(
         results: Arc<dyn ResultBackend>,
         task_id: String,
-        mut labels: BTreeMap<String, serde_json::Value>,
+        labels: BTreeMap<String, serde_json::Value>,
     ) -> Self {
-        // As on the task's result: the sender's span is no use to the entry's reader.
-        labels.remove(stepq_broker::TRACEPARENT_LABEL);
         let (notes, mut rx) = mpsc::unbounded_channel();
         let task = tokio::spawn(async move {
             let mut seq = 1;

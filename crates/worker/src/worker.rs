@@ -349,7 +349,7 @@ impl StepRunner {
             ProgressWriter::start(
                 self.results.clone(),
                 message.task_id.clone(),
-                message.labels.clone(),
+                message.result_labels(),
             )
         });
         // The sender's trace, so this task's log lines join it (see `stepq_broker::trace`).

@@ -4,11 +4,11 @@
 //! steps and tasks; `/readyz` turns 503 when the proxy goes down (the broker endpoint is
 //! unreachable) and 200 again when it comes back, while `/healthz` stays 200.
 
-use std::io::{Read, Write};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use crate::common::cli::{run_configured, text};
+use crate::common::http::{free_local_address, http_get};
 use crate::common::localstack::*;
 use crate::common::outage::{Mode, OutageProxy};
 
@@ -16,32 +16,16 @@ use crate::common::outage::{Mode, OutageProxy};
 /// SDK's own retries come first).
 const FOLLOW: Duration = Duration::from_secs(60);
 
-/// `GET path` on `address` (HTTP/1.1, blocking): status code and body.
-fn http_get(address: SocketAddr, path: &str) -> (u16, String) {
-    let mut stream = std::net::TcpStream::connect(address).expect("the listener answers");
-    stream
-        .set_read_timeout(Some(Duration::from_secs(30)))
-        .unwrap();
-    write!(
-        stream,
-        "GET {path} HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n"
-    )
-    .unwrap();
-    let mut response = String::new();
-    stream.read_to_string(&mut response).unwrap();
-    let status = response
-        .get(9..12)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0);
-    let body = response.split_once("\r\n\r\n").map_or("", |(_, b)| b);
-    (status, body.to_string())
+/// `GET path` on `address`, which must answer.
+fn get(address: SocketAddr, path: &str) -> (u16, String) {
+    http_get(address, path).unwrap_or_else(|| panic!("nothing answered GET {path} on {address}"))
 }
 
 /// Polls `/readyz` (off the runtime's threads) until it answers `status`, up to [`FOLLOW`].
 async fn readyz_becomes(address: SocketAddr, status: u16) -> String {
     let began = Instant::now();
     loop {
-        let (got, body) = tokio::task::spawn_blocking(move || http_get(address, "/readyz"))
+        let (got, body) = tokio::task::spawn_blocking(move || get(address, "/readyz"))
             .await
             .unwrap();
         if got == status {
@@ -69,24 +53,15 @@ async fn a_worker_serves_health_readiness_and_the_metrics_of_its_run() {
     let proxy = OutageProxy::start(&ls.endpoint);
     let dir = tempfile::tempdir().unwrap();
     let dir = dir.path();
-    let queue_url = queue.url.replace(
-        ls.endpoint
-            .trim_start_matches("http://")
-            .trim_end_matches('/'),
-        &proxy.addr.to_string(),
-    );
-    write_default_config(dir, &ls, &queue_url, &proxy.url(), "http");
-    let address: SocketAddr = {
-        let free = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        free.local_addr().unwrap()
-    };
+    proxy.write_config(dir, &ls, &queue, "http");
+    let address = free_local_address();
     let mut config = std::fs::read_to_string(dir.join("stepq.toml")).unwrap();
     config.push_str(&format!("\n[worker]\nhttp = \"{address}\"\n"));
     std::fs::write(dir.join("stepq.toml"), config).unwrap();
 
     let worker = WorkerProcess::start(dir, "http-w1");
     worker.wait_for("HTTP listener", Duration::from_secs(60));
-    assert_eq!(http_get(address, "/healthz"), (200, "ok\n".into()));
+    assert_eq!(get(address, "/healthz"), (200, "ok\n".into()));
     readyz_becomes(address, 200).await;
 
     let out = tokio::task::spawn_blocking({
@@ -96,7 +71,7 @@ async fn a_worker_serves_health_readiness_and_the_metrics_of_its_run() {
     .await
     .unwrap();
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
-    let (status, metrics) = http_get(address, "/metrics");
+    let (status, metrics) = get(address, "/metrics");
     assert_eq!(status, 200);
     let steps = sample(
         &metrics,
@@ -132,10 +107,10 @@ async fn a_worker_serves_health_readiness_and_the_metrics_of_its_run() {
     proxy.set(Mode::Down);
     let body = readyz_becomes(address, 503).await;
     assert!(body.starts_with("broker unreachable"), "{body}");
-    assert_eq!(http_get(address, "/healthz").0, 200, "alive while unready");
+    assert_eq!(get(address, "/healthz").0, 200, "alive while unready");
     proxy.set(Mode::Up);
     readyz_becomes(address, 200).await;
-    let (_, metrics) = http_get(address, "/metrics");
+    let (_, metrics) = get(address, "/metrics");
     assert_eq!(
         sample(&metrics, "stepq_worker_ready"),
         Some(1.0),

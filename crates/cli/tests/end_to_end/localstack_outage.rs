@@ -114,14 +114,7 @@ async fn a_run_survives(mode: Mode) {
     let proxy = OutageProxy::start(&ls.endpoint);
     let dir = tempfile::tempdir().unwrap();
     let dir = dir.path();
-    // The queue URL names the proxy too, so no request goes around it.
-    let queue_url = queue.url.replace(
-        ls.endpoint
-            .trim_start_matches("http://")
-            .trim_end_matches('/'),
-        &proxy.addr.to_string(),
-    );
-    write_default_config(dir, &ls, &queue_url, &proxy.url(), "outage");
+    proxy.write_config(dir, &ls, &queue, "outage");
     write_jobs(dir);
     let workers: Vec<Logged> = (1..=2)
         .map(|i| {

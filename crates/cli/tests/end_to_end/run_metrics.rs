@@ -2,12 +2,12 @@
 //! workers' metrics are served; a scrape mid-run shows the finished first step and the
 //! running second one, and the listener is gone once the run ended.
 
-use std::io::{Read, Write};
 use std::net::SocketAddr;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use crate::common::cli::{stepq, KilledOnDrop};
+use crate::common::http::{free_local_address, http_get};
 
 const JOBS: &str = r#"
 [jobs.scraped]
@@ -22,30 +22,18 @@ argv = ["sh", "-c", "sleep 4"]
 inputs = { after = "quick.stdout" }
 "#;
 
-/// `GET /metrics` on `address`, if it answers.
+/// The body of `GET /metrics` on `address`, if it answers 200.
 fn scrape(address: SocketAddr) -> Option<String> {
-    let mut stream = std::net::TcpStream::connect(address).ok()?;
-    stream
-        .set_read_timeout(Some(Duration::from_secs(10)))
-        .ok()?;
-    write!(
-        stream,
-        "GET /metrics HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n"
-    )
-    .ok()?;
-    let mut response = String::new();
-    stream.read_to_string(&mut response).ok()?;
-    response.starts_with("HTTP/1.1 200").then_some(response)
+    http_get(address, "/metrics")
+        .filter(|(status, _)| *status == 200)
+        .map(|(_, body)| body)
 }
 
 #[test]
 fn a_runs_workers_are_scraped_while_it_runs() {
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("jobs.toml"), JOBS).unwrap();
-    let address: SocketAddr = {
-        let free = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        free.local_addr().unwrap()
-    };
+    let address = free_local_address();
     let mut run = KilledOnDrop(Some(
         stepq(dir.path())
             .args(["--jobs-file", "jobs.toml", "run", "scraped", "--http"])

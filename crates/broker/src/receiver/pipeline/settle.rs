@@ -30,7 +30,7 @@ impl Shared {
         message: TaskMessage,
         mut result: TaskResult,
     ) {
-        result.labels = self.result_labels(&message.labels);
+        result.labels = self.result_labels(message.result_labels());
         let middleware = self.queue.middleware();
         let hook = if result.is_err {
             middleware.on_error(&message, &result).await
@@ -103,7 +103,7 @@ impl Shared {
         );
         tracing::error!(task_id = %message.task_id, receive_count = count, "{text}");
         let mut result = TaskResult::err(kinds::DEAD_LETTERED, text, 0.0);
-        result.labels = self.result_labels(&message.labels);
+        result.labels = self.result_labels(message.result_labels());
         self.finish_rejected(delivery, &message.task_id, result)
             .await;
     }
@@ -146,19 +146,13 @@ impl Shared {
         }
     }
 
-    /// The labels stored with a result: the message's but its
-    /// [`TRACEPARENT_LABEL`](crate::trace::TRACEPARENT_LABEL) (the sender's span, no use to
-    /// a reader of the result), plus [`WORKER_NAME_LABEL`] naming this worker unless the
-    /// message already has one.
+    /// The labels stored with a result: `labels` (a message's
+    /// [`result_labels`](TaskMessage::result_labels)), plus [`WORKER_NAME_LABEL`] naming this
+    /// worker unless they already have one.
     fn result_labels(
         &self,
-        labels: &BTreeMap<String, serde_json::Value>,
+        mut labels: BTreeMap<String, serde_json::Value>,
     ) -> BTreeMap<String, serde_json::Value> {
-        let mut labels: BTreeMap<String, serde_json::Value> = labels
-            .iter()
-            .filter(|(name, _)| name.as_str() != crate::trace::TRACEPARENT_LABEL)
-            .map(|(name, value)| (name.clone(), value.clone()))
-            .collect();
         labels
             .entry(WORKER_NAME_LABEL.to_string())
             .or_insert_with(|| serde_json::Value::String(self.config.worker_name.clone()));
@@ -251,7 +245,7 @@ impl Shared {
             Some(task_id) => {
                 tracing::error!(%task_id, %error, %body, "rejecting a malformed message");
                 let mut result = TaskResult::err(kinds::MALFORMED_MESSAGE, error.to_string(), 0.0);
-                result.labels = self.result_labels(&BTreeMap::new());
+                result.labels = self.result_labels(BTreeMap::new());
                 self.finish_rejected(delivery, &task_id, result).await;
             }
             None => {
@@ -281,7 +275,7 @@ impl Shared {
         );
         tracing::error!(task_id = %message.task_id, "{text}");
         let mut result = TaskResult::err(kinds::UNKNOWN_TASK, text, 0.0);
-        result.labels = self.result_labels(&message.labels);
+        result.labels = self.result_labels(message.result_labels());
         self.finish_rejected(delivery, &message.task_id, result)
             .await;
     }
@@ -332,7 +326,7 @@ mod tests {
     fn results_carry_the_message_labels_and_the_worker_name() {
         let (shared, _) = shared(Registry::default());
         let message = TaskMessage::new("t").with_label("tenant", "t1");
-        let labels = shared.result_labels(&message.labels);
+        let labels = shared.result_labels(message.result_labels());
         assert_eq!(labels.len(), 2);
         assert_eq!(labels["tenant"], json!("t1"));
         assert_eq!(labels[WORKER_NAME_LABEL], json!("w1"));
@@ -342,7 +336,7 @@ mod tests {
     fn a_worker_name_label_on_the_message_is_kept() {
         let (shared, _) = shared(Registry::default());
         let message = TaskMessage::new("t").with_label(WORKER_NAME_LABEL, "producer-chosen");
-        let labels = shared.result_labels(&message.labels);
+        let labels = shared.result_labels(message.result_labels());
         assert_eq!(labels[WORKER_NAME_LABEL], json!("producer-chosen"));
     }
 

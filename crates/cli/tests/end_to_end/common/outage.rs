@@ -76,6 +76,24 @@ impl OutageProxy {
         format!("http://{}", self.addr)
     }
 
+    /// Writes `dir/stepq.toml` for `queue` with every AWS request going through this proxy
+    /// (the queue URL names the proxy too, so no request goes around it), at the default SQS
+    /// settings and a fresh S3 prefix under `prefix_root/`.
+    pub(crate) fn write_config(
+        &self,
+        dir: &std::path::Path,
+        ls: &super::localstack::LocalStack,
+        queue: &super::localstack::TestQueue,
+        prefix_root: &str,
+    ) {
+        let upstream = ls
+            .endpoint
+            .trim_start_matches("http://")
+            .trim_end_matches('/');
+        let queue_url = queue.url.replace(upstream, &self.addr.to_string());
+        super::localstack::write_default_config(dir, ls, &queue_url, &self.url(), prefix_root);
+    }
+
     /// Switches the mode (open connections follow at once).
     pub(crate) fn set(&self, mode: Mode) {
         self.mode.send_replace(mode);
