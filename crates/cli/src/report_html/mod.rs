@@ -25,43 +25,20 @@ pub use timeline::{
 };
 
 /// Why a report could not be made.
-#[derive(Debug)]
+#[derive(Debug, thiserror::Error)]
 pub enum ReportError {
     /// The run store could not be read (or has no such run).
-    Storage(StorageError),
+    #[error(transparent)]
+    Storage(#[from] StorageError),
     /// The file could not be written.
+    #[error("cannot write the report to {}: {source}", path.display())]
     Write {
         /// The file.
         path: PathBuf,
         /// Why.
+        #[source]
         source: std::io::Error,
     },
-}
-
-impl std::fmt::Display for ReportError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            ReportError::Storage(e) => write!(f, "{e}"),
-            ReportError::Write { path, source } => {
-                write!(f, "cannot write the report to {}: {source}", path.display())
-            }
-        }
-    }
-}
-
-impl std::error::Error for ReportError {
-    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
-        match self {
-            ReportError::Storage(e) => Some(e),
-            ReportError::Write { source, .. } => Some(source),
-        }
-    }
-}
-
-impl From<StorageError> for ReportError {
-    fn from(e: StorageError) -> Self {
-        ReportError::Storage(e)
-    }
 }
 
 /// What [`write_report`] wrote.
