@@ -18,6 +18,7 @@ use crate::sqs::reply::wait::{FallbackPoll, Reply, ReplyQueue};
 use crate::sqs::reply::{wire, INLINE_RESULT_LIMIT, REPLY_ONLY_LABEL, REPLY_TO_LABEL};
 use crate::sqs::send::MAX_BATCH_BYTES;
 use stepq_broker::error::BrokerError;
+use stepq_core::SharedFailureLog;
 
 /// What a [`NotifyingResultBackend`] did.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -97,6 +98,9 @@ pub struct NotifyingResultBackend<B> {
     pub(in crate::sqs::reply) counters: Arc<Counters>,
     /// Results received without a durable copy, until deleted.
     pub(in crate::sqs::reply) unstored: Mutex<HashMap<String, TaskResult>>,
+    /// Failed notification sends, logged once per period for all tasks (an outage is one
+    /// warning, not one per finished task); each task's detail is at debug level.
+    send_failures: SharedFailureLog,
 }
 
 impl<B> std::fmt::Debug for NotifyingResultBackend<B> {
@@ -121,6 +125,9 @@ impl<B: ResultBackend> NotifyingResultBackend<B> {
             inline_limit: INLINE_RESULT_LIMIT,
             counters: Arc::new(Counters::default()),
             unstored: Mutex::new(HashMap::new()),
+            send_failures: SharedFailureLog::new(
+                "sending result notifications to the orchestrator's reply queue",
+            ),
         }
     }
 
@@ -186,12 +193,14 @@ impl<B: ResultBackend> NotifyingResultBackend<B> {
         };
         match self.notifier.send(url.to_string(), body).await {
             Ok(()) => {
+                self.send_failures.succeeded();
                 bump(&self.counters.sent_reply_only);
                 true
             }
             Err(e) => {
                 bump(&self.counters.send_failures);
-                tracing::warn!(
+                self.send_failures.failed(&e);
+                tracing::debug!(
                     task_id,
                     reply_to = url,
                     error = %e,
@@ -218,14 +227,18 @@ impl<B: ResultBackend> NotifyingResultBackend<B> {
         }
         let (body, inline) = wire::encode(task_id, result, self.inline_limit);
         match self.notifier.send(url.to_string(), body).await {
-            Ok(()) => bump(if inline {
-                &self.counters.sent_inline
-            } else {
-                &self.counters.sent_by_reference
-            }),
+            Ok(()) => {
+                self.send_failures.succeeded();
+                bump(if inline {
+                    &self.counters.sent_inline
+                } else {
+                    &self.counters.sent_by_reference
+                })
+            }
             Err(e) => {
                 bump(&self.counters.send_failures);
-                tracing::warn!(
+                self.send_failures.failed(&e);
+                tracing::debug!(
                     task_id,
                     reply_to = url,
                     error = %e,
