@@ -45,6 +45,7 @@ pub use middleware::{Middleware, MiddlewareChain, MiddlewareError};
 pub mod memory;
 pub mod queue;
 pub mod receiver;
+pub mod routing;
 pub mod signing;
 pub mod trace;
 
