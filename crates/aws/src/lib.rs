@@ -44,5 +44,7 @@ pub use s3::{
     ResultKeys, S3CancelStore, S3HeartbeatStore, S3OutputStore, S3ResultBackend, S3RunStore,
 };
 pub use settings::{InvalidSetting, S3Settings, SqsSettings};
-pub use sqs::cancel_channel::{cancellable_sqs_broker, SqsFanoutChannel, SqsFanoutOptions};
+pub use sqs::cancel_channel::{
+    cancellable_over_sqs, cancellable_sqs_broker, SqsFanoutChannel, SqsFanoutOptions,
+};
 pub use sqs::{SqsBroker, SqsConfig};

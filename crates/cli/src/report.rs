@@ -31,6 +31,11 @@ pub struct StepRow {
 }
 
 impl StepRow {
+    /// A step sent and not started yet.
+    pub fn queued(step: &str) -> Self {
+        StepRow::new(step)
+    }
+
     fn new(step: &str) -> Self {
         StepRow {
             step: step.to_string(),

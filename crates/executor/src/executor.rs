@@ -14,7 +14,7 @@ use crate::config::ExecutorConfig;
 use crate::error::{ExecutorError, OutputError};
 use crate::handle::{EventStream, RunHandle};
 use crate::outcome::RunResult;
-use crate::run_loop::RunLoop;
+use crate::run_loop::{RunLoop, StepRoutes};
 
 /// What to run: a job (or some of its steps), with what is known from earlier runs.
 #[derive(Debug, Clone)]
@@ -29,6 +29,9 @@ pub struct RunRequest {
     pub known_state: KnownState,
     /// Free-form run config handed to every op.
     pub run_config: serde_json::Value,
+    /// The priority level of the run's steps that have no `stepq/priority` tag
+    /// ([`PRIORITY_TAG`](stepq_protocol::PRIORITY_TAG)); `None`: the broker's default level.
+    pub priority: Option<String>,
 }
 
 impl RunRequest {
@@ -40,7 +43,15 @@ impl RunRequest {
             step_selection: None,
             known_state: KnownState::default(),
             run_config: serde_json::Value::Null,
+            priority: None,
         }
+    }
+
+    /// Sends the run's steps at `level` unless a step's own `stepq/priority` tag says
+    /// otherwise (see [`stepq_broker::routing`]).
+    pub fn with_priority(mut self, level: impl Into<String>) -> Self {
+        self.priority = Some(level.into());
+        self
     }
 
     /// Runs only these steps.
@@ -166,8 +177,10 @@ impl Executor {
             step_selection,
             known_state,
             run_config,
+            priority,
         } = request;
         check_run_id(&run_id)?;
+        let routes = StepRoutes::of(&job, priority.as_deref());
         let plan = ExecutionPlan::new(job.clone(), step_selection.as_deref(), &known_state)?;
         let (tx, rx) = mpsc::channel(self.config.event_buffer);
         let interrupt = interrupt.child_token();
@@ -178,6 +191,7 @@ impl Executor {
             queue: self.queue.clone(),
             hook: self.hook.clone(),
             run_config,
+            routes,
             progress: plan.progress(),
             events: tx,
             interrupt: interrupt.clone(),

@@ -27,6 +27,7 @@
 mod scheduler;
 
 mod progress;
+mod routes;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -50,6 +51,7 @@ use crate::outcome::RunResult;
 use crate::protocol;
 
 use progress::{wait_for_progress, ProgressWake};
+pub(crate) use routes::StepRoutes;
 use scheduler::{Answer, Decision, Scheduler, StepTask};
 
 /// Something the loop was waiting for happened.
@@ -85,6 +87,7 @@ enum Wake {
 pub(crate) struct RunLoop {
     pub(crate) run_id: String,
     pub(crate) job: Arc<Job>,
+    pub(crate) routes: StepRoutes,
     pub(crate) config: Arc<ExecutorConfig>,
     pub(crate) queue: TaskQueue,
     pub(crate) hook: Arc<dyn CancelHook>,
@@ -100,6 +103,8 @@ struct Runner {
     run_id: String,
     /// The run's trace (derived from its id), for step tasks sent outside any known span.
     trace: TraceParent,
+    /// Each step's queue and priority labels.
+    routes: StepRoutes,
     /// The executor's config: backend retries, the cancel grace period.
     config: Arc<ExecutorConfig>,
     /// Where step tasks are sent.
@@ -131,6 +136,7 @@ impl RunLoop {
         let RunLoop {
             run_id,
             job,
+            routes,
             config,
             queue,
             hook,
@@ -142,6 +148,7 @@ impl RunLoop {
         let scheduler = Scheduler::new(run_id.clone(), job, config.clone(), run_config, progress);
         let runner = Runner {
             trace: TraceParent::for_key(&run_id),
+            routes,
             run_id,
             config,
             results: queue.results().clone(),
@@ -269,6 +276,7 @@ impl Runner {
                     let trace = stepq_broker::trace::current_context()
                         .unwrap_or_else(|| self.trace.child(&message.task_id));
                     message = message.with_label(TRACEPARENT_LABEL, trace.to_string());
+                    message = self.routes.label(step, message);
                     if self.config.step_progress {
                         message = message
                             .with_label(protocol::PROGRESS_LABEL, args.step_keys.len().to_string());

@@ -149,6 +149,14 @@ pub const STEP_KEY_LABEL: &str = "step_key";
 /// contain any character).
 pub const STEP_KEYS_LABEL: &str = "step_keys";
 
+/// Step tag naming the queue a step is sent to (`stepq_broker::routing::QUEUE_LABEL` on its
+/// message); absent: the default queue. Steps of one fused task share their tags, so a
+/// chain never crosses queues.
+pub const QUEUE_TAG: &str = "stepq/queue";
+/// Step tag (and run tag, for every step of the run that has none) naming a step's priority
+/// level (`stepq_broker::routing::PRIORITY_LABEL` on its message).
+pub const PRIORITY_TAG: &str = "stepq/priority";
+
 /// Label of an `execute_plan` message asking its worker for progress entries (see the
 /// [crate docs](crate)); its value is the number of steps of the task.
 pub const PROGRESS_LABEL: &str = "progress";

@@ -32,6 +32,10 @@ pub struct WorkerHeartbeat {
     /// heartbeats written before this field existed).
     #[serde(default)]
     pub running_tasks: Vec<RunningTask>,
+    /// The queues the worker consumes (`default` and named queues); empty in heartbeats of
+    /// workers that did not say (before routing existed): the default queue.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub queues: Vec<String>,
 }
 
 /// A task a worker is running, as its heartbeat lists it: which run and step(s) it belongs to
@@ -82,6 +86,7 @@ impl WorkerHeartbeat {
             tasks_running: 0,
             tasks_done: 0,
             running_tasks: Vec::new(),
+            queues: Vec::new(),
         }
     }
 

@@ -47,6 +47,7 @@ pub use stepq_executor::launcher::CANCEL_WATCH_MAX_DELAY;
 use stepq_executor::storage::{HeartbeatStore, RunRecord, RunStore, StorageError};
 use stepq_executor::{protocol, CancelHook, Executor, ExecutorConfig, ExecutorError, LaunchError};
 use stepq_results::OutputStore;
+use stepq_worker::service::routing::RouteTagError;
 use stepq_worker::service::{Backends, ServiceError, ServiceSettings, WorkerService};
 use stepq_worker::{CodeLocation, WorkerConfig, WorkerError, WorkerStats};
 use tokio::task::JoinHandle;
@@ -99,6 +100,17 @@ pub enum AppError {
     /// A run could not be submitted, claimed or resumed (see [`LaunchError`]).
     #[error(transparent)]
     Launch(LaunchError),
+    /// A step's `stepq/queue` or `stepq/priority` tag names no declared queue or level.
+    #[error(transparent)]
+    Route(#[from] RouteTagError),
+    /// A run's priority (`--priority`, the run tag `stepq/priority`) is not a level.
+    #[error("run priority `{level}` {reason}")]
+    Priority {
+        /// The level asked for.
+        level: String,
+        /// Why it is refused.
+        reason: String,
+    },
     /// The operation needs the distributed (SQS) setup.
     #[error("{what} needs a distributed config: set `sqs.queue_url` (or STEPQ_SQS_QUEUE_URL) and `s3.bucket`")]
     NotDistributed {
@@ -150,25 +162,30 @@ impl std::fmt::Debug for App {
 /// [`App::startup`].
 pub async fn make_app(config: &StepqConfig) -> Result<App, ConfigError> {
     config.validate()?;
+    let routing = config.routing()?;
     let backends = match config.mode() {
-        Mode::Embedded => Backends::embedded(
+        Mode::Embedded => Backends::embedded_routed(
             &config.state_dir,
             config.state_store,
             config.enable_cancellation,
+            &routing,
         )
         .map_err(|e| ConfigError::Build {
             component: e.component,
             message: e.message,
         })?,
         #[cfg(feature = "aws")]
-        Mode::Distributed => {
-            Backends::distributed(&config.sqs, &config.s3, config.enable_cancellation)
-                .await
-                .map_err(|e| ConfigError::Build {
-                    component: e.component,
-                    message: e.message,
-                })?
-        }
+        Mode::Distributed => Backends::distributed_routed(
+            &config.sqs,
+            &config.s3,
+            config.enable_cancellation,
+            &routing,
+        )
+        .await
+        .map_err(|e| ConfigError::Build {
+            component: e.component,
+            message: e.message,
+        })?,
         // `StepqConfig::mode` never says so without the feature; a config built by hand
         // cannot either (it has no `[sqs]`), but the refusal is the same everywhere.
         #[cfg(not(feature = "aws"))]
@@ -325,6 +342,10 @@ impl App {
             .with_cancel_grace(self.worker_cancel_grace());
         if health {
             settings.http = self.config.worker.http_address()?;
+            let routing = self.config.routing()?;
+            if routing.is_routed() || self.config.worker.queues.is_some() {
+                settings = settings.with_queues(routing.consumed());
+            }
         }
         let mut service = WorkerService::new(location.clone(), parts, settings)?;
         let launcher = self.launcher()?;

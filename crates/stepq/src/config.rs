@@ -60,6 +60,9 @@ use stepq_aws::sqs::SqsConfig;
 use stepq_aws::{S3Settings, SqsSettings};
 pub use stepq_executor::config::{RetryModeSetting, TagLimitSetting};
 use stepq_executor::{ExecutorConfig, ExecutorError, ExecutorSettings};
+pub use stepq_worker::service::routing::{
+    LevelOrderSetting, PrioritySettings, QueueSettings, Routing,
+};
 pub use stepq_worker::service::{default_parallelism, SigningSettings, StateStore, WorkerSettings};
 use stepq_worker::WorkerError;
 
@@ -109,6 +112,13 @@ pub struct StepqConfig {
     pub executor: ExecutorSettings,
     /// Worker services (`stepq-worker`).
     pub worker: WorkerSettings,
+    /// `[queues.NAME]`: named queues besides the default one, for steps tagged
+    /// `stepq/queue = "NAME"` (`stepq_worker::service::routing`).
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub queues: BTreeMap<String, QueueSettings>,
+    /// `[priority]`: priority levels, one queue each; none when absent.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub priority: Option<PrioritySettings>,
     /// Signed task messages (`stepq_broker::signing`); off unless a key is set.
     pub signing: SigningSettings,
     /// Automatic retention of finished runs, applied by `stepq run` at its end (embedded
@@ -129,6 +139,8 @@ impl Default for StepqConfig {
             s3: S3Settings::default(),
             executor: ExecutorSettings::default(),
             worker: WorkerSettings::default(),
+            queues: BTreeMap::new(),
+            priority: None,
             signing: SigningSettings::default(),
             retention: RetentionSettings::default(),
         }
@@ -249,6 +261,18 @@ impl StepqConfig {
         self.executor.validate().map_err(executor_error)?;
         self.worker.validate().map_err(worker_error)?;
         self.retention.validate()?;
+        self.routing()?;
+        #[cfg(feature = "aws")]
+        if self.mode() == Mode::Distributed
+            && self.routing()?.is_routed()
+            && self.sqs.config_source.dead_letter_queue_url.is_some()
+        {
+            return Err(invalid(
+                "sqs.config_source.dead_letter_queue_url",
+                "with [queues] or [priority] every queue has its own dead-letter queue \
+                 (`<queue>-dlq`); one shared dead-letter queue cannot say where to redrive",
+            ));
+        }
         #[cfg(feature = "aws")]
         if self.mode() == Mode::Distributed && self.s3.bucket.is_none() {
             return Err(invalid(
@@ -291,6 +315,17 @@ impl StepqConfig {
         self.worker
             .health_interval()
             .unwrap_or(stepq_worker::health::DEFAULT_HEALTH_INTERVAL)
+    }
+
+    /// The routing of `[queues]`, `[priority]` and `worker.queues` (unset: every queue); on
+    /// SQS every named queue needs its URL.
+    pub fn routing(&self) -> Result<Routing, ConfigError> {
+        Routing::from_config(
+            &self.queues,
+            self.priority.as_ref(),
+            self.worker.queues.as_deref(),
+            self.mode() == Mode::Distributed,
+        )
     }
 
     /// `worker.concurrency`, or the number of cores.

@@ -8,7 +8,11 @@ use stepq_worker::service::{file::ServiceFile, serve, Backends, WorkerService};
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let file = ServiceFile::load(Some("stepq.toml".as_ref()), &std::env::vars().collect())?;
-    let backends = Backends::distributed(&file.sqs, &file.s3, file.enable_cancellation).await?;
+    // `[queues]`, `[priority]` and `worker.queues` of the file: which lanes this worker serves.
+    let routing = file.routing()?;
+    let backends =
+        Backends::distributed_routed(&file.sqs, &file.s3, file.enable_cancellation, &routing)
+            .await?;
     let settings = file.worker.service_settings("example-worker")?;
     let location = Arc::new(example_worker_service::location());
     serve(WorkerService::new(

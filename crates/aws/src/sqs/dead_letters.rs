@@ -67,11 +67,7 @@ pub(super) fn dead_letter_queue_url(inner: &Inner) -> String {
     if let Some(url) = &inner.config.config_source.dead_letter_queue_url {
         return url.clone();
     }
-    let url = inner.config.queue_url.trim_end_matches('/');
-    match url.strip_suffix(".fifo") {
-        Some(base) => format!("{base}-dlq.fifo"),
-        None => format!("{url}-dlq"),
-    }
+    super::sibling_queue_url(&inner.config.queue_url, "dlq")
 }
 
 /// The dead-letter queue's URL, creating the default one if it does not exist yet.

@@ -31,6 +31,23 @@ pub use config::{
     MAX_SQS_MESSAGE_SIZE, MAX_VISIBILITY_TIMEOUT,
 };
 pub use error::sqs_error;
+
+/// The URL of the queue beside `queue_url` named `<name>-<suffix>` (`<name>-<suffix>.fifo`
+/// for a FIFO queue): a dead-letter queue (`dlq`), a priority level's queue (`high`).
+///
+/// ```
+/// use stepq_aws::sqs::sibling_queue_url;
+///
+/// assert_eq!(sibling_queue_url("https://q/1/tasks", "high"), "https://q/1/tasks-high");
+/// assert_eq!(sibling_queue_url("https://q/1/tasks.fifo/", "dlq"), "https://q/1/tasks-dlq.fifo");
+/// ```
+pub fn sibling_queue_url(queue_url: &str, suffix: &str) -> String {
+    let url = queue_url.trim_end_matches('/');
+    match url.strip_suffix(".fifo") {
+        Some(base) => format!("{base}-{suffix}.fifo"),
+        None => format!("{url}-{suffix}"),
+    }
+}
 pub use payload::{S3Pointer, EXTENDED_MESSAGE_ATTRIBUTE, PAYLOAD_KEY_PREFIX};
 pub use reply::{
     NotifyingResultBackend, ReplyQueue, ReplyToMiddleware, ReplyWiring, REPLY_ONLY_LABEL,

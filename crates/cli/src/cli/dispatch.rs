@@ -119,8 +119,18 @@ fn init_tracing(format: LogFormat, default_filter: &str) -> TelemetryGuard {
 }
 
 async fn dispatch(cli: Cli, base: CodeLocation) -> Result<u8, Failure> {
-    let config =
+    let mut config =
         StepqConfig::load_with_process_env(cli.config.as_deref()).map_err(Failure::usage)?;
+    if let Command::Worker(WorkerCommand::Start(args)) = &cli.command {
+        // A worker process consumes `--queues`, else `worker.queues`, else the default queue.
+        let queues = args
+            .queues
+            .clone()
+            .or_else(|| config.worker.queues.clone())
+            .unwrap_or_else(|| vec![stepq::broker::routing::DEFAULT_QUEUE.to_string()]);
+        config.worker.queues = Some(queues);
+        config.validate().map_err(Failure::usage)?;
+    }
     let files = cli
         .jobs_files
         .iter()
@@ -147,7 +157,9 @@ async fn dispatch(cli: Cli, base: CodeLocation) -> Result<u8, Failure> {
             match command {
                 Command::Jobs { .. } => unreachable!("handled above"),
                 Command::Run(args) => run_job(&app, location, args).await,
-                Command::Status { run_id, json } => show_status(&app, &run_id, json).await,
+                Command::Status { run_id, json } => {
+                    show_status(&app, &location, &run_id, json).await
+                }
                 Command::Runs(args) => list_runs(&app, &args).await,
                 Command::Cancel(args) => cancel_run(&app, args).await,
                 Command::Gc(args) => collect_runs(&app, &args).await,

@@ -23,7 +23,7 @@ pub(super) async fn launch_run(
         run_id: args.run_id,
         step_selection: args.steps,
         run_config: parse_run_config(args.run_config.as_deref())?,
-        tags: parse_tags(&args.tags)?,
+        tags: with_priority(parse_tags(&args.tags)?, args.priority),
     };
     ExecutionPlan::new(
         job.clone(),
@@ -49,6 +49,17 @@ pub(super) async fn launch_run(
         submitted.run_id
     );
     Ok(0)
+}
+
+/// Run tags with the run's priority level (`--priority`) as the tag `stepq/priority`.
+pub(super) fn with_priority(
+    mut tags: std::collections::BTreeMap<String, String>,
+    priority: Option<String>,
+) -> std::collections::BTreeMap<String, String> {
+    if let Some(level) = priority {
+        tags.insert(stepq_executor::protocol::PRIORITY_TAG.to_string(), level);
+    }
+    tags
 }
 
 pub(super) async fn resume_run(

@@ -81,7 +81,7 @@ pub(super) async fn run_job(
         run_id: args.run_id,
         step_selection: args.steps,
         run_config,
-        tags: BTreeMap::new(),
+        tags: super::launch::with_priority(BTreeMap::new(), args.priority.clone()),
     };
     let run = match app.launch(&executor, &location, job.name(), options).await {
         Ok(run) => run,

@@ -83,6 +83,7 @@ impl RunLauncher {
             .with_run_config(run_config)
             .with_known_state(known_state_from_events(&events));
         request.step_selection = record.step_selection.clone();
+        request.priority = record.tags.get(crate::protocol::PRIORITY_TAG).cloned();
         Ok(Resume {
             request,
             claim,

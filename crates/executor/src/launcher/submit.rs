@@ -53,7 +53,7 @@ impl RunLauncher {
             run_config: record.run_config.clone(),
         };
         let sent = async {
-            let message = protocol::run_message(&args)?;
+            let message = with_run_priority(protocol::run_message(&args)?, &record);
             Ok::<_, LaunchError>(self.queue().kick(message).await?)
         }
         .await;
@@ -87,7 +87,7 @@ impl RunLauncher {
             job_name: record.job_name.clone(),
             run_config: record.run_config.clone(),
         };
-        let mut message = protocol::resume_message(&args)?;
+        let mut message = with_run_priority(protocol::resume_message(&args)?, &record);
         // The state the resume was asked from: the worker claims the run only from it.
         message = message.with_label(RESUME_FROM_LABEL, record.status.as_str());
         if let Some(orchestrator) = &record.orchestrator {
@@ -113,3 +113,12 @@ impl RunLauncher {
 pub const RESUME_FROM_LABEL: &str = "resume_from";
 /// Label of a `resume_job` message: the orchestrator holding the run when it was submitted.
 pub const RESUME_ORCHESTRATOR_LABEL: &str = "resume_orchestrator";
+
+/// `message` (a run's orchestration task) at the run's priority level (its `stepq/priority`
+/// tag), so it goes to that level's lane and its orchestrator sends the run's steps there.
+fn with_run_priority(message: TaskMessage, record: &RunRecord) -> TaskMessage {
+    match record.tags.get(protocol::PRIORITY_TAG) {
+        Some(level) => message.with_label(stepq_broker::routing::PRIORITY_LABEL, level.clone()),
+        None => message,
+    }
+}

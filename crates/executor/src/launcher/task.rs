@@ -40,6 +40,9 @@ impl RunLauncher {
         let mut request =
             RunRequest::new(args.run_id.clone(), job).with_run_config(args.run_config.clone());
         request.step_selection = args.step_selection.clone();
+        request.priority = message
+            .label(stepq_broker::routing::PRIORITY_LABEL)
+            .map(str::to_string);
         let claim = StatusChange::to(StoredStatus::Starting)
             .by(orchestrator)
             .expecting(StoredStatus::Queued);

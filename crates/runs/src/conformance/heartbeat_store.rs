@@ -40,6 +40,7 @@ fn heartbeat(worker_id: &str, last_seen: u64) -> WorkerHeartbeat {
             step_keys: vec!["step-a".into(), "step \"b\"".into()],
             since: 900,
         }],
+        queues: vec!["default".into(), "gpu".into()],
     }
 }
 

@@ -8,7 +8,7 @@ use stepq_broker::{TaskContext, TaskHandler};
 use stepq_executor::control::{orchestrator_name, LostOrchestrator};
 use stepq_executor::launcher::{create_run, RecordedRun, RunLauncher, SubmittedRun};
 use stepq_executor::storage::{RunRecord, RunStatus as StoredStatus, StatusChange, StorageError};
-use stepq_executor::{Executor, RunRequest, RunResult};
+use stepq_executor::{protocol, Executor, RunRequest, RunResult};
 use stepq_plan::{Event, Job};
 use stepq_worker::CodeLocation;
 use tokio::sync::mpsc;
@@ -42,13 +42,14 @@ impl App {
         job: &str,
         options: RunOptions,
     ) -> Result<LaunchedRun, AppError> {
-        let job = find_job(location, job)?;
+        let job = self.routed_job(location, job, &options)?;
         let record = new_run_record(&job, options);
         // Plans first: a bad selection or run id is an error, not a run record.
         create_run(self.backends.runs.as_ref(), &job, &record).await?;
         let mut request = RunRequest::new(record.run_id.clone(), job.clone())
             .with_run_config(record.run_config.clone());
         request.step_selection = record.step_selection.clone();
+        request.priority = record.tags.get(protocol::PRIORITY_TAG).cloned();
         let claim = StatusChange::to(StoredStatus::Starting)
             .by(orchestrator_name())
             .expecting(StoredStatus::Queued);
@@ -80,6 +81,7 @@ impl App {
     ) -> Result<LaunchedRun, AppError> {
         let record = self.backends.runs.get_run(run_id).await?;
         let job = find_job(location, &record.job_name)?;
+        self.config.routing()?.check_job(&job)?;
         let lost = self.control().check_takeover(&record, force).await?;
         let run = RunLauncher::new(executor.clone(), self.backends.runs.clone())
             .resume(
@@ -94,6 +96,28 @@ impl App {
             run,
             taken_over_from: lost,
         })
+    }
+
+    /// Job `name` of `location`, its steps' routing tags and the run's priority checked
+    /// against `[queues]` and `[priority]`.
+    fn routed_job(
+        &self,
+        location: &CodeLocation,
+        name: &str,
+        options: &RunOptions,
+    ) -> Result<Arc<Job>, AppError> {
+        let job = find_job(location, name)?;
+        let routing = self.config.routing()?;
+        routing.check_job(&job)?;
+        if let Some(level) = options.tags.get(protocol::PRIORITY_TAG) {
+            routing
+                .check_level(level)
+                .map_err(|reason| AppError::Priority {
+                    level: level.clone(),
+                    reason,
+                })?;
+        }
+        Ok(job)
     }
 
     /// The run launcher of this app: its [`executor`](App::executor) and run store.
@@ -116,7 +140,7 @@ impl App {
         job: &str,
         options: RunOptions,
     ) -> Result<SubmittedRun, AppError> {
-        let job = find_job(location, job)?;
+        let job = self.routed_job(location, job, &options)?;
         let record = new_run_record(&job, options);
         Ok(self.launcher()?.submit_run(&job, record).await?)
     }

@@ -24,16 +24,17 @@ use stepq_worker::service::file::ServiceFile;
 use stepq_worker::service::{host_name, serve, Backends, WorkerService};
 use stepq_worker::{CodeLocation, ShellJobs};
 
-/// The command line, parsed by hand: four options.
+/// The command line, parsed by hand: five options.
 #[derive(Debug, Default)]
 struct Args {
     config: Option<PathBuf>,
     jobs_files: Vec<PathBuf>,
     name: Option<String>,
     concurrency: Option<usize>,
+    queues: Option<Vec<String>>,
 }
 
-const USAGE: &str = "usage: stepq-worker [--config stepq.toml] --jobs-file jobs.toml [--jobs-file ...] [--name NAME] [--concurrency N]";
+const USAGE: &str = "usage: stepq-worker [--config stepq.toml] --jobs-file jobs.toml [--jobs-file ...] [--name NAME] [--concurrency N] [--queues default,gpu]";
 
 fn parse_args(mut args: impl Iterator<Item = String>) -> Result<Args, String> {
     let mut parsed = Args::default();
@@ -62,6 +63,9 @@ fn parse_args(mut args: impl Iterator<Item = String>) -> Result<Args, String> {
                         .map_err(|_| format!("--concurrency `{v}` is not a number\n{USAGE}"))?,
                 );
             }
+            "--queues" => {
+                parsed.queues = Some(value()?.split(',').map(|q| q.trim().to_string()).collect())
+            }
             other => return Err(format!("unknown argument `{other}`\n{USAGE}")),
         }
     }
@@ -83,13 +87,17 @@ impl<E: Into<Box<dyn std::error::Error>>> From<E> for Exit {
     }
 }
 
-async fn run(args: Args) -> Result<(), Exit> {
+async fn run(mut args: Args) -> Result<(), Exit> {
     let env: BTreeMap<String, String> = std::env::vars().collect();
     let config_path = args
         .config
         .clone()
         .or_else(|| env.get("STEPQ_CONFIG").map(PathBuf::from));
-    let file = ServiceFile::load(config_path.as_deref(), &env)?;
+    let mut file = ServiceFile::load(config_path.as_deref(), &env)?;
+    if let Some(queues) = args.queues.take() {
+        file.worker.queues = Some(queues);
+        file.validate()?;
+    }
     let mut location = CodeLocation::builder().build()?;
     for path in &args.jobs_files {
         location = ShellJobs::load(path)?.extend(&location)?;
@@ -101,9 +109,12 @@ async fn run(args: Args) -> Result<(), Exit> {
     if let Some(n) = args.concurrency {
         settings.worker = settings.worker.with_concurrency(n);
     }
-    let backends = Backends::distributed(&file.sqs, &file.s3, file.enable_cancellation)
-        .await?
-        .with_signer(file.signing.signer(&env)?);
+    let routing = file.routing()?;
+    settings = settings.with_queues(routing.consumed());
+    let backends =
+        Backends::distributed_routed(&file.sqs, &file.s3, file.enable_cancellation, &routing)
+            .await?
+            .with_signer(file.signing.signer(&env)?);
     if let Some(sqs) = &backends.sqs {
         let visibility = u64::from(sqs.config().config_source.visibility_timeout);
         settings.worker = settings

@@ -81,6 +81,12 @@ impl HealthWriter {
         self
     }
 
+    /// Says in every heartbeat that the worker consumes `queues`.
+    pub fn with_queues(mut self, queues: Vec<String>) -> Self {
+        self.heartbeat.queues = queues;
+        self
+    }
+
     /// The interval between heartbeats.
     pub fn interval(&self) -> Duration {
         self.interval

@@ -21,12 +21,13 @@ use std::path::Path;
 use std::sync::Arc;
 
 use stepq_broker::signing::{MessageSigner, SignedBroker};
-use stepq_broker::{InMemoryBroker, TaskQueue};
+use stepq_broker::{Broker, BrokerError, InMemoryBroker, TaskQueue};
 use stepq_cancel::{CancelStore, CancellableBroker, Canceller, LocalDirCancelStore};
 use stepq_results::{LocalDirOutputStore, LocalDirResultBackend, OutputStore, ResultBackend};
 use stepq_runs::{HeartbeatStore, LocalDirHeartbeatStore, LocalDirRunStore, RunStore};
 use stepq_sqlite::SqliteStore;
 
+use super::routing::Routing;
 use super::ServiceParts;
 
 /// Why the backends could not be built.
@@ -37,6 +38,16 @@ pub struct BackendsError {
     pub component: &'static str,
     /// What went wrong.
     pub message: String,
+}
+
+impl From<BrokerError> for BackendsError {
+    /// A routing error while building lanes.
+    fn from(e: BrokerError) -> Self {
+        BackendsError {
+            component: "the routed broker",
+            message: e.to_string(),
+        }
+    }
 }
 
 /// How the embedded default keeps its state under the state directory (`state_store` in
@@ -99,6 +110,17 @@ impl Backends {
         store: StateStore,
         cancellation: bool,
     ) -> Result<Self, BackendsError> {
+        Self::embedded_routed(state_dir, store, cancellation, &Routing::none())
+    }
+
+    /// [`Backends::embedded`] with `routing`: with named queues or priority levels, the broker
+    /// is a [`RoutedBroker`](stepq_broker::routing::RoutedBroker) of in-memory lanes.
+    pub fn embedded_routed(
+        state_dir: &Path,
+        store: StateStore,
+        cancellation: bool,
+        routing: &Routing,
+    ) -> Result<Self, BackendsError> {
         let (results, outputs, runs, heartbeats, cancels): EmbeddedStores = match store {
             StateStore::Sqlite => {
                 if let Some(notice) = stepq_sqlite::old_layout_notice(state_dir) {
@@ -124,15 +146,20 @@ impl Backends {
                 Arc::new(LocalDirCancelStore::new(state_dir)),
             ),
         };
-        let (queue, canceller) = if cancellation {
-            let broker = CancellableBroker::in_memory(InMemoryBroker::new(), cancels);
-            let canceller = broker.canceller().clone();
-            (TaskQueue::new(Arc::new(broker), results), Some(canceller))
-        } else {
-            (
+        let routed = routing
+            .broker(|_, _, _| Ok::<_, BrokerError>(Arc::new(InMemoryBroker::new()) as _))
+            .map_err(|e| BackendsError {
+                component: "the routed broker",
+                message: e.to_string(),
+            })?;
+        let (queue, canceller) = match (routed, cancellation) {
+            (Some(routed), true) => in_memory_cancellable(routed, cancels, results),
+            (Some(routed), false) => (TaskQueue::new(Arc::new(routed), results), None),
+            (None, true) => in_memory_cancellable(InMemoryBroker::new(), cancels, results),
+            (None, false) => (
                 TaskQueue::new(Arc::new(InMemoryBroker::new()), results),
                 None,
-            )
+            ),
         };
         Ok(Backends {
             queue,
@@ -154,6 +181,19 @@ impl Backends {
         s3: &stepq_aws::S3Settings,
         cancellation: bool,
     ) -> Result<Self, BackendsError> {
+        Self::distributed_routed(sqs, s3, cancellation, &Routing::none()).await
+    }
+
+    /// [`Backends::distributed`] with `routing`: with named queues or priority levels, the
+    /// broker is a [`RoutedBroker`](stepq_broker::routing::RoutedBroker) of one SQS broker
+    /// per queue and level (see [`super::routing`] for the queue names), sharing one client.
+    #[cfg(feature = "aws")]
+    pub async fn distributed_routed(
+        sqs: &stepq_aws::SqsSettings,
+        s3: &stepq_aws::S3Settings,
+        cancellation: bool,
+        routing: &Routing,
+    ) -> Result<Self, BackendsError> {
         use stepq_aws::sqs::reply;
         use stepq_aws::{
             S3CancelStore, S3HeartbeatStore, S3OutputStore, S3ResultBackend, S3RunStore, SqsBroker,
@@ -166,8 +206,38 @@ impl Backends {
             .sqs_config(s3)
             .ok_or_else(|| error("the SQS broker", &"no queue URL"))?;
         let sdk = SqsBroker::load_sdk_config(&sqs_config).await;
-        let broker = SqsBroker::from_sdk_config(sqs_config, &sdk)
+        let broker = SqsBroker::from_sdk_config(sqs_config.clone(), &sdk)
             .map_err(|e| error("the SQS broker", &e))?;
+        let routed = routing.broker(
+            |queue, level, default_level| -> Result<Arc<dyn Broker>, BackendsError> {
+                let base = if queue == stepq_broker::routing::DEFAULT_QUEUE {
+                    sqs_config.queue_url.clone()
+                } else {
+                    routing
+                        .queue_url(queue)
+                        .ok_or_else(|| {
+                            error(
+                                "the routed broker",
+                                &format!("queues.{queue}.url is required on SQS"),
+                            )
+                        })?
+                        .to_string()
+                };
+                let url = if default_level {
+                    base
+                } else {
+                    stepq_aws::sqs::sibling_queue_url(&base, level)
+                };
+                if queue == stepq_broker::routing::DEFAULT_QUEUE && default_level {
+                    return Ok(Arc::new(broker.clone()) as Arc<dyn Broker>);
+                }
+                let mut config = sqs_config.clone();
+                config.queue_url = url;
+                let lane = SqsBroker::from_sdk_config(config, &sdk)
+                    .map_err(|e| error("the routed broker", &e))?;
+                Ok(Arc::new(lane) as Arc<dyn Broker>)
+            },
+        )?;
         let s3_sdk = s3.sdk_config(sqs, &sdk);
         let bucket = s3
             .bucket
@@ -182,15 +252,34 @@ impl Backends {
         let results: Arc<dyn ResultBackend> = reply.results;
         let (queue, canceller) = if cancellation {
             let store = Arc::new(S3CancelStore::new(&s3_sdk, bucket.clone(), base));
-            let cancellable = stepq_aws::cancellable_sqs_broker(broker.clone(), store, None)
-                .map_err(|e| error("the SQS cancel channel", &e))?;
-            let canceller = cancellable.canceller().clone();
-            (
-                TaskQueue::new(Arc::new(cancellable), results),
-                Some(canceller),
-            )
+            let cancel_error = |e: stepq_cancel::CancelError| error("the SQS cancel channel", &e);
+            let (queue, canceller): (Arc<dyn Broker>, _) = match routed {
+                Some(routed) => {
+                    let b = stepq_aws::cancellable_over_sqs(
+                        routed,
+                        &broker,
+                        store,
+                        None,
+                        Default::default(),
+                    )
+                    .map_err(cancel_error)?;
+                    let canceller = b.canceller().clone();
+                    (Arc::new(b), canceller)
+                }
+                None => {
+                    let b = stepq_aws::cancellable_sqs_broker(broker.clone(), store, None)
+                        .map_err(cancel_error)?;
+                    let canceller = b.canceller().clone();
+                    (Arc::new(b), canceller)
+                }
+            };
+            (TaskQueue::new(queue, results), Some(canceller))
         } else {
-            (TaskQueue::new(Arc::new(broker.clone()), results), None)
+            let queue: Arc<dyn Broker> = match routed {
+                Some(routed) => Arc::new(routed),
+                None => Arc::new(broker.clone()),
+            };
+            (TaskQueue::new(queue, results), None)
         };
         // Reply-only results unless `s3.store_results`: a result that fits in the
         // notification is not also written to (and deleted from) S3.
@@ -230,6 +319,17 @@ impl Backends {
         }
         parts
     }
+}
+
+/// A cancellable in-memory-style broker (in-process wake-ups) over `broker`, and its queue.
+fn in_memory_cancellable<B: Broker>(
+    broker: B,
+    cancels: Arc<dyn CancelStore>,
+    results: Arc<dyn ResultBackend>,
+) -> (TaskQueue, Option<Canceller>) {
+    let broker = CancellableBroker::in_memory(broker, cancels);
+    let canceller = broker.canceller().clone();
+    (TaskQueue::new(Arc::new(broker), results), Some(canceller))
 }
 
 #[cfg(test)]

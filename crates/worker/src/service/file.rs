@@ -29,6 +29,10 @@ pub struct ServiceFile {
     pub s3: S3Settings,
     /// `[worker]`.
     pub worker: WorkerSettings,
+    /// `[queues.NAME]`: named queues besides the default one.
+    pub queues: BTreeMap<String, super::routing::QueueSettings>,
+    /// `[priority]`: priority levels (none when absent).
+    pub priority: Option<super::routing::PrioritySettings>,
     /// `[signing]`: signed task messages (off when absent).
     pub signing: super::SigningSettings,
     /// `[executor]`: read by orchestrators, not by workers.
@@ -47,6 +51,8 @@ impl Default for ServiceFile {
             sqs: SqsSettings::default(),
             s3: S3Settings::default(),
             worker: WorkerSettings::default(),
+            queues: BTreeMap::new(),
+            priority: None,
             signing: super::SigningSettings::default(),
             executor: None,
             retention: None,
@@ -99,7 +105,20 @@ impl ServiceFile {
                     .into(),
             });
         }
-        Ok(())
+        self.routing().map(|_| ())
+    }
+
+    /// The routing of `[queues]`, `[priority]` and `worker.queues`; a worker process
+    /// consumes the default queue only unless `worker.queues` says otherwise.
+    pub fn routing(&self) -> Result<super::routing::Routing, ConfigError> {
+        let default = [stepq_broker::routing::DEFAULT_QUEUE.to_string()];
+        let consume = self.worker.queues.as_deref().unwrap_or(&default);
+        super::routing::Routing::from_config(
+            &self.queues,
+            self.priority.as_ref(),
+            Some(consume),
+            true,
+        )
     }
 }
 

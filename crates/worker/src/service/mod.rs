@@ -42,6 +42,7 @@
 pub mod backends;
 #[cfg(feature = "aws")]
 pub mod file;
+pub mod routing;
 pub mod settings;
 pub mod signing;
 
@@ -160,6 +161,10 @@ pub struct ServiceSettings {
     /// Where the HTTP listener (`/healthz`, `/readyz`, `/metrics`) listens; `None`: none.
     /// Needs the `http` feature.
     pub http: Option<std::net::SocketAddr>,
+    /// The queues the worker consumes, written in its health heartbeat (so `stepq status`
+    /// can say a step waits on a queue no live worker consumes); empty: not said (the
+    /// default queue).
+    pub queues: Vec<String>,
 }
 
 impl ServiceSettings {
@@ -171,7 +176,14 @@ impl ServiceSettings {
             cancel_grace: stepq_cancel::DEFAULT_CANCEL_GRACE,
             host: host_name(),
             http: None,
+            queues: Vec::new(),
         }
+    }
+
+    /// Says in the health heartbeat that the worker consumes `queues`.
+    pub fn with_queues(mut self, queues: Vec<String>) -> Self {
+        self.queues = queues;
+        self
     }
 
     /// Writes the health heartbeat every `interval`.
@@ -301,6 +313,7 @@ impl WorkerService {
                     settings.host.clone(),
                 )
                 .with_interval(settings.health_interval)
+                .with_queues(settings.queues.clone())
                 .start()
                 .await?,
             ),

@@ -35,6 +35,11 @@ pub struct WorkerSettings {
     /// `stepq-worker` (on in the `stepq` and `stepq-worker` binaries).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub http: Option<String>,
+    /// The queues a worker consumes (`default` and names of `[queues.NAME]`; `stepq worker
+    /// start --queues`). Unset: a worker process consumes the default queue only, and the
+    /// in-process workers of `stepq run` every queue.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub queues: Option<Vec<String>>,
 }
 
 impl Default for WorkerSettings {
@@ -47,6 +52,7 @@ impl Default for WorkerSettings {
             health_interval_seconds: DEFAULT_HEALTH_INTERVAL.as_secs_f64(),
             max_receive_count: stepq_broker::DEFAULT_MAX_RECEIVE_COUNT,
             http: None,
+            queues: None,
         }
     }
 }

@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 use stepq_plan::{Backoff, Job, RetryPolicy, StepDef};
+use stepq_protocol::{PRIORITY_TAG, QUEUE_TAG};
 
 use super::{ShellOp, DEFAULT_KILL_GRACE, EXIT_CODE_OUTPUT, INPUT_ENV_PREFIX, STDOUT_OUTPUT};
 use crate::{CodeLocation, CodeLocationBuilder, LocationErrors, Op};
@@ -83,6 +84,12 @@ struct FileSpec {
 struct JobSpec {
     #[serde(default)]
     description: Option<String>,
+    /// The queue of every step that names none (tag `stepq/queue`).
+    #[serde(default)]
+    queue: Option<String>,
+    /// The priority level of every step that names none (tag `stepq/priority`).
+    #[serde(default)]
+    priority: Option<String>,
     #[serde(default)]
     steps: Vec<StepSpec>,
 }
@@ -108,6 +115,12 @@ struct StepSpec {
     success_exit_codes: Option<Vec<i32>>,
     #[serde(default)]
     tags: BTreeMap<String, String>,
+    /// Shorthand for the tag `stepq/queue`.
+    #[serde(default)]
+    queue: Option<String>,
+    /// Shorthand for the tag `stepq/priority`.
+    #[serde(default)]
+    priority: Option<String>,
     #[serde(default)]
     retry: Option<RetrySpec>,
 }
@@ -194,7 +207,24 @@ impl ShellJobs {
         let mut ops = Vec::new();
         for (name, job_spec) in spec.jobs {
             let mut builder = Job::builder(name.clone());
-            for step in job_spec.steps {
+            for mut step in job_spec.steps {
+                // Routing: the step's own key, else its tag, else the job's default.
+                for (tag, own, default) in [
+                    (QUEUE_TAG, step.queue.take(), &job_spec.queue),
+                    (PRIORITY_TAG, step.priority.take(), &job_spec.priority),
+                ] {
+                    match (own, default) {
+                        (Some(value), _) => {
+                            step.tags.insert(tag.to_string(), value);
+                        }
+                        (None, Some(value)) => {
+                            step.tags
+                                .entry(tag.to_string())
+                                .or_insert_with(|| value.clone());
+                        }
+                        (None, None) => {}
+                    }
+                }
                 let (def, op) = build_step(&name, step, base_dir).map_err(|(step, reason)| {
                     TomlJobsError::Step {
                         path: path.to_path_buf(),
@@ -386,194 +416,4 @@ fn build_step(
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn parse(text: &str) -> Result<ShellJobs, TomlJobsError> {
-        ShellJobs::parse(text, Path::new("jobs.toml"), Path::new("/tmp"))
-    }
-
-    fn err(text: &str) -> String {
-        let e = parse(text).unwrap_err();
-        let msg = e.to_string();
-        assert!(
-            msg.contains("jobs.toml"),
-            "error does not name the file: {msg}"
-        );
-        msg
-    }
-
-    const PIPELINE: &str = r#"
-        [jobs.words]
-        description = "count unique words"
-        [[jobs.words.steps]]
-        key = "emit"
-        argv = ["printf", "b\na\nb\n"]
-        [[jobs.words.steps]]
-        key = "unique"
-        argv = ["sort", "-u"]
-        inputs = { text = "emit.stdout" }
-        stdin = "text"
-        tags = { kind = "coreutils" }
-        retry = { max_attempts = 3, delay_seconds = 0.25 }
-        [[jobs.words.steps]]
-        key = "count"
-        argv = ["wc", "-l"]
-        inputs = { lines = "unique.stdout" }
-        stdin = "lines"
-        timeout_seconds = 5
-        kill_grace_seconds = 0.5
-        working_dir = "sub"
-    "#;
-
-    #[test]
-    fn parses_a_pipeline_into_a_job() {
-        let jobs = parse(PIPELINE).unwrap();
-        assert_eq!(jobs.jobs().len(), 1);
-        let job = &jobs.jobs()[0];
-        assert_eq!(job.description.as_deref(), Some("count unique words"));
-        let job = &job.job;
-        assert_eq!(job.name(), "words");
-        assert_eq!(
-            job.topological_order().collect::<Vec<_>>(),
-            ["emit", "unique", "count"]
-        );
-        let unique = job.step("unique").unwrap();
-        assert_eq!(unique.op, "shell:words/unique");
-        assert_eq!(unique.inputs[0].from_step, "emit");
-        assert_eq!(unique.inputs[0].from_output, "stdout");
-        assert_eq!(unique.tags["kind"], "coreutils");
-        let retry = unique.retry.as_ref().unwrap();
-        assert_eq!(retry.max_attempts, 3);
-        assert_eq!(retry.backoff.initial, Duration::from_millis(250));
-        assert!(unique.output_def(EXIT_CODE_OUTPUT).is_some());
-        let count_op = &jobs
-            .ops
-            .iter()
-            .find(|(n, _)| n == "shell:words/count")
-            .unwrap()
-            .1;
-        assert_eq!(count_op.working_dir.as_deref(), Some(Path::new("/tmp/sub")));
-        assert_eq!(count_op.timeout, Some(Duration::from_secs(5)));
-        assert_eq!(count_op.kill_grace, Duration::from_millis(500));
-        let emit_op = &jobs
-            .ops
-            .iter()
-            .find(|(n, _)| n == "shell:words/emit")
-            .unwrap()
-            .1;
-        assert_eq!(emit_op.kill_grace, DEFAULT_KILL_GRACE);
-    }
-
-    #[test]
-    fn registers_into_a_location_and_rejects_clashing_names() {
-        let jobs = parse(PIPELINE).unwrap();
-        let location = jobs.extend(&CodeLocation::default()).unwrap();
-        assert!(location.job("words").is_some());
-        assert!(location.op("shell:words/emit").is_some());
-        let again = jobs.extend(&location).unwrap_err();
-        assert!(matches!(again, TomlJobsError::Location { .. }));
-        assert!(again.to_string().contains("words"), "{again}");
-    }
-
-    #[test]
-    fn bad_toml_names_the_file() {
-        let msg = err("[jobs.x\nkey=1");
-        assert!(msg.contains("invalid jobs file"), "{msg}");
-    }
-
-    #[test]
-    fn unknown_fields_are_errors() {
-        let msg = err(
-            "[jobs.a]\n[[jobs.a.steps]]\nkey = \"s\"\nargv = [\"true\"]\ncommand = \"rm -rf /\"",
-        );
-        assert!(msg.contains("command"), "{msg}");
-        let msg =
-            err("[jobs.a]\ndescrption = \"x\"\n[[jobs.a.steps]]\nkey = \"s\"\nargv = [\"true\"]");
-        assert!(msg.contains("descrption"), "{msg}");
-        let msg = err("job = 1");
-        assert!(msg.contains("job"), "{msg}");
-    }
-
-    #[test]
-    fn a_shell_string_is_not_argv() {
-        let msg = err("[jobs.a]\n[[jobs.a.steps]]\nkey = \"s\"\nargv = \"echo hi\"");
-        assert!(msg.contains("argv"), "{msg}");
-    }
-
-    #[test]
-    fn missing_and_empty_argv_are_errors() {
-        let msg = err("[jobs.a]\n[[jobs.a.steps]]\nkey = \"s\"");
-        assert!(msg.contains("argv"), "{msg}");
-        let msg = err("[jobs.a]\n[[jobs.a.steps]]\nkey = \"s\"\nargv = []");
-        assert!(msg.contains("`argv` must name a program"), "{msg}");
-        assert!(msg.contains("job `a`, step `s`"), "{msg}");
-    }
-
-    #[test]
-    fn cycles_are_reported_with_the_file() {
-        let msg = err(r#"
-            [jobs.loop]
-            [[jobs.loop.steps]]
-            key = "a"
-            argv = ["cat"]
-            inputs = { x = "b.stdout" }
-            [[jobs.loop.steps]]
-            key = "b"
-            argv = ["cat"]
-            inputs = { x = "a.stdout" }
-            "#);
-        assert!(msg.contains("cycle"), "{msg}");
-    }
-
-    #[test]
-    fn bad_input_wiring_is_reported() {
-        let msg = err(
-            "[jobs.a]\n[[jobs.a.steps]]\nkey = \"s\"\nargv = [\"cat\"]\ninputs = { x = \"nodot\" }",
-        );
-        assert!(msg.contains("step.output"), "{msg}");
-        let msg = err("[jobs.a]\n[[jobs.a.steps]]\nkey = \"s\"\nargv = [\"cat\"]\ninputs = { x = \"ghost.stdout\" }");
-        assert!(msg.contains("ghost"), "{msg}");
-        let msg = err(
-            "[jobs.a]\n[[jobs.a.steps]]\nkey = \"u\"\nargv = [\"true\"]\n[[jobs.a.steps]]\nkey = \"s\"\nargv = [\"cat\"]\ninputs = { x = \"u.stderr\" }",
-        );
-        assert!(msg.contains("stderr"), "{msg}");
-        let msg = err("[jobs.a]\n[[jobs.a.steps]]\nkey = \"s\"\nargv = [\"cat\"]\ninputs = { \"bad-name\" = \"u.stdout\" }");
-        assert!(msg.contains("bad-name"), "{msg}");
-        let msg =
-            err("[jobs.a]\n[[jobs.a.steps]]\nkey = \"s\"\nargv = [\"cat\"]\nstdin = \"nope\"");
-        assert!(msg.contains("`stdin` = `nope`"), "{msg}");
-    }
-
-    #[test]
-    fn duplicate_keys_bad_timeouts_and_retries_are_reported() {
-        let msg = err("[jobs.a]\n[[jobs.a.steps]]\nkey = \"s\"\nargv = [\"true\"]\n[[jobs.a.steps]]\nkey = \"s\"\nargv = [\"true\"]");
-        assert!(msg.contains("duplicate step key"), "{msg}");
-        let msg =
-            err("[jobs.a]\n[[jobs.a.steps]]\nkey = \"s\"\nargv = [\"true\"]\ntimeout_seconds = 0");
-        assert!(msg.contains("timeout_seconds"), "{msg}");
-        let msg = err(
-            "[jobs.a]\n[[jobs.a.steps]]\nkey = \"s\"\nargv = [\"true\"]\nkill_grace_seconds = -1",
-        );
-        assert!(msg.contains("kill_grace_seconds"), "{msg}");
-        let msg = err("[jobs.a]\n[[jobs.a.steps]]\nkey = \"s\"\nargv = [\"true\"]\nretry = { max_attempts = 0 }");
-        assert!(msg.contains("retry"), "{msg}");
-        let msg = err("[jobs.a]\n[[jobs.a.steps]]\nkey = \"s\"\nargv = [\"true\"]\nretry = { max_attempts = 2, delay_seconds = -1 }");
-        assert!(msg.contains("delay_seconds"), "{msg}");
-    }
-
-    #[test]
-    fn empty_files_and_jobs_are_errors() {
-        let msg = err("");
-        assert!(msg.contains("declares no job"), "{msg}");
-        let msg = err("[jobs.a]");
-        assert!(msg.contains("no steps"), "{msg}");
-    }
-
-    #[test]
-    fn missing_file_is_named() {
-        let e = ShellJobs::load(Path::new("/nonexistent/jobs.toml")).unwrap_err();
-        assert!(matches!(e, TomlJobsError::Read { .. }));
-        assert!(e.to_string().contains("/nonexistent/jobs.toml"));
-    }
-}
+mod tests;

@@ -283,11 +283,27 @@ pub fn cancellable_sqs_broker_with_options(
     cancel_queue_url: Option<&str>,
     options: SqsFanoutOptions,
 ) -> Result<CancellableBroker<SqsBroker>, CancelError> {
+    let sqs = inner.clone();
+    cancellable_over_sqs(inner, &sqs, store, cancel_queue_url, options)
+}
+
+/// A [`CancellableBroker`] over any broker `inner` (a [`RoutedBroker`] of SQS lanes) with the
+/// wake-up channel of [`cancellable_sqs_broker`] on `sqs`'s client, its inboxes named after
+/// `cancel_queue_url` or `sqs`'s task queue. Makes no request.
+///
+/// [`RoutedBroker`]: stepq_broker::routing::RoutedBroker
+pub fn cancellable_over_sqs<B: stepq_broker::Broker>(
+    inner: B,
+    sqs: &SqsBroker,
+    store: Arc<dyn CancelStore>,
+    cancel_queue_url: Option<&str>,
+    options: SqsFanoutOptions,
+) -> Result<CancellableBroker<B>, CancelError> {
     let url = match cancel_queue_url {
         Some(url) => url.to_string(),
-        None => derive_cancel_queue_url(&inner.config().queue_url)?,
+        None => derive_cancel_queue_url(&sqs.config().queue_url)?,
     };
-    let channel = SqsFanoutChannel::new(inner.sqs_client().clone(), &url, options)?;
+    let channel = SqsFanoutChannel::new(sqs.sqs_client().clone(), &url, options)?;
     Ok(CancellableBroker::new(
         inner,
         Canceller::new(store, Arc::new(channel)),

@@ -136,6 +136,7 @@ pub(crate) async fn heartbeat_of(
         tasks_running: 1,
         tasks_done: 0,
         running_tasks: Vec::new(),
+        queues: Vec::new(),
     };
     heartbeats.put_heartbeat(&beat).await.unwrap();
 }
