@@ -36,7 +36,9 @@ impl From<AppError> for Failure {
             AppError::Config(_)
             | AppError::UnknownJob { .. }
             | AppError::Executor(_)
-            | AppError::NotDistributed { .. } => Failure::usage(e),
+            | AppError::NotDistributed { .. }
+            | AppError::Route(_)
+            | AppError::Priority { .. } => Failure::usage(e),
             AppError::Launch(stepq_executor::LaunchError::UnknownJob { .. }) => Failure::usage(e),
             AppError::Storage(StorageError::RunNotFound { .. }) => Failure::usage(e),
             other => Failure::runtime(other),

@@ -24,6 +24,7 @@ mod localstack_http;
 mod localstack_launch;
 mod localstack_outage;
 mod localstack_progress;
+mod localstack_routing;
 mod report;
 mod resume;
 mod run_metrics;

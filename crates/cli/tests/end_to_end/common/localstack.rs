@@ -172,7 +172,21 @@ impl WorkerProcess {
 
     /// Like [`start`](WorkerProcess::start), with more `worker start` arguments.
     pub(crate) fn start_with(dir: &Path, name: &str, extra: &[&str]) -> Self {
-        let mut child = stepq_configured(dir)
+        Self::start_with_env(dir, name, extra, &[])
+    }
+
+    /// Like [`start_with`](WorkerProcess::start_with), with environment variables set.
+    pub(crate) fn start_with_env(
+        dir: &Path,
+        name: &str,
+        extra: &[&str],
+        env: &[(&str, &std::ffi::OsStr)],
+    ) -> Self {
+        let mut command = stepq_configured(dir);
+        for (key, value) in env {
+            command.env(key, value);
+        }
+        let mut child = command
             .args(["worker", "start", "--name", name, "--log-format", "json"])
             .args(extra)
             .env("RUST_LOG", "info")

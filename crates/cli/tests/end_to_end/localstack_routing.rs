@@ -1,0 +1,371 @@
+//! Queue routing and priority for real, on LocalStack (issue #11):
+//!
+//! - Two `stepq worker start` processes on different queues (`--queues default`, `--queues
+//!   gpu`): every step runs only on the worker of its queue, as the run's event log says;
+//!   while no gpu worker runs, `stepq status` says the gpu steps wait on a queue no live
+//!   worker consumes.
+//! - Priority: a one-step high-priority run started while a 500-step low-priority backfill
+//!   occupies every worker slot starts its step within two receives; the same run without
+//!   `[priority]` waits behind the backfill. Five of each, medians printed (the figures in
+//!   docs/benchmarks.md).
+//!
+//! Ignored by plain `cargo test`; `cargo xtask localstack-test` runs them.
+
+use std::path::Path;
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use aws_sdk_sqs::types::QueueAttributeName;
+
+use crate::common::cli::{run_configured, stdout, stepq_configured, text, KilledOnDrop};
+use crate::common::localstack::{config_dir_with, localstack, TestQueue, WorkerProcess};
+use crate::common::marks::{mark_command, read_marks, MARKS_ENV, WORKER_ENV};
+
+/// Generous bound on anything that should take seconds.
+const PATIENCE: Duration = Duration::from_secs(120);
+
+/// A queue beside `main` named `<main>-<suffix>` (a priority level's queue).
+async fn sibling(main: &TestQueue, suffix: &str) -> TestQueue {
+    let name = main.url.rsplit('/').next().unwrap();
+    let out = main
+        .client
+        .create_queue()
+        .queue_name(format!("{name}-{suffix}"))
+        .attributes(QueueAttributeName::VisibilityTimeout, "6")
+        .send()
+        .await
+        .expect("create a level queue");
+    TestQueue {
+        url: out.queue_url().unwrap().to_string(),
+        client: main.client.clone(),
+    }
+}
+
+/// `stepq status RUN --json`.
+fn status_json(dir: &Path, run_id: &str) -> serde_json::Value {
+    let out = run_configured(
+        dir,
+        &["--jobs-file", "jobs.toml", "status", run_id, "--json"],
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    serde_json::from_str(&stdout(&out)).expect("status JSON")
+}
+
+/// A worker with `WORKER_ENV` set to its name (for the marks), consuming `queues`.
+fn worker(dir: &Path, name: &str, queues: &str, concurrency: &str) -> WorkerProcess {
+    let marks = dir.join("marks");
+    let worker = WorkerProcess::start_with_env(
+        dir,
+        name,
+        &[
+            "--jobs-file",
+            "jobs.toml",
+            "--queues",
+            queues,
+            "--concurrency",
+            concurrency,
+        ],
+        &[(WORKER_ENV, name.as_ref()), (MARKS_ENV, marks.as_os_str())],
+    );
+    worker.wait_for("receiver started", PATIENCE);
+    worker
+}
+
+/// Waits until `check` holds, polling every 200 ms; panics with `what` after [`PATIENCE`].
+fn wait_until(what: &str, mut check: impl FnMut() -> bool) {
+    let began = Instant::now();
+    while !check() {
+        assert!(began.elapsed() < PATIENCE, "{what} within {PATIENCE:?}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "localstack"]
+async fn localstack_routing_each_step_runs_only_on_a_worker_of_its_queue() {
+    let ls = localstack();
+    let main = TestQueue::named(&ls, "stepq-route", false).await;
+    let gpu = TestQueue::named(&ls, "stepq-route-gpu", false).await;
+    let dir = config_dir_with(
+        &ls,
+        &main,
+        "cli-tests",
+        &format!("\n[queues.gpu]\nurl = \"{}\"\n", gpu.url),
+    );
+    let dir = dir.path();
+    let mut jobs = String::from("[jobs.routed]\n\n");
+    for i in 0..4 {
+        jobs.push_str(&format!(
+            "[[jobs.routed.steps]]\nkey = \"cpu{i}\"\nargv = [\"echo\", \"{i}\"]\n\n\
+             [[jobs.routed.steps]]\nkey = \"gpu{i}\"\nargv = [\"echo\", \"{i}\"]\nqueue = \"gpu\"\n\n"
+        ));
+    }
+    // A gpu step reading a cpu step's output, and a cpu step reading a gpu step's.
+    jobs.push_str(
+        "[[jobs.routed.steps]]\nkey = \"gpu_join\"\nargv = [\"cat\"]\nqueue = \"gpu\"\n\
+         inputs = { a = \"cpu0.stdout\" }\nstdin = \"a\"\n\n\
+         [[jobs.routed.steps]]\nkey = \"cpu_join\"\nargv = [\"cat\"]\n\
+         inputs = { a = \"gpu0.stdout\" }\nstdin = \"a\"\n",
+    );
+    std::fs::write(dir.join("jobs.toml"), jobs).unwrap();
+
+    // A step routed to an undeclared queue is refused at launch, naming the step and tag.
+    std::fs::write(
+        dir.join("bad.toml"),
+        "[jobs.bad]\n[[jobs.bad.steps]]\nkey = \"train\"\nargv = [\"true\"]\nqueue = \"tpu\"\n",
+    )
+    .unwrap();
+    let refused = run_configured(dir, &["--jobs-file", "bad.toml", "launch", "bad"]);
+    assert_eq!(refused.status.code(), Some(2), "{}", text(&refused));
+    assert!(
+        text(&refused).contains(
+            "job `bad`, step `train`: tag `stepq/queue = \"tpu\"` names no declared queue"
+        ),
+        "{}",
+        text(&refused)
+    );
+
+    let cpu_worker = worker(dir, "route-cpu", "default", "2");
+    let run_id = format!("route-{}", &uuid::Uuid::new_v4().simple().to_string()[..8]);
+    let launched = run_configured(
+        dir,
+        &[
+            "--jobs-file",
+            "jobs.toml",
+            "launch",
+            "routed",
+            "--run-id",
+            &run_id,
+        ],
+    );
+    assert_eq!(launched.status.code(), Some(0), "{}", text(&launched));
+
+    // No gpu worker yet: status says so.
+    let mut said = String::new();
+    wait_until("stepq status naming the unserved gpu queue", || {
+        let out = run_configured(dir, &["--jobs-file", "jobs.toml", "status", &run_id]);
+        said = stdout(&out);
+        said.contains("on queue `gpu`: 0 live workers consume it")
+    });
+    println!("{said}");
+
+    let gpu_worker = worker(dir, "route-gpu", "gpu", "2");
+    wait_until("the routed run to end", || {
+        status_json(dir, &run_id)["run"]["status"]
+            .as_str()
+            .is_some_and(|s| s == "SUCCESS" || s == "FAILURE")
+    });
+    let status = status_json(dir, &run_id);
+    assert_eq!(status["run"]["status"], "SUCCESS", "{status:#}");
+    let steps = status["steps"].as_array().unwrap();
+    assert_eq!(steps.len(), 10, "{status:#}");
+    for step in steps {
+        let key = step["step"].as_str().unwrap();
+        let expected = if key.starts_with("gpu") {
+            "route-gpu"
+        } else {
+            "route-cpu"
+        };
+        assert_eq!(step["worker"], expected, "step {key}: {status:#}");
+    }
+    assert!(!status["notes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|n| n.as_str().unwrap_or("").contains("0 live workers")));
+    assert_eq!(cpu_worker.stop(), Some(0));
+    assert_eq!(gpu_worker.stop(), Some(0));
+    main.delete().await;
+    gpu.delete().await;
+}
+
+/// Backfill steps; each sleeps this long (seconds) after writing its start mark.
+const BACKFILL_STEPS: usize = 500;
+const BACKFILL_SLEEP: &str = "0.05";
+/// Workers and slots of the priority scenario.
+const WORKERS: usize = 2;
+const SLOTS: usize = 4;
+/// Measurements per mode.
+const ROUNDS: usize = 5;
+
+/// `jobs.toml` of the priority scenario: `backfill` (low priority, every step writes a start
+/// mark and sleeps) and `urgent` (one step writing a start mark).
+fn write_priority_jobs(dir: &Path) {
+    let mark = mark_command("start");
+    let mut jobs = String::from("[jobs.backfill]\npriority = \"low\"\n\n");
+    for i in 0..BACKFILL_STEPS {
+        jobs.push_str(&format!(
+            "[[jobs.backfill.steps]]\nkey = \"b{i:03}\"\nargv = [\"sh\", \"-c\", \"{mark}; sleep {BACKFILL_SLEEP}\"]\n\n"
+        ));
+    }
+    jobs.push_str(&format!(
+        "[jobs.urgent]\n[[jobs.urgent.steps]]\nkey = \"urgent\"\nargv = [\"sh\", \"-c\", \"{mark}\"]\n"
+    ));
+    std::fs::write(dir.join("jobs.toml"), jobs).unwrap();
+}
+
+/// One measurement: a backfill run occupying every slot, then an urgent run (`--priority
+/// high` when `priority`); returns (the urgent step's queue wait, backfill steps started
+/// between the urgent step's send and its start).
+async fn one_round(dir: &Path, priority: bool, round: usize) -> (Duration, usize) {
+    let marks = dir.join("marks");
+    let _ = std::fs::remove_file(&marks);
+    let tag = if priority { "on" } else { "off" };
+    let backfill_id = format!(
+        "backfill-{tag}-{round}-{}",
+        &uuid::Uuid::new_v4().simple().to_string()[..6]
+    );
+    let mut backfill = KilledOnDrop(Some(
+        stepq_configured(dir)
+            .args([
+                "--jobs-file",
+                "jobs.toml",
+                "run",
+                "backfill",
+                "--workers",
+                "0",
+            ])
+            .args(["--run-id", &backfill_id])
+            .env(MARKS_ENV, &marks)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    ));
+    // Every slot busy, twice over.
+    wait_until("the backfill to occupy every worker", || {
+        read_marks(&marks).len() >= 2 * WORKERS * SLOTS
+    });
+    let urgent_id = format!(
+        "urgent-{tag}-{round}-{}",
+        &uuid::Uuid::new_v4().simple().to_string()[..6]
+    );
+    let mut args = vec![
+        "--jobs-file",
+        "jobs.toml",
+        "run",
+        "urgent",
+        "--workers",
+        "0",
+    ];
+    args.extend(["--run-id", urgent_id.as_str()]);
+    if priority {
+        args.extend(["--priority", "high"]);
+    }
+    let urgent = run_configured(dir, &args);
+    assert_eq!(urgent.status.code(), Some(0), "{}", text(&urgent));
+    let status = backfill.child().wait().unwrap();
+    assert!(status.success(), "the backfill run failed");
+
+    let urgent_status = status_json(dir, &urgent_id);
+    let step = &urgent_status["steps"][0];
+    let wait = Duration::from_micros(step["queue_wait_us"].as_u64().expect("a queue wait"));
+    let all = read_marks(&marks);
+    let started = all
+        .iter()
+        .find(|m| m.step == "urgent")
+        .expect("the urgent mark")
+        .at;
+    let sent = started - wait.as_secs_f64();
+    let overtaking = all
+        .iter()
+        .filter(|m| m.step != "urgent" && m.at > sent && m.at < started)
+        .count();
+    (wait, overtaking)
+}
+
+fn median(mut values: Vec<f64>) -> f64 {
+    values.sort_by(f64::total_cmp);
+    values[values.len() / 2]
+}
+
+/// Runs [`ROUNDS`] measurements on fresh workers; the priority config when `priority`.
+async fn measure(priority: bool) -> Vec<(Duration, usize)> {
+    let ls = localstack();
+    let main = TestQueue::named(&ls, "stepq-prio", false).await;
+    let mut levels = Vec::new();
+    let more = if priority {
+        levels.push(sibling(&main, "high").await);
+        levels.push(sibling(&main, "low").await);
+        "\n[priority]\nlevels = [\"high\", \"normal\", \"low\"]\ndefault = \"normal\"\n"
+    } else {
+        ""
+    };
+    let more = format!("{more}\n[executor]\nmax_in_flight = {BACKFILL_STEPS}\n");
+    let dir = config_dir_with(&ls, &main, "cli-tests", &more);
+    let dir = dir.path();
+    write_priority_jobs(dir);
+    if !priority {
+        // Without [priority] a level is refused: the run tag names no level.
+        let out = run_configured(
+            dir,
+            &[
+                "--jobs-file",
+                "jobs.toml",
+                "run",
+                "urgent",
+                "--priority",
+                "high",
+            ],
+        );
+        assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+        assert!(
+            text(&out).contains("names no priority level"),
+            "{}",
+            text(&out)
+        );
+        // The backfill's own `priority = "low"` names no level either: run it without.
+        let jobs = std::fs::read_to_string(dir.join("jobs.toml")).unwrap();
+        std::fs::write(
+            dir.join("jobs.toml"),
+            jobs.replace("priority = \"low\"\n", ""),
+        )
+        .unwrap();
+    }
+    let workers: Vec<WorkerProcess> = (0..WORKERS)
+        .map(|i| worker(dir, &format!("prio-{i}"), "default", &SLOTS.to_string()))
+        .collect();
+    let mut rounds = Vec::new();
+    for round in 0..ROUNDS {
+        rounds.push(one_round(dir, priority, round).await);
+    }
+    for w in workers {
+        assert_eq!(w.stop(), Some(0));
+    }
+    main.delete().await;
+    for level in levels {
+        level.delete().await;
+    }
+    rounds
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "localstack"]
+async fn localstack_priority_a_high_run_overtakes_a_backfill() {
+    let on = measure(true).await;
+    let off = measure(false).await;
+    let ms =
+        |r: &[(Duration, usize)]| median(r.iter().map(|(w, _)| w.as_secs_f64() * 1e3).collect());
+    let overtaken = |r: &[(Duration, usize)]| median(r.iter().map(|(_, n)| *n as f64).collect());
+    println!(
+        "priority ({BACKFILL_STEPS}-step low backfill on {WORKERS} workers x {SLOTS} slots, \
+         median of {ROUNDS}): high run's first step waited {:.0} ms with {} backfill steps \
+         started meanwhile; priority off: {:.0} ms with {} steps; all: on {on:?}, off {off:?}",
+        ms(&on),
+        overtaken(&on),
+        ms(&off),
+        overtaken(&off)
+    );
+    // Within two receives of the fleet: no more backfill steps start meanwhile than the
+    // slots of two rounds of receives.
+    for (wait, started) in &on {
+        assert!(
+            *started <= 2 * WORKERS * SLOTS,
+            "the high run waited {wait:?} while {started} backfill steps started: {on:?}"
+        );
+    }
+    assert!(
+        ms(&on) < ms(&off),
+        "priority did not shorten the wait: on {on:?}, off {off:?}"
+    );
+}
