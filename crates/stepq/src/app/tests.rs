@@ -152,3 +152,76 @@ async fn step_progress_is_on_embedded_and_on_sqs_unless_set() {
         "turned off explicitly"
     );
 }
+
+/// A code location of one job: `prep` (default queue, the run's level), `train` (queue
+/// `gpu`, level `low`) reading it.
+fn routed_location(train_queue: &str) -> CodeLocation {
+    use stepq_plan::{Job, StepDef};
+    use stepq_worker::{op_fn, op_map, StepOutputs};
+    CodeLocation::builder()
+        .op(
+            "emit",
+            op_fn(|_ctx, _inputs| async move { StepOutputs::new().with("n", &1_i64) }),
+        )
+        .op(
+            "add_one",
+            op_map("n", "result", |_ctx, n: i64| async move { Ok(n + 1) }),
+        )
+        .job(
+            Job::builder("ml")
+                .step(StepDef::new("prep", "emit").output("n"))
+                .step(
+                    StepDef::new("train", "add_one")
+                        .input("n", "prep", "n")
+                        .output("result")
+                        .tag(protocol::QUEUE_TAG, train_queue)
+                        .tag(protocol::PRIORITY_TAG, "low"),
+                )
+                .build()
+                .unwrap(),
+        )
+        .build()
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_embedded_default_routes_steps_to_lanes_its_workers_all_serve() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = "[queues.gpu]\n[priority]\nlevels = [\"high\", \"normal\", \"low\"]\ndefault = \"normal\"\n";
+    let mut config = StepqConfig::from_toml_str(text, std::path::Path::new("stepq.toml")).unwrap();
+    config.state_dir = dir.path().into();
+    let app = make_app(&config).await.unwrap();
+    assert!(config.routing().unwrap().is_routed());
+    let options = RunOptions {
+        tags: [(protocol::PRIORITY_TAG.to_string(), "high".to_string())].into(),
+        ..RunOptions::default()
+    };
+    let finished = app
+        .run_with_local_workers(Arc::new(routed_location("gpu")), "ml", options, 2)
+        .await
+        .unwrap();
+    assert_eq!(finished.result.status, stepq_executor::RunStatus::Success);
+
+    // A step routed to an undeclared queue, and a run level that does not exist, are refused
+    // before anything runs.
+    let err = app
+        .run_with_local_workers(
+            Arc::new(routed_location("tpu")),
+            "ml",
+            RunOptions::default(),
+            1,
+        )
+        .await
+        .unwrap_err();
+    assert!(matches!(err, AppError::Route(_)), "{err}");
+    assert!(err.to_string().contains("step `train`"), "{err}");
+    let options = RunOptions {
+        tags: [(protocol::PRIORITY_TAG.to_string(), "urgent".to_string())].into(),
+        ..RunOptions::default()
+    };
+    let err = app
+        .run_with_local_workers(Arc::new(routed_location("gpu")), "ml", options, 1)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, AppError::Priority { .. }), "{err}");
+}

@@ -410,6 +410,15 @@ mod tests {
     }
 
     #[test]
+    fn on_sqs_every_named_queue_needs_a_url() {
+        let queues = BTreeMap::from([("gpu".to_string(), QueueSettings::default())]);
+        let err = Routing::from_config(&queues, None, None, true).unwrap_err();
+        assert!(err.to_string().contains("queues.gpu.url"), "{err}");
+        let embedded = Routing::from_config(&queues, None, Some(&["gpu".into()]), false).unwrap();
+        assert_eq!(embedded.consumed(), ["gpu"]);
+    }
+
+    #[test]
     fn a_step_routed_nowhere_is_refused_naming_the_step_and_the_tag() {
         let routing = settings("[queues.gpu]\n[priority]\n").unwrap();
         let job = |tag: &str, value: &str| {

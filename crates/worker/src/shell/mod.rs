@@ -49,6 +49,10 @@
 //! - `success_exit_codes`: exit codes that count as success (default `[0]`).
 //! - `tags`, `retry` (`max_attempts`, `delay_seconds`, `multiplier`, `max_delay_seconds`,
 //!   `jitter`).
+//! - `queue`, `priority`: the queue and priority level the step is sent to (the tags
+//!   `stepq/queue` and `stepq/priority`, which they override; see
+//!   [`service::routing`](crate::service::routing)). On `[jobs.NAME]`, the same two keys
+//!   are the default of every step that names none.
 //!
 //! Every command runs as the leader of a process group of its own, and no process of it is
 //! left behind: on timeout, cancel, a worker stopping (past its grace period) or the op's
