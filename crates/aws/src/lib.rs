@@ -41,7 +41,8 @@ pub mod timeouts;
 
 pub use error::{aws_error, body_read_error, classify_aws_failure, AwsFailureKind};
 pub use s3::{
-    ResultKeys, S3CancelStore, S3HeartbeatStore, S3OutputStore, S3ResultBackend, S3RunStore,
+    ResultKeys, S3CancelStore, S3HeartbeatStore, S3LeaseStore, S3OutputStore, S3ResultBackend,
+    S3RunStore,
 };
 pub use settings::{InvalidSetting, S3Settings, SqsSettings};
 pub use sqs::cancel_channel::{

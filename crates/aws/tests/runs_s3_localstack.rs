@@ -1,4 +1,4 @@
-//! The run store and heartbeat store conformance suites (one test per check) against S3 on
+//! The run store, heartbeat store and lease store conformance suites (one test per check) against S3 on
 //! LocalStack, and what is particular to S3.
 //!
 //! Run with `cargo xtask localstack-test`, or by hand with `-- --ignored` and the env
@@ -7,8 +7,8 @@
 
 use aws_config::{BehaviorVersion, SdkConfig};
 use stepq_aws::s3::s3_client;
-use stepq_aws::{S3HeartbeatStore, S3RunStore};
-use stepq_runs::conformance::{HeartbeatStoreFactory, RunStoreFactory};
+use stepq_aws::{S3HeartbeatStore, S3LeaseStore, S3RunStore};
+use stepq_runs::conformance::{HeartbeatStoreFactory, LeaseStoreFactory, RunStoreFactory};
 use stepq_runs::{RunRecord, RunStatus, RunStore, StorageError};
 
 fn required_env(name: &str) -> String {
@@ -71,6 +71,24 @@ impl HeartbeatStoreFactory for Heartbeats {
         S3HeartbeatStore::new(&self.0.sdk, store.bucket(), store.base_path())
     }
 }
+
+struct Leases(LocalStack);
+
+impl LeaseStoreFactory for Leases {
+    type Store = S3LeaseStore;
+    async fn fresh(&self) -> S3LeaseStore {
+        S3LeaseStore::new(&self.0.sdk, &self.0.bucket, LocalStack::base_path())
+    }
+    async fn reopen(&self, store: &S3LeaseStore) -> S3LeaseStore {
+        S3LeaseStore::new(&self.0.sdk, store.bucket(), store.base_path())
+    }
+}
+
+stepq_runs::lease_store_conformance_tests!(
+    #[ignore = "localstack"]
+    lease_store_conformance,
+    Leases(LocalStack::connect().await)
+);
 
 stepq_runs::run_store_conformance_tests!(
     #[ignore = "localstack"]

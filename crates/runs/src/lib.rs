@@ -38,6 +38,7 @@
 pub mod error;
 pub mod filter;
 pub mod heartbeat;
+pub mod lease;
 pub mod local;
 pub mod memory;
 pub mod record;
@@ -57,6 +58,7 @@ pub use heartbeat::{
     classify_workers, HeartbeatStore, RunningTask, WorkerHealth, WorkerHeartbeat, WorkerState,
     LOST_AFTER_INTERVALS,
 };
+pub use lease::{InMemoryLeaseStore, Lease, LeaseStore};
 pub use local::{LocalDirHeartbeatStore, LocalDirRunStore};
 pub use memory::{InMemoryHeartbeatStore, InMemoryRunStore};
 pub use record::{config_digest, ParseRunStatusError, RunRecord, RunStatus, StatusChange};

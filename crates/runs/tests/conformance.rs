@@ -4,9 +4,10 @@
 use std::path::PathBuf;
 use std::sync::Mutex;
 
-use stepq_runs::conformance::{self, HeartbeatStoreFactory, RunStoreFactory};
+use stepq_runs::conformance::{self, HeartbeatStoreFactory, LeaseStoreFactory, RunStoreFactory};
 use stepq_runs::{
-    InMemoryHeartbeatStore, InMemoryRunStore, LocalDirHeartbeatStore, LocalDirRunStore,
+    InMemoryHeartbeatStore, InMemoryLeaseStore, InMemoryRunStore, LocalDirHeartbeatStore,
+    LocalDirRunStore,
 };
 use tempfile::TempDir;
 
@@ -28,6 +29,16 @@ impl HeartbeatStoreFactory for Memory {
         InMemoryHeartbeatStore::new()
     }
     async fn reopen(&self, store: &InMemoryHeartbeatStore) -> InMemoryHeartbeatStore {
+        store.clone()
+    }
+}
+
+impl LeaseStoreFactory for Memory {
+    type Store = InMemoryLeaseStore;
+    async fn fresh(&self) -> InMemoryLeaseStore {
+        InMemoryLeaseStore::new()
+    }
+    async fn reopen(&self, store: &InMemoryLeaseStore) -> InMemoryLeaseStore {
         store.clone()
     }
 }
@@ -70,6 +81,7 @@ impl HeartbeatStoreFactory for LocalDir {
 
 stepq_runs::run_store_conformance_tests!(in_memory, Memory);
 stepq_runs::heartbeat_store_conformance_tests!(in_memory_heartbeats, Memory);
+stepq_runs::lease_store_conformance_tests!(in_memory_leases, Memory);
 stepq_runs::run_store_conformance_tests!(local_dir, LocalDir::default());
 stepq_runs::heartbeat_store_conformance_tests!(local_dir_heartbeats, LocalDir::default());
 

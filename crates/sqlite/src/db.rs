@@ -66,6 +66,14 @@ CREATE TABLE IF NOT EXISTS cancels (
     task_id TEXT PRIMARY KEY,
     marker  BLOB NOT NULL
 );
+CREATE TABLE IF NOT EXISTS leases (
+    name       TEXT NOT NULL,
+    slot       INTEGER NOT NULL,
+    holder     TEXT NOT NULL,
+    expires_at INTEGER NOT NULL,
+    version    INTEGER NOT NULL,
+    PRIMARY KEY (name, slot)
+) WITHOUT ROWID;
 ";
 
 /// How to open a store.

@@ -55,6 +55,7 @@ mod cancel;
 mod db;
 mod error;
 mod heartbeats;
+mod leases;
 mod notify;
 mod outputs;
 mod pending;
@@ -70,6 +71,7 @@ pub use cancel::SqliteCancelStore;
 pub use db::SqliteOptions;
 pub use error::{SqliteError, SqliteErrorKind};
 pub use heartbeats::SqliteHeartbeatStore;
+pub use leases::SqliteLeaseStore;
 pub use outputs::SqliteOutputStore;
 pub use results::SqliteResultBackend;
 pub use runs::SqliteRunStore;
@@ -183,6 +185,11 @@ impl SqliteStore {
     /// The cancel-marker store view.
     pub fn cancels(&self) -> SqliteCancelStore {
         SqliteCancelStore::new(self.clone())
+    }
+
+    /// The fleet-wide slot lease store view.
+    pub fn leases(&self) -> SqliteLeaseStore {
+        SqliteLeaseStore::new(self.clone())
     }
 
     /// Waits until every write made through this handle so far is committed; fails if a

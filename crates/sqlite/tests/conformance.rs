@@ -10,7 +10,7 @@ use async_trait::async_trait;
 use stepq_cancel::conformance::CancelStoreFactory;
 use stepq_results::conformance::{OutputStoreFactory, ResultBackendFactory};
 use stepq_results::{OutputStore, ResultBackend};
-use stepq_runs::conformance::{HeartbeatStoreFactory, RunStoreFactory};
+use stepq_runs::conformance::{HeartbeatStoreFactory, LeaseStoreFactory, RunStoreFactory};
 use stepq_sqlite::{
     SqliteCancelStore, SqliteHeartbeatStore, SqliteOptions, SqliteRunStore, SqliteStore,
 };
@@ -73,6 +73,19 @@ impl HeartbeatStoreFactory for Sqlite {
     }
 }
 
+impl LeaseStoreFactory for Sqlite {
+    type Store = stepq_sqlite::SqliteLeaseStore;
+    async fn fresh(&self) -> stepq_sqlite::SqliteLeaseStore {
+        self.fresh_store().leases()
+    }
+    async fn reopen(
+        &self,
+        store: &stepq_sqlite::SqliteLeaseStore,
+    ) -> stepq_sqlite::SqliteLeaseStore {
+        self.reopen_store(store.store()).leases()
+    }
+}
+
 impl CancelStoreFactory for Sqlite {
     type Store = SqliteCancelStore;
     async fn fresh(&self) -> SqliteCancelStore {
@@ -109,6 +122,7 @@ impl OutputStoreFactory for Sqlite {
 
 stepq_runs::run_store_conformance_tests!(sqlite_runs, Sqlite::default());
 stepq_runs::heartbeat_store_conformance_tests!(sqlite_heartbeats, Sqlite::default());
+stepq_runs::lease_store_conformance_tests!(sqlite_leases, Sqlite::default());
 stepq_cancel::cancel_store_conformance_tests!(sqlite_cancels, Sqlite::default());
 stepq_results::result_backend_conformance_tests!(sqlite_results, Sqlite::default());
 stepq_results::output_store_conformance_tests!(sqlite_outputs, Sqlite::default());

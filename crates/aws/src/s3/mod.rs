@@ -38,7 +38,7 @@ pub use crate::error::{aws_error, body_read_error, classify_aws_failure, AwsFail
 pub use cancel::S3CancelStore;
 pub use outputs::S3OutputStore;
 pub use results::{ResultKeys, S3ResultBackend};
-pub use runs::{S3HeartbeatStore, S3RunStore};
+pub use runs::{S3HeartbeatStore, S3LeaseStore, S3RunStore};
 
 /// An error of an S3 operation as a [`ResultError::Service`] with its AWS error code, whether
 /// retrying can help, and the SDK error as the source (see [`aws_error`]).

@@ -37,6 +37,7 @@
 
 mod delete_run;
 mod heartbeat_store;
+mod lease_store;
 mod run_filter;
 mod run_store;
 
@@ -51,6 +52,12 @@ pub use heartbeat_store::{
     check_heartbeats_classify_live_and_lost, check_heartbeats_put_replace_list_remove,
     check_heartbeats_reject_invalid_ids, check_heartbeats_survive_a_new_store_instance,
     run_heartbeat_store_suite, HeartbeatStoreFactory,
+};
+pub use lease_store::{
+    check_a_released_slot_is_free_again, check_a_renewed_lease_is_kept,
+    check_an_expired_lease_is_taken_over, check_concurrent_acquires_never_share_a_slot,
+    check_leases_reject_bad_names_and_zero_limits, check_leases_survive_a_new_store_instance,
+    check_leases_up_to_the_limit_and_no_more, run_lease_store_suite, LeaseStoreFactory,
 };
 pub use run_filter::check_list_runs_matching_filters_newest_first;
 pub use run_store::{
@@ -134,6 +141,39 @@ macro_rules! run_store_conformance_tests {
 macro_rules! heartbeat_store_conformance_tests {
     ($(#[$attr:meta])* $module:ident, $factory:expr $(, except [$($skip:ident),* $(,)?])? $(,)?) => {
         $crate::__heartbeat_store_checks! {
+            __conformance_tests [$crate::conformance] {$(#[$attr])*} $module; $factory;
+            [$($($skip),*)?]
+        }
+    };
+}
+
+/// The checks of the lease store suite, handed to `$callback` (internal).
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __lease_store_checks {
+    ($callback:ident $($args:tt)*) => {
+        $crate::$callback! { $($args)* [
+            check_leases_up_to_the_limit_and_no_more,
+            check_a_released_slot_is_free_again,
+            check_an_expired_lease_is_taken_over,
+            check_a_renewed_lease_is_kept,
+            check_concurrent_acquires_never_share_a_slot,
+            check_leases_reject_bad_names_and_zero_limits,
+            check_leases_survive_a_new_store_instance,
+        ] }
+    };
+}
+
+/// One `#[tokio::test]` (multi-threaded runtime) per check of the [`LeaseStore`] suite, in
+/// a module `$module`, each with the [`LeaseStoreFactory`] `$factory`; the same shape as
+/// [`run_store_conformance_tests!`](crate::run_store_conformance_tests).
+///
+/// [`LeaseStore`]: crate::LeaseStore
+/// [`LeaseStoreFactory`]: crate::conformance::LeaseStoreFactory
+#[macro_export]
+macro_rules! lease_store_conformance_tests {
+    ($(#[$attr:meta])* $module:ident, $factory:expr $(, except [$($skip:ident),* $(,)?])? $(,)?) => {
+        $crate::__lease_store_checks! {
             __conformance_tests [$crate::conformance] {$(#[$attr])*} $module; $factory;
             [$($($skip),*)?]
         }

@@ -6,6 +6,7 @@
 //! runs/<run_id>/run.json          the run record
 //! runs/<run_id>/events/<seq>      one event batch each: stepq_plan::pack of Vec<Event>
 //! workers/<worker_id>.json        last heartbeat of each worker
+//! leases/<name>/<slot>.json       fleet-wide slot leases (`leases.rs`)
 //! ```
 //!
 //! `<seq>` is a 20-digit zero-padded number, so `ListObjectsV2` returns batches in order.
@@ -34,11 +35,13 @@
 //! conditional `PutObject`, listing, JSON and error helpers).
 
 mod heartbeats;
+mod leases;
 mod location;
 mod run_store;
 
 pub use crate::s3::s3_client;
 pub use heartbeats::S3HeartbeatStore;
+pub use leases::S3LeaseStore;
 pub use run_store::S3RunStore;
 
 #[cfg(test)]
