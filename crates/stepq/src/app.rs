@@ -340,6 +340,13 @@ impl App {
         let mut settings = ServiceSettings::new(config)
             .with_health_interval(self.config.health_interval())
             .with_cancel_grace(self.worker_cancel_grace());
+        let file_settings = self
+            .config
+            .worker
+            .service_settings(name.clone())
+            .map_err(crate::config::worker_error)?;
+        settings.fleet_limits = file_settings.fleet_limits;
+        settings.fleet_lease = file_settings.fleet_lease;
         if health {
             settings.http = self.config.worker.http_address()?;
             let routing = self.config.routing()?;

@@ -382,7 +382,7 @@ fn executor_error(e: ExecutorError) -> ConfigError {
 }
 
 /// A `[worker]` error as a config error naming `worker.<key>`.
-fn worker_error(e: WorkerError) -> ConfigError {
+pub(crate) fn worker_error(e: WorkerError) -> ConfigError {
     match e {
         WorkerError::Config { field, reason } => invalid(format!("worker.{field}"), reason),
         other => invalid("worker", other.to_string()),

@@ -60,6 +60,7 @@ pub mod canceled;
 pub mod context;
 pub mod error;
 pub mod execute;
+pub mod fleet;
 pub mod health;
 #[cfg(feature = "http")]
 pub mod http;

@@ -15,6 +15,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use crate::execute::{run_step, InlineInputs, InlineOptions};
+use crate::fleet::FleetLimiter;
 use crate::health::WorkerActivity;
 use crate::location::CodeLocation;
 use crate::observe::{TaskEnd, WorkerObserver};
@@ -202,6 +203,8 @@ struct StepRunner {
     counters: StepCounters,
     /// Told about step tasks and steps, once installed.
     observer: std::sync::OnceLock<Arc<dyn WorkerObserver>>,
+    /// Fleet-wide tag limits, once installed.
+    fleet: std::sync::OnceLock<Arc<FleetLimiter>>,
 }
 
 impl StepRunner {
@@ -363,10 +366,31 @@ impl StepRunner {
         if let Some(parent) = trace {
             stepq_broker::trace::adopt(&span, parent);
         }
+        // Fleet-wide limits: a slot of each the task's steps fall under (a fused task's steps
+        // share their tags), taken before its first step starts, given back after its last.
+        let slots = match (self.fleet.get(), self.location.job(&args.job_name)) {
+            (Some(fleet), Some(job)) => {
+                let tags = job.step(&args.step_keys[0]).map(|s| &s.tags);
+                match tags {
+                    Some(tags) => {
+                        let holder = format!("{}/{}", self.worker_name, message.task_id);
+                        fleet
+                            .acquire(tags, &holder, &task.cancel)
+                            .instrument(span.clone())
+                            .await
+                    }
+                    None => None,
+                }
+            }
+            _ => None,
+        };
         let reports = self
             .run_steps(&args, &task.cancel, progress.as_ref())
             .instrument(span)
             .await;
+        if let Some(slots) = slots {
+            slots.release().await;
+        }
         if let Some(progress) = progress {
             progress.finish().await;
         }
@@ -412,6 +436,7 @@ impl Worker {
             inline: InlineOptions::up_to(config.inline_output_limit),
             counters: StepCounters::default(),
             observer: std::sync::OnceLock::new(),
+            fleet: std::sync::OnceLock::new(),
         });
         let mut receiver = Receiver::new(queue).with_config(config.receiver_config());
         let handler_runner = runner.clone();
@@ -460,6 +485,12 @@ impl Worker {
         if self.runner.observer.set(observer.clone()).is_ok() {
             self.receiver.set_observer(observer);
         }
+    }
+
+    /// Takes a fleet-wide slot from `limiter` before running any step task whose steps carry
+    /// a limited tag (see [`crate::fleet`]). One limiter per worker: a second call is ignored.
+    pub fn set_fleet_limiter(&mut self, limiter: Arc<FleetLimiter>) {
+        let _ = self.runner.fleet.set(limiter);
     }
 
     /// The underlying receiver, e.g. to register typed tasks with [`Receiver::register_fn`].

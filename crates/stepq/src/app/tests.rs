@@ -225,3 +225,79 @@ async fn the_embedded_default_routes_steps_to_lanes_its_workers_all_serve() {
         .unwrap_err();
     assert!(matches!(err, AppError::Priority { .. }), "{err}");
 }
+
+/// Most steps running at once in `events`, from their StepStart and end events.
+fn max_concurrent(events: &[stepq_plan::Event]) -> usize {
+    use stepq_plan::EventKind;
+    let mut edges: Vec<(u64, i32)> = Vec::new();
+    for e in events {
+        match &e.kind {
+            EventKind::StepStart { .. } => edges.push((e.timestamp_us, 1)),
+            EventKind::StepSuccess { .. }
+            | EventKind::StepFailure { .. }
+            | EventKind::StepCanceled { .. } => edges.push((e.timestamp_us, -1)),
+            _ => {}
+        }
+    }
+    // Ends before starts at the same instant.
+    edges.sort();
+    let (mut now, mut most) = (0i32, 0i32);
+    for (_, d) in edges {
+        now += d;
+        most = most.max(now);
+    }
+    most as usize
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fleet_wide_limit_holds_across_runs_on_the_embedded_store() {
+    use stepq_plan::{Job, StepDef};
+    use stepq_worker::{op_fn, StepOutputs};
+    let dir = tempfile::tempdir().unwrap();
+    let text = "[worker]\nfleet_limits = [{ key = \"db\", value = \"warehouse\", limit = 2 }]\n";
+    let mut config = StepqConfig::from_toml_str(text, std::path::Path::new("stepq.toml")).unwrap();
+    config.state_dir = dir.path().into();
+    config.validate().unwrap();
+    let app = make_app(&config).await.unwrap();
+    let mut job = Job::builder("warehouse");
+    for i in 0..6 {
+        job = job.step(StepDef::new(format!("load{i}"), "load").tag("db", "warehouse"));
+    }
+    let location = Arc::new(
+        CodeLocation::builder()
+            .op(
+                "load",
+                op_fn(|_ctx, _inputs| async move {
+                    tokio::time::sleep(Duration::from_millis(60)).await;
+                    Ok(StepOutputs::new())
+                }),
+            )
+            .job(job.build().unwrap())
+            .build()
+            .unwrap(),
+    );
+    // Two runs at once, on six in-process workers each: twelve slots, two may run.
+    let (a, b) = tokio::join!(
+        app.run_with_local_workers(location.clone(), "warehouse", RunOptions::default(), 6),
+        app.run_with_local_workers(location.clone(), "warehouse", RunOptions::default(), 6),
+    );
+    let mut all = Vec::new();
+    for run in [a.unwrap(), b.unwrap()] {
+        assert_eq!(run.result.status, stepq_executor::RunStatus::Success);
+        let events =
+            stepq_executor::launcher::read_all_events(app.runs().as_ref(), &run.result.run_id)
+                .await
+                .unwrap();
+        all.extend(events);
+    }
+    assert_eq!(max_concurrent(&all), 2, "the limit of 2 across both runs");
+
+    // A limit of 0 is refused at config load, naming the tag.
+    let zero = "[worker]\nfleet_limits = [{ key = \"db\", value = \"warehouse\", limit = 0 }]\n";
+    let config = StepqConfig::from_toml_str(zero, std::path::Path::new("stepq.toml")).unwrap();
+    let err = config.validate().unwrap_err().to_string();
+    assert!(
+        err.contains("worker.fleet_limits") && err.contains("`db = \"warehouse\"` is 0"),
+        "{err}"
+    );
+}

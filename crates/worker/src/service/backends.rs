@@ -24,7 +24,7 @@ use stepq_broker::signing::{MessageSigner, SignedBroker};
 use stepq_broker::{Broker, BrokerError, InMemoryBroker, TaskQueue};
 use stepq_cancel::{CancelStore, CancellableBroker, Canceller, LocalDirCancelStore};
 use stepq_results::{LocalDirOutputStore, LocalDirResultBackend, OutputStore, ResultBackend};
-use stepq_runs::{HeartbeatStore, LocalDirHeartbeatStore, LocalDirRunStore, RunStore};
+use stepq_runs::{HeartbeatStore, LeaseStore, LocalDirHeartbeatStore, LocalDirRunStore, RunStore};
 use stepq_sqlite::SqliteStore;
 
 use super::routing::Routing;
@@ -71,6 +71,7 @@ type EmbeddedStores = (
     Arc<dyn RunStore>,
     Arc<dyn HeartbeatStore>,
     Arc<dyn CancelStore>,
+    Option<Arc<dyn LeaseStore>>,
 );
 
 /// The queue and stores of one process (see the [module docs](self)).
@@ -86,6 +87,9 @@ pub struct Backends {
     pub heartbeats: Arc<dyn HeartbeatStore>,
     /// The cancellable broker's canceller; `None` with cancellation off.
     pub canceller: Option<Canceller>,
+    /// Fleet-wide slot leases (the SQLite database or the bucket); `None` with the
+    /// one-file-per-record state store, which has none.
+    pub leases: Option<Arc<dyn LeaseStore>>,
     /// The SQS broker itself (for its queue depth and visibility timeout); `None` embedded.
     #[cfg(feature = "aws")]
     pub sqs: Option<stepq_aws::SqsBroker>,
@@ -121,7 +125,7 @@ impl Backends {
         cancellation: bool,
         routing: &Routing,
     ) -> Result<Self, BackendsError> {
-        let (results, outputs, runs, heartbeats, cancels): EmbeddedStores = match store {
+        let (results, outputs, runs, heartbeats, cancels, leases): EmbeddedStores = match store {
             StateStore::Sqlite => {
                 if let Some(notice) = stepq_sqlite::old_layout_notice(state_dir) {
                     tracing::warn!("{notice}");
@@ -136,6 +140,7 @@ impl Backends {
                     Arc::new(db.runs()),
                     Arc::new(db.heartbeats()),
                     Arc::new(db.cancels()),
+                    Some(Arc::new(db.leases())),
                 )
             }
             StateStore::Files => (
@@ -144,6 +149,7 @@ impl Backends {
                 Arc::new(LocalDirRunStore::new(state_dir)),
                 Arc::new(LocalDirHeartbeatStore::new(state_dir)),
                 Arc::new(LocalDirCancelStore::new(state_dir)),
+                None,
             ),
         };
         let routed = routing
@@ -167,6 +173,7 @@ impl Backends {
             runs,
             heartbeats,
             canceller,
+            leases,
             #[cfg(feature = "aws")]
             sqs: None,
         })
@@ -290,7 +297,10 @@ impl Backends {
             queue: queue.with_middleware(middleware),
             outputs: Arc::new(S3OutputStore::new(&s3_sdk, bucket.clone(), base)),
             runs: Arc::new(S3RunStore::new(&s3_sdk, bucket.clone(), base)),
-            heartbeats: Arc::new(S3HeartbeatStore::new(&s3_sdk, bucket, base)),
+            heartbeats: Arc::new(S3HeartbeatStore::new(&s3_sdk, bucket.clone(), base)),
+            leases: Some(Arc::new(stepq_aws::S3LeaseStore::new(
+                &s3_sdk, bucket, base,
+            ))),
             canceller,
             sqs: Some(broker),
         })
@@ -316,6 +326,9 @@ impl Backends {
         }
         if let Some(canceller) = self.canceller.clone() {
             parts = parts.with_canceller(canceller);
+        }
+        if let Some(leases) = self.leases.clone() {
+            parts = parts.with_leases(leases);
         }
         parts
     }

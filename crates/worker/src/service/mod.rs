@@ -111,6 +111,8 @@ pub struct ServiceParts {
     pub heartbeats: Option<Arc<dyn HeartbeatStore>>,
     /// The canceller of the queue's cancellable broker; `None`: no cancel listener.
     pub canceller: Option<Canceller>,
+    /// Where fleet-wide slot leases are kept (needed by [`ServiceSettings::fleet_limits`]).
+    pub leases: Option<Arc<dyn stepq_runs::LeaseStore>>,
 }
 
 impl std::fmt::Debug for ServiceParts {
@@ -131,7 +133,14 @@ impl ServiceParts {
             outputs,
             heartbeats: None,
             canceller: None,
+            leases: None,
         }
+    }
+
+    /// Keeps fleet-wide slot leases in `store`.
+    pub fn with_leases(mut self, store: Arc<dyn stepq_runs::LeaseStore>) -> Self {
+        self.leases = Some(store);
+        self
     }
 
     /// Writes the worker's health heartbeat to `store`.
@@ -165,6 +174,10 @@ pub struct ServiceSettings {
     /// can say a step waits on a queue no live worker consumes); empty: not said (the
     /// default queue).
     pub queues: Vec<String>,
+    /// Fleet-wide tag limits (see [`crate::fleet`]); they need [`ServiceParts::leases`].
+    pub fleet_limits: Vec<crate::fleet::FleetLimit>,
+    /// How long a fleet-wide slot stays held without renewal.
+    pub fleet_lease: Duration,
 }
 
 impl ServiceSettings {
@@ -177,6 +190,8 @@ impl ServiceSettings {
             host: host_name(),
             http: None,
             queues: Vec::new(),
+            fleet_limits: Vec::new(),
+            fleet_lease: crate::fleet::DEFAULT_LEASE,
         }
     }
 
@@ -229,12 +244,28 @@ impl WorkerService {
         parts: ServiceParts,
         settings: ServiceSettings,
     ) -> Result<Self, WorkerError> {
-        let worker = Worker::new(
+        let mut worker = Worker::new(
             location,
             parts.queue.clone(),
             parts.outputs.clone(),
             settings.worker.clone(),
         )?;
+        if !settings.fleet_limits.is_empty() {
+            let Some(store) = parts.leases.clone() else {
+                return Err(WorkerError::Config {
+                    field: "fleet_limits",
+                    reason: "fleet-wide limits need a lease store: the SQLite state store \
+                             (state_store = \"sqlite\") or S3"
+                        .into(),
+                });
+            };
+            let limiter = crate::fleet::FleetLimiter::new(
+                store,
+                settings.fleet_limits.clone(),
+                settings.fleet_lease,
+            )?;
+            worker.set_fleet_limiter(Arc::new(limiter));
+        }
         Ok(WorkerService {
             worker,
             parts,

@@ -4,6 +4,7 @@
 //! setting has one default and one check.
 
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -40,6 +41,25 @@ pub struct WorkerSettings {
     /// in-process workers of `stepq run` every queue.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub queues: Option<Vec<String>>,
+    /// Fleet-wide tag limits: at most `limit` steps tagged `key = value` running at once
+    /// across every worker sharing the run store (all runs), e.g.
+    /// `[{ key = "db", value = "warehouse", limit = 4 }]`. Every worker must list the same.
+    pub fleet_limits: Vec<FleetLimitSetting>,
+    /// How long a fleet-wide slot stays held without renewal (renewed every third of it):
+    /// a dead worker's slots are free again after at most this long (>= 1).
+    pub fleet_lease_seconds: f64,
+}
+
+/// One `worker.fleet_limits` entry.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FleetLimitSetting {
+    /// The tag key.
+    pub key: String,
+    /// The tag value.
+    pub value: String,
+    /// Steps at once (at least 1).
+    pub limit: usize,
 }
 
 impl Default for WorkerSettings {
@@ -53,6 +73,8 @@ impl Default for WorkerSettings {
             max_receive_count: stepq_broker::DEFAULT_MAX_RECEIVE_COUNT,
             http: None,
             queues: None,
+            fleet_limits: Vec::new(),
+            fleet_lease_seconds: crate::fleet::DEFAULT_LEASE.as_secs_f64(),
         }
     }
 }
@@ -236,6 +258,31 @@ impl WorkerSettings {
         let mut settings = ServiceSettings::new(self.worker_config(name)?)
             .with_health_interval(self.health_interval()?);
         settings.http = self.http_address()?;
+        settings.fleet_limits = self
+            .fleet_limits
+            .iter()
+            .map(|l| crate::fleet::FleetLimit::new(&l.key, &l.value, l.limit))
+            .collect();
+        settings.fleet_lease = Duration::try_from_secs_f64(self.fleet_lease_seconds)
+            .ok()
+            .filter(|d| *d >= Duration::from_secs(1))
+            .ok_or_else(|| {
+                config_error(
+                    "fleet_lease_seconds",
+                    format!(
+                        "must be a number of seconds >= 1, got {}",
+                        self.fleet_lease_seconds
+                    ),
+                )
+            })?;
+        // The limits' own checks (a limit of 0, one listed twice), on a throwaway store.
+        if !settings.fleet_limits.is_empty() {
+            crate::fleet::FleetLimiter::new(
+                Arc::new(stepq_runs::InMemoryLeaseStore::new()),
+                settings.fleet_limits.clone(),
+                settings.fleet_lease,
+            )?;
+        }
         Ok(settings)
     }
 
