@@ -235,7 +235,7 @@ fn max_concurrent(events: &[stepq_plan::Event]) -> usize {
             EventKind::StepStart { .. } => edges.push((e.timestamp_us, 1)),
             EventKind::StepSuccess { .. }
             | EventKind::StepFailure { .. }
-            | EventKind::StepCanceled { .. } => edges.push((e.timestamp_us, -1)),
+            | EventKind::StepCanceled => edges.push((e.timestamp_us, -1)),
             _ => {}
         }
     }
