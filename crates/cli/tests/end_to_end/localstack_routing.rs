@@ -1,4 +1,4 @@
-//! Queue routing and priority for real, on LocalStack (issue #11):
+//! Queue routing, priority and fleet-wide limits for real, on LocalStack (issue #11):
 //!
 //! - Two `stepq worker start` processes on different queues (`--queues default`, `--queues
 //!   gpu`): every step runs only on the worker of its queue, as the run's event log says;
@@ -8,6 +8,9 @@
 //!   occupies every worker slot starts its step within two receives; the same run without
 //!   `[priority]` waits behind the backfill. Five of each, medians printed (the figures in
 //!   docs/benchmarks.md).
+//! - Fleet-wide limit: a 200-step run tagged `db = "warehouse"` on 3 workers of 3 slots never
+//!   runs more than the limit at once (from its event log); a worker SIGKILLed while it holds
+//!   slots gives them back within the lease time (from the step commands' marks).
 //!
 //! Ignored by plain `cargo test`; `cargo xtask localstack-test` runs them.
 
@@ -368,4 +371,220 @@ async fn localstack_priority_a_high_run_overtakes_a_backfill() {
         ms(&on) < ms(&off),
         "priority did not shorten the wait: on {on:?}, off {off:?}"
     );
+}
+
+/// The fleet-wide limit of the limit scenarios.
+const FLEET_LIMIT: usize = 4;
+/// Their lease time, seconds.
+const FLEET_LEASE: f64 = 3.0;
+
+/// Intervals (start, end) of each step command from start and end marks; a command with no
+/// end mark on a worker killed at `killed` (worker, time) ends then.
+fn intervals(
+    marks: &[crate::common::marks::Mark],
+    killed: Option<(&str, f64)>,
+) -> Vec<(f64, f64, String)> {
+    let mut open: std::collections::HashMap<(String, String), f64> = Default::default();
+    let mut done = Vec::new();
+    for m in marks {
+        let key = (m.step.clone(), m.worker.clone());
+        if m.start {
+            open.insert(key, m.at);
+        } else if let Some(start) = open.remove(&key) {
+            done.push((start, m.at, m.worker.clone()));
+        }
+    }
+    for ((_, worker), start) in open {
+        if let Some((dead, at)) = killed {
+            if worker == dead {
+                done.push((start, at, worker));
+            }
+        }
+    }
+    done
+}
+
+/// Most intervals open at once, and the first time (after `after`) more than `above` of
+/// those not on `skip` are open.
+fn concurrency(
+    spans: &[(f64, f64, String)],
+    after: f64,
+    above: usize,
+    skip: &str,
+) -> (usize, Option<f64>) {
+    let mut edges: Vec<(f64, i32, bool)> = Vec::new();
+    for (s, e, w) in spans {
+        edges.push((*s, 1, w != skip));
+        edges.push((*e, -1, w != skip));
+    }
+    edges.sort_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)));
+    let (mut all, mut live, mut most, mut first) = (0i32, 0i32, 0i32, None);
+    for (at, d, counted) in edges {
+        all += d;
+        if counted {
+            live += d;
+        }
+        most = most.max(all);
+        if first.is_none() && at > after && live > above as i32 {
+            first = Some(at);
+        }
+    }
+    (most as usize, first)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "localstack"]
+async fn localstack_fleet_limit_holds_over_200_steps_and_a_killed_workers_slots_return() {
+    let ls = localstack();
+    let main = TestQueue::named(&ls, "stepq-fleet", false).await;
+    let more = format!(
+        "\n[executor]\nmax_in_flight = 200\n\n[worker]\nfleet_limits = [{{ key = \"db\", value = \"warehouse\", limit = {FLEET_LIMIT} }}]\nfleet_lease_seconds = {FLEET_LEASE}\n"
+    );
+    let dir = config_dir_with(&ls, &main, "cli-tests", &more);
+    let dir = dir.path();
+    let (start, end) = (mark_command("start"), mark_command("end"));
+    let mut jobs = String::from("[jobs.limited]\n\n");
+    for i in 0..200 {
+        jobs.push_str(&format!(
+            "[[jobs.limited.steps]]\nkey = \"l{i:03}\"\nargv = [\"sh\", \"-c\", \"{start}; sleep 0.05; {end}\"]\ntags = {{ db = \"warehouse\" }}\n\n"
+        ));
+    }
+    jobs.push_str("[jobs.held]\n\n");
+    for i in 0..24 {
+        jobs.push_str(&format!(
+            "[[jobs.held.steps]]\nkey = \"s{i:02}\"\nargv = [\"sh\", \"-c\", \"{start}; sleep 1; {end}\"]\ntags = {{ db = \"warehouse\" }}\n\n"
+        ));
+    }
+    std::fs::write(dir.join("jobs.toml"), jobs).unwrap();
+    let mut workers: Vec<Option<WorkerProcess>> = (0..3)
+        .map(|i| Some(worker(dir, &format!("fleet-{i}"), "default", "3")))
+        .collect();
+
+    // 200 steps on 9 slots: never more than the limit at once, per the event log.
+    let run_id = format!("fleet-{}", &uuid::Uuid::new_v4().simple().to_string()[..8]);
+    let out = run_configured(
+        dir,
+        &[
+            "--jobs-file",
+            "jobs.toml",
+            "run",
+            "limited",
+            "--workers",
+            "0",
+            "--run-id",
+            &run_id,
+        ],
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let logs = run_configured(
+        dir,
+        &["--jobs-file", "jobs.toml", "logs", &run_id, "--json"],
+    );
+    // Each step from its start to its start plus its run time: the worker's own clock (a
+    // success event is stamped when the orchestrator records it).
+    let mut started: std::collections::HashMap<String, u64> = Default::default();
+    let mut edges: Vec<(u64, i32)> = Vec::new();
+    for line in stdout(&logs).lines() {
+        let event: serde_json::Value = serde_json::from_str(line).unwrap();
+        let step = event["step_key"].as_str().unwrap_or_default().to_string();
+        let at = event["timestamp_us"].as_u64().unwrap();
+        match event["kind"].as_str().unwrap() {
+            "step_start" => {
+                started.insert(step, at);
+            }
+            "step_success" => {
+                let start = started[&step];
+                edges.push((start, 1));
+                edges.push((start + event["duration_us"].as_u64().unwrap(), -1));
+            }
+            _ => {}
+        }
+    }
+    assert_eq!(edges.len(), 400, "a start and an end per step");
+    edges.sort();
+    let (mut now, mut most) = (0, 0);
+    for (_, d) in &edges {
+        now += d;
+        most = most.max(now);
+    }
+    println!(
+        "fleet limit {FLEET_LIMIT}: at most {most} of 200 steps ran at once on 3 workers x 3 slots"
+    );
+    assert_eq!(
+        most, FLEET_LIMIT as i32,
+        "the event log's most steps at once"
+    );
+
+    // A worker SIGKILLed while it holds slots: the others get them back within a lease.
+    let marks = dir.join("marks");
+    let _ = std::fs::remove_file(&marks);
+    let held_id = format!("held-{}", &uuid::Uuid::new_v4().simple().to_string()[..8]);
+    let mut held_run = KilledOnDrop(Some(
+        stepq_configured(dir)
+            .args([
+                "--jobs-file",
+                "jobs.toml",
+                "run",
+                "held",
+                "--workers",
+                "0",
+                "--run-id",
+                &held_id,
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    ));
+    let running_on = |marks: &[crate::common::marks::Mark]| {
+        let mut running: std::collections::BTreeMap<String, usize> = Default::default();
+        let mut open: std::collections::HashMap<(String, String), ()> = Default::default();
+        for m in marks {
+            let key = (m.step.clone(), m.worker.clone());
+            if m.start {
+                open.insert(key, ());
+            } else {
+                open.remove(&key);
+            }
+        }
+        for (_, w) in open.keys() {
+            *running.entry(w.clone()).or_default() += 1;
+        }
+        running
+    };
+    let mut victim = String::new();
+    wait_until("the limit's slots all held", || {
+        let running = running_on(&read_marks(&marks));
+        if running.values().sum::<usize>() < FLEET_LIMIT {
+            return false;
+        }
+        victim = running.iter().max_by_key(|(_, n)| **n).unwrap().0.clone();
+        true
+    });
+    let index: usize = victim.trim_start_matches("fleet-").parse().unwrap();
+    let held = running_on(&read_marks(&marks))[&victim];
+    workers[index].take().unwrap().kill();
+    let killed_at = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64();
+    let status = held_run.child().wait().unwrap();
+    assert!(status.success(), "the held run failed after the kill");
+    let spans = intervals(&read_marks(&marks), Some((&victim, killed_at)));
+    let (most, back) = concurrency(&spans, killed_at, FLEET_LIMIT - held, &victim);
+    let back = back.expect("the killed worker's slots never came back") - killed_at;
+    println!(
+        "killed {victim} holding {held} of {FLEET_LIMIT} slots: the others ran more than {} at \
+         once {back:.2} s later (lease {FLEET_LEASE} s); at most {most} at once",
+        FLEET_LIMIT - held
+    );
+    assert!(most <= FLEET_LIMIT, "{most} steps ran at once");
+    assert!(
+        back <= FLEET_LEASE + 1.5,
+        "the slots came back after {back:.2} s"
+    );
+    for w in workers.into_iter().flatten() {
+        assert_eq!(w.stop(), Some(0));
+    }
+    main.delete().await;
 }

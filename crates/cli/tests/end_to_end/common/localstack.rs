@@ -209,12 +209,16 @@ impl WorkerProcess {
     /// Waits (up to `limit`) for a log line containing `text`; returns it.
     pub(crate) fn wait_for(&self, text: &str, limit: Duration) -> String {
         let deadline = std::time::Instant::now() + limit;
+        let mut seen = Vec::new();
         loop {
             let left = deadline.saturating_duration_since(std::time::Instant::now());
             match self.lines.recv_timeout(left) {
                 Ok(line) if line.contains(text) => return line,
-                Ok(_) => {}
-                Err(_) => panic!("no log line with `{text}` within {limit:?}"),
+                Ok(line) => seen.push(line),
+                Err(_) => panic!(
+                    "no log line with `{text}` within {limit:?}; the last lines:\n{}",
+                    seen[seen.len().saturating_sub(5)..].join("\n")
+                ),
             }
         }
     }
