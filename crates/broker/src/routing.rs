@@ -12,9 +12,10 @@
 //!   goes down the others in order, so a level with messages waits at most `sum / weight`
 //!   rounds: starvation-free, and a higher level is still served first almost always.
 //!
-//! Queues of one level take turns. A listener never takes more messages from its lanes than
-//! its consumer can start (the [`Demand`]); a message it took but did not yield when it
-//! stops is made visible again at once.
+//! Queues of one level take turns. The merged listener never takes more deliveries from its
+//! lanes than its consumer can start (the [`Demand`]; on SQS each lane's own listener may
+//! hold a poll's worth more, see [`RoutedBroker`]); a delivery it took but did not yield
+//! when it stops is made visible again at once, and [`Broker::shutdown`] waits for that.
 //!
 //! ```
 //! # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
@@ -225,15 +226,24 @@ impl std::fmt::Debug for Lane {
 }
 
 /// A broker over lanes (see the [module docs](self)). Cloning shares the lanes.
+///
+/// On SQS each lane's listener keeps its own long poll, so a worker consuming several lanes
+/// can have received up to one poll's worth per lane while it has fewer free slots: those
+/// messages wait in that lane's listener until the worker's next free slot (renewed past
+/// half the visibility timeout, else left to return to the queue) rather than going to an
+/// idle worker at once. Lanes few and busy are where this costs least; one SQS listener over
+/// several queues would not have it.
 #[derive(Clone)]
 pub struct RoutedBroker {
     routes: Arc<Routes>,
-    /// The queue names, in declaration order (the default queue first).
+    /// The queue names, the default queue first, then in the order given.
     queues: Arc<Vec<String>>,
     /// `lanes[queue][level]`.
     lanes: Arc<Vec<Vec<Lane>>>,
     /// The queues a listener consumes (indices into `queues`): all unless narrowed.
     consume: Vec<usize>,
+    /// Releases of dropped listeners' held deliveries, awaited by `shutdown`.
+    drains: merge::Drains,
 }
 
 impl std::fmt::Debug for RoutedBroker {
@@ -287,6 +297,7 @@ impl RoutedBroker {
             consume: (0..names.len()).collect(),
             queues: Arc::new(names),
             lanes: Arc::new(lanes),
+            drains: Default::default(),
         })
     }
 
@@ -374,8 +385,14 @@ impl Broker for RoutedBroker {
         Ok(())
     }
 
-    /// Shuts every lane down; reports the first failure.
+    /// Waits for stopped listeners' releases, then shuts every lane down; reports the first
+    /// failure.
     async fn shutdown(&self) -> Result<(), BrokerError> {
+        let drains: Vec<_> =
+            std::mem::take(&mut *self.drains.lock().unwrap_or_else(|p| p.into_inner()));
+        for drain in drains {
+            let _ = drain.await;
+        }
         let mut first = Ok(());
         for broker in self.brokers() {
             if let Err(e) = broker.shutdown().await {
@@ -438,7 +455,13 @@ impl Broker for RoutedBroker {
             levels.push(streams);
         }
         let picker = LevelPicker::new(&self.routes.order, self.routes.levels.len());
-        Ok(merge::merged(levels, picker, demand, stop))
+        Ok(merge::merged(
+            levels,
+            picker,
+            demand,
+            stop,
+            self.drains.clone(),
+        ))
     }
 
     /// Probes every lane; the first failure is the answer.

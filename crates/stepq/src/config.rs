@@ -269,8 +269,7 @@ impl StepqConfig {
         {
             return Err(invalid(
                 "sqs.config_source.dead_letter_queue_url",
-                "with [queues] or [priority] every queue has its own dead-letter queue \
-                 (`<queue>-dlq`); one shared dead-letter queue cannot say where to redrive",
+                stepq_worker::service::routing::SHARED_DLQ_REFUSED,
             ));
         }
         #[cfg(feature = "aws")]
@@ -317,14 +316,20 @@ impl StepqConfig {
             .unwrap_or(stepq_worker::health::DEFAULT_HEALTH_INTERVAL)
     }
 
-    /// The routing of `[queues]`, `[priority]` and `worker.queues` (unset: every queue); on
-    /// SQS every named queue needs its URL.
+    /// The routing of `[queues]`, `[priority]` and `worker.queues` (unset: every queue; the
+    /// embedded default's in-process workers always consume every queue, since nothing
+    /// else can); on SQS every named queue needs its URL.
     pub fn routing(&self) -> Result<Routing, ConfigError> {
+        let distributed = self.mode() == Mode::Distributed;
+        #[cfg(feature = "aws")]
+        let default_url = self.sqs.queue_url.as_deref().filter(|_| distributed);
+        #[cfg(not(feature = "aws"))]
+        let default_url = None;
         Routing::from_config(
             &self.queues,
             self.priority.as_ref(),
-            self.worker.queues.as_deref(),
-            self.mode() == Mode::Distributed,
+            self.worker.queues.as_deref().filter(|_| distributed),
+            default_url,
         )
     }
 

@@ -89,11 +89,19 @@ struct Merged {
     round: Option<Vec<usize>>,
     /// Taken but not yet yielded: fewer than the consumer can start.
     buffer: VecDeque<Delivery>,
+    /// The levels served by the round under way (their queues' turns move on).
+    served: Vec<usize>,
     error: Option<BrokerError>,
     ended: bool,
     demand: Demand,
     stop: CancellationToken,
+    /// Where a dropped stream's release of what it held goes, for the broker's shutdown.
+    drains: Drains,
 }
+
+/// Releases of dropped listeners still under way; [`RoutedBroker`](super::RoutedBroker)'s
+/// shutdown waits for them.
+pub(super) type Drains = std::sync::Arc<std::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>>;
 
 /// One stream over `levels` (highest first), ordered by `picker`.
 pub(super) fn merged(
@@ -101,6 +109,7 @@ pub(super) fn merged(
     picker: LevelPicker,
     demand: Demand,
     stop: CancellationToken,
+    drains: Drains,
 ) -> DeliveryStream {
     let turn = vec![0; levels.len()];
     Merged {
@@ -109,10 +118,12 @@ pub(super) fn merged(
         picker,
         round: None,
         buffer: VecDeque::new(),
+        served: Vec::new(),
         error: None,
         ended: false,
         demand,
         stop,
+        drains,
     }
     .boxed()
 }
@@ -130,14 +141,24 @@ impl Merged {
         };
         for level in round {
             let queues = self.levels[level].len();
-            for k in 0..queues {
-                let q = (self.turn[level] + k) % queues;
-                loop {
+            // One delivery per queue per pass, so queues of one level share the room.
+            let mut pending = vec![false; queues];
+            loop {
+                let mut took = false;
+                for k in 0..queues {
+                    let q = (self.turn[level] + k) % queues;
+                    if pending[q] {
+                        continue;
+                    }
                     if self.buffer.len() >= room {
                         return;
                     }
                     match self.levels[level][q].poll_next_unpin(cx) {
-                        Poll::Ready(Some(Ok(delivery))) => self.buffer.push_back(delivery),
+                        Poll::Ready(Some(Ok(delivery))) => {
+                            self.buffer.push_back(delivery);
+                            self.served.push(level);
+                            took = true;
+                        }
                         Poll::Ready(Some(Err(e))) => {
                             self.error = Some(e);
                             return;
@@ -146,8 +167,11 @@ impl Merged {
                             self.ended = true;
                             return;
                         }
-                        Poll::Pending => break,
+                        Poll::Pending => pending[q] = true,
                     }
+                }
+                if !took {
+                    break;
                 }
             }
         }
@@ -171,9 +195,13 @@ impl Stream for Merged {
         }
         if let Some(delivery) = this.buffer.pop_front() {
             this.round = None;
-            for (turn, queues) in this.turn.iter_mut().zip(&this.levels) {
-                *turn = (*turn + 1) % queues.len().max(1);
+            // The next round starts at the next queue of each level served.
+            this.served.sort_unstable();
+            this.served.dedup();
+            for &level in &this.served {
+                this.turn[level] = (this.turn[level] + 1) % this.levels[level].len().max(1);
             }
+            this.served.clear();
             return Poll::Ready(Some(Ok(delivery)));
         }
         if let Some(e) = this.error.take() {
@@ -201,7 +229,7 @@ impl Drop for Merged {
             return;
         };
         let taken: Vec<Delivery> = self.buffer.drain(..).collect();
-        runtime.spawn(async move {
+        let drain = runtime.spawn(async move {
             for delivery in taken {
                 if let Err(e) = delivery.nack().await {
                     tracing::debug!(
@@ -211,5 +239,8 @@ impl Drop for Merged {
                 }
             }
         });
+        let mut drains = self.drains.lock().unwrap_or_else(|p| p.into_inner());
+        drains.retain(|d| !d.is_finished());
+        drains.push(drain);
     }
 }

@@ -281,3 +281,27 @@ async fn dead_letters_of_every_lane_are_listed_and_redriven_to_their_lane() {
     assert_eq!(letters.list(10).await.unwrap().len(), 1);
     assert_eq!(letters.purge().await.unwrap(), 1);
 }
+
+#[tokio::test]
+async fn queues_of_one_level_share_a_receive_of_several() {
+    let (broker, _) = routed(Routes::single(), &["gpu", "io"]);
+    for i in 0..4 {
+        for queue in ["gpu", "io"] {
+            broker
+                .kick(&TaskMessage::new(format!("{queue}{i}")).with_label(QUEUE_LABEL, queue))
+                .await
+                .unwrap();
+        }
+    }
+    let mut stream = broker
+        .listen_with_demand(CancellationToken::new(), Demand::fixed(2))
+        .await
+        .unwrap();
+    let order = take(&mut stream, 8).await;
+    // Each pair of deliveries (one receive of two) has one of each queue.
+    for pair in order.chunks(2) {
+        let mut queues: Vec<&str> = pair.iter().map(|n| &n[..n.len() - 1]).collect();
+        queues.sort_unstable();
+        assert_eq!(queues, ["gpu", "io"], "{order:?}");
+    }
+}

@@ -81,7 +81,16 @@ impl App {
     ) -> Result<LaunchedRun, AppError> {
         let record = self.backends.runs.get_run(run_id).await?;
         let job = find_job(location, &record.job_name)?;
-        self.config.routing()?.check_job(&job)?;
+        let routing = self.config.routing()?;
+        routing.check_job(&job)?;
+        if let Some(level) = record.tags.get(protocol::PRIORITY_TAG) {
+            routing
+                .check_level(level)
+                .map_err(|reason| AppError::Priority {
+                    level: level.clone(),
+                    reason,
+                })?;
+        }
         let lost = self.control().check_takeover(&record, force).await?;
         let run = RunLauncher::new(executor.clone(), self.backends.runs.clone())
             .resume(

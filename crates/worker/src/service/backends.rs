@@ -193,7 +193,8 @@ impl Backends {
 
     /// [`Backends::distributed`] with `routing`: with named queues or priority levels, the
     /// broker is a [`RoutedBroker`](stepq_broker::routing::RoutedBroker) of one SQS broker
-    /// per queue and level (see [`super::routing`] for the queue names), sharing one client.
+    /// per queue and level (see [`super::routing`] for the queue names), built from one loaded AWS
+    /// config.
     #[cfg(feature = "aws")]
     pub async fn distributed_routed(
         sqs: &stepq_aws::SqsSettings,

@@ -113,12 +113,19 @@ impl ServiceFile {
     pub fn routing(&self) -> Result<super::routing::Routing, ConfigError> {
         let default = [stepq_broker::routing::DEFAULT_QUEUE.to_string()];
         let consume = self.worker.queues.as_deref().unwrap_or(&default);
-        super::routing::Routing::from_config(
+        let routing = super::routing::Routing::from_config(
             &self.queues,
             self.priority.as_ref(),
             Some(consume),
-            true,
-        )
+            self.sqs.queue_url.as_deref(),
+        )?;
+        if routing.is_routed() && self.sqs.config_source.dead_letter_queue_url.is_some() {
+            return Err(ConfigError::invalid(
+                "sqs.config_source.dead_letter_queue_url",
+                super::routing::SHARED_DLQ_REFUSED,
+            ));
+        }
+        Ok(routing)
     }
 }
 

@@ -80,6 +80,27 @@ impl Default for PrioritySettings {
     }
 }
 
+/// Level names that would make a level's queue one of the queue's own companions
+/// (`<queue>-dlq`, `<queue>-cancels`).
+pub const RESERVED_LEVELS: [&str; 2] = ["dlq", "cancels"];
+
+/// Why `sqs.config_source.dead_letter_queue_url` cannot be set with routing.
+pub const SHARED_DLQ_REFUSED: &str = "with [queues] or [priority] every queue has its own \
+    dead-letter queue (`<queue>-dlq`); one shared dead-letter queue cannot say where to redrive";
+
+/// The last path segment of a queue URL: the queue's name.
+fn queue_name(url: &str) -> &str {
+    url.trim_end_matches('/').rsplit('/').next().unwrap_or(url)
+}
+
+/// `<name>-<suffix>`, before `.fifo` on a FIFO queue's name.
+fn sibling_name(name: &str, suffix: &str) -> String {
+    match name.strip_suffix(".fifo") {
+        Some(base) => format!("{base}-{suffix}.fifo"),
+        None => format!("{name}-{suffix}"),
+    }
+}
+
 /// A routing problem as a config error naming the key.
 fn routing_error(e: BrokerError) -> ConfigError {
     match e {
@@ -109,6 +130,8 @@ pub struct RouteTagError {
 pub struct Routing {
     /// `None` when neither section is set: one plain queue, as without routing.
     routes: Option<Routes>,
+    /// Whether `[priority]` is set (its levels exist, even a single one).
+    priority: bool,
     /// The declared queues but the default one, with their URLs.
     queues: BTreeMap<String, Option<String>>,
     /// The queues this process's workers consume; `None`: every queue.
@@ -126,6 +149,7 @@ impl Routing {
     pub fn none() -> Self {
         Routing {
             routes: None,
+            priority: false,
             queues: BTreeMap::new(),
             consume: None,
         }
@@ -173,7 +197,23 @@ impl Routing {
             None if queues.is_empty() => None,
             None => Some(Routes::single()),
         };
+        for level in routes.iter().flat_map(|r| r.levels()) {
+            if RESERVED_LEVELS.contains(&level.as_str()) {
+                return Err(ConfigError::invalid(
+                    "priority.levels",
+                    format!(
+                        "`{level}` is reserved: `<queue>-{level}` is the queue's own {} queue",
+                        if level == "dlq" {
+                            "dead-letter"
+                        } else {
+                            "cancel"
+                        }
+                    ),
+                ));
+            }
+        }
         Ok(Routing {
+            priority: priority.is_some(),
             routes,
             queues: queues
                 .iter()
@@ -184,26 +224,63 @@ impl Routing {
     }
 
     /// The routing a config file asks for: [`Routing::from_settings`], consuming
-    /// `worker_queues` when set; `distributed` (on SQS) requires every queue's `url`.
+    /// `worker_queues` when set. On SQS (`sqs_queue_url`, the default queue's URL) every
+    /// named queue needs its `url`, and no two lanes (or a lane and a queue's dead-letter
+    /// queue) may be the same SQS queue.
     pub fn from_config(
         queues: &BTreeMap<String, QueueSettings>,
         priority: Option<&PrioritySettings>,
         worker_queues: Option<&[String]>,
-        distributed: bool,
+        sqs_queue_url: Option<&str>,
     ) -> Result<Self, ConfigError> {
         let mut routing = Self::from_settings(queues, priority)?;
-        if distributed {
+        if let Some(default_url) = sqs_queue_url {
             if let Some((name, _)) = routing.queues.iter().find(|(_, url)| url.is_none()) {
                 return Err(ConfigError::invalid(
                     format!("queues.{name}.url"),
                     "required on SQS: the URL of the queue's SQS queue",
                 ));
             }
+            routing.check_lane_names(default_url)?;
         }
         if let Some(consume) = worker_queues {
             routing = routing.consuming(consume)?;
         }
         Ok(routing)
+    }
+
+    /// The SQS queue name of every lane (`<queue url's name>` at the default level,
+    /// `<name>-<level>` at the others; FIFO `.fifo` kept last), with the queue's own
+    /// `-dlq` and `-cancels` names: no two may be the same queue.
+    fn check_lane_names(&self, default_url: &str) -> Result<(), ConfigError> {
+        let Some(routes) = &self.routes else {
+            return Ok(());
+        };
+        let mut seen: BTreeMap<String, String> = BTreeMap::new();
+        let mut claim = |name: String, what: String| match seen.insert(name.clone(), what.clone()) {
+            Some(other) => Err(ConfigError::invalid(
+                "queues",
+                format!("{what} and {other} are the same SQS queue `{name}`"),
+            )),
+            None => Ok(()),
+        };
+        let default = (DEFAULT_QUEUE.to_string(), Some(default_url.to_string()));
+        for (queue, url) in std::iter::once((&default.0, &default.1)).chain(&self.queues) {
+            let base = queue_name(url.as_deref().unwrap_or_default());
+            for level in routes.levels() {
+                let name = if level == routes.default_level() {
+                    base.to_string()
+                } else {
+                    sibling_name(base, level)
+                };
+                claim(name, format!("queue `{queue}` at level `{level}`"))?;
+            }
+            claim(
+                sibling_name(base, "dlq"),
+                format!("queue `{queue}`'s dead-letter queue"),
+            )?;
+        }
+        Ok(())
     }
 
     /// This routing with workers consuming `queues` only (each the default queue or a
@@ -227,7 +304,7 @@ impl Routing {
         Ok(self)
     }
 
-    /// Whether there is more than one lane (named queues or priority levels).
+    /// Whether `[queues]` or `[priority]` is set: the broker is a routed one.
     pub fn is_routed(&self) -> bool {
         self.routes.is_some()
     }
@@ -247,7 +324,7 @@ impl Routing {
     /// The priority levels, highest first (empty without `[priority]`).
     pub fn levels(&self) -> Vec<String> {
         match &self.routes {
-            Some(routes) if routes.levels().len() > 1 => routes.levels().to_vec(),
+            Some(routes) if self.priority => routes.levels().to_vec(),
             _ => Vec::new(),
         }
     }
@@ -412,10 +489,44 @@ mod tests {
     #[test]
     fn on_sqs_every_named_queue_needs_a_url() {
         let queues = BTreeMap::from([("gpu".to_string(), QueueSettings::default())]);
-        let err = Routing::from_config(&queues, None, None, true).unwrap_err();
+        let sqs = Some("https://q/1/stepq");
+        let err = Routing::from_config(&queues, None, None, sqs).unwrap_err();
         assert!(err.to_string().contains("queues.gpu.url"), "{err}");
-        let embedded = Routing::from_config(&queues, None, Some(&["gpu".into()]), false).unwrap();
+        let embedded = Routing::from_config(&queues, None, Some(&["gpu".into()]), None).unwrap();
         assert_eq!(embedded.consumed(), ["gpu"]);
+    }
+
+    #[test]
+    fn lanes_that_would_be_one_sqs_queue_are_refused() {
+        let sqs = Some("https://q/1/stepq");
+        let gpu = |url: &str| {
+            BTreeMap::from([(
+                "gpu".to_string(),
+                QueueSettings {
+                    url: Some(url.into()),
+                },
+            )])
+        };
+        let levels = PrioritySettings {
+            levels: vec!["gpu".into(), "normal".into()],
+            default: "normal".into(),
+            ..PrioritySettings::default()
+        };
+        // The default queue at level `gpu` is `stepq-gpu`, the gpu queue's own URL.
+        let err = Routing::from_config(&gpu("https://q/1/stepq-gpu"), Some(&levels), None, sqs)
+            .unwrap_err();
+        assert!(
+            err.to_string().contains("same SQS queue `stepq-gpu`"),
+            "{err}"
+        );
+        Routing::from_config(&gpu("https://q/1/gpu-tasks"), Some(&levels), None, sqs).unwrap();
+        let reserved = PrioritySettings {
+            levels: vec!["dlq".into(), "normal".into()],
+            default: "normal".into(),
+            ..PrioritySettings::default()
+        };
+        let err = Routing::from_settings(&BTreeMap::new(), Some(&reserved)).unwrap_err();
+        assert!(err.to_string().contains("`dlq` is reserved"), "{err}");
     }
 
     #[test]
