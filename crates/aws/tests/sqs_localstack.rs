@@ -124,6 +124,35 @@ stepq_broker::broker_conformance_tests!(
     Sqs { fifo: true }
 );
 
+/// A routed broker of SQS lanes: two priority levels of one queue, each its own fresh SQS
+/// queue, so every clause of the suite holds across real lanes (the suite's messages go to
+/// the default level; the listener polls both).
+struct RoutedSqs;
+
+#[async_trait::async_trait]
+impl BrokerFactory for RoutedSqs {
+    async fn fresh(&self, visibility_timeout: Duration) -> Arc<dyn Broker> {
+        let routes = stepq_broker::routing::Routes::new(["high", "normal"], "normal").unwrap();
+        let mut lanes = Vec::new();
+        for _ in 0..2 {
+            lanes.push(Arc::new(fresh_broker(false, visibility_timeout).await) as Arc<dyn Broker>);
+        }
+        let routed = stepq_broker::routing::RoutedBroker::with_lanes(
+            routes,
+            Vec::<String>::new(),
+            |_, _| lanes.pop().expect("two lanes"),
+        )
+        .unwrap();
+        Arc::new(routed)
+    }
+}
+
+stepq_broker::broker_conformance_tests!(
+    #[ignore = "localstack"]
+    conformance_routed,
+    RoutedSqs
+);
+
 async fn next_delivery(stream: &mut DeliveryStream, what: &str) -> Delivery {
     match tokio::time::timeout(MUST_ARRIVE, stream.next()).await {
         Ok(Some(Ok(d))) => d,
