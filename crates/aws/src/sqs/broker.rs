@@ -146,6 +146,7 @@ impl SqsBroker {
         let settings = SendSettings {
             fifo,
             fair: config.is_fair_queue(),
+            groups_per_run: config.config_source.groups_per_run,
             dedup_by_task_id: config.config_source.use_task_id_for_deduplication,
             delay_seconds: config.config_source.delay_seconds,
             threshold: config.config_source.payload_size_threshold,

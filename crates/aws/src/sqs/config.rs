@@ -81,6 +81,12 @@ pub struct SqsConfigSource {
     /// means `<queue>-dlq` (`<name>-dlq.fifo` for a FIFO queue) beside the task queue,
     /// created on the first dead letter.
     pub dead_letter_queue_url: Option<String>,
+    /// On a fair FIFO queue, message groups per run (1-1000, default 1): SQS delivers no more
+    /// of a group while some of it is in flight, so one run holds at most this many receives'
+    /// worth of workers (each at most `max_number_of_messages`), however many steps it has,
+    /// and other runs' groups are served meanwhile. 1 runs a run's steps one receive at a
+    /// time; raise it to let a run use more of the fleet.
+    pub groups_per_run: u32,
 }
 
 impl Default for SqsConfigSource {
@@ -95,6 +101,7 @@ impl Default for SqsConfigSource {
             s3_extended_bucket_name: None,
             payload_size_threshold: DEFAULT_PAYLOAD_SIZE_THRESHOLD,
             dead_letter_queue_url: None,
+            groups_per_run: 1,
         }
     }
 }
@@ -233,6 +240,12 @@ impl SqsConfig {
             c.max_number_of_messages.into(),
             1,
             10,
+        )?;
+        check_range(
+            "config_source.groups_per_run",
+            c.groups_per_run.into(),
+            1,
+            1000,
         )?;
         check_range(
             "config_source.delay_seconds",

@@ -58,6 +58,8 @@ impl Outgoing {
 pub(crate) struct SendSettings {
     pub fifo: bool,
     pub fair: bool,
+    /// Message groups per run on a fair FIFO queue.
+    pub groups_per_run: u32,
     pub dedup_by_task_id: bool,
     pub delay_seconds: u32,
     pub threshold: usize,
@@ -93,6 +95,18 @@ pub(crate) fn sqs_id(candidate: &str) -> String {
     }
 }
 
+/// The message group of task `task_id` of run `run` on a fair FIFO queue with `groups`
+/// groups per run: the run id itself with one, else `<run>.<k>` with `k` a stable hash of the
+/// task id modulo `groups` (each valid as an SQS id, hashed if not).
+pub(crate) fn run_group(run: &str, task_id: &str, groups: u32) -> String {
+    if groups <= 1 {
+        return sqs_id(run);
+    }
+    let k = u128::from_str_radix(&content_hash(task_id.as_bytes()), 16).unwrap_or(0)
+        % u128::from(groups);
+    sqs_id(&format!("{run}.{k}"))
+}
+
 /// Encodes `message` and decides its group, deduplication id, delay and whether its body goes
 /// to S3. Too large without a bucket: [`BrokerError::PayloadTooLarge`], before anything is sent.
 pub(crate) fn prepare(
@@ -102,7 +116,9 @@ pub(crate) fn prepare(
     let json = message.to_json();
     let (group_id, dedup_id) = if settings.fifo {
         let group = match message.label(GROUP_LABEL) {
-            Some(run) if settings.fair && !run.is_empty() => sqs_id(run),
+            Some(run) if settings.fair && !run.is_empty() => {
+                run_group(run, &message.task_id, settings.groups_per_run)
+            }
             _ => sqs_id(&message.task_id),
         };
         let dedup = if settings.dedup_by_task_id {
@@ -362,6 +378,7 @@ mod tests {
         SendSettings {
             fifo,
             fair,
+            groups_per_run: 1,
             dedup_by_task_id: false,
             delay_seconds: 0,
             threshold: 256 * 1024,
@@ -416,6 +433,24 @@ mod tests {
         let unlabelled = TaskMessage::new("t");
         let o = prepare(&settings(true, true), &unlabelled).unwrap();
         assert_eq!(o.group_id.as_deref(), Some(unlabelled.task_id.as_str()));
+    }
+
+    #[test]
+    fn a_run_spreads_over_its_groups_per_run() {
+        let groups: std::collections::BTreeSet<String> = (0..200)
+            .map(|i| run_group("run-1", &format!("task-{i}"), 4))
+            .collect();
+        assert_eq!(
+            groups,
+            ["run-1.0", "run-1.1", "run-1.2", "run-1.3"]
+                .map(String::from)
+                .into()
+        );
+        assert_eq!(
+            run_group("run-1", "task-7", 4),
+            run_group("run-1", "task-7", 4)
+        );
+        assert_eq!(run_group("run-1", "task-7", 1), "run-1");
     }
 
     #[test]

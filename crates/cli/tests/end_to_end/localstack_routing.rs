@@ -45,7 +45,7 @@ async fn sibling(main: &TestQueue, suffix: &str) -> TestQueue {
 }
 
 /// `stepq status RUN --json`.
-fn status_json(dir: &Path, run_id: &str) -> serde_json::Value {
+pub(crate) fn status_json(dir: &Path, run_id: &str) -> serde_json::Value {
     let out = run_configured(
         dir,
         &["--jobs-file", "jobs.toml", "status", run_id, "--json"],
@@ -55,7 +55,7 @@ fn status_json(dir: &Path, run_id: &str) -> serde_json::Value {
 }
 
 /// A worker with `WORKER_ENV` set to its name (for the marks), consuming `queues`.
-fn worker(dir: &Path, name: &str, queues: &str, concurrency: &str) -> WorkerProcess {
+pub(crate) fn worker(dir: &Path, name: &str, queues: &str, concurrency: &str) -> WorkerProcess {
     let marks = dir.join("marks");
     let worker = WorkerProcess::start_with_env(
         dir,
@@ -75,7 +75,7 @@ fn worker(dir: &Path, name: &str, queues: &str, concurrency: &str) -> WorkerProc
 }
 
 /// Waits until `check` holds, polling every 200 ms; panics with `what` after [`PATIENCE`].
-fn wait_until(what: &str, mut check: impl FnMut() -> bool) {
+pub(crate) fn wait_until(what: &str, mut check: impl FnMut() -> bool) {
     let began = Instant::now();
     while !check() {
         assert!(began.elapsed() < PATIENCE, "{what} within {PATIENCE:?}");
@@ -380,7 +380,7 @@ const FLEET_LEASE: f64 = 3.0;
 
 /// Intervals (start, end) of each step command from start and end marks; a command with no
 /// end mark on a worker killed at `killed` (worker, time) ends then.
-fn intervals(
+pub(crate) fn intervals(
     marks: &[crate::common::marks::Mark],
     killed: Option<(&str, f64)>,
 ) -> Vec<(f64, f64, String)> {
@@ -406,7 +406,7 @@ fn intervals(
 
 /// Most intervals open at once, and the first time (after `after`) more than `above` of
 /// those not on `skip` are open.
-fn concurrency(
+pub(crate) fn concurrency(
     spans: &[(f64, f64, String)],
     after: f64,
     above: usize,

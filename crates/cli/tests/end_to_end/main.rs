@@ -19,6 +19,7 @@ mod json;
 mod launch;
 mod localstack;
 mod localstack_chaos;
+mod localstack_fairness;
 mod localstack_health;
 mod localstack_http;
 mod localstack_launch;
