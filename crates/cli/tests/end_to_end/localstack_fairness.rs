@@ -7,13 +7,14 @@
 //! Ignored by plain `cargo test`; `cargo xtask localstack-test` runs it.
 
 use std::path::Path;
-use std::process::Stdio;
 use std::time::Duration;
 
-use crate::common::cli::{run_configured, stepq_configured, text, KilledOnDrop};
+use crate::common::cli::{run_configured, text};
 use crate::common::localstack::{config_dir_with, localstack, TestQueue, WorkerProcess};
 use crate::common::marks::{mark_command, read_marks};
-use crate::localstack_routing::{concurrency, intervals, status_json, wait_until, worker};
+use crate::localstack_routing::{
+    concurrency, intervals, spawn_run, status_json, wait_until, worker,
+};
 
 const BACKFILL: usize = 300;
 const WORKERS: usize = 3;
@@ -58,22 +59,7 @@ async fn scenario(groups_per_run: u32) -> (usize, Duration) {
         "backfill-{}",
         &uuid::Uuid::new_v4().simple().to_string()[..8]
     );
-    let mut backfill = KilledOnDrop(Some(
-        stepq_configured(dir)
-            .args([
-                "--jobs-file",
-                "jobs.toml",
-                "run",
-                "backfill",
-                "--workers",
-                "0",
-            ])
-            .args(["--run-id", &backfill_id])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
-    ));
+    let mut backfill = spawn_run(dir, "backfill", &backfill_id);
     wait_until("the backfill to get going", || {
         read_marks(&marks).len() >= 20
     });

@@ -74,6 +74,20 @@ pub(crate) fn worker(dir: &Path, name: &str, queues: &str, concurrency: &str) ->
     worker
 }
 
+/// `stepq run JOB --workers 0 --run-id RUN_ID` in the background (the fleet's workers run
+/// its steps); killed on drop.
+pub(crate) fn spawn_run(dir: &Path, job: &str, run_id: &str) -> KilledOnDrop {
+    KilledOnDrop(Some(
+        stepq_configured(dir)
+            .args(["--jobs-file", "jobs.toml", "run", job, "--workers", "0"])
+            .args(["--run-id", run_id])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("stepq run starts"),
+    ))
+}
+
 /// Waits until `check` holds, polling every 200 ms; panics with `what` after [`PATIENCE`].
 pub(crate) fn wait_until(what: &str, mut check: impl FnMut() -> bool) {
     let began = Instant::now();
@@ -218,23 +232,7 @@ async fn one_round(dir: &Path, priority: bool, round: usize) -> (Duration, usize
         "backfill-{tag}-{round}-{}",
         &uuid::Uuid::new_v4().simple().to_string()[..6]
     );
-    let mut backfill = KilledOnDrop(Some(
-        stepq_configured(dir)
-            .args([
-                "--jobs-file",
-                "jobs.toml",
-                "run",
-                "backfill",
-                "--workers",
-                "0",
-            ])
-            .args(["--run-id", &backfill_id])
-            .env(MARKS_ENV, &marks)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
-    ));
+    let mut backfill = spawn_run(dir, "backfill", &backfill_id);
     // Every slot busy, twice over.
     wait_until("the backfill to occupy every worker", || {
         read_marks(&marks).len() >= 2 * WORKERS * SLOTS
@@ -519,23 +517,7 @@ async fn localstack_fleet_limit_holds_over_200_steps_and_a_killed_workers_slots_
     let marks = dir.join("marks");
     let _ = std::fs::remove_file(&marks);
     let held_id = format!("held-{}", &uuid::Uuid::new_v4().simple().to_string()[..8]);
-    let mut held_run = KilledOnDrop(Some(
-        stepq_configured(dir)
-            .args([
-                "--jobs-file",
-                "jobs.toml",
-                "run",
-                "held",
-                "--workers",
-                "0",
-                "--run-id",
-                &held_id,
-            ])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
-    ));
+    let mut held_run = spawn_run(dir, "held", &held_id);
     let running_on = |marks: &[crate::common::marks::Mark]| {
         let mut running: std::collections::BTreeMap<String, usize> = Default::default();
         let mut open: std::collections::HashMap<(String, String), ()> = Default::default();

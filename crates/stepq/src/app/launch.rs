@@ -42,7 +42,7 @@ impl App {
         job: &str,
         options: RunOptions,
     ) -> Result<LaunchedRun, AppError> {
-        let job = self.routed_job(location, job, &options)?;
+        let job = self.routed_job(location, job, &options.tags)?;
         let record = new_run_record(&job, options);
         // Plans first: a bad selection or run id is an error, not a run record.
         create_run(self.backends.runs.as_ref(), &job, &record).await?;
@@ -80,17 +80,7 @@ impl App {
         force: bool,
     ) -> Result<LaunchedRun, AppError> {
         let record = self.backends.runs.get_run(run_id).await?;
-        let job = find_job(location, &record.job_name)?;
-        let routing = self.config.routing()?;
-        routing.check_job(&job)?;
-        if let Some(level) = record.tags.get(protocol::PRIORITY_TAG) {
-            routing
-                .check_level(level)
-                .map_err(|reason| AppError::Priority {
-                    level: level.clone(),
-                    reason,
-                })?;
-        }
+        let job = self.routed_job(location, &record.job_name, &record.tags)?;
         let lost = self.control().check_takeover(&record, force).await?;
         let run = RunLauncher::new(executor.clone(), self.backends.runs.clone())
             .resume(
@@ -107,18 +97,18 @@ impl App {
         })
     }
 
-    /// Job `name` of `location`, its steps' routing tags and the run's priority checked
-    /// against `[queues]` and `[priority]`.
+    /// Job `name` of `location`, its steps' routing tags and the run's priority (its
+    /// `stepq/priority` tag in `run_tags`) checked against `[queues]` and `[priority]`.
     fn routed_job(
         &self,
         location: &CodeLocation,
         name: &str,
-        options: &RunOptions,
+        run_tags: &BTreeMap<String, String>,
     ) -> Result<Arc<Job>, AppError> {
         let job = find_job(location, name)?;
         let routing = self.config.routing()?;
         routing.check_job(&job)?;
-        if let Some(level) = options.tags.get(protocol::PRIORITY_TAG) {
+        if let Some(level) = run_tags.get(protocol::PRIORITY_TAG) {
             routing
                 .check_level(level)
                 .map_err(|reason| AppError::Priority {
@@ -149,7 +139,7 @@ impl App {
         job: &str,
         options: RunOptions,
     ) -> Result<SubmittedRun, AppError> {
-        let job = self.routed_job(location, job, &options)?;
+        let job = self.routed_job(location, job, &options.tags)?;
         let record = new_run_record(&job, options);
         Ok(self.launcher()?.submit_run(&job, record).await?)
     }
