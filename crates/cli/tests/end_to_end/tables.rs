@@ -89,9 +89,35 @@ fn status_table(dir: &Path, run_id: &str) -> Vec<String> {
     table(&stdout(&out))
 }
 
-/// Waits until `stepq status RUN_ID` shows a row for `step` with `status`.
-fn wait_for_status(dir: &Path, run_id: &str, step: &str, status: &str) -> Vec<String> {
-    wait_for_status_with(|args| run(dir, args), run_id, step, status)
+/// Waits until `stepq status RUN_ID` shows a row for `step` with `status`; fails at once,
+/// with its stderr, if the run's process `child` exits first.
+fn wait_for_status(
+    dir: &Path,
+    child: &mut Child,
+    run_id: &str,
+    step: &str,
+    status: &str,
+) -> Vec<String> {
+    let child = std::cell::RefCell::new(child);
+    let check_alive = || {
+        let mut child = child.borrow_mut();
+        if let Some(exit) = child.try_wait().unwrap() {
+            let mut stderr = String::new();
+            if let Some(mut pipe) = child.stderr.take() {
+                let _ = std::io::Read::read_to_string(&mut pipe, &mut stderr);
+            }
+            panic!("the run exited ({exit}) before {step} was {status}:\n{stderr}");
+        }
+    };
+    wait_for_status_with(
+        |args| {
+            check_alive();
+            run(dir, args)
+        },
+        run_id,
+        step,
+        status,
+    )
 }
 
 /// Waits (a minute at most) until `stepq status RUN_ID` of the jobs file, run by `stepq`,
@@ -163,8 +189,8 @@ fn run_and_status_show_the_same_table() {
     assert_eq!(&flaky[..3], ["flaky", "SUCCEEDED", "2"], "{retried:?}");
 
     // Canceled while its step runs (SIGINT, as Ctrl-C).
-    let child = spawn_run(dir.path(), "blocks", "canceled");
-    wait_for_status(dir.path(), "canceled", "wait", "RUNNING");
+    let mut child = spawn_run(dir.path(), "blocks", "canceled");
+    wait_for_status(dir.path(), &mut child, "canceled", "wait", "RUNNING");
     signal(&child, "-INT");
     let out = child.wait_with_output().unwrap();
     assert_eq!(out.status.code(), Some(130), "{}", text(&out));
@@ -181,8 +207,8 @@ fn run_and_status_show_the_same_table() {
 fn a_running_step_shows_running_with_its_worker() {
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("jobs.toml"), JOBS).unwrap();
-    let child = spawn_run(dir.path(), "blocks", "running");
-    let rows = wait_for_status(dir.path(), "running", "wait", "RUNNING");
+    let mut child = spawn_run(dir.path(), "blocks", "running");
+    let rows = wait_for_status(dir.path(), &mut child, "running", "wait", "RUNNING");
     let words: Vec<&str> = rows[1].split_whitespace().collect();
     assert_ne!(words.last(), Some(&"-"), "a worker is named: {rows:?}");
     std::fs::write(dir.path().join("go"), "").unwrap();
@@ -194,8 +220,8 @@ fn a_running_step_shows_running_with_its_worker() {
 fn a_killed_run_of_a_fused_chain_resumes_without_rerunning_finished_steps() {
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("jobs.toml"), JOBS).unwrap();
-    let child = spawn_run(dir.path(), "long", "killed");
-    wait_for_status(dir.path(), "killed", "s3", "RUNNING");
+    let mut child = spawn_run(dir.path(), "long", "killed");
+    wait_for_status(dir.path(), &mut child, "killed", "s3", "RUNNING");
     signal(&child, "-KILL");
     let _ = child.wait_with_output().unwrap();
     let rows = status_table(dir.path(), "killed");
