@@ -124,16 +124,7 @@ pub(crate) fn open_writer(path: &Path, options: &SqliteOptions) -> Result<Connec
     let conn = Connection::open(path).map_err(|e| SqliteError::sql(path, "opening", e))?;
     configure(&conn, path, options)?;
     let sql = |what: &'static str| move |e| SqliteError::sql(path, what, e);
-    let mode: String = conn
-        .query_row("PRAGMA journal_mode = WAL", [], |row| row.get(0))
-        .map_err(sql("switching to WAL mode"))?;
-    if !mode.eq_ignore_ascii_case("wal") {
-        return Err(SqliteError::new(
-            path,
-            SqliteErrorKind::Other,
-            format!("could not switch to WAL mode (journal mode is `{mode}`)"),
-        ));
-    }
+    switch_to_wal(&conn, path, options.busy_timeout)?;
     check_identity(&conn, path)?;
     conn.execute_batch(&format!(
         "BEGIN IMMEDIATE; {SCHEMA} PRAGMA application_id = {APPLICATION_ID}; \
@@ -145,6 +136,36 @@ pub(crate) fn open_writer(path: &Path, options: &SqliteOptions) -> Result<Connec
             .map_err(sql("capping the database size"))?;
     }
     Ok(conn)
+}
+
+/// Switches the database to WAL mode. Another process creating the same new database at
+/// this moment makes SQLite refuse the switch at once (busy, without waiting out the busy
+/// timeout, or by leaving the old mode in place), so it is retried, with a short growing
+/// pause, until `patience` runs out.
+fn switch_to_wal(conn: &Connection, path: &Path, patience: Duration) -> Result<(), SqliteError> {
+    let deadline = std::time::Instant::now() + patience;
+    let mut pause = Duration::from_millis(2);
+    loop {
+        let outcome: Result<String, rusqlite::Error> =
+            conn.query_row("PRAGMA journal_mode = WAL", [], |row| row.get(0));
+        let late = std::time::Instant::now() >= deadline;
+        match outcome {
+            Ok(mode) if mode.eq_ignore_ascii_case("wal") => return Ok(()),
+            Ok(mode) if late => {
+                return Err(SqliteError::new(
+                    path,
+                    SqliteErrorKind::Other,
+                    format!("could not switch to WAL mode (journal mode is `{mode}`)"),
+                ))
+            }
+            Err(e) if late || e.sqlite_error_code() != Some(rusqlite::ErrorCode::DatabaseBusy) => {
+                return Err(SqliteError::sql(path, "switching to WAL mode", e))
+            }
+            _ => {}
+        }
+        std::thread::sleep(pause);
+        pause = (pause * 2).min(Duration::from_millis(50));
+    }
 }
 
 /// Opens a read connection on an existing database.

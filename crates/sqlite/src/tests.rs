@@ -450,3 +450,28 @@ async fn a_written_behind_output_is_read_at_once_and_committed_before_a_later_wa
     outputs.delete_run("r").await.unwrap();
     assert!(!other.exists(&key).await.unwrap());
 }
+
+/// Processes opening a state directory at the same moment (a `stepq run` creating the
+/// database while `stepq status` polls it) all get it: none sees the file between its
+/// creation and its switch to WAL as an error.
+#[test]
+fn stores_opening_a_new_database_at_once_all_succeed() {
+    for _ in 0..20 {
+        let dir = tempfile::tempdir().unwrap();
+        let barrier = std::sync::Arc::new(std::sync::Barrier::new(6));
+        let opens: Vec<_> = (0..6)
+            .map(|_| {
+                let (path, barrier) = (dir.path().to_path_buf(), barrier.clone());
+                std::thread::spawn(move || {
+                    barrier.wait();
+                    SqliteStore::open(&path).map(|_| ())
+                })
+            })
+            .collect();
+        for open in opens {
+            open.join()
+                .unwrap()
+                .expect("a concurrent open of a new database");
+        }
+    }
+}
