@@ -125,9 +125,17 @@ pub(crate) fn open_writer(path: &Path, options: &SqliteOptions) -> Result<Connec
     configure(&conn, path, options)?;
     let sql = |what: &'static str| move |e| SqliteError::sql(path, what, e);
     switch_to_wal(&conn, path, options.busy_timeout)?;
-    check_identity(&conn, path)?;
+    // Checked under the write lock, with the schema created in the same transaction, so a
+    // process creating the same new database at this moment is seen before or after, never
+    // half-way (its tables there but not yet its application id).
+    conn.execute_batch("BEGIN IMMEDIATE")
+        .map_err(sql("locking the database to create the schema"))?;
+    if let Err(e) = check_identity(&conn, path) {
+        let _ = conn.execute_batch("ROLLBACK");
+        return Err(e);
+    }
     conn.execute_batch(&format!(
-        "BEGIN IMMEDIATE; {SCHEMA} PRAGMA application_id = {APPLICATION_ID}; \
+        "{SCHEMA} PRAGMA application_id = {APPLICATION_ID}; \
          PRAGMA user_version = {SCHEMA_VERSION}; COMMIT;"
     ))
     .map_err(sql("creating the schema"))?;
