@@ -155,7 +155,7 @@ stepq_broker::broker_conformance_tests!(
     #[ignore = "localstack"]
     conformance_routed,
     RoutedSqs,
-    except [check_nack_redelivers_at_once]
+    except[check_nack_redelivers_at_once]
 );
 
 async fn next_delivery(stream: &mut DeliveryStream, what: &str) -> Delivery {
