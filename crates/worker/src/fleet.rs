@@ -234,6 +234,22 @@ impl FleetLimiter {
     }
 }
 
+/// The slots step task `args` needs from `fleet` (those of its first step's tags: a fused
+/// task's steps share their tags), taken for `holder`; `None` without a limiter, for a job or
+/// step the location lacks, or once `cancel` fires.
+pub(crate) async fn slots_for_task(
+    fleet: Option<&FleetLimiter>,
+    location: &crate::CodeLocation,
+    args: &stepq_plan::ExecuteStepArgs,
+    holder: &str,
+    cancel: &CancellationToken,
+) -> Option<HeldSlots> {
+    let fleet = fleet?;
+    let job = location.job(&args.job_name)?;
+    let step = job.step(args.step_keys.first()?)?;
+    fleet.acquire(&step.tags, holder, cancel).await
+}
+
 /// `wait` less up to a quarter, by `holder` and the clock, so waiting workers spread out.
 fn jittered(wait: Duration, holder: &str) -> Duration {
     use std::hash::{Hash, Hasher};

@@ -366,24 +366,13 @@ impl StepRunner {
         if let Some(parent) = trace {
             stepq_broker::trace::adopt(&span, parent);
         }
-        // Fleet-wide limits: a slot of each the task's steps fall under (a fused task's steps
-        // share their tags), taken before its first step starts, given back after its last.
-        let slots = match (self.fleet.get(), self.location.job(&args.job_name)) {
-            (Some(fleet), Some(job)) => {
-                let tags = job.step(&args.step_keys[0]).map(|s| &s.tags);
-                match tags {
-                    Some(tags) => {
-                        let holder = format!("{}/{}", self.worker_name, message.task_id);
-                        fleet
-                            .acquire(tags, &holder, &task.cancel)
-                            .instrument(span.clone())
-                            .await
-                    }
-                    None => None,
-                }
-            }
-            _ => None,
-        };
+        // Fleet-wide slots: taken before the task's first step, given back after its last.
+        let holder = format!("{}/{}", self.worker_name, message.task_id);
+        let fleet = self.fleet.get().map(|f| &**f);
+        let slots =
+            crate::fleet::slots_for_task(fleet, &self.location, &args, &holder, &task.cancel)
+                .instrument(span.clone())
+                .await;
         let reports = self
             .run_steps(&args, &task.cancel, progress.as_ref())
             .instrument(span)
