@@ -9,13 +9,11 @@
 use std::time::Duration;
 
 use async_trait::async_trait;
-use aws_sdk_s3::error::ProvideErrorMetadata;
-use aws_sdk_s3::primitives::ByteStream;
 use aws_sdk_s3::Client;
 use stepq_runs::error::StorageError;
 use stepq_runs::lease::{check_limit, expiry, now_us, Lease, LeaseStore, SlotRecord};
 
-use super::location::{decode_json, encode_json, s3_error, status_of, Condition, Location};
+use super::location::{decode_json, encode_json, Condition, Location};
 use super::s3_client;
 
 /// Fleet-wide slot leases under `<base_path>/leases/` in an S3 bucket.
@@ -60,7 +58,7 @@ impl S3LeaseStore {
     }
 
     /// Writes `record` to `key` under `condition`; the new ETag, or `None` if the condition
-    /// failed (someone else wrote the slot first).
+    /// failed (someone else wrote the slot first, or is writing it now).
     async fn put(
         &self,
         key: &str,
@@ -68,32 +66,11 @@ impl S3LeaseStore {
         condition: Condition<'_>,
     ) -> Result<Option<String>, StorageError> {
         let body = encode_json("a lease", record)?;
-        let mut request = self
+        let written = self
             .location
-            .client
-            .put_object()
-            .bucket(&*self.location.bucket)
-            .key(key)
-            .content_type("application/json")
-            .body(ByteStream::from(body));
-        request = match condition {
-            Condition::None => request,
-            Condition::Absent => request.if_none_match("*"),
-            Condition::Matches(etag) => request.if_match(etag),
-        };
-        match request.send().await {
-            Ok(out) => Ok(Some(out.e_tag().unwrap_or_default().to_string())),
-            Err(e)
-                if matches!(status_of(&e), Some(412 | 409))
-                    || matches!(
-                        e.code(),
-                        Some("PreconditionFailed" | "ConditionalRequestConflict")
-                    ) =>
-            {
-                Ok(None)
-            }
-            Err(e) => Err(s3_error("PutObject", e)),
-        }
+            .put_tagged(key, body, "application/json", condition)
+            .await?;
+        Ok(written.ok())
     }
 
     /// The slot's record and ETag, if it exists.

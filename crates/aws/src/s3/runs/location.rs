@@ -53,6 +53,23 @@ impl Location {
         content_type: &str,
         condition: Condition<'_>,
     ) -> Result<PutOutcome, StorageError> {
+        Ok(
+            match self.put_tagged(key, body, content_type, condition).await? {
+                Ok(_) => PutOutcome::Written,
+                Err(refused) => refused,
+            },
+        )
+    }
+
+    /// [`put`](Self::put), with the written object's ETag (empty if S3 sends none), or why the
+    /// condition refused the write.
+    pub(super) async fn put_tagged(
+        &self,
+        key: &str,
+        body: Vec<u8>,
+        content_type: &str,
+        condition: Condition<'_>,
+    ) -> Result<Result<String, PutOutcome>, StorageError> {
         let transfer = timeouts::s3_transfer(body.len());
         let mut request = self
             .client
@@ -67,14 +84,14 @@ impl Location {
             Condition::Matches(etag) => request.if_match(etag),
         };
         match request.customize().config_override(transfer).send().await {
-            Ok(_) => Ok(PutOutcome::Written),
+            Ok(out) => Ok(Ok(out.e_tag().unwrap_or_default().to_string())),
             Err(e) if status_of(&e) == Some(412) || e.code() == Some("PreconditionFailed") => {
-                Ok(PutOutcome::PreconditionFailed)
+                Ok(Err(PutOutcome::PreconditionFailed))
             }
             Err(e)
                 if status_of(&e) == Some(409) || e.code() == Some("ConditionalRequestConflict") =>
             {
-                Ok(PutOutcome::Conflict)
+                Ok(Err(PutOutcome::Conflict))
             }
             Err(e) => Err(s3_error("PutObject", e)),
         }
